@@ -1,0 +1,18 @@
+# cmake --install, then find_package(eigenformer) gives eigenformer::eigenformer.
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+install(DIRECTORY include/eigenformer DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(TARGETS eigenformer EXPORT eigenformerTargets)
+install(EXPORT eigenformerTargets
+  NAMESPACE eigenformer::
+  DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)
+configure_package_config_file(cmake/eigenformerConfig.cmake.in
+  ${CMAKE_CURRENT_BINARY_DIR}/eigenformerConfig.cmake
+  INSTALL_DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)
+write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/eigenformerConfigVersion.cmake
+  COMPATIBILITY SameMinorVersion ARCH_INDEPENDENT)
+install(FILES
+  ${CMAKE_CURRENT_BINARY_DIR}/eigenformerConfig.cmake
+  ${CMAKE_CURRENT_BINARY_DIR}/eigenformerConfigVersion.cmake
+  DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)

@@ -1,0 +1,69 @@
+// Library exceptions and the argument checks that raise them.
+//
+// Every check runs in Release builds too. A message names the function, the argument, what was
+// expected and what came, e.g.
+//   "eigenformer::Linear::forward: argument 'x' has shape (6, 5), expected (*, 4)".
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include <Eigen/Core>
+
+namespace eigenformer {
+
+/// Bad input to a library function: wrong shape, id out of range, bad mask or option.
+class ArgumentError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+/// A file could not be read or written, or its contents are not what they claim.
+class IoError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+inline std::string shape_str(Eigen::Index rows, Eigen::Index cols) {
+  std::ostringstream s;
+  s << '(' << rows << ", " << cols << ')';
+  return s.str();
+}
+
+template <class M>
+std::string shape_of(const M& m) {
+  return shape_str(m.rows(), m.cols());
+}
+
+[[noreturn]] inline void throw_argument(const std::string& func, const std::string& arg,
+                                        const std::string& what) {
+  throw ArgumentError("eigenformer::" + func + ": argument '" + arg + "' " + what);
+}
+
+inline void require(bool ok, const std::string& func, const std::string& arg,
+                    const std::string& what) {
+  if (!ok) throw_argument(func, arg, what);
+}
+
+/// Throws unless m is (rows, cols); a negative expectation means "any".
+template <class M>
+void check_shape(const std::string& func, const std::string& arg, const M& m, Eigen::Index rows,
+                 Eigen::Index cols) {
+  const bool ok = (rows < 0 || m.rows() == rows) && (cols < 0 || m.cols() == cols);
+  if (ok) return;
+  std::ostringstream want;
+  want << '(' << (rows < 0 ? std::string("*") : std::to_string(rows)) << ", "
+       << (cols < 0 ? std::string("*") : std::to_string(cols)) << ')';
+  throw_argument(func, arg, "has shape " + shape_of(m) + ", expected " + want.str());
+}
+
+/// Throws unless value > 0.
+inline void check_positive(const std::string& func, const std::string& arg, Eigen::Index value) {
+  if (value <= 0) throw_argument(func, arg, "must be positive, got " + std::to_string(value));
+}
+
+}  // namespace detail
+}  // namespace eigenformer

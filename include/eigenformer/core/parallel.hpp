@@ -1,0 +1,45 @@
+// Size-gated OpenMP loops for the work Eigen does not thread itself.
+//
+// The library never sets a global thread count: it uses what OpenMP gives (OMP_NUM_THREADS, or
+// omp_set_num_threads() called by the application). Without OpenMP the loops run serially.
+#pragma once
+
+#include "tensor.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace eigenformer {
+
+/// Threads available to the library's loops (1 without OpenMP).
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+namespace detail {
+
+/// Below this many scalar operations in a loop, starting threads costs more than it saves.
+constexpr double kParallelMinWork = 32768.0;
+
+/// Runs body(i) for i in [0, n), in parallel when the total work is worth it.
+/// body must not throw: validate arguments before the loop.
+template <class Body>
+void parallel_for(Index n, double work_per_item, Body&& body) {
+#ifdef _OPENMP
+  if (n > 1 && static_cast<double>(n) * work_per_item >= kParallelMinWork &&
+      omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (Index i = 0; i < n; ++i) body(i);
+    return;
+  }
+#endif
+  for (Index i = 0; i < n; ++i) body(i);
+}
+
+}  // namespace detail
+}  // namespace eigenformer

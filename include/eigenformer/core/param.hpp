@@ -1,0 +1,66 @@
+// Trainable parameters and the gradient contract.
+//
+// The gradient contract, followed by every layer's backward():
+//  - parameter gradients ACCUMULATE: backward adds into Param::grad, so one layer may run several
+//    times in a step (decoder steps, tied weights); call zero_grad() once per step;
+//  - input gradients are returned FRESH: backward's return value holds only this call's gradient.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "tensor.hpp"
+
+namespace eigenformer {
+
+template <class Scalar = float>
+struct Param {
+  Matrix<Scalar> value;  // (rows, cols); a vector parameter is one row
+  Matrix<Scalar> grad;   // same shape as value
+  bool is_vector = false;  // saved as a 1-D tensor of length cols (like PyTorch's biases)
+
+  Param() = default;
+  Param(Index rows, Index cols, bool vector = false)
+      : value(Matrix<Scalar>::Zero(rows, cols)), grad(Matrix<Scalar>::Zero(rows, cols)),
+        is_vector(vector) {}
+
+  void zero_grad() { grad.setZero(); }
+  Index size() const { return value.size(); }
+
+  /// Shape as a tensor file states it: {cols} for a vector, {rows, cols} otherwise.
+  std::vector<Index> shape() const {
+    if (is_vector) return {value.cols()};
+    return {value.rows(), value.cols()};
+  }
+};
+
+/// A parameter with its dotted name, e.g. "layers.0.self_attn.q_proj.weight".
+template <class Scalar = float>
+struct NamedParam {
+  std::string name;
+  Param<Scalar>* param;
+};
+
+template <class Scalar>
+using ParamList = std::vector<NamedParam<Scalar>>;
+
+/// Appends a child's parameters to out, with "prefix." before each name.
+template <class Scalar>
+void append_params(ParamList<Scalar>& out, const std::string& prefix,
+                   const ParamList<Scalar>& child) {
+  for (const auto& p : child) out.push_back({prefix + "." + p.name, p.param});
+}
+
+template <class Scalar>
+void zero_grad(const ParamList<Scalar>& params) {
+  for (const auto& p : params) p.param->zero_grad();
+}
+
+template <class Scalar>
+Index count_params(const ParamList<Scalar>& params) {
+  Index n = 0;
+  for (const auto& p : params) n += p.param->size();
+  return n;
+}
+
+}  // namespace eigenformer

@@ -1,0 +1,67 @@
+// A seeded random number generator with portable distributions.
+//
+// std::normal_distribution and friends differ between standard libraries, so the same seed would
+// give different weights on different platforms; these distributions are written out instead.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+
+#include "tensor.hpp"
+
+namespace eigenformer {
+
+class Rng {
+ public:
+  explicit Rng(std::uint64_t seed = 0) : engine_(seed) {}
+
+  std::uint64_t next_u64() { return engine_(); }
+
+  /// Uniform in [0, 1) with 53 random bits.
+  double uniform() { return static_cast<double>(engine_() >> 11) * (1.0 / 9007199254740992.0); }
+
+  double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+
+  /// Standard normal by Box-Muller.
+  double normal() {
+    constexpr double two_pi = 6.283185307179586476925286766559;
+    double u1 = uniform();
+    while (u1 <= 0.0) u1 = uniform();
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(two_pi * uniform());
+  }
+
+  /// Uniform integer in [0, n).
+  Index index(Index n) { return static_cast<Index>(uniform() * static_cast<double>(n)); }
+
+  /// A seed for a child generator (e.g. one per dropout layer).
+  std::uint64_t split() { return engine_(); }
+
+ private:
+  std::mt19937_64 engine_;
+};
+
+/// Fills m with U(lo, hi).
+template <class Derived>
+void fill_uniform(Eigen::MatrixBase<Derived>& m, double lo, double hi, Rng& rng) {
+  for (Index i = 0; i < m.rows(); ++i)
+    for (Index j = 0; j < m.cols(); ++j)
+      m(i, j) = static_cast<typename Derived::Scalar>(rng.uniform(lo, hi));
+}
+
+/// Fills m with N(mean, stddev^2).
+template <class Derived>
+void fill_normal(Eigen::MatrixBase<Derived>& m, double mean, double stddev, Rng& rng) {
+  for (Index i = 0; i < m.rows(); ++i)
+    for (Index j = 0; j < m.cols(); ++j)
+      m(i, j) = static_cast<typename Derived::Scalar>(mean + stddev * rng.normal());
+}
+
+/// Glorot/Xavier uniform for a (fan_out, fan_in) weight.
+template <class Derived>
+void fill_xavier_uniform(Eigen::MatrixBase<Derived>& m, Rng& rng) {
+  const double a = std::sqrt(6.0 / static_cast<double>(m.rows() + m.cols()));
+  fill_uniform(m, -a, a, rng);
+}
+
+}  // namespace eigenformer

@@ -1,0 +1,80 @@
+// Matrix types and the batch layout every layer shares.
+//
+// A batch of B sequences of T tokens with C features is one row-major (B*T, C) matrix: the same
+// bytes as PyTorch's contiguous (B, T, C), one token per contiguous row. Sequence b is the row
+// block (b*T, 0, T, C); head h of width dh within it is the block (b*T, h*dh, T, dh). Both are
+// Eigen blocks over the same storage: no copy.
+#pragma once
+
+#include <string>
+#include <utility>
+
+#include <Eigen/Core>
+
+#include "error.hpp"
+
+namespace eigenformer {
+
+using Index = Eigen::Index;
+
+template <class Scalar>
+using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class Scalar>
+using RowVector = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+template <class Scalar>
+using ConstRef = Eigen::Ref<const Matrix<Scalar>>;
+
+/// true marks a masked (ignored) entry, as in PyTorch's boolean masks.
+using BoolMatrix = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+/// Token ids, row-major (B, T).
+using IdMatrix = Eigen::Matrix<Index, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// A batch of sequences: a (B*T, C) row-major matrix together with B and T.
+template <class Scalar = float>
+class Batch {
+ public:
+  using Mat = Matrix<Scalar>;
+
+  Batch() = default;
+
+  /// B sequences of T tokens with C zeroed features.
+  Batch(Index B, Index T, Index C) : B_(B), T_(T) {
+    detail::check_positive("Batch::Batch", "B", B);
+    detail::check_positive("Batch::Batch", "T", T);
+    detail::check_positive("Batch::Batch", "C", C);
+    data_ = Mat::Zero(B * T, C);
+  }
+
+  /// Wraps data of shape (B*T, C) as B sequences of T tokens.
+  Batch(Mat data, Index B, Index T) : B_(B), T_(T) {
+    detail::check_positive("Batch::Batch", "B", B);
+    detail::check_positive("Batch::Batch", "T", T);
+    detail::check_shape("Batch::Batch", "data", data, B * T, -1);
+    data_ = std::move(data);
+  }
+
+  Index batch() const { return B_; }
+  Index time() const { return T_; }
+  Index channels() const { return data_.cols(); }
+  Index rows() const { return data_.rows(); }
+
+  Mat& data() { return data_; }
+  const Mat& data() const { return data_; }
+
+  /// Sequence b: (T, C).
+  Eigen::Block<Mat> seq(Index b) { return data_.block(b * T_, 0, T_, data_.cols()); }
+  Eigen::Block<const Mat> seq(Index b) const { return data_.block(b * T_, 0, T_, data_.cols()); }
+
+  /// Head h of width dh in sequence b: (T, dh).
+  Eigen::Block<Mat> head(Index b, Index h, Index dh) { return data_.block(b * T_, h * dh, T_, dh); }
+  Eigen::Block<const Mat> head(Index b, Index h, Index dh) const {
+    return data_.block(b * T_, h * dh, T_, dh);
+  }
+
+ private:
+  Mat data_;
+  Index B_ = 0;
+  Index T_ = 0;
+};
+
+}  // namespace eigenformer

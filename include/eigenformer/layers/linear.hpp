@@ -1,0 +1,75 @@
+// Linear layer: y = x W^T + b. Weights load unchanged from PyTorch's nn.Linear.
+#pragma once
+
+#include <cmath>
+
+#include "../core/param.hpp"
+#include "../core/random.hpp"
+#include "../ops/linear.hpp"
+
+namespace eigenformer {
+
+template <class Scalar = float>
+class Linear {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    Mat x;  // (N, in) the input
+  };
+
+  Param<Scalar> weight;  // (out, in)
+  Param<Scalar> bias;    // (1, out); empty when the layer has no bias
+
+  Linear() = default;
+
+  /// PyTorch's default initialisation: weight and bias from U(-1/sqrt(in), 1/sqrt(in)).
+  Linear(Index in_features, Index out_features, Rng& rng, bool with_bias = true) {
+    detail::check_positive("Linear::Linear", "in_features", in_features);
+    detail::check_positive("Linear::Linear", "out_features", out_features);
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
+    weight = Param<Scalar>(out_features, in_features);
+    fill_uniform(weight.value, -bound, bound, rng);
+    if (with_bias) {
+      bias = Param<Scalar>(1, out_features, true);
+      fill_uniform(bias.value, -bound, bound, rng);
+    }
+  }
+
+  Index in_features() const { return weight.value.cols(); }
+  Index out_features() const { return weight.value.rows(); }
+  bool has_bias() const { return bias.size() > 0; }
+
+  /// x (N, in) -> (N, out), inference only.
+  Mat forward(ConstRef<Scalar> x) const {
+    detail::check_shape("Linear::forward", "x", x, -1, in_features());
+    Mat y;
+    linear_forward<Scalar>(y, x, weight.value, has_bias() ? &bias.value : nullptr);
+    return y;
+  }
+
+  /// x (N, in) -> (N, out), keeping what backward needs in cache.
+  Mat forward(ConstRef<Scalar> x, Cache& cache) const {
+    Mat y = forward(x);
+    cache.x = x;
+    return y;
+  }
+
+  /// dy (N, out) -> dx (N, in); adds into weight.grad and bias.grad.
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
+    detail::check_shape("Linear::backward", "dy", dy, cache.x.rows(), out_features());
+    Mat dx;
+    linear_backward<Scalar>(dx, &weight.grad, has_bias() ? &bias.grad : nullptr, dy, cache.x,
+                            weight.value);
+    return dx;
+  }
+
+  ParamList<Scalar> parameters() {
+    ParamList<Scalar> out{{"weight", &weight}};
+    if (has_bias()) out.push_back({"bias", &bias});
+    return out;
+  }
+
+  void zero_grad() { eigenformer::zero_grad(parameters()); }
+};
+
+}  // namespace eigenformer

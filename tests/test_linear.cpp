@@ -1,0 +1,67 @@
+#include <eigenformer/layers/linear.hpp>
+
+#include "test_util.hpp"
+
+using namespace eigenformer;
+using eftest::MatD;
+
+TEST_CASE_TEMPLATE("Linear forward computes x W^T + b", Scalar, float, double) {
+  Rng rng(1);
+  Linear<Scalar> lin(3, 2, rng);
+  lin.weight.value << 1, 2, 3, 4, 5, 6;
+  lin.bias.value << 0.5, -1;
+  Matrix<Scalar> x(2, 3);
+  x << 1, 0, -1, 2, 1, 0;
+  Matrix<Scalar> y = lin.forward(x);
+  Matrix<Scalar> expected(2, 2);
+  expected << 1 - 3 + 0.5, 4 - 6 - 1, 2 + 2 + 0.5, 8 + 5 - 1;
+  CHECK((y - expected).cwiseAbs().maxCoeff() == doctest::Approx(0.0));
+}
+
+TEST_CASE("Linear gradients match finite differences") {
+  for (bool with_bias : {true, false}) {
+    Rng rng(2);
+    Linear<double> lin(4, 3, rng, with_bias);
+    MatD x = eftest::random_matrix(5, 4, rng);
+    const MatD R = eftest::random_matrix(5, 3, rng);
+    auto loss = [&] { return projection(lin.forward(x), R); };
+    Linear<double>::Cache cache;
+    lin.zero_grad();
+    lin.forward(x, cache);
+    const MatD dx = lin.backward(R, cache);
+    eftest::check_grad(x, dx, loss, "x");
+    eftest::check_param_grads(lin.parameters(), loss, [&] {
+      Linear<double>::Cache c;
+      lin.forward(x, c);
+      lin.backward(R, c);
+    });
+  }
+}
+
+TEST_CASE("Linear follows the gradient contract") {
+  Rng rng(3);
+  Linear<double> lin(4, 3, rng);
+  const MatD x = eftest::random_matrix(5, 4, rng);
+  const MatD R = eftest::random_matrix(5, 3, rng);
+  eftest::check_gradient_contract(lin.parameters(), [&] {
+    Linear<double>::Cache c;
+    lin.forward(x, c);
+    return MatD(lin.backward(R, c));
+  });
+}
+
+TEST_CASE("Linear rejects bad shapes and leaves its parameters unchanged") {
+  Rng rng(4);
+  Linear<float> lin(4, 3, rng);
+  const Matrix<float> before = lin.weight.value;
+  Matrix<float> x = Matrix<float>::Ones(6, 5);
+  eftest::check_throws_with([&] { lin.forward(x); },
+                            {"Linear::forward", "'x'", "(6, 5)", "(*, 4)"});
+  Linear<float>::Cache cache;
+  lin.forward(Matrix<float>::Ones(6, 4), cache);
+  eftest::check_throws_with([&] { lin.backward(Matrix<float>::Ones(6, 2), cache); },
+                            {"Linear::backward", "'dy'", "(6, 2)", "(6, 3)"});
+  CHECK(lin.weight.value == before);
+  CHECK(lin.weight.grad.isZero());
+  eftest::check_throws_with([&] { Linear<float>(0, 3, rng); }, {"Linear::Linear", "in_features"});
+}

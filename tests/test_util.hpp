@@ -1,0 +1,95 @@
+// Helpers shared by the tests: random inputs, gradient checks as doctest assertions, and the
+// gradient-contract check.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <eigenformer/core/param.hpp>
+#include <eigenformer/core/random.hpp>
+#include <eigenformer/train/gradcheck.hpp>
+
+namespace eftest {
+
+using eigenformer::Index;
+using MatD = eigenformer::Matrix<double>;
+
+template <class Scalar = double>
+eigenformer::Matrix<Scalar> random_matrix(Index rows, Index cols, eigenformer::Rng& rng,
+                                          double scale = 1.0) {
+  eigenformer::Matrix<Scalar> m(rows, cols);
+  eigenformer::fill_normal(m, 0.0, scale, rng);
+  return m;
+}
+
+/// Asserts that `analytic` matches central differences of loss() in every entry of x.
+template <class Loss>
+void check_grad(MatD& x, const MatD& analytic, Loss&& loss, const std::string& what,
+                const eigenformer::GradCheckOptions& opt = {}) {
+  const auto r = eigenformer::check_gradient(x, analytic, loss, opt);
+  INFO(what << ": worst entry (" << r.worst_row << ", " << r.worst_col << ") analytic "
+            << r.analytic << " numeric " << r.numeric << " ratio " << r.worst_ratio);
+  CHECK(r.ok);
+}
+
+/// Checks every parameter's gradient. `loss` recomputes <y, R>; `backward` runs forward with a
+/// cache and backward with dy = R, after the caller's zero_grad().
+template <class Loss>
+void check_param_grads(const eigenformer::ParamList<double>& params, Loss&& loss,
+                       const std::function<void()>& run_backward,
+                       const eigenformer::GradCheckOptions& opt = {}) {
+  eigenformer::zero_grad(params);
+  run_backward();
+  for (const auto& p : params) {
+    const MatD analytic = p.param->grad;
+    check_grad(p.param->value, analytic, loss, "parameter " + p.name, opt);
+  }
+}
+
+/// The gradient contract: parameter gradients accumulate across backward calls, input gradients
+/// come back fresh. `step` runs one forward + backward and returns the input gradient.
+inline void check_gradient_contract(const eigenformer::ParamList<double>& params,
+                                    const std::function<MatD()>& step) {
+  eigenformer::zero_grad(params);
+  const MatD dx1 = step();
+  std::vector<MatD> once;
+  for (const auto& p : params) once.push_back(p.param->grad);
+  // Pre-fill with non-zero values: backward must add to them, not overwrite them.
+  std::vector<MatD> prefill;
+  for (const auto& p : params) {
+    p.param->grad.setConstant(0.25);
+    prefill.push_back(p.param->grad);
+  }
+  const MatD dx2 = step();
+  const MatD dx3 = step();
+  CHECK((dx2 - dx1).cwiseAbs().maxCoeff() == 0.0);
+  CHECK((dx3 - dx1).cwiseAbs().maxCoeff() == 0.0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    INFO("parameter " << params[i].name);
+    const MatD expected = prefill[i] + 2.0 * once[i];
+    CHECK((params[i].param->grad - expected).cwiseAbs().maxCoeff() <=
+          1e-12 * (1.0 + expected.cwiseAbs().maxCoeff()));
+  }
+}
+
+/// Runs f, which must throw eigenformer::ArgumentError whose message contains every fragment.
+template <class F>
+void check_throws_with(F&& f, const std::vector<std::string>& fragments) {
+  bool threw = false;
+  try {
+    f();
+  } catch (const eigenformer::ArgumentError& e) {
+    threw = true;
+    const std::string msg = e.what();
+    for (const auto& frag : fragments) {
+      INFO("message: " << msg);
+      CHECK(msg.find(frag) != std::string::npos);
+    }
+  }
+  CHECK(threw);
+}
+
+}  // namespace eftest
