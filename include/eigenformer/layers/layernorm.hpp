@@ -1,0 +1,74 @@
+// LayerNorm layer: y = (x - mean) / sqrt(var + eps) * weight + bias over each row's d features,
+// with the biased variance, as PyTorch's nn.LayerNorm(d, eps) (whose weights load unchanged).
+#pragma once
+
+#include "../core/param.hpp"
+#include "../ops/layernorm.hpp"
+
+namespace eigenformer {
+
+template <class Scalar = float>
+class LayerNorm {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    Mat x;     // (N, d) the input
+    Mat mean;  // (N, 1)
+    Mat rstd;  // (N, 1)
+  };
+
+  Param<Scalar> weight;  // (1, d) gamma, initialised to 1
+  Param<Scalar> bias;    // (1, d) beta, initialised to 0
+
+  LayerNorm() = default;
+
+  explicit LayerNorm(Index d, Scalar eps = Scalar(1e-5)) : eps_(eps) {
+    detail::check_positive("LayerNorm::LayerNorm", "d", d);
+    detail::check_eps("LayerNorm::LayerNorm", eps);
+    weight = Param<Scalar>(1, d, true);
+    weight.value.setOnes();
+    bias = Param<Scalar>(1, d, true);
+  }
+
+  Index features() const { return weight.value.cols(); }
+  Scalar eps() const { return eps_; }
+
+  /// x (N, d) -> (N, d), inference only.
+  Mat forward(ConstRef<Scalar> x) const {
+    Cache scratch;
+    return run_forward(x, scratch.mean, scratch.rstd);
+  }
+
+  /// x (N, d) -> (N, d), keeping what backward needs in cache.
+  Mat forward(ConstRef<Scalar> x, Cache& cache) const {
+    Mat y = run_forward(x, cache.mean, cache.rstd);
+    cache.x = x;
+    return y;
+  }
+
+  /// dy (N, d) -> dx (N, d); adds into weight.grad and bias.grad.
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
+    detail::check_shape("LayerNorm::backward", "dy", dy, cache.x.rows(), features());
+    detail::check_shape("LayerNorm::backward", "cache.x", cache.x, -1, features());
+    Mat dx;
+    layernorm_backward<Scalar>(dx, &weight.grad, &bias.grad, dy, cache.x, weight.value,
+                               cache.mean, cache.rstd);
+    return dx;
+  }
+
+  ParamList<Scalar> parameters() { return {{"weight", &weight}, {"bias", &bias}}; }
+
+  void zero_grad() { eigenformer::zero_grad(parameters()); }
+
+ private:
+  Scalar eps_ = Scalar(1e-5);
+
+  Mat run_forward(ConstRef<Scalar> x, Mat& mean, Mat& rstd) const {
+    detail::check_shape("LayerNorm::forward", "x", x, -1, features());
+    Mat y;
+    layernorm_forward<Scalar>(y, mean, rstd, x, weight.value, bias.value, eps_);
+    return y;
+  }
+};
+
+}  // namespace eigenformer
