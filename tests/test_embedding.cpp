@@ -1,5 +1,8 @@
 #include <eigenformer/layers/embedding.hpp>
 
+#include <cmath>
+#include <initializer_list>
+
 #include "test_util.hpp"
 
 using namespace eigenformer;

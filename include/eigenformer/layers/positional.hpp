@@ -1,0 +1,178 @@
+// Positional encodings, added to a (B*T, d_model) batch matrix: token (b, t) gets the encoding of
+// position start_pos + t (start_pos > 0 when decoding incrementally).
+//
+//  - SinusoidalPositionalEncoding: the fixed table of "Attention Is All You Need",
+//      PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d)),
+//    optionally scaling the input by sqrt(d_model) first (the paper's embedding scaling).
+//  - LearnedPositionalEncoding: a trainable (max_len, d_model) table as in GPT-2, initialised
+//    N(0, 0.02^2) like GPT-2 (PyTorch has no such module).
+//
+// Both follow the gradient contract of core/param.hpp.
+#pragma once
+
+#include <cmath>
+#include <string>
+
+#include "../core/parallel.hpp"
+#include "../core/param.hpp"
+#include "../core/random.hpp"
+
+namespace eigenformer {
+
+enum class PositionalKind { sinusoidal, learned };
+
+/// "sinusoidal" or "learned"; anything else throws ArgumentError.
+inline PositionalKind parse_positional_kind(const std::string& name) {
+  if (name == "sinusoidal") return PositionalKind::sinusoidal;
+  if (name == "learned") return PositionalKind::learned;
+  detail::throw_argument("parse_positional_kind", "name",
+                         "is '" + name + "', expected 'sinusoidal' or 'learned'");
+}
+
+/// The name parse_positional_kind accepts for kind.
+inline std::string positional_kind_name(PositionalKind kind) {
+  return kind == PositionalKind::sinusoidal ? "sinusoidal" : "learned";
+}
+
+namespace detail {
+
+/// Throws unless x is (B*T, d_model) and positions start_pos .. start_pos+T-1 fit in max_len.
+template <class Scalar>
+void check_positions(const std::string& func, const std::string& arg, ConstRef<Scalar> x, Index B,
+                     Index T, Index start_pos, Index d_model, Index max_len) {
+  check_positive(func, "B", B);
+  check_positive(func, "T", T);
+  require(start_pos >= 0, func, "start_pos", "must be >= 0, got " + std::to_string(start_pos));
+  require(start_pos + T <= max_len, func, "T",
+          "is " + std::to_string(T) + " with start_pos " + std::to_string(start_pos) +
+              ": position " + std::to_string(start_pos + T - 1) + " is beyond max_len " +
+              std::to_string(max_len));
+  check_shape(func, arg, x, B * T, d_model);
+}
+
+/// y (B*T, d) = x (B*T, d) * scale + table (max_len, d) rows start_pos .. start_pos+T-1, added
+/// to each of the B sequences.
+template <class Scalar>
+Matrix<Scalar> add_positions(ConstRef<Scalar> x, Scalar scale, const Matrix<Scalar>& table,
+                             Index B, Index T, Index start_pos) {
+  const Index d = x.cols();
+  Matrix<Scalar> y(x.rows(), d);
+  parallel_for(B, static_cast<double>(T * d), [&](Index b) {
+    y.block(b * T, 0, T, d) = x.block(b * T, 0, T, d) * scale + table.block(start_pos, 0, T, d);
+  });
+  return y;
+}
+
+}  // namespace detail
+
+template <class Scalar = float>
+class SinusoidalPositionalEncoding {
+ public:
+  using Mat = Matrix<Scalar>;
+
+  SinusoidalPositionalEncoding() = default;
+
+  /// Precomputes the (max_len, d_model) table in double. With odd d_model the last column is a sin.
+  SinusoidalPositionalEncoding(Index d_model, Index max_len, bool scale_embeddings = false)
+      : scale_(scale_embeddings ? static_cast<Scalar>(std::sqrt(static_cast<double>(d_model)))
+                                : Scalar(1)) {
+    detail::check_positive("SinusoidalPositionalEncoding::SinusoidalPositionalEncoding",
+                           "d_model", d_model);
+    detail::check_positive("SinusoidalPositionalEncoding::SinusoidalPositionalEncoding",
+                           "max_len", max_len);
+    table_.resize(max_len, d_model);
+    for (Index j = 0; j < d_model; ++j) {
+      const double pair = static_cast<double>(j - j % 2);  // 2i
+      const double inv_freq = std::pow(10000.0, -pair / static_cast<double>(d_model));
+      for (Index pos = 0; pos < max_len; ++pos) {
+        const double angle = static_cast<double>(pos) * inv_freq;
+        table_(pos, j) = static_cast<Scalar>(j % 2 == 0 ? std::sin(angle) : std::cos(angle));
+      }
+    }
+  }
+
+  Index d_model() const { return table_.cols(); }
+  Index max_len() const { return table_.rows(); }
+  /// The input multiplier: sqrt(d_model) with scale_embeddings, else 1.
+  Scalar scale() const { return scale_; }
+  /// PE: (max_len, d_model).
+  const Mat& table() const { return table_; }
+
+  /// x (B*T, d_model) -> x * scale + PE[start_pos + t] for token (b, t).
+  Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const {
+    detail::check_positions<Scalar>("SinusoidalPositionalEncoding::forward", "x", x, B, T,
+                                    start_pos, d_model(), max_len());
+    return detail::add_positions<Scalar>(x, scale_, table_, B, T, start_pos);
+  }
+
+  Batch<Scalar> forward(const Batch<Scalar>& x, Index start_pos = 0) const {
+    return Batch<Scalar>(forward(x.data(), x.batch(), x.time(), start_pos), x.batch(), x.time());
+  }
+
+  /// dy (N, d_model) -> dx = dy * scale (fresh). There are no parameters.
+  Mat backward(ConstRef<Scalar> dy) const {
+    detail::check_shape("SinusoidalPositionalEncoding::backward", "dy", dy, -1, d_model());
+    return dy * scale_;
+  }
+
+  ParamList<Scalar> parameters() { return {}; }
+  void zero_grad() {}
+
+ private:
+  Mat table_;  // (max_len, d_model)
+  Scalar scale_ = Scalar(1);
+};
+
+template <class Scalar = float>
+class LearnedPositionalEncoding {
+ public:
+  using Mat = Matrix<Scalar>;
+
+  Param<Scalar> weight;  // (max_len, d_model)
+
+  LearnedPositionalEncoding() = default;
+
+  /// weight from N(0, 0.02^2), as GPT-2 initialises its position embeddings.
+  LearnedPositionalEncoding(Index d_model, Index max_len, Rng& rng) {
+    detail::check_positive("LearnedPositionalEncoding::LearnedPositionalEncoding", "d_model",
+                           d_model);
+    detail::check_positive("LearnedPositionalEncoding::LearnedPositionalEncoding", "max_len",
+                           max_len);
+    weight = Param<Scalar>(max_len, d_model);
+    fill_normal(weight.value, 0.0, 0.02, rng);
+  }
+
+  Index d_model() const { return weight.value.cols(); }
+  Index max_len() const { return weight.value.rows(); }
+
+  /// x (B*T, d_model) -> x + W[start_pos + t] for token (b, t).
+  Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const {
+    detail::check_positions<Scalar>("LearnedPositionalEncoding::forward", "x", x, B, T, start_pos,
+                                    d_model(), max_len());
+    return detail::add_positions<Scalar>(x, Scalar(1), weight.value, B, T, start_pos);
+  }
+
+  Batch<Scalar> forward(const Batch<Scalar>& x, Index start_pos = 0) const {
+    return Batch<Scalar>(forward(x.data(), x.batch(), x.time(), start_pos), x.batch(), x.time());
+  }
+
+  /// dy (B*T, d_model) -> dx = dy (fresh); weight.grad rows start_pos .. start_pos+T-1 += the sum
+  /// of dy over the B sequences.
+  Mat backward(ConstRef<Scalar> dy, Index B, Index T, Index start_pos = 0) {
+    detail::check_positions<Scalar>("LearnedPositionalEncoding::backward", "dy", dy, B, T,
+                                    start_pos, d_model(), max_len());
+    const Index d = d_model();
+    for (Index b = 0; b < B; ++b) weight.grad.block(start_pos, 0, T, d) += dy.block(b * T, 0, T, d);
+    return dy;
+  }
+
+  Batch<Scalar> backward(const Batch<Scalar>& dy, Index start_pos = 0) {
+    return Batch<Scalar>(backward(dy.data(), dy.batch(), dy.time(), start_pos), dy.batch(),
+                         dy.time());
+  }
+
+  ParamList<Scalar> parameters() { return {{"weight", &weight}}; }
+  void zero_grad() { eigenformer::zero_grad(parameters()); }
+};
+
+}  // namespace eigenformer

@@ -1,0 +1,189 @@
+#include <eigenformer/layers/positional.hpp>
+
+#include <cmath>
+#include <type_traits>
+
+#include "test_util.hpp"
+
+using namespace eigenformer;
+using eftest::MatD;
+
+TEST_CASE_TEMPLATE("Sinusoidal table matches the paper's formula", Scalar, float, double) {
+  const double tol = std::is_same<Scalar, float>::value ? 1e-6 : 1e-15;
+  SinusoidalPositionalEncoding<Scalar> pe(8, 20);
+  CHECK(pe.d_model() == 8);
+  CHECK(pe.max_len() == 20);
+  CHECK(pe.scale() == Scalar(1));
+  const Matrix<Scalar>& table = pe.table();
+  for (Index j = 0; j < 8; ++j) CHECK(table(0, j) == Scalar(j % 2 == 0 ? 0 : 1));  // sin 0, cos 0
+  // pos 5, i 3: 10000^(2*3/8) = 1000, so the angle is 5/1000.
+  CHECK(std::abs(table(5, 6) - std::sin(0.005)) <= tol);
+  CHECK(std::abs(table(5, 7) - std::cos(0.005)) <= tol);
+  // i 0: angle = pos; i 1: 10000^(2/8) = 10, angle = pos/10.
+  CHECK(std::abs(table(3, 0) - std::sin(3.0)) <= tol);
+  CHECK(std::abs(table(3, 1) - std::cos(3.0)) <= tol);
+  CHECK(std::abs(table(19, 2) - std::sin(1.9)) <= tol);
+  CHECK(std::abs(table(19, 3) - std::cos(1.9)) <= tol);
+}
+
+TEST_CASE("Sinusoidal table with odd d_model ends in a sin column") {
+  SinusoidalPositionalEncoding<double> pe(5, 10);
+  // columns: sin(p), cos(p), sin(p/10000^(2/5)), cos(p/10000^(2/5)), sin(p/10000^(4/5))
+  const double pos = 7.0;
+  CHECK(std::abs(pe.table()(7, 2) - std::sin(pos / std::pow(10000.0, 0.4))) <= 1e-15);
+  CHECK(std::abs(pe.table()(7, 3) - std::cos(pos / std::pow(10000.0, 0.4))) <= 1e-15);
+  CHECK(std::abs(pe.table()(7, 4) - std::sin(pos / std::pow(10000.0, 0.8))) <= 1e-15);
+  CHECK(pe.table()(0, 4) == 0.0);
+}
+
+TEST_CASE_TEMPLATE("Sinusoidal forward adds PE[start_pos + t] with optional scaling", Scalar,
+                   float, double) {
+  Rng rng(1);
+  const Index B = 2, T = 3, d = 4;
+  const Matrix<Scalar> x = eftest::random_matrix<Scalar>(B * T, d, rng);
+  for (bool scale : {false, true}) {
+    SinusoidalPositionalEncoding<Scalar> pe(d, 10, scale);
+    const Scalar s = scale ? Scalar(2) : Scalar(1);  // sqrt(4)
+    CHECK(pe.scale() == s);
+    for (Index start : {0, 7}) {
+      const Matrix<Scalar> y = pe.forward(x, B, T, start);
+      for (Index b = 0; b < B; ++b)
+        for (Index t = 0; t < T; ++t) {
+          const Matrix<Scalar> expected = x.row(b * T + t) * s + pe.table().row(start + t);
+          CHECK((y.row(b * T + t) - expected).cwiseAbs().maxCoeff() == Scalar(0));
+        }
+      const Batch<Scalar> yb = pe.forward(Batch<Scalar>(x, B, T), start);
+      CHECK(yb.data() == y);
+    }
+  }
+}
+
+TEST_CASE("Incremental decoding sees the same encodings as a full pass") {
+  Rng rng(2);
+  SinusoidalPositionalEncoding<double> pe(6, 8, true);
+  LearnedPositionalEncoding<double> lpe(6, 8, rng);
+  const MatD x = eftest::random_matrix(5, 6, rng);
+  const MatD full = pe.forward(x, 1, 5);
+  const MatD full_learned = lpe.forward(x, 1, 5);
+  for (Index t = 0; t < 5; ++t) {
+    CHECK(pe.forward(x.row(t), 1, 1, t) == full.row(t));
+    CHECK(lpe.forward(x.row(t), 1, 1, t) == full_learned.row(t));
+  }
+}
+
+TEST_CASE("Sinusoidal input gradient matches finite differences and comes back fresh") {
+  Rng rng(3);
+  for (bool scale : {false, true}) {
+    SinusoidalPositionalEncoding<double> pe(5, 12, scale);
+    MatD x = eftest::random_matrix(2 * 4, 5, rng);
+    const MatD R = eftest::random_matrix(2 * 4, 5, rng);
+    auto loss = [&] { return projection(pe.forward(x, 2, 4, 3), R); };
+    const MatD dx = pe.backward(R);
+    eftest::check_grad(x, dx, loss, scale ? "x (scaled)" : "x");
+  }
+  SinusoidalPositionalEncoding<double> pe(5, 12, true);
+  CHECK(pe.parameters().empty());
+  const MatD x = eftest::random_matrix(4, 5, rng);
+  const MatD R = eftest::random_matrix(4, 5, rng);
+  eftest::check_gradient_contract(pe.parameters(), [&] {
+    pe.forward(x, 2, 2);
+    return pe.backward(R);
+  });
+}
+
+TEST_CASE_TEMPLATE("Learned encoding initialises N(0, 0.02^2)", Scalar, float, double) {
+  Rng rng(4);
+  LearnedPositionalEncoding<Scalar> lpe(64, 100, rng);
+  CHECK(lpe.d_model() == 64);
+  CHECK(lpe.max_len() == 100);
+  const Matrix<double> w = lpe.weight.value.template cast<double>();
+  const double mean = w.mean();
+  const double stddev = std::sqrt((w.array() - mean).square().mean());
+  CHECK(std::abs(mean) < 0.001);  // 4 standard errors of a mean of 6400 draws
+  CHECK(std::abs(stddev - 0.02) < 0.001);
+  REQUIRE(lpe.parameters().size() == 1);
+  CHECK(lpe.parameters()[0].name == "weight");
+  CHECK(lpe.weight.grad.isZero());
+}
+
+TEST_CASE("Learned encoding gradients match finite differences") {
+  Rng rng(5);
+  LearnedPositionalEncoding<double> lpe(4, 9, rng);
+  const Index B = 3, T = 4, start = 2;
+  MatD x = eftest::random_matrix(B * T, 4, rng);
+  const MatD R = eftest::random_matrix(B * T, 4, rng);
+  auto loss = [&] { return projection(lpe.forward(x, B, T, start), R); };
+  lpe.zero_grad();
+  const MatD dx = lpe.backward(R, B, T, start);
+  eftest::check_grad(x, dx, loss, "x");
+  eftest::check_param_grads(lpe.parameters(), loss, [&] { lpe.backward(R, B, T, start); });
+  // Rows outside start .. start+T-1 get nothing.
+  CHECK(lpe.weight.grad.topRows(start).isZero());
+  CHECK(lpe.weight.grad.bottomRows(9 - start - T).isZero());
+
+  lpe.zero_grad();
+  const Batch<double> dxb = lpe.backward(Batch<double>(R, B, T), start);
+  CHECK(dxb.data() == R);
+  const MatD expected = R.middleRows(0, T) + R.middleRows(T, T) + R.middleRows(2 * T, T);
+  CHECK((lpe.weight.grad.middleRows(start, T) - expected).cwiseAbs().maxCoeff() < 1e-12);
+}
+
+TEST_CASE("Learned encoding follows the gradient contract") {
+  Rng rng(6);
+  LearnedPositionalEncoding<double> lpe(4, 6, rng);
+  const MatD x = eftest::random_matrix(2 * 3, 4, rng);
+  const MatD R = eftest::random_matrix(2 * 3, 4, rng);
+  eftest::check_gradient_contract(lpe.parameters(), [&] {
+    lpe.forward(x, 2, 3, 1);
+    return lpe.backward(R, 2, 3, 1);
+  });
+}
+
+TEST_CASE("Positional encodings reject bad shapes and positions, leaving parameters unchanged") {
+  Rng rng(7);
+  SinusoidalPositionalEncoding<float> pe(4, 6);
+  LearnedPositionalEncoding<float> lpe(4, 6, rng);
+  const Matrix<float> before = lpe.weight.value;
+  const Matrix<float> x = Matrix<float>::Ones(6, 4);
+
+  eftest::check_throws_with([&] { pe.forward(x, 2, 3, 4); },
+                            {"SinusoidalPositionalEncoding::forward", "'T'", "start_pos 4",
+                             "position 6", "max_len 6"});
+  eftest::check_throws_with([&] { pe.forward(Matrix<float>::Ones(1, 4), 1, 7); },
+                            {"SinusoidalPositionalEncoding::forward", "max_len 6"});
+  eftest::check_throws_with([&] { pe.forward(x, 2, 2); },
+                            {"SinusoidalPositionalEncoding::forward", "'x'", "(6, 4)", "(4, 4)"});
+  eftest::check_throws_with([&] { pe.forward(Matrix<float>::Ones(6, 5), 2, 3); },
+                            {"SinusoidalPositionalEncoding::forward", "'x'", "(6, 5)", "(6, 4)"});
+  eftest::check_throws_with([&] { pe.forward(x, 2, 3, -1); },
+                            {"SinusoidalPositionalEncoding::forward", "'start_pos'", "-1"});
+  eftest::check_throws_with([&] { pe.forward(x, 0, 3); },
+                            {"SinusoidalPositionalEncoding::forward", "'B'"});
+  eftest::check_throws_with([&] { pe.backward(Matrix<float>::Ones(6, 3)); },
+                            {"SinusoidalPositionalEncoding::backward", "'dy'", "(6, 3)", "(*, 4)"});
+
+  eftest::check_throws_with([&] { lpe.forward(x, 1, 6, 1); },
+                            {"LearnedPositionalEncoding::forward", "'T'", "max_len 6"});
+  eftest::check_throws_with([&] { lpe.forward(x, 3, 3); },
+                            {"LearnedPositionalEncoding::forward", "'x'", "(6, 4)", "(9, 4)"});
+  eftest::check_throws_with([&] { lpe.backward(x, 2, 3, 4); },
+                            {"LearnedPositionalEncoding::backward", "'T'", "max_len 6"});
+  eftest::check_throws_with([&] { lpe.backward(Matrix<float>::Ones(6, 2), 2, 3); },
+                            {"LearnedPositionalEncoding::backward", "'dy'", "(6, 2)", "(6, 4)"});
+  CHECK(lpe.weight.value == before);
+  CHECK(lpe.weight.grad.isZero());
+
+  eftest::check_throws_with([&] { SinusoidalPositionalEncoding<float>(0, 6); },
+                            {"SinusoidalPositionalEncoding", "d_model"});
+  eftest::check_throws_with([&] { LearnedPositionalEncoding<float>(4, 0, rng); },
+                            {"LearnedPositionalEncoding", "max_len"});
+}
+
+TEST_CASE("PositionalKind parses its names and rejects others") {
+  CHECK(parse_positional_kind("sinusoidal") == PositionalKind::sinusoidal);
+  CHECK(parse_positional_kind("learned") == PositionalKind::learned);
+  for (PositionalKind kind : {PositionalKind::sinusoidal, PositionalKind::learned})
+    CHECK(parse_positional_kind(positional_kind_name(kind)) == kind);
+  eftest::check_throws_with([] { parse_positional_kind("rotary"); },
+                            {"parse_positional_kind", "'rotary'", "'sinusoidal'", "'learned'"});
+}
