@@ -1,0 +1,133 @@
+// Scaled dot-product attention over many heads: out = softmax(Q K^T / sqrt(dh) + mask) V.
+//
+// Layout: Q is (B*Tq, H*dh) and K, V are (B*Tk, H*dh), the batch layout of core/tensor.hpp with the
+// heads side by side in the columns; head h of sequence b is the block (b*T, h*dh, T, dh).
+// The probabilities are kept as (B*H*Tq, Tk): block (b*H + h)*Tq holds head h of sequence b.
+//
+// Masks, all optional and combined (an entry is masked if any mask says so):
+//  - causal: query i sees key j only if j <= i + (Tk - Tq) (aligned at the end, so a step that
+//    decodes the last Tq positions against Tk cached keys is causal too; Tq == Tk is the usual case);
+//  - key_padding (B, Tk): true marks a padded key of sequence b, as PyTorch's key_padding_mask;
+//  - attn_mask (Tq, Tk) shared by the batch, or (B*Tq, Tk) per sequence: true marks a masked pair.
+// A query whose keys are all masked gets a zero output and zero gradients, never NaN.
+#pragma once
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "../core/parallel.hpp"
+#include "../core/tensor.hpp"
+#include "softmax.hpp"
+
+namespace eigenformer {
+
+struct AttentionMask {
+  bool causal = false;
+  BoolMatrix key_padding;  // (B, Tk) or empty
+  BoolMatrix attn_mask;    // (Tq, Tk), (B*Tq, Tk) or empty
+
+  bool empty() const { return !causal && key_padding.size() == 0 && attn_mask.size() == 0; }
+};
+
+/// Sizes of one attention call.
+struct AttentionDims {
+  Index B = 0, Tq = 0, Tk = 0, H = 0, dh = 0;
+};
+
+namespace detail {
+
+/// Throws unless mask fits dims (function names the caller in the message).
+inline void check_mask(const std::string& func, const AttentionMask& mask, const AttentionDims& d) {
+  if (mask.key_padding.size() != 0)
+    check_shape(func, "mask.key_padding", mask.key_padding, d.B, d.Tk);
+  if (mask.attn_mask.size() != 0) {
+    const bool shared = mask.attn_mask.rows() == d.Tq;
+    const bool per_batch = mask.attn_mask.rows() == d.B * d.Tq;
+    if (!(shared || per_batch) || mask.attn_mask.cols() != d.Tk)
+      throw_argument(func, "mask.attn_mask",
+                     "has shape " + shape_of(mask.attn_mask) + ", expected " +
+                         shape_str(d.Tq, d.Tk) + " or " + shape_str(d.B * d.Tq, d.Tk));
+  }
+}
+
+/// Sets masked scores of sequence b (a (Tq, Tk) block) to -inf.
+template <class Block>
+void apply_mask(Block&& scores, const AttentionMask& mask, const AttentionDims& d, Index b) {
+  using Scalar = typename std::decay_t<Block>::Scalar;
+  const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
+  const bool per_batch = mask.attn_mask.rows() == d.B * d.Tq && d.B > 1;
+  for (Index i = 0; i < d.Tq; ++i) {
+    if (mask.causal) {
+      const Index first_hidden = i + (d.Tk - d.Tq) + 1;  // keys at and after it are in the future
+      if (first_hidden < d.Tk) {
+        const Index start = first_hidden < 0 ? 0 : first_hidden;
+        scores.row(i).segment(start, d.Tk - start).setConstant(neg_inf);
+      }
+    }
+    if (mask.attn_mask.size() != 0) {
+      const Index r = per_batch ? b * d.Tq + i : i;
+      for (Index j = 0; j < d.Tk; ++j)
+        if (mask.attn_mask(r, j)) scores(i, j) = neg_inf;
+    }
+    if (mask.key_padding.size() != 0) {
+      for (Index j = 0; j < d.Tk; ++j)
+        if (mask.key_padding(b, j)) scores(i, j) = neg_inf;
+    }
+  }
+}
+
+}  // namespace detail
+
+/// out (B*Tq, H*dh), probs (B*H*Tq, Tk) from q (B*Tq, H*dh), k and v (B*Tk, H*dh).
+/// Arguments must already be checked (the layers do it).
+template <class Scalar>
+void attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scalar> q,
+                       ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d,
+                       const AttentionMask& mask) {
+  out.resize(d.B * d.Tq, d.H * d.dh);
+  probs.resize(d.B * d.H * d.Tq, d.Tk);
+  const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
+  const double work = 4.0 * static_cast<double>(d.Tq * d.Tk * d.dh);
+  detail::parallel_for(d.B * d.H, work, [&](Index bh) {
+    const Index b = bh / d.H, h = bh % d.H;
+    Eigen::Block<Matrix<Scalar>> p = probs.block(bh * d.Tq, 0, d.Tq, d.Tk);  // (Tq, Tk)
+    p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
+                  k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();
+    if (!mask.empty()) detail::apply_mask(p, mask, d, b);
+    for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(p.row(i));
+    out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
+        p * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh);  // (Tq, dh)
+  });
+}
+
+/// dq (B*Tq, H*dh), dk and dv (B*Tk, H*dh), all fresh, from dout (B*Tq, H*dh) and the forward's
+/// probs and inputs.
+template <class Scalar>
+void attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& dv,
+                        ConstRef<Scalar> dout, ConstRef<Scalar> probs, ConstRef<Scalar> q,
+                        ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d) {
+  dq.resize(d.B * d.Tq, d.H * d.dh);
+  dk.resize(d.B * d.Tk, d.H * d.dh);
+  dv.resize(d.B * d.Tk, d.H * d.dh);
+  const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
+  const double work = 8.0 * static_cast<double>(d.Tq * d.Tk * d.dh);
+  detail::parallel_for(d.B * d.H, work, [&](Index bh) {
+    const Index b = bh / d.H, h = bh % d.H;
+    const Eigen::Block<ConstRef<Scalar>> p = probs.block(bh * d.Tq, 0, d.Tq, d.Tk);
+    const Eigen::Block<ConstRef<Scalar>> go = dout.block(b * d.Tq, h * d.dh, d.Tq, d.dh);
+    dv.block(b * d.Tk, h * d.dh, d.Tk, d.dh).noalias() = p.transpose() * go;  // (Tk, dh)
+    Matrix<Scalar> ds(d.Tq, d.Tk);                                            // dL/dscores
+    ds.noalias() = go * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();  // dL/dprobs
+    for (Index i = 0; i < d.Tq; ++i) {
+      const Scalar dot = p.row(i).dot(ds.row(i));
+      ds.row(i) = p.row(i).array() * (ds.row(i).array() - dot);
+    }
+    dq.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
+        scale * ds * k.block(b * d.Tk, h * d.dh, d.Tk, d.dh);
+    dk.block(b * d.Tk, h * d.dh, d.Tk, d.dh).noalias() =
+        scale * ds.transpose() * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh);
+  });
+}
+
+}  // namespace eigenformer

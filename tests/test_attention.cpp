@@ -1,0 +1,172 @@
+// The attention op: reference values, every mask kind, gradients, and the all-masked row.
+#include <eigenformer/ops/attention.hpp>
+
+#include <cmath>
+#include <limits>
+
+#include "test_util.hpp"
+
+using namespace eigenformer;
+using eftest::MatD;
+
+namespace {
+
+// Plain loops, one (b, h, i, j) at a time: the definition, for comparison.
+MatD reference_attention(const MatD& q, const MatD& k, const MatD& v, const AttentionDims& d,
+                         const AttentionMask& m) {
+  MatD out = MatD::Zero(d.B * d.Tq, d.H * d.dh);
+  for (Index b = 0; b < d.B; ++b)
+    for (Index h = 0; h < d.H; ++h)
+      for (Index i = 0; i < d.Tq; ++i) {
+        std::vector<double> w(static_cast<size_t>(d.Tk), 0.0);
+        double max = -std::numeric_limits<double>::infinity();
+        std::vector<bool> visible(static_cast<size_t>(d.Tk), true);
+        for (Index j = 0; j < d.Tk; ++j) {
+          bool masked = m.causal && j > i + (d.Tk - d.Tq);
+          if (m.key_padding.size() && m.key_padding(b, j)) masked = true;
+          if (m.attn_mask.size()) {
+            const Index r = m.attn_mask.rows() == d.Tq ? i : b * d.Tq + i;
+            if (m.attn_mask(r, j)) masked = true;
+          }
+          visible[size_t(j)] = !masked;
+          double s = 0;
+          for (Index c = 0; c < d.dh; ++c) s += q(b * d.Tq + i, h * d.dh + c) * k(b * d.Tk + j, h * d.dh + c);
+          w[size_t(j)] = s / std::sqrt(double(d.dh));
+          if (!masked) max = std::max(max, w[size_t(j)]);
+        }
+        double sum = 0;
+        for (Index j = 0; j < d.Tk; ++j) {
+          w[size_t(j)] = visible[size_t(j)] ? std::exp(w[size_t(j)] - max) : 0.0;
+          sum += w[size_t(j)];
+        }
+        if (sum == 0) continue;
+        for (Index j = 0; j < d.Tk; ++j)
+          for (Index c = 0; c < d.dh; ++c)
+            out(b * d.Tq + i, h * d.dh + c) += w[size_t(j)] / sum * v(b * d.Tk + j, h * d.dh + c);
+      }
+  return out;
+}
+
+struct Case {
+  const char* name;
+  AttentionDims d;
+  AttentionMask mask;
+};
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  out.push_back({"no mask", {2, 4, 4, 2, 3}, {}});
+  AttentionMask causal;
+  causal.causal = true;
+  out.push_back({"causal", {2, 4, 4, 2, 3}, causal});
+  out.push_back({"causal, fewer queries than keys", {2, 2, 5, 2, 3}, causal});
+  AttentionMask pad;
+  pad.key_padding = BoolMatrix::Zero(2, 5);
+  pad.key_padding(0, 4) = true;
+  pad.key_padding(1, 3) = pad.key_padding(1, 4) = true;
+  out.push_back({"key padding, cross shapes", {2, 3, 5, 2, 3}, pad});
+  AttentionMask shared;
+  shared.attn_mask = BoolMatrix::Zero(3, 4);
+  shared.attn_mask(0, 1) = shared.attn_mask(2, 3) = true;
+  out.push_back({"shared attn_mask", {2, 3, 4, 1, 4}, shared});
+  AttentionMask all;
+  all.causal = true;
+  all.key_padding = BoolMatrix::Zero(2, 4);
+  all.key_padding(1, 0) = true;  // with causal: query 0 of sequence 1 sees nothing
+  all.attn_mask = BoolMatrix::Zero(8, 4);
+  all.attn_mask(2, 1) = all.attn_mask(7, 2) = true;
+  out.push_back({"causal + padding + per-sequence mask", {2, 4, 4, 2, 2}, all});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("attention matches the definition for every mask kind") {
+  for (const Case& c : cases()) {
+    INFO(c.name);
+    Rng rng(1);
+    const AttentionDims& d = c.d;
+    const MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+    const MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+    const MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+    MatD out, probs;
+    attention_forward<double>(out, probs, q, k, v, d, c.mask);
+    CHECK((out - reference_attention(q, k, v, d, c.mask)).cwiseAbs().maxCoeff() < 1e-12);
+    CHECK(probs.allFinite());
+  }
+}
+
+TEST_CASE("attention gradients match finite differences for every mask kind") {
+  for (const Case& c : cases()) {
+    INFO(c.name);
+    Rng rng(2);
+    const AttentionDims& d = c.d;
+    MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+    MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+    MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+    const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+    MatD out, probs, dq, dk, dv;
+    attention_forward<double>(out, probs, q, k, v, d, c.mask);
+    attention_backward<double>(dq, dk, dv, R, probs, q, k, v, d);
+    auto loss = [&] {
+      MatD o, p;
+      attention_forward<double>(o, p, q, k, v, d, c.mask);
+      return projection(o, R);
+    };
+    eftest::check_grad(q, dq, loss, "q");
+    eftest::check_grad(k, dk, loss, "k");
+    eftest::check_grad(v, dv, loss, "v");
+  }
+}
+
+TEST_CASE_TEMPLATE("a query whose keys are all masked gives zeros, not NaN", Scalar, float, double) {
+  const AttentionDims d{2, 3, 3, 2, 2};
+  Rng rng(3);
+  const Matrix<Scalar> q = eftest::random_matrix<Scalar>(6, 4, rng);
+  const Matrix<Scalar> k = eftest::random_matrix<Scalar>(6, 4, rng);
+  const Matrix<Scalar> v = eftest::random_matrix<Scalar>(6, 4, rng);
+  AttentionMask mask;
+  mask.key_padding = BoolMatrix::Constant(2, 3, true);  // sequence 0: every key padded
+  mask.key_padding.row(1).setConstant(false);
+  Matrix<Scalar> out, probs, dq, dk, dv;
+  attention_forward<Scalar>(out, probs, q, k, v, d, mask);
+  const Matrix<Scalar> dout = Matrix<Scalar>::Ones(6, 4);
+  attention_backward<Scalar>(dq, dk, dv, dout, probs, q, k, v, d);
+  CHECK(out.allFinite());
+  CHECK(out.topRows(3).isZero());
+  CHECK(!out.bottomRows(3).isZero());
+  CHECK(dq.allFinite());
+  CHECK(dk.allFinite());
+  CHECK(dv.allFinite());
+  CHECK(dq.topRows(3).isZero());
+  CHECK(dk.topRows(3).isZero());
+  CHECK(dv.topRows(3).isZero());
+}
+
+TEST_CASE_TEMPLATE("attention probabilities sum to 1 and logits of 1e4 stay finite", Scalar, float,
+                   double) {
+  const AttentionDims d{1, 4, 4, 1, 2};
+  Matrix<Scalar> q = Matrix<Scalar>::Constant(4, 2, Scalar(100));
+  q(1, 0) = Scalar(-100);
+  const Matrix<Scalar> k = q;  // scores up to 1e4 / sqrt(2) in size
+  const Matrix<Scalar> v = Matrix<Scalar>::Ones(4, 2);
+  Matrix<Scalar> out, probs, dq, dk, dv;
+  attention_forward<Scalar>(out, probs, q, k, v, d, AttentionMask{});
+  CHECK(probs.allFinite());
+  for (Index i = 0; i < 4; ++i) CHECK(probs.row(i).sum() == doctest::Approx(1.0));
+  attention_backward<Scalar>(dq, dk, dv, Matrix<Scalar>::Ones(4, 2), probs, q, k, v, d);
+  CHECK(dq.allFinite());
+  CHECK(dk.allFinite());
+}
+
+TEST_CASE("attention masks of the wrong shape are rejected") {
+  const AttentionDims d{2, 3, 4, 1, 2};
+  AttentionMask m;
+  m.key_padding = BoolMatrix::Zero(2, 3);
+  eftest::check_throws_with([&] { detail::check_mask("f", m, d); },
+                            {"eigenformer::f", "mask.key_padding", "(2, 3)", "(2, 4)"});
+  m.key_padding.resize(0, 0);
+  m.attn_mask = BoolMatrix::Zero(5, 4);
+  eftest::check_throws_with([&] { detail::check_mask("f", m, d); },
+                            {"mask.attn_mask", "(5, 4)", "(3, 4) or (6, 4)"});
+}
