@@ -1,0 +1,269 @@
+// Optimizers over a ParamList, with PyTorch's update rules, and gradient clipping.
+//
+//   AdamW<float> opt(model.parameters(), 3e-4f);
+//   for (...) {
+//     opt.zero_grad();
+//     ... forward, loss, backward ...
+//     clip_grad_norm(model.parameters(), 1.0f);
+//     opt.step();
+//   }
+//
+// The optimizer keeps pointers to the parameters, which must outlive it, and sizes its state
+// (momentum, moments) from their shapes at construction: step() throws ArgumentError if a value or
+// gradient has changed shape since.
+#pragma once
+
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../core/param.hpp"
+
+namespace eigenformer {
+
+namespace detail {
+
+/// Throws unless lo <= value (<= hi when hi_inclusive, < hi otherwise); NaN always throws.
+template <class Scalar>
+void check_range(const std::string& func, const std::string& arg, Scalar value, double lo,
+                 double hi, bool hi_inclusive = true) {
+  const double v = static_cast<double>(value);
+  const bool ok = v >= lo && (hi_inclusive ? v <= hi : v < hi);
+  if (ok) return;
+  std::ostringstream s;
+  s << "must be in [" << lo << ", " << hi << (hi_inclusive ? "]" : ")") << ", got " << v;
+  throw_argument(func, arg, s.str());
+}
+
+template <class Scalar>
+void check_nonnegative(const std::string& func, const std::string& arg, Scalar value) {
+  check_range(func, arg, value, 0.0, HUGE_VAL, false);
+}
+
+/// Throws unless every entry names a parameter whose gradient has the value's shape.
+template <class Scalar>
+void check_param_list(const std::string& func, const ParamList<Scalar>& params) {
+  for (const auto& p : params) {
+    require(p.param != nullptr, func, "params", "has a null pointer for '" + p.name + "'");
+    require(p.param->grad.rows() == p.param->value.rows() &&
+                p.param->grad.cols() == p.param->value.cols(),
+            func, "params",
+            "has parameter '" + p.name + "' with value " + shape_of(p.param->value) + " but grad " +
+                shape_of(p.param->grad));
+  }
+}
+
+}  // namespace detail
+
+/// What every optimizer shares: the parameters, the learning rate and the step count.
+template <class Scalar = float>
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+
+  /// Applies one update from the current gradients; throws if a parameter changed shape.
+  virtual void step() = 0;
+
+  void zero_grad() { eigenformer::zero_grad(params_); }
+
+  void set_lr(Scalar lr) {
+    detail::check_nonnegative(name_ + "::set_lr", "lr", lr);
+    lr_ = lr;
+  }
+  Scalar lr() const { return lr_; }
+  /// Updates applied so far.
+  long steps() const { return steps_; }
+  const ParamList<Scalar>& params() const { return params_; }
+
+ protected:
+  Optimizer(ParamList<Scalar> params, Scalar lr, std::string name)
+      : params_(std::move(params)), lr_(lr), name_(std::move(name)) {
+    const std::string func = name_ + "::" + name_;
+    detail::require(!params_.empty(), func, "params", "is empty");
+    detail::check_param_list(func, params_);
+    detail::check_nonnegative(func, "lr", lr);
+    for (const auto& p : params_) shapes_.push_back({p.param->value.rows(), p.param->value.cols()});
+  }
+
+  /// One zero matrix per parameter, of its shape: optimizer state.
+  std::vector<Matrix<Scalar>> zeros_like_params() const {
+    std::vector<Matrix<Scalar>> out;
+    for (const auto& p : params_)
+      out.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
+    return out;
+  }
+
+  /// Throws, naming the parameter, if a value or gradient differs from its shape at construction.
+  void check_shapes() const {
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const Param<Scalar>& p = *params_[i].param;
+      const Index rows = shapes_[i].first, cols = shapes_[i].second;
+      const bool ok = p.value.rows() == rows && p.value.cols() == cols && p.grad.rows() == rows &&
+                      p.grad.cols() == cols;
+      detail::require(ok, name_ + "::step", "params",
+                      "has parameter '" + params_[i].name + "' with value " +
+                          detail::shape_of(p.value) + " and grad " + detail::shape_of(p.grad) +
+                          ", expected " + detail::shape_str(rows, cols) + " as at construction");
+    }
+  }
+
+  ParamList<Scalar> params_;
+  Scalar lr_;
+  long steps_ = 0;
+  std::string name_;  // the class name, for error messages
+
+ private:
+  std::vector<std::pair<Index, Index>> shapes_;  // (rows, cols) of each parameter at construction
+};
+
+/// torch.optim.SGD without dampening or Nesterov: d = g + wd w; buf = momentum buf + d (buf = d
+/// on the first step); w -= lr buf (w -= lr d without momentum).
+template <class Scalar = float>
+class SGD : public Optimizer<Scalar> {
+ public:
+  SGD(ParamList<Scalar> params, Scalar lr, Scalar momentum = 0, Scalar weight_decay = 0)
+      : Optimizer<Scalar>(std::move(params), lr, "SGD"),
+        momentum_(momentum),
+        weight_decay_(weight_decay) {
+    detail::check_nonnegative("SGD::SGD", "momentum", momentum);
+    detail::check_nonnegative("SGD::SGD", "weight_decay", weight_decay);
+    if (momentum_ != 0) velocity_ = this->zeros_like_params();
+  }
+
+  void step() override {
+    this->check_shapes();
+    ++this->steps_;
+    for (size_t i = 0; i < this->params_.size(); ++i) {
+      Param<Scalar>& p = *this->params_[i].param;
+      if (momentum_ == 0) {
+        p.value -= this->lr_ * (p.grad + weight_decay_ * p.value);
+        continue;
+      }
+      velocity_[i] = momentum_ * velocity_[i] + p.grad + weight_decay_ * p.value;
+      p.value -= this->lr_ * velocity_[i];
+    }
+  }
+
+  Scalar momentum() const { return momentum_; }
+  Scalar weight_decay() const { return weight_decay_; }
+
+ private:
+  Scalar momentum_;
+  Scalar weight_decay_;
+  std::vector<Matrix<Scalar>> velocity_;  // momentum buffers, one per parameter; empty without
+};
+
+/// torch.optim.Adam (1.13): g += wd w (L2 through the gradient); m = b1 m + (1 - b1) g;
+/// v = b2 v + (1 - b2) g^2; w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+/// AdamW derives from it and decays the weights directly instead (see below).
+template <class Scalar = float>
+class Adam : public Optimizer<Scalar> {
+ public:
+  Adam(ParamList<Scalar> params, Scalar lr = Scalar(1e-3), Scalar beta1 = Scalar(0.9),
+       Scalar beta2 = Scalar(0.999), Scalar eps = Scalar(1e-8), Scalar weight_decay = 0)
+      : Adam(std::move(params), lr, beta1, beta2, eps, weight_decay, false, "Adam") {}
+
+  void step() override {
+    this->check_shapes();
+    ++this->steps_;
+    const double t = static_cast<double>(this->steps_);
+    const double bias_correction1 = 1.0 - std::pow(static_cast<double>(beta1_), t);
+    const double bias_correction2 = 1.0 - std::pow(static_cast<double>(beta2_), t);
+    const Scalar step_size = static_cast<Scalar>(static_cast<double>(this->lr_) / bias_correction1);
+    const Scalar bias_correction2_sqrt = static_cast<Scalar>(std::sqrt(bias_correction2));
+    for (size_t i = 0; i < this->params_.size(); ++i) {
+      Param<Scalar>& p = *this->params_[i].param;
+      if (decoupled_) {
+        p.value *= Scalar(1) - this->lr_ * weight_decay_;
+        update_moments(i, p.grad.array());
+      } else {
+        update_moments(i, p.grad.array() + weight_decay_ * p.value.array());
+      }
+      p.value.array() -=
+          step_size * (m_[i].array() / (v_[i].array().sqrt() / bias_correction2_sqrt + eps_));
+    }
+  }
+
+  Scalar beta1() const { return beta1_; }
+  Scalar beta2() const { return beta2_; }
+  Scalar eps() const { return eps_; }
+  Scalar weight_decay() const { return weight_decay_; }
+  /// true for AdamW: weights decay directly, outside the moments.
+  bool decoupled_weight_decay() const { return decoupled_; }
+
+ protected:
+  Adam(ParamList<Scalar> params, Scalar lr, Scalar beta1, Scalar beta2, Scalar eps,
+       Scalar weight_decay, bool decoupled, const std::string& name)
+      : Optimizer<Scalar>(std::move(params), lr, name),
+        beta1_(beta1),
+        beta2_(beta2),
+        eps_(eps),
+        weight_decay_(weight_decay),
+        decoupled_(decoupled) {
+    const std::string func = name + "::" + name;
+    detail::check_range(func, "beta1", beta1, 0.0, 1.0, false);
+    detail::check_range(func, "beta2", beta2, 0.0, 1.0, false);
+    detail::check_nonnegative(func, "eps", eps);
+    detail::check_nonnegative(func, "weight_decay", weight_decay);
+    m_ = this->zeros_like_params();
+    v_ = this->zeros_like_params();
+  }
+
+ private:
+  /// m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2, for parameter i with effective gradient g.
+  template <class Grad>
+  void update_moments(size_t i, const Eigen::ArrayBase<Grad>& g) {
+    m_[i].array() = beta1_ * m_[i].array() + (Scalar(1) - beta1_) * g;
+    v_[i].array() = beta2_ * v_[i].array() + (Scalar(1) - beta2_) * g.square();
+  }
+
+  Scalar beta1_, beta2_, eps_, weight_decay_;
+  bool decoupled_;
+  std::vector<Matrix<Scalar>> m_;  // first moments, one per parameter
+  std::vector<Matrix<Scalar>> v_;  // second moments, one per parameter
+};
+
+/// torch.optim.AdamW (1.13): Adam with decoupled weight decay, w *= 1 - lr wd before the update,
+/// and the gradient left as it is.
+template <class Scalar = float>
+class AdamW : public Adam<Scalar> {
+ public:
+  AdamW(ParamList<Scalar> params, Scalar lr = Scalar(1e-3), Scalar beta1 = Scalar(0.9),
+        Scalar beta2 = Scalar(0.999), Scalar eps = Scalar(1e-8), Scalar weight_decay = Scalar(0.01))
+      : Adam<Scalar>(std::move(params), lr, beta1, beta2, eps, weight_decay, true, "AdamW") {}
+};
+
+/// Scales all gradients together so that their joint L2 norm is at most max_norm, as
+/// torch.nn.utils.clip_grad_norm_: by max_norm / (norm + 1e-6) when that is below 1. Returns the
+/// norm before clipping. A non-finite norm is returned with the gradients left unchanged (PyTorch
+/// would fill them with NaN); check grads_finite() and skip the step.
+template <class Scalar>
+Scalar clip_grad_norm(const ParamList<Scalar>& params, Scalar max_norm) {
+  detail::check_param_list("clip_grad_norm", params);
+  detail::require(max_norm > 0 && std::isfinite(static_cast<double>(max_norm)), "clip_grad_norm",
+                  "max_norm", "must be positive and finite, got " + std::to_string(max_norm));
+  double sum = 0.0;
+  for (const auto& p : params) sum += p.param->grad.template cast<double>().squaredNorm();
+  const double norm = std::sqrt(sum);
+  const double coef = static_cast<double>(max_norm) / (norm + 1e-6);
+  if (std::isfinite(norm) && coef < 1.0)
+    for (const auto& p : params) p.param->grad *= static_cast<Scalar>(coef);
+  return static_cast<Scalar>(norm);
+}
+
+/// true when every gradient is finite; otherwise false, and *bad_name (if given) is the name of
+/// the first parameter with a NaN or infinite gradient.
+template <class Scalar>
+bool grads_finite(const ParamList<Scalar>& params, std::string* bad_name = nullptr) {
+  detail::check_param_list("grads_finite", params);
+  for (const auto& p : params) {
+    if (p.param->grad.allFinite()) continue;
+    if (bad_name) *bad_name = p.name;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace eigenformer

@@ -1,0 +1,266 @@
+#include <cmath>
+#include <eigenformer/train/optim.hpp>
+#include <limits>
+#include <memory>
+
+#include "test_util.hpp"
+
+using namespace eigenformer;
+using eftest::MatD;
+
+namespace {
+
+const double kW0[4] = {0.5, -1.0, 2.0, 0.0};
+// The gradient fed at steps 1, 2 and 3.
+const double kGrads[3][4] = {{0.1, -0.2, 0.3, 0.0}, {-0.5, 0.4, 0.05, 1.0}, {0.2, 0.2, -0.1, -2.0}};
+
+template <class Scalar>
+Param<Scalar> make_param() {
+  Param<Scalar> p(2, 2);
+  for (Index k = 0; k < 4; ++k) p.value(k / 2, k % 2) = static_cast<Scalar>(kW0[k]);
+  return p;
+}
+
+template <class Scalar>
+void set_grad(Param<Scalar>& p, int step) {
+  for (Index k = 0; k < 4; ++k) p.grad(k / 2, k % 2) = static_cast<Scalar>(kGrads[step][k]);
+}
+
+/// Adam / AdamW on one scalar written out from torch's documentation, for three steps.
+double reference_adam(double w, int k, double lr, double b1, double b2, double eps, double wd,
+                      bool decoupled) {
+  double m = 0, v = 0;
+  for (int t = 1; t <= 3; ++t) {
+    double g = kGrads[t - 1][k];
+    if (decoupled) {
+      w = w * (1 - lr * wd);
+    } else {
+      g = g + wd * w;
+    }
+    m = b1 * m + (1 - b1) * g;
+    v = b2 * v + (1 - b2) * g * g;
+    const double m_hat = m / (1 - std::pow(b1, t));
+    const double v_hat = v / (1 - std::pow(b2, t));
+    // Torch's eps sits outside the bias-corrected sqrt: sqrt(v_hat) + eps.
+    w = w - lr * m_hat / (std::sqrt(v_hat) + eps);
+  }
+  return w;
+}
+
+double tol_for(bool is_float) { return is_float ? 2e-6 : 1e-14; }
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("SGD takes one plain step and momentum steps by hand", Scalar, float, double) {
+  const double tol = tol_for(std::is_same<Scalar, float>::value);
+  Param<Scalar> p = make_param<Scalar>();
+  SGD<Scalar> plain({{"w", &p}}, Scalar(0.1), Scalar(0), Scalar(0.01));
+  set_grad(p, 0);
+  plain.step();
+  for (Index k = 0; k < 4; ++k)
+    CHECK(std::abs(p.value(k / 2, k % 2) - (kW0[k] - 0.1 * (kGrads[0][k] + 0.01 * kW0[k]))) <= tol);
+  CHECK(plain.steps() == 1);
+
+  // Momentum: buf1 = g1, w1 = w0 - lr g1; buf2 = 0.9 g1 + g2, w2 = w1 - lr buf2.
+  Param<Scalar> q = make_param<Scalar>();
+  SGD<Scalar> sgd({{"w", &q}}, Scalar(0.1), Scalar(0.9));
+  set_grad(q, 0);
+  sgd.step();
+  set_grad(q, 1);
+  sgd.step();
+  for (Index k = 0; k < 4; ++k) {
+    const double w1 = kW0[k] - 0.1 * kGrads[0][k];
+    const double w2 = w1 - 0.1 * (0.9 * kGrads[0][k] + kGrads[1][k]);
+    CHECK(std::abs(q.value(k / 2, k % 2) - w2) <= tol);
+  }
+}
+
+TEST_CASE_TEMPLATE("Adam and AdamW follow the update formulas for three steps", Scalar, float,
+                   double) {
+  const double tol = tol_for(std::is_same<Scalar, float>::value);
+  for (bool decoupled : {false, true}) {
+    for (double wd : {0.0, 0.1}) {
+      CAPTURE(decoupled);
+      CAPTURE(wd);
+      Param<Scalar> p = make_param<Scalar>();
+      std::unique_ptr<Adam<Scalar>> opt;
+      const ParamList<Scalar> params{{"w", &p}};
+      if (decoupled) {
+        opt = std::make_unique<AdamW<Scalar>>(params, Scalar(0.01), Scalar(0.8), Scalar(0.95),
+                                              Scalar(1e-6), Scalar(wd));
+      } else {
+        opt = std::make_unique<Adam<Scalar>>(params, Scalar(0.01), Scalar(0.8), Scalar(0.95),
+                                             Scalar(1e-6), Scalar(wd));
+      }
+      CHECK(opt->decoupled_weight_decay() == decoupled);
+      for (int t = 0; t < 3; ++t) {
+        set_grad(p, t);
+        opt->step();
+      }
+      CHECK(opt->steps() == 3);
+      for (int k = 0; k < 4; ++k) {
+        const double expected = reference_adam(kW0[k], k, 0.01, 0.8, 0.95, 1e-6, wd, decoupled);
+        CHECK(std::abs(p.value(k / 2, k % 2) - expected) <= tol);
+      }
+    }
+  }
+}
+
+// Reference values from PyTorch 1.13 (float64), made by:
+//   w = torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=torch.float64, requires_grad=True)
+//   opt = cls([w], lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)   # Adam, AdamW
+//   opt = torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=0.01)
+//   for g in grads (kGrads above): w.grad = torch.tensor(g, dtype=torch.float64); opt.step()
+//   print([repr(x) for x in w.detach().flatten().tolist()])
+TEST_CASE("Adam, AdamW and SGD match torch.optim after three steps") {
+  const double adam[4] = {0.4956173962001504, -0.9935871822021024, 1.9729218688012464,
+                          -0.004023284928112777};
+  const double adamw[4] = {0.49667007467561197, -0.9968844104995205, 1.973463126824201,
+                           -0.0040167699622839625};
+  const double sgd[4] = {0.5450853895, -1.0362307789999998, 1.9081085679999998,
+                         0.010099999999999998};
+  Param<double> a = make_param<double>(), b = make_param<double>(), c = make_param<double>();
+  Adam<double> opt_a({{"w", &a}}, 0.01, 0.8, 0.95, 1e-6, 0.1);
+  AdamW<double> opt_b({{"w", &b}}, 0.01, 0.8, 0.95, 1e-6, 0.1);
+  SGD<double> opt_c({{"w", &c}}, 0.1, 0.9, 0.01);
+  for (int t = 0; t < 3; ++t) {
+    set_grad(a, t);
+    set_grad(b, t);
+    set_grad(c, t);
+    opt_a.step();
+    opt_b.step();
+    opt_c.step();
+  }
+  for (Index k = 0; k < 4; ++k) {
+    CHECK(a.value(k / 2, k % 2) == doctest::Approx(adam[k]).epsilon(1e-14));
+    CHECK(b.value(k / 2, k % 2) == doctest::Approx(adamw[k]).epsilon(1e-14));
+    CHECK(c.value(k / 2, k % 2) == doctest::Approx(sgd[k]).epsilon(1e-14));
+  }
+}
+
+TEST_CASE_TEMPLATE("Adam minimises a quadratic over several parameters", Scalar, float, double) {
+  // f = 0.5 |w - target|^2 summed over two parameters; the gradient is w - target.
+  Rng rng(21);
+  Param<Scalar> w1(3, 4), w2(1, 5, true);
+  const Matrix<Scalar> t1 = eftest::random_matrix<Scalar>(3, 4, rng);
+  const Matrix<Scalar> t2 = eftest::random_matrix<Scalar>(1, 5, rng);
+  const ParamList<Scalar> params{{"w1", &w1}, {"w2", &w2}};
+  Adam<Scalar> opt(params, Scalar(0.05));
+  // An Optimizer reference drives any of them.
+  Optimizer<Scalar>& any = opt;
+  for (int it = 0; it < 1000; ++it) {
+    any.zero_grad();
+    w1.grad += w1.value - t1;
+    w2.grad += w2.value - t2;
+    any.step();
+  }
+  CHECK((w1.value - t1).cwiseAbs().maxCoeff() < Scalar(1e-3));
+  CHECK((w2.value - t2).cwiseAbs().maxCoeff() < Scalar(1e-3));
+  CHECK(any.steps() == 1000);
+}
+
+TEST_CASE("Optimizers expose and change the learning rate and clear gradients") {
+  Param<double> p = make_param<double>();
+  AdamW<double> opt({{"w", &p}});
+  CHECK(opt.lr() == 1e-3);
+  CHECK(opt.weight_decay() == 0.01);
+  CHECK(opt.beta1() == 0.9);
+  CHECK(opt.beta2() == 0.999);
+  CHECK(opt.eps() == 1e-8);
+  opt.set_lr(0.5);
+  CHECK(opt.lr() == 0.5);
+  CHECK(opt.steps() == 0);
+  p.grad.setConstant(3.0);
+  opt.zero_grad();
+  CHECK(p.grad.isZero());
+  CHECK(opt.params().size() == 1);
+  CHECK(Adam<double>({{"w", &p}}).weight_decay() == 0.0);
+
+  // With lr = 0, nothing moves (not even AdamW's decay).
+  opt.set_lr(0.0);
+  p.grad.setConstant(1.0);
+  const MatD before = p.value;
+  opt.step();
+  CHECK(p.value == before);
+}
+
+TEST_CASE("Optimizers reject bad arguments and parameters that changed shape") {
+  Param<float> p(2, 3);
+  const ParamList<float> params{{"layer.weight", &p}};
+  eftest::check_throws_with([&] { SGD<float>(params, -0.1f); }, {"SGD::SGD", "'lr'", "-0.1"});
+  eftest::check_throws_with([&] { SGD<float>(params, 0.1f, -1.f); }, {"SGD::SGD", "'momentum'"});
+  eftest::check_throws_with([&] { SGD<float>({}, 0.1f); }, {"SGD::SGD", "'params'", "empty"});
+  eftest::check_throws_with(
+      [&] {
+        SGD<float>({{"x", nullptr}}, 0.1f);
+      },
+      {"SGD::SGD", "'params'", "'x'"});
+  eftest::check_throws_with([&] { Adam<float>(params, 1e-3f, 1.0f); },
+                            {"Adam::Adam", "'beta1'", "[0, 1)"});
+  eftest::check_throws_with([&] { AdamW<float>(params, 1e-3f, 0.9f, -0.5f); },
+                            {"AdamW::AdamW", "'beta2'"});
+  eftest::check_throws_with([&] { AdamW<float>(params, 1e-3f, 0.9f, 0.99f, -1.f); },
+                            {"AdamW::AdamW", "'eps'"});
+  eftest::check_throws_with([&] { Adam<float>(params, 1e-3f, 0.9f, 0.99f, 1e-8f, std::nanf("")); },
+                            {"Adam::Adam", "'weight_decay'", "nan"});
+  Param<float> bad_grad(2, 3);
+  bad_grad.grad.resize(3, 2);
+  eftest::check_throws_with(
+      [&] {
+        SGD<float>({{"b", &bad_grad}}, 0.1f);
+      },
+      {"SGD::SGD", "'b'", "(2, 3)", "(3, 2)"});
+
+  AdamW<float> opt(params, 0.1f);
+  eftest::check_throws_with([&] { opt.set_lr(-1.f); }, {"AdamW::set_lr", "'lr'"});
+  CHECK(opt.lr() == 0.1f);
+  p.value = Matrix<float>::Ones(3, 3);
+  p.grad = Matrix<float>::Ones(3, 3);
+  eftest::check_throws_with([&] { opt.step(); },
+                            {"AdamW::step", "'layer.weight'", "(3, 3)", "(2, 3)"});
+  CHECK(opt.steps() == 0);
+  CHECK(p.value == Matrix<float>::Ones(3, 3));
+  p.value = Matrix<float>::Ones(2, 3);
+  eftest::check_throws_with([&] { opt.step(); }, {"AdamW::step", "grad (3, 3)"});
+  p.grad = Matrix<float>::Ones(2, 3);
+  opt.step();
+  CHECK(opt.steps() == 1);
+}
+
+TEST_CASE_TEMPLATE("clip_grad_norm scales all gradients together like PyTorch", Scalar, float,
+                   double) {
+  Param<Scalar> a(1, 2), b(1, 1);
+  a.grad << 3, 4;
+  b.grad << 12;
+  const ParamList<Scalar> params{{"a", &a}, {"b", &b}};
+  // Norm 13 is within 20: unchanged.
+  CHECK(clip_grad_norm(params, Scalar(20)) == Scalar(13));
+  CHECK(a.grad(0, 1) == Scalar(4));
+  // Above 6.5: scaled by 6.5 / (13 + 1e-6).
+  CHECK(clip_grad_norm(params, Scalar(6.5)) == Scalar(13));
+  const double coef = 6.5 / (13 + 1e-6);
+  CHECK(static_cast<double>(a.grad(0, 0)) == doctest::Approx(3 * coef).epsilon(1e-6));
+  CHECK(static_cast<double>(b.grad(0, 0)) == doctest::Approx(12 * coef).epsilon(1e-6));
+  CHECK(static_cast<double>(clip_grad_norm(params, Scalar(100))) ==
+        doctest::Approx(13 * coef).epsilon(1e-6));
+}
+
+TEST_CASE("clip_grad_norm leaves non-finite gradients alone and grads_finite names them") {
+  Param<float> a(1, 2), b(2, 2);
+  a.grad << 3, 4;
+  b.grad.setConstant(1.f);
+  const ParamList<float> params{{"a", &a}, {"b", &b}};
+  std::string bad = "unchanged";
+  CHECK(grads_finite(params, &bad));
+  CHECK(bad == "unchanged");
+  b.grad(1, 0) = std::numeric_limits<float>::infinity();
+  CHECK(std::isinf(clip_grad_norm(params, 1.f)));
+  CHECK(a.grad(0, 0) == 3.f);
+  CHECK_FALSE(grads_finite(params, &bad));
+  CHECK(bad == "b");
+  a.grad(0, 1) = std::nanf("");
+  CHECK_FALSE(grads_finite(params));
+  CHECK_FALSE(grads_finite(params, &bad));
+  CHECK(bad == "a");
+  eftest::check_throws_with([&] { clip_grad_norm(params, 0.f); }, {"clip_grad_norm", "'max_norm'"});
+}
