@@ -1,0 +1,56 @@
+// Activation layer: y = f(x) elementwise, f one of relu, gelu_tanh, gelu_erf (see
+// ops/activations.hpp). No parameters.
+#pragma once
+
+#include "../core/param.hpp"
+#include "../ops/activations.hpp"
+
+namespace eigenformer {
+
+template <class Scalar = float>
+class ActivationLayer {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    Mat x;  // (N, C) the input
+  };
+
+  ActivationLayer() = default;
+
+  explicit ActivationLayer(Activation kind) : kind_(kind) {
+    detail::check_activation("ActivationLayer::ActivationLayer", kind);
+  }
+
+  Activation kind() const { return kind_; }
+
+  /// x (N, C) -> f(x) (N, C), inference only.
+  Mat forward(ConstRef<Scalar> x) const {
+    Mat y;
+    activation_forward<Scalar>(y, x, kind_);
+    return y;
+  }
+
+  /// x (N, C) -> f(x) (N, C), keeping the input in cache.
+  Mat forward(ConstRef<Scalar> x, Cache& cache) const {
+    Mat y = forward(x);
+    cache.x = x;
+    return y;
+  }
+
+  /// dy (N, C) -> dx (N, C) = dy * f'(x).
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache) const {
+    detail::check_shape("ActivationLayer::backward", "dy", dy, cache.x.rows(), cache.x.cols());
+    Mat dx;
+    activation_backward<Scalar>(dx, dy, cache.x, kind_);
+    return dx;
+  }
+
+  ParamList<Scalar> parameters() { return {}; }
+
+  void zero_grad() {}
+
+ private:
+  Activation kind_ = Activation::relu;
+};
+
+}  // namespace eigenformer

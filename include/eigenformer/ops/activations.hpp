@@ -1,0 +1,152 @@
+// Elementwise activations, as in PyTorch:
+//   relu:      max(x, 0)                                   (derivative 0 at x = 0)
+//   gelu_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GELU(approximate="tanh"))
+//   gelu_erf:  0.5 x (1 + erf(x / sqrt(2))) = x Phi(x)           (GELU(), the default)
+// Phi is computed as 0.5 erfc(-x / sqrt(2)) and 0.5 (1 + tanh(u)) as the logistic sigmoid(2u):
+// the same functions, but negative x keep their relative precision and large |x| cannot overflow.
+#pragma once
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "../core/parallel.hpp"
+#include "../core/tensor.hpp"
+
+namespace eigenformer {
+
+enum class Activation { relu, gelu_tanh, gelu_erf };
+
+/// "relu", "gelu_tanh" or "gelu_erf".
+inline std::string to_string(Activation kind) {
+  switch (kind) {
+    case Activation::relu: return "relu";
+    case Activation::gelu_tanh: return "gelu_tanh";
+    case Activation::gelu_erf: return "gelu_erf";
+  }
+  detail::throw_argument("to_string", "kind",
+                         "is not an Activation (value " + std::to_string(static_cast<int>(kind)) +
+                             ")");
+}
+
+/// "relu", "gelu" (the erf form, PyTorch's default), "gelu_tanh" or "gelu_erf".
+inline Activation parse_activation(const std::string& name) {
+  if (name == "relu") return Activation::relu;
+  if (name == "gelu" || name == "gelu_erf") return Activation::gelu_erf;
+  if (name == "gelu_tanh") return Activation::gelu_tanh;
+  detail::throw_argument("parse_activation", "name",
+                         "is '" + name + "', expected one of relu, gelu, gelu_tanh, gelu_erf");
+}
+
+namespace detail {
+
+/// Throws unless kind is one of the enumerators.
+inline void check_activation(const std::string& func, Activation kind) {
+  require(kind == Activation::relu || kind == Activation::gelu_tanh ||
+              kind == Activation::gelu_erf,
+          func, "kind", "is not an Activation (value " +
+                            std::to_string(static_cast<int>(kind)) + ")");
+}
+
+template <class Scalar>
+struct GeluConstants {
+  static constexpr Scalar k = Scalar(0.79788456080286535588);       // sqrt(2 / pi)
+  static constexpr Scalar a = Scalar(0.044715);
+  static constexpr Scalar inv_sqrt2 = Scalar(0.70710678118654752440);
+  static constexpr Scalar inv_sqrt_2pi = Scalar(0.39894228040143267794);
+};
+
+/// Phi(x), the standard normal CDF, as 0.5 erfc(-x / sqrt 2): no cancellation for negative x.
+template <class Scalar>
+Scalar normal_cdf(Scalar x) {
+  return Scalar(0.5) * std::erfc(-x * GeluConstants<Scalar>::inv_sqrt2);
+}
+
+/// One row: e = exp(-2|u|), u = k (x + a x^3), set to exactly 0 below the smallest normal number
+/// (Eigen's vectorised exp stops there instead of reaching 0, and x^3 may overflow to inf).
+template <class Out, class In>
+void gelu_tanh_exp(Out&& e, const In& x) {
+  using Scalar = typename In::Scalar;
+  using G = GeluConstants<Scalar>;
+  const Scalar z_max = -std::log(std::numeric_limits<Scalar>::min());
+  e.array() = Scalar(2) * G::k * (x.array() + G::a * x.array().cube()).abs();
+  e.array() = (e.array() < z_max).select((-e.array()).exp(), Scalar(0));
+}
+
+/// One row: out = f(inp).
+template <class Out, class In>
+void activation_row(Out&& out, const In& inp, Activation kind) {
+  using Scalar = typename In::Scalar;
+  switch (kind) {
+    case Activation::relu:
+      out.array() = inp.array().max(Scalar(0));
+      break;
+    case Activation::gelu_tanh:
+      // 0.5 (1 + tanh(u)) = sigmoid(2u), written with e = exp(-2|u|) so that nothing overflows
+      // and negative x keep their relative precision.
+      gelu_tanh_exp(out, inp);
+      out.array() = inp.array() * (inp.array() >= Scalar(0)).select(Scalar(1), out.array()) /
+                    (Scalar(1) + out.array());
+      break;
+    case Activation::gelu_erf:
+      out.array() = inp.array() * inp.array().unaryExpr(&normal_cdf<Scalar>);
+      break;
+  }
+}
+
+/// One row: dinp = dout * f'(inp).
+template <class Out, class Dout, class In>
+void activation_backward_row(Out&& dinp, const Dout& dout, const In& inp, Activation kind) {
+  using Scalar = typename In::Scalar;
+  using G = GeluConstants<Scalar>;
+  switch (kind) {
+    case Activation::relu:
+      dinp.array() = (inp.array() > Scalar(0)).select(dout.array(), Scalar(0));
+      break;
+    case Activation::gelu_tanh:
+      // f = x s with s = sigmoid(2u), u = k (x + a x^3), e = exp(-2|u|):
+      // f' = s + 2 x s (1 - s) k (1 + 3 a x^2), where s (1 - s) = e / (1 + e)^2; the second term
+      // is 0 once e is, so huge |x| (whose x^3 overflows) give f' = 0 or 1.
+      gelu_tanh_exp(dinp, inp);
+      dinp.array() =
+          dout.array() *
+          ((inp.array() >= Scalar(0)).select(Scalar(1), dinp.array()) / (Scalar(1) + dinp.array()) +
+           (dinp.array() > Scalar(0))
+               .select(Scalar(2) * G::k * inp.array() *
+                           (Scalar(1) + Scalar(3) * G::a * inp.array().square()) * dinp.array() /
+                           (Scalar(1) + dinp.array()).square(),
+                       Scalar(0)));
+      break;
+    case Activation::gelu_erf:
+      // f' = Phi(x) + x phi(x).
+      dinp.array() = dout.array() * (inp.array().unaryExpr(&normal_cdf<Scalar>) +
+                                     inp.array() * G::inv_sqrt_2pi *
+                                         (Scalar(-0.5) * inp.array().square()).exp());
+      break;
+  }
+}
+
+}  // namespace detail
+
+/// out (N, C) = f(inp (N, C)) elementwise.
+template <class Scalar>
+void activation_forward(Matrix<Scalar>& out, ConstRef<Scalar> inp, Activation kind) {
+  detail::check_activation("activation_forward", kind);
+  out.resize(inp.rows(), inp.cols());
+  detail::parallel_for(inp.rows(), 20.0 * static_cast<double>(inp.cols()),
+                       [&](Index i) { detail::activation_row(out.row(i), inp.row(i), kind); });
+}
+
+/// dinp (N, C) = dout (N, C) * f'(inp (N, C)), fresh. dinp must not alias dout or inp.
+template <class Scalar>
+void activation_backward(Matrix<Scalar>& dinp, ConstRef<Scalar> dout, ConstRef<Scalar> inp,
+                         Activation kind) {
+  detail::check_activation("activation_backward", kind);
+  detail::check_shape("activation_backward", "dout", dout, inp.rows(), inp.cols());
+  dinp.resize(inp.rows(), inp.cols());
+  detail::parallel_for(inp.rows(), 30.0 * static_cast<double>(inp.cols()), [&](Index i) {
+    detail::activation_backward_row(dinp.row(i), dout.row(i), inp.row(i), kind);
+  });
+}
+
+}  // namespace eigenformer
