@@ -1,0 +1,106 @@
+#include <eigenformer/layers/dropout.hpp>
+
+#include <cmath>
+
+#include "test_util.hpp"
+
+using namespace eigenformer;
+using eftest::MatD;
+
+TEST_CASE_TEMPLATE("Dropout with the same seed draws the same mask", Scalar, float, double) {
+  const Matrix<Scalar> x = Matrix<Scalar>::Ones(20, 30);
+  Dropout<Scalar> a(Scalar(0.4), 42), b(Scalar(0.4), 42), c(Scalar(0.4), 43);
+  typename Dropout<Scalar>::Cache ca, cb, cc;
+  const Matrix<Scalar> ya = a.forward(x, ca);
+  CHECK(ya == b.forward(x, cb));
+  CHECK(ca.mask == cb.mask);
+  CHECK(ya != c.forward(x, cc));
+  // The rng advances: the next mask differs from the first.
+  typename Dropout<Scalar>::Cache next;
+  a.forward(x, next);
+  CHECK(next.mask != ca.mask);
+}
+
+TEST_CASE_TEMPLATE("Dropout keeps 1 - p of the entries, scaled so the mean is preserved", Scalar,
+                   float, double) {
+  const Scalar p = Scalar(0.3);
+  Dropout<Scalar> drop(p, 7);
+  Rng rng(1);
+  const Matrix<Scalar> x = eftest::random_matrix<Scalar>(400, 500, rng).array().abs() + Scalar(1);
+  typename Dropout<Scalar>::Cache cache;
+  const Matrix<Scalar> y = drop.forward(x, cache);
+  const Scalar scale = Scalar(1) / (Scalar(1) - p);
+  Index kept = 0, wrong = 0;
+  for (Index i = 0; i < y.rows(); ++i)
+    for (Index j = 0; j < y.cols(); ++j) {
+      const bool is_kept = y(i, j) != Scalar(0);
+      kept += is_kept;
+      wrong += is_kept && y(i, j) != x(i, j) * scale;
+    }
+  CHECK(wrong == 0);
+  const double n = static_cast<double>(x.size());
+  // 200000 Bernoulli(0.7) draws: the standard deviation of the kept fraction is about 0.001.
+  CHECK(std::abs(static_cast<double>(kept) / n - 0.7) < 0.005);
+  const double mean_x = static_cast<double>(x.template cast<double>().mean());
+  const double mean_y = static_cast<double>(y.template cast<double>().mean());
+  CHECK(std::abs(mean_y - mean_x) < 0.01 * mean_x);
+}
+
+TEST_CASE("Dropout backward applies the forward's mask") {
+  Rng rng(2);
+  Dropout<double> drop(0.5, 3);
+  const MatD x = eftest::random_matrix(6, 8, rng);
+  const MatD dy = eftest::random_matrix(6, 8, rng);
+  Dropout<double>::Cache cache;
+  const MatD y = drop.forward(x, cache);
+  // A later forward must not change what backward does with this cache.
+  Dropout<double>::Cache other;
+  drop.forward(x, other);
+  const MatD dx = drop.backward(dy, cache);
+  for (Index i = 0; i < x.rows(); ++i)
+    for (Index j = 0; j < x.cols(); ++j) {
+      CHECK(y(i, j) == x(i, j) * cache.mask(i, j));
+      CHECK(dx(i, j) == dy(i, j) * cache.mask(i, j));
+    }
+  // The layer is linear in x with this mask, so dx is the exact gradient of <y, dy>.
+  CHECK(std::abs(projection(y, dy) - projection(x, dx)) <= 1e-12);
+}
+
+TEST_CASE("Dropout is the identity in eval mode, for p = 0 and for inference") {
+  Rng rng(3);
+  const MatD x = eftest::random_matrix(5, 4, rng);
+  const MatD dy = eftest::random_matrix(5, 4, rng);
+  Dropout<double> drop(0.5, 4);
+  CHECK(drop.training);
+  CHECK(drop.forward(x) == x);
+  drop.eval();
+  CHECK_FALSE(drop.training);
+  Dropout<double>::Cache cache;
+  CHECK(drop.forward(x, cache) == x);
+  CHECK(drop.backward(dy, cache) == dy);
+  CHECK(cache.mask.size() == 0);
+  drop.train();
+  CHECK(drop.training);
+  drop.train(false);
+  CHECK_FALSE(drop.training);
+
+  Dropout<double> none(0.0, 5);
+  CHECK(none.forward(x, cache) == x);
+  CHECK(none.backward(dy, cache) == dy);
+  CHECK(none.parameters().empty());
+}
+
+TEST_CASE("Dropout rejects bad input") {
+  eftest::check_throws_with([] { Dropout<float>(1.0f, 0); }, {"Dropout::Dropout", "'p'", "1"});
+  eftest::check_throws_with([] { Dropout<float>(-0.1f, 0); }, {"Dropout::Dropout", "'p'", "-0.1"});
+  eftest::check_throws_with([] { Dropout<double>(std::nan(""), 0); }, {"Dropout::Dropout", "'p'"});
+  Dropout<float> drop(0.5f, 1);
+  Dropout<float>::Cache cache;
+  drop.forward(Matrix<float>::Ones(3, 4), cache);
+  eftest::check_throws_with([&] { drop.backward(Matrix<float>::Ones(3, 5), cache); },
+                            {"Dropout::backward", "'dy'", "(3, 5)", "(3, 4)"});
+  drop.eval();
+  drop.forward(Matrix<float>::Ones(2, 2), cache);
+  eftest::check_throws_with([&] { drop.backward(Matrix<float>::Ones(3, 4), cache); },
+                            {"Dropout::backward", "'dy'", "(3, 4)", "(2, 2)"});
+}
