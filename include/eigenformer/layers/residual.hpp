@@ -1,0 +1,136 @@
+// Residual connection around a sublayer f, with a LayerNorm in one of two places:
+//   post-norm (the original paper, PyTorch's norm_first=False):  y = LN(x + f(x))
+//   pre-norm  (norm_first=True):                                  y = x + f(LN(x))
+// f is any callable, so attention (which needs masks and a second input) fits as well as a
+// feed-forward block: the caller passes a lambda that runs the sublayer's forward with the
+// sublayer's own cache, and later one that runs its backward.
+#pragma once
+
+#include <string>
+
+#include "../core/param.hpp"
+#include "layernorm.hpp"
+
+namespace eigenformer {
+
+enum class NormPlacement { post, pre };
+
+/// "post" or "pre".
+inline std::string to_string(NormPlacement placement) {
+  switch (placement) {
+    case NormPlacement::post: return "post";
+    case NormPlacement::pre: return "pre";
+  }
+  detail::throw_argument("to_string", "placement",
+                         "is not a NormPlacement (value " +
+                             std::to_string(static_cast<int>(placement)) + ")");
+}
+
+/// "post" or "pre".
+inline NormPlacement parse_norm_placement(const std::string& name) {
+  if (name == "post") return NormPlacement::post;
+  if (name == "pre") return NormPlacement::pre;
+  detail::throw_argument("parse_norm_placement", "name",
+                         "is '" + name + "', expected one of post, pre");
+}
+
+template <class Scalar = float>
+class Residual {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    typename LayerNorm<Scalar>::Cache norm;  // the norm's input: x + f(x) (post) or x (pre)
+  };
+
+  LayerNorm<Scalar> norm;  // over d_model features
+
+  Residual() = default;
+
+  Residual(Index d_model, NormPlacement placement, Scalar eps = Scalar(1e-5))
+      : placement_(placement) {
+    detail::require(placement == NormPlacement::post || placement == NormPlacement::pre,
+                    "Residual::Residual", "placement",
+                    "is not a NormPlacement (value " +
+                        std::to_string(static_cast<int>(placement)) + ")");
+    detail::check_positive("Residual::Residual", "d_model", d_model);
+    detail::check_eps("Residual::Residual", eps);
+    norm = LayerNorm<Scalar>(d_model, eps);
+  }
+
+  NormPlacement placement() const { return placement_; }
+  Index d_model() const { return norm.features(); }
+
+  /// x (N, d_model) -> (N, d_model), inference only. sublayer(const Mat& in) -> Mat (N, d_model)
+  /// runs the sublayer's inference forward.
+  template <class F>
+  Mat forward(ConstRef<Scalar> x, F&& sublayer) const {
+    check_input(x);
+    if (placement_ == NormPlacement::pre) return x + checked(sublayer(norm.forward(x)), x.rows());
+    const Mat in = x;
+    const Mat s = x + checked(sublayer(in), x.rows());
+    return norm.forward(s);
+  }
+
+  /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache. sublayer(const Mat& in)
+  /// -> Mat (N, d_model) runs the sublayer's forward, keeping the sublayer's own cache.
+  template <class F>
+  Mat forward(ConstRef<Scalar> x, Cache& cache, F&& sublayer) const {
+    check_input(x);
+    if (placement_ == NormPlacement::pre)
+      return x + checked(sublayer(norm.forward(x, cache.norm)), x.rows());
+    const Mat in = x;
+    const Mat s = x + checked(sublayer(in), x.rows());
+    return norm.forward(s, cache.norm);
+  }
+
+  /// dy (N, d_model) -> dx (N, d_model); adds into norm's gradients. sublayer_backward(const Mat&
+  /// d_out) -> Mat (N, d_model) runs the sublayer's backward and returns the gradient with respect
+  /// to the sublayer's input.
+  template <class G>
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache, G&& sublayer_backward) {
+    detail::check_shape("Residual::backward", "dy", dy, cache.norm.x.rows(), d_model());
+    const Index N = dy.rows();
+    if (placement_ == NormPlacement::pre) {
+      const Mat dn = checked_grad(sublayer_backward(Mat(dy)), N);
+      Mat dx = norm.backward(dn, cache.norm);
+      dx += dy;
+      return dx;
+    }
+    // Post: the norm's gradients are added only once the sublayer's backward has succeeded.
+    Mat ds, dgamma = Mat::Zero(1, d_model()), dbeta = Mat::Zero(1, d_model());
+    layernorm_backward<Scalar>(ds, &dgamma, &dbeta, dy, cache.norm.x, norm.weight.value,
+                               cache.norm.mean, cache.norm.rstd);
+    Mat dx = checked_grad(sublayer_backward(ds), N);
+    dx += ds;
+    norm.weight.grad += dgamma;
+    norm.bias.grad += dbeta;
+    return dx;
+  }
+
+  ParamList<Scalar> parameters() {
+    ParamList<Scalar> out;
+    append_params(out, "norm", norm.parameters());
+    return out;
+  }
+
+  void zero_grad() { norm.zero_grad(); }
+
+ private:
+  NormPlacement placement_ = NormPlacement::post;
+
+  void check_input(ConstRef<Scalar> x) const {
+    detail::check_shape("Residual::forward", "x", x, -1, d_model());
+  }
+
+  Mat checked(Mat y, Index rows) const {
+    detail::check_shape("Residual::forward", "sublayer output", y, rows, d_model());
+    return y;
+  }
+
+  Mat checked_grad(Mat dx, Index rows) const {
+    detail::check_shape("Residual::backward", "sublayer_backward output", dx, rows, d_model());
+    return dx;
+  }
+};
+
+}  // namespace eigenformer
