@@ -183,7 +183,7 @@ TEST_CASE("PositionalKind parses its names and rejects others") {
   CHECK(parse_positional_kind("sinusoidal") == PositionalKind::sinusoidal);
   CHECK(parse_positional_kind("learned") == PositionalKind::learned);
   for (PositionalKind kind : {PositionalKind::sinusoidal, PositionalKind::learned})
-    CHECK(parse_positional_kind(positional_kind_name(kind)) == kind);
+    CHECK(parse_positional_kind(to_string(kind)) == kind);
   eftest::check_throws_with([] { parse_positional_kind("rotary"); },
                             {"parse_positional_kind", "'rotary'", "'sinusoidal'", "'learned'"});
 }

@@ -30,7 +30,7 @@ inline PositionalKind parse_positional_kind(const std::string& name) {
 }
 
 /// The name parse_positional_kind accepts for kind.
-inline std::string positional_kind_name(PositionalKind kind) {
+inline std::string to_string(PositionalKind kind) {
   return kind == PositionalKind::sinusoidal ? "sinusoidal" : "learned";
 }
 

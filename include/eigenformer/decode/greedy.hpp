@@ -1,0 +1,102 @@
+// Greedy decoding: at each step take the most likely next token.
+//
+// Encoder-decoder: encode the source once, then grow the target from BOS one token at a time until
+// every sequence has produced EOS or max_len tokens. Batched and deterministic. Call
+// model.eval() first so that dropout is off. Each step reruns the decoder over the whole prefix.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../model/language_models.hpp"
+#include "../model/transformer.hpp"
+
+namespace eigenformer {
+
+struct GreedyOptions {
+  Index bos = 1;
+  Index eos = 2;
+  Index max_len = 64;  // most tokens generated per sequence (EOS included)
+};
+
+namespace detail {
+
+template <class Scalar>
+Index argmax_row(const Matrix<Scalar>& logits, Index row) {
+  Index best = 0;
+  logits.row(row).maxCoeff(&best);
+  return best;
+}
+
+inline void check_greedy_options(const std::string& func, const GreedyOptions& opt, Index vocab,
+                                 Index max_positions) {
+  require(opt.bos >= 0 && opt.bos < vocab, func, "options.bos",
+          "is " + std::to_string(opt.bos) + ", expected an id in [0, " + std::to_string(vocab) + ")");
+  require(opt.eos >= 0 && opt.eos < vocab, func, "options.eos",
+          "is " + std::to_string(opt.eos) + ", expected an id in [0, " + std::to_string(vocab) + ")");
+  require(opt.max_len > 0 && opt.max_len < max_positions, func, "options.max_len",
+          "is " + std::to_string(opt.max_len) + ", expected 1.." +
+              std::to_string(max_positions - 1) + " (the model's max_len less one for BOS)");
+}
+
+}  // namespace detail
+
+/// src (B, S) -> generated ids (B, L) with L <= max_len, without BOS. A sequence that ended early
+/// is filled with EOS after its EOS. If last is given it receives the caches of the final decoder
+/// pass (its cross-attention weights show which source tokens each output token looked at).
+template <class Scalar>
+IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const GreedyOptions& opt,
+                       typename Transformer<Scalar>::Cache* last = nullptr) {
+  detail::check_greedy_options("greedy_decode", opt, model.config().tgt_vocab,
+                               model.config().max_len);
+  typename Transformer<Scalar>::Cache cache;
+  const Matrix<Scalar> memory = model.encode(src, cache.encoder);
+  const Index B = src.rows();
+  IdMatrix prefix = IdMatrix::Constant(B, 1, opt.bos);  // (B, t + 1)
+  std::vector<bool> done(static_cast<size_t>(B), false);
+  Index n_done = 0;
+  for (Index t = 0; t < opt.max_len && n_done < B; ++t) {
+    const Matrix<Scalar> logits = model.decode(prefix, src, memory, cache);  // (B*(t+1), V)
+    prefix.conservativeResize(B, t + 2);
+    for (Index b = 0; b < B; ++b) {
+      const Index next = done[size_t(b)] ? opt.eos : detail::argmax_row(logits, b * (t + 1) + t);
+      prefix(b, t + 1) = next;
+      if (!done[size_t(b)] && next == opt.eos) {
+        done[size_t(b)] = true;
+        ++n_done;
+      }
+    }
+  }
+  if (last) *last = std::move(cache);
+  return prefix.rightCols(prefix.cols() - 1);
+}
+
+/// Decoder-only: extends prompt (B, P) by up to n_new greedy tokens, stopping a sequence at
+/// eos (pass -1 for none). Returns (B, P + generated).
+template <class Scalar>
+IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, Index n_new,
+                         Index eos = -1) {
+  detail::require(n_new >= 0 && prompt.cols() + n_new <= model.config().max_len, "greedy_generate",
+                  "n_new", "is " + std::to_string(n_new) + "; prompt length + n_new must be <= " +
+                               "max_len " + std::to_string(model.config().max_len));
+  IdMatrix seq = prompt;
+  const Index B = prompt.rows();
+  std::vector<bool> done(static_cast<size_t>(B), false);
+  typename DecoderOnlyLM<Scalar>::Cache cache;
+  for (Index step = 0; step < n_new; ++step) {
+    const Index T = seq.cols();
+    const Matrix<Scalar> logits = model.forward(seq, cache);  // (B*T, V)
+    seq.conservativeResize(B, T + 1);
+    bool all_done = true;
+    for (Index b = 0; b < B; ++b) {
+      const Index next = done[size_t(b)] ? eos : detail::argmax_row(logits, b * T + T - 1);
+      seq(b, T) = next;
+      if (eos >= 0 && next == eos) done[size_t(b)] = true;
+      all_done = all_done && done[size_t(b)];
+    }
+    if (all_done) break;
+  }
+  return seq;
+}
+
+}  // namespace eigenformer

@@ -1,0 +1,184 @@
+// Encoder layer and encoder stack.
+//
+// EncoderLayer: self-attention, then feed-forward, each inside a residual block with LayerNorm
+// (post-norm: x = LN(x + drop(f(x))); pre-norm: x = x + drop(f(LN(x)))).
+// With a causal mask the same layer is a GPT block: the decoder-only model reuses it.
+//
+// Encoder: token input (embedding + positions), N layers, and a final LayerNorm for pre-norm.
+//   ids (B, S) -> memory (B*S, d_model)
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../layers/dropout.hpp"
+#include "../layers/feed_forward.hpp"
+#include "../layers/layernorm.hpp"
+#include "../layers/multihead_attention.hpp"
+#include "../layers/residual.hpp"
+#include "config.hpp"
+#include "token_input.hpp"
+
+namespace eigenformer {
+
+template <class Scalar = float>
+class EncoderLayer {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    typename Residual<Scalar>::Cache attn_block, ffn_block;
+    typename MultiHeadAttention<Scalar>::Cache attn;
+    typename Dropout<Scalar>::Cache attn_drop, ffn_drop;
+    typename FeedForward<Scalar>::Cache ffn;
+  };
+
+  MultiHeadAttention<Scalar> self_attn;
+  FeedForward<Scalar> ffn;
+  Residual<Scalar> attn_block, ffn_block;  // hold norm1 and norm2
+  Dropout<Scalar> attn_drop, ffn_drop;
+
+  EncoderLayer() = default;
+  EncoderLayer(const LayerConfig& c, Rng& rng)
+      : self_attn(c.checked("EncoderLayer::EncoderLayer").d_model, c.n_heads, rng),
+        ffn(c.d_model, c.d_ff, c.activation, Scalar(c.dropout), rng),
+        attn_block(c.d_model, c.norm, Scalar(c.eps)),
+        ffn_block(c.d_model, c.norm, Scalar(c.eps)),
+        attn_drop(Scalar(c.dropout), rng.split()),
+        ffn_drop(Scalar(c.dropout), rng.split()) {}
+
+  /// x (B*T, d) -> (B*T, d).
+  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) {
+    const Mat h = attn_block.forward(x, cache.attn_block, [&](const Mat& in) {
+      return attn_drop.forward(self_attn.forward(in, B, mask, cache.attn), cache.attn_drop);
+    });
+    return ffn_block.forward(h, cache.ffn_block, [&](const Mat& in) {
+      return ffn_drop.forward(ffn.forward(in, cache.ffn), cache.ffn_drop);
+    });
+  }
+
+  /// dy (B*T, d) -> dx (B*T, d) fresh; parameter gradients added.
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
+    const Mat dh = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
+      return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
+    });
+    return attn_block.backward(dh, cache.attn_block, [&](const Mat& d) {
+      return self_attn.backward(attn_drop.backward(d, cache.attn_drop), cache.attn);
+    });
+  }
+
+  void train(bool on) {
+    ffn.train(on);
+    attn_drop.training = on;
+    ffn_drop.training = on;
+  }
+
+  /// Names follow PyTorch's nn.TransformerEncoderLayer where it has the same piece.
+  ParamList<Scalar> parameters() {
+    ParamList<Scalar> out;
+    append_params(out, "self_attn", self_attn.parameters());
+    for (const auto& p : ffn.parameters()) out.push_back(p);  // linear1.*, linear2.*
+    append_params(out, "norm1", attn_block.norm.parameters());
+    append_params(out, "norm2", ffn_block.norm.parameters());
+    return out;
+  }
+
+  void zero_grad() { eigenformer::zero_grad(parameters()); }
+};
+
+/// N encoder layers with a final LayerNorm when the layers are pre-norm (their output is not
+/// normalised otherwise). Used by the encoder and the decoder-only model.
+template <class Scalar = float>
+class EncoderStack {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    std::vector<typename EncoderLayer<Scalar>::Cache> layers;
+    typename LayerNorm<Scalar>::Cache final_norm;
+  };
+
+  std::vector<EncoderLayer<Scalar>> layers;
+  LayerNorm<Scalar> final_norm;  // empty for post-norm
+
+  EncoderStack() = default;
+  EncoderStack(const LayerConfig& c, Index n_layers, Rng& rng) : pre_norm_(c.norm == NormPlacement::pre) {
+    for (Index i = 0; i < n_layers; ++i) layers.emplace_back(c, rng);
+    if (pre_norm_) final_norm = LayerNorm<Scalar>(c.d_model, Scalar(c.eps));
+  }
+
+  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) {
+    cache.layers.resize(layers.size());
+    Mat h = x;
+    for (size_t i = 0; i < layers.size(); ++i) h = layers[i].forward(h, B, mask, cache.layers[i]);
+    if (pre_norm_) h = final_norm.forward(h, cache.final_norm);
+    return h;
+  }
+
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
+    Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
+    for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i]);
+    return d;
+  }
+
+  void train(bool on) {
+    for (auto& l : layers) l.train(on);
+  }
+
+  ParamList<Scalar> parameters() {
+    ParamList<Scalar> out;
+    for (size_t i = 0; i < layers.size(); ++i)
+      append_params(out, "layers." + std::to_string(i), layers[i].parameters());
+    if (pre_norm_) append_params(out, "norm", final_norm.parameters());
+    return out;
+  }
+
+ private:
+  bool pre_norm_ = false;
+};
+
+/// Token input + encoder stack: source ids (B, S) -> memory (B*S, d_model). Padded source
+/// positions (id == pad_id) are masked as keys.
+template <class Scalar = float>
+class Encoder {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    typename TokenInput<Scalar>::Cache input;
+    typename EncoderStack<Scalar>::Cache stack;
+  };
+
+  TokenInput<Scalar> input;
+  EncoderStack<Scalar> stack;
+
+  Encoder() = default;
+  Encoder(Index vocab, Index n_layers, const TransformerConfig& c, Rng& rng)
+      : input(vocab, c, rng), stack(c.layer(), n_layers, rng) {}
+
+  /// mask: usually key_padding_mask(ids, pad_id).
+  Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache) {
+    const Mat x = input.forward(ids, cache.input);
+    return stack.forward(x, ids.rows(), mask, cache.stack);
+  }
+
+  void backward(ConstRef<Scalar> dmemory, const Cache& cache) {
+    input.backward(stack.backward(dmemory, cache.stack), cache.input);
+  }
+
+  void train(bool on) {
+    input.train(on);
+    stack.train(on);
+  }
+
+  ParamList<Scalar> parameters() {
+    ParamList<Scalar> out = input.parameters();
+    for (const auto& p : stack.parameters()) out.push_back(p);
+    return out;
+  }
+};
+
+/// (B, T) true where ids == pad_id: the key padding mask of a padded batch (empty if pad_id < 0).
+inline BoolMatrix key_padding_mask(const IdMatrix& ids, Index pad_id) {
+  if (pad_id < 0) return BoolMatrix();
+  return (ids.array() == pad_id).matrix();
+}
+
+}  // namespace eigenformer

@@ -1,0 +1,108 @@
+// Single-stack models built from the encoder's layers:
+//  - DecoderOnlyLM (GPT-style): causal self-attention, no cross-attention.
+//      ids (B, T) -> next-token logits (B*T, vocab)
+//  - EncoderOnlyModel (BERT-style): bidirectional self-attention with key padding, and a
+//    per-token output projection (e.g. for masked-token prediction).
+//      ids (B, T) -> logits (B*T, vocab)
+// Both use config.tgt_vocab as their vocabulary and config.n_decoder_layers /
+// config.n_encoder_layers as their depth.
+#pragma once
+
+#include <string>
+
+#include "config.hpp"
+#include "encoder.hpp"
+#include "output_head.hpp"
+
+namespace eigenformer {
+
+namespace detail {
+
+/// Token input + encoder stack + output head, with the mask each model chooses.
+template <class Scalar>
+class SingleStackModel {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    typename TokenInput<Scalar>::Cache input;
+    typename EncoderStack<Scalar>::Cache stack;
+    typename OutputHead<Scalar>::Cache head;
+  };
+
+  TokenInput<Scalar> input;
+  EncoderStack<Scalar> stack;
+  OutputHead<Scalar> head;
+
+  const TransformerConfig& config() const { return config_; }
+
+  /// ids (B, T) at positions start_pos.. -> logits (B*T, vocab).
+  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
+    const std::string func = name_ + "::forward";
+    detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
+                    "has shape " + shape_of(ids) + ", expected a non-empty (B, T)");
+    check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
+    AttentionMask mask;
+    mask.causal = causal_;
+    mask.key_padding = key_padding_mask(ids, config_.pad_id);
+    const Mat x = input.forward(ids, cache.input, start_pos);
+    const Mat h = stack.forward(x, ids.rows(), mask, cache.stack);
+    return head.forward(h, input.embedding, cache.head);
+  }
+
+  /// dlogits (B*T, vocab): adds every parameter's gradient.
+  void backward(ConstRef<Scalar> dlogits, const Cache& cache) {
+    const Mat dh = head.backward(dlogits, cache.head, input.embedding);
+    input.backward(stack.backward(dh, cache.stack), cache.input);
+  }
+
+  void train(bool on = true) {
+    input.train(on);
+    stack.train(on);
+  }
+  void eval() { train(false); }
+
+  ParamList<Scalar> parameters() {
+    ParamList<Scalar> out = input.parameters();
+    for (const auto& p : stack.parameters()) out.push_back(p);  // layers.*, norm.*
+    append_params(out, "output", head.parameters());
+    return out;
+  }
+
+  void zero_grad() { eigenformer::zero_grad(parameters()); }
+
+ protected:
+  SingleStackModel() = default;
+  SingleStackModel(const TransformerConfig& c, Index n_layers, bool causal, std::string name,
+                   Rng& rng)
+      : config_(c), causal_(causal), name_(std::move(name)) {
+    c.validate(name_ + "::" + name_, false);
+    input = TokenInput<Scalar>(c.tgt_vocab, c, rng);
+    stack = EncoderStack<Scalar>(c.layer(), n_layers, rng);
+    head = OutputHead<Scalar>(c.d_model, c.tgt_vocab, c.tie_output, rng);
+  }
+
+ private:
+  TransformerConfig config_;
+  bool causal_ = true;
+  std::string name_;
+};
+
+}  // namespace detail
+
+template <class Scalar = float>
+class DecoderOnlyLM : public detail::SingleStackModel<Scalar> {
+ public:
+  DecoderOnlyLM() = default;
+  DecoderOnlyLM(const TransformerConfig& c, Rng& rng)
+      : detail::SingleStackModel<Scalar>(c, c.n_decoder_layers, true, "DecoderOnlyLM", rng) {}
+};
+
+template <class Scalar = float>
+class EncoderOnlyModel : public detail::SingleStackModel<Scalar> {
+ public:
+  EncoderOnlyModel() = default;
+  EncoderOnlyModel(const TransformerConfig& c, Rng& rng)
+      : detail::SingleStackModel<Scalar>(c, c.n_encoder_layers, false, "EncoderOnlyModel", rng) {}
+};
+
+}  // namespace eigenformer

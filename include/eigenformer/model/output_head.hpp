@@ -1,0 +1,68 @@
+// The output projection: hidden states (N, d) -> logits (N, V), either its own Linear (with bias)
+// or tied to an embedding matrix E (V, d): logits = h E^T, the paper's weight sharing.
+// The model passes its embedding to every call rather than the head keeping a pointer, so copies
+// of a model stay tied to their own embedding.
+#pragma once
+
+#include "../layers/embedding.hpp"
+#include "../layers/linear.hpp"
+#include "../ops/linear.hpp"
+
+namespace eigenformer {
+
+template <class Scalar = float>
+class OutputHead {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    Mat h;  // (N, d) the input
+  };
+
+  Linear<Scalar> proj;  // (V, d) weight and (1, V) bias; empty when tied
+
+  OutputHead() = default;
+  OutputHead(Index d_model, Index vocab, bool tied, Rng& rng) : tied_(tied) {
+    if (!tied_) proj = Linear<Scalar>(d_model, vocab, rng);
+  }
+
+  bool tied() const { return tied_; }
+
+  /// h (N, d) -> logits (N, V). `embedding` is used only when tied.
+  Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding) const {
+    const Param<Scalar>& w = weight(embedding);
+    detail::check_shape("OutputHead::forward", "h", h, -1, w.value.cols());
+    Mat logits;
+    linear_forward<Scalar>(logits, h, w.value, tied_ ? nullptr : &proj.bias.value);
+    return logits;
+  }
+
+  Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding, Cache& cache) const {
+    Mat logits = forward(h, embedding);
+    cache.h = h;
+    return logits;
+  }
+
+  /// dlogits (N, V) -> dh (N, d) fresh; the weight gradient is added (to the embedding if tied).
+  Mat backward(ConstRef<Scalar> dlogits, const Cache& cache, Embedding<Scalar>& embedding) {
+    Param<Scalar>& w = weight(embedding);
+    detail::check_shape("OutputHead::backward", "dlogits", dlogits, cache.h.rows(),
+                        w.value.rows());
+    Mat dh;
+    linear_backward<Scalar>(dh, &w.grad, tied_ ? nullptr : &proj.bias.grad, dlogits, cache.h,
+                            w.value);
+    return dh;
+  }
+
+  /// Empty when tied: the shared matrix belongs to the embedding.
+  ParamList<Scalar> parameters() { return tied_ ? ParamList<Scalar>{} : proj.parameters(); }
+
+ private:
+  bool tied_ = false;
+
+  const Param<Scalar>& weight(const Embedding<Scalar>& e) const {
+    return tied_ ? e.weight : proj.weight;
+  }
+  Param<Scalar>& weight(Embedding<Scalar>& e) { return tied_ ? e.weight : proj.weight; }
+};
+
+}  // namespace eigenformer

@@ -1,0 +1,131 @@
+// The encoder-decoder Transformer ("Attention Is All You Need").
+//   source ids (B, S), decoder input ids (B, T) -> logits (B*T, tgt_vocab)
+// Masks come from the ids: source padding masks the encoder's keys and the cross-attention keys;
+// the decoder's self-attention is causal and masks target padding.
+// Teacher forcing: the decoder input is the target shifted right behind BOS (shift_right()).
+#pragma once
+
+#include <string>
+
+#include "config.hpp"
+#include "decoder.hpp"
+#include "encoder.hpp"
+#include "output_head.hpp"
+
+namespace eigenformer {
+
+template <class Scalar = float>
+class Transformer {
+ public:
+  using Mat = Matrix<Scalar>;
+  struct Cache {
+    typename Encoder<Scalar>::Cache encoder;
+    typename Decoder<Scalar>::Cache decoder;
+    typename OutputHead<Scalar>::Cache head;
+  };
+
+  Encoder<Scalar> encoder;
+  Decoder<Scalar> decoder;
+  OutputHead<Scalar> head;
+
+  Transformer() = default;
+  Transformer(const TransformerConfig& config, Rng& rng) : config_(checked(config)) {
+    encoder = Encoder<Scalar>(config.src_vocab, config.n_encoder_layers, config, rng);
+    decoder = Decoder<Scalar>(config.tgt_vocab, config.n_decoder_layers, config, rng);
+    head = OutputHead<Scalar>(config.d_model, config.tgt_vocab, config.tie_output, rng);
+  }
+
+  const TransformerConfig& config() const { return config_; }
+
+  /// src (B, S) -> memory (B*S, d).
+  Mat encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache) {
+    check_ids("Transformer::encode", "src", src, config_.src_vocab);
+    return encoder.forward(src, source_mask(src), cache);
+  }
+
+  /// Decoder input ids (B, T) at positions start_pos.. over memory (B*S, d) of src (B, S)
+  /// -> logits (B*T, tgt_vocab).
+  Mat decode(const IdMatrix& tgt_in, const IdMatrix& src, ConstRef<Scalar> memory, Cache& cache,
+             Index start_pos = 0) {
+    check_ids("Transformer::decode", "tgt_in", tgt_in, config_.tgt_vocab);
+    detail::require(tgt_in.rows() == src.rows(), "Transformer::decode", "tgt_in",
+                    "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
+                        std::to_string(src.rows()));
+    AttentionMask self_mask;
+    self_mask.causal = true;
+    self_mask.key_padding = key_padding_mask(tgt_in, config_.pad_id);
+    const Mat h =
+        decoder.forward(tgt_in, memory, self_mask, source_mask(src), cache.decoder, start_pos);
+    return head.forward(h, decoder.input.embedding, cache.head);
+  }
+
+  /// Training forward: src (B, S), tgt_in (B, T) -> logits (B*T, tgt_vocab).
+  Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache) {
+    check_ids("Transformer::forward", "src", src, config_.src_vocab);
+    check_ids("Transformer::forward", "tgt_in", tgt_in, config_.tgt_vocab);
+    detail::require(tgt_in.rows() == src.rows(), "Transformer::forward", "tgt_in",
+                    "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
+                        std::to_string(src.rows()));
+    const Mat memory = encode(src, cache.encoder);
+    return decode(tgt_in, src, memory, cache);
+  }
+
+  /// dlogits (B*T, tgt_vocab): adds every parameter's gradient.
+  void backward(ConstRef<Scalar> dlogits, const Cache& cache) {
+    const Mat dh = head.backward(dlogits, cache.head, decoder.input.embedding);
+    const Mat dmemory = decoder.backward(dh, cache.decoder);
+    encoder.backward(dmemory, cache.encoder);
+  }
+
+  /// Training mode turns dropout on; eval mode (for decoding) turns it off.
+  void train(bool on = true) {
+    encoder.train(on);
+    decoder.train(on);
+  }
+  void eval() { train(false); }
+
+  /// Names: encoder.*, decoder.*, and output.* unless tied to decoder.embedding.weight.
+  ParamList<Scalar> parameters() {
+    ParamList<Scalar> out;
+    append_params(out, "encoder", encoder.parameters());
+    append_params(out, "decoder", decoder.parameters());
+    append_params(out, "output", head.parameters());
+    return out;
+  }
+
+  void zero_grad() { eigenformer::zero_grad(parameters()); }
+
+ private:
+  TransformerConfig config_;
+
+  static const TransformerConfig& checked(const TransformerConfig& c) {
+    c.validate("Transformer::Transformer", true);
+    return c;
+  }
+
+  AttentionMask source_mask(const IdMatrix& src) const {
+    AttentionMask m;
+    m.key_padding = key_padding_mask(src, config_.pad_id);
+    return m;
+  }
+
+  void check_ids(const std::string& func, const std::string& arg, const IdMatrix& ids,
+                 Index vocab) const {
+    detail::require(ids.rows() > 0 && ids.cols() > 0, func, arg,
+                    "has shape " + detail::shape_of(ids) + ", expected a non-empty (B, T)");
+    detail::require(ids.cols() <= config_.max_len, func, arg,
+                    "has " + std::to_string(ids.cols()) + " positions, more than max_len " +
+                        std::to_string(config_.max_len));
+    detail::check_embedding_ids(func, arg, ids, vocab);
+  }
+};
+
+/// Teacher forcing: (B, T) targets -> (B, T) decoder input [bos, t0, ..., t_{T-2}].
+inline IdMatrix shift_right(const IdMatrix& targets, Index bos) {
+  IdMatrix in(targets.rows(), targets.cols());
+  in.col(0).setConstant(bos);
+  if (targets.cols() > 1) in.rightCols(targets.cols() - 1) = targets.leftCols(targets.cols() - 1);
+  return in;
+}
+
+}  // namespace eigenformer
