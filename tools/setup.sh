@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what eigenformer's build needs (Debian 12 packages) when it is missing, then configures
+# and builds into the given directory with the given extra CMake arguments.
+#   tools/setup.sh BUILD_DIR [cmake args...]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build_dir="$1"; shift
+
+# compiler and build tools, Eigen (the library), doctest (tests), Google Benchmark (bench/),
+# nlohmann-json (checkpoint headers), stb (PNG attention maps in examples).
+packages=(g++ cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev
+          libstb-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "eigenformer: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cmake -S "$here" -B "$build_dir" -G Ninja "$@" >/dev/null
+cmake --build "$build_dir" -j "$(nproc)"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds and runs every unit test: a Release build, then the same tests under
+# AddressSanitizer + UndefinedBehaviorSanitizer. Installs missing Debian packages first.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+echo "== Release build and tests"
+tools/setup.sh build/release -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_BUILD_TESTS=ON \
+  -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
+ctest --test-dir build/release --output-on-failure -j "$(nproc)"
+
+echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
+tools/setup.sh build/sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEIGENFORMER_SANITIZE=ON \
+  -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF -DEIGENFORMER_BUILD_BENCH=OFF
+ctest --test-dir build/sanitize --output-on-failure -j "$(nproc)"
