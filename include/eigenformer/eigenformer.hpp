@@ -40,4 +40,5 @@
 
 #include "decode/greedy.hpp"
 
+#include "io/checkpoint.hpp"
 #include "io/safetensors.hpp"

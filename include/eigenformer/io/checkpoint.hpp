@@ -1,0 +1,168 @@
+// Model checkpoints: the parameters in a safetensors file, with the model kind and its
+// TransformerConfig in the file's metadata, so a model can be rebuilt from the file alone.
+//   save_model(path, model, extra)       writes atomically (temporary file + rename)
+//   load_model<Model>(path)              rebuilds the model and loads its parameters
+// Metadata keys: "eigenformer.model" (transformer | decoder_only | encoder_only) and
+// "eigenformer.config.<field>"; callers may add their own keys (e.g. a vocabulary).
+#pragma once
+
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "../model/language_models.hpp"
+#include "../model/transformer.hpp"
+#include "safetensors.hpp"
+
+namespace eigenformer {
+
+namespace detail {
+
+template <class Model>
+struct ModelKind;
+template <class S>
+struct ModelKind<Transformer<S>> {
+  static constexpr const char* name = "transformer";
+};
+template <class S>
+struct ModelKind<DecoderOnlyLM<S>> {
+  static constexpr const char* name = "decoder_only";
+};
+template <class S>
+struct ModelKind<EncoderOnlyModel<S>> {
+  static constexpr const char* name = "encoder_only";
+};
+
+constexpr const char* kConfigPrefix = "eigenformer.config.";
+
+inline const std::string& metadata_field(const std::map<std::string, std::string>& meta,
+                                         const std::string& key, const std::string& path) {
+  const auto it = meta.find(key);
+  if (it == meta.end())
+    throw IoError("eigenformer::load_model: file '" + path + "': metadata has no '" + key +
+                  "' (not an eigenformer checkpoint?)");
+  return it->second;
+}
+
+/// parse(text) of metadata "eigenformer.config.<field>"; any failure becomes an IoError naming the
+/// file, the key and the text.
+template <class Parse>
+auto metadata_value(const std::map<std::string, std::string>& meta, const std::string& field,
+                    const std::string& path, Parse&& parse) {
+  const std::string key = kConfigPrefix + field;
+  const std::string& text = metadata_field(meta, key, path);
+  try {
+    return parse(text);
+  } catch (const std::exception&) {
+    throw IoError("eigenformer::load_model: file '" + path + "': metadata '" + key +
+                  "' has an invalid value '" + text + "'");
+  }
+}
+
+/// std::stoll / std::stod that also reject trailing characters.
+inline long long parse_int(const std::string& text) {
+  size_t used = 0;
+  const long long v = std::stoll(text, &used);
+  if (used != text.size()) throw std::invalid_argument(text);
+  return v;
+}
+inline double parse_double(const std::string& text) {
+  size_t used = 0;
+  const double v = std::stod(text, &used);
+  if (used != text.size()) throw std::invalid_argument(text);
+  return v;
+}
+
+inline std::string number_text(double v) {
+  std::ostringstream s;
+  s.precision(17);
+  s << v;
+  return s.str();
+}
+
+}  // namespace detail
+
+/// The config as metadata entries "eigenformer.config.<field>".
+inline std::map<std::string, std::string> config_to_metadata(const TransformerConfig& c) {
+  const std::string p = detail::kConfigPrefix;
+  return {{p + "src_vocab", std::to_string(c.src_vocab)},
+          {p + "tgt_vocab", std::to_string(c.tgt_vocab)},
+          {p + "d_model", std::to_string(c.d_model)},
+          {p + "n_heads", std::to_string(c.n_heads)},
+          {p + "n_encoder_layers", std::to_string(c.n_encoder_layers)},
+          {p + "n_decoder_layers", std::to_string(c.n_decoder_layers)},
+          {p + "d_ff", std::to_string(c.d_ff)},
+          {p + "dropout", detail::number_text(c.dropout)},
+          {p + "activation", to_string(c.activation)},
+          {p + "norm", to_string(c.norm)},
+          {p + "positional", to_string(c.positional)},
+          {p + "max_len", std::to_string(c.max_len)},
+          {p + "scale_embeddings", c.scale_embeddings ? "1" : "0"},
+          {p + "tie_output", c.tie_output ? "1" : "0"},
+          {p + "pad_id", std::to_string(c.pad_id)},
+          {p + "eps", detail::number_text(c.eps)}};
+}
+
+/// Reads a config written by config_to_metadata; IoError naming the file and key if a field is
+/// missing or malformed.
+inline TransformerConfig config_from_metadata(const std::map<std::string, std::string>& meta,
+                                              const std::string& path) {
+  TransformerConfig c;
+  c.src_vocab = detail::metadata_value(meta, "src_vocab", path, detail::parse_int);
+  c.tgt_vocab = detail::metadata_value(meta, "tgt_vocab", path, detail::parse_int);
+  c.d_model = detail::metadata_value(meta, "d_model", path, detail::parse_int);
+  c.n_heads = detail::metadata_value(meta, "n_heads", path, detail::parse_int);
+  c.n_encoder_layers = detail::metadata_value(meta, "n_encoder_layers", path, detail::parse_int);
+  c.n_decoder_layers = detail::metadata_value(meta, "n_decoder_layers", path, detail::parse_int);
+  c.d_ff = detail::metadata_value(meta, "d_ff", path, detail::parse_int);
+  c.dropout = detail::metadata_value(meta, "dropout", path, detail::parse_double);
+  c.activation = detail::metadata_value(meta, "activation", path, parse_activation);
+  c.norm = detail::metadata_value(meta, "norm", path, parse_norm_placement);
+  c.positional = detail::metadata_value(meta, "positional", path, parse_positional_kind);
+  c.max_len = detail::metadata_value(meta, "max_len", path, detail::parse_int);
+  c.scale_embeddings = detail::metadata_value(meta, "scale_embeddings", path, detail::parse_int) != 0;
+  c.tie_output = detail::metadata_value(meta, "tie_output", path, detail::parse_int) != 0;
+  c.pad_id = detail::metadata_value(meta, "pad_id", path, detail::parse_int);
+  c.eps = detail::metadata_value(meta, "eps", path, detail::parse_double);
+  return c;
+}
+
+/// Saves the model's parameters, its kind and config, and the caller's extra metadata.
+template <class Model>
+void save_model(const std::string& path, Model& model,
+                const std::map<std::string, std::string>& extra = {}) {
+  std::map<std::string, std::string> meta = config_to_metadata(model.config());
+  meta["eigenformer.model"] = detail::ModelKind<Model>::name;
+  for (const auto& kv : extra) {
+    detail::require(meta.count(kv.first) == 0, "save_model", "extra",
+                    "uses the reserved key '" + kv.first + "'");
+    meta.insert(kv);
+  }
+  save_safetensors(path, model.parameters(), meta);
+}
+
+/// Rebuilds a model of type Model from a checkpoint written by save_model. Throws IoError if the
+/// file is unreadable, of another model kind, or does not match its own config.
+template <class Model>
+Model load_model(const std::string& path, std::map<std::string, std::string>* metadata = nullptr) {
+  const std::map<std::string, std::string> meta = read_safetensors_metadata(path);
+  const std::string& kind = detail::metadata_field(meta, "eigenformer.model", path);
+  if (kind != detail::ModelKind<Model>::name)
+    throw IoError("eigenformer::load_model: file '" + path + "' holds a '" + kind +
+                  "' model, expected '" + detail::ModelKind<Model>::name + "'");
+  const TransformerConfig config = config_from_metadata(meta, path);
+  Rng rng(0);  // the initial values are all overwritten
+  Model model = [&] {
+    try {
+      return Model(config, rng);
+    } catch (const ArgumentError& e) {
+      throw IoError("eigenformer::load_model: file '" + path + "': bad config: " + e.what());
+    }
+  }();
+  load_safetensors(path, model.parameters());
+  if (metadata) *metadata = meta;
+  return model;
+}
+
+}  // namespace eigenformer

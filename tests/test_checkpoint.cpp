@@ -1,0 +1,121 @@
+#include <eigenformer/io/checkpoint.hpp>
+
+#include <filesystem>
+
+#include "test_util.hpp"
+
+using namespace eigenformer;
+namespace fs = std::filesystem;
+
+namespace {
+
+TransformerConfig tiny() {
+  TransformerConfig c;
+  c.src_vocab = 9;
+  c.tgt_vocab = 7;
+  c.d_model = 8;
+  c.n_heads = 2;
+  c.d_ff = 16;
+  c.n_encoder_layers = 1;
+  c.n_decoder_layers = 2;
+  c.dropout = 0.125;
+  c.norm = NormPlacement::pre;
+  c.positional = PositionalKind::learned;
+  c.activation = Activation::gelu_tanh;
+  c.tie_output = true;
+  c.max_len = 20;
+  c.eps = 1e-6;
+  return c;
+}
+
+std::string temp_path(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / "eigenformer_test_checkpoint";
+  fs::create_directories(dir);
+  return (dir / name).string();
+}
+
+template <class F>
+void check_io_error(F&& f, const std::string& fragment) {
+  bool threw = false;
+  try {
+    f();
+  } catch (const IoError& e) {
+    threw = true;
+    INFO(e.what());
+    CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+  }
+  CHECK(threw);
+}
+
+}  // namespace
+
+TEST_CASE("a saved Transformer loads back with its config and gives the same logits") {
+  Rng rng(1);
+  Transformer<float> model(tiny(), rng);
+  model.eval();
+  const std::string path = temp_path("model.safetensors");
+  save_model(path, model, {{"vocab", "a b c"}});
+
+  std::map<std::string, std::string> meta;
+  Transformer<float> loaded = load_model<Transformer<float>>(path, &meta);
+  loaded.eval();
+  CHECK(meta.at("vocab") == "a b c");
+  const TransformerConfig& c = loaded.config();
+  CHECK(c.d_model == 8);
+  CHECK(c.n_decoder_layers == 2);
+  CHECK(c.dropout == 0.125);
+  CHECK(c.eps == 1e-6);
+  CHECK(c.norm == NormPlacement::pre);
+  CHECK(c.positional == PositionalKind::learned);
+  CHECK(c.activation == Activation::gelu_tanh);
+  CHECK(c.tie_output);
+
+  IdMatrix src(1, 3), tgt(1, 2);
+  src << 3, 4, 5;
+  tgt << 1, 6;
+  Transformer<float>::Cache c1, c2;
+  CHECK(model.forward(src, tgt, c1) == loaded.forward(src, tgt, c2));
+}
+
+TEST_CASE("a decoder-only model round-trips, and load_model checks the model kind") {
+  Rng rng(2);
+  DecoderOnlyLM<double> lm(tiny(), rng);
+  const std::string path = temp_path("lm.safetensors");
+  save_model(path, lm);
+  DecoderOnlyLM<double> back = load_model<DecoderOnlyLM<double>>(path);
+  CHECK(back.parameters().size() == lm.parameters().size());
+  for (size_t i = 0; i < back.parameters().size(); ++i)
+    CHECK(back.parameters()[i].param->value == lm.parameters()[i].param->value);
+  check_io_error([&] { load_model<Transformer<double>>(path); },
+                 "holds a 'decoder_only' model, expected 'transformer'");
+}
+
+TEST_CASE("checkpoints with missing or bad metadata give clear errors") {
+  Rng rng(3);
+  Linear<float> lin(2, 2, rng);
+  const std::string plain = temp_path("plain.safetensors");
+  save_safetensors(plain, lin.parameters());
+  check_io_error([&] { load_model<Transformer<float>>(plain); },
+                 "metadata has no 'eigenformer.model'");
+
+  Transformer<float> model(tiny(), rng);
+  std::map<std::string, std::string> meta = config_to_metadata(tiny());
+  meta["eigenformer.model"] = "transformer";
+  meta["eigenformer.config.d_model"] = "8x";
+  const std::string bad = temp_path("bad.safetensors");
+  save_safetensors(bad, model.parameters(), meta);
+  check_io_error([&] { load_model<Transformer<float>>(bad); },
+                 "'eigenformer.config.d_model' has an invalid value '8x'");
+  meta["eigenformer.config.d_model"] = "8";
+  meta["eigenformer.config.norm"] = "middle";
+  save_safetensors(bad, model.parameters(), meta);
+  check_io_error([&] { load_model<Transformer<float>>(bad); },
+                 "'eigenformer.config.norm' has an invalid value 'middle'");
+  meta["eigenformer.config.norm"] = "pre";
+  meta["eigenformer.config.n_heads"] = "3";
+  save_safetensors(bad, model.parameters(), meta);
+  check_io_error([&] { load_model<Transformer<float>>(bad); }, "bad config");
+
+  eftest::check_throws_with([&] { save_model(bad, model, {{"eigenformer.model", "x"}}); },
+                            {"save_model", "reserved key 'eigenformer.model'"});
+}
