@@ -1,0 +1,379 @@
+#!/usr/bin/python3
+"""Times the eigenformer benchmarks and the same work in PyTorch, side by side.
+
+Run with Debian's Python and python3-torch (1.13), from the repository root after building the
+benchmarks (see bench/README.md):
+
+    /usr/bin/python3 bench/compare_pytorch.py --threads 1
+    /usr/bin/python3 bench/compare_pytorch.py --threads 2 --filter 'mha_forward/8/'
+
+For each case it runs our Google Benchmark binary filtered to that case (--benchmark_format=json)
+and then the PyTorch version in this process, so both sides see the same machine load, and prints
+a markdown table: case, eigenformer ms, PyTorch ms, PyTorch / eigenformer (> 1: eigenformer is
+faster). Times are wall-clock medians over --repetitions runs of at least --min-time seconds each.
+
+Threads: --threads N sets OMP_NUM_THREADS (our binaries and PyTorch's OpenMP), OPENBLAS_NUM_THREADS
+and MKL_NUM_THREADS before anything starts, and torch.set_num_threads(N).
+
+BLAS: Debian's python3-torch calls the system libblas.so.3 for its matrix products. With only
+libblas3 (the netlib reference BLAS) installed that is about 10x slower than an optimised BLAS,
+which would make the comparison meaningless. --torch-blas-dir DIR puts DIR first on
+LD_LIBRARY_PATH for PyTorch (the script re-executes itself), e.g. the openblas-pthread folder of
+Debian's libopenblas0-pthread; the default, 'auto', uses
+/usr/lib/x86_64-linux-gnu/openblas-pthread when it exists and the system BLAS otherwise. The table
+header states which library PyTorch actually loaded.
+
+What each side does per case:
+  BM_mha_forward/B/T/D/H/causal
+    eigenformer: MultiHeadAttention<float>::forward(x, B, mask, cache); the forward that training
+      uses, which keeps Q, K, V, the (B*H*T, T) probabilities and the context in the cache.
+    PyTorch: nn.MultiheadAttention(D, H, batch_first=True) in eval mode under
+      torch.inference_mode(), need_weights=False; causal via a boolean attn_mask (triu). This is
+      PyTorch's inference path (the fused "fast path" when there is no mask, i.e. causal = 0).
+  BM_mha_forward_backward/B/T/D/H/causal
+    eigenformer: forward, then backward(dy, cache) with a fixed random dy.
+    PyTorch: train mode, y = mha(x, x, x, attn_mask, need_weights=False); (y * R).sum().backward()
+      with a fixed random R (so dy = R) and x.requires_grad; .grad reset to None each iteration.
+  BM_seq2seq_train_step
+    Both: encoder-decoder with d_model 256, 4 heads, 3 + 3 post-LN layers, d_ff 1024, ReLU,
+    vocabularies of 1000, dropout 0.1 (training mode), embeddings * sqrt(d_model) + sinusoidal
+    positions, no final LayerNorm, untied output Linear; a batch of 32 random source and target
+    sequences of 32 tokens; zero_grad, forward, mean cross-entropy (ignore_index = pad),
+    backward, Adam step. PyTorch: nn.TransformerEncoder/Decoder of nn.Transformer*Layer
+    (batch_first), key padding masks from the ids and a causal target mask, as ours makes.
+  BM_greedy_decode/N
+    Both: eval mode, one 32-token source, encode once, then N greedy steps, each rerunning the
+    decoder over the whole prefix (no KV cache); the output bias of EOS is -1e9 so that exactly
+    N tokens are decoded. eigenformer's greedy_decode projects every prefix position to logits at
+    each step; the PyTorch loop projects only the last position (what a PyTorch user writes).
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+DEFAULT_OPENBLAS_DIR = "/usr/lib/x86_64-linux-gnu/openblas-pthread"
+REEXEC_MARK = "EIGENFORMER_COMPARE_REEXEC"
+
+ATTENTION_SHAPES = [  # B, T, D, H, causal
+    (8, 128, 512, 8, 0),
+    (8, 128, 512, 8, 1),
+    (32, 32, 256, 4, 0),
+    (1, 1024, 512, 8, 1),
+    (1, 4096, 512, 8, 1),
+]
+
+
+def all_cases():
+    """(name, binary key) of every case, in table order."""
+    cases = []
+    for kind in ("BM_mha_forward", "BM_mha_forward_backward"):
+        for shape in ATTENTION_SHAPES:
+            cases.append((kind + "/" + "/".join(str(v) for v in shape), "attention"))
+    cases.append(("BM_seq2seq_train_step", "model"))
+    cases.append(("BM_greedy_decode/64", "model"))
+    cases.append(("BM_greedy_decode/256", "model"))
+    return cases
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="threads for both sides (default 1)")
+    p.add_argument("--attention-bin", default="build/bench/bench_attention",
+                   help="our attention benchmark binary (default build/bench/bench_attention)")
+    p.add_argument("--model-bin", default="build/bench/bench_model",
+                   help="our model benchmark binary (default build/bench/bench_model)")
+    p.add_argument("--filter", default="", help="regular expression (re.search) on case names")
+    p.add_argument("--min-time", type=float, default=0.5,
+                   help="seconds each repetition runs at least (default 0.5)")
+    p.add_argument("--repetitions", type=int, default=3,
+                   help="repetitions per case and side; the median is reported (default 3)")
+    p.add_argument("--torch-blas-dir", default="auto",
+                   help="folder with the libblas.so.3 PyTorch should load, 'system' or 'auto' "
+                        "(default: %s if present)" % DEFAULT_OPENBLAS_DIR)
+    p.add_argument("--skip-torch", action="store_true", help="time eigenformer only")
+    p.add_argument("--json-out", default="", help="also write the results to this JSON file")
+    p.add_argument("--list", action="store_true", help="list the case names and exit")
+    return p.parse_args()
+
+
+def setup_environment(args):
+    """Thread variables and the BLAS path must be set before torch (and its OpenMP) load."""
+    n = str(args.threads)
+    changed = False
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        if os.environ.get(var) != n:
+            os.environ[var] = n
+            changed = True
+    blas_dir = args.torch_blas_dir
+    if blas_dir == "auto":
+        blas_dir = DEFAULT_OPENBLAS_DIR if os.path.isdir(DEFAULT_OPENBLAS_DIR) else "system"
+    if blas_dir != "system":
+        if not os.path.exists(os.path.join(blas_dir, "libblas.so.3")):
+            sys.exit("compare_pytorch.py: no libblas.so.3 in --torch-blas-dir %s" % blas_dir)
+        paths = os.environ.get("LD_LIBRARY_PATH", "").split(":")
+        if paths[0] != blas_dir:
+            os.environ["LD_LIBRARY_PATH"] = ":".join([blas_dir] + [x for x in paths if x])
+            changed = True
+    # The dynamic loader reads LD_LIBRARY_PATH only at start-up, and OpenMP its variables when it
+    # loads: re-execute once so that both apply.
+    if changed and os.environ.get(REEXEC_MARK) != "1":
+        os.environ[REEXEC_MARK] = "1"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
+def loaded_blas():
+    """The BLAS shared library this process has mapped (after torch did a matrix product)."""
+    found = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split()[-1]
+            if re.search(r"lib(open)?blas|libmkl|libblis", os.path.basename(path)):
+                found.add(os.path.realpath(path))
+    return ", ".join(sorted(found)) or "none found"
+
+
+def load_average():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# eigenformer side
+
+
+def run_ours(binary, name, args):
+    """Median wall time in ms of one case of our benchmark binary, and its context."""
+    if not os.path.exists(binary):
+        sys.exit("compare_pytorch.py: %s not found; build it or pass --attention-bin/--model-bin"
+                 % binary)
+    env = dict(os.environ)
+    env.pop("LD_LIBRARY_PATH", None)
+    env.pop(REEXEC_MARK, None)
+    cmd = [binary, "--benchmark_filter=^%s$" % re.escape(name).replace("\\/", "/"),
+           "--benchmark_format=json", "--benchmark_min_time=%g" % args.min_time,
+           "--benchmark_repetitions=%d" % args.repetitions]
+    if args.repetitions > 1:
+        cmd.append("--benchmark_report_aggregates_only=true")
+    out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+    report = json.loads(out)
+    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+    for b in report["benchmarks"]:
+        if b.get("error_occurred"):
+            sys.exit("compare_pytorch.py: %s failed: %s" % (name, b.get("error_message")))
+        if args.repetitions > 1 and b.get("aggregate_name") != "median":
+            continue
+        return b["real_time"] * scale[b["time_unit"]], report["context"], b
+    sys.exit("compare_pytorch.py: %s produced no result (is the name right?)" % name)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch side
+
+
+def time_torch(fn, args):
+    """Median over repetitions of the mean wall time of fn() in ms; one warm-up call first."""
+    fn()
+    per_call = []
+    for _ in range(args.repetitions):
+        calls = 0
+        start = time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= args.min_time:
+                break
+        per_call.append(elapsed / calls)
+    return statistics.median(per_call) * 1e3
+
+
+def torch_attention_case(torch, name):
+    kind, *dims = name.split("/")
+    B, T, D, H, causal = (int(v) for v in dims)
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(D, H, batch_first=True)
+    x = torch.rand(B, T, D) * 2 - 1
+    mask = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1) if causal else None
+    if kind == "BM_mha_forward":
+        mha.eval()
+
+        def forward():
+            with torch.inference_mode():
+                return mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+        return forward
+    mha.train()
+    x.requires_grad_(True)
+    R = torch.rand(B, T, D) * 2 - 1
+
+    def forward_backward():
+        mha.zero_grad(set_to_none=True)
+        x.grad = None
+        y = mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+        (y * R).sum().backward()
+    return forward_backward
+
+
+PAD, BOS, EOS, FIRST_WORD = 0, 1, 2, 3
+VOCAB, D_MODEL, N_HEADS, N_LAYERS, D_FF, DROPOUT, MAX_LEN = 1000, 256, 4, 3, 1024, 0.1, 512
+BATCH, SRC_LEN, TGT_LEN = 32, 32, 32
+
+
+def make_seq2seq(torch):
+    nn = torch.nn
+    import math
+
+    class Seq2Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.src_emb = nn.Embedding(VOCAB, D_MODEL, padding_idx=PAD)
+            self.tgt_emb = nn.Embedding(VOCAB, D_MODEL, padding_idx=PAD)
+            pos = torch.arange(MAX_LEN, dtype=torch.float32).unsqueeze(1)
+            div = torch.exp(torch.arange(0, D_MODEL, 2, dtype=torch.float32) *
+                            (-math.log(10000.0) / D_MODEL))
+            pe = torch.zeros(MAX_LEN, D_MODEL)
+            pe[:, 0::2] = torch.sin(pos * div)
+            pe[:, 1::2] = torch.cos(pos * div)
+            self.register_buffer("pe", pe)
+            self.drop = nn.Dropout(DROPOUT)
+            self.encoder = nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(D_MODEL, N_HEADS, D_FF, DROPOUT, batch_first=True),
+                N_LAYERS)
+            self.decoder = nn.TransformerDecoder(
+                nn.TransformerDecoderLayer(D_MODEL, N_HEADS, D_FF, DROPOUT, batch_first=True),
+                N_LAYERS)
+            self.out = nn.Linear(D_MODEL, VOCAB)
+            self.scale = math.sqrt(D_MODEL)
+
+        def embed(self, emb, ids):
+            return self.drop(emb(ids) * self.scale + self.pe[: ids.shape[1]])
+
+        def encode(self, src):
+            return self.encoder(self.embed(self.src_emb, src), src_key_padding_mask=src == PAD)
+
+        def decode(self, tgt_in, src, memory):
+            T = tgt_in.shape[1]
+            causal = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+            return self.decoder(self.embed(self.tgt_emb, tgt_in), memory, tgt_mask=causal,
+                                tgt_key_padding_mask=tgt_in == PAD,
+                                memory_key_padding_mask=src == PAD)
+
+        def forward(self, src, tgt_in):
+            return self.out(self.decode(tgt_in, src, self.encode(src)))
+
+    torch.manual_seed(0)
+    return Seq2Seq()
+
+
+def torch_train_step_case(torch):
+    model = make_seq2seq(torch)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(1)
+    src = torch.randint(FIRST_WORD, VOCAB, (BATCH, SRC_LEN), generator=gen)
+    tgt = torch.randint(FIRST_WORD, VOCAB, (BATCH, TGT_LEN), generator=gen)
+    tgt_in = torch.cat([torch.full((BATCH, 1), BOS), tgt[:, :-1]], dim=1)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=PAD)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        logits = model(src, tgt_in)
+        loss = loss_fn(logits.reshape(-1, VOCAB), tgt.reshape(-1))
+        loss.backward()
+        opt.step()
+    return step
+
+
+def torch_greedy_case(torch, n):
+    model = make_seq2seq(torch)
+    model.eval()
+    with torch.no_grad():
+        model.out.bias[EOS] = -1e9
+    gen = torch.Generator().manual_seed(2)
+    src = torch.randint(FIRST_WORD, VOCAB, (1, SRC_LEN), generator=gen)
+
+    def decode():
+        with torch.inference_mode():
+            memory = model.encode(src)
+            prefix = torch.full((1, 1), BOS, dtype=torch.long)
+            for _ in range(n):
+                h = model.decode(prefix, src, memory)
+                nxt = model.out(h[:, -1]).argmax(-1, keepdim=True)  # (1, 1)
+                prefix = torch.cat([prefix, nxt], dim=1)
+                if int(nxt) == EOS:
+                    break
+        if prefix.shape[1] != n + 1:
+            raise RuntimeError("decoded %d tokens, expected %d" % (prefix.shape[1] - 1, n))
+    return decode
+
+
+def torch_case(torch, name):
+    if name.startswith("BM_mha_"):
+        return torch_attention_case(torch, name)
+    if name == "BM_seq2seq_train_step":
+        return torch_train_step_case(torch)
+    if name.startswith("BM_greedy_decode/"):
+        return torch_greedy_case(torch, int(name.split("/")[1]))
+    raise ValueError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main():
+    args = parse_args()
+    cases = [(n, b) for n, b in all_cases() if re.search(args.filter, n)]
+    if args.list:
+        print("\n".join(n for n, _ in cases))
+        return
+    if not cases:
+        sys.exit("compare_pytorch.py: --filter %r selects no case" % args.filter)
+    setup_environment(args)
+
+    torch = None
+    if not args.skip_torch:
+        import torch as torch_module
+        torch = torch_module
+        torch.set_num_threads(args.threads)
+        torch.ones(64, 64) @ torch.ones(64, 64)  # loads the BLAS, for loaded_blas()
+
+    binaries = {"attention": args.attention_bin, "model": args.model_bin}
+    load_before = load_average()
+    started = time.time()
+    rows, context = [], {}
+    for name, binary in cases:
+        ours, context, _ = run_ours(binaries[binary], name, args)
+        theirs = time_torch(torch_case(torch, name), args) if torch else float("nan")
+        rows.append({"case": name, "eigenformer_ms": ours, "pytorch_ms": theirs})
+        print("%-40s eigenformer %10.2f ms   PyTorch %10.2f ms" % (name, ours, theirs),
+              file=sys.stderr, flush=True)
+
+    print("threads: %d (OMP_NUM_THREADS=%s, torch.get_num_threads()=%s); eigenformer: Eigen %s, "
+          "SIMD %s; load average before/after: %s / %s; %.0f s"
+          % (args.threads, os.environ.get("OMP_NUM_THREADS"),
+             torch.get_num_threads() if torch else "-", context.get("eigen_version", "?"),
+             context.get("eigen_simd", "?"), load_before, load_average(),
+             time.time() - started))
+    if torch:
+        print("PyTorch %s, BLAS: %s" % (torch.__version__, loaded_blas()))
+    print("times: median of %d repetitions of >= %g s each, wall clock\n"
+          % (args.repetitions, args.min_time))
+    print("| case | eigenformer ms | PyTorch ms | PyTorch / eigenformer |")
+    print("| --- | ---: | ---: | ---: |")
+    for r in rows:
+        print("| %s | %.2f | %.2f | %.2f |" % (r["case"], r["eigenformer_ms"], r["pytorch_ms"],
+                                              r["pytorch_ms"] / r["eigenformer_ms"]))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"threads": args.threads, "context": context,
+                       "torch_blas": loaded_blas() if torch else None, "results": rows}, f,
+                      indent=2)
+
+
+if __name__ == "__main__":
+    main()
