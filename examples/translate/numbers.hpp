@@ -272,8 +272,9 @@ inline std::uint64_t splitmix64(std::uint64_t& state) {
 }
 
 /// Draws a number whose is_held_out() equals held_out. Short numbers get extra weight: 30% from
-/// 0..999, 20% from 1000..99999, 50% from 0..999999 (each uniform), redrawn until the split
-/// matches.
+/// 0..999, 20% from 1000..99999, 50% from 0..999999 (each uniform). Then a quarter of them are
+/// rounded, their last 1 to 5 digits set to zero, because people type round numbers ("ten
+/// thousand") far more often than a uniform draw produces them. Redrawn until the split matches.
 inline long sample_number(std::uint64_t& state, bool held_out) {
   for (;;) {
     const std::uint64_t bucket = splitmix64(state) % 10;
@@ -285,6 +286,12 @@ inline long sample_number(std::uint64_t& state, bool held_out) {
       n = 1000 + static_cast<long>(r % 99000);
     } else {
       n = static_cast<long>(r % 1000000);
+    }
+    const std::uint64_t round = splitmix64(state);
+    if (round % 4 == 0) {
+      long unit = 1;
+      for (std::uint64_t k = 0; k < 1 + (round >> 2) % 5; ++k) unit *= 10;
+      n -= n % unit;
     }
     if (is_held_out(n) == held_out) return n;
   }

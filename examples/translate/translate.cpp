@@ -1,0 +1,258 @@
+// translate: an encoder-decoder Transformer that turns English number words into Chinese numerals.
+//   translate train --out FILE    trains on generated data, reports held-out exact match, saves
+//   translate run --model FILE    translates English phrases read from stdin, one per line
+// Numbers 0..999,999; about 5% of them are held out of training and used only for evaluation.
+#include <eigenformer/eigenformer.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "common/cli.hpp"
+#include "translate/heatmap.hpp"
+#include "translate/numbers.hpp"
+
+namespace ef = eigenformer;
+using ef::Index;
+using ef::IdMatrix;
+
+namespace {
+
+const char* kUsage =
+    "usage:\n"
+    "  translate train --out FILE [--steps N] [--batch N] [--lr X] [--seed N] [--eval N]\n"
+    "                  [--d-model N] [--heads N] [--layers N] [--d-ff N] [--dropout X]\n"
+    "  translate run --model FILE [--attention PNG]\n"
+    "run reads English number words (0 to 999999) on stdin, one phrase per line, and prints one\n"
+    "line per input: the Chinese numeral, or a line starting 'error:'. With --attention it\n"
+    "translates one phrase and writes its cross-attention heat map to PNG.\n";
+
+/// A batch of source phrases and target numerals as padded id matrices.
+struct Batch {
+  IdMatrix src;  // (B, S) source words, padded with <pad>
+  IdMatrix tgt;  // (B, T) target characters then <eos>, padded with <pad>
+  std::vector<long> numbers;
+};
+
+IdMatrix pad_rows(const std::vector<std::vector<long>>& rows) {
+  size_t width = 1;
+  for (const auto& r : rows) width = std::max(width, r.size());
+  IdMatrix m = IdMatrix::Constant(Index(rows.size()), Index(width), translate::Vocab::kPad);
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (size_t j = 0; j < rows[i].size(); ++j) m(Index(i), Index(j)) = rows[i][j];
+  return m;
+}
+
+std::vector<long> source_ids(long n) {
+  std::string error;
+  return translate::encode_source(translate::english_words(n), &error);
+}
+
+Batch make_batch(const std::vector<long>& numbers) {
+  std::vector<std::vector<long>> src, tgt;
+  for (long n : numbers) {
+    src.push_back(source_ids(n));
+    tgt.push_back(translate::encode_target(n));
+    tgt.back().push_back(translate::Vocab::kEos);
+  }
+  return {pad_rows(src), pad_rows(tgt), numbers};
+}
+
+ef::TransformerConfig model_config(const cli::Flags& f) {
+  ef::TransformerConfig c;
+  c.src_vocab = translate::source_vocab().size();
+  c.tgt_vocab = translate::target_vocab().size();
+  c.d_model = f.integer("d-model", 64, 8, 1024);
+  c.n_heads = f.integer("heads", 4, 1, 64);
+  c.n_encoder_layers = c.n_decoder_layers = f.integer("layers", 2, 1, 12);
+  c.d_ff = f.integer("d-ff", 256, 8, 8192);
+  c.dropout = f.number("dropout", 0.0, 0.0, 0.9);
+  c.max_len = 32;
+  c.pad_id = translate::Vocab::kPad;
+  return c;
+}
+
+ef::GreedyOptions greedy_options() {
+  ef::GreedyOptions g;
+  g.bos = translate::Vocab::kBos;
+  g.eos = translate::Vocab::kEos;
+  g.max_len = 16;  // the longest numeral has 9 characters, then <eos>
+  return g;
+}
+
+/// Greedy translation of one phrase's source ids -> target ids (ending in <eos> if produced).
+std::vector<long> translate_ids(ef::Transformer<float>& model, const std::vector<long>& ids,
+                                ef::Transformer<float>::Cache* cache = nullptr) {
+  const IdMatrix out = ef::greedy_decode(model, pad_rows({ids}), greedy_options(), cache);
+  return std::vector<long>(out.data(), out.data() + out.cols());
+}
+
+/// Greedy translations of numbers, as strings of Chinese characters.
+std::vector<std::string> translate_numbers(ef::Transformer<float>& model,
+                                           const std::vector<long>& numbers) {
+  const Batch batch = make_batch(numbers);
+  const IdMatrix out = ef::greedy_decode(model, batch.src, greedy_options());
+  std::vector<std::string> result;
+  for (Index b = 0; b < out.rows(); ++b) {
+    std::vector<long> ids(out.row(b).data(), out.row(b).data() + out.cols());
+    result.push_back(translate::decode_target(ids));
+  }
+  return result;
+}
+
+/// Exact-match accuracy on n held-out numbers, which training never sees.
+double held_out_accuracy(ef::Transformer<float>& model, long n, std::uint64_t seed) {
+  model.eval();
+  std::uint64_t state = seed;
+  long correct = 0;
+  for (long done = 0; done < n;) {
+    std::vector<long> numbers;
+    for (; done < n && numbers.size() < 256; ++done)
+      numbers.push_back(translate::sample_number(state, true));
+    const std::vector<std::string> got = translate_numbers(model, numbers);
+    for (size_t i = 0; i < numbers.size(); ++i)
+      correct += got[i] == translate::chinese_numeral(numbers[i]);
+  }
+  model.train();
+  return static_cast<double>(correct) / static_cast<double>(n);
+}
+
+int train(const cli::Flags& f) {
+  const std::string out = f.required("out");
+  const long steps = f.integer("steps", 600, 1, 10000000);
+  const long batch_size = f.integer("batch", 64, 1, 4096);
+  const double lr = f.number("lr", 2e-3, 1e-6, 1.0);
+  const long n_eval = f.integer("eval", 2000, 1, 1000000);
+  const std::uint64_t seed = static_cast<std::uint64_t>(f.integer("seed", 1, 0, 1L << 40));
+  const ef::TransformerConfig config = model_config(f);
+
+  ef::Rng rng(seed);
+  ef::Transformer<float> model(config, rng);
+  const ef::ParamList<float> params = model.parameters();
+  ef::AdamW<float> opt(params, float(lr), 0.9f, 0.98f, 1e-9f, 0.01f);
+  const ef::CosineSchedule<float> schedule(float(lr), std::min(400L, steps / 10 + 1), steps,
+                                           float(lr) / 20);
+  std::fprintf(stderr, "translate: %ld parameters, %ld steps of %ld phrases, %d threads\n",
+               long(ef::count_params(params)), steps, batch_size, ef::max_threads());
+
+  std::uint64_t data_state = seed * 0x9E3779B97F4A7C15ULL + 1;
+  cli::Progress progress(steps, std::max(1L, steps / 20));
+  long tokens = 0;
+  for (long step = 1; step <= steps; ++step) {
+    std::vector<long> numbers;
+    for (long i = 0; i < batch_size; ++i)
+      numbers.push_back(translate::sample_number(data_state, false));
+    const Batch batch = make_batch(numbers);
+    ef::Transformer<float>::Cache cache;
+    ef::CrossEntropyCache<float> ce;
+    const ef::Matrix<float> logits =
+        model.forward(batch.src, ef::shift_right(batch.tgt, translate::Vocab::kBos), cache);
+    const float loss = ef::cross_entropy_forward(ce, logits, batch.tgt, {translate::Vocab::kPad});
+    opt.zero_grad();
+    model.backward(ef::cross_entropy_backward(ce), cache);
+    ef::clip_grad_norm(params, 1.0f);
+    ef::apply_schedule(opt, schedule);
+    opt.step();
+    tokens += long(batch.src.size() + batch.tgt.size());
+    progress.update(step, loss, tokens);
+  }
+  const double train_seconds = progress.seconds();
+  const double accuracy = held_out_accuracy(model, n_eval, seed + 12345);
+  std::printf("trained in %s; held-out exact match: %.2f%% of %ld numbers never seen in training\n",
+              cli::format_seconds(train_seconds).c_str(), 100.0 * accuracy, n_eval);
+  ef::save_model(out, model, {{"translate.held_out_accuracy", std::to_string(accuracy)}});
+  std::printf("saved %s\n", out.c_str());
+  return 0;
+}
+
+/// The source tokens of a phrase, for labels: "forty-five" -> forty, -, five.
+std::vector<std::string> source_labels(const std::vector<long>& ids) {
+  std::vector<std::string> labels;
+  for (long id : ids) labels.push_back(translate::source_vocab().token(id));
+  return labels;
+}
+
+/// The value of a Chinese numeral character in ASCII: 五 -> "5", 万 -> "10000".
+std::string ascii_label(const std::string& token) {
+  static const std::vector<std::pair<std::string, std::string>> names = {
+      {"零", "0"}, {"一", "1"}, {"二", "2"}, {"三", "3"}, {"四", "4"}, {"五", "5"},
+      {"六", "6"}, {"七", "7"}, {"八", "8"}, {"九", "9"}, {"十", "10"}, {"百", "100"},
+      {"千", "1000"}, {"万", "10000"}, {"<eos>", "end"}};
+  for (const auto& n : names)
+    if (n.first == token) return n.second;
+  return token;
+}
+
+int write_attention(ef::Transformer<float>& model, const std::string& phrase,
+                    const std::string& png) {
+  std::string error;
+  const std::vector<long> ids = translate::encode_source(phrase, &error);
+  if (ids.empty()) {
+    std::printf("error: %s\n", error.c_str());
+    return 1;
+  }
+  ef::Transformer<float>::Cache cache;
+  const std::vector<long> out_ids = translate_ids(model, ids, &cache);
+  std::vector<std::string> out_labels;  // ASCII, since the PNG font has no Chinese glyphs
+  for (long id : out_ids) out_labels.push_back(ascii_label(translate::target_vocab().token(id)));
+  // Cross-attention of the last decoder layer, averaged over heads: (outputs, source words).
+  const auto& attn = cache.decoder.layers.back().cross_attn;
+  ef::Matrix<float> weights = ef::Matrix<float>::Zero(attn.dims.Tq, attn.dims.Tk);
+  for (Index h = 0; h < attn.dims.H; ++h)
+    weights += ef::MultiHeadAttention<float>::attention_weights(attn, 0, h);
+  weights /= float(attn.dims.H);
+  // Rows: each output token, predicted at the position before it (BOS first).
+  heatmap::write_png(png, weights.topRows(Index(out_labels.size())), out_labels,
+                     source_labels(ids));
+  std::printf("%s\n", translate::decode_target(out_ids).c_str());
+  std::fprintf(stderr, "wrote %s (%zu output tokens x %zu source words)\n", png.c_str(),
+               out_labels.size(), ids.size());
+  return 0;
+}
+
+int run(const cli::Flags& f) {
+  ef::Transformer<float> model = ef::load_model<ef::Transformer<float>>(f.required("model"));
+  model.eval();
+  std::string line;
+  if (f.has("attention")) {
+    if (!std::getline(std::cin, line)) throw cli::UsageError("--attention needs a phrase on stdin");
+    return write_attention(model, line, f.text("attention"));
+  }
+  while (std::getline(std::cin, line)) {
+    std::string error;
+    const std::vector<long> ids = translate::encode_source(line, &error);
+    if (ids.empty() || Index(ids.size()) > model.config().max_len) {
+      std::printf("error: %s\n", ids.empty() ? error.c_str() : "phrase too long");
+    } else {
+      std::printf("%s\n", translate::decode_target(translate_ids(model, ids)).c_str());
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args(argv + std::min(argc, 2), argv + argc);
+  const std::string command = argc >= 2 ? argv[1] : "";
+  try {
+    if (command == "train")
+      return train(cli::Flags(args, {"out", "steps", "batch", "lr", "seed", "eval", "d-model",
+                                     "heads", "layers", "d-ff", "dropout"},
+                              {}));
+    if (command == "run") return run(cli::Flags(args, {"model", "attention"}, {}));
+    if (command == "-h" || command == "--help" || command == "help") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    throw cli::UsageError(command.empty() ? "no command given" : "unknown command '" + command + "'");
+  } catch (const cli::UsageError& e) {
+    std::fprintf(stderr, "translate: %s\n%s", e.what(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "translate: %s\n", e.what());
+    return 1;
+  }
+}
