@@ -37,6 +37,8 @@ void parallel_for(Index n, double work_per_item, Body&& body) {
     for (Index i = 0; i < n; ++i) body(i);
     return;
   }
+#else
+  (void)work_per_item;
 #endif
   for (Index i = 0; i < n; ++i) body(i);
 }
