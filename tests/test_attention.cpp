@@ -170,3 +170,41 @@ TEST_CASE("attention masks of the wrong shape are rejected") {
   eftest::check_throws_with([&] { detail::check_mask("f", m, d); },
                             {"mask.attn_mask", "(5, 4)", "(3, 4) or (6, 4)"});
 }
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+TEST_CASE("attention large enough to be threaded gives the single-threaded result exactly") {
+  // 16 (batch x head) items of 4*32*32*16 = 65536 operations each: above the threading threshold.
+  const AttentionDims d{4, 32, 32, 4, 16};
+  Rng rng(4);
+  const MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+  const MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  const MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  const MatD dout = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+  AttentionMask mask;
+  mask.causal = true;
+  mask.key_padding = BoolMatrix::Zero(d.B, d.Tk);
+  mask.key_padding(2, 31) = true;
+  auto run = [&](MatD& out, MatD& dq, MatD& dk, MatD& dv) {
+    MatD probs;
+    attention_forward<double>(out, probs, q, k, v, d, mask);
+    attention_backward<double>(dq, dk, dv, dout, probs, q, k, v, d);
+  };
+  MatD out1, dq1, dk1, dv1, out2, dq2, dk2, dv2;
+  run(out1, dq1, dk1, dv1);  // threaded when OMP_NUM_THREADS > 1
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+#endif
+  run(out2, dq2, dk2, dv2);
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
+  CHECK(out1 == out2);
+  CHECK(dq1 == dq2);
+  CHECK(dk1 == dk2);
+  CHECK(dv1 == dv2);
+  CHECK((out1 - reference_attention(q, k, v, d, mask)).cwiseAbs().maxCoeff() < 1e-12);
+}
