@@ -10,7 +10,8 @@ benchmarks (see bench/README.md):
 For each case it runs our Google Benchmark binary filtered to that case (--benchmark_format=json)
 and then the PyTorch version in this process, so both sides see the same machine load, and prints
 a markdown table: case, eigenformer ms, PyTorch ms, PyTorch / eigenformer (> 1: eigenformer is
-faster). Times are wall-clock medians over --repetitions runs of at least --min-time seconds each.
+faster), and the CPU cores other processes used meanwhile (anything well above 0 means the row was
+disturbed: rerun it with --filter). Times are wall-clock medians over --repetitions runs of at least --min-time seconds each.
 
 Threads: --threads N sets OMP_NUM_THREADS (our binaries and PyTorch's OpenMP), OPENBLAS_NUM_THREADS
 and MKL_NUM_THREADS before anything starts, and torch.set_num_threads(N).
@@ -136,6 +137,19 @@ def loaded_blas():
             if re.search(r"lib(open)?blas|libmkl|libblis", os.path.basename(path)):
                 found.add(os.path.realpath(path))
     return ", ".join(sorted(found)) or "none found"
+
+
+def busy_cpu_seconds():
+    """CPU seconds the whole machine has spent busy (not idle or waiting for I/O) since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds():
+    """CPU seconds of this process and its finished children (our benchmark binaries)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def load_average():
@@ -347,11 +361,17 @@ def main():
     started = time.time()
     rows, context = [], {}
     for name, binary in cases:
+        # Other processes' CPU use while the case ran, in cores: the busy CPU time of the machine
+        # less our own, over the wall time. Near 0 means the numbers were measured undisturbed.
+        busy0, own0, wall0 = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
         ours, context, _ = run_ours(binaries[binary], name, args)
         theirs = time_torch(torch_case(torch, name), args) if torch else float("nan")
-        rows.append({"case": name, "eigenformer_ms": ours, "pytorch_ms": theirs})
-        print("%-40s eigenformer %10.2f ms   PyTorch %10.2f ms" % (name, ours, theirs),
-              file=sys.stderr, flush=True)
+        wall = time.perf_counter() - wall0
+        others = max(0.0, (busy_cpu_seconds() - busy0) - (own_cpu_seconds() - own0)) / wall
+        rows.append({"case": name, "eigenformer_ms": ours, "pytorch_ms": theirs,
+                     "other_cores": others})
+        print("%-40s eigenformer %10.2f ms   PyTorch %10.2f ms   other processes %.2f cores"
+              % (name, ours, theirs, others), file=sys.stderr, flush=True)
 
     print("threads: %d (OMP_NUM_THREADS=%s, torch.get_num_threads()=%s); eigenformer: Eigen %s, "
           "SIMD %s; load average before/after: %s / %s; %.0f s"
@@ -363,11 +383,13 @@ def main():
         print("PyTorch %s, BLAS: %s" % (torch.__version__, loaded_blas()))
     print("times: median of %d repetitions of >= %g s each, wall clock\n"
           % (args.repetitions, args.min_time))
-    print("| case | eigenformer ms | PyTorch ms | PyTorch / eigenformer |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| case | eigenformer ms | PyTorch ms | PyTorch / eigenformer | other load |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print("| %s | %.2f | %.2f | %.2f |" % (r["case"], r["eigenformer_ms"], r["pytorch_ms"],
-                                              r["pytorch_ms"] / r["eigenformer_ms"]))
+        print("| %s | %.2f | %.2f | %.2f | %.2f |"
+              % (r["case"], r["eigenformer_ms"], r["pytorch_ms"],
+                 r["pytorch_ms"] / r["eigenformer_ms"], r["other_cores"]))
+    print("\nother load: CPU cores used by other processes while the case ran (0 = undisturbed)")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"threads": args.threads, "context": context,
