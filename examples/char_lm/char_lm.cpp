@@ -1,0 +1,643 @@
+// char_lm: a character-level (byte-level) GPT-style language model trained on the Debian
+// `fortunes` corpus, compared against a count-based bigram model on held-out fortunes.
+//
+//   char_lm train  --out FILE [--corpus PATH]... [--steps N] [--seed S] [--context T] ...
+//   char_lm sample --model FILE [--prompt TEXT] [--length N] [--temperature T] [--seed S]
+//
+// Threads: the matrix products use OpenMP through Eigen; set OMP_NUM_THREADS to choose how many.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <eigenformer/eigenformer.hpp>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "corpus.hpp"
+
+namespace char_lm {
+
+namespace ef = eigenformer;
+using Scalar = float;
+using Model = ef::DecoderOnlyLM<Scalar>;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kUsage =
+    "usage:\n"
+    "  char_lm train --out FILE [options]\n"
+    "      --corpus PATH     strfile text file or directory; repeatable\n"
+    "                        (default /usr/share/games/fortunes, from the Debian package\n"
+    "                        'fortunes': sudo apt-get install fortunes)\n"
+    "      --steps N         optimizer steps (default 2000)\n"
+    "      --seed S          seed for initialisation and batches (default 1)\n"
+    "      --context T       characters of context (default 64)\n"
+    "      --batch B         sequences per step (default 16)\n"
+    "      --layers L        decoder layers (default 3)\n"
+    "      --d-model D       model width, d_ff = 4 D (default 96)\n"
+    "      --heads H         attention heads, must divide D (default 4)\n"
+    "      --lr LR           peak learning rate, warm-up then cosine decay (default 4e-3)\n"
+    "      --log-every N     progress line every N steps when stderr is not a terminal\n"
+    "                        (default 100)\n"
+    "  char_lm sample --model FILE [options]\n"
+    "      --prompt TEXT     text to continue (default: the start of a new fortune)\n"
+    "      --length N        characters to generate (default 400)\n"
+    "      --temperature T   softmax temperature, 0 = greedy (default 0.8)\n"
+    "      --seed S          sampling seed (default 1)\n"
+    "  char_lm --help\n"
+    "Threads: set OMP_NUM_THREADS (e.g. OMP_NUM_THREADS=1).\n"
+    "Exit status: 0 ok, 1 error, 2 bad command line, 3 trained but did not beat the bigram.\n";
+
+/// A bad command line: reported with the usage text and exit status 2.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Command-line parsing
+
+struct Args {
+  std::map<std::string, std::vector<std::string>> values;  // flag -> values in order
+  bool help = false;
+
+  bool has(const std::string& flag) const { return values.count(flag) > 0; }
+  const std::string& last(const std::string& flag) const { return values.at(flag).back(); }
+};
+
+/// Parses "--flag value" pairs; every flag must be in `allowed`. `multi` flags may repeat (and
+/// "--corpus A B" takes every following non-flag word); others may appear once.
+Args parse_args(int argc, char** argv, int first, const std::vector<std::string>& allowed,
+                const std::string& multi = "") {
+  Args a;
+  for (int i = first; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      a.help = true;
+      continue;
+    }
+    if (std::find(allowed.begin(), allowed.end(), flag) == allowed.end())
+      throw UsageError("unknown option '" + flag + "'");
+    if (i + 1 >= argc) throw UsageError("option '" + flag + "' needs a value");
+    if (flag != multi && a.has(flag)) throw UsageError("option '" + flag + "' given twice");
+    a.values[flag].push_back(argv[++i]);
+    if (flag == multi)
+      while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0)
+        a.values[flag].push_back(argv[++i]);
+  }
+  return a;
+}
+
+long long parse_int(const std::string& flag, const std::string& text, long long lo,
+                    long long hi) {
+  long long v = 0;
+  size_t used = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size())
+    throw UsageError("option '" + flag + "' expects an integer, got '" + text + "'");
+  if (v < lo || v > hi)
+    throw UsageError("option '" + flag + "' must be in [" + std::to_string(lo) + ", " +
+                     std::to_string(hi) + "], got " + text);
+  return v;
+}
+
+std::uint64_t parse_seed(const std::string& flag, const std::string& text) {
+  size_t used = 0;
+  unsigned long long v = 0;
+  try {
+    if (!text.empty() && text[0] != '-') v = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size())
+    throw UsageError("option '" + flag + "' expects a non-negative integer, got '" + text + "'");
+  return v;
+}
+
+double parse_real(const std::string& flag, const std::string& text, double lo, double hi) {
+  double v = 0;
+  size_t used = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || !std::isfinite(v))
+    throw UsageError("option '" + flag + "' expects a number, got '" + text + "'");
+  if (v < lo || v > hi) {
+    std::ostringstream s;
+    s << "option '" << flag << "' must be in [" << lo << ", " << hi << "], got " << text;
+    throw UsageError(s.str());
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+std::string duration_text(double seconds) {
+  const long s = static_cast<long>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ld:%02ld", s / 60, s % 60);
+  return buf;
+}
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+constexpr double kLn2 = 0.69314718055994530942;
+
+/// Throws IoError now, rather than after training, if `path` cannot be created.
+void check_writable(const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    throw ef::IoError("output directory '" + dir.string() + "' does not exist (for --out '" +
+                      path + "')");
+  if (::access(dir.c_str(), W_OK) != 0)
+    throw ef::IoError("output directory '" + dir.string() + "' is not writable");
+  if (fs::is_directory(path, ec)) throw ef::IoError("--out '" + path + "' is a directory");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint metadata: the model config under the library's "eigenformer.config.*" keys, the
+// vocabulary and the training record under "char_lm.*".
+
+std::map<std::string, std::string> checkpoint_metadata(const ef::TransformerConfig& c,
+                                                       const ByteVocab& vocab) {
+  const std::string p = "eigenformer.config.";
+  auto num = [](double v) {
+    std::ostringstream s;
+    s.precision(17);
+    s << v;
+    return s.str();
+  };
+  return {{"eigenformer.model", "decoder_only"},
+          {p + "src_vocab", std::to_string(c.src_vocab)},
+          {p + "tgt_vocab", std::to_string(c.tgt_vocab)},
+          {p + "d_model", std::to_string(c.d_model)},
+          {p + "n_heads", std::to_string(c.n_heads)},
+          {p + "n_encoder_layers", std::to_string(c.n_encoder_layers)},
+          {p + "n_decoder_layers", std::to_string(c.n_decoder_layers)},
+          {p + "d_ff", std::to_string(c.d_ff)},
+          {p + "dropout", num(c.dropout)},
+          {p + "activation", to_string(c.activation)},
+          {p + "norm", to_string(c.norm)},
+          {p + "positional", to_string(c.positional)},
+          {p + "max_len", std::to_string(c.max_len)},
+          {p + "scale_embeddings", c.scale_embeddings ? "1" : "0"},
+          {p + "tie_output", c.tie_output ? "1" : "0"},
+          {p + "pad_id", std::to_string(c.pad_id)},
+          {p + "eps", num(c.eps)},
+          {"char_lm.vocab", vocab.to_hex()}};
+}
+
+const std::string& meta_field(const std::map<std::string, std::string>& meta,
+                              const std::string& key, const std::string& path) {
+  const auto it = meta.find(key);
+  if (it == meta.end())
+    throw ef::IoError("checkpoint '" + path + "' has no metadata '" + key +
+                      "' (not written by char_lm train?)");
+  return it->second;
+}
+
+/// Rebuilds the config and vocabulary saved by checkpoint_metadata; IoError if anything is off.
+ef::TransformerConfig config_from_metadata(const std::map<std::string, std::string>& meta,
+                                           const std::string& path, ByteVocab& vocab) {
+  if (meta_field(meta, "eigenformer.model", path) != "decoder_only")
+    throw ef::IoError("checkpoint '" + path + "' does not hold a decoder-only model");
+  const std::string p = "eigenformer.config.";
+  std::string key;
+  try {
+    auto integer = [&](const std::string& field) -> long long {
+      key = p + field;
+      const std::string& t = meta_field(meta, key, path);
+      size_t used = 0;
+      const long long v = std::stoll(t, &used);
+      if (used != t.size()) throw std::invalid_argument(t);
+      return v;
+    };
+    auto real = [&](const std::string& field) -> double {
+      key = p + field;
+      const std::string& t = meta_field(meta, key, path);
+      size_t used = 0;
+      const double v = std::stod(t, &used);
+      if (used != t.size()) throw std::invalid_argument(t);
+      return v;
+    };
+    auto text = [&](const std::string& field) -> const std::string& {
+      key = p + field;
+      return meta_field(meta, key, path);
+    };
+    ef::TransformerConfig c;
+    c.src_vocab = integer("src_vocab");
+    c.tgt_vocab = integer("tgt_vocab");
+    c.d_model = integer("d_model");
+    c.n_heads = integer("n_heads");
+    c.n_encoder_layers = integer("n_encoder_layers");
+    c.n_decoder_layers = integer("n_decoder_layers");
+    c.d_ff = integer("d_ff");
+    c.dropout = real("dropout");
+    c.activation = ef::parse_activation(text("activation"));
+    c.norm = ef::parse_norm_placement(text("norm"));
+    c.positional = ef::parse_positional_kind(text("positional"));
+    c.max_len = integer("max_len");
+    c.scale_embeddings = integer("scale_embeddings") != 0;
+    c.tie_output = integer("tie_output") != 0;
+    c.pad_id = integer("pad_id");
+    c.eps = real("eps");
+    key = "char_lm.vocab";
+    vocab = ByteVocab::from_hex(meta_field(meta, key, path));
+    key = "the config";
+    c.validate("char_lm", false);
+    if (c.tgt_vocab != vocab.size())
+      throw std::invalid_argument("vocabulary size " + std::to_string(vocab.size()) +
+                                  " differs from tgt_vocab");
+    return c;
+  } catch (const ef::IoError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw ef::IoError("checkpoint '" + path + "': bad metadata '" + key + "': " + e.what());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation and sampling
+
+/// Mean bits per character of the model on ids[1..n): every position predicted once, from
+/// consecutive windows of `context` characters (the last one moved back to end at the text's end;
+/// it scores only what the others did not), as nanoGPT evaluates. A prediction sees 0 to
+/// context - 1 earlier characters, context/2 on average.
+double model_bits_per_char(Model& model, const std::vector<Index>& ids, Index context,
+                           Index batch) {
+  const Index n = static_cast<Index>(ids.size());
+  const Index L = std::min(context, n - 1);
+  if (L < 1) return 0.0;
+  struct Window {
+    Index start, first;  // inputs ids[start, start+L); score targets j >= first
+  };
+  std::vector<Window> windows;
+  Index next = 1;  // the next target position to score
+  for (Index s = 0;;) {
+    windows.push_back({s, next - (s + 1)});
+    next = s + L + 1;
+    if (next > n - 1) break;
+    s = std::min(s + L, n - 1 - L);
+  }
+  model.eval();
+  double nats = 0.0;
+  Index counted = 0;
+  Model::Cache cache;
+  ef::CrossEntropyCache<Scalar> ce;
+  for (size_t w0 = 0; w0 < windows.size(); w0 += static_cast<size_t>(batch)) {
+    const Index B = std::min<Index>(batch, static_cast<Index>(windows.size() - w0));
+    ef::IdMatrix x(B, L), y(B, L);
+    for (Index b = 0; b < B; ++b) {
+      const Window& w = windows[w0 + static_cast<size_t>(b)];
+      for (Index j = 0; j < L; ++j) {
+        x(b, j) = ids[static_cast<size_t>(w.start + j)];
+        y(b, j) = j >= w.first ? ids[static_cast<size_t>(w.start + j + 1)] : -1;
+      }
+    }
+    const ef::Matrix<Scalar> logits = model.forward(x, cache);
+    const double loss = ef::cross_entropy_forward(ce, logits, y, {-1, 0.0});
+    nats += loss * static_cast<double>(ce.count);
+    counted += ce.count;
+  }
+  if (counted != n - 1)
+    throw std::logic_error("model_bits_per_char scored " + std::to_string(counted) + " of " +
+                           std::to_string(n - 1) + " positions");
+  return nats / static_cast<double>(counted) / kLn2;
+}
+
+/// Appends `length` sampled characters to `context_ids`, writing each one to `out` as it comes.
+void generate(Model& model, const ByteVocab& vocab, std::vector<Index> context_ids, Index length,
+              double temperature, ef::Rng& rng, std::ostream& out) {
+  model.eval();
+  const Index T = model.config().max_len;
+  const Index V = vocab.size();
+  Model::Cache cache;
+  std::vector<double> p(static_cast<size_t>(V));
+  for (Index step = 0; step < length; ++step) {
+    const Index len = std::min<Index>(T, static_cast<Index>(context_ids.size()));
+    ef::IdMatrix x(1, len);
+    for (Index j = 0; j < len; ++j)
+      x(0, j) = context_ids[context_ids.size() - static_cast<size_t>(len - j)];
+    const ef::Matrix<Scalar> logits = model.forward(x, cache);
+    Index next = 0;
+    if (temperature == 0.0) {
+      double best = -std::numeric_limits<double>::infinity();
+      for (Index v = 0; v < V; ++v)
+        if (v != vocab.unk() && logits(len - 1, v) > best) {
+          best = logits(len - 1, v);
+          next = v;
+        }
+    } else {
+      double max = -std::numeric_limits<double>::infinity();
+      for (Index v = 0; v < V; ++v) max = std::max(max, double(logits(len - 1, v)));
+      double sum = 0.0;
+      for (Index v = 0; v < V; ++v) {
+        // unk stands for no particular byte: never sample it.
+        const double e =
+            v == vocab.unk() ? 0.0 : std::exp((double(logits(len - 1, v)) - max) / temperature);
+        p[static_cast<size_t>(v)] = e;
+        sum += e;
+      }
+      double u = rng.uniform() * sum;
+      next = V - 2;  // the last known byte, should rounding leave u > 0 at the end
+      for (Index v = 0; v < V; ++v) {
+        u -= p[static_cast<size_t>(v)];
+        if (u < 0.0 && p[static_cast<size_t>(v)] > 0.0) {
+          next = v;
+          break;
+        }
+      }
+    }
+    context_ids.push_back(next);
+    out << vocab.byte(next);
+    if (vocab.byte(next) == '\n') out.flush();
+  }
+  out.flush();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+/// Live progress on stderr: rewritten in place on a terminal, one line every `every` steps
+/// otherwise.
+class Progress {
+ public:
+  Progress(long total, long every) : total_(total), every_(every), tty_(::isatty(2) != 0) {}
+
+  void update(long step, double loss_nats, double lr, double tokens, double elapsed) {
+    const bool last = step == total_;
+    if (tty_) {
+      if (!last && elapsed - last_print_ < 0.25) return;
+    } else if (!last && step % every_ != 0) {
+      return;
+    }
+    last_print_ = elapsed;
+    const double eta = elapsed / static_cast<double>(step) * static_cast<double>(total_ - step);
+    std::fprintf(stderr,
+                 "%sstep %ld/%ld  loss %.3f (%.2f bits/char)  lr %.2e  %.0f tok/s  "
+                 "elapsed %s  ETA %s%s",
+                 tty_ ? "\r" : "", step, total_, loss_nats, loss_nats / kLn2, lr,
+                 tokens / std::max(elapsed, 1e-9), duration_text(elapsed).c_str(),
+                 duration_text(eta).c_str(), tty_ ? (last ? "\033[K\n" : "\033[K") : "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  long total_, every_;
+  bool tty_;
+  double last_print_ = -1.0;
+};
+
+int cmd_train(const Args& a) {
+  if (!a.has("--out")) throw UsageError("train needs --out FILE");
+  const std::string out_path = a.last("--out");
+  const std::vector<std::string> corpus_paths =
+      a.has("--corpus") ? a.values.at("--corpus")
+                        : std::vector<std::string>{default_corpus_dir()};
+  auto int_opt = [&](const std::string& flag, long long def, long long lo, long long hi) {
+    return a.has(flag) ? parse_int(flag, a.last(flag), lo, hi) : def;
+  };
+  const long steps = static_cast<long>(int_opt("--steps", 2000, 1, 10000000));
+  const std::uint64_t seed = a.has("--seed") ? parse_seed("--seed", a.last("--seed")) : 1;
+  const Index context = static_cast<Index>(int_opt("--context", 64, 2, 4096));
+  const Index batch = static_cast<Index>(int_opt("--batch", 16, 1, 4096));
+  const Index layers = static_cast<Index>(int_opt("--layers", 3, 1, 64));
+  const Index d_model = static_cast<Index>(int_opt("--d-model", 96, 8, 4096));
+  const Index heads = static_cast<Index>(int_opt("--heads", 4, 1, 256));
+  const long log_every = static_cast<long>(int_opt("--log-every", 100, 1, 10000000));
+  const double peak_lr = a.has("--lr") ? parse_real("--lr", a.last("--lr"), 1e-6, 1.0) : 4e-3;
+  if (d_model % heads != 0)
+    throw UsageError("--heads " + std::to_string(heads) + " must divide --d-model " +
+                     std::to_string(d_model));
+  check_writable(out_path);
+
+  // Data.
+  const std::vector<std::string> files = corpus_files(corpus_paths);
+  std::vector<std::string> entries;
+  for (const std::string& f : files)
+    for (std::string& e : split_strfile(read_file(f))) entries.push_back(std::move(e));
+  const Split split = split_entries(entries, 10);
+  if (split.held_out_entries == 0)
+    throw CorpusError("the corpus has " + std::to_string(entries.size()) +
+                      " entries; at least 10 are needed for a held-out split (every 10th entry)");
+  const ByteVocab vocab = ByteVocab::from_text(split.train);
+  const std::vector<Index> train_ids = vocab.encode(split.train);
+  const std::vector<Index> held_ids = vocab.encode(split.held_out);
+  if (static_cast<Index>(train_ids.size()) < context + 2)
+    throw CorpusError("the training text has " + std::to_string(train_ids.size()) +
+                      " characters, fewer than --context + 2 = " + std::to_string(context + 2));
+  std::printf("corpus: %zu files, %zu entries; train %ld entries (%zu chars), held-out every "
+              "10th: %ld entries (%zu chars)\n",
+              files.size(), entries.size(), static_cast<long>(split.train_entries),
+              train_ids.size(), static_cast<long>(split.held_out_entries), held_ids.size());
+
+  // Model.
+  ef::TransformerConfig c;
+  c.tgt_vocab = vocab.size();
+  c.d_model = d_model;
+  c.n_heads = heads;
+  c.n_encoder_layers = 0;
+  c.n_decoder_layers = layers;
+  c.d_ff = 4 * d_model;
+  c.dropout = 0.0;  // about one pass over the data: nothing to regularise
+  c.activation = ef::Activation::gelu_tanh;
+  c.norm = ef::NormPlacement::pre;
+  c.positional = ef::PositionalKind::learned;
+  c.scale_embeddings = false;
+  c.tie_output = true;
+  c.max_len = context;
+  c.pad_id = -1;
+  ef::Rng rng(seed);
+  Model model(c, rng);
+  // GPT-2's N(0, 0.02) for the token embedding, which is also the (tied) output matrix: the
+  // Embedding default N(0, 1) would start training from large, confident logits. (The learned
+  // positions already start from N(0, 0.02).)
+  ef::fill_normal(model.input.embedding.weight.value, 0.0, 0.02, rng);
+  const ef::ParamList<Scalar> params = model.parameters();
+  std::printf("vocabulary: %ld distinct bytes + unknown; model: %ld layers, d_model %ld, %ld "
+              "heads, d_ff %ld, context %ld: %ld parameters\n",
+              static_cast<long>(vocab.size() - 1), static_cast<long>(layers),
+              static_cast<long>(d_model), static_cast<long>(heads), static_cast<long>(c.d_ff),
+              static_cast<long>(context), static_cast<long>(ef::count_params(params)));
+  std::printf("training: %ld steps x %ld sequences x %ld chars, AdamW, peak lr %g, threads %d\n",
+              steps, static_cast<long>(batch), static_cast<long>(context), peak_lr,
+              ef::max_threads());
+  std::fflush(stdout);
+
+  // Training.
+  ef::AdamW<Scalar> opt(params, Scalar(peak_lr), Scalar(0.9), Scalar(0.95), Scalar(1e-8),
+                        Scalar(0.01));
+  const long warmup = std::min<long>(100, std::max<long>(1, steps / 10));
+  const ef::CosineSchedule<Scalar> schedule(Scalar(peak_lr), warmup, steps,
+                                            Scalar(peak_lr / 10));
+  ef::Rng data_rng(seed ^ 0x9e3779b97f4a7c15ULL);
+  Progress progress(steps, log_every);
+  Model::Cache cache;
+  ef::CrossEntropyCache<Scalar> ce;
+  ef::IdMatrix x(batch, context), y(batch, context);
+  const Index n_starts = static_cast<Index>(train_ids.size()) - context;  // starts 0..n-T-1
+  double ema = 0.0;
+  const Clock::time_point t0 = Clock::now();
+  model.train();
+  for (long step = 1; step <= steps; ++step) {
+    for (Index b = 0; b < batch; ++b) {
+      const Index s = data_rng.index(n_starts);
+      for (Index j = 0; j < context; ++j) {
+        x(b, j) = train_ids[static_cast<size_t>(s + j)];
+        y(b, j) = train_ids[static_cast<size_t>(s + j + 1)];
+      }
+    }
+    opt.zero_grad();
+    const Scalar lr = ef::apply_schedule(opt, schedule);
+    const ef::Matrix<Scalar> logits = model.forward(x, cache);
+    const double loss = ef::cross_entropy_forward(ce, logits, y);
+    model.backward(ef::cross_entropy_backward(ce), cache);
+    ef::clip_grad_norm(params, Scalar(1));
+    std::string bad;
+    if (!std::isfinite(loss) || !ef::grads_finite(params, &bad))
+      throw std::runtime_error("training diverged at step " + std::to_string(step) +
+                               " (non-finite loss or gradient" +
+                               (bad.empty() ? "" : " in '" + bad + "'") + "); try a lower --lr");
+    opt.step();
+    ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
+    progress.update(step, ema, lr, static_cast<double>(step * batch * context), seconds_since(t0));
+  }
+  const double train_seconds = seconds_since(t0);
+  const double tokens_per_s = static_cast<double>(steps * batch * context) / train_seconds;
+  std::printf("trained %ld steps in %s (%.1f s, %.0f tokens/s)\n", steps,
+              duration_text(train_seconds).c_str(), train_seconds, tokens_per_s);
+
+  // Held-out comparison.
+  Bigram bigram(vocab.size(), 1.0);
+  bigram.fit(train_ids);
+  const double bigram_bpc = bigram.bits_per_char(held_ids);
+  const Clock::time_point t1 = Clock::now();
+  const double model_bpc = model_bits_per_char(model, held_ids, context, 32);
+  std::printf("held-out: %ld fortunes, %zu characters (evaluated in %.1f s)\n",
+              static_cast<long>(split.held_out_entries), held_ids.size(), seconds_since(t1));
+  std::printf("  bigram (add-one, counted on train)  %.3f bits/char\n", bigram_bpc);
+  std::printf("  transformer                         %.3f bits/char\n", model_bpc);
+  const bool wins = model_bpc < bigram_bpc;
+  if (wins)
+    std::printf("verdict: the transformer beats the bigram by %.3f bits/char (%.0f%% fewer bits)\n",
+                bigram_bpc - model_bpc, 100.0 * (bigram_bpc - model_bpc) / bigram_bpc);
+  else
+    std::printf("verdict: FAIL, the transformer does not beat the bigram (train longer: --steps)\n");
+
+  std::map<std::string, std::string> meta = checkpoint_metadata(c, vocab);
+  meta["char_lm.steps"] = std::to_string(steps);
+  meta["char_lm.seed"] = std::to_string(seed);
+  meta["char_lm.heldout_bits_per_char"] = std::to_string(model_bpc);
+  meta["char_lm.bigram_bits_per_char"] = std::to_string(bigram_bpc);
+  ef::save_safetensors(out_path, params, meta);
+  std::printf("saved %s\n", out_path.c_str());
+
+  std::printf("sample (temperature 0.8):\n");
+  std::fflush(stdout);
+  ef::Rng sample_rng(seed);
+  generate(model, vocab, vocab.encode("%\n"), 240, 0.8, sample_rng, std::cout);
+  std::cout << '\n';
+  return wins ? 0 : 3;
+}
+
+int cmd_sample(const Args& a) {
+  if (!a.has("--model")) throw UsageError("sample needs --model FILE");
+  const std::string path = a.last("--model");
+  const std::string prompt = a.has("--prompt") ? a.last("--prompt") : "";
+  const Index length =
+      a.has("--length") ? static_cast<Index>(parse_int("--length", a.last("--length"), 0, 1000000))
+                        : 400;
+  const double temperature =
+      a.has("--temperature") ? parse_real("--temperature", a.last("--temperature"), 0.0, 100.0)
+                             : 0.8;
+  const std::uint64_t seed = a.has("--seed") ? parse_seed("--seed", a.last("--seed")) : 1;
+
+  ByteVocab vocab;
+  const ef::TransformerConfig c =
+      config_from_metadata(ef::read_safetensors_metadata(path), path, vocab);
+  ef::Rng init(0);  // every value is overwritten by the checkpoint
+  Model model(c, init);
+  ef::load_safetensors(path, model.parameters());
+
+  for (unsigned char ch : prompt)
+    if (!vocab.known(ch))
+      std::fprintf(stderr, "char_lm: warning: the prompt byte 0x%02x never occurs in the training "
+                           "text\n", ch);
+  // The context starts like a fortune file, at the separator before a new entry.
+  std::vector<Index> ids = vocab.encode("%\n" + prompt);
+  std::cout << prompt;
+  ef::Rng rng(seed);
+  generate(model, vocab, ids, length, temperature, rng, std::cout);
+  std::cout << '\n';
+  return 0;
+}
+
+int run(int argc, char** argv) {
+  if (argc < 2) throw UsageError("missing command: train or sample");
+  const std::string cmd = argv[1];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::cout << kUsage;
+    return 0;
+  }
+  if (cmd == "train") {
+    const Args a = parse_args(argc, argv, 2,
+                              {"--out", "--corpus", "--steps", "--seed", "--context", "--batch",
+                               "--layers", "--d-model", "--heads", "--lr", "--log-every"},
+                              "--corpus");
+    if (a.help) {
+      std::cout << kUsage;
+      return 0;
+    }
+    return cmd_train(a);
+  }
+  if (cmd == "sample") {
+    const Args a = parse_args(argc, argv, 2,
+                              {"--model", "--prompt", "--length", "--temperature", "--seed"});
+    if (a.help) {
+      std::cout << kUsage;
+      return 0;
+    }
+    return cmd_sample(a);
+  }
+  throw UsageError("unknown command '" + cmd + "' (expected train or sample)");
+}
+
+}  // namespace char_lm
+
+int main(int argc, char** argv) {
+  try {
+    return char_lm::run(argc, argv);
+  } catch (const char_lm::UsageError& e) {
+    std::cerr << "char_lm: " << e.what() << "\n" << char_lm::kUsage;
+    return 2;
+  } catch (const std::exception& e) {  // eigenformer::ArgumentError / IoError, CorpusError, ...
+    std::cerr << "char_lm: " << e.what() << "\n";
+    return 1;
+  } catch (...) {
+    std::cerr << "char_lm: unknown error\n";
+    return 1;
+  }
+}
