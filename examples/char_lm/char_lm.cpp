@@ -178,105 +178,27 @@ void check_writable(const std::string& path) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Checkpoint metadata: the model config under the library's "eigenformer.config.*" keys, the
-// vocabulary and the training record under "char_lm.*".
+// Checkpoints: eigenformer::save_model / load_model keep the model kind and config in the
+// safetensors metadata; char_lm adds its vocabulary and training record under "char_lm.*".
 
-std::map<std::string, std::string> checkpoint_metadata(const ef::TransformerConfig& c,
-                                                       const ByteVocab& vocab) {
-  const std::string p = "eigenformer.config.";
-  auto num = [](double v) {
-    std::ostringstream s;
-    s.precision(17);
-    s << v;
-    return s.str();
-  };
-  return {{"eigenformer.model", "decoder_only"},
-          {p + "src_vocab", std::to_string(c.src_vocab)},
-          {p + "tgt_vocab", std::to_string(c.tgt_vocab)},
-          {p + "d_model", std::to_string(c.d_model)},
-          {p + "n_heads", std::to_string(c.n_heads)},
-          {p + "n_encoder_layers", std::to_string(c.n_encoder_layers)},
-          {p + "n_decoder_layers", std::to_string(c.n_decoder_layers)},
-          {p + "d_ff", std::to_string(c.d_ff)},
-          {p + "dropout", num(c.dropout)},
-          {p + "activation", to_string(c.activation)},
-          {p + "norm", to_string(c.norm)},
-          {p + "positional", to_string(c.positional)},
-          {p + "max_len", std::to_string(c.max_len)},
-          {p + "scale_embeddings", c.scale_embeddings ? "1" : "0"},
-          {p + "tie_output", c.tie_output ? "1" : "0"},
-          {p + "pad_id", std::to_string(c.pad_id)},
-          {p + "eps", num(c.eps)},
-          {"char_lm.vocab", vocab.to_hex()}};
-}
-
-const std::string& meta_field(const std::map<std::string, std::string>& meta,
-                              const std::string& key, const std::string& path) {
-  const auto it = meta.find(key);
+/// The model and vocabulary of a checkpoint written by `char_lm train`; IoError if it is not one.
+Model load_checkpoint(const std::string& path, ByteVocab& vocab) {
+  std::map<std::string, std::string> meta;
+  Model model = ef::load_model<Model>(path, &meta);
+  const auto it = meta.find("char_lm.vocab");
   if (it == meta.end())
-    throw ef::IoError("checkpoint '" + path + "' has no metadata '" + key +
-                      "' (not written by char_lm train?)");
-  return it->second;
-}
-
-/// Rebuilds the config and vocabulary saved by checkpoint_metadata; IoError if anything is off.
-ef::TransformerConfig config_from_metadata(const std::map<std::string, std::string>& meta,
-                                           const std::string& path, ByteVocab& vocab) {
-  if (meta_field(meta, "eigenformer.model", path) != "decoder_only")
-    throw ef::IoError("checkpoint '" + path + "' does not hold a decoder-only model");
-  const std::string p = "eigenformer.config.";
-  std::string key;
+    throw ef::IoError("checkpoint '" + path +
+                      "' has no metadata 'char_lm.vocab' (not written by char_lm train?)");
   try {
-    auto integer = [&](const std::string& field) -> long long {
-      key = p + field;
-      const std::string& t = meta_field(meta, key, path);
-      size_t used = 0;
-      const long long v = std::stoll(t, &used);
-      if (used != t.size()) throw std::invalid_argument(t);
-      return v;
-    };
-    auto real = [&](const std::string& field) -> double {
-      key = p + field;
-      const std::string& t = meta_field(meta, key, path);
-      size_t used = 0;
-      const double v = std::stod(t, &used);
-      if (used != t.size()) throw std::invalid_argument(t);
-      return v;
-    };
-    auto text = [&](const std::string& field) -> const std::string& {
-      key = p + field;
-      return meta_field(meta, key, path);
-    };
-    ef::TransformerConfig c;
-    c.src_vocab = integer("src_vocab");
-    c.tgt_vocab = integer("tgt_vocab");
-    c.d_model = integer("d_model");
-    c.n_heads = integer("n_heads");
-    c.n_encoder_layers = integer("n_encoder_layers");
-    c.n_decoder_layers = integer("n_decoder_layers");
-    c.d_ff = integer("d_ff");
-    c.dropout = real("dropout");
-    c.activation = ef::parse_activation(text("activation"));
-    c.norm = ef::parse_norm_placement(text("norm"));
-    c.positional = ef::parse_positional_kind(text("positional"));
-    c.max_len = integer("max_len");
-    c.scale_embeddings = integer("scale_embeddings") != 0;
-    c.tie_output = integer("tie_output") != 0;
-    c.pad_id = integer("pad_id");
-    c.eps = real("eps");
-    key = "char_lm.vocab";
-    vocab = ByteVocab::from_hex(meta_field(meta, key, path));
-    key = "the config";
-    c.validate("char_lm", false);
-    if (c.tgt_vocab != vocab.size())
-      throw std::invalid_argument("vocabulary size " + std::to_string(vocab.size()) +
-                                  " differs from tgt_vocab");
-    return c;
-  } catch (const ef::IoError&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw ef::IoError("checkpoint '" + path + "': bad metadata '" + key + "': " + e.what());
+    vocab = ByteVocab::from_hex(it->second);
+  } catch (const std::invalid_argument& e) {
+    throw ef::IoError("checkpoint '" + path + "': bad metadata 'char_lm.vocab': " + e.what());
   }
+  if (vocab.size() != model.config().tgt_vocab)
+    throw ef::IoError("checkpoint '" + path + "': the vocabulary has " +
+                      std::to_string(vocab.size()) + " ids but the model " +
+                      std::to_string(model.config().tgt_vocab));
+  return model;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,12 +469,13 @@ int cmd_train(const Args& a) {
   else
     std::printf("verdict: FAIL, the transformer does not beat the bigram (train longer: --steps)\n");
 
-  std::map<std::string, std::string> meta = checkpoint_metadata(c, vocab);
+  std::map<std::string, std::string> meta;
+  meta["char_lm.vocab"] = vocab.to_hex();
   meta["char_lm.steps"] = std::to_string(steps);
   meta["char_lm.seed"] = std::to_string(seed);
   meta["char_lm.heldout_bits_per_char"] = std::to_string(model_bpc);
   meta["char_lm.bigram_bits_per_char"] = std::to_string(bigram_bpc);
-  ef::save_safetensors(out_path, params, meta);
+  ef::save_model(out_path, model, meta);
   std::printf("saved %s\n", out_path.c_str());
 
   std::printf("sample (temperature 0.8):\n");
@@ -576,11 +499,7 @@ int cmd_sample(const Args& a) {
   const std::uint64_t seed = a.has("--seed") ? parse_seed("--seed", a.last("--seed")) : 1;
 
   ByteVocab vocab;
-  const ef::TransformerConfig c =
-      config_from_metadata(ef::read_safetensors_metadata(path), path, vocab);
-  ef::Rng init(0);  // every value is overwritten by the checkpoint
-  Model model(c, init);
-  ef::load_safetensors(path, model.parameters());
+  Model model = load_checkpoint(path, vocab);
 
   for (unsigned char ch : prompt)
     if (!vocab.known(ch))
