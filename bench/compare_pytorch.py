@@ -351,8 +351,12 @@ def main():
 
     torch = None
     if not args.skip_torch:
+        import warnings
         import torch as torch_module
         torch = torch_module
+        # nn.TransformerEncoder's eval fast path converts padded batches to nested tensors and
+        # warns that their API is a prototype: noise on stderr, not about the timing.
+        warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors")
         torch.set_num_threads(args.threads)
         torch.ones(64, 64) @ torch.ones(64, 64)  # loads the BLAS, for loaded_blas()
 
