@@ -11,6 +11,6 @@ tools/setup.sh build/release -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_BUILD_TEST
 ctest --test-dir build/release --output-on-failure -j "$(nproc)"
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
-tools/setup.sh build/sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEIGENFORMER_SANITIZE=ON \
+tools/setup.sh build/sanitize -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_SANITIZE=ON \
   -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/sanitize --output-on-failure -j "$(nproc)"
