@@ -38,8 +38,9 @@ Usage:
     python3 tools/export_pytorch.py model.pt checkpoint.safetensors
 
 where model.pt is a torch.save()d Seq2SeqTransformer or a state_dict with the names above. The
-tensors are written as little-endian float32 in eigenformer's order; the model's config (when it
-has one) goes to the file's __metadata__ as strings.
+tensors are written as little-endian float32 in eigenformer's order; the model kind and config go
+to the file's __metadata__ in eigenformer's keys, so eigenformer::load_model<Transformer<float>>
+rebuilds the model from the file alone.
 """
 import json
 import math
@@ -218,9 +219,13 @@ def write_safetensors(path, tensors, metadata=None):
 
 
 def config_metadata(model):
+    """The metadata eigenformer::save_model writes, so load_model<Transformer<float>>(path) can
+    rebuild the model from the file alone: the model kind and eigenformer.config.<field>."""
     cfg = getattr(model, "config", None) or {}
-    meta = {"format": "eigenformer", "source": "tools/export_pytorch.py"}
-    meta.update(cfg)
+    meta = {"eigenformer.model": "transformer", "source": "tools/export_pytorch.py"}
+    for key, value in cfg.items():
+        meta["eigenformer.config." + key] = ("1" if value else "0") if isinstance(value, bool) \
+            else value
     return meta
 
 
