@@ -1,0 +1,282 @@
+// Beam search decoding: keep the beam_width most likely prefixes per source instead of one.
+//
+// Each step extends every live hypothesis of every source by every token, scores the candidates by
+// their summed log-probability, and keeps the best beam_width that do not end in EOS. A candidate
+// ending in EOS that ranks among the best beam_width moves to the source's finished list and is
+// never extended again. A source is done when it holds beam_width finished hypotheses that no live
+// one can beat any more, or when no live hypothesis is left; the search stops when every source is
+// done or after max_len tokens. At max_len the live hypotheses join the finished ones.
+//
+// Ranking uses GNMT's length penalty (Wu et al. 2016): score = log P(y) / ((5 + |y|) / 6)^alpha,
+// |y| counting the generated tokens with EOS and without BOS; alpha = 0 ranks by log P(y) alone.
+// Ties are broken deterministically: lower parent hypothesis first, then lower token id, so a beam of
+// width 1 makes exactly greedy_decode's choices.
+//
+// The search itself (beam_search_with) only needs a step scorer: prefixes -> next-token log-probs.
+// beam_search / beam_search_result wrap an encoder-decoder Transformer: the source is encoded once,
+// its memory rows are repeated for each of its beam_width hypotheses, and every step reruns the
+// decoder over the (B * beam_width, t + 1) prefixes, as greedy_decode does. Call model.eval() first.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "../model/transformer.hpp"
+
+namespace eigenformer {
+
+struct BeamOptions {
+  Index bos = 1;
+  Index eos = 2;
+  Index max_len = 64;           // most tokens generated per hypothesis (EOS included)
+  Index beam_width = 4;         // hypotheses kept per source; 1 is greedy decoding
+  double length_penalty = 0.0;  // GNMT alpha >= 0: score = log P / ((5 + len) / 6)^alpha; 0: none
+};
+
+/// One finished (or, at max_len, unfinished) hypothesis.
+struct BeamHypothesis {
+  std::vector<Index> tokens;  // generated ids without BOS; the last is EOS when finished
+  double log_prob = 0.0;      // sum of the tokens' log-probabilities
+  double score = 0.0;         // log_prob / length penalty: what the search ranks by
+  bool finished = false;      // ended with EOS (false: stopped at max_len)
+};
+
+struct BeamResult {
+  /// (B, L): each source's best hypothesis without BOS, filled with EOS after its EOS, L the
+  /// longest of them (the layout of greedy_decode's output).
+  IdMatrix ids;
+  /// Per source, up to beam_width hypotheses, best first.
+  std::vector<std::vector<BeamHypothesis>> hypotheses;
+
+  /// The best hypothesis's score per source.
+  std::vector<double> scores() const {
+    std::vector<double> out;
+    out.reserve(hypotheses.size());
+    for (const auto& h : hypotheses) out.push_back(h.empty() ? 0.0 : h.front().score);
+    return out;
+  }
+};
+
+/// GNMT length penalty ((5 + len) / 6)^alpha; 1 for alpha = 0.
+inline double beam_length_penalty(Index len, double alpha) {
+  return alpha == 0.0 ? 1.0 : std::pow((5.0 + static_cast<double>(len)) / 6.0, alpha);
+}
+
+namespace detail {
+
+inline void check_beam_options(const std::string& func, const BeamOptions& opt, Index vocab) {
+  require(opt.bos >= 0 && opt.bos < vocab, func, "options.bos",
+          "is " + std::to_string(opt.bos) + ", expected an id in [0, " + std::to_string(vocab) + ")");
+  require(opt.eos >= 0 && opt.eos < vocab, func, "options.eos",
+          "is " + std::to_string(opt.eos) + ", expected an id in [0, " + std::to_string(vocab) + ")");
+  require(opt.beam_width >= 1, func, "options.beam_width",
+          "is " + std::to_string(opt.beam_width) + ", expected at least 1");
+  require(opt.max_len >= 1, func, "options.max_len",
+          "is " + std::to_string(opt.max_len) + ", expected at least 1");
+  require(std::isfinite(opt.length_penalty) && opt.length_penalty >= 0.0, func,
+          "options.length_penalty",
+          "is " + std::to_string(opt.length_penalty) + ", expected a finite alpha >= 0");
+}
+
+struct BeamCandidate {
+  double log_prob;
+  Index parent;  // index of the live hypothesis it extends
+  Index token;
+};
+
+/// Strict total order: higher log-probability first, then lower parent, then lower token.
+inline bool beam_before(const BeamCandidate& a, const BeamCandidate& b) {
+  if (a.log_prob != b.log_prob) return a.log_prob > b.log_prob;
+  if (a.parent != b.parent) return a.parent < b.parent;
+  return a.token < b.token;
+}
+
+/// Best score a live hypothesis (log-probability lp after len tokens) could still reach, given
+/// that further tokens only add log-probabilities <= 0 and the length can grow to max_len.
+inline double beam_best_reachable(double lp, Index len, const BeamOptions& opt) {
+  if (opt.length_penalty == 0.0) return lp;
+  return lp <= 0.0 ? lp / beam_length_penalty(opt.max_len, opt.length_penalty)
+                   : lp / beam_length_penalty(len, opt.length_penalty);
+}
+
+}  // namespace detail
+
+/// The search over any step scorer. next_log_probs(prefixes) receives prefixes (B*K, t + 1), K =
+/// beam_width, each starting with BOS, row b*K + k holding hypothesis k of source b, and returns
+/// the next token's log-probabilities as a Matrix<double> (B*K, vocab). Rows that hold no live
+/// hypothesis (a source that is done, or fewer than K live ones) carry a filler prefix (BOS, then
+/// EOS) and their output is ignored. Entries of -inf are never chosen; NaN is an error.
+template <class Scorer>
+BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const BeamOptions& opt) {
+  const std::string func = "beam_search";
+  detail::check_positive(func, "B", B);
+  detail::check_positive(func, "vocab", vocab);
+  detail::check_beam_options(func, opt, vocab);
+  const Index K = opt.beam_width;
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+
+  struct Live {
+    std::vector<Index> tokens;
+    double log_prob;
+  };
+  std::vector<std::vector<Live>> live(static_cast<size_t>(B), {Live{{}, 0.0}});
+  std::vector<std::vector<BeamHypothesis>> finished(static_cast<size_t>(B));
+  std::vector<bool> done(static_cast<size_t>(B), false);
+  Index n_done = 0;
+  // Keeps the best K finished hypotheses, best first; equal scores keep their arrival order.
+  auto add_finished = [&](std::vector<BeamHypothesis>& list, BeamHypothesis h) {
+    auto pos = std::upper_bound(
+        list.begin(), list.end(), h.score,
+        [](double s, const BeamHypothesis& x) { return s > x.score; });
+    list.insert(pos, std::move(h));
+    if (static_cast<Index>(list.size()) > K) list.pop_back();
+  };
+
+  std::vector<detail::BeamCandidate> cands;
+  IdMatrix prefixes;
+  for (Index t = 0; t < opt.max_len && n_done < B; ++t) {
+    prefixes.resize(B * K, t + 1);
+    prefixes.col(0).setConstant(opt.bos);
+    for (Index b = 0; b < B; ++b)
+      for (Index k = 0; k < K; ++k) {
+        const auto& lv = live[size_t(b)];
+        const bool real = !done[size_t(b)] && k < static_cast<Index>(lv.size());
+        for (Index j = 0; j < t; ++j)
+          prefixes(b * K + k, j + 1) = real ? lv[size_t(k)].tokens[size_t(j)] : opt.eos;
+      }
+    const Matrix<double> lp = next_log_probs(static_cast<const IdMatrix&>(prefixes));
+    detail::require(lp.rows() == B * K && lp.cols() == vocab, func, "next_log_probs",
+                    "returned shape " + detail::shape_of(lp) + ", expected " +
+                        detail::shape_str(B * K, vocab));
+    const Index len = t + 1;  // tokens in every candidate
+    for (Index b = 0; b < B; ++b) {
+      if (done[size_t(b)]) continue;
+      const auto& lv = live[size_t(b)];
+      cands.clear();
+      for (Index k = 0; k < static_cast<Index>(lv.size()); ++k) {
+        const Index r = b * K + k;
+        for (Index v = 0; v < vocab; ++v) {
+          const double x = lp(r, v);
+          detail::require(!std::isnan(x), func, "next_log_probs",
+                          "returned NaN at row " + std::to_string(r) + ", token " +
+                              std::to_string(v));
+          if (x == neg_inf) continue;
+          cands.push_back({lv[size_t(k)].log_prob + x, k, v});
+        }
+      }
+      // At most K candidates end in EOS (one per parent), so the best 2K hold K that do not.
+      const size_t n_top = std::min(cands.size(), static_cast<size_t>(2 * K));
+      std::partial_sort(cands.begin(), cands.begin() + static_cast<std::ptrdiff_t>(n_top),
+                        cands.end(), detail::beam_before);
+      std::vector<Live> next;
+      for (size_t rank = 0; rank < n_top && static_cast<Index>(next.size()) < K; ++rank) {
+        const detail::BeamCandidate& c = cands[rank];
+        std::vector<Index> tokens = lv[size_t(c.parent)].tokens;
+        tokens.push_back(c.token);
+        if (c.token == opt.eos) {
+          if (static_cast<Index>(rank) < K) {
+            BeamHypothesis h;
+            h.tokens = std::move(tokens);
+            h.log_prob = c.log_prob;
+            h.score = c.log_prob / beam_length_penalty(len, opt.length_penalty);
+            h.finished = true;
+            add_finished(finished[size_t(b)], std::move(h));
+          }
+        } else {
+          next.push_back({std::move(tokens), c.log_prob});
+        }
+      }
+      live[size_t(b)] = std::move(next);
+      const auto& fin = finished[size_t(b)];
+      bool is_done = live[size_t(b)].empty();
+      if (!is_done && static_cast<Index>(fin.size()) >= K) {
+        double best_live = neg_inf;
+        for (const Live& l : live[size_t(b)])
+          best_live = std::max(best_live, detail::beam_best_reachable(l.log_prob, len, opt));
+        is_done = fin[size_t(K - 1)].score >= best_live;
+      }
+      if (is_done) {
+        done[size_t(b)] = true;
+        ++n_done;
+      }
+    }
+  }
+
+  BeamResult result;
+  result.hypotheses.resize(static_cast<size_t>(B));
+  Index L = 1;
+  for (Index b = 0; b < B; ++b) {
+    std::vector<BeamHypothesis>& fin = finished[size_t(b)];
+    if (!done[size_t(b)]) {  // stopped at max_len: the live hypotheses compete too
+      for (Live& l : live[size_t(b)]) {
+        BeamHypothesis h;
+        h.log_prob = l.log_prob;
+        h.score = l.log_prob /
+                  beam_length_penalty(static_cast<Index>(l.tokens.size()), opt.length_penalty);
+        h.tokens = std::move(l.tokens);
+        add_finished(fin, std::move(h));
+      }
+    }
+    if (!fin.empty()) L = std::max(L, static_cast<Index>(fin.front().tokens.size()));
+    result.hypotheses[size_t(b)] = std::move(fin);
+  }
+  result.ids = IdMatrix::Constant(B, L, opt.eos);
+  for (Index b = 0; b < B; ++b) {
+    const auto& hyps = result.hypotheses[size_t(b)];
+    if (hyps.empty()) continue;  // every token had log-probability -inf: only EOS
+    const auto& best = hyps.front().tokens;
+    for (size_t j = 0; j < best.size(); ++j) result.ids(b, Index(j)) = best[j];
+  }
+  return result;
+}
+
+/// Beam search over an encoder-decoder Transformer: src (B, S) -> every source's best hypotheses.
+template <class Scalar>
+BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
+                              const BeamOptions& opt) {
+  const std::string func = "beam_search";
+  const Index V = model.config().tgt_vocab;
+  detail::check_beam_options(func, opt, V);
+  detail::require(opt.max_len < model.config().max_len, func, "options.max_len",
+                  "is " + std::to_string(opt.max_len) + ", expected 1.." +
+                      std::to_string(model.config().max_len - 1) +
+                      " (the model's max_len less one for BOS)");
+  typename Transformer<Scalar>::Cache cache;
+  const Matrix<Scalar> memory = model.encode(src, cache.encoder);  // (B*S, d); checks src
+  const Index B = src.rows(), S = src.cols(), K = opt.beam_width, d = memory.cols();
+  IdMatrix src_rep(B * K, S);             // row b*K + k: source b
+  Matrix<Scalar> memory_rep(B * K * S, d);  // rows (b*K + k)*S ..: memory of source b
+  for (Index b = 0; b < B; ++b)
+    for (Index k = 0; k < K; ++k) {
+      src_rep.row(b * K + k) = src.row(b);
+      memory_rep.block((b * K + k) * S, 0, S, d) = memory.block(b * S, 0, S, d);
+    }
+  auto scorer = [&](const IdMatrix& prefixes) {
+    const Index N = prefixes.rows(), T = prefixes.cols();
+    const Matrix<Scalar> logits = model.decode(prefixes, src_rep, memory_rep, cache);  // (N*T, V)
+    Matrix<double> lp(N, V);
+    for (Index r = 0; r < N; ++r) {
+      lp.row(r) = logits.row(r * T + T - 1).template cast<double>();
+      const double max = lp.row(r).maxCoeff();
+      const double lse = max + std::log((lp.row(r).array() - max).exp().sum());
+      lp.row(r).array() -= lse;
+    }
+    return lp;
+  };
+  return beam_search_with(scorer, B, V, opt);
+}
+
+/// src (B, S) -> each source's best hypothesis (B, L) without BOS, EOS-filled after its EOS, as
+/// greedy_decode returns. If scores is given it receives the best hypotheses' scores.
+template <class Scalar>
+IdMatrix beam_search(Transformer<Scalar>& model, const IdMatrix& src, const BeamOptions& opt,
+                     std::vector<double>* scores = nullptr) {
+  BeamResult r = beam_search_result(model, src, opt);
+  if (scores) *scores = r.scores();
+  return std::move(r.ids);
+}
+
+}  // namespace eigenformer
