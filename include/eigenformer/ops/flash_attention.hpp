@@ -1,0 +1,237 @@
+// Tiled attention with an online softmax ("flash attention"): the same results as
+// ops/attention.hpp without ever holding the (Tq, Tk) probabilities.
+//
+// Layout, masks and semantics are those of ops/attention.hpp: Q (B*Tq, H*dh), K and V (B*Tk, H*dh),
+// causal aligned at the end, key padding (B, Tk), attn_mask (Tq, Tk) or (B*Tq, Tk); a query whose
+// keys are all masked gets a zero output, zero gradients and a log-sum-exp of -inf (never NaN).
+//
+// Forward: for each (sequence, head, block of block.q queries) the keys are visited in blocks of
+// block.k; a running row maximum m and sum l rescale the partial output, so only a (block.q,
+// block.k) score tile and a (block.q, dh) accumulator live at a time. What backward needs is the
+// per-row log-sum-exp lse = m + log(l), (B*H, Tq): row b*H + h holds head h of sequence b.
+// Causal attention skips the key blocks that a query block cannot see (about half the work).
+//
+// Backward recomputes each probability tile from Q, K and lse (P = exp(S - lse)) and uses
+// D_i = rowsum(dO * O): dS = P * (dO V^T - D). Per (sequence, head) the key blocks are the outer
+// loop (dK, dV of a key block accumulate in a small tile) and dQ accumulates in place.
+//
+// Memory: scratch of a few (block.q, block.k) and (block, dh) tiles per thread, plus lse; nothing
+// grows with Tq * Tk. Threads: the forward runs B*H*ceil(Tq/block.q) independent items, the
+// backward B*H items (so it is serial when B*H == 1).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "../core/parallel.hpp"
+#include "../core/tensor.hpp"
+#include "attention.hpp"
+
+namespace eigenformer {
+
+/// Tile sizes of the tiled kernel. Any positive sizes work (they are clamped to Tq and Tk); the
+/// defaults were the fastest measured for dh = 64 in float with AVX2 (bench/bench_attention.cpp).
+struct AttentionBlocks {
+  Index q = 64;   // queries per tile
+  Index k = 128;  // keys per tile
+};
+
+namespace detail {
+
+/// Sets the masked entries of a score tile to -inf: rows are queries i0.., columns keys j0.. of
+/// sequence b.
+template <class Tile>
+void apply_mask_tile(Tile&& s, const AttentionMask& mask, const AttentionDims& d, Index b, Index i0,
+                     Index j0) {
+  using Scalar = typename std::decay_t<Tile>::Scalar;
+  const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
+  const Index nq = s.rows(), nk = s.cols();
+  const bool per_batch = mask.attn_mask.rows() == d.B * d.Tq && d.B > 1;
+  if (mask.key_padding.size() != 0)
+    for (Index c = 0; c < nk; ++c)
+      if (mask.key_padding(b, j0 + c)) s.col(c).setConstant(neg_inf);
+  for (Index r = 0; r < nq; ++r) {
+    const Index i = i0 + r;
+    if (mask.causal) {
+      const Index first_hidden = i + (d.Tk - d.Tq) + 1 - j0;  // tile column of the first future key
+      if (first_hidden < nk) {
+        const Index start = first_hidden < 0 ? 0 : first_hidden;
+        s.row(r).segment(start, nk - start).setConstant(neg_inf);
+      }
+    }
+    if (mask.attn_mask.size() != 0) {
+      const Index row = per_batch ? b * d.Tq + i : i;
+      for (Index c = 0; c < nk; ++c)
+        if (mask.attn_mask(row, j0 + c)) s(r, c) = neg_inf;
+    }
+  }
+}
+
+/// Whether the tile of queries [i0, i0 + nq) and keys [j0, j0 + nk) has masked entries to set.
+inline bool tile_needs_mask(const AttentionMask& mask, const AttentionDims& d, Index i0, Index j0,
+                            Index nk) {
+  if (mask.key_padding.size() != 0 || mask.attn_mask.size() != 0) return true;
+  return mask.causal && j0 + nk - 1 > i0 + (d.Tk - d.Tq);  // the first row hides some keys
+}
+
+/// End of the keys that queries [i0, i0 + nq) can see at all (causal), Tk otherwise.
+inline Index visible_key_end(const AttentionMask& mask, const AttentionDims& d, Index i0,
+                             Index nq) {
+  if (!mask.causal) return d.Tk;
+  return std::min(d.Tk, i0 + nq + (d.Tk - d.Tq));
+}
+
+/// In place: a (possibly masked, -inf) score row -> exp(row - shift), masked entries exactly 0
+/// (Eigen's vectorised exp clamps, so exp(-inf) would be a denormal rather than 0).
+template <class Row, class Scalar>
+void exp_shifted_row(Row&& row, Scalar shift) {
+  row = (row.array() == -std::numeric_limits<Scalar>::infinity())
+            .select(Scalar(0), (row.array() - shift).exp());
+}
+
+}  // namespace detail
+
+/// out (B*Tq, H*dh) and lse (B*H, Tq) from q (B*Tq, H*dh), k and v (B*Tk, H*dh).
+/// Arguments must already be checked (the layers do it).
+template <class Scalar>
+void flash_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& lse, ConstRef<Scalar> q,
+                             ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d,
+                             const AttentionMask& mask, const AttentionBlocks& blocks = {}) {
+  out.resize(d.B * d.Tq, d.H * d.dh);
+  lse.resize(d.B * d.H, d.Tq);
+  const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
+  const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
+  const Index bq = std::max<Index>(1, std::min(blocks.q, d.Tq));
+  const Index bk = std::max<Index>(1, std::min(blocks.k, d.Tk));
+  const Index nqb = (d.Tq + bq - 1) / bq;
+  const double work = 4.0 * static_cast<double>(bq * d.Tk * d.dh) * (mask.causal ? 0.5 : 1.0);
+  detail::parallel_for(d.B * d.H * nqb, work, [&](Index item) {
+    const Index bh = item / nqb, b = bh / d.H, h = bh % d.H;
+    const Index i0 = (item % nqb) * bq, nq = std::min(bq, d.Tq - i0);
+    const Eigen::Block<ConstRef<Scalar>> qt = q.block(b * d.Tq + i0, h * d.dh, nq, d.dh);
+    Matrix<Scalar> s(nq, bk);                              // scores, then probabilities
+    Matrix<Scalar> acc = Matrix<Scalar>::Zero(nq, d.dh);   // unnormalised output
+    Eigen::Array<Scalar, Eigen::Dynamic, 1> m(nq), l(nq);  // running max and sum
+    m.setConstant(neg_inf);
+    l.setZero();
+    const Index kend = detail::visible_key_end(mask, d, i0, nq);
+    for (Index j0 = 0; j0 < kend; j0 += bk) {
+      const Index nk = std::min(bk, kend - j0);
+      Eigen::Block<Matrix<Scalar>> st = s.leftCols(nk);
+      st.noalias() = scale * qt * k.block(b * d.Tk + j0, h * d.dh, nk, d.dh).transpose();
+      if (detail::tile_needs_mask(mask, d, i0, j0, nk))
+        detail::apply_mask_tile(st, mask, d, b, i0, j0);
+      for (Index r = 0; r < nq; ++r) {
+        const Scalar m_new = std::max(m(r), st.row(r).maxCoeff());
+        if (m_new == neg_inf) {  // nothing visible in this row yet
+          st.row(r).setZero();
+          continue;
+        }
+        detail::exp_shifted_row(st.row(r), m_new);
+        if (m_new != m(r)) {
+          const Scalar alpha = std::exp(m(r) - m_new);  // 0 while m(r) is still -inf
+          l(r) *= alpha;
+          acc.row(r) *= alpha;
+          m(r) = m_new;
+        }
+        l(r) += st.row(r).sum();
+      }
+      acc.noalias() += st * v.block(b * d.Tk + j0, h * d.dh, nk, d.dh);
+    }
+    for (Index r = 0; r < nq; ++r) {
+      if (l(r) > Scalar(0)) {
+        out.block(b * d.Tq + i0 + r, h * d.dh, 1, d.dh) = acc.row(r) / l(r);
+        lse(bh, i0 + r) = m(r) + std::log(l(r));
+      } else {  // every key masked
+        out.block(b * d.Tq + i0 + r, h * d.dh, 1, d.dh).setZero();
+        lse(bh, i0 + r) = neg_inf;
+      }
+    }
+  });
+}
+
+/// dq (B*Tq, H*dh), dk and dv (B*Tk, H*dh), all fresh, from dout (B*Tq, H*dh), the forward's out
+/// and lse, its inputs and the same mask.
+template <class Scalar>
+void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& dv,
+                              ConstRef<Scalar> dout, ConstRef<Scalar> out, ConstRef<Scalar> lse,
+                              ConstRef<Scalar> q, ConstRef<Scalar> k, ConstRef<Scalar> v,
+                              const AttentionDims& d, const AttentionMask& mask,
+                              const AttentionBlocks& blocks = {}) {
+  dq.setZero(d.B * d.Tq, d.H * d.dh);
+  dk.resize(d.B * d.Tk, d.H * d.dh);
+  dv.resize(d.B * d.Tk, d.H * d.dh);
+  const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
+  const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
+  const Index bq = std::max<Index>(1, std::min(blocks.q, d.Tq));
+  const Index bk = std::max<Index>(1, std::min(blocks.k, d.Tk));
+  const double work = 10.0 * static_cast<double>(d.Tq * d.Tk * d.dh) * (mask.causal ? 0.5 : 1.0);
+  detail::parallel_for(d.B * d.H, work, [&](Index bh) {
+    const Index b = bh / d.H, h = bh % d.H;
+    Eigen::Array<Scalar, Eigen::Dynamic, 1> D(d.Tq);  // rowsum(dO * O)
+    for (Index i = 0; i < d.Tq; ++i)
+      D(i) = dout.row(b * d.Tq + i)
+                 .segment(h * d.dh, d.dh)
+                 .dot(out.row(b * d.Tq + i).segment(h * d.dh, d.dh));
+    Matrix<Scalar> p(bq, bk), ds(bq, bk), dkt(bk, d.dh), dvt(bk, d.dh);
+    for (Index j0 = 0; j0 < d.Tk; j0 += bk) {
+      const Index nk = std::min(bk, d.Tk - j0);
+      const Eigen::Block<ConstRef<Scalar>> kt = k.block(b * d.Tk + j0, h * d.dh, nk, d.dh);
+      const Eigen::Block<ConstRef<Scalar>> vt = v.block(b * d.Tk + j0, h * d.dh, nk, d.dh);
+      Eigen::Block<Matrix<Scalar>> dk_acc = dkt.block(0, 0, nk, d.dh),
+                                   dv_acc = dvt.block(0, 0, nk, d.dh);
+      dk_acc.setZero();
+      dv_acc.setZero();
+      // Causal: query i sees key j0 only from i = j0 - (Tk - Tq) on.
+      const Index first_query = mask.causal ? std::max<Index>(0, j0 - (d.Tk - d.Tq)) : 0;
+      for (Index i0 = (first_query / bq) * bq; i0 < d.Tq; i0 += bq) {
+        const Index nq = std::min(bq, d.Tq - i0);
+        const Eigen::Block<ConstRef<Scalar>> qt = q.block(b * d.Tq + i0, h * d.dh, nq, d.dh);
+        const Eigen::Block<ConstRef<Scalar>> got = dout.block(b * d.Tq + i0, h * d.dh, nq, d.dh);
+        Eigen::Block<Matrix<Scalar>> pt = p.topLeftCorner(nq, nk), dst = ds.topLeftCorner(nq, nk);
+        pt.noalias() = scale * qt * kt.transpose();
+        if (detail::tile_needs_mask(mask, d, i0, j0, nk))
+          detail::apply_mask_tile(pt, mask, d, b, i0, j0);
+        for (Index r = 0; r < nq; ++r) {
+          const Scalar row_lse = lse(bh, i0 + r);
+          if (row_lse == neg_inf)
+            pt.row(r).setZero();
+          else
+            detail::exp_shifted_row(pt.row(r), row_lse);
+        }
+        dv_acc.noalias() += pt.transpose() * got;
+        dst.noalias() = got * vt.transpose();  // dL/dP
+        for (Index r = 0; r < nq; ++r)
+          dst.row(r) = pt.row(r).array() * (dst.row(r).array() - D(i0 + r));  // dL/dS
+        dq.block(b * d.Tq + i0, h * d.dh, nq, d.dh).noalias() += scale * dst * kt;
+        dk_acc.noalias() += scale * dst.transpose() * qt;
+      }
+      dk.block(b * d.Tk + j0, h * d.dh, nk, d.dh) = dk_acc;
+      dv.block(b * d.Tk + j0, h * d.dh, nk, d.dh) = dv_acc;
+    }
+  });
+}
+
+/// Attention weights (Tq, Tk) of head h of sequence b, recomputed from q, k and the forward's
+/// lse: what attention_forward's probs hold for that head.
+template <class Scalar>
+Matrix<Scalar> flash_attention_weights(ConstRef<Scalar> q, ConstRef<Scalar> k, ConstRef<Scalar> lse,
+                                       const AttentionDims& d, const AttentionMask& mask, Index b,
+                                       Index h) {
+  const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
+  Matrix<Scalar> p(d.Tq, d.Tk);
+  p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
+                k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();
+  if (!mask.empty()) detail::apply_mask_tile(p, mask, d, b, 0, 0);
+  for (Index i = 0; i < d.Tq; ++i) {
+    const Scalar row_lse = lse(b * d.H + h, i);
+    if (row_lse == -std::numeric_limits<Scalar>::infinity())
+      p.row(i).setZero();
+    else
+      detail::exp_shifted_row(p.row(i), row_lse);
+  }
+  return p;
+}
+
+}  // namespace eigenformer

@@ -1,0 +1,170 @@
+// The tiled attention (ops/flash_attention.hpp) against the plain one (ops/attention.hpp): outputs,
+// gradients and weights for every mask kind, cross shapes, tile sizes that do not divide T, T = 1,
+// fully masked rows; finite differences in double; and the dispatch in MultiHeadAttention.
+#include <cmath>
+#include <eigenformer/layers/multihead_attention.hpp>
+#include <eigenformer/ops/attention.hpp>
+#include <eigenformer/ops/flash_attention.hpp>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+
+using namespace eigenformer;
+using eftest::MatD;
+
+namespace {
+
+struct Case {
+  std::string name;
+  AttentionDims d;
+  AttentionMask mask;
+};
+
+// Every mask kind, with shapes that the tile sizes below do not divide.
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  out.push_back({"no mask", {2, 13, 13, 2, 4}, {}});
+  AttentionMask causal;
+  causal.causal = true;
+  out.push_back({"causal", {2, 13, 13, 2, 4}, causal});
+  out.push_back({"causal, fewer queries than keys", {2, 5, 17, 2, 3}, causal});
+  out.push_back(
+      {"causal, more queries than keys (leading rows see nothing)", {1, 9, 4, 2, 3}, causal});
+  out.push_back({"T = 1", {3, 1, 1, 2, 3}, causal});
+  out.push_back({"one query, many keys", {2, 1, 11, 2, 3}, causal});
+  AttentionMask pad;
+  pad.key_padding = BoolMatrix::Zero(2, 11);
+  pad.key_padding(0, 10) = true;
+  for (Index j = 3; j < 11; ++j) pad.key_padding(1, j) = true;
+  out.push_back({"key padding, cross shapes", {2, 7, 11, 2, 3}, pad});
+  AttentionMask shared;
+  shared.attn_mask = BoolMatrix::Zero(6, 9);
+  shared.attn_mask(0, 1) = shared.attn_mask(2, 8) = shared.attn_mask(5, 0) = true;
+  for (Index j = 0; j < 9; ++j) shared.attn_mask(3, j) = true;  // row 3 sees nothing
+  out.push_back({"shared attn_mask with a fully masked row", {2, 6, 9, 1, 4}, shared});
+  AttentionMask all;
+  all.causal = true;
+  all.key_padding = BoolMatrix::Zero(2, 10);
+  all.key_padding(1, 0) = true;  // with causal: query 0 of sequence 1 sees nothing
+  all.key_padding(0, 7) = true;
+  all.attn_mask = BoolMatrix::Zero(20, 10);
+  all.attn_mask(2, 1) = all.attn_mask(17, 2) = all.attn_mask(9, 5) = true;
+  out.push_back({"causal + padding + per-sequence mask", {2, 10, 10, 2, 2}, all});
+  AttentionMask none;
+  none.key_padding = BoolMatrix::Constant(1, 6, true);
+  out.push_back({"every key padded", {1, 5, 6, 2, 3}, none});
+  return out;
+}
+
+const std::vector<AttentionBlocks> kBlocks = {{1, 1}, {2, 3}, {4, 5}, {64, 128}, {3, 100}};
+
+template <class Scalar>
+double rel_err(const Matrix<Scalar>& a, const Matrix<Scalar>& b) {
+  const double scale = std::max(1.0, static_cast<double>(b.cwiseAbs().maxCoeff()));
+  return static_cast<double>((a - b).cwiseAbs().maxCoeff()) / scale;
+}
+
+template <class Scalar>
+void check_against_plain(double tol) {
+  for (const Case& c : cases()) {
+    const AttentionDims& d = c.d;
+    Rng rng(7);
+    const Matrix<Scalar> q = eftest::random_matrix<Scalar>(d.B * d.Tq, d.H * d.dh, rng, 2.0);
+    const Matrix<Scalar> k = eftest::random_matrix<Scalar>(d.B * d.Tk, d.H * d.dh, rng, 2.0);
+    const Matrix<Scalar> v = eftest::random_matrix<Scalar>(d.B * d.Tk, d.H * d.dh, rng);
+    const Matrix<Scalar> dout = eftest::random_matrix<Scalar>(d.B * d.Tq, d.H * d.dh, rng);
+    Matrix<Scalar> out, probs, dq, dk, dv;
+    attention_forward<Scalar>(out, probs, q, k, v, d, c.mask);
+    attention_backward<Scalar>(dq, dk, dv, dout, probs, q, k, v, d);
+    for (const AttentionBlocks& blk : kBlocks) {
+      INFO(c.name << ", blocks " << blk.q << " x " << blk.k);
+      Matrix<Scalar> fout, lse, fdq, fdk, fdv;
+      flash_attention_forward<Scalar>(fout, lse, q, k, v, d, c.mask, blk);
+      REQUIRE(lse.rows() == d.B * d.H);
+      REQUIRE(lse.cols() == d.Tq);
+      CHECK(fout.allFinite());
+      CHECK(rel_err(fout, out) < tol);
+      // Pre-fill: the outputs must be fresh.
+      fdq.setConstant(d.B * d.Tq, d.H * d.dh, Scalar(5));
+      fdk.setConstant(d.B * d.Tk, d.H * d.dh, Scalar(5));
+      fdv.setConstant(d.B * d.Tk, d.H * d.dh, Scalar(5));
+      flash_attention_backward<Scalar>(fdq, fdk, fdv, dout, fout, lse, q, k, v, d, c.mask, blk);
+      CHECK(fdq.allFinite());
+      CHECK(fdk.allFinite());
+      CHECK(fdv.allFinite());
+      CHECK(rel_err(fdq, dq) < tol);
+      CHECK(rel_err(fdk, dk) < tol);
+      CHECK(rel_err(fdv, dv) < tol);
+      for (Index b = 0; b < d.B; ++b)
+        for (Index h = 0; h < d.H; ++h) {
+          const Matrix<Scalar> w = flash_attention_weights<Scalar>(q, k, lse, d, c.mask, b, h);
+          const Matrix<Scalar> ref = probs.block((b * d.H + h) * d.Tq, 0, d.Tq, d.Tk);
+          CHECK(rel_err(w, ref) < tol);
+        }
+      // Fully masked rows: zero output and -inf lse exactly where the plain probs are all zero.
+      for (Index bh = 0; bh < d.B * d.H; ++bh)
+        for (Index i = 0; i < d.Tq; ++i) {
+          const bool empty = probs.row(bh * d.Tq + i).cwiseAbs().maxCoeff() == Scalar(0);
+          CHECK(std::isinf(lse(bh, i)) == empty);
+          if (empty) {
+            const Index b = bh / d.H, h = bh % d.H;
+            CHECK(fout.block(b * d.Tq + i, h * d.dh, 1, d.dh).cwiseAbs().maxCoeff() == Scalar(0));
+            CHECK(fdq.block(b * d.Tq + i, h * d.dh, 1, d.dh).cwiseAbs().maxCoeff() == Scalar(0));
+          }
+        }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("tiled attention matches the plain kernel in double") {
+  check_against_plain<double>(1e-12);
+}
+
+TEST_CASE("tiled attention matches the plain kernel in float") { check_against_plain<float>(1e-5); }
+
+TEST_CASE("tiled attention gradients match finite differences") {
+  for (const Case& c : cases()) {
+    INFO(c.name);
+    const AttentionDims& d = c.d;
+    const AttentionBlocks blk{4, 3};
+    Rng rng(3);
+    MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+    MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+    MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+    const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+    MatD out, lse, dq, dk, dv;
+    flash_attention_forward<double>(out, lse, q, k, v, d, c.mask, blk);
+    flash_attention_backward<double>(dq, dk, dv, R, out, lse, q, k, v, d, c.mask, blk);
+    auto loss = [&] {
+      MatD o, l;
+      flash_attention_forward<double>(o, l, q, k, v, d, c.mask, blk);
+      return projection(o, R);
+    };
+    eftest::check_grad(q, dq, loss, "q");
+    eftest::check_grad(k, dk, loss, "k");
+    eftest::check_grad(v, dv, loss, "v");
+  }
+}
+
+TEST_CASE("tiled attention stays finite with large scores") {
+  const AttentionDims d{1, 20, 20, 1, 2};
+  Rng rng(4);
+  const Matrix<float> q = eftest::random_matrix<float>(20, 2, rng, 300.0);
+  const Matrix<float> k = eftest::random_matrix<float>(20, 2, rng, 300.0);
+  const Matrix<float> v = eftest::random_matrix<float>(20, 2, rng);
+  AttentionMask causal;
+  causal.causal = true;
+  Matrix<float> out, lse, dq, dk, dv, pout, probs;  // scores up to about 1e5
+  flash_attention_forward<float>(out, lse, q, k, v, d, causal, {3, 4});
+  flash_attention_backward<float>(dq, dk, dv, v, out, lse, q, k, v, d, causal, {3, 4});
+  attention_forward<float>(pout, probs, q, k, v, d, causal);
+  CHECK(out.allFinite());
+  CHECK(dq.allFinite());
+  CHECK(dk.allFinite());
+  CHECK(dv.allFinite());
+  CHECK(probs.allFinite());
+}
