@@ -1,0 +1,149 @@
+// Guarding a training step against a loss or gradient that is NaN or infinite.
+//
+// After backward and before clipping and the optimizer step, either stop the run (throw
+// NonFiniteError, naming the loss or the first bad parameter) or skip the step (zero the
+// gradients, leave the weights and the optimizer's state untouched):
+//
+//   StepGuard<float> guard(NonFinitePolicy::skip);
+//   for (...) {
+//     opt.zero_grad();
+//     float loss = ... forward, loss, backward ...;
+//     if (!guard.check(loss, model.parameters())) continue;  // skipped: guard.last().what says why
+//     clip_grad_norm(model.parameters(), 1.0f);
+//     opt.step();
+//   }
+//
+// The free functions check_step() and apply_policy() are the same steps without the counters.
+#pragma once
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "../core/error.hpp"
+#include "../core/param.hpp"
+
+namespace eigenformer {
+
+/// A loss or gradient was NaN or infinite and the policy said stop.
+class NonFiniteError : public std::runtime_error {
+ public:
+  NonFiniteError(const std::string& message, std::string param)
+      : std::runtime_error(message), param_(std::move(param)) {}
+  /// The name of the first parameter with a non-finite gradient; empty when the loss was.
+  const std::string& param() const { return param_; }
+
+ private:
+  std::string param_;
+};
+
+/// What to do with a step whose loss or gradients are not finite.
+enum class NonFinitePolicy {
+  stop,  // throw NonFiniteError
+  skip,  // zero the gradients and skip the optimizer step
+};
+
+/// The verdict on one step.
+struct StepCheck {
+  bool ok = true;            // the loss and every gradient entry are finite
+  std::string what;          // when not ok: what went bad, e.g. "loss is nan" or
+                             // "gradient of 'w' (2, 3) has 2 non-finite entries of 6 (...)"
+  std::string param;         // the first parameter with a non-finite gradient; empty if none
+  Index bad_entries = 0;     // its non-finite gradient entries
+  Index bad_params = 0;      // parameters with a non-finite gradient
+  explicit operator bool() const { return ok; }
+};
+
+/// Checks the loss, then every gradient in order. The message names the loss, or the first bad
+/// parameter with its shape, its count of NaN and infinite entries, and how many other parameters
+/// are bad. Throws ArgumentError for a null parameter.
+template <class Scalar>
+StepCheck check_step(double loss, const ParamList<Scalar>& params) {
+  StepCheck c;
+  for (const auto& p : params) {
+    detail::require(p.param != nullptr, "check_step", "params",
+                    "has a null pointer for '" + p.name + "'");
+    const Matrix<Scalar>& g = p.param->grad;
+    if (g.allFinite()) continue;
+    ++c.bad_params;
+    if (c.bad_params > 1) continue;
+    const Index nan = g.array().isNaN().count();
+    const Index inf = g.array().isInf().count();
+    c.param = p.name;
+    c.bad_entries = nan + inf;
+    c.what = "gradient of '" + p.name + "' " + detail::shape_of(g) + " has " +
+             std::to_string(c.bad_entries) + " non-finite entr" +
+             (c.bad_entries == 1 ? "y" : "ies") + " of " + std::to_string(g.size()) + " (" +
+             std::to_string(nan) + " NaN, " + std::to_string(inf) + " inf)";
+  }
+  if (c.bad_params > 1)
+    c.what += "; " + std::to_string(c.bad_params - 1) + " more parameter" +
+              (c.bad_params > 2 ? "s have" : " has") + " non-finite gradients";
+  if (!std::isfinite(loss)) {
+    const std::string l = std::isnan(loss) ? "nan" : (loss > 0 ? "inf" : "-inf");
+    c.what = "loss is " + l + (c.what.empty() ? "" : "; " + c.what);
+  }
+  c.ok = c.what.empty();
+  return c;
+}
+
+/// Applies policy to a check: true if the step may go ahead. On a bad step, stop throws
+/// NonFiniteError (message "eigenformer::<where>: <check.what>"); skip zeroes every gradient in
+/// params and returns false.
+template <class Scalar>
+bool apply_policy(const StepCheck& check, NonFinitePolicy policy, const ParamList<Scalar>& params,
+                  const std::string& where = "check_step") {
+  if (check.ok) return true;
+  if (policy == NonFinitePolicy::stop)
+    throw NonFiniteError("eigenformer::" + where + ": " + check.what, check.param);
+  zero_grad(params);
+  return false;
+}
+
+/// check_step then apply_policy, counting steps and skips. With skip, a run that keeps failing is
+/// stopped anyway after max_consecutive_skips bad steps in a row (0: never).
+template <class Scalar = float>
+class StepGuard {
+ public:
+  explicit StepGuard(NonFinitePolicy policy = NonFinitePolicy::stop,
+                     long max_consecutive_skips = 100)
+      : policy_(policy), max_consecutive_(max_consecutive_skips) {
+    detail::require(max_consecutive_skips >= 0, "StepGuard::StepGuard", "max_consecutive_skips",
+                    "must not be negative, got " + std::to_string(max_consecutive_skips));
+  }
+
+  /// True if the optimizer may step; false (gradients zeroed) for a skipped step. Throws
+  /// NonFiniteError under stop, or after too many skips in a row; the message gives the step
+  /// number (counting from 1).
+  bool check(double loss, const ParamList<Scalar>& params) {
+    ++steps_;
+    last_ = check_step(loss, params);
+    if (last_.ok) {
+      consecutive_ = 0;
+      return true;
+    }
+    ++consecutive_;
+    const std::string where = "StepGuard::check: step " + std::to_string(steps_);
+    if (policy_ == NonFinitePolicy::skip && max_consecutive_ > 0 && consecutive_ >= max_consecutive_)
+      throw NonFiniteError("eigenformer::" + where + ": " + std::to_string(consecutive_) +
+                               " bad steps in a row; last: " + last_.what,
+                           last_.param);
+    apply_policy(last_, policy_, params, where);
+    ++skipped_;
+    return false;
+  }
+
+  NonFinitePolicy policy() const { return policy_; }
+  long steps() const { return steps_; }      // calls to check()
+  long skipped() const { return skipped_; }  // steps skipped
+  const StepCheck& last() const { return last_; }
+
+ private:
+  NonFinitePolicy policy_;
+  long max_consecutive_;
+  long steps_ = 0, skipped_ = 0, consecutive_ = 0;
+  StepCheck last_;
+};
+
+}  // namespace eigenformer
