@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -18,10 +17,10 @@
 #include <iostream>
 #include <limits>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "../common/cli.hpp"
 #include "corpus.hpp"
 
 namespace char_lm {
@@ -29,7 +28,6 @@ namespace char_lm {
 namespace ef = eigenformer;
 using Scalar = float;
 using Model = ef::DecoderOnlyLM<Scalar>;
-using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage =
     "usage:\n"
@@ -56,110 +54,8 @@ constexpr const char* kUsage =
     "Threads: set OMP_NUM_THREADS (e.g. OMP_NUM_THREADS=1).\n"
     "Exit status: 0 ok, 1 error, 2 bad command line, 3 trained but did not beat the bigram.\n";
 
-/// A bad command line: reported with the usage text and exit status 2.
-class UsageError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Command-line parsing
-
-struct Args {
-  std::map<std::string, std::vector<std::string>> values;  // flag -> values in order
-  bool help = false;
-
-  bool has(const std::string& flag) const { return values.count(flag) > 0; }
-  const std::string& last(const std::string& flag) const { return values.at(flag).back(); }
-};
-
-/// Parses "--flag value" pairs; every flag must be in `allowed`. `multi` flags may repeat (and
-/// "--corpus A B" takes every following non-flag word); others may appear once.
-Args parse_args(int argc, char** argv, int first, const std::vector<std::string>& allowed,
-                const std::string& multi = "") {
-  Args a;
-  for (int i = first; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      a.help = true;
-      continue;
-    }
-    if (std::find(allowed.begin(), allowed.end(), flag) == allowed.end())
-      throw UsageError("unknown option '" + flag + "'");
-    if (i + 1 >= argc) throw UsageError("option '" + flag + "' needs a value");
-    if (flag != multi && a.has(flag)) throw UsageError("option '" + flag + "' given twice");
-    a.values[flag].push_back(argv[++i]);
-    if (flag == multi)
-      while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0)
-        a.values[flag].push_back(argv[++i]);
-  }
-  return a;
-}
-
-long long parse_int(const std::string& flag, const std::string& text, long long lo,
-                    long long hi) {
-  long long v = 0;
-  size_t used = 0;
-  try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size())
-    throw UsageError("option '" + flag + "' expects an integer, got '" + text + "'");
-  if (v < lo || v > hi)
-    throw UsageError("option '" + flag + "' must be in [" + std::to_string(lo) + ", " +
-                     std::to_string(hi) + "], got " + text);
-  return v;
-}
-
-std::uint64_t parse_seed(const std::string& flag, const std::string& text) {
-  size_t used = 0;
-  unsigned long long v = 0;
-  try {
-    if (!text.empty() && text[0] != '-') v = std::stoull(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size())
-    throw UsageError("option '" + flag + "' expects a non-negative integer, got '" + text + "'");
-  return v;
-}
-
-double parse_real(const std::string& flag, const std::string& text, double lo, double hi) {
-  double v = 0;
-  size_t used = 0;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size() || !std::isfinite(v))
-    throw UsageError("option '" + flag + "' expects a number, got '" + text + "'");
-  if (v < lo || v > hi) {
-    std::ostringstream s;
-    s << "option '" << flag << "' must be in [" << lo << ", " << hi << "], got " << text;
-    throw UsageError(s.str());
-  }
-  return v;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-std::string duration_text(double seconds) {
-  const long s = static_cast<long>(seconds + 0.5);
-  char buf[32];
-  if (s >= 3600)
-    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
-  else
-    std::snprintf(buf, sizeof buf, "%ld:%02ld", s / 60, s % 60);
-  return buf;
-}
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 constexpr double kLn2 = 0.69314718055994530942;
 
@@ -303,56 +199,20 @@ void generate(Model& model, const ByteVocab& vocab, std::vector<Index> context_i
 // ---------------------------------------------------------------------------------------------
 // Commands
 
-/// Live progress on stderr: rewritten in place on a terminal, one line every `every` steps
-/// otherwise.
-class Progress {
- public:
-  Progress(long total, long every) : total_(total), every_(every), tty_(::isatty(2) != 0) {}
-
-  void update(long step, double loss_nats, double lr, double tokens, double elapsed) {
-    const bool last = step == total_;
-    if (tty_) {
-      if (!last && elapsed - last_print_ < 0.25) return;
-    } else if (!last && step % every_ != 0) {
-      return;
-    }
-    last_print_ = elapsed;
-    const double eta = elapsed / static_cast<double>(step) * static_cast<double>(total_ - step);
-    std::fprintf(stderr,
-                 "%sstep %ld/%ld  loss %.3f (%.2f bits/char)  lr %.2e  %.0f tok/s  "
-                 "elapsed %s  ETA %s%s",
-                 tty_ ? "\r" : "", step, total_, loss_nats, loss_nats / kLn2, lr,
-                 tokens / std::max(elapsed, 1e-9), duration_text(elapsed).c_str(),
-                 duration_text(eta).c_str(), tty_ ? (last ? "\033[K\n" : "\033[K") : "\n");
-    std::fflush(stderr);
-  }
-
- private:
-  long total_, every_;
-  bool tty_;
-  double last_print_ = -1.0;
-};
-
-int cmd_train(const Args& a) {
-  if (!a.has("--out")) throw UsageError("train needs --out FILE");
-  const std::string out_path = a.last("--out");
-  const std::vector<std::string> corpus_paths =
-      a.has("--corpus") ? a.values.at("--corpus")
-                        : std::vector<std::string>{default_corpus_dir()};
-  auto int_opt = [&](const std::string& flag, long long def, long long lo, long long hi) {
-    return a.has(flag) ? parse_int(flag, a.last(flag), lo, hi) : def;
-  };
-  const long steps = static_cast<long>(int_opt("--steps", 2000, 1, 10000000));
-  const std::uint64_t seed = a.has("--seed") ? parse_seed("--seed", a.last("--seed")) : 1;
-  const Index context = static_cast<Index>(int_opt("--context", 64, 2, 4096));
-  const Index batch = static_cast<Index>(int_opt("--batch", 16, 1, 4096));
-  const Index layers = static_cast<Index>(int_opt("--layers", 3, 1, 64));
-  const Index d_model = static_cast<Index>(int_opt("--d-model", 96, 8, 4096));
-  const Index heads = static_cast<Index>(int_opt("--heads", 4, 1, 256));
-  const long log_every = static_cast<long>(int_opt("--log-every", 100, 1, 10000000));
-  const double peak_lr = a.has("--lr") ? parse_real("--lr", a.last("--lr"), 1e-6, 1.0) : 4e-3;
+int cmd_train(const cli::Flags& f) {
+  const std::string out_path = f.required("out");
+  const std::vector<std::string> corpus_paths = f.all("corpus", {default_corpus_dir()});
+  const long steps = f.integer("steps", 2000, 1, 10000000);
+  const std::uint64_t seed = f.unsigned_integer("seed", 1);
+  const Index context = f.integer("context", 64, 2, 4096);
+  const Index batch = f.integer("batch", 16, 1, 4096);
+  const Index layers = f.integer("layers", 3, 1, 64);
+  const Index d_model = f.integer("d-model", 96, 8, 4096);
+  const Index heads = f.integer("heads", 4, 1, 256);
+  const long log_every = f.integer("log-every", 100, 1, 10000000);
+  const double peak_lr = f.number("lr", 4e-3, 1e-6, 1.0);
   if (d_model % heads != 0)
-    throw UsageError("--heads " + std::to_string(heads) + " must divide --d-model " +
+    throw cli::UsageError("--heads " + std::to_string(heads) + " must divide --d-model " +
                      std::to_string(d_model));
   check_writable(out_path);
 
@@ -416,13 +276,12 @@ int cmd_train(const Args& a) {
   const ef::CosineSchedule<Scalar> schedule(Scalar(peak_lr), warmup, steps,
                                             Scalar(peak_lr / 10));
   ef::Rng data_rng(seed ^ 0x9e3779b97f4a7c15ULL);
-  Progress progress(steps, log_every);
+  cli::Progress progress(steps, log_every);
   Model::Cache cache;
   ef::CrossEntropyCache<Scalar> ce;
   ef::IdMatrix x(batch, context), y(batch, context);
   const Index n_starts = static_cast<Index>(train_ids.size()) - context;  // starts 0..n-T-1
   double ema = 0.0;
-  const Clock::time_point t0 = Clock::now();
   model.train();
   for (long step = 1; step <= steps; ++step) {
     for (Index b = 0; b < batch; ++b) {
@@ -445,21 +304,24 @@ int cmd_train(const Args& a) {
                                (bad.empty() ? "" : " in '" + bad + "'") + "); try a lower --lr");
     opt.step();
     ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
-    progress.update(step, ema, lr, static_cast<double>(step * batch * context), seconds_since(t0));
+    char detail[64];
+    std::snprintf(detail, sizeof detail, "loss %.3f (%.2f bits/char)  lr %.2e", ema, ema / kLn2,
+                  double(lr));
+    progress.update(step, static_cast<double>(step * batch * context), detail);
   }
-  const double train_seconds = seconds_since(t0);
+  const double train_seconds = progress.seconds();
   const double tokens_per_s = static_cast<double>(steps * batch * context) / train_seconds;
   std::printf("trained %ld steps in %s (%.1f s, %.0f tokens/s)\n", steps,
-              duration_text(train_seconds).c_str(), train_seconds, tokens_per_s);
+              cli::format_seconds(train_seconds).c_str(), train_seconds, tokens_per_s);
 
   // Held-out comparison.
   Bigram bigram(vocab.size(), 1.0);
   bigram.fit(train_ids);
   const double bigram_bpc = bigram.bits_per_char(held_ids);
-  const Clock::time_point t1 = Clock::now();
+  const cli::Stopwatch eval_clock;
   const double model_bpc = model_bits_per_char(model, held_ids, context, 32);
   std::printf("held-out: %ld fortunes, %zu characters (evaluated in %.1f s)\n",
-              static_cast<long>(split.held_out_entries), held_ids.size(), seconds_since(t1));
+              static_cast<long>(split.held_out_entries), held_ids.size(), eval_clock.seconds());
   std::printf("  bigram (add-one, counted on train)  %.3f bits/char\n", bigram_bpc);
   std::printf("  transformer                         %.3f bits/char\n", model_bpc);
   const bool wins = model_bpc < bigram_bpc;
@@ -486,17 +348,12 @@ int cmd_train(const Args& a) {
   return wins ? 0 : 3;
 }
 
-int cmd_sample(const Args& a) {
-  if (!a.has("--model")) throw UsageError("sample needs --model FILE");
-  const std::string path = a.last("--model");
-  const std::string prompt = a.has("--prompt") ? a.last("--prompt") : "";
-  const Index length =
-      a.has("--length") ? static_cast<Index>(parse_int("--length", a.last("--length"), 0, 1000000))
-                        : 400;
-  const double temperature =
-      a.has("--temperature") ? parse_real("--temperature", a.last("--temperature"), 0.0, 100.0)
-                             : 0.8;
-  const std::uint64_t seed = a.has("--seed") ? parse_seed("--seed", a.last("--seed")) : 1;
+int cmd_sample(const cli::Flags& f) {
+  const std::string path = f.required("model");
+  const std::string prompt = f.text("prompt");
+  const Index length = f.integer("length", 400, 0, 1000000);
+  const double temperature = f.number("temperature", 0.8, 0.0, 100.0);
+  const std::uint64_t seed = f.unsigned_integer("seed", 1);
 
   ByteVocab vocab;
   Model model = load_checkpoint(path, vocab);
@@ -515,33 +372,26 @@ int cmd_sample(const Args& a) {
 }
 
 int run(int argc, char** argv) {
-  if (argc < 2) throw UsageError("missing command: train or sample");
+  if (argc < 2) throw cli::UsageError("missing command: train or sample");
   const std::string cmd = argv[1];
   if (cmd == "--help" || cmd == "-h" || cmd == "help") {
     std::cout << kUsage;
     return 0;
   }
-  if (cmd == "train") {
-    const Args a = parse_args(argc, argv, 2,
-                              {"--out", "--corpus", "--steps", "--seed", "--context", "--batch",
-                               "--layers", "--d-model", "--heads", "--lr", "--log-every"},
-                              "--corpus");
-    if (a.help) {
-      std::cout << kUsage;
-      return 0;
-    }
-    return cmd_train(a);
+  if (cmd != "train" && cmd != "sample")
+    throw cli::UsageError("unknown command '" + cmd + "' (expected train or sample)");
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  const cli::Flags flags =
+      cmd == "train" ? cli::Flags(args,
+                                  {"out", "steps", "seed", "context", "batch", "layers",
+                                   "d-model", "heads", "lr", "log-every"},
+                                  {}, {"corpus"})
+                     : cli::Flags(args, {"model", "prompt", "length", "temperature", "seed"});
+  if (flags.help()) {
+    std::cout << kUsage;
+    return 0;
   }
-  if (cmd == "sample") {
-    const Args a = parse_args(argc, argv, 2,
-                              {"--model", "--prompt", "--length", "--temperature", "--seed"});
-    if (a.help) {
-      std::cout << kUsage;
-      return 0;
-    }
-    return cmd_sample(a);
-  }
-  throw UsageError("unknown command '" + cmd + "' (expected train or sample)");
+  return cmd == "train" ? cmd_train(flags) : cmd_sample(flags);
 }
 
 }  // namespace char_lm
@@ -549,7 +399,7 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   try {
     return char_lm::run(argc, argv);
-  } catch (const char_lm::UsageError& e) {
+  } catch (const cli::UsageError& e) {
     std::cerr << "char_lm: " << e.what() << "\n" << char_lm::kUsage;
     return 2;
   } catch (const std::exception& e) {  // eigenformer::ArgumentError / IoError, CorpusError, ...

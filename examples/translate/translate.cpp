@@ -155,7 +155,9 @@ int train(const cli::Flags& f) {
     ef::apply_schedule(opt, schedule);
     opt.step();
     tokens += long(batch.src.size() + batch.tgt.size());
-    progress.update(step, loss, tokens);
+    char detail[32];
+    std::snprintf(detail, sizeof detail, "loss %.4f", double(loss));
+    progress.update(step, double(tokens), detail);
   }
   const double train_seconds = progress.seconds();
   const double accuracy = held_out_accuracy(model, n_eval, seed + 12345);
@@ -238,14 +240,20 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + std::min(argc, 2), argv + argc);
   const std::string command = argc >= 2 ? argv[1] : "";
   try {
-    if (command == "train")
-      return train(cli::Flags(args, {"out", "steps", "batch", "lr", "seed", "eval", "d-model",
-                                     "heads", "layers", "d-ff", "dropout"},
-                              {}));
-    if (command == "run") return run(cli::Flags(args, {"model", "attention"}, {}));
     if (command == "-h" || command == "--help" || command == "help") {
       std::fputs(kUsage, stdout);
       return 0;
+    }
+    if (command == "train" || command == "run") {
+      const cli::Flags flags =
+          command == "train" ? cli::Flags(args, {"out", "steps", "batch", "lr", "seed", "eval",
+                                                 "d-model", "heads", "layers", "d-ff", "dropout"})
+                             : cli::Flags(args, {"model", "attention"});
+      if (flags.help()) {
+        std::fputs(kUsage, stdout);
+        return 0;
+      }
+      return command == "train" ? train(flags) : run(flags);
     }
     throw cli::UsageError(command.empty() ? "no command given" : "unknown command '" + command + "'");
   } catch (const cli::UsageError& e) {
