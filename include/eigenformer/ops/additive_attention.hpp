@@ -1,0 +1,195 @@
+// Additive (Bahdanau) attention over many heads:
+//   score(q_i, k_j) = w^T tanh(W_q q_i + W_k k_j + b),   a_i = softmax_j(score(q_i, k_j) + mask),
+//   out_i = sum_j a_ij v_j                                   (each head separately)
+//
+// Layout as in ops/attention.hpp: q is (B*Tq, H*dh), k and v are (B*Tk, H*dh), head h of sequence b
+// is the block (b*T, h*dh, T, dh). Each head has its own score network of width da:
+//   w_q, w_k (H*da, dh): rows [h*da, (h+1)*da) are head h's W_q / W_k, as nn.Linear(dh, da) weights;
+//   bias (1, H*da) or absent: head h's b in columns [h*da, (h+1)*da);
+//   w (H, da): row h is head h's score vector.
+// The projections W_q q + b and W_k k are computed once per call (aq (B*Tq, H*da), ak (B*Tk,
+// H*da)) and kept with the probabilities (B*H*Tq, Tk) for backward, which recomputes the tanh
+// rather than keeping a (Tq, Tk, da) tensor per head.
+//
+// Masks are AttentionMask with the semantics of ops/attention.hpp (causal aligned at the end, key
+// padding (B, Tk), attn_mask (Tq, Tk) or (B*Tq, Tk), true = masked); a query whose keys are all
+// masked gets a zero output and zero gradients, never NaN.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../core/parallel.hpp"
+#include "../core/tensor.hpp"
+#include "attention.hpp"
+#include "softmax.hpp"
+
+namespace eigenformer {
+
+/// The score network's parameters (see the header comment for shapes); bias may be null.
+template <class Scalar>
+struct AdditiveScoreWeights {
+  const Matrix<Scalar>& w_q;   // (H*da, dh)
+  const Matrix<Scalar>& w_k;   // (H*da, dh)
+  const Matrix<Scalar>* bias;  // (1, H*da) or null
+  const Matrix<Scalar>& w;     // (H, da)
+};
+
+/// Where backward adds the score network's gradients; a null member is not wanted.
+template <class Scalar>
+struct AdditiveScoreGrads {
+  Matrix<Scalar>* w_q = nullptr;
+  Matrix<Scalar>* w_k = nullptr;
+  Matrix<Scalar>* bias = nullptr;
+  Matrix<Scalar>* w = nullptr;
+};
+
+/// What forward keeps for backward.
+template <class Scalar>
+struct AdditiveAttentionCache {
+  Matrix<Scalar> aq;     // (B*Tq, H*da) W_q q + b per head
+  Matrix<Scalar> ak;     // (B*Tk, H*da) W_k k per head
+  Matrix<Scalar> probs;  // (B*H*Tq, Tk) attention weights; block (b*H + h)*Tq is head h of b
+};
+
+namespace detail {
+
+/// Throws unless the inputs and weights fit dims and the mask fits (func names the caller).
+template <class Scalar>
+void check_additive_attention(const std::string& func, ConstRef<Scalar> q, ConstRef<Scalar> k,
+                              ConstRef<Scalar> v, const AdditiveScoreWeights<Scalar>& p,
+                              const AttentionDims& d, const AttentionMask& mask) {
+  check_positive(func, "dims.B", d.B);
+  check_positive(func, "dims.Tq", d.Tq);
+  check_positive(func, "dims.Tk", d.Tk);
+  check_positive(func, "dims.H", d.H);
+  check_positive(func, "dims.dh", d.dh);
+  check_shape(func, "q", q, d.B * d.Tq, d.H * d.dh);
+  check_shape(func, "k", k, d.B * d.Tk, d.H * d.dh);
+  check_shape(func, "v", v, d.B * d.Tk, d.H * d.dh);
+  check_shape(func, "weights.w", p.w, d.H, -1);
+  check_positive(func, "weights.w columns", p.w.cols());
+  const Index da = p.w.cols();
+  check_shape(func, "weights.w_q", p.w_q, d.H * da, d.dh);
+  check_shape(func, "weights.w_k", p.w_k, d.H * da, d.dh);
+  if (p.bias) check_shape(func, "weights.bias", *p.bias, 1, d.H * da);
+  check_mask(func, mask, d);
+}
+
+}  // namespace detail
+
+/// out (B*Tq, H*dh) and cache (aq, ak, probs) from q (B*Tq, H*dh), k and v (B*Tk, H*dh).
+/// Throws ArgumentError on mismatched shapes before writing anything.
+template <class Scalar>
+void additive_attention_forward(Matrix<Scalar>& out, AdditiveAttentionCache<Scalar>& cache,
+                                ConstRef<Scalar> q, ConstRef<Scalar> k, ConstRef<Scalar> v,
+                                const AdditiveScoreWeights<Scalar>& p, const AttentionDims& d,
+                                const AttentionMask& mask) {
+  detail::check_additive_attention("additive_attention_forward", q, k, v, p, d, mask);
+  const Index da = p.w.cols();
+  cache.aq.resize(d.B * d.Tq, d.H * da);
+  cache.ak.resize(d.B * d.Tk, d.H * da);
+  for (Index h = 0; h < d.H; ++h) {  // one GEMM per head over every sequence
+    cache.aq.middleCols(h * da, da).noalias() =
+        q.middleCols(h * d.dh, d.dh) * p.w_q.middleRows(h * da, da).transpose();
+    cache.ak.middleCols(h * da, da).noalias() =
+        k.middleCols(h * d.dh, d.dh) * p.w_k.middleRows(h * da, da).transpose();
+  }
+  if (p.bias) cache.aq.rowwise() += p.bias->row(0);
+  out.resize(d.B * d.Tq, d.H * d.dh);
+  cache.probs.resize(d.B * d.H * d.Tq, d.Tk);
+  const double work = 24.0 * static_cast<double>(d.Tq * d.Tk * (da + d.dh));
+  const Matrix<Scalar>& aq_all = cache.aq;
+  const Matrix<Scalar>& ak_all = cache.ak;
+  detail::parallel_for(d.B * d.H, work, [&](Index bh) {
+    const Index b = bh / d.H, h = bh % d.H;
+    Eigen::Block<Matrix<Scalar>> s = cache.probs.block(bh * d.Tq, 0, d.Tq, d.Tk);  // (Tq, Tk)
+    const Eigen::Block<const Matrix<Scalar>> ak =
+        ak_all.block(b * d.Tk, h * da, d.Tk, da);  // (Tk, da)
+    const Eigen::Block<const Matrix<Scalar>> wh = p.w.block(h, 0, 1, da);  // (1, da)
+    Matrix<Scalar> e(d.Tk, da);  // tanh(aq_i + ak_j) for one query i
+    for (Index i = 0; i < d.Tq; ++i) {
+      e = (ak.rowwise() + aq_all.row(b * d.Tq + i).segment(h * da, da)).array().tanh();
+      s.row(i).noalias() = wh * e.transpose();
+    }
+    if (!mask.empty()) detail::apply_mask(s, mask, d, b);
+    for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(s.row(i));
+    out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
+        s * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh);  // (Tq, dh)
+  });
+}
+
+/// dq (B*Tq, H*dh), dk and dv (B*Tk, H*dh), all fresh, from dout (B*Tq, H*dh), the forward's cache
+/// and inputs; adds the score network's gradients into grads. Arguments must match the forward's.
+template <class Scalar>
+void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& dv,
+                                 const AdditiveScoreGrads<Scalar>& grads, ConstRef<Scalar> dout,
+                                 const AdditiveAttentionCache<Scalar>& cache, ConstRef<Scalar> q,
+                                 ConstRef<Scalar> k, ConstRef<Scalar> v,
+                                 const AdditiveScoreWeights<Scalar>& p, const AttentionDims& d) {
+  const std::string func = "additive_attention_backward";
+  detail::check_additive_attention(func, q, k, v, p, d, AttentionMask{});
+  detail::check_shape(func, "dout", dout, d.B * d.Tq, d.H * d.dh);
+  const Index da = p.w.cols();
+  detail::check_shape(func, "cache.aq", cache.aq, d.B * d.Tq, d.H * da);
+  detail::check_shape(func, "cache.ak", cache.ak, d.B * d.Tk, d.H * da);
+  detail::check_shape(func, "cache.probs", cache.probs, d.B * d.H * d.Tq, d.Tk);
+  if (grads.w_q) detail::check_shape(func, "grads.w_q", *grads.w_q, d.H * da, d.dh);
+  if (grads.w_k) detail::check_shape(func, "grads.w_k", *grads.w_k, d.H * da, d.dh);
+  if (grads.bias) detail::check_shape(func, "grads.bias", *grads.bias, 1, d.H * da);
+  if (grads.w) detail::check_shape(func, "grads.w", *grads.w, d.H, da);
+  dv.resize(d.B * d.Tk, d.H * d.dh);
+  Matrix<Scalar> daq(d.B * d.Tq, d.H * da), dak(d.B * d.Tk, d.H * da);
+  Matrix<Scalar> dw_parts(d.B * d.H, da);  // per (b, h), summed over b afterwards (no races)
+  const double work = 32.0 * static_cast<double>(d.Tq * d.Tk * (da + d.dh));
+  detail::parallel_for(d.B * d.H, work, [&](Index bh) {
+    const Index b = bh / d.H, h = bh % d.H;
+    const Eigen::Block<const Matrix<Scalar>> pr = cache.probs.block(bh * d.Tq, 0, d.Tq, d.Tk);
+    const Eigen::Block<ConstRef<Scalar>> go = dout.block(b * d.Tq, h * d.dh, d.Tq, d.dh);
+    dv.block(b * d.Tk, h * d.dh, d.Tk, d.dh).noalias() = pr.transpose() * go;  // (Tk, dh)
+    Matrix<Scalar> ds(d.Tq, d.Tk);                                              // dL/dscores
+    ds.noalias() = go * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();    // dL/dprobs
+    for (Index i = 0; i < d.Tq; ++i) {
+      const Scalar dot = pr.row(i).dot(ds.row(i));
+      ds.row(i) = pr.row(i).array() * (ds.row(i).array() - dot);
+    }
+    const Eigen::Block<const Matrix<Scalar>> ak = cache.ak.block(b * d.Tk, h * da, d.Tk, da);
+    const Eigen::Block<const Matrix<Scalar>> wh = p.w.block(h, 0, 1, da);
+    Eigen::Block<Matrix<Scalar>> daq_b = daq.block(b * d.Tq, h * da, d.Tq, da);
+    Eigen::Block<Matrix<Scalar>> dak_b = dak.block(b * d.Tk, h * da, d.Tk, da);
+    Eigen::Block<Matrix<Scalar>> dw_b = dw_parts.block(bh, 0, 1, da);
+    daq_b.setZero();
+    dak_b.setZero();
+    dw_b.setZero();
+    Matrix<Scalar> e(d.Tk, da), g(d.Tk, da);
+    for (Index i = 0; i < d.Tq; ++i) {
+      if (pr.row(i).isZero(0)) continue;  // every key masked: nothing flows back
+      e = (ak.rowwise() + cache.aq.row(b * d.Tq + i).segment(h * da, da)).array().tanh();
+      dw_b.noalias() += ds.row(i) * e;  // (1, Tk) (Tk, da)
+      // g_jl = ds_ij w_l (1 - e_jl^2): the gradient of the pre-tanh sum aq_i + ak_j.
+      g.noalias() = ds.row(i).transpose() * wh;
+      g.array() *= Scalar(1) - e.array().square();
+      daq_b.row(i) = g.colwise().sum();
+      dak_b += g;
+    }
+  });
+  dq.resize(d.B * d.Tq, d.H * d.dh);
+  dk.resize(d.B * d.Tk, d.H * d.dh);
+  for (Index h = 0; h < d.H; ++h) {
+    dq.middleCols(h * d.dh, d.dh).noalias() =
+        daq.middleCols(h * da, da) * p.w_q.middleRows(h * da, da);  // (B*Tq, dh)
+    dk.middleCols(h * d.dh, d.dh).noalias() =
+        dak.middleCols(h * da, da) * p.w_k.middleRows(h * da, da);  // (B*Tk, dh)
+    if (grads.w_q)
+      grads.w_q->middleRows(h * da, da).noalias() +=
+          daq.middleCols(h * da, da).transpose() * q.middleCols(h * d.dh, d.dh);
+    if (grads.w_k)
+      grads.w_k->middleRows(h * da, da).noalias() +=
+          dak.middleCols(h * da, da).transpose() * k.middleCols(h * d.dh, d.dh);
+    if (grads.w)
+      for (Index b = 0; b < d.B; ++b) grads.w->row(h) += dw_parts.row(b * d.H + h);
+  }
+  if (grads.bias) *grads.bias += daq.colwise().sum();
+}
+
+}  // namespace eigenformer

@@ -1,0 +1,443 @@
+// Additive (Bahdanau) attention: the op against a plain-loop definition and finite differences
+// for every input and score parameter with each mask kind; the layer's gradients (self and cross),
+// gradient contract, properties in float and double, and bad-input messages.
+#include <eigenformer/layers/additive_attention.hpp>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "test_util.hpp"
+
+using namespace eigenformer;
+using eftest::MatD;
+using AA = AdditiveAttention<double>;
+
+namespace {
+
+bool masked_at(const AttentionMask& m, const AttentionDims& d, Index b, Index i, Index j) {
+  bool masked = m.causal && j > i + (d.Tk - d.Tq);
+  if (m.key_padding.size() && m.key_padding(b, j)) masked = true;
+  if (m.attn_mask.size()) {
+    const Index r = m.attn_mask.rows() == d.Tq ? i : b * d.Tq + i;
+    if (m.attn_mask(r, j)) masked = true;
+  }
+  return masked;
+}
+
+// Plain loops, one (b, h, i, j, l) at a time: the definition.
+MatD reference(const MatD& q, const MatD& k, const MatD& v, const MatD& wq, const MatD& wk,
+               const MatD* bias, const MatD& w, const AttentionDims& d, const AttentionMask& m) {
+  const Index da = w.cols();
+  MatD out = MatD::Zero(d.B * d.Tq, d.H * d.dh);
+  for (Index b = 0; b < d.B; ++b)
+    for (Index h = 0; h < d.H; ++h)
+      for (Index i = 0; i < d.Tq; ++i) {
+        std::vector<double> s(size_t(d.Tk), 0.0);
+        double max = -std::numeric_limits<double>::infinity();
+        for (Index j = 0; j < d.Tk; ++j) {
+          double score = 0;
+          for (Index l = 0; l < da; ++l) {
+            double pre = bias ? (*bias)(0, h * da + l) : 0.0;
+            for (Index c = 0; c < d.dh; ++c)
+              pre += wq(h * da + l, c) * q(b * d.Tq + i, h * d.dh + c) +
+                     wk(h * da + l, c) * k(b * d.Tk + j, h * d.dh + c);
+            score += w(h, l) * std::tanh(pre);
+          }
+          s[size_t(j)] = score;
+          if (!masked_at(m, d, b, i, j)) max = std::max(max, score);
+        }
+        double sum = 0;
+        for (Index j = 0; j < d.Tk; ++j) {
+          s[size_t(j)] = masked_at(m, d, b, i, j) ? 0.0 : std::exp(s[size_t(j)] - max);
+          sum += s[size_t(j)];
+        }
+        if (sum == 0) continue;
+        for (Index j = 0; j < d.Tk; ++j)
+          for (Index c = 0; c < d.dh; ++c)
+            out(b * d.Tq + i, h * d.dh + c) += s[size_t(j)] / sum * v(b * d.Tk + j, h * d.dh + c);
+      }
+  return out;
+}
+
+struct Case {
+  const char* name;
+  AttentionDims d;
+  AttentionMask mask;
+};
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  out.push_back({"no mask", {2, 4, 4, 2, 3}, {}});
+  AttentionMask causal;
+  causal.causal = true;
+  out.push_back({"causal", {2, 4, 4, 2, 3}, causal});
+  out.push_back({"causal, fewer queries than keys", {2, 2, 5, 2, 3}, causal});
+  AttentionMask pad;
+  pad.key_padding = BoolMatrix::Zero(2, 5);
+  pad.key_padding(0, 4) = true;
+  pad.key_padding(1, 3) = pad.key_padding(1, 4) = true;
+  out.push_back({"key padding, cross shapes", {2, 3, 5, 2, 3}, pad});
+  AttentionMask shared;
+  shared.attn_mask = BoolMatrix::Zero(3, 4);
+  shared.attn_mask(0, 1) = shared.attn_mask(2, 3) = true;
+  out.push_back({"shared attn_mask", {2, 3, 4, 1, 4}, shared});
+  AttentionMask all;
+  all.causal = true;
+  all.key_padding = BoolMatrix::Zero(2, 4);
+  all.key_padding(1, 0) = true;  // with causal: query 0 of sequence 1 sees nothing
+  all.attn_mask = BoolMatrix::Zero(8, 4);
+  all.attn_mask(2, 1) = all.attn_mask(7, 2) = true;
+  out.push_back({"causal + padding + per-sequence mask, a fully masked row", {2, 4, 4, 2, 2}, all});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("additive attention op: forward matches the definition, gradients match finite "
+          "differences, with each mask kind") {
+  for (const Case& c : cases()) {
+    for (bool with_bias : {true, false}) {
+      CAPTURE(c.name);
+      CAPTURE(with_bias);
+      const AttentionDims& d = c.d;
+      const Index da = 3;
+      Rng rng(3);
+      MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+      MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+      MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+      MatD wq = eftest::random_matrix(d.H * da, d.dh, rng, 0.7);
+      MatD wk = eftest::random_matrix(d.H * da, d.dh, rng, 0.7);
+      MatD bias = eftest::random_matrix(1, d.H * da, rng, 0.5);
+      MatD w = eftest::random_matrix(d.H, da, rng);
+      const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+      const MatD* bp = with_bias ? &bias : nullptr;
+
+      auto weights = [&] { return AdditiveScoreWeights<double>{wq, wk, bp, w}; };
+      auto run = [&](AdditiveAttentionCache<double>& cache) {
+        MatD out;
+        additive_attention_forward<double>(out, cache, q, k, v, weights(), d, c.mask);
+        return out;
+      };
+      auto loss = [&] {
+        AdditiveAttentionCache<double> cache;
+        return projection(run(cache), R);
+      };
+      AdditiveAttentionCache<double> cache;
+      const MatD out = run(cache);
+      CHECK((out - reference(q, k, v, wq, wk, bp, w, d, c.mask)).cwiseAbs().maxCoeff() < 1e-12);
+      CHECK(out.allFinite());
+
+      MatD dq, dk, dv;
+      MatD gwq = MatD::Zero(wq.rows(), wq.cols()), gwk = MatD::Zero(wk.rows(), wk.cols());
+      MatD gb = MatD::Zero(1, bias.cols()), gw = MatD::Zero(w.rows(), w.cols());
+      AdditiveScoreGrads<double> grads;
+      grads.w_q = &gwq;
+      grads.w_k = &gwk;
+      grads.bias = with_bias ? &gb : nullptr;
+      grads.w = &gw;
+      additive_attention_backward<double>(dq, dk, dv, grads, R, cache, q, k, v, weights(), d);
+      eftest::check_grad(q, dq, loss, "q");
+      eftest::check_grad(k, dk, loss, "k");
+      eftest::check_grad(v, dv, loss, "v");
+      eftest::check_grad(wq, gwq, loss, "w_q");
+      eftest::check_grad(wk, gwk, loss, "w_k");
+      eftest::check_grad(w, gw, loss, "w");
+      if (with_bias) eftest::check_grad(bias, gb, loss, "bias");
+      CHECK((dq.allFinite() && dk.allFinite() && dv.allFinite()));
+    }
+  }
+}
+
+TEST_CASE("additive attention op: shapes large enough for the threaded loops") {
+  // Large enough that parallel_for uses OpenMP threads when there are several (ctest runs the
+  // program with OMP_NUM_THREADS=1; run it with 2 to cover the threaded path).
+  const AttentionDims d{2, 12, 16, 2, 8};
+  const Index da = 8;
+  Rng rng(5);
+  MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+  const MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  const MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  const MatD wq = eftest::random_matrix(d.H * da, d.dh, rng, 0.3);
+  const MatD wk = eftest::random_matrix(d.H * da, d.dh, rng, 0.3);
+  const MatD bias = eftest::random_matrix(1, d.H * da, rng, 0.3);
+  MatD w = eftest::random_matrix(d.H, da, rng);
+  const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+  AttentionMask m;
+  m.causal = true;
+  m.key_padding = BoolMatrix::Zero(d.B, d.Tk);
+  m.key_padding(1, 15) = true;
+  const AdditiveScoreWeights<double> p{wq, wk, &bias, w};
+  auto loss = [&] {
+    MatD out;
+    AdditiveAttentionCache<double> c;
+    additive_attention_forward<double>(out, c, q, k, v, p, d, m);
+    return projection(out, R);
+  };
+  MatD out, dq, dk, dv;
+  AdditiveAttentionCache<double> cache;
+  additive_attention_forward<double>(out, cache, q, k, v, p, d, m);
+  CHECK((out - reference(q, k, v, wq, wk, &bias, w, d, m)).cwiseAbs().maxCoeff() < 1e-12);
+  MatD gw = MatD::Zero(d.H, da);
+  AdditiveScoreGrads<double> grads;
+  grads.w = &gw;
+  additive_attention_backward<double>(dq, dk, dv, grads, R, cache, q, k, v, p, d);
+  eftest::check_grad(q, dq, loss, "q");
+  eftest::check_grad(w, gw, loss, "w");
+}
+
+TEST_CASE("additive attention op: a query that sees no key gets zero output and zero gradient") {
+  const AttentionDims d{1, 2, 3, 1, 2};
+  Rng rng(4);
+  const MatD q = eftest::random_matrix(2, 2, rng), k = eftest::random_matrix(3, 2, rng),
+             v = eftest::random_matrix(3, 2, rng);
+  const MatD wq = eftest::random_matrix(4, 2, rng), wk = eftest::random_matrix(4, 2, rng),
+             w = eftest::random_matrix(1, 4, rng);
+  AttentionMask m;
+  m.attn_mask = BoolMatrix::Zero(2, 3);
+  m.attn_mask.row(1).setConstant(true);
+  const AdditiveScoreWeights<double> p{wq, wk, nullptr, w};
+  MatD out, dq, dk, dv;
+  AdditiveAttentionCache<double> cache;
+  additive_attention_forward<double>(out, cache, q, k, v, p, d, m);
+  CHECK(out.row(1).isZero(0));
+  CHECK(cache.probs.row(1).isZero(0));
+  CHECK(cache.probs.row(0).sum() == doctest::Approx(1.0));
+  additive_attention_backward<double>(dq, dk, dv, {}, MatD::Ones(2, 2), cache, q, k, v, p, d);
+  CHECK(dq.row(1).isZero(0));
+  CHECK(dq.row(0).norm() > 0);
+}
+
+namespace {
+
+// Random parameter values (zero biases would hide bias-gradient mistakes).
+void randomize(AA& attn, Rng& rng) {
+  for (const auto& p : attn.parameters()) fill_normal(p.param->value, 0.0, 0.4, rng);
+}
+
+void check_self_grads(const AttentionMask& mask, Index B, Index T, Index H, bool bias) {
+  Rng rng(11);
+  AA attn(8, 3, H, rng, bias);
+  randomize(attn, rng);
+  MatD x = eftest::random_matrix(B * T, 8, rng);
+  const MatD R = eftest::random_matrix(B * T, 8, rng);
+  auto loss = [&] {
+    AA::Cache c;
+    return projection(attn.forward(x, B, mask, c), R);
+  };
+  attn.zero_grad();
+  AA::Cache cache;
+  attn.forward(x, B, mask, cache);
+  const MatD dx = attn.backward(R, cache);
+  eftest::check_grad(x, dx, loss, "x");
+  eftest::check_param_grads(attn.parameters(), loss, [&] {
+    AA::Cache c;
+    attn.forward(x, B, mask, c);
+    attn.backward(R, c);
+  });
+}
+
+}  // namespace
+
+TEST_CASE("AdditiveAttention self-attention gradients match finite differences") {
+  SUBCASE("no mask, two heads") { check_self_grads({}, 2, 4, 2, true); }
+  SUBCASE("no mask, one head, no bias") { check_self_grads({}, 2, 3, 1, false); }
+  SUBCASE("causal") {
+    AttentionMask m;
+    m.causal = true;
+    check_self_grads(m, 2, 4, 2, true);
+  }
+  SUBCASE("key padding") {
+    AttentionMask m;
+    m.key_padding = BoolMatrix::Zero(2, 4);
+    m.key_padding(1, 2) = m.key_padding(1, 3) = true;
+    check_self_grads(m, 2, 4, 4, true);
+  }
+  SUBCASE("arbitrary per-sequence mask, with a fully masked query") {
+    AttentionMask m;
+    m.attn_mask = BoolMatrix::Zero(8, 4);
+    m.attn_mask.row(0).setConstant(true);
+    m.attn_mask(6, 1) = true;
+    check_self_grads(m, 2, 4, 2, true);
+  }
+}
+
+TEST_CASE("AdditiveAttention cross-attention gradients reach both the queries and the memory") {
+  Rng rng(12);
+  const Index B = 2, Tq = 3, Tk = 5;
+  for (bool causal : {false, true}) {
+    CAPTURE(causal);
+    AA attn(8, 4, 2, rng);
+    randomize(attn, rng);
+    MatD query = eftest::random_matrix(B * Tq, 8, rng);
+    MatD memory = eftest::random_matrix(B * Tk, 8, rng);
+    const MatD R = eftest::random_matrix(B * Tq, 8, rng);
+    AttentionMask mask;
+    mask.causal = causal;
+    mask.key_padding = BoolMatrix::Zero(B, Tk);
+    mask.key_padding(0, 4) = true;
+    auto loss = [&] {
+      AA::Cache c;
+      return projection(attn.forward(query, memory, B, mask, c), R);
+    };
+    AA::Cache cache;
+    attn.forward(query, memory, B, mask, cache);
+    MatD dmemory;
+    const MatD dquery = attn.backward(R, cache, &dmemory);
+    eftest::check_grad(query, dquery, loss, "query");
+    eftest::check_grad(memory, dmemory, loss, "memory");
+    CHECK(dmemory.row(4).isZero(0));  // the padded key of sequence 0 gets no gradient
+    eftest::check_param_grads(attn.parameters(), loss, [&] {
+      AA::Cache c;
+      attn.forward(query, memory, B, mask, c);
+      MatD dm;
+      attn.backward(R, c, &dm);
+    });
+  }
+}
+
+TEST_CASE("AdditiveAttention follows the gradient contract") {
+  Rng rng(13);
+  AA attn(8, 3, 2, rng);
+  randomize(attn, rng);
+  const MatD x = eftest::random_matrix(6, 8, rng);
+  const MatD R = eftest::random_matrix(6, 8, rng);
+  AttentionMask causal;
+  causal.causal = true;
+  eftest::check_gradient_contract(attn.parameters(), [&] {
+    AA::Cache c;
+    attn.forward(x, 2, causal, c);
+    return attn.backward(R, c);
+  });
+}
+
+TEST_CASE_TEMPLATE("additive attention weights sum to 1 and padded keys change nothing", Scalar,
+                   float, double) {
+  Rng rng(15);
+  AdditiveAttention<Scalar> attn(8, 5, 2, rng);
+  const Index B = 2, Tq = 3, Tk = 4;
+  const Matrix<Scalar> query = eftest::random_matrix<Scalar>(B * Tq, 8, rng);
+  Matrix<Scalar> memory = eftest::random_matrix<Scalar>(B * Tk, 8, rng);
+  AttentionMask mask;
+  mask.key_padding = BoolMatrix::Zero(B, Tk);
+  mask.key_padding(1, 2) = mask.key_padding(1, 3) = true;
+  typename AdditiveAttention<Scalar>::Cache c1, c2;
+  const Matrix<Scalar> y1 = attn.forward(query, memory, B, mask, c1);
+  memory.block(Tk + 2, 0, 2, 8).setConstant(Scalar(1e3));
+  const Matrix<Scalar> y2 = attn.forward(query, memory, B, mask, c2);
+  CHECK(y1 == y2);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < 2; ++h) {
+      const Matrix<Scalar> w = AdditiveAttention<Scalar>::attention_weights(c1, b, h);
+      CHECK(w.rows() == Tq);
+      CHECK(w.cols() == Tk);
+      for (Index i = 0; i < Tq; ++i) CHECK(w.row(i).sum() == doctest::Approx(1.0));
+      CHECK((w.array() >= Scalar(0)).all());
+      if (b == 1) CHECK(w.rightCols(2).isZero(0));
+    }
+}
+
+TEST_CASE_TEMPLATE("causal additive self-attention: outputs 0..t ignore tokens after t", Scalar,
+                   float, double) {
+  Rng rng(14);
+  AdditiveAttention<Scalar> attn(8, 4, 2, rng);
+  const Index B = 2, T = 6, t = 2;
+  Matrix<Scalar> x = eftest::random_matrix<Scalar>(B * T, 8, rng);
+  AttentionMask causal;
+  causal.causal = true;
+  typename AdditiveAttention<Scalar>::Cache c1, c2;
+  const Matrix<Scalar> y1 = attn.forward(x, B, causal, c1);
+  for (Index b = 0; b < B; ++b) x.block(b * T + t + 1, 0, T - t - 1, 8).setConstant(Scalar(7));
+  const Matrix<Scalar> y2 = attn.forward(x, B, causal, c2);
+  for (Index b = 0; b < B; ++b) {
+    CHECK(y1.block(b * T, 0, t + 1, 8) == y2.block(b * T, 0, t + 1, 8));
+    CHECK(y1.block(b * T + t + 1, 0, T - t - 1, 8) != y2.block(b * T + t + 1, 0, T - t - 1, 8));
+  }
+}
+
+TEST_CASE_TEMPLATE("a fully masked query gives the output bias and finite, zero gradients", Scalar,
+                   float, double) {
+  Rng rng(17);
+  AdditiveAttention<Scalar> attn(8, 4, 2, rng);
+  fill_normal(attn.out_proj.bias.value, 0.0, 1.0, rng);
+  const Matrix<Scalar> x = eftest::random_matrix<Scalar>(4, 8, rng);
+  AttentionMask m;
+  m.attn_mask = BoolMatrix::Zero(4, 4);
+  m.attn_mask.row(2).setConstant(true);
+  typename AdditiveAttention<Scalar>::Cache c;
+  const Matrix<Scalar> y = attn.forward(x, 1, m, c);
+  CHECK(y.allFinite());
+  CHECK(y.row(2) == attn.out_proj.bias.value.row(0));
+  Matrix<Scalar> dy = Matrix<Scalar>::Zero(4, 8);
+  dy.row(2).setOnes();  // only the fully masked query's output matters
+  attn.zero_grad();
+  const Matrix<Scalar> dx = attn.backward(dy, c);
+  CHECK(dx.allFinite());
+  CHECK(dx.isZero(0));
+  CHECK(attn.score_q.grad.isZero(0));
+  CHECK(attn.score_v.grad.isZero(0));
+}
+
+TEST_CASE("additive attention rejects bad input and stays unchanged") {
+  Rng rng(16);
+  eftest::check_throws_with([&] { AdditiveAttention<float>(10, 4, 3, rng); },
+                            {"AdditiveAttention::AdditiveAttention", "n_heads", "must divide"});
+  eftest::check_throws_with([&] { AdditiveAttention<float>(8, 0, rng); },
+                            {"AdditiveAttention::AdditiveAttention", "d_attn", "positive", "0"});
+  AdditiveAttention<float> one(8, 4, rng);
+  CHECK(one.n_heads() == 1);
+  CHECK(one.d_attn() == 4);
+  CHECK(one.parameters().size() == 12);
+  CHECK(AdditiveAttention<float>(8, 4, rng, false).parameters().size() == 7);
+  AdditiveAttention<float> attn(8, 4, 2, rng);
+  const Matrix<float> before = attn.score_q.value;
+  AdditiveAttention<float>::Cache c;
+  eftest::check_throws_with([&] { attn.forward(Matrix<float>::Ones(6, 7), 2, {}, c); },
+                            {"AdditiveAttention::forward", "'query'", "(6, 7)", "(*, 8)"});
+  eftest::check_throws_with([&] { attn.forward(Matrix<float>::Ones(7, 8), 2, {}, c); },
+                            {"'query'", "7 rows", "B = 2"});
+  eftest::check_throws_with(
+      [&] { attn.forward(Matrix<float>::Ones(6, 8), Matrix<float>::Ones(6, 9), 2, {}, c); },
+      {"'memory'", "(6, 9)", "(*, 8)"});
+  AttentionMask bad;
+  bad.key_padding = BoolMatrix::Zero(2, 4);
+  eftest::check_throws_with([&] { attn.forward(Matrix<float>::Ones(6, 8), 2, bad, c); },
+                            {"AdditiveAttention::forward", "mask.key_padding", "(2, 4)", "(2, 3)"});
+  AttentionMask bad_attn;
+  bad_attn.attn_mask = BoolMatrix::Zero(2, 2);
+  eftest::check_throws_with(
+      [&] { attn.forward(Matrix<float>::Ones(6, 8), Matrix<float>::Ones(4, 8), 2, bad_attn, c); },
+      {"mask.attn_mask", "(2, 2)", "(3, 2) or (6, 2)"});
+  attn.forward(Matrix<float>::Ones(6, 8), 2, {}, c);
+  eftest::check_throws_with([&] { attn.backward(Matrix<float>::Ones(5, 8), c); },
+                            {"AdditiveAttention::backward", "'dy'", "(5, 8)", "(6, 8)"});
+  Matrix<float> dm;
+  eftest::check_throws_with([&] { attn.backward(Matrix<float>::Ones(6, 8), c, &dm); },
+                            {"AdditiveAttention::backward", "dmemory", "self-attention"});
+  eftest::check_throws_with([&] { AdditiveAttention<float>::attention_weights(c, 2, 0); },
+                            {"attention_weights", "'b'", "is 2"});
+  CHECK(attn.score_q.value == before);
+  CHECK(attn.score_q.grad.isZero());
+
+  // The op checks its own arguments too.
+  const Matrix<float> q = Matrix<float>::Ones(6, 8), wq = Matrix<float>::Ones(8, 4),
+                      w = Matrix<float>::Ones(2, 4), wrong = Matrix<float>::Ones(8, 3);
+  Matrix<float> out;
+  AdditiveAttentionCache<float> cache;
+  const AttentionDims d{2, 3, 3, 2, 4};
+  eftest::check_throws_with(
+      [&] {
+        additive_attention_forward<float>(out, cache, q, q, q, {wq, wrong, nullptr, w}, d, {});
+      },
+      {"additive_attention_forward", "weights.w_k", "(8, 3)", "(8, 4)"});
+  eftest::check_throws_with(
+      [&] {
+        additive_attention_forward<float>(out, cache, q, Matrix<float>::Ones(5, 8), q,
+                                          {wq, wq, nullptr, w}, d, {});
+      },
+      {"additive_attention_forward", "'k'", "(5, 8)", "(6, 8)"});
+  const Matrix<float> bias = Matrix<float>::Ones(1, 7);
+  eftest::check_throws_with(
+      [&] { additive_attention_forward<float>(out, cache, q, q, q, {wq, wq, &bias, w}, d, {}); },
+      {"weights.bias", "(1, 7)", "(1, 8)"});
+}
