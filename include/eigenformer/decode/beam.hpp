@@ -10,12 +10,17 @@
 // Ranking uses GNMT's length penalty (Wu et al. 2016): score = log P(y) / ((5 + |y|) / 6)^alpha,
 // |y| counting the generated tokens with EOS and without BOS; alpha = 0 ranks by log P(y) alone.
 // Ties are broken deterministically: lower parent hypothesis first, then lower token id, so a beam of
-// width 1 makes exactly greedy_decode's choices.
+// width 1 makes greedy_decode's choices (argmax, first index on ties). When greedy_decode and this
+// search compute logits along different paths (incremental KV-cache steps vs. a rerun over the
+// prefix), the two agree up to rounding, so only tokens tied within rounding could differ.
 //
 // The search itself (beam_search_with) only needs a step scorer: prefixes -> next-token log-probs.
 // beam_search / beam_search_result wrap an encoder-decoder Transformer: the source is encoded once,
 // its memory rows are repeated for each of its beam_width hypotheses, and every step reruns the
-// decoder over the (B * beam_width, t + 1) prefixes, as greedy_decode does. Call model.eval() first.
+// decoder over the (B * beam_width, t + 1) prefixes (quadratic in the output length; incremental
+// decoding needs a KV cache whose rows can be reordered by parent hypothesis each step). Rows of
+// sources that are done keep being computed, so each step's batch has a fixed shape. Call
+// model.eval() first.
 #pragma once
 
 #include <algorithm>
