@@ -56,7 +56,13 @@ if ! "$cxx" -fsanitize=fuzzer "$probe" -o "$out/probe" 2>/dev/null; then
 fi
 rm -f "$probe" "$out/probe"
 
+# Rebuilds a target only when a source it may include is newer than the binary.
 for t in "${targets[@]}"; do
+  if [[ -x "$out/$t" && -z "$(find include examples/translate "fuzz/$t.cpp" tools/fuzz.sh \
+        -newer "$out/$t" -type f | head -1)" ]]; then
+    echo "== $out/$t is up to date"
+    continue
+  fi
   start=$SECONDS
   "$cxx" "${flags[@]}" "fuzz/$t.cpp" -o "$out/$t"
   echo "== built $out/$t ($((SECONDS - start)) s)"
@@ -87,13 +93,14 @@ done
 rmdir fuzz/crashes 2>/dev/null || true
 
 if (( merge && status == 0 )); then
-  # Adds to the committed corpus only the found inputs that reach new coverage (libFuzzer prefers
-  # the smaller of equivalent inputs); the hand-made seeds stay.
+  # Adds to the committed corpus only the found inputs of at most 1 KB that reach new edges
+  # (hit counts ignored, which keeps the set small; libFuzzer prefers the smaller of equivalent
+  # inputs). The hand-made seeds stay.
   for t in "${targets[@]}"; do
     before=$(ls "fuzz/corpus/$t" | wc -l)
-    "$out/$t" -merge=1 -max_len=4096 "fuzz/corpus/$t" "$out/corpus/$t" >"$out/$t.merge.log" 2>&1
+    "$out/$t" -merge=1 -use_counters=0 -max_len=1024 "fuzz/corpus/$t" "$out/corpus/$t" >"$out/$t.merge.log" 2>&1
     echo "== merged $t: $before -> $(ls "fuzz/corpus/$t" | wc -l) inputs," \
-      "$(du -sk "fuzz/corpus/$t" | cut -f1) KB"
+      "$(cat "fuzz/corpus/$t"/* | wc -c) bytes"
   done
 fi
 exit $status
