@@ -2,7 +2,9 @@
 //
 // Encoder-decoder: encode the source once, then grow the target from BOS one token at a time until
 // every sequence has produced EOS or max_len tokens. Batched and deterministic. Call
-// model.eval() first so that dropout is off. Each step reruns the decoder over the whole prefix.
+// model.eval() first so that dropout is off. Each step runs the decoder on the new token only,
+// over key/value caches of the earlier positions and of the source (decode/kv_cache.hpp), so the
+// cost grows linearly with the output length.
 #pragma once
 
 #include <string>
@@ -10,6 +12,7 @@
 
 #include "../model/language_models.hpp"
 #include "../model/transformer.hpp"
+#include "kv_cache.hpp"
 
 namespace eigenformer {
 
@@ -42,24 +45,28 @@ inline void check_greedy_options(const std::string& func, const GreedyOptions& o
 }  // namespace detail
 
 /// src (B, S) -> generated ids (B, L) with L <= max_len, without BOS. A sequence that ended early
-/// is filled with EOS after its EOS. If last is given it receives the caches of the final decoder
-/// pass (its cross-attention weights show which source tokens each output token looked at).
+/// is filled with EOS after its EOS. If last is given it receives the caches of a final full
+/// decoder pass over the decoder input of the last step (BOS and all generated tokens but the
+/// last), as decode() fills them: its cross-attention weights show which source tokens each
+/// output token looked at. That pass costs one full decode; without last, none is run.
 template <class Scalar>
 IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const GreedyOptions& opt,
                        typename Transformer<Scalar>::Cache* last = nullptr) {
   detail::check_greedy_options("greedy_decode", opt, model.config().tgt_vocab,
                                model.config().max_len);
-  typename Transformer<Scalar>::Cache cache;
-  const Matrix<Scalar> memory = model.encode(src, cache.encoder);
+  typename Encoder<Scalar>::Cache encoder_cache;
+  typename Encoder<Scalar>::Cache& enc = last ? last->encoder : encoder_cache;
+  const Matrix<Scalar> memory = model.encode(src, enc);  // (B*S, d)
+  DecodeState<Scalar> state = model.begin_decode(src, memory, opt.max_len);
   const Index B = src.rows();
   IdMatrix prefix = IdMatrix::Constant(B, 1, opt.bos);  // (B, t + 1)
   std::vector<bool> done(static_cast<size_t>(B), false);
   Index n_done = 0;
   for (Index t = 0; t < opt.max_len && n_done < B; ++t) {
-    const Matrix<Scalar> logits = model.decode(prefix, src, memory, cache);  // (B*(t+1), V)
+    const Matrix<Scalar> logits = model.decode_step(prefix.col(t), state);  // (B, V)
     prefix.conservativeResize(B, t + 2);
     for (Index b = 0; b < B; ++b) {
-      const Index next = done[size_t(b)] ? opt.eos : detail::argmax_row(logits, b * (t + 1) + t);
+      const Index next = done[size_t(b)] ? opt.eos : detail::argmax_row(logits, b);
       prefix(b, t + 1) = next;
       if (!done[size_t(b)] && next == opt.eos) {
         done[size_t(b)] = true;
@@ -67,7 +74,7 @@ IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const Gr
       }
     }
   }
-  if (last) *last = std::move(cache);
+  if (last) model.decode(prefix.leftCols(prefix.cols() - 1), src, memory, *last);
   return prefix.rightCols(prefix.cols() - 1);
 }
 
@@ -82,14 +89,18 @@ IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, I
   IdMatrix seq = prompt;
   const Index B = prompt.rows();
   std::vector<bool> done(static_cast<size_t>(B), false);
-  typename DecoderOnlyLM<Scalar>::Cache cache;
+  if (n_new == 0) return seq;
+  // The prompt in one step, then one token per step over the caches. The last token is never fed.
+  DecodeState<Scalar> state = model.begin_decode(B, prompt.cols() + n_new - 1);
   for (Index step = 0; step < n_new; ++step) {
     const Index T = seq.cols();
-    const Matrix<Scalar> logits = model.forward(seq, cache);  // (B*T, V)
+    const IdMatrix input = step == 0 ? seq : IdMatrix(seq.col(T - 1));
+    const Matrix<Scalar> logits = model.decode_step(input, state);  // (B*input.cols(), V)
     seq.conservativeResize(B, T + 1);
     bool all_done = true;
     for (Index b = 0; b < B; ++b) {
-      const Index next = done[size_t(b)] ? eos : detail::argmax_row(logits, b * T + T - 1);
+      const Index row = b * input.cols() + input.cols() - 1;
+      const Index next = done[size_t(b)] ? eos : detail::argmax_row(logits, row);
       seq(b, T) = next;
       if (eos >= 0 && next == eos) done[size_t(b)] = true;
       all_done = all_done && done[size_t(b)];

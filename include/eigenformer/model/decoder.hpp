@@ -77,6 +77,21 @@ class DecoderLayer {
     });
   }
 
+  /// Incremental decoding, inference only: x_new (B*t, d), the next t target positions, attends
+  /// causally over self_cache (which it extends) and over the memory keys/values of memory_cache
+  /// (MultiHeadAttention::cache_memory) -> (B*t, d). new_key_padding (B, t): padded new positions.
+  Mat decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& self_cache,
+                  const KVCache<Scalar>& memory_cache,
+                  const BoolMatrix& new_key_padding = BoolMatrix()) const {
+    const Mat h1 = self_block.forward(x_new, [&](const Mat& in) {
+      return self_attn.forward_step(in, B, self_cache, new_key_padding);
+    });
+    const Mat h2 = cross_block.forward(h1, [&](const Mat& in) {
+      return cross_attn.forward_cached_memory(in, B, memory_cache);
+    });
+    return ffn_block.forward(h2, [&](const Mat& in) { return ffn.forward(in); });
+  }
+
   void train(bool on) {
     ffn.train(on);
     self_drop.training = cross_drop.training = ffn_drop.training = on;
@@ -136,6 +151,44 @@ class Decoder {
     for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i], dmemory);
     input.backward(d, cache.input);
     return dmemory;
+  }
+
+  /// Starts incremental decoding over memory (B*S, d) with source key padding (B, S) (empty:
+  /// none): projects every layer's cross-attention keys and values once and allocates
+  /// self-attention caches for max_len target positions.
+  DecodeState<Scalar> begin_decode(ConstRef<Scalar> memory, Index B,
+                                   const BoolMatrix& memory_key_padding, Index max_len) const {
+    detail::check_positive("Decoder::begin_decode", "max_len", max_len);
+    DecodeState<Scalar> state;
+    state.B = B;
+    state.max_len = max_len;
+    state.memory.resize(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      layers[i].cross_attn.cache_memory(memory, B, memory_key_padding, state.memory[i]);
+      state.self.emplace_back(B, max_len, layers[i].self_attn.d_model());
+    }
+    return state;
+  }
+
+  /// Incremental forward, inference only: ids (B, t) at positions state.position.. -> hidden
+  /// states (B*t, d); extends the caches and advances state.position by t. new_key_padding
+  /// (B, t) marks padded ids (empty: none).
+  Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state,
+                  const BoolMatrix& new_key_padding = BoolMatrix()) {
+    const std::string func = "Decoder::decode_step";
+    detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids",
+                    "has shape " + detail::shape_of(ids) + ", expected (" +
+                        std::to_string(state.B) + ", t > 0)");
+    detail::require(state.self.size() == layers.size() && state.memory.size() == layers.size(),
+                    func, "state", "is not from begin_decode of this decoder");
+    for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
+    typename TokenInput<Scalar>::Cache scratch;
+    Mat h = input.forward(ids, scratch, state.position);
+    for (size_t i = 0; i < layers.size(); ++i)
+      h = layers[i].decode_step(h, state.B, state.self[i], state.memory[i], new_key_padding);
+    if (pre_norm_) h = final_norm.forward(h);
+    state.position += ids.cols();
+    return h;
   }
 
   void train(bool on) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../decode/kv_cache.hpp"
 #include "../layers/dropout.hpp"
 #include "../layers/feed_forward.hpp"
 #include "../layers/layernorm.hpp"
@@ -66,6 +67,17 @@ class EncoderLayer {
     });
   }
 
+  /// Incremental decoding with causal self-attention (the decoder-only model's block), inference
+  /// only: x_new (B*t, d), the next t positions, attends over cache (which it extends) and
+  /// returns (B*t, d). new_key_padding (B, t) marks padded new positions (empty: none).
+  Mat decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
+                  const BoolMatrix& new_key_padding = BoolMatrix()) const {
+    const Mat h = attn_block.forward(x_new, [&](const Mat& in) {
+      return self_attn.forward_step(in, B, cache, new_key_padding);
+    });
+    return ffn_block.forward(h, [&](const Mat& in) { return ffn.forward(in); });
+  }
+
   void train(bool on) {
     ffn.train(on);
     attn_drop.training = on;
@@ -117,6 +129,27 @@ class EncoderStack {
     Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
     for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i]);
     return d;
+  }
+
+  /// Empty self-attention caches for B sequences of up to max_len positions, one per layer.
+  std::vector<KVCache<Scalar>> make_caches(Index B, Index max_len) const {
+    std::vector<KVCache<Scalar>> caches;
+    for (const auto& l : layers) caches.emplace_back(B, max_len, l.self_attn.d_model());
+    return caches;
+  }
+
+  /// Incremental causal forward, inference only: x_new (B*t, d) -> (B*t, d), extending caches
+  /// (one per layer, from make_caches). new_key_padding (B, t): padded new positions, or empty.
+  Mat decode_step(ConstRef<Scalar> x_new, Index B, std::vector<KVCache<Scalar>>& caches,
+                  const BoolMatrix& new_key_padding = BoolMatrix()) const {
+    detail::require(caches.size() == layers.size(), "EncoderStack::decode_step", "caches",
+                    "has " + std::to_string(caches.size()) + " entries, expected one per layer (" +
+                        std::to_string(layers.size()) + ")");
+    Mat h = x_new;
+    for (size_t i = 0; i < layers.size(); ++i)
+      h = layers[i].decode_step(h, B, caches[i], new_key_padding);
+    if (pre_norm_) h = final_norm.forward(h);
+    return h;
   }
 
   void train(bool on) {

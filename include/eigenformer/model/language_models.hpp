@@ -49,6 +49,43 @@ class SingleStackModel {
     return head.forward(h, input.embedding, cache.head);
   }
 
+  /// Starts incremental decoding (inference only, causal models only) of B sequences of up to
+  /// max_len positions: one empty self-attention cache per layer.
+  DecodeState<Scalar> begin_decode(Index B, Index max_len) const {
+    const std::string func = name_ + "::begin_decode";
+    detail::require(causal_, func, "this",
+                    "is not causal: incremental decoding needs a causal model");
+    detail::check_positive(func, "B", B);
+    detail::require(max_len > 0 && max_len <= config_.max_len, func, "max_len",
+                    "is " + std::to_string(max_len) + ", expected 1.." +
+                        std::to_string(config_.max_len) + " (the model's max_len)");
+    DecodeState<Scalar> state;
+    state.B = B;
+    state.max_len = max_len;
+    state.self = stack.make_caches(B, max_len);
+    return state;
+  }
+
+  /// Incremental forward, inference only: ids (B, t) at positions state.position.. (a prompt,
+  /// then one token per step) -> logits (B*t, vocab), equal up to rounding to the last t rows per
+  /// sequence of forward() over the whole sequence. Extends the caches, advances state.position.
+  Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) {
+    const std::string func = name_ + "::decode_step";
+    detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids",
+                    "has shape " + shape_of(ids) + ", expected (" + std::to_string(state.B) +
+                        ", t > 0)");
+    detail::require(state.self.size() == stack.layers.size(), func, "state",
+                    "is not from begin_decode of this model");
+    check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
+    for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
+    typename TokenInput<Scalar>::Cache scratch;
+    const Mat x = input.forward(ids, scratch, state.position);
+    const Mat h =
+        stack.decode_step(x, ids.rows(), state.self, key_padding_mask(ids, config_.pad_id));
+    state.position += ids.cols();
+    return head.forward(h, input.embedding);
+  }
+
   /// dlogits (B*T, vocab): adds every parameter's gradient.
   void backward(ConstRef<Scalar> dlogits, const Cache& cache) {
     const Mat dh = head.backward(dlogits, cache.head, input.embedding);

@@ -59,6 +59,37 @@ class Transformer {
     return head.forward(h, decoder.input.embedding, cache.head);
   }
 
+  /// Starts incremental decoding (inference only) of src (B, S) whose encoder output is memory
+  /// (B*S, d), e.g. from encode(): the cross-attention keys and values of every decoder layer are
+  /// projected once, and the self-attention caches hold up to max_len target positions.
+  DecodeState<Scalar> begin_decode(const IdMatrix& src, ConstRef<Scalar> memory,
+                                   Index max_len) const {
+    check_ids("Transformer::begin_decode", "src", src, config_.src_vocab);
+    detail::check_shape("Transformer::begin_decode", "memory", memory, src.rows() * src.cols(),
+                        config_.d_model);
+    detail::require(max_len > 0 && max_len <= config_.max_len, "Transformer::begin_decode",
+                    "max_len", "is " + std::to_string(max_len) + ", expected 1.." +
+                                   std::to_string(config_.max_len) + " (the model's max_len)");
+    return decoder.begin_decode(memory, src.rows(), key_padding_mask(src, config_.pad_id),
+                                max_len);
+  }
+
+  /// Encodes src (B, S) and starts incremental decoding for up to max_len target positions.
+  DecodeState<Scalar> begin_decode(const IdMatrix& src, Index max_len) {
+    typename Encoder<Scalar>::Cache cache;
+    const Mat memory = encode(src, cache);
+    return begin_decode(src, memory, max_len);
+  }
+
+  /// Incremental decoding, inference only: the next decoder input ids (B, t) (usually t = 1) at
+  /// positions state.position.. -> their logits (B*t, tgt_vocab), equal up to rounding to the
+  /// last t rows per sequence of decode() over the whole prefix. Extends state's caches.
+  Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) {
+    check_ids("Transformer::decode_step", "ids", ids, config_.tgt_vocab);
+    const Mat h = decoder.decode_step(ids, state, key_padding_mask(ids, config_.pad_id));
+    return head.forward(h, decoder.input.embedding);
+  }
+
   /// Training forward: src (B, S), tgt_in (B, T) -> logits (B*T, tgt_vocab).
   Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache) {
     check_ids("Transformer::forward", "src", src, config_.src_vocab);

@@ -1,0 +1,98 @@
+// Key/value caches for incremental (step-by-step) decoding, inference only.
+//
+// Decoding one token at a time with a full forward pass recomputes the keys and values of every
+// earlier position at every step, so a sequence of N tokens costs O(N^2) projections and layer
+// work. A KVCache keeps, per attention layer, the projected keys and values of the positions seen
+// so far; each step projects only its new positions, appends them, and attends over the cache.
+//
+// KVCache: preallocated buffers for B sequences of up to max_len positions:
+//   k, v         (B*max_len, d_model)  position t of sequence b is row b*max_len + t
+//   key_padding  (B, max_len)          true marks a padded (masked) key
+//   len                                positions filled, the same for every sequence
+// The self-attention cache of a decoder layer grows by each step's positions. The cross-attention
+// cache holds the encoder memory's keys and values, projected once per source
+// (MultiHeadAttention::cache_memory) with the source padding, and never grows.
+//
+// DecodeState: everything a model keeps between decode_step calls: one self-attention cache per
+// layer, one memory cache per layer (encoder-decoder only), the batch size and the next position.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/tensor.hpp"
+
+namespace eigenformer {
+
+template <class Scalar = float>
+struct KVCache {
+  using Mat = Matrix<Scalar>;
+
+  Mat k, v;                // (B*max_len, d_model)
+  BoolMatrix key_padding;  // (B, max_len), true = masked key
+  Index B = 0, max_len = 0, len = 0;
+
+  KVCache() = default;
+  KVCache(Index batch, Index capacity, Index d_model) { reset(batch, capacity, d_model); }
+
+  /// Allocates room for batch sequences of capacity positions of width d_model; empties the cache.
+  void reset(Index batch, Index capacity, Index d_model) {
+    detail::check_positive("KVCache::reset", "batch", batch);
+    detail::check_positive("KVCache::reset", "max_len", capacity);
+    detail::check_positive("KVCache::reset", "d_model", d_model);
+    B = batch;
+    max_len = capacity;
+    len = 0;
+    k.resize(B * max_len, d_model);
+    v.resize(B * max_len, d_model);
+    key_padding = BoolMatrix::Constant(B, max_len, false);
+  }
+
+  /// Forgets the cached positions, keeping the buffers.
+  void clear() { len = 0; }
+
+  Index d_model() const { return k.cols(); }
+  Index room() const { return max_len - len; }
+
+  /// Keys / values of sequence b: (len, d_model), in place.
+  Eigen::Block<const Mat> keys(Index b) const { return k.block(b * max_len, 0, len, k.cols()); }
+  Eigen::Block<const Mat> values(Index b) const { return v.block(b * max_len, 0, len, v.cols()); }
+
+  /// Throws (naming func and the lengths) unless t more positions fit.
+  void check_room(const std::string& func, const std::string& arg, Index t) const {
+    detail::require(B > 0, func, "cache", "is not allocated (call reset or begin_decode first)");
+    detail::require(t <= room(), func, arg,
+                    "adds " + std::to_string(t) + " positions to a KV cache holding " +
+                        std::to_string(len) + " of max_len " + std::to_string(max_len));
+  }
+
+  /// Appends k_new, v_new (B*t, d_model) and their key padding (B, t) (empty: none padded).
+  /// Sizes must already be checked (check_room).
+  void append(ConstRef<Scalar> k_new, ConstRef<Scalar> v_new, const BoolMatrix& pad_new) {
+    const Index t = k_new.rows() / B;
+    for (Index b = 0; b < B; ++b) {
+      k.block(b * max_len + len, 0, t, k.cols()) = k_new.middleRows(b * t, t);
+      v.block(b * max_len + len, 0, t, v.cols()) = v_new.middleRows(b * t, t);
+    }
+    if (pad_new.size() != 0)
+      key_padding.block(0, len, B, t) = pad_new;
+    else
+      key_padding.block(0, len, B, t).setConstant(false);
+    len += t;
+  }
+
+  /// True if some cached key of sequence b is padded.
+  bool any_padding(Index b) const { return key_padding.row(b).head(len).any(); }
+};
+
+template <class Scalar = float>
+struct DecodeState {
+  std::vector<KVCache<Scalar>> self;    // per layer: self-attention keys/values, grows per step
+  std::vector<KVCache<Scalar>> memory;  // per layer: cross-attention keys/values of the source
+  Index B = 0;         // sequences
+  Index position = 0;  // position of the next decode_step's first token
+  Index max_len = 0;   // positions the self-attention caches hold
+};
+
+}  // namespace eigenformer
