@@ -17,6 +17,8 @@
 
 #include "common.hpp"
 #include "eigenformer/layers/multihead_attention.hpp"
+#include "eigenformer/ops/attention.hpp"
+#include "eigenformer/ops/flash_attention.hpp"
 
 namespace {
 
@@ -94,6 +96,80 @@ void attention_shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_mha_forward)->Apply(attention_shapes);
 BENCHMARK(BM_mha_forward_backward)->Apply(attention_shapes);
+
+// The attention op alone, forward + backward, head width 64: the plain kernel (ops/attention.hpp,
+// which holds the (B*H*T, T) probabilities) against the tiled one (ops/flash_attention.hpp).
+// Arguments B, T, H, causal, and for the tiled kernel the tile sizes block_q, block_k.
+// FLOP/s counts the full T x T products of the plain kernel (6 GEMMs of 2*B*H*T*T*dh) for both.
+struct OpInputs {
+  eigenformer::AttentionDims d;
+  AttentionMask mask;
+  Matrix<float> q, k, v, dout;
+};
+
+OpInputs op_inputs(const benchmark::State& state) {
+  OpInputs in;
+  in.d = {state.range(0), state.range(1), state.range(1), state.range(2), 64};
+  in.mask.causal = state.range(3) != 0;
+  const Index rows = in.d.B * in.d.Tq, cols = in.d.H * in.d.dh;
+  in.q = bench::random_matrix(rows, cols, 4);
+  in.k = bench::random_matrix(rows, cols, 5);
+  in.v = bench::random_matrix(rows, cols, 6);
+  in.dout = bench::random_matrix(rows, cols, 7);
+  return in;
+}
+
+void set_op_counters(benchmark::State& state, const OpInputs& in, double wall_seconds) {
+  const eigenformer::AttentionDims& d = in.d;
+  const double flops = 6.0 * 2.0 * double(d.B * d.H) * double(d.Tq) * double(d.Tk) * double(d.dh);
+  state.counters["FLOP/s"] = bench::wall_rate(state, flops, wall_seconds);
+}
+
+void BM_attention_plain(benchmark::State& state) {
+  const OpInputs in = op_inputs(state);
+  Matrix<float> out, probs, dq, dk, dv;
+  const bench::WallTimer timer;
+  for (auto _ : state) {
+    eigenformer::attention_forward<float>(out, probs, in.q, in.k, in.v, in.d, in.mask);
+    eigenformer::attention_backward<float>(dq, dk, dv, in.dout, probs, in.q, in.k, in.v, in.d);
+    benchmark::DoNotOptimize(dq.data());
+    benchmark::ClobberMemory();
+  }
+  set_op_counters(state, in, timer.seconds());
+}
+
+void BM_attention_tiled(benchmark::State& state) {
+  const OpInputs in = op_inputs(state);
+  const eigenformer::AttentionBlocks blocks{state.range(4), state.range(5)};
+  Matrix<float> out, lse, dq, dk, dv;
+  const bench::WallTimer timer;
+  for (auto _ : state) {
+    eigenformer::flash_attention_forward<float>(out, lse, in.q, in.k, in.v, in.d, in.mask, blocks);
+    eigenformer::flash_attention_backward<float>(dq, dk, dv, in.dout, out, lse, in.q, in.k, in.v,
+                                                 in.d, in.mask, blocks);
+    benchmark::DoNotOptimize(dq.data());
+    benchmark::ClobberMemory();
+  }
+  set_op_counters(state, in, timer.seconds());
+}
+
+BENCHMARK(BM_attention_plain)
+    ->Args({8, 128, 8, 0})
+    ->Args({8, 256, 8, 1})
+    ->Args({1, 1024, 8, 1})
+    ->Args({1, 1024, 8, 0})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_attention_tiled)
+    ->Args({8, 128, 8, 0, 64, 128})
+    ->Args({8, 256, 8, 1, 64, 128})
+    ->Args({1, 1024, 8, 1, 64, 128})
+    ->Args({1, 1024, 8, 0, 64, 128})
+    ->Args({1, 1024, 8, 1, 32, 64})
+    ->Args({1, 1024, 8, 1, 64, 64})
+    ->Args({1, 1024, 8, 1, 128, 128})
+    ->Args({1, 1024, 8, 1, 128, 256})
+    ->Args({1, 1024, 8, 1, 256, 256})
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -168,3 +168,58 @@ TEST_CASE("tiled attention stays finite with large scores") {
   CHECK(dv.allFinite());
   CHECK(probs.allFinite());
 }
+
+TEST_CASE("MultiHeadAttention gives the same results with either kernel") {
+  Rng rng(5);
+  MultiHeadAttention<double> mha(8, 2, rng);
+  const Index B = 2, Tq = 7, Tk = 9;
+  const MatD query = eftest::random_matrix(B * Tq, 8, rng);
+  const MatD memory = eftest::random_matrix(B * Tk, 8, rng);
+  const MatD dy = eftest::random_matrix(B * Tq, 8, rng);
+  AttentionMask mask;
+  mask.causal = true;
+  mask.key_padding = BoolMatrix::Zero(B, Tk);
+  mask.key_padding(1, 0) = true;  // query 0 of sequence 1 sees nothing
+  MatD y[2], dq[2], dmem[2];
+  std::vector<MatD> grads[2];
+  MultiHeadAttention<double>::Cache caches[2];
+  for (int t = 0; t < 2; ++t) {
+    mha.impl = t == 0 ? AttentionImpl::plain : AttentionImpl::tiled;
+    mha.zero_grad();
+    y[t] = mha.forward(query, memory, B, mask, caches[t]);
+    dq[t] = mha.backward(dy, caches[t], &dmem[t]);
+    for (const auto& p : mha.parameters()) grads[t].push_back(p.param->grad);
+  }
+  CHECK(caches[0].probs.size() != 0);
+  CHECK(caches[0].lse.size() == 0);
+  CHECK(caches[1].probs.size() == 0);
+  CHECK(caches[1].lse.size() == B * 2 * Tq);
+  CHECK(rel_err(y[1], y[0]) < 1e-12);
+  CHECK(rel_err(dq[1], dq[0]) < 1e-12);
+  CHECK(rel_err(dmem[1], dmem[0]) < 1e-12);
+  for (size_t i = 0; i < grads[0].size(); ++i) CHECK(rel_err(grads[1][i], grads[0][i]) < 1e-12);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < 2; ++h) {
+      const MatD w0 = MultiHeadAttention<double>::attention_weights(caches[0], b, h);
+      const MatD w1 = MultiHeadAttention<double>::attention_weights(caches[1], b, h);
+      CHECK(rel_err(w1, w0) < 1e-12);
+    }
+}
+
+TEST_CASE("MultiHeadAttention picks the kernel by size") {
+  Rng rng(6);
+  MultiHeadAttention<float> mha(16, 2, rng);
+  AttentionMask causal;
+  causal.causal = true;
+  MultiHeadAttention<float>::Cache cache;
+  const Matrix<float> small = eftest::random_matrix<float>(2 * 16, 16, rng);
+  mha.forward(small, 2, causal, cache);
+  CHECK(cache.probs.size() != 0);  // short sequences (e.g. translate's cross-attention): plain
+  const Matrix<float> big = eftest::random_matrix<float>(256, 16, rng);
+  mha.forward(big, 1, causal, cache);
+  CHECK(cache.probs.size() == 0);
+  CHECK(cache.lse.size() == 2 * 256);
+  CHECK(MultiHeadAttention<float>::attention_weights(cache, 0, 1).rowwise().sum().isOnes(1e-5f));
+  mha.forward(big, 1, AttentionMask(), cache);  // no mask: plain up to 512 x 512
+  CHECK(cache.probs.size() != 0);
+}

@@ -37,6 +37,26 @@ struct AttentionBlocks {
   Index k = 128;  // keys per tile
 };
 
+/// Which attention kernel a layer runs (MultiHeadAttention::impl).
+enum class AttentionImpl {
+  automatic,  // use_tiled_attention() decides from the sizes
+  plain,      // ops/attention.hpp: keeps the (B*H*Tq, Tk) probabilities
+  tiled,      // this file: keeps the (B*H, Tq) log-sum-exp only
+};
+
+/// The automatic rule, from bench_attention's BM_attention_plain/tiled (float, dh = 64, one and
+/// two threads): the tiled kernel is slower on short sequences (its backward recomputes Q K^T,
+/// 7 products against 6, and small tiles cost more per flop) and faster with a causal mask from
+/// T = 256 on (it skips the hidden key blocks); without a mask it breaks even around T = 1024.
+/// So: tiled from Tq * Tk >= 256 * 256 when causal, from 512 * 512 otherwise (where the plain
+/// probabilities reach 1 MiB per sequence and head).
+inline bool use_tiled_attention(AttentionImpl impl, const AttentionDims& d,
+                                const AttentionMask& mask) {
+  if (impl != AttentionImpl::automatic) return impl == AttentionImpl::tiled;
+  const double pairs = static_cast<double>(d.Tq) * static_cast<double>(d.Tk);
+  return pairs >= (mask.causal ? 256.0 * 256.0 : 512.0 * 512.0);
+}
+
 namespace detail {
 
 /// Sets the masked entries of a score tile to -inf: rows are queries i0.., columns keys j0.. of
