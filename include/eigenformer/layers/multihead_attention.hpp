@@ -11,6 +11,7 @@
 
 #include "../core/param.hpp"
 #include "../core/random.hpp"
+#include "../decode/kv_cache.hpp"
 #include "../ops/attention.hpp"
 #include "../ops/flash_attention.hpp"
 #include "../ops/linear.hpp"
@@ -138,6 +139,87 @@ class MultiHeadAttention {
     return cache.probs.block((b * d.H + h) * d.Tq, 0, d.Tq, d.Tk);
   }
 
+  // Incremental decoding (inference only: no cache for backward, dropout does not apply).
+
+  /// Self-attention step: projects x_new (B*t, d), the next t positions of B sequences, appends
+  /// their keys and values to cache, and attends over every cached position, causally (new
+  /// position i sees the cached prefix and new positions <= i). new_key_padding (B, t), when not
+  /// empty, marks padded new positions; padded keys of earlier steps stay masked. Returns
+  /// (B*t, d), equal (up to rounding) to the last t rows of each sequence of a full causal forward.
+  Mat forward_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
+                   const BoolMatrix& new_key_padding = BoolMatrix()) const {
+    const std::string func = "MultiHeadAttention::forward_step";
+    const AttentionDims d = check_inputs(func, x_new, x_new, B, AttentionMask());
+    detail::require(cache.B == B && cache.d_model() == d_model(), func, "cache",
+                    "holds " + std::to_string(cache.B) + " sequences of width " +
+                        std::to_string(cache.d_model()) + ", expected " + std::to_string(B) +
+                        " of width " + std::to_string(d_model()));
+    if (new_key_padding.size() != 0)
+      detail::check_shape(func, "new_key_padding", new_key_padding, B, d.Tq);
+    cache.check_room(func, "x_new", d.Tq);
+    Mat q, k, v;
+    linear_forward<Scalar>(q, x_new, q_proj.weight.value, bias_value(q_proj));
+    linear_forward<Scalar>(k, x_new, k_proj.weight.value, bias_value(k_proj));
+    linear_forward<Scalar>(v, x_new, v_proj.weight.value, bias_value(v_proj));
+    cache.append(k, v, new_key_padding);
+    return attend_cached(q, B, d.Tq, cache, true);
+  }
+
+  /// Cross-attention, first half: projects the keys and values of memory (B*S, d) once into
+  /// cache (reset to hold exactly S positions), with its key padding (B, S) (empty: none).
+  void cache_memory(ConstRef<Scalar> memory, Index B, const BoolMatrix& key_padding,
+                    KVCache<Scalar>& cache) const {
+    const std::string func = "MultiHeadAttention::cache_memory";
+    const AttentionDims d = check_inputs(func, memory, memory, B, AttentionMask());
+    if (key_padding.size() != 0) detail::check_shape(func, "key_padding", key_padding, B, d.Tk);
+    cache.reset(B, d.Tk, d_model());
+    Mat k, v;
+    linear_forward<Scalar>(k, memory, k_proj.weight.value, bias_value(k_proj));
+    linear_forward<Scalar>(v, memory, v_proj.weight.value, bias_value(v_proj));
+    cache.append(k, v, key_padding);
+  }
+
+  /// Cross-attention, second half: query (B*Tq, d) attends over the memory keys and values of
+  /// cache_memory (no causal mask, the memory's padding masked) -> (B*Tq, d).
+  Mat forward_cached_memory(ConstRef<Scalar> query, Index B, const KVCache<Scalar>& cache) const {
+    const std::string func = "MultiHeadAttention::forward_cached_memory";
+    const AttentionDims d = check_inputs(func, query, query, B, AttentionMask());
+    detail::require(cache.B == B && cache.len > 0 && cache.d_model() == d_model(), func, "cache",
+                    "holds " + std::to_string(cache.B) + " sequences of " +
+                        std::to_string(cache.len) + " positions of width " +
+                        std::to_string(cache.d_model()) + ", expected " + std::to_string(B) +
+                        " non-empty sequences of width " + std::to_string(d_model()));
+    Mat q;
+    linear_forward<Scalar>(q, query, q_proj.weight.value, bias_value(q_proj));
+    return attend_cached(q, B, d.Tq, cache, false);
+  }
+
+ private:
+  /// Projected queries q (B*Tq, d) over the cached keys/values -> output projection (B*Tq, d).
+  /// Sequences are attended one at a time: the cache's rows of sequence b are a (len, d) block.
+  Mat attend_cached(const Mat& q, Index B, Index Tq, const KVCache<Scalar>& cache,
+                    bool causal) const {
+    AttentionDims d;
+    d.B = 1;
+    d.Tq = Tq;
+    d.Tk = cache.len;
+    d.H = n_heads_;
+    d.dh = head_dim();
+    Mat context(B * Tq, d_model()), out, probs;
+    for (Index b = 0; b < B; ++b) {
+      AttentionMask mask;
+      mask.causal = causal && Tq > 1;  // one new query sees every cached key
+      if (cache.any_padding(b)) mask.key_padding = cache.key_padding.block(b, 0, 1, cache.len);
+      attention_forward<Scalar>(out, probs, q.middleRows(b * Tq, Tq), cache.keys(b),
+                                cache.values(b), d, mask);
+      context.middleRows(b * Tq, Tq) = out;
+    }
+    Mat y;
+    linear_forward<Scalar>(y, context, out_proj.weight.value, bias_value(out_proj));
+    return y;
+  }
+
+ public:
   ParamList<Scalar> parameters() {
     ParamList<Scalar> out;
     append_params(out, "q_proj", q_proj.parameters());
