@@ -312,6 +312,8 @@ TEST_CASE("the KV cache rejects positions beyond its max_len") {
   lm.decode_step(IdMatrix::Constant(1, 4, 3), lm_state);
   eftest::check_throws_with([&] { lm.decode_step(IdMatrix::Constant(1, 1, 3), lm_state); },
                             {"DecoderOnlyLM::decode_step", "holding 4 of max_len 4"});
+  eftest::check_throws_with([&] { greedy_generate(lm, IdMatrix(1, 0), 2); },
+                            {"greedy_generate", "prompt", "(1, 0)"});
   EncoderOnlyModel<float> bert(small_config(v), rng);
   eftest::check_throws_with([&] { bert.begin_decode(1, 4); },
                             {"EncoderOnlyModel::begin_decode", "not causal"});

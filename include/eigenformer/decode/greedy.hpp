@@ -90,6 +90,8 @@ IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, I
   const Index B = prompt.rows();
   std::vector<bool> done(static_cast<size_t>(B), false);
   if (n_new == 0) return seq;
+  detail::require(prompt.rows() > 0 && prompt.cols() > 0, "greedy_generate", "prompt",
+                  "has shape " + detail::shape_of(prompt) + ", expected a non-empty (B, P)");
   // The prompt in one step, then one token per step over the caches. The last token is never fed.
   DecodeState<Scalar> state = model.begin_decode(B, prompt.cols() + n_new - 1);
   for (Index step = 0; step < n_new; ++step) {

@@ -69,6 +69,7 @@ class SingleStackModel {
   /// Incremental forward, inference only: ids (B, t) at positions state.position.. (a prompt,
   /// then one token per step) -> logits (B*t, vocab), equal up to rounding to the last t rows per
   /// sequence of forward() over the whole sequence. Extends the caches, advances state.position.
+  /// The layers apply no dropout; call eval() first so that the token input's dropout is off too.
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) {
     const std::string func = name_ + "::decode_step";
     detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids",

@@ -83,7 +83,8 @@ class Transformer {
 
   /// Incremental decoding, inference only: the next decoder input ids (B, t) (usually t = 1) at
   /// positions state.position.. -> their logits (B*t, tgt_vocab), equal up to rounding to the
-  /// last t rows per sequence of decode() over the whole prefix. Extends state's caches.
+  /// last t rows per sequence of decode() over the whole prefix. Extends state's caches. The
+  /// layers apply no dropout; call eval() first so that the token input's dropout is off too.
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) {
     check_ids("Transformer::decode_step", "ids", ids, config_.tgt_vocab);
     const Mat h = decoder.decode_step(ids, state, key_padding_mask(ids, config_.pad_id));
