@@ -4,8 +4,8 @@
 //    mode (dropout on): zero_grad, forward, cross-entropy, backward, optimizer step.
 //  - BM_greedy_decode/N: greedy decoding of exactly N tokens for one 32-token source in eval mode.
 //    The output bias of EOS is set to -1e9 so that the model never emits it and every run decodes
-//    N steps (checked). greedy_decode reruns the decoder over the whole prefix at each step, so
-//    the cost grows faster than N.
+//    N steps (checked). greedy_decode keeps past keys and values in a KV cache, so each step
+//    runs the decoder on one new token and the cost grows about linearly in N.
 //
 // Threads: OMP_NUM_THREADS (see common.hpp), recorded in the output's context. Time is wall-clock
 // time; the rates are per wall-clock second (common.hpp, WallTimer).

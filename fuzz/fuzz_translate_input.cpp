@@ -40,6 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string again;
   for (long id : ids) {
     if (id < 0 || id >= vocab.size()) fail("id " + std::to_string(id) + " outside the vocabulary", phrase);
+    if (translate::Vocab::is_special(id)) fail("special token " + std::to_string(id) + " accepted", phrase);
     again += (again.empty() ? "" : " ") + vocab.token(id);
   }
   if (translate::encode_source(again, &error) != ids || !error.empty())

@@ -296,3 +296,11 @@ TEST_CASE("sample_number respects the split and favours short numbers") {
   std::uint64_t a = 99, b = 99;
   for (int i = 0; i < 100; ++i) CHECK(sample_number(a, false) == sample_number(b, false));
 }
+
+TEST_CASE("special tokens typed literally are unknown words") {
+  for (const char* phrase : {"<pad>", "one <eos> two", "<bos>", "<unk>"}) {
+    std::string error;
+    CHECK(translate::encode_source(phrase, &error).empty());
+    CHECK(error.find("unknown word '<") != std::string::npos);
+  }
+}

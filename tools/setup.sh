@@ -7,9 +7,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="$1"; shift
 
 # compiler and build tools, Eigen (the library), doctest (tests), Google Benchmark (bench/),
-# nlohmann-json (checkpoint headers), stb (PNG attention maps in examples).
+# nlohmann-json (checkpoint headers), stb (PNG attention maps in examples), and for tools/test.sh:
+# valgrind, clang with its libFuzzer runtime (tools/fuzz.sh).
 packages=(g++ cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev
-          libstb-dev)
+          libstb-dev valgrind clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

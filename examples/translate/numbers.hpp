@@ -232,7 +232,9 @@ inline std::vector<long> encode_source(const std::string& phrase, std::string* e
   if (tokens.empty()) return fail("empty input: type a number in English words");
   std::vector<long> ids;
   for (const auto& t : tokens) {
-    if (!source_vocab().contains(t)) return fail("unknown word '" + t + "'");
+    // Special tokens typed literally ("<pad>", "<eos>") are not words either.
+    if (!source_vocab().contains(t) || Vocab::is_special(source_vocab().id(t)))
+      return fail("unknown word '" + t + "'");
     ids.push_back(static_cast<long>(source_vocab().id(t)));
   }
   if (error) error->clear();

@@ -9,13 +9,16 @@
 #include "core/tensor.hpp"
 
 #include "ops/activations.hpp"
+#include "ops/additive_attention.hpp"
 #include "ops/attention.hpp"
 #include "ops/embedding.hpp"
+#include "ops/flash_attention.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
 #include "ops/softmax.hpp"
 
 #include "layers/activation.hpp"
+#include "layers/additive_attention.hpp"
 #include "layers/dropout.hpp"
 #include "layers/embedding.hpp"
 #include "layers/feed_forward.hpp"
@@ -34,11 +37,14 @@
 #include "model/transformer.hpp"
 
 #include "train/gradcheck.hpp"
+#include "train/guard.hpp"
 #include "train/loss.hpp"
 #include "train/optim.hpp"
 #include "train/schedule.hpp"
 
+#include "decode/beam.hpp"
 #include "decode/greedy.hpp"
+#include "decode/kv_cache.hpp"
 
 #include "io/checkpoint.hpp"
 #include "io/safetensors.hpp"
