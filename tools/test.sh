@@ -14,8 +14,8 @@ ctest --test-dir build/release --output-on-failure -j "$(nproc)"
 echo "== valgrind memcheck of the I/O tests"
 tools/valgrind.sh build/release
 
-echo "== libFuzzer: the safetensors reader and the translate input parser, 60 s each"
-tools/fuzz.sh 60
+echo "== libFuzzer: the safetensors reader and the translate input parser, 30 s each"
+tools/fuzz.sh 30
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
 tools/setup.sh build/sanitize -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_SANITIZE=ON \
