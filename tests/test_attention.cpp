@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "attention_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -47,42 +48,10 @@ MatD reference_attention(const MatD& q, const MatD& k, const MatD& v, const Atte
   return out;
 }
 
-struct Case {
-  const char* name;
-  AttentionDims d;
-  AttentionMask mask;
-};
-
-std::vector<Case> cases() {
-  std::vector<Case> out;
-  out.push_back({"no mask", {2, 4, 4, 2, 3}, {}});
-  AttentionMask causal;
-  causal.causal = true;
-  out.push_back({"causal", {2, 4, 4, 2, 3}, causal});
-  out.push_back({"causal, fewer queries than keys", {2, 2, 5, 2, 3}, causal});
-  AttentionMask pad;
-  pad.key_padding = BoolMatrix::Zero(2, 5);
-  pad.key_padding(0, 4) = true;
-  pad.key_padding(1, 3) = pad.key_padding(1, 4) = true;
-  out.push_back({"key padding, cross shapes", {2, 3, 5, 2, 3}, pad});
-  AttentionMask shared;
-  shared.attn_mask = BoolMatrix::Zero(3, 4);
-  shared.attn_mask(0, 1) = shared.attn_mask(2, 3) = true;
-  out.push_back({"shared attn_mask", {2, 3, 4, 1, 4}, shared});
-  AttentionMask all;
-  all.causal = true;
-  all.key_padding = BoolMatrix::Zero(2, 4);
-  all.key_padding(1, 0) = true;  // with causal: query 0 of sequence 1 sees nothing
-  all.attn_mask = BoolMatrix::Zero(8, 4);
-  all.attn_mask(2, 1) = all.attn_mask(7, 2) = true;
-  out.push_back({"causal + padding + per-sequence mask", {2, 4, 4, 2, 2}, all});
-  return out;
-}
-
 }  // namespace
 
 TEST_CASE("attention matches the definition for every mask kind") {
-  for (const Case& c : cases()) {
+  for (const eftest::AttentionCase& c : eftest::attention_mask_cases()) {
     INFO(c.name);
     Rng rng(1);
     const AttentionDims& d = c.d;
@@ -97,7 +66,7 @@ TEST_CASE("attention matches the definition for every mask kind") {
 }
 
 TEST_CASE("attention gradients match finite differences for every mask kind") {
-  for (const Case& c : cases()) {
+  for (const eftest::AttentionCase& c : eftest::attention_mask_cases()) {
     INFO(c.name);
     Rng rng(2);
     const AttentionDims& d = c.d;
