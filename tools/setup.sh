@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what eigenformer's build needs (Debian 12 packages) when it is missing, then configures
-# and builds into the given directory with the given extra CMake arguments.
-#   tools/setup.sh BUILD_DIR [cmake args...]
+# and builds into the given directory with the given extra CMake arguments; EIGENFORMER_TARGETS
+# (space-separated) builds only those targets instead of everything.
+#   [EIGENFORMER_TARGETS="a b"] tools/setup.sh BUILD_DIR [cmake args...]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="$1"; shift
@@ -24,4 +25,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cmake -S "$here" -B "$build_dir" -G Ninja "$@" >/dev/null
-cmake --build "$build_dir" -j "$(nproc)"
+targets=()
+for t in ${EIGENFORMER_TARGETS:-}; do targets+=(--target "$t"); done
+cmake --build "$build_dir" -j "$(nproc)" "${targets[@]}"
