@@ -1,16 +1,41 @@
 #include <eigenformer/layers/multihead_attention.hpp>
 
+#include <cmath>
+#include <vector>
+
 #include "test_util.hpp"
 
 using namespace eigenformer;
 using eftest::MatD;
 using MHA = MultiHeadAttention<double>;
+using Kind = AttentionPositions::Kind;
 
 namespace {
 
-void check_self_attention_grads(const AttentionMask& mask, Index B, Index T) {
+AttentionPositions rotary_positions(double base = 10000.0) {
+  AttentionPositions p;
+  p.kind = Kind::rotary;
+  p.rotary_base = base;
+  return p;
+}
+
+// Few buckets and a short max_distance, so that short test sequences reach the log-spaced and the
+// clipped buckets too.
+AttentionPositions relative_positions(bool bidirectional) {
+  AttentionPositions p;
+  p.kind = Kind::relative;
+  p.num_buckets = bidirectional ? 8 : 4;
+  p.max_distance = 5;
+  p.bidirectional = bidirectional;
+  return p;
+}
+
+void check_self_attention_grads(const AttentionMask& mask, Index B, Index T,
+                                const AttentionPositions& positions = {},
+                                AttentionImpl impl = AttentionImpl::automatic) {
   Rng rng(11);
-  MHA attn(8, 2, rng);
+  MHA attn(8, 2, rng, true, positions);
+  attn.impl = impl;
   MatD x = eftest::random_matrix(B * T, 8, rng);
   const MatD R = eftest::random_matrix(B * T, 8, rng);
   auto loss = [&] {
@@ -27,6 +52,66 @@ void check_self_attention_grads(const AttentionMask& mask, Index B, Index T) {
     attn.forward(x, B, mask, c);
     attn.backward(R, c);
   });
+}
+
+/// Self-attention with positions by plain loops and per-element trig: the definition, for
+/// comparison. Linear layers via their weights; heads rotated (rotate-half) or biased by bucket.
+MatD reference_self_attention(const MHA& attn, const MatD& x, Index B, const AttentionMask& m) {
+  const Index T = x.rows() / B, H = attn.n_heads(), dh = attn.head_dim(), D = attn.d_model();
+  const AttentionPositions& pos = attn.positions();
+  auto project = [&](const Linear<double>& l) {
+    MatD y = x * l.weight.value.transpose();
+    y.rowwise() += l.bias.value.row(0);
+    return y;
+  };
+  MatD q = project(attn.q_proj), k = project(attn.k_proj);
+  const MatD v = project(attn.v_proj);
+  if (pos.kind == Kind::rotary) {
+    for (MatD* a : {&q, &k}) {
+      const MatD in = *a;
+      for (Index r = 0; r < B * T; ++r)
+        for (Index h = 0; h < H; ++h)
+          for (Index i = 0; i < dh / 2; ++i) {
+            const double angle = double(r % T) * std::pow(pos.rotary_base, -2.0 * i / dh);
+            const double x1 = in(r, h * dh + i), x2 = in(r, h * dh + dh / 2 + i);
+            (*a)(r, h * dh + i) = x1 * std::cos(angle) - x2 * std::sin(angle);
+            (*a)(r, h * dh + dh / 2 + i) = x2 * std::cos(angle) + x1 * std::sin(angle);
+          }
+    }
+  }
+  MatD context = MatD::Zero(B * T, D);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h)
+      for (Index i = 0; i < T; ++i) {
+        std::vector<double> w(size_t(T), 0.0);
+        double max = -1e300, sum = 0.0;
+        std::vector<bool> seen(size_t(T), true);
+        for (Index j = 0; j < T; ++j) {
+          bool masked = m.causal && j > i;
+          if (m.key_padding.size() && m.key_padding(b, j)) masked = true;
+          seen[size_t(j)] = !masked;
+          double s = q.row(b * T + i).segment(h * dh, dh).dot(k.row(b * T + j).segment(h * dh, dh));
+          s /= std::sqrt(double(dh));
+          if (pos.kind == Kind::relative)
+            s += attn.relative_bias.value(
+                relative_position_bucket(j - i, pos.bidirectional, pos.num_buckets,
+                                         pos.max_distance),
+                h);
+          w[size_t(j)] = s;
+          if (!masked) max = std::max(max, s);
+        }
+        for (Index j = 0; j < T; ++j) {
+          w[size_t(j)] = seen[size_t(j)] ? std::exp(w[size_t(j)] - max) : 0.0;
+          sum += w[size_t(j)];
+        }
+        if (sum == 0.0) continue;
+        for (Index j = 0; j < T; ++j)
+          context.row(b * T + i).segment(h * dh, dh) +=
+              w[size_t(j)] / sum * v.row(b * T + j).segment(h * dh, dh);
+      }
+  MatD y = context * attn.out_proj.weight.value.transpose();
+  y.rowwise() += attn.out_proj.bias.value.row(0);
+  return y;
 }
 
 }  // namespace
@@ -162,4 +247,164 @@ TEST_CASE("multi-head attention rejects bad input and stays unchanged") {
                             {"MultiHeadAttention::backward", "'dy'", "(5, 8)", "(6, 8)"});
   CHECK(attn.q_proj.weight.value == before);
   CHECK(attn.q_proj.weight.grad.isZero());
+}
+
+TEST_CASE("self-attention with rotary or relative positions matches the definition, both kernels") {
+  AttentionMask mask;
+  mask.causal = true;
+  mask.key_padding = BoolMatrix::Zero(2, 9);
+  mask.key_padding(1, 0) = mask.key_padding(0, 7) = true;  // sequence 1: query 0 sees nothing
+  const AttentionPositions kinds[] = {rotary_positions(), rotary_positions(3.0),
+                                      relative_positions(true), relative_positions(false)};
+  for (const AttentionPositions& positions : kinds) {
+    for (const AttentionMask& m : {AttentionMask(), mask}) {
+      Rng rng(21);
+      MHA attn(8, 2, rng, true, positions);
+      for (Linear<double>* l : {&attn.q_proj, &attn.k_proj, &attn.v_proj, &attn.out_proj})
+        fill_normal(l->bias.value, 0.0, 0.5, rng);
+      const MatD x = eftest::random_matrix(2 * 9, 8, rng);
+      const MatD expected = reference_self_attention(attn, x, 2, m);
+      for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+        CAPTURE(int(positions.kind));
+        CAPTURE(m.causal);
+        CAPTURE(int(impl));
+        attn.impl = impl;
+        MHA::Cache c;
+        CHECK((attn.forward(x, 2, m, c) - expected).cwiseAbs().maxCoeff() < 1e-12);
+      }
+    }
+  }
+}
+
+TEST_CASE("self-attention gradients with positions match finite differences, both kernels") {
+  AttentionMask causal;
+  causal.causal = true;
+  AttentionMask pad;
+  pad.key_padding = BoolMatrix::Zero(2, 7);
+  pad.key_padding(1, 5) = pad.key_padding(1, 6) = true;
+  const AttentionPositions kinds[] = {rotary_positions(), relative_positions(true),
+                                      relative_positions(false)};
+  for (const AttentionPositions& positions : kinds)
+    for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+      CAPTURE(int(positions.kind));
+      CAPTURE(positions.bidirectional);
+      CAPTURE(int(impl));
+      check_self_attention_grads(causal, 2, 7, positions, impl);
+      check_self_attention_grads(pad, 2, 7, positions, impl);
+    }
+}
+
+TEST_CASE("relative_bias gets each score gradient in its bucket, and follows the contract") {
+  Rng rng(22);
+  MHA attn(8, 2, rng, true, relative_positions(true));
+  REQUIRE(attn.parameters().size() == 9);
+  CHECK(attn.parameters().back().name == "relative_bias");
+  CHECK(attn.relative_bias.value.rows() == 8);
+  CHECK(attn.relative_bias.value.cols() == 2);
+  const MatD x = eftest::random_matrix(2 * 5, 8, rng);
+  const MatD R = eftest::random_matrix(2 * 5, 8, rng);
+  AttentionMask causal;
+  causal.causal = true;
+  for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+    attn.impl = impl;
+    eftest::check_gradient_contract(attn.parameters(), [&] {
+      MHA::Cache c;
+      attn.forward(x, 2, causal, c);
+      return attn.backward(R, c);
+    });
+  }
+  // Causal with the bidirectional table: later keys (the upper-half buckets 4..7) are masked and
+  // get no gradient.
+  attn.zero_grad();
+  MHA::Cache c;
+  attn.forward(x, 2, causal, c);
+  attn.backward(R, c);
+  CHECK(attn.relative_bias.grad.bottomRows(4).isZero(0));
+  CHECK(!attn.relative_bias.grad.topRows(4).isZero(0));
+}
+
+TEST_CASE_TEMPLATE("positions: an all-zero relative table equals no positions; rotary changes it",
+                   Scalar, float, double) {
+  Rng rng1(23), rng2(23), rng3(23);
+  MultiHeadAttention<Scalar> plain(8, 2, rng1);
+  MultiHeadAttention<Scalar> relative(8, 2, rng2, true, relative_positions(true));
+  MultiHeadAttention<Scalar> rotary(8, 2, rng3, true, rotary_positions());
+  CHECK(relative.q_proj.weight.value == plain.q_proj.weight.value);  // same draws before the table
+  CHECK(rotary.out_proj.weight.value == plain.out_proj.weight.value);
+  CHECK(plain.parameters().size() == 8);
+  CHECK(rotary.parameters().size() == 8);
+  CHECK(plain.relative_bias.value.size() == 0);
+  relative.relative_bias.value.setZero();
+  Rng rng(24);
+  const Matrix<Scalar> x = eftest::random_matrix<Scalar>(2 * 6, 8, rng);
+  AttentionMask causal;
+  causal.causal = true;
+  for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+    plain.impl = relative.impl = rotary.impl = impl;
+    typename MultiHeadAttention<Scalar>::Cache c1, c2, c3;
+    const Matrix<Scalar> y = plain.forward(x, 2, causal, c1);
+    CHECK(relative.forward(x, 2, causal, c2) == y);
+    CHECK(!(rotary.forward(x, 2, causal, c3) == y));
+    // Position 0 is not rotated: the first token of each sequence sees only itself.
+    CHECK((rotary.forward(x, 2, causal, c3).row(6) - y.row(6)).cwiseAbs().maxCoeff() <
+          Scalar(1e-6));
+    for (Index h = 0; h < 2; ++h)
+      CHECK((MultiHeadAttention<Scalar>::attention_weights(c2, 1, h) -
+             MultiHeadAttention<Scalar>::attention_weights(c1, 1, h))
+                .cwiseAbs()
+                .maxCoeff() == Scalar(0));
+  }
+}
+
+TEST_CASE("positions: bad settings and cross-attention are rejected by name") {
+  Rng rng(25);
+  const std::string ctor = "MultiHeadAttention::MultiHeadAttention";
+  AttentionPositions p = rotary_positions();
+  eftest::check_throws_with([&] { MultiHeadAttention<float>(9, 3, rng, true, p); },
+                            {ctor, "'positions.kind'", "rotary", "even head_dim", "got 3"});
+  p.rotary_base = 0.0;
+  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+                            {ctor, "'positions.rotary_base'", "positive", "got 0"});
+  p.rotary_base = -1.0;
+  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+                            {ctor, "'positions.rotary_base'", "got -1"});
+  p = relative_positions(true);
+  p.num_buckets = 3;
+  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+                            {ctor, "'positions.num_buckets'", "at least 4", "bidirectional",
+                             "got 3"});
+  p = relative_positions(false);
+  p.num_buckets = 1;
+  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+                            {ctor, "'positions.num_buckets'", "at least 2", "got 1"});
+  p = relative_positions(true);
+  p.max_distance = 0;
+  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+                            {ctor, "'positions.max_distance'", "positive", "got 0"});
+  p.num_buckets = 32;
+  p.max_distance = 8;  // 8 exact buckets per direction
+  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+                            {ctor, "'positions.max_distance'", "8 exactly bucketed", "got 8"});
+  // Settings the kind does not use are not checked.
+  p.kind = Kind::none;
+  p.rotary_base = -1.0;
+  CHECK(MultiHeadAttention<float>(9, 3, rng, true, p).parameters().size() == 8);
+
+  for (const AttentionPositions& positions : {rotary_positions(), relative_positions(true)}) {
+    MultiHeadAttention<float> attn(8, 2, rng, true, positions);
+    const Matrix<float> x = Matrix<float>::Ones(6, 8);
+    MultiHeadAttention<float>::Cache c;
+    eftest::check_throws_with([&] { attn.forward(x, x, 2, {}, c); },
+                              {"MultiHeadAttention::forward", "'memory'",
+                               "positions apply to self-attention only"});
+    KVCache<float> kv;
+    eftest::check_throws_with([&] { attn.cache_memory(x, 2, {}, kv); },
+                              {"MultiHeadAttention::cache_memory",
+                               "positions apply to self-attention only"});
+    kv.reset(2, 3, 8);
+    eftest::check_throws_with([&] { attn.forward_cached_memory(x, 2, kv); },
+                              {"MultiHeadAttention::forward_cached_memory",
+                               "positions apply to self-attention only"});
+    CHECK(kv.len == 0);
+  }
 }

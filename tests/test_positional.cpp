@@ -182,8 +182,14 @@ TEST_CASE("Positional encodings reject bad shapes and positions, leaving paramet
 TEST_CASE("PositionalKind parses its names and rejects others") {
   CHECK(parse_positional_kind("sinusoidal") == PositionalKind::sinusoidal);
   CHECK(parse_positional_kind("learned") == PositionalKind::learned);
-  for (PositionalKind kind : {PositionalKind::sinusoidal, PositionalKind::learned})
-    CHECK(parse_positional_kind(to_string(kind)) == kind);
-  eftest::check_throws_with([] { parse_positional_kind("rotary"); },
-                            {"parse_positional_kind", "'rotary'", "'sinusoidal'", "'learned'"});
+  CHECK(parse_positional_kind("relative") == PositionalKind::relative);
+  CHECK(parse_positional_kind("rotary") == PositionalKind::rotary);
+  for (PositionalKind kind : {PositionalKind::sinusoidal, PositionalKind::learned,
+                              PositionalKind::relative, PositionalKind::rotary}) {
+    CHECK(parse_positional_kind(positional_kind_name(kind)) == kind);
+    CHECK(to_string(kind) == positional_kind_name(kind));
+  }
+  eftest::check_throws_with([] { parse_positional_kind("rope"); },
+                            {"parse_positional_kind", "'rope'", "'sinusoidal'", "'learned'",
+                             "'relative'", "'rotary'"});
 }

@@ -15,6 +15,8 @@
 #include "ops/flash_attention.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
+#include "ops/relative_position.hpp"
+#include "ops/rotary.hpp"
 #include "ops/softmax.hpp"
 
 #include "layers/activation.hpp"

@@ -5,9 +5,25 @@
 //   y = context Wo^T + bo                                                   (B*Tq, d_model)
 // Self-attention takes memory = query; cross-attention takes queries from one sequence and keys and
 // values from another (e.g. the encoder output) of a different length; gradients reach both.
+//
+// Positions inside self-attention (AttentionPositions, optional; cross-attention has none):
+//  - rotary: RoPE (ops/rotary.hpp, the "rotate half" convention of GPT-NeoX / HF LLaMA) rotates
+//    each head of Q and K after the projections, before the scores; V is untouched. The backward
+//    rotates dQ and dK back before the projections' backward.
+//  - relative: T5's bucketed relative position bias (ops/relative_position.hpp): a trainable
+//    relative_bias (num_buckets, H), T5's nn.Embedding(num_buckets, n_heads); query i and key j
+//    get relative_bias(bucket(j - i), h) added to their score. Unlike T5 the scores keep their
+//    1/sqrt(dh) scaling; the bias is added after it, before the masks and the softmax:
+//      scores = Q K^T / sqrt(dh) + relative_bias(bucket(j - i), h).
+//    Both kernels take the bias per distance, (H, Tq + Tk - 1), never as an (H, Tq, Tk) tensor.
+// forward(x, ...) gives the tokens of every sequence positions 0 .. T-1 (queries and keys);
+// forward_step gives its new tokens positions cache.len .. cache.len + t - 1, so a step equals the
+// last rows of a full causal forward.
 #pragma once
 
+#include <cmath>
 #include <string>
+#include <vector>
 
 #include "../core/param.hpp"
 #include "../core/random.hpp"
@@ -15,9 +31,20 @@
 #include "../ops/attention.hpp"
 #include "../ops/flash_attention.hpp"
 #include "../ops/linear.hpp"
+#include "../ops/relative_position.hpp"
+#include "../ops/rotary.hpp"
 #include "linear.hpp"
 
 namespace eigenformer {
+
+/// How token positions enter a self-attention layer's scores (cross-attention has none).
+struct AttentionPositions {
+  enum class Kind { none, rotary, relative } kind = Kind::none;
+  double rotary_base = 10000.0;  // RoPE theta: pair i turns by pos * rotary_base^(-2i/dh)
+  Index num_buckets = 32;        // T5 relative attention buckets (half per direction if bidirectional)
+  Index max_distance = 128;      // T5: distances beyond this share the last bucket
+  bool bidirectional = true;     // T5: true for encoders, false for causal decoders
+};
 
 template <class Scalar = float>
 class MultiHeadAttention {
@@ -33,6 +60,11 @@ class MultiHeadAttention {
     Mat lse;      // (B*H, Tq) per-row log-sum-exp (tiled kernel; empty after the plain one)
     AttentionMask mask;  // the forward's mask, kept for the tiled backward and weights
     Mat context;  // (B*Tq, d) attention output before the output projection
+    // Positions (empty for kind none): q and k above are already rotated (rotary); the relative
+    // bias per distance and the bucket of each distance column (relative).
+    RotaryTable<Scalar> rotary;  // (T, dh/2) cos and sin of positions 0 .. T-1
+    Mat pos_bias;                // (H, Tq + Tk - 1)
+    std::vector<Index> buckets;  // (Tq + Tk - 1)
   };
 
   Linear<Scalar> q_proj, k_proj, v_proj, out_proj;
@@ -42,27 +74,41 @@ class MultiHeadAttention {
   /// and >= 512*512 otherwise (use_tiled_attention). Both give the same results up to rounding,
   /// and attention_weights() works after either (recomputed per head after the tiled one).
   AttentionImpl impl = AttentionImpl::automatic;
+  /// T5's relative attention bias (num_buckets, H), row = bucket, column = head; empty (0, 0)
+  /// unless positions().kind == relative.
+  Param<Scalar> relative_bias;
 
   MultiHeadAttention() = default;
 
   /// Projections initialised like PyTorch's nn.MultiheadAttention: Xavier-uniform input weights,
-  /// zero biases.
-  MultiHeadAttention(Index d_model, Index n_heads, Rng& rng, bool bias = true) : n_heads_(n_heads) {
-    detail::check_positive("MultiHeadAttention::MultiHeadAttention", "d_model", d_model);
-    detail::check_positive("MultiHeadAttention::MultiHeadAttention", "n_heads", n_heads);
-    detail::require(d_model % n_heads == 0, "MultiHeadAttention::MultiHeadAttention", "n_heads",
+  /// zero biases. With relative positions, relative_bias is drawn after them from
+  /// N(0, 1/d_model), as Hugging Face's T5 initialises it (std d_model^-0.5), so the projections
+  /// are the same as without positions for the same rng.
+  MultiHeadAttention(Index d_model, Index n_heads, Rng& rng, bool bias = true,
+                     const AttentionPositions& positions = {})
+      : n_heads_(n_heads), positions_(positions) {
+    const std::string func = "MultiHeadAttention::MultiHeadAttention";
+    detail::check_positive(func, "d_model", d_model);
+    detail::check_positive(func, "n_heads", n_heads);
+    detail::require(d_model % n_heads == 0, func, "n_heads",
                     "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
                         std::to_string(n_heads));
+    check_positions(func, positions, d_model / n_heads);
     for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj, &out_proj}) {
       *p = Linear<Scalar>(d_model, d_model, rng, bias);
       if (bias) p->bias.value.setZero();
     }
     for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj}) fill_xavier_uniform(p->weight.value, rng);
+    if (positions.kind == AttentionPositions::Kind::relative) {
+      relative_bias = Param<Scalar>(positions.num_buckets, n_heads);
+      fill_normal(relative_bias.value, 0.0, 1.0 / std::sqrt(static_cast<double>(d_model)), rng);
+    }
   }
 
   Index d_model() const { return q_proj.in_features(); }
   Index n_heads() const { return n_heads_; }
   Index head_dim() const { return d_model() / n_heads_; }
+  const AttentionPositions& positions() const { return positions_; }
 
   /// Self-attention over x (B*T, d) holding B sequences; returns (B*T, d).
   Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) const {
@@ -74,8 +120,10 @@ class MultiHeadAttention {
   }
 
   /// Cross-attention: queries from query (B*Tq, d), keys and values from memory (B*Tk, d).
+  /// Throws when the layer has positions (they apply to self-attention only).
   Mat forward(ConstRef<Scalar> query, ConstRef<Scalar> memory, Index B, const AttentionMask& mask,
               Cache& cache) const {
+    require_no_positions("MultiHeadAttention::forward", "memory");
     const AttentionDims d = check_inputs("MultiHeadAttention::forward", query, memory, B, mask);
     cache.self = false;
     cache.query = query;
@@ -96,21 +144,34 @@ class MultiHeadAttention {
   }
 
   /// dy (B*Tq, d) -> gradient with respect to the query input, fresh; parameter gradients are
-  /// added. For self-attention that is the whole input gradient (dmemory must be null). For
-  /// cross-attention the memory gradient is assigned to *dmemory when it is not null.
+  /// added (relative_bias.grad gets the score gradients of every (b, i, j) added to the row of
+  /// bucket(j - i)). For self-attention that is the whole input gradient (dmemory must be null).
+  /// For cross-attention the memory gradient is assigned to *dmemory when it is not null.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory = nullptr) {
     const AttentionDims& d = cache.dims;
     detail::check_shape("MultiHeadAttention::backward", "dy", dy, d.B * d.Tq, d_model());
     detail::require(!(cache.self && dmemory), "MultiHeadAttention::backward", "dmemory",
                     "must be null for a self-attention cache");
-    Mat dcontext, dq, dk, dv, dquery, dmem, tmp;
+    const bool has_bias = cache.pos_bias.size() != 0;
+    detail::require(!has_bias || positions_.kind == AttentionPositions::Kind::relative,
+                    "MultiHeadAttention::backward", "cache",
+                    "holds a relative position bias, but this layer has none");
+    Mat dcontext, dq, dk, dv, dquery, dmem, tmp, dbias;
+    const Mat* bias = has_bias ? &cache.pos_bias : nullptr;
+    Mat* dbias_out = has_bias ? &dbias : nullptr;
     linear_backward<Scalar>(dcontext, &out_proj.weight.grad, bias_grad(out_proj), dy,
                             cache.context, out_proj.weight.value);
     if (cache.lse.size() != 0)
       flash_attention_backward<Scalar>(dq, dk, dv, dcontext, cache.context, cache.lse, cache.q,
-                                       cache.k, cache.v, d, cache.mask);
+                                       cache.k, cache.v, d, cache.mask, {}, bias, dbias_out);
     else
-      attention_backward<Scalar>(dq, dk, dv, dcontext, cache.probs, cache.q, cache.k, cache.v, d);
+      attention_backward<Scalar>(dq, dk, dv, dcontext, cache.probs, cache.q, cache.k, cache.v, d,
+                                 dbias_out);
+    if (has_bias) relative_bias_backward<Scalar>(relative_bias.grad, dbias, cache.buckets);
+    if (cache.rotary.length() != 0) {  // gradients of the unrotated projections
+      rotary_backward<Scalar>(dq, d.H, cache.rotary);
+      rotary_backward<Scalar>(dk, d.H, cache.rotary);
+    }
     const Mat& memory = cache.self ? cache.query : cache.memory;
     linear_backward<Scalar>(dquery, &q_proj.weight.grad, bias_grad(q_proj), dq, cache.query,
                             q_proj.weight.value);
@@ -135,7 +196,9 @@ class MultiHeadAttention {
     detail::require(h >= 0 && h < d.H, "MultiHeadAttention::attention_weights", "h",
                     "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H));
     if (cache.lse.size() != 0)
-      return flash_attention_weights<Scalar>(cache.q, cache.k, cache.lse, d, cache.mask, b, h);
+      return flash_attention_weights<Scalar>(cache.q, cache.k, cache.lse, d, cache.mask, b, h,
+                                             cache.pos_bias.size() != 0 ? &cache.pos_bias
+                                                                        : nullptr);
     return cache.probs.block((b * d.H + h) * d.Tq, 0, d.Tq, d.Tk);
   }
 
@@ -144,8 +207,11 @@ class MultiHeadAttention {
   /// Self-attention step: projects x_new (B*t, d), the next t positions of B sequences, appends
   /// their keys and values to cache, and attends over every cached position, causally (new
   /// position i sees the cached prefix and new positions <= i). new_key_padding (B, t), when not
-  /// empty, marks padded new positions; padded keys of earlier steps stay masked. Returns
-  /// (B*t, d), equal (up to rounding) to the last t rows of each sequence of a full causal forward.
+  /// empty, marks padded new positions; padded keys of earlier steps stay masked. The new tokens
+  /// have positions cache.len .. cache.len + t - 1: RoPE rotates their queries and keys by those
+  /// (the cache holds rotated keys), the relative bias uses their distances to every cached key.
+  /// Returns (B*t, d), equal (up to rounding) to the last t rows of each sequence of a full causal
+  /// forward.
   Mat forward_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
                    const BoolMatrix& new_key_padding = BoolMatrix()) const {
     const std::string func = "MultiHeadAttention::forward_step";
@@ -161,15 +227,23 @@ class MultiHeadAttention {
     linear_forward<Scalar>(q, x_new, q_proj.weight.value, bias_value(q_proj));
     linear_forward<Scalar>(k, x_new, k_proj.weight.value, bias_value(k_proj));
     linear_forward<Scalar>(v, x_new, v_proj.weight.value, bias_value(v_proj));
+    if (positions_.kind == AttentionPositions::Kind::rotary) {
+      const RotaryTable<Scalar> tab =
+          rotary_table<Scalar>(cache.len, d.Tq, head_dim(), positions_.rotary_base);
+      rotary_forward<Scalar>(q, n_heads_, tab);
+      rotary_forward<Scalar>(k, n_heads_, tab);
+    }
     cache.append(k, v, new_key_padding);
     return attend_cached(q, B, d.Tq, cache, true);
   }
 
   /// Cross-attention, first half: projects the keys and values of memory (B*S, d) once into
   /// cache (reset to hold exactly S positions), with its key padding (B, S) (empty: none).
+  /// Throws when the layer has positions (they apply to self-attention only).
   void cache_memory(ConstRef<Scalar> memory, Index B, const BoolMatrix& key_padding,
                     KVCache<Scalar>& cache) const {
     const std::string func = "MultiHeadAttention::cache_memory";
+    require_no_positions(func, "memory");
     const AttentionDims d = check_inputs(func, memory, memory, B, AttentionMask());
     if (key_padding.size() != 0) detail::check_shape(func, "key_padding", key_padding, B, d.Tk);
     cache.reset(B, d.Tk, d_model());
@@ -180,9 +254,11 @@ class MultiHeadAttention {
   }
 
   /// Cross-attention, second half: query (B*Tq, d) attends over the memory keys and values of
-  /// cache_memory (no causal mask, the memory's padding masked) -> (B*Tq, d).
+  /// cache_memory (no causal mask, the memory's padding masked) -> (B*Tq, d). Throws when the
+  /// layer has positions.
   Mat forward_cached_memory(ConstRef<Scalar> query, Index B, const KVCache<Scalar>& cache) const {
     const std::string func = "MultiHeadAttention::forward_cached_memory";
+    require_no_positions(func, "query");
     const AttentionDims d = check_inputs(func, query, query, B, AttentionMask());
     detail::require(cache.B == B && cache.len > 0 && cache.d_model() == d_model(), func, "cache",
                     "holds " + std::to_string(cache.B) + " sequences of " +
@@ -197,6 +273,7 @@ class MultiHeadAttention {
  private:
   /// Projected queries q (B*Tq, d) over the cached keys/values -> output projection (B*Tq, d).
   /// Sequences are attended one at a time: the cache's rows of sequence b are a (len, d) block.
+  /// The queries are the last Tq cached positions (self-attention steps) or have no positions.
   Mat attend_cached(const Mat& q, Index B, Index Tq, const KVCache<Scalar>& cache,
                     bool causal) const {
     AttentionDims d;
@@ -205,13 +282,15 @@ class MultiHeadAttention {
     d.Tk = cache.len;
     d.H = n_heads_;
     d.dh = head_dim();
-    Mat context(B * Tq, d_model()), out, probs;
+    Mat context(B * Tq, d_model()), out, probs, bias;
+    if (positions_.kind == AttentionPositions::Kind::relative)
+      relative_bias_forward<Scalar>(bias, relative_bias.value, distance_buckets(Tq, d.Tk));
     for (Index b = 0; b < B; ++b) {
       AttentionMask mask;
       mask.causal = causal && Tq > 1;  // one new query sees every cached key
       if (cache.any_padding(b)) mask.key_padding = cache.key_padding.block(b, 0, 1, cache.len);
       attention_forward<Scalar>(out, probs, q.middleRows(b * Tq, Tq), cache.keys(b),
-                                cache.values(b), d, mask);
+                                cache.values(b), d, mask, bias.size() != 0 ? &bias : nullptr);
       context.middleRows(b * Tq, Tq) = out;
     }
     Mat y;
@@ -226,6 +305,8 @@ class MultiHeadAttention {
     append_params(out, "k_proj", k_proj.parameters());
     append_params(out, "v_proj", v_proj.parameters());
     append_params(out, "out_proj", out_proj.parameters());
+    if (positions_.kind == AttentionPositions::Kind::relative)
+      out.push_back({"relative_bias", &relative_bias});
     return out;
   }
 
@@ -233,6 +314,44 @@ class MultiHeadAttention {
 
  private:
   Index n_heads_ = 1;
+  AttentionPositions positions_;
+
+  /// Throws unless the fields that positions.kind uses are valid for heads of width dh.
+  static void check_positions(const std::string& func, const AttentionPositions& p, Index dh) {
+    using Kind = AttentionPositions::Kind;
+    if (p.kind == Kind::rotary) {
+      detail::require(dh % 2 == 0, func, "positions.kind",
+                      "is rotary, which needs an even head_dim (d_model / n_heads), got " +
+                          std::to_string(dh));
+      detail::require(p.rotary_base > 0.0 && std::isfinite(p.rotary_base), func,
+                      "positions.rotary_base",
+                      "must be positive and finite, got " + std::to_string(p.rotary_base));
+    } else if (p.kind == Kind::relative) {
+      // T5's buckets need at least one exact and one log-spaced bucket per direction.
+      const Index min_buckets = p.bidirectional ? 4 : 2;
+      detail::require(p.num_buckets >= min_buckets, func, "positions.num_buckets",
+                      "must be at least " + std::to_string(min_buckets) + " (2 per direction" +
+                          (p.bidirectional ? ", bidirectional" : "") + "), got " +
+                          std::to_string(p.num_buckets));
+      const Index max_exact = (p.bidirectional ? p.num_buckets / 2 : p.num_buckets) / 2;
+      detail::require(p.max_distance > max_exact, func, "positions.max_distance",
+                      "must be positive and above the " + std::to_string(max_exact) +
+                          " exactly bucketed distances, got " + std::to_string(p.max_distance));
+    }
+  }
+
+  void require_no_positions(const std::string& func, const std::string& arg) const {
+    const char* kind = positions_.kind == AttentionPositions::Kind::rotary ? "rotary" : "relative";
+    detail::require(positions_.kind == AttentionPositions::Kind::none, func, arg,
+                    std::string("is for cross-attention, but this layer has ") + kind +
+                        " positions: positions apply to self-attention only");
+  }
+
+  /// Buckets of the distance columns of a (Tq, Tk) attention, queries aligned at the end.
+  std::vector<Index> distance_buckets(Index Tq, Index Tk) const {
+    return relative_position_buckets(Tq, Tk, positions_.bidirectional, positions_.num_buckets,
+                                     positions_.max_distance);
+  }
 
   static Mat* bias_grad(Linear<Scalar>& l) { return l.has_bias() ? &l.bias.grad : nullptr; }
   static const Mat* bias_value(const Linear<Scalar>& l) {
@@ -266,15 +385,28 @@ class MultiHeadAttention {
     linear_forward<Scalar>(cache.q, query, q_proj.weight.value, bias_value(q_proj));
     linear_forward<Scalar>(cache.k, memory, k_proj.weight.value, bias_value(k_proj));
     linear_forward<Scalar>(cache.v, memory, v_proj.weight.value, bias_value(v_proj));
+    cache.rotary = RotaryTable<Scalar>();
+    cache.pos_bias.resize(0, 0);
+    cache.buckets.clear();
+    if (positions_.kind == AttentionPositions::Kind::rotary) {  // self-attention: Tq == Tk
+      cache.rotary = rotary_table<Scalar>(0, d.Tq, d.dh, positions_.rotary_base);
+      rotary_forward<Scalar>(cache.q, d.H, cache.rotary);
+      rotary_forward<Scalar>(cache.k, d.H, cache.rotary);
+    } else if (positions_.kind == AttentionPositions::Kind::relative) {
+      cache.buckets = distance_buckets(d.Tq, d.Tk);
+      relative_bias_forward<Scalar>(cache.pos_bias, relative_bias.value, cache.buckets);
+    }
+    const Mat* bias = cache.pos_bias.size() != 0 ? &cache.pos_bias : nullptr;
     if (use_tiled_attention(impl, d, mask)) {
       cache.probs.resize(0, 0);
       cache.mask = mask;
       flash_attention_forward<Scalar>(cache.context, cache.lse, cache.q, cache.k, cache.v, d,
-                                      mask);
+                                      mask, {}, bias);
     } else {
       cache.lse.resize(0, 0);
       cache.mask = AttentionMask();
-      attention_forward<Scalar>(cache.context, cache.probs, cache.q, cache.k, cache.v, d, mask);
+      attention_forward<Scalar>(cache.context, cache.probs, cache.q, cache.k, cache.v, d, mask,
+                                bias);
     }
     Mat y;
     linear_forward<Scalar>(y, cache.context, out_proj.weight.value, bias_value(out_proj));

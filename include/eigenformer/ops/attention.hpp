@@ -10,6 +10,13 @@
 //  - key_padding (B, Tk): true marks a padded key of sequence b, as PyTorch's key_padding_mask;
 //  - attn_mask (Tq, Tk) shared by the batch, or (B*Tq, Tk) per sequence: true marks a masked pair.
 // A query whose keys are all masked gets a zero output and zero gradients, never NaN.
+//
+// Position bias (optional, e.g. T5's relative bias from ops/relative_position.hpp): pos_bias
+// (H, Tq + Tk - 1) holds one value per head and distance; query i and key j of every sequence get
+// pos_bias(h, j - i + Tq - 1) added to their score after the 1/sqrt(dh) scaling and before the
+// masks and the softmax:  scores = Q K^T / sqrt(dh) + bias.  The backward returns its gradient in
+// the same (H, Tq + Tk - 1) form (the score gradients summed over sequences and along each
+// diagonal), so no (H, Tq, Tk) bias tensor is ever built.
 #pragma once
 
 #include <cmath>
@@ -77,14 +84,40 @@ void apply_mask(Block&& scores, const AttentionMask& mask, const AttentionDims& 
   }
 }
 
+/// Adds pos_bias (H, Tq + Tk - 1) of head h to a score tile whose rows are queries i0.. and
+/// columns keys j0..: row r, column c gets pos_bias(h, j0 + c - (i0 + r) + Tq - 1).
+template <class Tile, class Scalar>
+void add_position_bias(Tile&& s, const Matrix<Scalar>& pos_bias, Index h, Index Tq, Index i0,
+                       Index j0) {
+  for (Index r = 0; r < s.rows(); ++r)
+    s.row(r) += pos_bias.row(h).segment(j0 - (i0 + r) + Tq - 1, s.cols());
+}
+
+/// The transpose of add_position_bias: dpos_bias row (H, Tq + Tk - 1 wide), the column of each
+/// distance, += the entries of the score-gradient tile ds on that diagonal.
+template <class Tile, class Row>
+void accumulate_position_bias(Row&& dpos_bias_row, const Tile& ds, Index Tq, Index i0, Index j0) {
+  for (Index r = 0; r < ds.rows(); ++r)
+    dpos_bias_row.segment(j0 - (i0 + r) + Tq - 1, ds.cols()) += ds.row(r);
+}
+
+/// dpos_bias (H, n) = the sum over the B sequences of per_item (B*H, n), row b*H + h.
+template <class Scalar>
+void sum_over_sequences(Matrix<Scalar>& dpos_bias, const Matrix<Scalar>& per_item, Index B,
+                        Index H) {
+  dpos_bias = per_item.topRows(H);
+  for (Index b = 1; b < B; ++b) dpos_bias += per_item.middleRows(b * H, H);
+}
+
 }  // namespace detail
 
 /// out (B*Tq, H*dh), probs (B*H*Tq, Tk) from q (B*Tq, H*dh), k and v (B*Tk, H*dh).
-/// Arguments must already be checked (the layers do it).
+/// pos_bias, when not null, is (H, Tq + Tk - 1) (see above). Arguments must already be checked
+/// (the layers do it).
 template <class Scalar>
 void attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scalar> q,
                        ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d,
-                       const AttentionMask& mask) {
+                       const AttentionMask& mask, const Matrix<Scalar>* pos_bias = nullptr) {
   out.resize(d.B * d.Tq, d.H * d.dh);
   probs.resize(d.B * d.H * d.Tq, d.Tk);
   const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
@@ -94,6 +127,7 @@ void attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scal
     Eigen::Block<Matrix<Scalar>> p = probs.block(bh * d.Tq, 0, d.Tq, d.Tk);  // (Tq, Tk)
     p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
                   k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();
+    if (pos_bias) detail::add_position_bias(p, *pos_bias, h, d.Tq, 0, 0);
     if (!mask.empty()) detail::apply_mask(p, mask, d, b);
     for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(p.row(i));
     out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
@@ -102,14 +136,18 @@ void attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scal
 }
 
 /// dq (B*Tq, H*dh), dk and dv (B*Tk, H*dh), all fresh, from dout (B*Tq, H*dh) and the forward's
-/// probs and inputs.
+/// probs and inputs. dpos_bias, when not null, gets the gradient (H, Tq + Tk - 1) of the forward's
+/// pos_bias, fresh (the backward does not need pos_bias itself: probs hold its effect).
 template <class Scalar>
 void attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& dv,
                         ConstRef<Scalar> dout, ConstRef<Scalar> probs, ConstRef<Scalar> q,
-                        ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d) {
+                        ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d,
+                        Matrix<Scalar>* dpos_bias = nullptr) {
   dq.resize(d.B * d.Tq, d.H * d.dh);
   dk.resize(d.B * d.Tk, d.H * d.dh);
   dv.resize(d.B * d.Tk, d.H * d.dh);
+  Matrix<Scalar> dbias_items;  // (B*H, Tq + Tk - 1): one row per parallel item, no races
+  if (dpos_bias) dbias_items.setZero(d.B * d.H, d.Tq + d.Tk - 1);
   const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
   const double work = 8.0 * static_cast<double>(d.Tq * d.Tk * d.dh);
   detail::parallel_for(d.B * d.H, work, [&](Index bh) {
@@ -123,11 +161,13 @@ void attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& 
       const Scalar dot = p.row(i).dot(ds.row(i));
       ds.row(i) = p.row(i).array() * (ds.row(i).array() - dot);
     }
+    if (dpos_bias) detail::accumulate_position_bias(dbias_items.row(bh), ds, d.Tq, 0, 0);
     dq.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
         scale * ds * k.block(b * d.Tk, h * d.dh, d.Tk, d.dh);
     dk.block(b * d.Tk, h * d.dh, d.Tk, d.dh).noalias() =
         scale * ds.transpose() * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh);
   });
+  if (dpos_bias) detail::sum_over_sequences(*dpos_bias, dbias_items, d.B, d.H);
 }
 
 }  // namespace eigenformer

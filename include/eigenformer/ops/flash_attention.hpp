@@ -15,8 +15,12 @@
 // D_i = rowsum(dO * O): dS = P * (dO V^T - D). Per (sequence, head) the key blocks are the outer
 // loop (dK, dV of a key block accumulate in a small tile) and dQ accumulates in place.
 //
-// Memory: scratch of a few (block.q, block.k) and (block, dh) tiles per thread, plus lse; nothing
-// grows with Tq * Tk. Threads: the forward runs B*H*ceil(Tq/block.q) independent items, the
+// Position bias: the optional pos_bias (H, Tq + Tk - 1) of ops/attention.hpp is added to each
+// score tile (a segment of the head's row per tile row), and the backward returns its gradient
+// summed along the diagonals of each dS tile, so the bias too costs memory linear in T.
+//
+// Memory: scratch of a few (block.q, block.k) and (block, dh) tiles per thread, plus lse (and with a
+// position bias B*H*(Tq + Tk - 1) for its gradient); nothing grows with Tq * Tk. Threads: the forward runs B*H*ceil(Tq/block.q) independent items, the
 // backward B*H items (so it is serial when B*H == 1).
 #pragma once
 
@@ -112,12 +116,13 @@ void exp_shifted_row(Row&& row, Scalar shift) {
 
 }  // namespace detail
 
-/// out (B*Tq, H*dh) and lse (B*H, Tq) from q (B*Tq, H*dh), k and v (B*Tk, H*dh).
-/// Arguments must already be checked (the layers do it).
+/// out (B*Tq, H*dh) and lse (B*H, Tq) from q (B*Tq, H*dh), k and v (B*Tk, H*dh), and pos_bias
+/// (H, Tq + Tk - 1) when not null. Arguments must already be checked (the layers do it).
 template <class Scalar>
 void flash_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& lse, ConstRef<Scalar> q,
                              ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d,
-                             const AttentionMask& mask, const AttentionBlocks& blocks = {}) {
+                             const AttentionMask& mask, const AttentionBlocks& blocks = {},
+                             const Matrix<Scalar>* pos_bias = nullptr) {
   out.resize(d.B * d.Tq, d.H * d.dh);
   lse.resize(d.B * d.H, d.Tq);
   const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
@@ -140,6 +145,7 @@ void flash_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& lse, ConstRef<
       const Index nk = std::min(bk, kend - j0);
       Eigen::Block<Matrix<Scalar>> st = s.leftCols(nk);
       st.noalias() = scale * qt * k.block(b * d.Tk + j0, h * d.dh, nk, d.dh).transpose();
+      if (pos_bias) detail::add_position_bias(st, *pos_bias, h, d.Tq, i0, j0);
       if (detail::tile_needs_mask(mask, d, i0, j0, nk))
         detail::apply_mask_tile(st, mask, d, b, i0, j0);
       for (Index r = 0; r < nq; ++r) {
@@ -172,16 +178,21 @@ void flash_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& lse, ConstRef<
 }
 
 /// dq (B*Tq, H*dh), dk and dv (B*Tk, H*dh), all fresh, from dout (B*Tq, H*dh), the forward's out
-/// and lse, its inputs and the same mask.
+/// and lse, its inputs, the same mask and the same pos_bias. dpos_bias, when not null, gets the
+/// gradient (H, Tq + Tk - 1) of pos_bias, fresh.
 template <class Scalar>
 void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& dv,
                               ConstRef<Scalar> dout, ConstRef<Scalar> out, ConstRef<Scalar> lse,
                               ConstRef<Scalar> q, ConstRef<Scalar> k, ConstRef<Scalar> v,
                               const AttentionDims& d, const AttentionMask& mask,
-                              const AttentionBlocks& blocks = {}) {
+                              const AttentionBlocks& blocks = {},
+                              const Matrix<Scalar>* pos_bias = nullptr,
+                              Matrix<Scalar>* dpos_bias = nullptr) {
   dq.setZero(d.B * d.Tq, d.H * d.dh);
   dk.resize(d.B * d.Tk, d.H * d.dh);
   dv.resize(d.B * d.Tk, d.H * d.dh);
+  Matrix<Scalar> dbias_items;  // (B*H, Tq + Tk - 1): one row per parallel item, no races
+  if (dpos_bias) dbias_items.setZero(d.B * d.H, d.Tq + d.Tk - 1);
   const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
   const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
   const Index bq = std::max<Index>(1, std::min(blocks.q, d.Tq));
@@ -211,6 +222,7 @@ void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Sca
         const Eigen::Block<ConstRef<Scalar>> got = dout.block(b * d.Tq + i0, h * d.dh, nq, d.dh);
         Eigen::Block<Matrix<Scalar>> pt = p.topLeftCorner(nq, nk), dst = ds.topLeftCorner(nq, nk);
         pt.noalias() = scale * qt * kt.transpose();
+        if (pos_bias) detail::add_position_bias(pt, *pos_bias, h, d.Tq, i0, j0);
         if (detail::tile_needs_mask(mask, d, i0, j0, nk))
           detail::apply_mask_tile(pt, mask, d, b, i0, j0);
         for (Index r = 0; r < nq; ++r) {
@@ -224,6 +236,7 @@ void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Sca
         dst.noalias() = got * vt.transpose();  // dL/dP
         for (Index r = 0; r < nq; ++r)
           dst.row(r) = pt.row(r).array() * (dst.row(r).array() - D(i0 + r));  // dL/dS
+        if (dpos_bias) detail::accumulate_position_bias(dbias_items.row(bh), dst, d.Tq, i0, j0);
         dq.block(b * d.Tq + i0, h * d.dh, nq, d.dh).noalias() += scale * dst * kt;
         dk_acc.noalias() += scale * dst.transpose() * qt;
       }
@@ -231,18 +244,20 @@ void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Sca
       dv.block(b * d.Tk + j0, h * d.dh, nk, d.dh) = dv_acc;
     }
   });
+  if (dpos_bias) detail::sum_over_sequences(*dpos_bias, dbias_items, d.B, d.H);
 }
 
 /// Attention weights (Tq, Tk) of head h of sequence b, recomputed from q, k and the forward's
-/// lse: what attention_forward's probs hold for that head.
+/// lse (and the same pos_bias): what attention_forward's probs hold for that head.
 template <class Scalar>
 Matrix<Scalar> flash_attention_weights(ConstRef<Scalar> q, ConstRef<Scalar> k, ConstRef<Scalar> lse,
                                        const AttentionDims& d, const AttentionMask& mask, Index b,
-                                       Index h) {
+                                       Index h, const Matrix<Scalar>* pos_bias = nullptr) {
   const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
   Matrix<Scalar> p(d.Tq, d.Tk);
   p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
                 k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();
+  if (pos_bias) detail::add_position_bias(p, *pos_bias, h, d.Tq, 0, 0);
   if (!mask.empty()) detail::apply_mask_tile(p, mask, d, b, 0, 0);
   for (Index i = 0; i < d.Tq; ++i) {
     const Scalar row_lse = lse(b * d.H + h, i);

@@ -1,0 +1,80 @@
+// T5's relative position bias (Raffel et al. 2020): a learned scalar per head and per bucket of the
+// relative position key_pos - query_pos, added to the attention scores before the softmax.
+//
+// Buckets (relative_position_bucket, exactly T5's _relative_position_bucket): bidirectional
+// attention gives half of the buckets to each sign (keys after the query use the upper half);
+// causal attention uses only distances to earlier keys (later keys share bucket 0, and the causal
+// mask hides them anyway). Within a direction of n buckets the first n/2 distances get a bucket
+// each; larger distances are spaced logarithmically up to max_distance, and all distances beyond
+// share the last bucket.
+//
+// The bias of a head depends on a query/key pair only through j - i, so the attention kernels take
+// it per distance: pos_bias (H, Tq + Tk - 1), column j - i + Tq - 1 for query i and key j
+// (ops/attention.hpp). With queries aligned at the end of the keys (query i at position
+// i + Tk - Tq, as for the causal mask and the KV cache), column c is relative position
+// c - (Tk - 1). relative_bias_forward gathers it from the (num_buckets, H) table (T5's
+// nn.Embedding(num_buckets, n_heads)); relative_bias_backward scatters its gradient back, adding.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <vector>
+
+#include "../core/tensor.hpp"
+
+namespace eigenformer {
+
+/// T5's bucket of relative_position = key_pos - query_pos, in [0, num_buckets). Needs at least 2
+/// buckets per direction (num_buckets >= 4 bidirectional, >= 2 otherwise) and max_distance > the
+/// exact buckets (num_buckets / 4 bidirectional, / 2 otherwise); the layers check that.
+inline Index relative_position_bucket(Index relative_position, bool bidirectional,
+                                      Index num_buckets, Index max_distance) {
+  Index bucket = 0, n = num_buckets, distance;
+  if (bidirectional) {
+    n /= 2;
+    if (relative_position > 0) bucket += n;
+    distance = relative_position < 0 ? -relative_position : relative_position;
+  } else {
+    distance = relative_position < 0 ? -relative_position : 0;
+  }
+  const Index max_exact = n / 2;
+  if (distance < max_exact) return bucket + distance;
+  // T5 truncates toward zero after the log (torch's .to(long)); the argument is >= 0 here.
+  const double large = std::log(static_cast<double>(distance) / static_cast<double>(max_exact)) /
+                       std::log(static_cast<double>(max_distance) / static_cast<double>(max_exact)) *
+                       static_cast<double>(n - max_exact);
+  return bucket + std::min(max_exact + static_cast<Index>(large), n - 1);
+}
+
+/// The bucket of every distance column of a (Tq, Tk) attention with queries aligned at the end of
+/// the keys: out[c] = bucket(c - (Tk - 1)), c in [0, Tq + Tk - 1).
+inline std::vector<Index> relative_position_buckets(Index Tq, Index Tk, bool bidirectional,
+                                                    Index num_buckets, Index max_distance) {
+  std::vector<Index> out(static_cast<size_t>(Tq + Tk - 1));
+  for (Index c = 0; c < Tq + Tk - 1; ++c)
+    out[static_cast<size_t>(c)] =
+        relative_position_bucket(c - (Tk - 1), bidirectional, num_buckets, max_distance);
+  return out;
+}
+
+/// pos_bias (H, n) from table (num_buckets, H): pos_bias(h, c) = table(buckets[c], h).
+template <class Scalar>
+void relative_bias_forward(Matrix<Scalar>& pos_bias, ConstRef<Scalar> table,
+                           const std::vector<Index>& buckets) {
+  const Index n = static_cast<Index>(buckets.size());
+  pos_bias.resize(table.cols(), n);
+  for (Index c = 0; c < n; ++c)
+    pos_bias.col(c) = table.row(buckets[static_cast<size_t>(c)]).transpose();
+}
+
+/// dtable (num_buckets, H) += the gradient of relative_bias_forward's output, dpos_bias (H, n),
+/// summed over the columns of each bucket.
+template <class Scalar>
+void relative_bias_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dpos_bias,
+                            const std::vector<Index>& buckets) {
+  for (Index c = 0; c < dpos_bias.cols(); ++c)
+    dtable.row(buckets[static_cast<size_t>(c)]) += dpos_bias.col(c).transpose();
+}
+
+}  // namespace eigenformer
