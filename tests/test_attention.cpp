@@ -12,9 +12,10 @@ using eftest::MatD;
 
 namespace {
 
-// Plain loops, one (b, h, i, j) at a time: the definition, for comparison.
+// Plain loops, one (b, h, i, j) at a time: the definition, for comparison. pos_bias (H, Tq+Tk-1)
+// when not empty: score (i, j) of head h += pos_bias(h, j - i + Tq - 1).
 MatD reference_attention(const MatD& q, const MatD& k, const MatD& v, const AttentionDims& d,
-                         const AttentionMask& m) {
+                         const AttentionMask& m, const MatD& pos_bias = MatD()) {
   MatD out = MatD::Zero(d.B * d.Tq, d.H * d.dh);
   for (Index b = 0; b < d.B; ++b)
     for (Index h = 0; h < d.H; ++h)
@@ -33,6 +34,7 @@ MatD reference_attention(const MatD& q, const MatD& k, const MatD& v, const Atte
           double s = 0;
           for (Index c = 0; c < d.dh; ++c) s += q(b * d.Tq + i, h * d.dh + c) * k(b * d.Tk + j, h * d.dh + c);
           w[size_t(j)] = s / std::sqrt(double(d.dh));
+          if (pos_bias.size()) w[size_t(j)] += pos_bias(h, j - i + d.Tq - 1);
           if (!masked) max = std::max(max, w[size_t(j)]);
         }
         double sum = 0;
@@ -86,6 +88,58 @@ TEST_CASE("attention gradients match finite differences for every mask kind") {
     eftest::check_grad(k, dk, loss, "k");
     eftest::check_grad(v, dv, loss, "v");
   }
+}
+
+TEST_CASE("a position bias per distance: the definition and finite differences, every mask kind") {
+  for (const eftest::AttentionCase& c : eftest::attention_mask_cases()) {
+    INFO(c.name);
+    Rng rng(5);
+    const AttentionDims& d = c.d;
+    MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+    MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+    MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+    MatD bias = eftest::random_matrix(d.H, d.Tq + d.Tk - 1, rng);
+    const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+    MatD out, probs, dq, dk, dv, dbias = MatD::Constant(1, 1, 5.0);  // dbias comes back fresh
+    attention_forward<double>(out, probs, q, k, v, d, c.mask, &bias);
+    CHECK((out - reference_attention(q, k, v, d, c.mask, bias)).cwiseAbs().maxCoeff() < 1e-12);
+    attention_backward<double>(dq, dk, dv, R, probs, q, k, v, d, &dbias);
+    REQUIRE(dbias.rows() == d.H);
+    REQUIRE(dbias.cols() == d.Tq + d.Tk - 1);
+    auto loss = [&] {
+      MatD o, p;
+      attention_forward<double>(o, p, q, k, v, d, c.mask, &bias);
+      return projection(o, R);
+    };
+    eftest::check_grad(q, dq, loss, "q");
+    eftest::check_grad(k, dk, loss, "k");
+    eftest::check_grad(v, dv, loss, "v");
+    eftest::check_grad(bias, dbias, loss, "pos_bias");
+    // Without dpos_bias the other gradients are the same.
+    MatD dq2, dk2, dv2;
+    attention_backward<double>(dq2, dk2, dv2, R, probs, q, k, v, d);
+    CHECK(dq2 == dq);
+    CHECK(dk2 == dk);
+  }
+}
+
+TEST_CASE("a zero position bias changes nothing; a constant one per head changes nothing either") {
+  const eftest::AttentionCase c = eftest::attention_mask_cases().back();
+  const AttentionDims& d = c.d;
+  Rng rng(6);
+  const MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+  const MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  const MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  MatD out, probs, out0, probs0, out1, probs1;
+  attention_forward<double>(out, probs, q, k, v, d, c.mask);
+  const MatD zero = MatD::Zero(d.H, d.Tq + d.Tk - 1);
+  attention_forward<double>(out0, probs0, q, k, v, d, c.mask, &zero);
+  CHECK(out0 == out);
+  CHECK(probs0 == probs);
+  MatD shift(d.H, d.Tq + d.Tk - 1);  // the softmax ignores a shift of a whole row
+  for (Index h = 0; h < d.H; ++h) shift.row(h).setConstant(3.0 * double(h + 1));
+  attention_forward<double>(out1, probs1, q, k, v, d, c.mask, &shift);
+  CHECK((out1 - out).cwiseAbs().maxCoeff() < 1e-13);
 }
 
 TEST_CASE_TEMPLATE("a query whose keys are all masked gives zeros, not NaN", Scalar, float, double) {

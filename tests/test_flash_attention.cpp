@@ -1,12 +1,14 @@
 // The tiled attention (ops/flash_attention.hpp) against the plain one (ops/attention.hpp): outputs,
 // gradients and weights for every mask kind, cross shapes, tile sizes that do not divide T, T = 1,
-// fully masked rows; finite differences in double; and the dispatch in MultiHeadAttention.
+// fully masked rows, each with and without a position bias per distance; finite differences in
+// double; and the dispatch in MultiHeadAttention, also with rotary and relative positions.
 #include <cmath>
 #include <eigenformer/layers/multihead_attention.hpp>
 #include <eigenformer/ops/attention.hpp>
 #include <eigenformer/ops/flash_attention.hpp>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "test_util.hpp"
@@ -67,7 +69,7 @@ double rel_err(const Matrix<Scalar>& a, const Matrix<Scalar>& b) {
 }
 
 template <class Scalar>
-void check_against_plain(double tol) {
+void check_against_plain(double tol, bool with_bias) {
   for (const Case& c : cases()) {
     const AttentionDims& d = c.d;
     Rng rng(7);
@@ -75,13 +77,15 @@ void check_against_plain(double tol) {
     const Matrix<Scalar> k = eftest::random_matrix<Scalar>(d.B * d.Tk, d.H * d.dh, rng, 2.0);
     const Matrix<Scalar> v = eftest::random_matrix<Scalar>(d.B * d.Tk, d.H * d.dh, rng);
     const Matrix<Scalar> dout = eftest::random_matrix<Scalar>(d.B * d.Tq, d.H * d.dh, rng);
-    Matrix<Scalar> out, probs, dq, dk, dv;
-    attention_forward<Scalar>(out, probs, q, k, v, d, c.mask);
-    attention_backward<Scalar>(dq, dk, dv, dout, probs, q, k, v, d);
+    const Matrix<Scalar> bias_value = eftest::random_matrix<Scalar>(d.H, d.Tq + d.Tk - 1, rng);
+    const Matrix<Scalar>* bias = with_bias ? &bias_value : nullptr;
+    Matrix<Scalar> out, probs, dq, dk, dv, dbias;
+    attention_forward<Scalar>(out, probs, q, k, v, d, c.mask, bias);
+    attention_backward<Scalar>(dq, dk, dv, dout, probs, q, k, v, d, with_bias ? &dbias : nullptr);
     for (const AttentionBlocks& blk : kBlocks) {
-      INFO(c.name << ", blocks " << blk.q << " x " << blk.k);
-      Matrix<Scalar> fout, lse, fdq, fdk, fdv;
-      flash_attention_forward<Scalar>(fout, lse, q, k, v, d, c.mask, blk);
+      INFO(c.name << ", blocks " << blk.q << " x " << blk.k << (with_bias ? ", bias" : ""));
+      Matrix<Scalar> fout, lse, fdq, fdk, fdv, fdbias;
+      flash_attention_forward<Scalar>(fout, lse, q, k, v, d, c.mask, blk, bias);
       REQUIRE(lse.rows() == d.B * d.H);
       REQUIRE(lse.cols() == d.Tq);
       CHECK(fout.allFinite());
@@ -90,7 +94,10 @@ void check_against_plain(double tol) {
       fdq.setConstant(d.B * d.Tq, d.H * d.dh, Scalar(5));
       fdk.setConstant(d.B * d.Tk, d.H * d.dh, Scalar(5));
       fdv.setConstant(d.B * d.Tk, d.H * d.dh, Scalar(5));
-      flash_attention_backward<Scalar>(fdq, fdk, fdv, dout, fout, lse, q, k, v, d, c.mask, blk);
+      fdbias.setConstant(d.H, d.Tq + d.Tk - 1, Scalar(5));
+      flash_attention_backward<Scalar>(fdq, fdk, fdv, dout, fout, lse, q, k, v, d, c.mask, blk,
+                                       bias, with_bias ? &fdbias : nullptr);
+      if (with_bias) CHECK(rel_err(fdbias, dbias) < tol);
       CHECK(fdq.allFinite());
       CHECK(fdk.allFinite());
       CHECK(fdv.allFinite());
@@ -99,7 +106,8 @@ void check_against_plain(double tol) {
       CHECK(rel_err(fdv, dv) < tol);
       for (Index b = 0; b < d.B; ++b)
         for (Index h = 0; h < d.H; ++h) {
-          const Matrix<Scalar> w = flash_attention_weights<Scalar>(q, k, lse, d, c.mask, b, h);
+          const Matrix<Scalar> w =
+              flash_attention_weights<Scalar>(q, k, lse, d, c.mask, b, h, bias);
           const Matrix<Scalar> ref = probs.block((b * d.H + h) * d.Tq, 0, d.Tq, d.Tk);
           CHECK(rel_err(w, ref) < tol);
         }
@@ -121,10 +129,14 @@ void check_against_plain(double tol) {
 }  // namespace
 
 TEST_CASE("tiled attention matches the plain kernel in double") {
-  check_against_plain<double>(1e-12);
+  check_against_plain<double>(1e-12, false);
+  check_against_plain<double>(1e-12, true);
 }
 
-TEST_CASE("tiled attention matches the plain kernel in float") { check_against_plain<float>(1e-5); }
+TEST_CASE("tiled attention matches the plain kernel in float") {
+  check_against_plain<float>(1e-5, false);
+  check_against_plain<float>(1e-5, true);
+}
 
 TEST_CASE("tiled attention gradients match finite differences") {
   for (const Case& c : cases()) {
@@ -136,17 +148,20 @@ TEST_CASE("tiled attention gradients match finite differences") {
     MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
     MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
     const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
-    MatD out, lse, dq, dk, dv;
-    flash_attention_forward<double>(out, lse, q, k, v, d, c.mask, blk);
-    flash_attention_backward<double>(dq, dk, dv, R, out, lse, q, k, v, d, c.mask, blk);
+    MatD bias = eftest::random_matrix(d.H, d.Tq + d.Tk - 1, rng);
+    MatD out, lse, dq, dk, dv, dbias;
+    flash_attention_forward<double>(out, lse, q, k, v, d, c.mask, blk, &bias);
+    flash_attention_backward<double>(dq, dk, dv, R, out, lse, q, k, v, d, c.mask, blk, &bias,
+                                     &dbias);
     auto loss = [&] {
       MatD o, l;
-      flash_attention_forward<double>(o, l, q, k, v, d, c.mask, blk);
+      flash_attention_forward<double>(o, l, q, k, v, d, c.mask, blk, &bias);
       return projection(o, R);
     };
     eftest::check_grad(q, dq, loss, "q");
     eftest::check_grad(k, dk, loss, "k");
     eftest::check_grad(v, dv, loss, "v");
+    eftest::check_grad(bias, dbias, loss, "pos_bias");
   }
 }
 
@@ -169,41 +184,66 @@ TEST_CASE("tiled attention stays finite with large scores") {
   CHECK(probs.allFinite());
 }
 
-TEST_CASE("MultiHeadAttention gives the same results with either kernel") {
+/// Runs the layer with the plain and the tiled kernel and compares outputs, input and parameter
+/// gradients and per-head weights. Self-attention when Tq == Tk and positions are set.
+template <class Scalar>
+void check_layer_kernels(const AttentionPositions& positions, Index Tq, Index Tk, double tol) {
   Rng rng(5);
-  MultiHeadAttention<double> mha(8, 2, rng);
-  const Index B = 2, Tq = 7, Tk = 9;
-  const MatD query = eftest::random_matrix(B * Tq, 8, rng);
-  const MatD memory = eftest::random_matrix(B * Tk, 8, rng);
-  const MatD dy = eftest::random_matrix(B * Tq, 8, rng);
+  MultiHeadAttention<Scalar> mha(8, 2, rng, true, positions);
+  const bool self = positions.kind != AttentionPositions::Kind::none;
+  const Index B = 2;
+  const Matrix<Scalar> query = eftest::random_matrix<Scalar>(B * Tq, 8, rng);
+  const Matrix<Scalar> memory = eftest::random_matrix<Scalar>(B * Tk, 8, rng);
+  const Matrix<Scalar> dy = eftest::random_matrix<Scalar>(B * Tq, 8, rng);
   AttentionMask mask;
   mask.causal = true;
   mask.key_padding = BoolMatrix::Zero(B, Tk);
   mask.key_padding(1, 0) = true;  // query 0 of sequence 1 sees nothing
-  MatD y[2], dq[2], dmem[2];
-  std::vector<MatD> grads[2];
-  MultiHeadAttention<double>::Cache caches[2];
+  Matrix<Scalar> y[2], dq[2], dmem[2];
+  std::vector<Matrix<Scalar>> grads[2];
+  typename MultiHeadAttention<Scalar>::Cache caches[2];
   for (int t = 0; t < 2; ++t) {
     mha.impl = t == 0 ? AttentionImpl::plain : AttentionImpl::tiled;
     mha.zero_grad();
-    y[t] = mha.forward(query, memory, B, mask, caches[t]);
-    dq[t] = mha.backward(dy, caches[t], &dmem[t]);
+    y[t] = self ? mha.forward(query, B, mask, caches[t])
+                : mha.forward(query, memory, B, mask, caches[t]);
+    dq[t] = mha.backward(dy, caches[t], self ? nullptr : &dmem[t]);
     for (const auto& p : mha.parameters()) grads[t].push_back(p.param->grad);
   }
   CHECK(caches[0].probs.size() != 0);
   CHECK(caches[0].lse.size() == 0);
   CHECK(caches[1].probs.size() == 0);
   CHECK(caches[1].lse.size() == B * 2 * Tq);
-  CHECK(rel_err(y[1], y[0]) < 1e-12);
-  CHECK(rel_err(dq[1], dq[0]) < 1e-12);
-  CHECK(rel_err(dmem[1], dmem[0]) < 1e-12);
-  for (size_t i = 0; i < grads[0].size(); ++i) CHECK(rel_err(grads[1][i], grads[0][i]) < 1e-12);
+  CHECK(rel_err(y[1], y[0]) < tol);
+  CHECK(rel_err(dq[1], dq[0]) < tol);
+  if (!self) CHECK(rel_err(dmem[1], dmem[0]) < tol);
+  for (size_t i = 0; i < grads[0].size(); ++i) CHECK(rel_err(grads[1][i], grads[0][i]) < tol);
   for (Index b = 0; b < B; ++b)
     for (Index h = 0; h < 2; ++h) {
-      const MatD w0 = MultiHeadAttention<double>::attention_weights(caches[0], b, h);
-      const MatD w1 = MultiHeadAttention<double>::attention_weights(caches[1], b, h);
-      CHECK(rel_err(w1, w0) < 1e-12);
+      const Matrix<Scalar> w0 = MultiHeadAttention<Scalar>::attention_weights(caches[0], b, h);
+      const Matrix<Scalar> w1 = MultiHeadAttention<Scalar>::attention_weights(caches[1], b, h);
+      CHECK(rel_err(w1, w0) < tol);
     }
+}
+
+TEST_CASE("MultiHeadAttention gives the same results with either kernel") {
+  check_layer_kernels<double>({}, 7, 9, 1e-12);
+}
+
+TEST_CASE_TEMPLATE("MultiHeadAttention with rotary or relative positions: either kernel", Scalar,
+                   float, double) {
+  const double tol = std::is_same<Scalar, float>::value ? 1e-5 : 1e-12;
+  AttentionPositions rotary, relative;
+  rotary.kind = AttentionPositions::Kind::rotary;
+  relative.kind = AttentionPositions::Kind::relative;
+  relative.num_buckets = 6;
+  relative.max_distance = 7;
+  for (bool bidirectional : {true, false}) {
+    CAPTURE(bidirectional);
+    relative.bidirectional = bidirectional;
+    check_layer_kernels<Scalar>(relative, 11, 11, tol);
+  }
+  check_layer_kernels<Scalar>(rotary, 11, 11, tol);
 }
 
 TEST_CASE("MultiHeadAttention picks the kernel by size") {
