@@ -46,6 +46,30 @@ TEST_CASE_TEMPLATE("Dropout keeps 1 - p of the entries, scaled so the mean is pr
   CHECK(std::abs(mean_y - mean_x) < 0.01 * mean_x);
 }
 
+TEST_CASE("Dropout's mask is one SplitMix64 stream in row-major order, whatever the threads") {
+  // Rows are drawn in parallel from offsets into one stream; an odd width checks that each row
+  // starts on a fresh 64-bit draw. Run with OMP_NUM_THREADS=2 too (tests/CMakeLists.txt).
+  const Index rows = 300, cols = 129;
+  const float p = 0.25f;
+  Dropout<float> drop(p, 11);
+  typename Dropout<float>::Cache cache;
+  drop.forward(Matrix<float>::Ones(rows, cols), cache);
+  Rng rng(11);
+  std::uint64_t state = rng.next_u64();
+  const auto threshold = static_cast<std::uint64_t>(0.25 * 4294967296.0);
+  Index mismatches = 0;
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; j += 2) {
+      const std::uint64_t z = detail::splitmix64(state);
+      const std::uint64_t halves[2] = {z & 0xFFFFFFFFull, z >> 32};
+      for (Index k = 0; k < 2 && j + k < cols; ++k) {
+        const float expected = halves[k] < threshold ? 0.0f : 1.0f / (1.0f - p);
+        mismatches += cache.mask(i, j + k) != expected;
+      }
+    }
+  CHECK(mismatches == 0);
+}
+
 TEST_CASE("Dropout backward applies the forward's mask") {
   Rng rng(2);
   Dropout<double> drop(0.5, 3);

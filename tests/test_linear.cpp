@@ -1,5 +1,8 @@
 #include <eigenformer/layers/linear.hpp>
 
+#include <algorithm>
+#include <cmath>
+
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -36,6 +39,39 @@ TEST_CASE("Linear gradients match finite differences") {
       lin.backward(R, c);
     });
   }
+}
+
+TEST_CASE("Linear's row-split products equal plain sums on shapes that get threads") {
+  // 203 * 96 * 61 multiply-adds cross the threading threshold (core/parallel.hpp); neither 203
+  // rows nor 61 outputs is a multiple of the 8-row block alignment. Run with 2 threads too.
+  Rng rng(3);
+  const Index N = 203, in = 96, out = 61;
+  Linear<double> lin(in, out, rng);
+  const MatD x = eftest::random_matrix(N, in, rng), dy = eftest::random_matrix(N, out, rng);
+  Linear<double>::Cache cache;
+  lin.zero_grad();
+  const MatD y = lin.forward(x, cache);
+  const MatD dx = lin.backward(dy, cache);
+  double worst = 0;
+  for (Index i = 0; i < N; ++i)
+    for (Index o = 0; o < out; ++o) {
+      double sum = lin.bias.value(0, o);
+      for (Index k = 0; k < in; ++k) sum += x(i, k) * lin.weight.value(o, k);
+      worst = std::max(worst, std::abs(y(i, o) - sum));
+    }
+  for (Index i = 0; i < N; ++i)
+    for (Index k = 0; k < in; ++k) {
+      double sum = 0;
+      for (Index o = 0; o < out; ++o) sum += dy(i, o) * lin.weight.value(o, k);
+      worst = std::max(worst, std::abs(dx(i, k) - sum));
+    }
+  for (Index o = 0; o < out; ++o)
+    for (Index k = 0; k < in; ++k) {
+      double sum = 0;
+      for (Index i = 0; i < N; ++i) sum += dy(i, o) * x(i, k);
+      worst = std::max(worst, std::abs(lin.weight.grad(o, k) - sum));
+    }
+  CHECK(worst < 1e-12);
 }
 
 TEST_CASE("Linear follows the gradient contract") {

@@ -4,6 +4,8 @@
 // omp_set_num_threads() called by the application). Without OpenMP the loops run serially.
 #pragma once
 
+#include <algorithm>
+
 #include "tensor.hpp"
 
 #ifdef _OPENMP
@@ -41,6 +43,33 @@ void parallel_for(Index n, double work_per_item, Body&& body) {
   (void)work_per_item;
 #endif
   for (Index i = 0; i < n; ++i) body(i);
+}
+
+/// Below this many multiply-adds, a matrix product is not worth splitting over threads.
+constexpr double kParallelMinGemmWork = 1 << 20;
+
+/// Runs body(begin, end) over [0, n) cut into one contiguous range per thread, each starting on a
+/// multiple of align (so SIMD panels stay whole), in parallel when the total work (in scalar
+/// operations) is at least min_work and there are at least two ranges; else body(0, n) once.
+/// body must not throw.
+template <class Body>
+void parallel_ranges(Index n, Index align, double work, double min_work, Body&& body) {
+#ifdef _OPENMP
+  const Index threads = omp_get_max_threads();
+  if (threads > 1 && work >= min_work && n >= 2 * align && !omp_in_parallel()) {
+    const Index parts = std::min<Index>(threads, n / align);
+#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(parts))
+    for (Index p = 0; p < parts; ++p) {
+      const Index begin = (n / align) * p / parts * align;
+      const Index end = p + 1 == parts ? n : (n / align) * (p + 1) / parts * align;
+      body(begin, end);
+    }
+    return;
+  }
+#else
+  (void)align, (void)work, (void)min_work;
+#endif
+  body(Index(0), n);
 }
 
 }  // namespace detail

@@ -12,6 +12,20 @@
 
 namespace eigenformer {
 
+namespace detail {
+
+/// One step of the SplitMix64 generator: advances state by the golden-ratio constant and returns
+/// a well-mixed 64-bit value of it. Element k of a stream is a function of start + k * constant
+/// alone, so any part of a stream can be drawn without the parts before it (threads, rows).
+inline std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace detail
+
 class Rng {
  public:
   explicit Rng(std::uint64_t seed = 0) : engine_(seed) {}

@@ -1,17 +1,36 @@
 // Linear: out = inp W^T + b, with W of shape (out_features, in_features) as in PyTorch.
+//
+// Threads: each product is cut into one block of rows per thread (rows of inp for out and dinp,
+// rows of dweight for the weight gradient), each block a single-threaded Eigen GEMM. On the
+// model's shapes this scales better than Eigen's own threaded GEMM, which synchronises its
+// threads between panels (measured 95-120 GFLOP/s on 2 cores where Eigen's ranged 26-120).
 #pragma once
 
+#include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
+
+namespace detail {
+
+/// Row blocks start on multiples of this (Eigen's float GEMM kernel works on 24-row panels; 8 is
+/// enough for whole SIMD packets).
+constexpr Index kGemmRowAlign = 8;
+
+}  // namespace detail
 
 /// out (N, out) = inp (N, in) * weight^T (in, out) + bias (1, out); bias may be null.
 template <class Scalar>
 void linear_forward(Matrix<Scalar>& out, ConstRef<Scalar> inp, ConstRef<Scalar> weight,
                     const Matrix<Scalar>* bias) {
   out.resize(inp.rows(), weight.rows());
-  out.noalias() = inp * weight.transpose();
-  if (bias) out.rowwise() += bias->row(0);
+  const double work = double(inp.rows()) * double(inp.cols()) * double(weight.rows());
+  detail::parallel_ranges(inp.rows(), detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
+                          [&](Index begin, Index end) {
+                            auto rows = out.middleRows(begin, end - begin);  // (n, out)
+                            rows.noalias() = inp.middleRows(begin, end - begin) * weight.transpose();
+                            if (bias) rows.rowwise() += bias->row(0);
+                          });
 }
 
 /// dinp (N, in) = dout W (fresh); dweight (out, in) += dout^T inp; dbias (1, out) += sum of dout
@@ -19,9 +38,21 @@ void linear_forward(Matrix<Scalar>& out, ConstRef<Scalar> inp, ConstRef<Scalar> 
 template <class Scalar>
 void linear_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scalar>* dbias,
                      ConstRef<Scalar> dout, ConstRef<Scalar> inp, ConstRef<Scalar> weight) {
+  const double work = double(dout.rows()) * double(dout.cols()) * double(weight.cols());
   dinp.resize(dout.rows(), weight.cols());
-  dinp.noalias() = dout * weight;
-  if (dweight) dweight->noalias() += dout.transpose() * inp;
+  detail::parallel_ranges(dout.rows(), detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
+                          [&](Index begin, Index end) {
+                            dinp.middleRows(begin, end - begin).noalias() =
+                                dout.middleRows(begin, end - begin) * weight;
+                          });
+  if (dweight) {
+    // Row block [begin, end) of dweight needs only the same columns of dout.
+    detail::parallel_ranges(dout.cols(), detail::kGemmRowAlign, work,
+                            detail::kParallelMinGemmWork, [&](Index begin, Index end) {
+                              dweight->middleRows(begin, end - begin).noalias() +=
+                                  dout.middleCols(begin, end - begin).transpose() * inp;
+                            });
+  }
   if (dbias) *dbias += dout.colwise().sum();
 }
 

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/parallel.hpp"
 #include "../core/param.hpp"
 
 namespace eigenformer {
@@ -174,15 +175,12 @@ class Adam : public Optimizer<Scalar> {
     const Scalar step_size = static_cast<Scalar>(static_cast<double>(this->lr_) / bias_correction1);
     const Scalar bias_correction2_sqrt = static_cast<Scalar>(std::sqrt(bias_correction2));
     for (size_t i = 0; i < this->params_.size(); ++i) {
-      Param<Scalar>& p = *this->params_[i].param;
-      if (decoupled_) {
-        p.value *= Scalar(1) - this->lr_ * weight_decay_;
-        update_moments(i, p.grad.array());
-      } else {
-        update_moments(i, p.grad.array() + weight_decay_ * p.value.array());
-      }
-      p.value.array() -=
-          step_size * (m_[i].array() / (v_[i].array().sqrt() / bias_correction2_sqrt + eps_));
+      // Elementwise, so row blocks can go to different threads with the same results.
+      const Index rows = this->params_[i].param->value.rows();
+      const double work = 12.0 * static_cast<double>(this->params_[i].param->value.size());
+      detail::parallel_ranges(rows, 1, work, detail::kParallelMinWork, [&](Index begin, Index end) {
+        update_rows(i, begin, end - begin, step_size, bias_correction2_sqrt);
+      });
     }
   }
 
@@ -212,11 +210,27 @@ class Adam : public Optimizer<Scalar> {
   }
 
  private:
-  /// m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2, for parameter i with effective gradient g.
+  using Rows = Eigen::Block<Matrix<Scalar>, Eigen::Dynamic, Eigen::Dynamic, true>;  // row block
+
+  /// Rows [begin, begin + n) of parameter i: the weight decay, m = b1 m + (1 - b1) g,
+  /// v = b2 v + (1 - b2) g^2 with the effective gradient g, and the update.
+  void update_rows(size_t i, Index begin, Index n, Scalar step_size, Scalar bias_correction2_sqrt) {
+    Param<Scalar>& p = *this->params_[i].param;
+    Rows w = p.value.middleRows(begin, n), g = p.grad.middleRows(begin, n);
+    Rows m = m_[i].middleRows(begin, n), v = v_[i].middleRows(begin, n);
+    if (decoupled_) {
+      w *= Scalar(1) - this->lr_ * weight_decay_;
+      update_moments(m, v, g.array());
+    } else {
+      update_moments(m, v, g.array() + weight_decay_ * w.array());
+    }
+    w.array() -= step_size * (m.array() / (v.array().sqrt() / bias_correction2_sqrt + eps_));
+  }
+
   template <class Grad>
-  void update_moments(size_t i, const Eigen::ArrayBase<Grad>& g) {
-    m_[i].array() = beta1_ * m_[i].array() + (Scalar(1) - beta1_) * g;
-    v_[i].array() = beta2_ * v_[i].array() + (Scalar(1) - beta2_) * g.square();
+  void update_moments(Rows& m, Rows& v, const Eigen::ArrayBase<Grad>& g) const {
+    m.array() = beta1_ * m.array() + (Scalar(1) - beta1_) * g;
+    v.array() = beta2_ * v.array() + (Scalar(1) - beta2_) * g.square();
   }
 
   Scalar beta1_, beta2_, eps_, weight_decay_;
