@@ -266,6 +266,62 @@ TEST_CASE("PyTorch reference: nn.MultiheadAttention") {
   }
 }
 
+TEST_CASE("PyTorch reference: self-attention with RoPE (causal) and T5's relative bias (padding)") {
+  for (const char* name : {"mha_rotary", "mha_relative"}) {
+    CAPTURE(name);
+    const std::map<std::string, std::string> m = metadata_of(name);
+    AttentionPositions positions;
+    if (meta_get(m, "positions") == "rotary") {
+      positions.kind = AttentionPositions::Kind::rotary;
+      positions.rotary_base = std::stod(meta_get(m, "rotary_base"));
+    } else {
+      positions.kind = AttentionPositions::Kind::relative;
+      positions.num_buckets = std::stol(meta_get(m, "num_buckets"));
+      positions.max_distance = std::stol(meta_get(m, "max_distance"));
+      positions.bidirectional = meta_get(m, "bidirectional") == "true";
+    }
+    Rng rng(3);
+    MultiHeadAttention<float> mha(std::stol(meta_get(m, "d_model")),
+                                  std::stol(meta_get(m, "n_heads")), rng, true, positions);
+    Fixture fx(name, mha.parameters());
+    AttentionMask mask;
+    mask.causal = fx.meta_bool("causal");
+    if (fx.has("input.key_padding_mask")) mask.key_padding = fx.mask("input.key_padding_mask");
+    const Index B = fx.meta_int("B");
+    for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+      CAPTURE(int(impl));
+      mha.impl = impl;
+      MultiHeadAttention<float>::Cache cache;
+      mha.zero_grad();
+      check_close(mha.forward(fx["input.x"], B, mask, cache), fx["expected.y"], fx.name() + ": y");
+      const Mat dx = mha.backward(fx["R"], cache);
+      check_grads(fx, mha.parameters(), {{"x", dx}});
+    }
+  }
+}
+
+TEST_CASE("PyTorch reference: T5's relative position buckets") {
+  Fixture fx("t5_buckets", {});
+  const Mat& rel = fx["relative_position"];
+  const std::set<std::string> names = fx.names_after("bucket.");
+  REQUIRE(names.size() == 3);
+  for (const std::string& name : names) {
+    CAPTURE(name);
+    // "<bidirectional|causal>_<num_buckets>_<max_distance>"
+    const size_t a = name.find('_'), b = name.rfind('_');
+    const bool bidirectional = name.substr(0, a) == "bidirectional";
+    const Index num_buckets = std::stol(name.substr(a + 1, b - a - 1));
+    const Index max_distance = std::stol(name.substr(b + 1));
+    const Mat& expected = fx["bucket." + name];
+    for (Index c = 0; c < rel.cols(); ++c) {
+      const Index r = static_cast<Index>(rel(0, c));
+      CAPTURE(r);
+      CHECK(relative_position_bucket(r, bidirectional, num_buckets, max_distance) ==
+            static_cast<Index>(expected(0, c)));
+    }
+  }
+}
+
 TEST_CASE("PyTorch reference: nn.TransformerEncoderLayer (relu/gelu, post/pre-norm)") {
   for (const char* name : {"encoder_layer_relu_post", "encoder_layer_relu_pre",
                            "encoder_layer_gelu_post", "encoder_layer_gelu_pre"}) {

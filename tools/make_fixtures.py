@@ -15,10 +15,15 @@ with a fixed seed (dropout 0), runs it on fixed random inputs, and writes one <c
     grad.<name>                 d loss / d <name> for every parameter and every float input
     __metadata__                the case's configuration (d_model, n_heads, activation, ...)
 
+The position cases (mha_rotary, mha_relative) are self-attention written out in PyTorch with RoPE
+(rotate_half, as GPT-NeoX / HF LLaMA) or T5's relative bias (T5's _relative_position_bucket and an
+nn.Embedding(num_buckets, n_heads), stored as the library's relative_bias); t5_buckets holds T5's
+bucket of every relative position in -140..140 for three bucket settings.
 The training case instead holds the initial weights, ids, the learning rate and
 expected.losses, the 10 losses of 10 steps of cross-entropy (ignore_index = pad) + torch.optim.Adam.
 The output is deterministic: running the script twice gives identical files.
 """
+import math
 import os
 import sys
 
@@ -164,6 +169,126 @@ def mha_case(out_dir, case, seed, Tq, Tk, cross, causal=False, key_padding=None)
     run_case(out_dir, case, m, inputs, call, meta, ["x", "memory"] if cross else ["x"])
 
 
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def relative_position_bucket(relative_position, bidirectional=True, num_buckets=32,
+                             max_distance=128):
+    """T5's _relative_position_bucket (Hugging Face transformers' T5Attention), unchanged."""
+    relative_buckets = 0
+    if bidirectional:
+        num_buckets //= 2
+        relative_buckets += (relative_position > 0).to(torch.long) * num_buckets
+        relative_position = torch.abs(relative_position)
+    else:
+        relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    relative_position_if_large = max_exact + (
+        torch.log(relative_position.float() / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).to(torch.long)
+    relative_position_if_large = torch.min(
+        relative_position_if_large, torch.full_like(relative_position_if_large, num_buckets - 1))
+    relative_buckets += torch.where(is_small, relative_position, relative_position_if_large)
+    return relative_buckets
+
+
+class PositionalSelfAttention(nn.Module):
+    """Self-attention with RoPE (kind "rotary") or a T5 relative bias (kind "relative") in the
+    library's layout: separate q/k/v/out projections, scores Q K^T / sqrt(dh) + bias."""
+
+    def __init__(self, d_model, n_heads, kind, rotary_base=10000.0, num_buckets=32,
+                 max_distance=128, bidirectional=True):
+        super().__init__()
+        self.h, self.dh, self.kind = n_heads, d_model // n_heads, kind
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
+            nn.Linear(d_model, d_model) for _ in range(4))
+        self.rotary_base = rotary_base
+        self.num_buckets, self.max_distance, self.bidirectional = (num_buckets, max_distance,
+                                                                   bidirectional)
+        if kind == "relative":
+            self.relative_bias = nn.Embedding(num_buckets, n_heads)
+
+    def forward(self, x, causal=False, key_padding_mask=None):
+        B, T, D = x.shape
+        q, k, v = (p(x).view(B, T, self.h, self.dh).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))  # (B, H, T, dh)
+        if self.kind == "rotary":  # angles in double, as the library computes its table
+            inv_freq = 1.0 / (self.rotary_base ** (
+                torch.arange(0, self.dh, 2, dtype=torch.float64) / self.dh))
+            freqs = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = emb.cos().float(), emb.sin().float()
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.dh)
+        if self.kind == "relative":
+            pos = torch.arange(T)
+            bucket = relative_position_bucket(pos[None, :] - pos[:, None], self.bidirectional,
+                                              self.num_buckets, self.max_distance)
+            scores = scores + self.relative_bias(bucket).permute(2, 0, 1).unsqueeze(0)
+        if causal:
+            scores = scores.masked_fill(
+                torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1), float("-inf"))
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, D)
+        return self.out_proj(y)
+
+
+def positional_mha_case(out_dir, case, seed, kind, causal, key_padding=None, **positions):
+    torch.manual_seed(seed)
+    d_model, n_heads, T = 8, 2, 6
+    m = PositionalSelfAttention(d_model, n_heads, kind, **positions)
+    randomize_(m)
+    inputs = {"x": torch.randn(B, T, d_model)}
+    kpm = None
+    if key_padding is not None:
+        kpm = torch.zeros(B, T, dtype=torch.bool)
+        for b, n in enumerate(key_padding):
+            if n:
+                kpm[b, T - n:] = True
+        inputs["key_padding_mask"] = kpm.float()
+    meta = {"d_model": d_model, "n_heads": n_heads, "B": B, "T": T, "positions": kind,
+            "causal": str(causal).lower()}
+    for k, v in positions.items():
+        meta[k] = str(v).lower() if isinstance(v, bool) else v
+    inputs["x"].requires_grad_(True)
+    y = m(inputs["x"], causal=causal, key_padding_mask=kpm)
+    R = torch.randn_like(y)
+    (y * R).sum().backward()
+
+    def library_names(grads):
+        out = {}
+        for name, p in m.named_parameters():
+            t = p.grad if grads else p.detach().clone()
+            out["relative_bias" if name == "relative_bias.weight" else name] = t
+        return out
+
+    grads = library_names(True)
+    grads["x"] = inputs["x"].grad
+    save_case(out_dir, case, library_names(False), inputs, R, {"y": y}, grads, meta)
+
+
+def t5_buckets_case(out_dir, case):
+    """T5's bucket of relative positions -140..140 (beyond max_distance 128) for three settings."""
+    rel = torch.arange(-140, 141)
+    tensors = {"relative_position": rel.float()}
+    settings = [(True, 32, 128), (False, 32, 128), (True, 8, 20)]
+    for bidirectional, num_buckets, max_distance in settings:
+        name = f"bucket.{'bidirectional' if bidirectional else 'causal'}_{num_buckets}_{max_distance}"
+        tensors[name] = relative_position_bucket(rel, bidirectional, num_buckets,
+                                                 max_distance).float()
+    meta = {"case": case, "generator": "tools/make_fixtures.py",
+            "torch": torch.__version__.split("+")[0],
+            "settings": ";".join(f"{str(b).lower()},{n},{d}" for b, n, d in settings)}
+    write_safetensors(os.path.join(out_dir, case + ".safetensors"), tensors, meta)
+
+
 def encoder_layer_case(out_dir, case, seed, activation, norm_first):
     torch.manual_seed(seed)
     m = nn.TransformerEncoderLayer(D, H, D_FF, dropout=0.0, activation=activation,
@@ -267,6 +392,10 @@ def main():
     mha_case(out_dir, "mha_cross", 11, 3, 5, cross=True)
     mha_case(out_dir, "mha_causal", 12, 4, 4, cross=False, causal=True)
     mha_case(out_dir, "mha_key_padding", 13, 3, 5, cross=True, key_padding=[1, 2])
+    positional_mha_case(out_dir, "mha_rotary", 14, "rotary", causal=True, rotary_base=10000.0)
+    positional_mha_case(out_dir, "mha_relative", 15, "relative", causal=False,
+                        key_padding=[0, 2], num_buckets=8, max_distance=4, bidirectional=True)
+    t5_buckets_case(out_dir, "t5_buckets")
     seed = 20
     for activation in ("relu", "gelu"):
         for norm_first in (False, True):
