@@ -7,6 +7,7 @@
 #include <eigenformer/model/transformer.hpp>
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "test_util.hpp"
@@ -213,6 +214,48 @@ TEST_CASE("MultiHeadAttention: cached steps equal a full causal forward; cached 
   mha.cache_memory(mem, B, src_pad, memory);
   CHECK(memory.len == S);
   CHECK(rel_diff(mha.forward_cached_memory(x, B, memory), expected) <= 1e-12);
+}
+
+TEST_CASE_TEMPLATE("MultiHeadAttention with rotary or relative positions: cached steps equal a "
+                   "full causal forward",
+                   Scalar, float, double) {
+  const double tol = std::is_same<Scalar, float>::value ? 2e-5 : 1e-12;
+  AttentionPositions rotary, relative, causal_relative;
+  rotary.kind = AttentionPositions::Kind::rotary;
+  relative.kind = causal_relative.kind = AttentionPositions::Kind::relative;
+  relative.num_buckets = 8;  // bidirectional; distances beyond 4 share the last bucket
+  relative.max_distance = 4;
+  causal_relative.num_buckets = 6;
+  causal_relative.max_distance = 5;
+  causal_relative.bidirectional = false;
+  for (const AttentionPositions& positions : {rotary, relative, causal_relative}) {
+    CAPTURE(int(positions.kind));
+    CAPTURE(positions.bidirectional);
+    Rng rng(8);
+    MultiHeadAttention<Scalar> mha(8, 2, rng, true, positions);
+    if (positions.kind == AttentionPositions::Kind::relative)  // one bias scale with the scores
+      fill_normal(mha.relative_bias.value, 0.0, 1.0, rng);
+    const Index B = 2, T = 9;
+    const Matrix<Scalar> x = eftest::random_matrix<Scalar>(B * T, 8, rng);
+    BoolMatrix pad = BoolMatrix::Constant(B, T, false);
+    pad(1, 1) = pad(0, 4) = pad(1, 7) = true;
+    AttentionMask mask;
+    mask.causal = true;
+    mask.key_padding = pad;
+    typename MultiHeadAttention<Scalar>::Cache c;
+    const Matrix<Scalar> full = mha.forward(x, B, mask, c);
+    KVCache<Scalar> cache(B, T, 8);
+    Index pos = 0;
+    for (Index n : {2, 1, 3, 1, 2}) {
+      Matrix<Scalar> xn(B * n, 8);
+      for (Index b = 0; b < B; ++b) xn.middleRows(b * n, n) = x.middleRows(b * T + pos, n);
+      const Matrix<Scalar> y = mha.forward_step(xn, B, cache, pad.middleCols(pos, n));
+      INFO("positions " << pos << ".." << pos + n - 1);
+      CHECK(rel_diff(y, rows_of(full, B, T, pos, n)) <= tol);
+      pos += n;
+    }
+    CHECK(cache.len == T);
+  }
 }
 
 TEST_CASE("encoder-decoder: incremental logits equal the full-prefix recompute at every step") {

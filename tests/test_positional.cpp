@@ -1,7 +1,13 @@
+// Positional encodings added to the embeddings (layers/positional.hpp), and the two position
+// schemes that act inside attention: RoPE (ops/rotary.hpp) and T5's buckets (ops/relative_position.hpp).
 #include <eigenformer/layers/positional.hpp>
+#include <eigenformer/ops/relative_position.hpp>
+#include <eigenformer/ops/rotary.hpp>
 
 #include <cmath>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "test_util.hpp"
 
@@ -192,4 +198,114 @@ TEST_CASE("PositionalKind parses its names and rejects others") {
   eftest::check_throws_with([] { parse_positional_kind("rope"); },
                             {"parse_positional_kind", "'rope'", "'sinusoidal'", "'learned'",
                              "'relative'", "'rotary'"});
+}
+
+TEST_CASE_TEMPLATE("RoPE keeps each head's norm and pairs feature i with i + dh/2", Scalar, float,
+                   double) {
+  const double tol = std::is_same<Scalar, float>::value ? 1e-5 : 1e-13;
+  Rng rng(8);
+  const Index B = 2, T = 5, H = 3, dh = 6;
+  const Matrix<Scalar> x = eftest::random_matrix<Scalar>(B * T, H * dh, rng);
+  const RotaryTable<Scalar> tab = rotary_table<Scalar>(7, T, dh, 100.0);
+  CHECK(tab.length() == T);
+  CHECK(tab.half() == 3);
+  Matrix<Scalar> y = x;
+  rotary_forward<Scalar>(y, H, tab);
+  for (Index r = 0; r < B * T; ++r)
+    for (Index h = 0; h < H; ++h) {
+      const double nx = double(x.row(r).segment(h * dh, dh).norm());
+      CHECK(std::abs(double(y.row(r).segment(h * dh, dh).norm()) - nx) <= tol * nx);
+    }
+  // Token t = 2 of sequence 1 (row 7) is at position 9; pair i = 1 of head 2 (features 13, 16)
+  // turns by 9 * 100^(-2/6).
+  const double angle = 9.0 * std::pow(100.0, -2.0 / 6.0);
+  const double x1 = double(x(7, 13)), x2 = double(x(7, 16));
+  CHECK(std::abs(double(y(7, 13)) - (x1 * std::cos(angle) - x2 * std::sin(angle))) <= tol);
+  CHECK(std::abs(double(y(7, 16)) - (x2 * std::cos(angle) + x1 * std::sin(angle))) <= tol);
+  // The backward is the inverse rotation.
+  rotary_backward<Scalar>(y, H, tab);
+  CHECK((y - x).cwiseAbs().maxCoeff() <= Scalar(tol));
+}
+
+TEST_CASE("RoPE: q . k depends on the positions only through their offset") {
+  Rng rng(9);
+  const Index H = 2, dh = 8;
+  const MatD q = eftest::random_matrix(1, H * dh, rng), k = eftest::random_matrix(1, H * dh, rng);
+  auto rotated_dot = [&](Index q_pos, Index k_pos, Index h) {
+    MatD qr = q, kr = k;
+    rotary_forward<double>(qr, H, rotary_table<double>(q_pos, 1, dh, 10000.0));
+    rotary_forward<double>(kr, H, rotary_table<double>(k_pos, 1, dh, 10000.0));
+    return qr.row(0).segment(h * dh, dh).dot(kr.row(0).segment(h * dh, dh));
+  };
+  for (Index h = 0; h < H; ++h)
+    for (Index offset : {-3, 0, 2, 5}) {
+      const double base = rotated_dot(10, 10 + offset, h);
+      for (Index shift : {-10, -4, 7, 1000})
+        CHECK(std::abs(rotated_dot(10 + shift, 10 + shift + offset, h) - base) <= 1e-11);
+    }
+  CHECK(std::abs(rotated_dot(3, 5, 0) - rotated_dot(3, 6, 0)) > 1e-3);  // but it does see it
+}
+
+TEST_CASE("RoPE gradient matches finite differences") {
+  Rng rng(10);
+  const Index B = 2, T = 3, H = 2, dh = 4;
+  MatD x = eftest::random_matrix(B * T, H * dh, rng);
+  const MatD R = eftest::random_matrix(B * T, H * dh, rng);
+  const RotaryTable<double> tab = rotary_table<double>(2, T, dh, 10.0);
+  auto loss = [&] {
+    MatD y = x;
+    rotary_forward<double>(y, H, tab);
+    return projection(y, R);
+  };
+  MatD dx = R;
+  rotary_backward<double>(dx, H, tab);
+  eftest::check_grad(x, dx, loss, "x");
+}
+
+TEST_CASE("T5 buckets: exact near 0, log-spaced up to max_distance, clipped beyond") {
+  // T5's defaults (32 buckets, max_distance 128), bidirectional: 16 buckets per sign, distances
+  // 0..7 exact, then 8-11, 12-15, 16-22, 23-31, 32-45, 46-63, 64-90, 91+ (tools/make_fixtures.py
+  // computes the whole table with PyTorch; test_pytorch_reference compares it).
+  const std::pair<Index, Index> bidirectional[] = {
+      {0, 0},    {-1, 1},   {-7, 7},   {-8, 8},    {-11, 8},   {-12, 9},   {-16, 10},
+      {-22, 10}, {-23, 11}, {-45, 12}, {-46, 13},  {-90, 14},  {-91, 15},  {-1000, 15},
+      {1, 17},   {7, 23},   {8, 24},   {15, 25},   {16, 26},   {127, 31},  {100000, 31}};
+  for (const auto& [rel, bucket] : bidirectional) {
+    CAPTURE(rel);
+    CHECK(relative_position_bucket(rel, true, 32, 128) == bucket);
+  }
+  // Causal: all 32 buckets for earlier keys, 0..15 exact; later keys share bucket 0.
+  const std::pair<Index, Index> causal[] = {{5, 0},     {0, 0},     {-15, 15}, {-16, 16},
+                                            {-18, 16},  {-19, 17},  {-112, 30}, {-113, 31},
+                                            {-500, 31}};
+  for (const auto& [rel, bucket] : causal) {
+    CAPTURE(rel);
+    CHECK(relative_position_bucket(rel, false, 32, 128) == bucket);
+  }
+  // Per distance column of a (2, 4) attention with queries at positions 2, 3: c - 3.
+  const std::vector<Index> cols = relative_position_buckets(2, 4, true, 32, 128);
+  REQUIRE(cols.size() == 5);
+  CHECK(cols == std::vector<Index>{3, 2, 1, 0, 17});
+}
+
+TEST_CASE("relative bias: gathered per distance, its gradient added back per bucket") {
+  Rng rng(11);
+  MatD table = eftest::random_matrix(6, 2, rng);  // (num_buckets, H)
+  const std::vector<Index> buckets = relative_position_buckets(4, 4, true, 6, 3);
+  MatD bias;
+  relative_bias_forward<double>(bias, table, buckets);
+  REQUIRE(bias.rows() == 2);
+  REQUIRE(bias.cols() == 7);
+  for (Index c = 0; c < 7; ++c)
+    for (Index h = 0; h < 2; ++h) CHECK(bias(h, c) == table(buckets[size_t(c)], h));
+  const MatD R = eftest::random_matrix(2, 7, rng);
+  MatD dtable = MatD::Constant(6, 2, 0.5);  // accumulates
+  relative_bias_backward<double>(dtable, R, buckets);
+  dtable.array() -= 0.5;
+  auto loss = [&] {
+    MatD b;
+    relative_bias_forward<double>(b, table, buckets);
+    return projection(b, R);
+  };
+  eftest::check_grad(table, dtable, loss, "table");
 }
