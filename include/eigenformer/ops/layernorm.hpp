@@ -1,7 +1,13 @@
 // Layer normalisation over the last (feature) dimension, as PyTorch's nn.LayerNorm:
 //   out = (inp - mean) * rstd * gamma + beta,  rstd = 1 / sqrt(var + eps),
-// with the biased variance of each row. The variance is taken of the centred row (two passes), so
-// rows with a large offset (|x| ~ 1e6) keep their precision.
+// with the biased variance of each row. The variance is taken of the centred row (two passes).
+//
+// Rows far from zero (|mean| above the row's standard deviation, e.g. values 1e6 +- 1): the
+// rounded mean of such a row is off by a few ulps of the mean, which can be much more than the
+// spread, so every centred value (and the output and gradients) would be wrong by as much. Those
+// rows are centred twice: x - m0 is exact for values near m0 (Sterbenz), and the mean of those
+// differences is the small correction the first mean missed. Rows whose spread is at least their
+// mean, the common case, skip the extra passes and compute exactly what they did before.
 #pragma once
 
 #include <cmath>
@@ -24,6 +30,16 @@ void check_eps(const std::string& func, Scalar eps) {
   throw_argument(func, "eps", "must be positive and finite, got " + got.str());
 }
 
+/// A row whose |mean| exceeds its standard deviation times this is centred twice (see the top of
+/// the file). Below it the float mean's rounding is at most that of the centred values' own sum.
+constexpr double kLayerNormRecentre = 1.0;
+
+/// Mean of inp's row i minus `centre`: the part of the row's mean that `centre` missed.
+template <class Scalar>
+Scalar layernorm_mean_offset(ConstRef<Scalar> inp, Index i, Scalar centre) {
+  return (inp.row(i).array() - centre).mean();
+}
+
 }  // namespace detail
 
 /// out (N, C) = normalised rows of inp (N, C) scaled by gamma (1, C) and shifted by beta (1, C);
@@ -42,11 +58,17 @@ void layernorm_forward(Matrix<Scalar>& out, Matrix<Scalar>& mean, Matrix<Scalar>
   mean.resize(N, 1);
   rstd.resize(N, 1);
   detail::parallel_for(N, 8.0 * static_cast<double>(C), [&](Index i) {
-    const Scalar m = inp.row(i).mean();
-    const Scalar var = (inp.row(i).array() - m).square().mean();
+    const Scalar m0 = inp.row(i).mean();
+    Scalar var = (inp.row(i).array() - m0).square().mean();
+    Scalar dm = 0;  // what m0 missed of the mean
+    if (std::abs(m0) > Scalar(detail::kLayerNormRecentre) * std::sqrt(var)) {
+      dm = detail::layernorm_mean_offset(inp, i, m0);
+      var = ((inp.row(i).array() - m0) - dm).square().mean();
+    }
     const Scalar r = Scalar(1) / std::sqrt(var + eps);
-    out.row(i).array() = (inp.row(i).array() - m) * r * gamma.row(0).array() + beta.row(0).array();
-    mean(i, 0) = m;
+    out.row(i).array() =
+        ((inp.row(i).array() - m0) - dm) * r * gamma.row(0).array() + beta.row(0).array();
+    mean(i, 0) = m0 + dm;
     rstd(i, 0) = r;
   });
 }
@@ -67,18 +89,27 @@ void layernorm_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dgamma, Matrix<Sca
   if (dgamma) detail::check_shape("layernorm_backward", "dgamma", *dgamma, 1, C);
   if (dbeta) detail::check_shape("layernorm_backward", "dbeta", *dbeta, 1, C);
   dinp.resize(N, C);
+  // The part of each row's mean that the rounded `mean` misses: zero for rows near zero; for rows
+  // far from zero, the mean of x - mean (exact differences), as in the forward pass.
+  Matrix<Scalar> mean_lo(N, 1);  // (N, 1)
   detail::parallel_for(N, 12.0 * static_cast<double>(C), [&](Index i) {
     const Scalar m = mean(i, 0), r = rstd(i, 0);
+    const Scalar lo = std::abs(m) * r > Scalar(detail::kLayerNormRecentre)
+                          ? detail::layernorm_mean_offset(inp, i, m)
+                          : Scalar(0);
+    mean_lo(i, 0) = lo;
     const Scalar dnorm_mean = (dout.row(i).array() * gamma.row(0).array()).mean();
     const Scalar dnorm_norm_mean =
-        (dout.row(i).array() * gamma.row(0).array() * (inp.row(i).array() - m)).mean() * r;
+        (dout.row(i).array() * gamma.row(0).array() * ((inp.row(i).array() - m) - lo)).mean() * r;
     dinp.row(i).array() = r * (dout.row(i).array() * gamma.row(0).array() - dnorm_mean -
-                               (inp.row(i).array() - m) * (r * dnorm_norm_mean));
+                               ((inp.row(i).array() - m) - lo) * (r * dnorm_norm_mean));
   });
-  if (dbeta) *dbeta += dout.colwise().sum();
-  if (dgamma) {
-    for (Index i = 0; i < N; ++i)
-      dgamma->row(0).array() += dout.row(i).array() * (inp.row(i).array() - mean(i, 0)) * rstd(i, 0);
+  // Row by row: a column sum of a row-major matrix would stride through memory.
+  for (Index i = 0; i < N; ++i) {
+    if (dbeta) dbeta->row(0) += dout.row(i);
+    if (dgamma)
+      dgamma->row(0).array() +=
+          dout.row(i).array() * ((inp.row(i).array() - mean(i, 0)) - mean_lo(i, 0)) * rstd(i, 0);
   }
 }
 
