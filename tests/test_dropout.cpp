@@ -46,9 +46,9 @@ TEST_CASE_TEMPLATE("Dropout keeps 1 - p of the entries, scaled so the mean is pr
   CHECK(std::abs(mean_y - mean_x) < 0.01 * mean_x);
 }
 
-TEST_CASE("Dropout's mask is one SplitMix64 stream in row-major order, whatever the threads") {
-  // Rows are drawn in parallel from offsets into one stream; an odd width checks that each row
-  // starts on a fresh 64-bit draw. Run with OMP_NUM_THREADS=2 too (tests/CMakeLists.txt).
+TEST_CASE("Dropout's mask is a hash of (row key, column), whatever the threads") {
+  // Rows are drawn in parallel; each row's key is element i of one SplitMix64 stream started at
+  // the layer's draw. Run with OMP_NUM_THREADS=2 too (tests/CMakeLists.txt).
   const Index rows = 300, cols = 129;
   const float p = 0.25f;
   Dropout<float> drop(p, 11);
@@ -56,18 +56,30 @@ TEST_CASE("Dropout's mask is one SplitMix64 stream in row-major order, whatever 
   drop.forward(Matrix<float>::Ones(rows, cols), cache);
   Rng rng(11);
   std::uint64_t state = rng.next_u64();
-  const auto threshold = static_cast<std::uint64_t>(0.25 * 4294967296.0);
+  const auto threshold = static_cast<std::uint32_t>(0.25 * 4294967296.0);
   Index mismatches = 0;
-  for (Index i = 0; i < rows; ++i)
-    for (Index j = 0; j < cols; j += 2) {
-      const std::uint64_t z = detail::splitmix64(state);
-      const std::uint64_t halves[2] = {z & 0xFFFFFFFFull, z >> 32};
-      for (Index k = 0; k < 2 && j + k < cols; ++k) {
-        const float expected = halves[k] < threshold ? 0.0f : 1.0f / (1.0f - p);
-        mismatches += cache.mask(i, j + k) != expected;
-      }
+  for (Index i = 0; i < rows; ++i) {
+    const auto key = static_cast<std::uint32_t>(detail::splitmix64(state));
+    for (Index j = 0; j < cols; ++j) {
+      const bool dropped = detail::hash32(key, static_cast<std::uint32_t>(j)) < threshold;
+      mismatches += cache.mask(i, j) != (dropped ? 0.0f : 1.0f / (1.0f - p));
     }
+  }
   CHECK(mismatches == 0);
+}
+
+TEST_CASE("Dropout masks of neighbouring rows and columns are uncorrelated") {
+  // A weak hash would show up as kept/dropped agreement away from p^2 + (1-p)^2 between
+  // neighbours.
+  Dropout<double> drop(0.5, 3);
+  typename Dropout<double>::Cache cache;
+  drop.forward(MatD::Ones(400, 400), cache);
+  const MatD kept = (cache.mask.array() > 0).cast<double>();
+  const double right = (kept.leftCols(399).array() == kept.rightCols(399).array()).cast<double>().mean();
+  const double down = (kept.topRows(399).array() == kept.bottomRows(399).array()).cast<double>().mean();
+  // 159600 pairs with agreement probability 0.5: standard deviation about 0.0013.
+  CHECK(std::abs(right - 0.5) < 0.007);
+  CHECK(std::abs(down - 0.5) < 0.007);
 }
 
 TEST_CASE("Dropout backward applies the forward's mask") {

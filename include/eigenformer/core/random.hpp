@@ -24,6 +24,18 @@ inline std::uint64_t splitmix64(std::uint64_t& state) {
   return z ^ (z >> 31);
 }
 
+/// MurmurHash3's 32-bit finaliser of key + counter * golden ratio: a counter-based generator of
+/// 32-bit uniforms (each value depends only on key and counter), cheap enough to vectorise with
+/// 32-bit SIMD multiplies.
+inline std::uint32_t hash32(std::uint32_t key, std::uint32_t counter) {
+  std::uint32_t x = key + counter * 0x9E3779B9u;
+  x ^= x >> 16;
+  x *= 0x85EBCA6Bu;
+  x ^= x >> 13;
+  x *= 0xC2B2AE35u;
+  return x ^ (x >> 16);
+}
+
 }  // namespace detail
 
 class Rng {

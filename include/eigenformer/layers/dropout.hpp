@@ -4,6 +4,7 @@
 // the same seed gives the same masks; the mask is kept in the cache for backward.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -77,24 +78,30 @@ class Dropout {
   Scalar p_ = Scalar(0);
   Rng rng_;
 
-  /// One draw of the layer's rng per mask; the mask itself comes from a SplitMix64 stream started
-  /// there, two 32-bit uniforms per 64-bit value, each element kept when its uniform is >= p.
-  /// Row i starts at the stream's element i * ceil(cols / 2), so rows can be drawn by different
-  /// threads and the mask is the same for every thread count. (mt19937_64 and a double per
-  /// element made dropout 7% of a training step.)
+  /// One draw of the layer's rng per mask; row i gets the key of element i of a SplitMix64
+  /// stream started there, and element (i, j) is kept when hash32(key_i, j), a uniform 32-bit
+  /// value, is >= p * 2^32. Each value depends only on (draw, i, j), so rows can go to different
+  /// threads and the mask is the same for every thread count; the inner loop vectorises. (A
+  /// double from mt19937_64 per element made dropout 7% of a training step.)
   void draw_mask(Mat& mask, Index rows, Index cols) {
     const std::uint64_t start = rng_.next_u64();
-    const auto threshold = static_cast<std::uint64_t>(static_cast<double>(p_) * 4294967296.0);
+    // p < 1, so p * 2^32 < 2^32 fits (rounding up to 2^32 only for p within 2^-33 of 1).
+    const auto threshold = static_cast<std::uint32_t>(
+        std::min(static_cast<double>(p_) * 4294967296.0, 4294967295.0));
     const Scalar scale = Scalar(1) / (Scalar(1) - p_);
-    const Index pairs = (cols + 1) / 2;  // 64-bit draws per row
     mask.resize(rows, cols);
     detail::parallel_for(rows, 4.0 * static_cast<double>(cols), [&](Index i) {
-      std::uint64_t state = start + static_cast<std::uint64_t>(i * pairs) * 0x9E3779B97F4A7C15ull;
+      std::uint64_t state = start + static_cast<std::uint64_t>(i) * 0x9E3779B97F4A7C15ull;
+      const auto key = static_cast<std::uint32_t>(detail::splitmix64(state));
       Scalar* row = mask.data() + i * cols;
-      for (Index j = 0; j < cols; j += 2) {
-        const std::uint64_t z = detail::splitmix64(state);
-        row[j] = (z & 0xFFFFFFFFull) < threshold ? Scalar(0) : scale;
-        if (j + 1 < cols) row[j + 1] = (z >> 32) < threshold ? Scalar(0) : scale;
+      // Written so that GCC vectorises it: a local copy of scale (stores to row could alias the
+      // captured one), a 32-bit counter, and the unsigned comparison as a signed one (AVX2 has
+      // no unsigned compare) after flipping the sign bits.
+      const Scalar kept = scale;
+      const auto flipped_threshold = static_cast<std::int32_t>(threshold ^ 0x80000000u);
+      for (std::uint32_t j = 0; j < static_cast<std::uint32_t>(cols); ++j) {
+        const auto h = static_cast<std::int32_t>(detail::hash32(key, j) ^ 0x80000000u);
+        row[j] = h >= flipped_threshold ? kept : Scalar(0);
       }
     });
   }
