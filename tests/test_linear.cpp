@@ -71,6 +71,11 @@ TEST_CASE("Linear's row-split products equal plain sums on shapes that get threa
       for (Index i = 0; i < N; ++i) sum += dy(i, o) * x(i, k);
       worst = std::max(worst, std::abs(lin.weight.grad(o, k) - sum));
     }
+  for (Index o = 0; o < out; ++o) {
+    double sum = 0;
+    for (Index i = 0; i < N; ++i) sum += dy(i, o);
+    worst = std::max(worst, std::abs(lin.bias.grad(0, o) - sum));
+  }
   CHECK(worst < 1e-12);
 }
 

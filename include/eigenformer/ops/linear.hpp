@@ -45,15 +45,18 @@ void linear_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scala
                             dinp.middleRows(begin, end - begin).noalias() =
                                 dout.middleRows(begin, end - begin) * weight;
                           });
-  if (dweight) {
-    // Row block [begin, end) of dweight needs only the same columns of dout.
-    detail::parallel_ranges(dout.cols(), detail::kGemmRowAlign, work,
-                            detail::kParallelMinGemmWork, [&](Index begin, Index end) {
-                              dweight->middleRows(begin, end - begin).noalias() +=
-                                  dout.middleCols(begin, end - begin).transpose() * inp;
-                            });
-  }
-  if (dbias) *dbias += dout.colwise().sum();
+  // Row block [begin, end) of dweight, and the same entries of dbias, need only those columns
+  // of dout.
+  if (!dweight && !dbias) return;
+  detail::parallel_ranges(dout.cols(), detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
+                          [&](Index begin, Index end) {
+                            const Index n = end - begin;
+                            if (dweight)
+                              dweight->middleRows(begin, n).noalias() +=
+                                  dout.middleCols(begin, n).transpose() * inp;
+                            if (dbias)
+                              dbias->middleCols(begin, n) += dout.middleCols(begin, n).colwise().sum();
+                          });
 }
 
 }  // namespace eigenformer
