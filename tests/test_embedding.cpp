@@ -114,6 +114,14 @@ TEST_CASE("Embedding ops work directly on a table") {
                             {"embedding_forward", "'ids'", "id 4", "(0, 1)", "[0, 4)"});
   eftest::check_throws_with([&] { embedding_backward<double>(dtable, MatD::Zero(2, 2), ids, -1); },
                             {"embedding_backward", "'dout'", "(2, 2)", "(3, 2)"});
+  const MatD before = dtable;
+  eftest::check_throws_with(
+      [&] { embedding_backward<double>(dtable, MatD::Ones(3, 2), ids, -2); },
+      {"embedding_backward", "'padding_id'", "must be -1 (none) or in [0, 4)", "got -2"});
+  eftest::check_throws_with(
+      [&] { embedding_backward<double>(dtable, MatD::Ones(3, 2), ids, 4); },
+      {"embedding_backward", "'padding_id'", "got 4"});
+  CHECK(dtable == before);
 }
 
 TEST_CASE("Embedding rejects bad ids and shapes and leaves its parameters unchanged") {

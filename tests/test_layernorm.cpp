@@ -204,10 +204,18 @@ TEST_CASE("LayerNorm rejects bad input and leaves its parameters unchanged") {
   ln.forward(Matrix<float>::Ones(6, 4), cache);
   eftest::check_throws_with([&] { ln.backward(Matrix<float>::Ones(6, 3), cache); },
                             {"LayerNorm::backward", "'dy'", "(6, 3)", "(6, 4)"});
+  // A cache that no forward filled, or one of another LayerNorm, is named as the problem.
+  eftest::check_throws_with([&] { ln.backward(Matrix<float>::Ones(6, 4), {}); },
+                            {"LayerNorm::backward", "'cache.x'", "(0, 0)", "(*, 4)"});
+  LayerNorm<float>::Cache foreign = cache;
+  foreign.rstd.conservativeResize(5, 1);
+  eftest::check_throws_with([&] { ln.backward(Matrix<float>::Ones(6, 4), foreign); },
+                            {"LayerNorm::backward", "'cache.rstd'", "(5, 1)", "(6, 1)"});
   CHECK(ln.weight.value == before);
   CHECK(ln.weight.grad.isZero());
   CHECK(ln.bias.grad.isZero());
-  eftest::check_throws_with([&] { LayerNorm<float>(0); }, {"LayerNorm::LayerNorm", "'d'"});
+  eftest::check_throws_with([&] { LayerNorm<float>(0); },
+                            {"LayerNorm::LayerNorm", "'d'", "must be positive, got 0"});
   eftest::check_throws_with([&] { LayerNorm<float>(4, 0.0f); },
                             {"LayerNorm::LayerNorm", "'eps'"});
   eftest::check_throws_with([&] { LayerNorm<float>(4, -1e-5f); },
@@ -224,7 +232,9 @@ TEST_CASE("layernorm ops reject mismatched parameter shapes") {
                             {"layernorm_forward", "'beta'", "(1, 5)", "(1, 4)"});
   eftest::check_throws_with(
       [&] { layernorm_forward<double>(out, mean, rstd, Matrix<double>(3, 0), g, g, 1e-5); },
-      {"layernorm_forward", "'inp'", "(3, 0)"});
+      {"layernorm_forward", "'inp'", "(3, 0)", "expected at least one column"});
+  eftest::check_throws_with([&] { layernorm_forward<double>(out, mean, rstd, x, g, g, -1.0); },
+                            {"layernorm_forward", "'eps'", "must be positive and finite", "-1"});
   layernorm_forward<double>(out, mean, rstd, x, g, g, 1e-5);
   Matrix<double> dgamma = Matrix<double>::Zero(1, 5);
   eftest::check_throws_with(
@@ -233,5 +243,19 @@ TEST_CASE("layernorm ops reject mismatched parameter shapes") {
   eftest::check_throws_with(
       [&] { layernorm_backward<double>(dinp, nullptr, nullptr, x, x, g, rstd.topRows(2), rstd); },
       {"layernorm_backward", "'mean'", "(2, 1)", "(3, 1)"});
+  eftest::check_throws_with(
+      [&] { layernorm_backward<double>(dinp, nullptr, nullptr, x, x, g, mean, rstd.topRows(1)); },
+      {"layernorm_backward", "'rstd'", "(1, 1)", "(3, 1)"});
+  eftest::check_throws_with(
+      [&] { layernorm_backward<double>(dinp, nullptr, nullptr, x.leftCols(3), x, g, mean, rstd); },
+      {"layernorm_backward", "'dout'", "(3, 3)", "(3, 4)"});
+  eftest::check_throws_with(
+      [&] { layernorm_backward<double>(dinp, nullptr, nullptr, x, x, bad, mean, rstd); },
+      {"layernorm_backward", "'gamma'", "(1, 5)", "(1, 4)"});
+  Matrix<double> dbeta = Matrix<double>::Zero(2, 4);
+  eftest::check_throws_with(
+      [&] { layernorm_backward<double>(dinp, nullptr, &dbeta, x, x, g, mean, rstd); },
+      {"layernorm_backward", "'dbeta'", "(2, 4)", "(1, 4)"});
   CHECK(dgamma.isZero());
+  CHECK(dbeta.isZero());
 }

@@ -256,7 +256,7 @@ TEST_CASE("cross_entropy rejects bad targets and options and leaves the cache un
       [&] {
         cross_entropy_forward(cache, logits, ids({0, 1, 2, 3}), {-1, 1.5});
       },
-      {"cross_entropy_forward", "'label_smoothing'", "1.5"});
+      {"cross_entropy_forward", "'label_smoothing'", "must be in [0, 1]", "1.5"});
   eftest::check_throws_with(
       [&] {
         cross_entropy_forward(cache, Matrix<float>(4, 0), ids({0, 1, 2, 3}));
@@ -269,4 +269,9 @@ TEST_CASE("cross_entropy rejects bad targets and options and leaves the cache un
   bad.probs = Matrix<float>::Zero(2, 3);
   eftest::check_throws_with([&] { cross_entropy_backward(bad); },
                             {"cross_entropy_backward", "'cache'", "(2, 3)"});
+  CrossEntropyCache<float> good;
+  cross_entropy_forward(good, logits, ids({0, 1, 2, 3}));
+  eftest::check_throws_with(
+      [&] { cross_entropy_backward(good, std::numeric_limits<float>::quiet_NaN()); },
+      {"cross_entropy_backward", "'dloss'", "must be finite", "got nan"});
 }

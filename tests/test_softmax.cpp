@@ -47,3 +47,11 @@ TEST_CASE("softmax backward matches finite differences") {
     return projection(y, R);
   }, "x");
 }
+
+TEST_CASE("softmax backward rejects a dout of another shape than the forward's output") {
+  Matrix<double> out = Matrix<double>::Constant(3, 4, 0.25), dinp;
+  eftest::check_throws_with(
+      [&] { softmax_backward<double>(dinp, Matrix<double>::Ones(3, 5), out); },
+      {"eigenformer::softmax_backward", "'dout'", "has shape (3, 5)", "expected (3, 4)"});
+  CHECK(dinp.size() == 0);
+}

@@ -48,8 +48,11 @@ class LayerNorm {
 
   /// dy (N, d) -> dx (N, d); adds into weight.grad and bias.grad.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
-    detail::check_shape("LayerNorm::backward", "dy", dy, cache.x.rows(), features());
+    // The cache first, so that an empty or foreign cache is named as such (not as a bad dy).
     detail::check_shape("LayerNorm::backward", "cache.x", cache.x, -1, features());
+    detail::check_shape("LayerNorm::backward", "cache.mean", cache.mean, cache.x.rows(), 1);
+    detail::check_shape("LayerNorm::backward", "cache.rstd", cache.rstd, cache.x.rows(), 1);
+    detail::check_shape("LayerNorm::backward", "dy", dy, cache.x.rows(), features());
     Mat dx;
     layernorm_backward<Scalar>(dx, &weight.grad, &bias.grad, dy, cache.x, weight.value,
                                cache.mean, cache.rstd);

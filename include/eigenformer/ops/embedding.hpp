@@ -47,6 +47,10 @@ void embedding_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dout, const IdM
                         Index padding_id) {
   detail::check_embedding_ids("embedding_backward", "ids", ids, dtable.rows());
   detail::check_shape("embedding_backward", "dout", dout, ids.size(), dtable.cols());
+  detail::require(padding_id >= -1 && padding_id < dtable.rows(), "embedding_backward",
+                  "padding_id",
+                  "must be -1 (none) or in [0, " + std::to_string(dtable.rows()) + "), got " +
+                      std::to_string(padding_id));
   const Index* id = ids.data();  // (B*T) row-major: token b*T+t
   for (Index n = 0; n < ids.size(); ++n) {
     if (id[n] != padding_id) dtable.row(id[n]) += dout.row(n);

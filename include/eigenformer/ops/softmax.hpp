@@ -41,6 +41,7 @@ void softmax_forward(Matrix<Scalar>& out, ConstRef<Scalar> inp) {
 /// dinp (N, C) = out * (dout - rowsum(dout * out)), fresh; out is the forward's output.
 template <class Scalar>
 void softmax_backward(Matrix<Scalar>& dinp, ConstRef<Scalar> dout, ConstRef<Scalar> out) {
+  detail::check_shape("softmax_backward", "dout", dout, out.rows(), out.cols());
   dinp.resize(out.rows(), out.cols());
   detail::parallel_for(out.rows(), 4.0 * static_cast<double>(out.cols()), [&](Index i) {
     const Scalar dot = out.row(i).dot(dout.row(i));

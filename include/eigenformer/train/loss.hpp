@@ -117,13 +117,15 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
 }
 
 /// dlogits (N, V), fresh: dloss * (probs - smoothed one-hot) / count on counted rows, zero on
-/// ignored rows (and everywhere when no row counted).
+/// ignored rows (and everywhere when no row counted). dloss must be finite.
 template <class Scalar>
 Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache, Scalar dloss = 1) {
   const Index N = cache.probs.rows(), V = cache.probs.cols();
   detail::require(cache.targets.size() == N, "cross_entropy_backward", "cache",
                   "holds " + std::to_string(cache.targets.size()) + " targets for probs of shape " +
                       detail::shape_of(cache.probs) + "; fill it with cross_entropy_forward");
+  detail::require(std::isfinite(static_cast<double>(dloss)), "cross_entropy_backward", "dloss",
+                  "must be finite, got " + std::to_string(static_cast<double>(dloss)));
   Matrix<Scalar> dlogits = Matrix<Scalar>::Zero(N, V);  // (N, V)
   if (cache.count == 0) return dlogits;
   const Scalar scale = dloss / static_cast<Scalar>(cache.count);
