@@ -183,6 +183,34 @@ TEST_CASE("StepGuard: stop throws with the step number; skip gives up after too 
 
   StepGuard<float> forever(NonFinitePolicy::skip, 0);
   for (int i = 0; i < 500; ++i) CHECK_FALSE(forever.check(kNaN, p.list()));
-  eftest::check_throws_with([] { StepGuard<float>(NonFinitePolicy::skip, -1); },
-                            {"eigenformer::StepGuard::StepGuard", "'max_consecutive_skips'"});
+  eftest::check_throws_with(
+      [] { StepGuard<float>(NonFinitePolicy::skip, -1); },
+      {"eigenformer::StepGuard::StepGuard", "'max_consecutive_skips'", "must not be negative",
+       "got -1"});
+}
+
+TEST_CASE("guard entry points reject a policy that is not an enumerator and null parameters") {
+  TwoParams p;
+  const auto bogus = static_cast<NonFinitePolicy>(7);
+  eftest::check_throws_with([&] { StepGuard<float>{bogus}; },
+                            {"eigenformer::StepGuard::StepGuard", "'policy'",
+                             "is not a NonFinitePolicy (value 7)", "expected stop or skip"});
+  p.a.grad(0, 0) = kNaN;
+  const StepCheck bad = check_step(1.0, p.list());
+  eftest::check_throws_with([&] { apply_policy(bad, bogus, p.list()); },
+                            {"eigenformer::apply_policy", "'policy'", "value 7"});
+  ParamList<float> with_null = p.list();
+  with_null.push_back({"gone", nullptr});
+  eftest::check_throws_with([&] { apply_policy(bad, NonFinitePolicy::skip, with_null); },
+                            {"eigenformer::apply_policy", "'params'", "null pointer for 'gone'"});
+  CHECK(std::isnan(p.a.grad(0, 0)));  // nothing was zeroed
+
+  // StepGuard::check counts nothing when its arguments are bad.
+  StepGuard<float> guard(NonFinitePolicy::skip);
+  CHECK_FALSE(guard.check(1.0, p.list()));
+  eftest::check_throws_with([&] { guard.check(1.0, with_null); },
+                            {"eigenformer::StepGuard::check", "'params'", "'gone'"});
+  CHECK(guard.steps() == 1);
+  CHECK(guard.skipped() == 1);
+  CHECK(guard.last().param == "a");
 }

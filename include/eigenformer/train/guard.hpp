@@ -44,6 +44,24 @@ enum class NonFinitePolicy {
   skip,  // zero the gradients and skip the optimizer step
 };
 
+namespace detail {
+
+/// Throws unless policy is one of the enumerators.
+inline void check_policy(const std::string& func, NonFinitePolicy policy) {
+  require(policy == NonFinitePolicy::stop || policy == NonFinitePolicy::skip, func, "policy",
+          "is not a NonFinitePolicy (value " + std::to_string(static_cast<int>(policy)) +
+              "), expected stop or skip");
+}
+
+/// Throws unless every parameter pointer is set.
+template <class Scalar>
+void check_params_not_null(const std::string& func, const ParamList<Scalar>& params) {
+  for (const auto& p : params)
+    require(p.param != nullptr, func, "params", "has a null pointer for '" + p.name + "'");
+}
+
+}  // namespace detail
+
 /// The verdict on one step.
 struct StepCheck {
   bool ok = true;            // the loss and every gradient entry are finite
@@ -60,10 +78,9 @@ struct StepCheck {
 /// are bad. Throws ArgumentError for a null parameter.
 template <class Scalar>
 StepCheck check_step(double loss, const ParamList<Scalar>& params) {
+  detail::check_params_not_null("check_step", params);
   StepCheck c;
   for (const auto& p : params) {
-    detail::require(p.param != nullptr, "check_step", "params",
-                    "has a null pointer for '" + p.name + "'");
     const Matrix<Scalar>& g = p.param->grad;
     if (g.allFinite()) continue;
     ++c.bad_params;
@@ -90,10 +107,13 @@ StepCheck check_step(double loss, const ParamList<Scalar>& params) {
 
 /// Applies policy to a check: true if the step may go ahead. On a bad step, stop throws
 /// NonFiniteError (message "eigenformer::<where>: <check.what>"); skip zeroes every gradient in
-/// params and returns false.
+/// params and returns false. Throws ArgumentError for a policy that is not an enumerator or a null
+/// parameter.
 template <class Scalar>
 bool apply_policy(const StepCheck& check, NonFinitePolicy policy, const ParamList<Scalar>& params,
                   const std::string& where = "check_step") {
+  detail::check_policy("apply_policy", policy);
+  detail::check_params_not_null("apply_policy", params);
   if (check.ok) return true;
   if (policy == NonFinitePolicy::stop)
     throw NonFiniteError("eigenformer::" + where + ": " + check.what, check.param);
@@ -109,6 +129,7 @@ class StepGuard {
   explicit StepGuard(NonFinitePolicy policy = NonFinitePolicy::stop,
                      long max_consecutive_skips = 100)
       : policy_(policy), max_consecutive_(max_consecutive_skips) {
+    detail::check_policy("StepGuard::StepGuard", policy);
     detail::require(max_consecutive_skips >= 0, "StepGuard::StepGuard", "max_consecutive_skips",
                     "must not be negative, got " + std::to_string(max_consecutive_skips));
   }
@@ -117,6 +138,7 @@ class StepGuard {
   /// NonFiniteError under stop, or after too many skips in a row; the message gives the step
   /// number (counting from 1).
   bool check(double loss, const ParamList<Scalar>& params) {
+    detail::check_params_not_null("StepGuard::check", params);  // before counting anything
     ++steps_;
     last_ = check_step(loss, params);
     if (last_.ok) {
