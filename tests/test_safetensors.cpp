@@ -250,7 +250,7 @@ TEST_CASE("safetensors rejects unreadable and truncated files, changing nothing"
   check_load_fails(tmp.file("absent.safetensors"), {"cannot open for reading", "No such file"});
   check_load_fails(tmp.dir.string(), {"not a regular file"});
   check_io_error([&] { read_safetensors_metadata(tmp.file("absent")); },
-                 {"eigenformer::read_safetensors_header", "cannot open for reading"});
+                 {"eigenformer::read_safetensors_metadata", "cannot open for reading"});
 
   write_bytes(path, good.substr(0, 5));
   check_load_fails(path, {"truncated: 5 bytes, too short for the 8-byte header length"});
@@ -401,6 +401,21 @@ TEST_CASE("safetensors rejects bad parameter lists with ArgumentError") {
         save_safetensors<float>(path, {{"bad\xff", &a}});
       },
       {"save_safetensors", "not valid UTF-8"});
+  eftest::check_throws_with([&] { save_safetensors<float>("", {{"a", &a}}); },
+                            {"save_safetensors", "'path'", "is empty, expected a file name"});
+  eftest::check_throws_with([&] { save_safetensors<float>(path, {{"a", &a}}, {}, Dtype(5)); },
+                            {"save_safetensors", "'dtype'", "is not a Dtype (value 5)",
+                             "expected F32 or F64"});
+  eftest::check_throws_with([&] { dtype_name(Dtype(5)); },
+                            {"dtype_name", "'d'", "is not a Dtype (value 5)"});
+  a.value.setConstant(3.0f);
+  eftest::check_throws_with([&] { load_safetensors<float>("", {{"a", &a}}); },
+                            {"load_safetensors", "'path'", "is empty"});
+  CHECK((a.value.array() == 3.0f).all());
+  eftest::check_throws_with([&] { read_safetensors_header(""); },
+                            {"read_safetensors_header", "'path'", "is empty"});
+  eftest::check_throws_with([&] { read_safetensors_metadata(""); },
+                            {"read_safetensors_metadata", "'path'", "is empty"});
   CHECK_FALSE(fs::exists(path));
   CHECK_FALSE(tmp.has_temp_files());
 }

@@ -39,7 +39,22 @@ namespace eigenformer {
 /// Element types this library reads into and writes from parameters.
 enum class Dtype { F32, F64 };
 
-inline const char* dtype_name(Dtype d) { return d == Dtype::F32 ? "F32" : "F64"; }
+namespace detail {
+
+/// Throws unless d is one of the enumerators.
+inline void check_dtype(const std::string& func, const std::string& arg, Dtype d) {
+  require(d == Dtype::F32 || d == Dtype::F64, func, arg,
+          "is not a Dtype (value " + std::to_string(static_cast<int>(d)) +
+              "), expected F32 or F64");
+}
+
+}  // namespace detail
+
+/// "F32" or "F64"; ArgumentError for a value that is not an enumerator.
+inline const char* dtype_name(Dtype d) {
+  detail::check_dtype("dtype_name", "d", d);
+  return d == Dtype::F32 ? "F32" : "F64";
+}
 
 /// F32 for float parameters, F64 for double.
 template <class Scalar>
@@ -77,6 +92,11 @@ static_assert(std::numeric_limits<float>::is_iec559 && std::numeric_limits<doubl
 }
 
 inline std::string errno_str() { return std::strerror(errno); }
+
+/// Throws ArgumentError for an empty path (a caller's mistake, not a file's).
+inline void check_path(const std::string& func, const std::string& path) {
+  require(!path.empty(), func, "path", "is empty, expected a file name");
+}
 
 /// Bytes per element of a safetensors dtype; 0 if the dtype is unknown.
 inline std::uint64_t st_dtype_bytes(const std::string& d) {
@@ -480,28 +500,40 @@ inline void sync_directory_of(const std::string& path) {
 
 }  // namespace detail
 
+namespace detail {
+
+/// Opens path and reads its checked header; errors name func.
+inline SafetensorsHeader read_file_header(const std::string& func, const std::string& path) {
+  check_path(func, path);
+  std::uint64_t size = 0;
+  Fd fd(open_for_reading(func, path, size));
+  return read_header(func, path, fd.get(), size);
+}
+
+}  // namespace detail
+
 /// Reads and checks a file's header without reading the tensor data.
 inline SafetensorsHeader read_safetensors_header(const std::string& path) {
-  const std::string func = "read_safetensors_header";
-  std::uint64_t size = 0;
-  detail::Fd fd(detail::open_for_reading(func, path, size));
-  return detail::read_header(func, path, fd.get(), size);
+  return detail::read_file_header("read_safetensors_header", path);
 }
 
 /// The file's "__metadata__" (empty if it has none).
 inline std::map<std::string, std::string> read_safetensors_metadata(const std::string& path) {
-  return read_safetensors_header(path).metadata;
+  return detail::read_file_header("read_safetensors_metadata", path).metadata;
 }
 
 /// Writes params (name -> value) to path as dtype, with optional string metadata. Replaces any
 /// existing file atomically; on failure throws IoError and leaves the old file as it was.
-/// Throws ArgumentError for a null parameter or an empty, repeated or "__metadata__" name.
+/// Throws ArgumentError for an empty path, a null parameter, an empty, repeated or "__metadata__"
+/// name, or a dtype that is not an enumerator.
 template <class Scalar>
 void save_safetensors(const std::string& path, const ParamList<Scalar>& params,
                       const std::map<std::string, std::string>& metadata = {},
                       Dtype dtype = native_dtype<Scalar>()) {
   const std::string func = "save_safetensors";
+  detail::check_path(func, path);
   detail::check_param_names(func, params);
+  detail::check_dtype(func, "dtype", dtype);
   const std::string header = detail::make_header(params, metadata, dtype);
   std::string tmp;
   detail::Fd fd(detail::create_temp(path, tmp));
@@ -528,12 +560,14 @@ void save_safetensors(const std::string& path, const ParamList<Scalar>& params,
 
 /// Loads every parameter from path. Strict: the file must hold exactly the names in params, each
 /// with the parameter's shape (Param::shape()) and dtype F32 or F64 (converted to Scalar).
-/// Everything is checked before any parameter changes; on error throws IoError and changes none.
+/// Everything is checked before any parameter changes; on error throws IoError and changes none
+/// (ArgumentError for an empty path or a bad parameter list).
 template <class Scalar>
 void load_safetensors(const std::string& path, const ParamList<Scalar>& params) {
   static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
                 "safetensors I/O supports float and double parameters");
   const std::string func = "load_safetensors";
+  detail::check_path(func, path);
   detail::check_param_names(func, params);
   std::uint64_t size = 0;
   detail::Fd fd(detail::open_for_reading(func, path, size));
