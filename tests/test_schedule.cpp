@@ -1,5 +1,6 @@
 #include <cmath>
 #include <eigenformer/train/schedule.hpp>
+#include <limits>
 
 #include "test_util.hpp"
 
@@ -77,27 +78,38 @@ TEST_CASE("apply_schedule sets the rate for the optimizer's next step") {
 
 TEST_CASE("Schedules reject bad arguments and steps before 1") {
   eftest::check_throws_with([] { NoamSchedule<float>(0, 10); },
-                            {"NoamSchedule::NoamSchedule", "'d_model'", "0"});
+                            {"NoamSchedule::NoamSchedule", "'d_model'", "must be positive, got 0"});
   eftest::check_throws_with([] { NoamSchedule<float>(512, 0); },
-                            {"NoamSchedule::NoamSchedule", "'warmup'"});
+                            {"NoamSchedule::NoamSchedule", "'warmup'", "must be positive, got 0"});
   eftest::check_throws_with([] { NoamSchedule<float>(512, 10, -1.f); },
-                            {"NoamSchedule::NoamSchedule", "'factor'", "-1"});
+                            {"NoamSchedule::NoamSchedule", "'factor'", "must be in [0, inf)",
+                             "got -1"});
   eftest::check_throws_with([] { NoamSchedule<float>(512, 10).lr(0); },
-                            {"NoamSchedule::lr", "'step'", "got 0"});
+                            {"NoamSchedule::lr", "'step'", "must be >= 1", "got 0"});
   eftest::check_throws_with([] { ConstantSchedule<float>(-1.f); },
-                            {"ConstantSchedule::ConstantSchedule", "'lr'"});
+                            {"ConstantSchedule::ConstantSchedule", "'lr'", "must be in [0, inf)",
+                             "got -1"});
+  eftest::check_throws_with(
+      [] { ConstantSchedule<float>(std::numeric_limits<float>::quiet_NaN()); },
+      {"ConstantSchedule::ConstantSchedule", "'lr'", "got nan"});
   eftest::check_throws_with([] { ConstantSchedule<float>(1.f, -2); },
-                            {"ConstantSchedule::ConstantSchedule", "'warmup'", "-2"});
+                            {"ConstantSchedule::ConstantSchedule", "'warmup'", "must be >= 0",
+                             "got -2"});
   eftest::check_throws_with([] { ConstantSchedule<float>(1.f).lr(-3); },
-                            {"ConstantSchedule::lr", "'step'", "-3"});
+                            {"ConstantSchedule::lr", "'step'", "must be >= 1", "got -3"});
   eftest::check_throws_with([] { CosineSchedule<float>(1.f, 10, 5); },
-                            {"CosineSchedule::CosineSchedule", "'total_steps'", "5"});
+                            {"CosineSchedule::CosineSchedule", "'total_steps'",
+                             "must be >= 1 and >= warmup (10)", "got 5"});
   eftest::check_throws_with([] { CosineSchedule<float>(1.f, 0, 0); },
-                            {"CosineSchedule::CosineSchedule", "'total_steps'"});
+                            {"CosineSchedule::CosineSchedule", "'total_steps'", "got 0"});
   eftest::check_throws_with([] { CosineSchedule<float>(1.f, 1, 5, 2.f); },
-                            {"CosineSchedule::CosineSchedule", "'min_lr'", "2"});
+                            {"CosineSchedule::CosineSchedule", "'min_lr'", "must be in [0, 1]",
+                             "got 2"});
+  eftest::check_throws_with([] { CosineSchedule<float>(-1.f, 1, 5); },
+                            {"CosineSchedule::CosineSchedule", "'peak_lr'", "got -1"});
   eftest::check_throws_with([] { CosineSchedule<float>(1.f, -1, 5); },
-                            {"CosineSchedule::CosineSchedule", "'warmup'"});
+                            {"CosineSchedule::CosineSchedule", "'warmup'", "must be >= 0",
+                             "got -1"});
   eftest::check_throws_with([] { CosineSchedule<float>(1.f, 1, 5).lr(0); },
-                            {"CosineSchedule::lr", "'step'"});
+                            {"CosineSchedule::lr", "'step'", "must be >= 1", "got 0"});
 }
