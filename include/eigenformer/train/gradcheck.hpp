@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 #include <string>
 
 #include "../core/tensor.hpp"
@@ -26,12 +27,31 @@ struct GradCheckOptions {
   double atol = 1e-8;
 };
 
+namespace detail {
+
+/// Throws unless value is finite and > 0 (or >= 0 when zero is allowed).
+inline void check_gradcheck_value(const std::string& arg, double value, bool zero_ok) {
+  if (std::isfinite(value) && (value > 0 || (zero_ok && value == 0))) return;
+  std::ostringstream got;
+  got << value;
+  throw_argument("check_gradient", arg,
+                 std::string(zero_ok ? "must be finite and >= 0" : "must be positive and finite") +
+                     ", got " + got.str());
+}
+
+}  // namespace detail
+
 /// Checks `analytic` against central differences of loss() with respect to every entry of x.
 /// loss() must recompute the scalar from the current value of x; x is restored afterwards.
 template <class Loss>
 GradCheckResult check_gradient(Matrix<double>& x, const Matrix<double>& analytic, Loss&& loss,
                                const GradCheckOptions& opt = {}) {
   detail::check_shape("check_gradient", "analytic", analytic, x.rows(), x.cols());
+  detail::check_gradcheck_value("opt.eps", opt.eps, false);
+  detail::check_gradcheck_value("opt.rtol", opt.rtol, true);
+  detail::check_gradcheck_value("opt.atol", opt.atol, true);
+  detail::require(opt.rtol > 0 || opt.atol > 0, "check_gradient", "opt",
+                  "has rtol = atol = 0, expected at least one positive tolerance");
   GradCheckResult r;
   for (Index i = 0; i < x.rows(); ++i) {
     for (Index j = 0; j < x.cols(); ++j) {
@@ -60,6 +80,7 @@ GradCheckResult check_gradient(Matrix<double>& x, const Matrix<double>& analytic
 
 /// <a, b>: the scalar loss of a random projection.
 inline double projection(ConstRef<double> a, ConstRef<double> b) {
+  detail::check_shape("projection", "b", b, a.rows(), a.cols());
   return (a.array() * b.array()).sum();
 }
 
