@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "error.hpp"
 #include "tensor.hpp"
 
 namespace eigenformer {
@@ -21,11 +22,17 @@ struct Param {
 
   Param() = default;
   Param(Index rows, Index cols, bool vector = false)
-      : value(Matrix<Scalar>::Zero(rows, cols)), grad(Matrix<Scalar>::Zero(rows, cols)),
+      : value(Matrix<Scalar>::Zero(checked_size("rows", rows), checked_size("cols", cols))),
+        grad(Matrix<Scalar>::Zero(rows, cols)),
         is_vector(vector) {}
 
   void zero_grad() { grad.setZero(); }
   Index size() const { return value.size(); }
+
+  static Index checked_size(const char* arg, Index n) {
+    detail::require(n >= 0, "Param::Param", arg, "must be >= 0, got " + std::to_string(n));
+    return n;
+  }
 
   /// Shape as a tensor file states it: {cols} for a vector, {rows, cols} otherwise.
   std::vector<Index> shape() const {
@@ -51,13 +58,26 @@ void append_params(ParamList<Scalar>& out, const std::string& prefix,
   for (const auto& p : child) out.push_back({prefix + "." + p.name, p.param});
 }
 
+namespace detail {
+
+/// Throws unless every entry of params points to a parameter.
+template <class Scalar>
+void check_no_null_params(const char* func, const ParamList<Scalar>& params) {
+  for (const auto& p : params)
+    require(p.param != nullptr, func, "params", "has a null pointer for '" + p.name + "'");
+}
+
+}  // namespace detail
+
 template <class Scalar>
 void zero_grad(const ParamList<Scalar>& params) {
+  detail::check_no_null_params("zero_grad", params);
   for (const auto& p : params) p.param->zero_grad();
 }
 
 template <class Scalar>
 Index count_params(const ParamList<Scalar>& params) {
+  detail::check_no_null_params("count_params", params);
   Index n = 0;
   for (const auto& p : params) n += p.param->size();
   return n;

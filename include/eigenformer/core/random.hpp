@@ -7,7 +7,9 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 
+#include "error.hpp"
 #include "tensor.hpp"
 
 namespace eigenformer {
@@ -57,8 +59,11 @@ class Rng {
     return std::sqrt(-2.0 * std::log(u1)) * std::cos(two_pi * uniform());
   }
 
-  /// Uniform integer in [0, n).
-  Index index(Index n) { return static_cast<Index>(uniform() * static_cast<double>(n)); }
+  /// Uniform integer in [0, n), n > 0.
+  Index index(Index n) {
+    detail::check_positive("Rng::index", "n", n);
+    return static_cast<Index>(uniform() * static_cast<double>(n));
+  }
 
   /// A seed for a child generator (e.g. one per dropout layer).
   std::uint64_t split() { return engine_(); }
@@ -70,6 +75,9 @@ class Rng {
 /// Fills m with U(lo, hi).
 template <class Derived>
 void fill_uniform(Eigen::MatrixBase<Derived>& m, double lo, double hi, Rng& rng) {
+  detail::require(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, "fill_uniform", "hi",
+                  "must be finite and >= lo, got lo " + std::to_string(lo) + ", hi " +
+                      std::to_string(hi));
   for (Index i = 0; i < m.rows(); ++i)
     for (Index j = 0; j < m.cols(); ++j)
       m(i, j) = static_cast<typename Derived::Scalar>(rng.uniform(lo, hi));
@@ -78,6 +86,10 @@ void fill_uniform(Eigen::MatrixBase<Derived>& m, double lo, double hi, Rng& rng)
 /// Fills m with N(mean, stddev^2).
 template <class Derived>
 void fill_normal(Eigen::MatrixBase<Derived>& m, double mean, double stddev, Rng& rng) {
+  detail::require(std::isfinite(mean), "fill_normal", "mean",
+                  "must be finite, got " + std::to_string(mean));
+  detail::require(std::isfinite(stddev) && stddev >= 0, "fill_normal", "stddev",
+                  "must be >= 0 and finite, got " + std::to_string(stddev));
   for (Index i = 0; i < m.rows(); ++i)
     for (Index j = 0; j < m.cols(); ++j)
       m(i, j) = static_cast<typename Derived::Scalar>(mean + stddev * rng.normal());

@@ -62,12 +62,22 @@ class Batch {
   const Mat& data() const { return data_; }
 
   /// Sequence b: (T, C).
-  Eigen::Block<Mat> seq(Index b) { return data_.block(b * T_, 0, T_, data_.cols()); }
-  Eigen::Block<const Mat> seq(Index b) const { return data_.block(b * T_, 0, T_, data_.cols()); }
+  Eigen::Block<Mat> seq(Index b) {
+    check_seq("Batch::seq", b);
+    return data_.block(b * T_, 0, T_, data_.cols());
+  }
+  Eigen::Block<const Mat> seq(Index b) const {
+    check_seq("Batch::seq", b);
+    return data_.block(b * T_, 0, T_, data_.cols());
+  }
 
   /// Head h of width dh in sequence b: (T, dh).
-  Eigen::Block<Mat> head(Index b, Index h, Index dh) { return data_.block(b * T_, h * dh, T_, dh); }
+  Eigen::Block<Mat> head(Index b, Index h, Index dh) {
+    check_head(b, h, dh);
+    return data_.block(b * T_, h * dh, T_, dh);
+  }
   Eigen::Block<const Mat> head(Index b, Index h, Index dh) const {
+    check_head(b, h, dh);
     return data_.block(b * T_, h * dh, T_, dh);
   }
 
@@ -75,6 +85,20 @@ class Batch {
   Mat data_;
   Index B_ = 0;
   Index T_ = 0;
+
+  void check_seq(const char* func, Index b) const {
+    detail::require(b >= 0 && b < B_, func, "b",
+                    "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(B_));
+  }
+
+  void check_head(Index b, Index h, Index dh) const {
+    check_seq("Batch::head", b);
+    detail::check_positive("Batch::head", "dh", dh);
+    detail::require(h >= 0 && (h + 1) * dh <= channels(), "Batch::head", "h",
+                    "is " + std::to_string(h) + ", expected 0 <= h < " +
+                        std::to_string(channels() / dh) + " heads of width " +
+                        std::to_string(dh) + " in " + std::to_string(channels()) + " channels");
+  }
 };
 
 }  // namespace eigenformer

@@ -56,6 +56,7 @@ class Linear {
 
   /// dy (N, out) -> dx (N, in); adds into weight.grad and bias.grad.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
+    detail::check_shape("Linear::backward", "cache.x", cache.x, -1, in_features());
     detail::check_shape("Linear::backward", "dy", dy, cache.x.rows(), out_features());
     Mat dx;
     linear_backward<Scalar>(dx, &weight.grad, has_bias() ? &bias.grad : nullptr, dy, cache.x,
