@@ -210,18 +210,19 @@ TEST_CASE("attention large enough to be threaded gives the single-threaded resul
   mask.causal = true;
   mask.key_padding = BoolMatrix::Zero(d.B, d.Tk);
   mask.key_padding(2, 31) = true;
-  auto run = [&](MatD& out, MatD& dq, MatD& dk, MatD& dv) {
+  const MatD bias = eftest::random_matrix(d.H, d.Tq + d.Tk - 1, rng);
+  auto run = [&](MatD& out, MatD& dq, MatD& dk, MatD& dv, MatD& dbias) {
     MatD probs;
-    attention_forward<double>(out, probs, q, k, v, d, mask);
-    attention_backward<double>(dq, dk, dv, dout, probs, q, k, v, d);
+    attention_forward<double>(out, probs, q, k, v, d, mask, &bias);
+    attention_backward<double>(dq, dk, dv, dout, probs, q, k, v, d, &dbias);
   };
-  MatD out1, dq1, dk1, dv1, out2, dq2, dk2, dv2;
-  run(out1, dq1, dk1, dv1);  // threaded when OMP_NUM_THREADS > 1
+  MatD out1, dq1, dk1, dv1, db1, out2, dq2, dk2, dv2, db2;
+  run(out1, dq1, dk1, dv1, db1);  // threaded when OMP_NUM_THREADS > 1
 #ifdef _OPENMP
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
 #endif
-  run(out2, dq2, dk2, dv2);
+  run(out2, dq2, dk2, dv2, db2);
 #ifdef _OPENMP
   omp_set_num_threads(threads);
 #endif
@@ -229,5 +230,6 @@ TEST_CASE("attention large enough to be threaded gives the single-threaded resul
   CHECK(dq1 == dq2);
   CHECK(dk1 == dk2);
   CHECK(dv1 == dv2);
-  CHECK((out1 - reference_attention(q, k, v, d, mask)).cwiseAbs().maxCoeff() < 1e-12);
+  CHECK(db1 == db2);
+  CHECK((out1 - reference_attention(q, k, v, d, mask, bias)).cwiseAbs().maxCoeff() < 1e-12);
 }

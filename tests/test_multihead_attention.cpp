@@ -167,18 +167,22 @@ TEST_CASE("cross-attention gradients reach both the queries and the memory") {
   });
 }
 
-TEST_CASE("multi-head attention follows the gradient contract") {
-  Rng rng(13);
-  MHA attn(8, 2, rng);
-  const MatD x = eftest::random_matrix(6, 8, rng);
-  const MatD R = eftest::random_matrix(6, 8, rng);
-  AttentionMask causal;
-  causal.causal = true;
-  eftest::check_gradient_contract(attn.parameters(), [&] {
-    MHA::Cache c;
-    attn.forward(x, 2, causal, c);
-    return attn.backward(R, c);
-  });
+TEST_CASE("multi-head attention follows the gradient contract, with and without positions") {
+  for (const AttentionPositions& positions :
+       {AttentionPositions(), rotary_positions(), relative_positions(false)}) {
+    CAPTURE(int(positions.kind));
+    Rng rng(13);
+    MHA attn(8, 2, rng, true, positions);
+    const MatD x = eftest::random_matrix(6, 8, rng);
+    const MatD R = eftest::random_matrix(6, 8, rng);
+    AttentionMask causal;
+    causal.causal = true;
+    eftest::check_gradient_contract(attn.parameters(), [&] {
+      MHA::Cache c;
+      attn.forward(x, 2, causal, c);
+      return attn.backward(R, c);
+    });
+  }
 }
 
 TEST_CASE_TEMPLATE("causal self-attention: outputs 0..t ignore tokens after t", Scalar, float,

@@ -1,5 +1,6 @@
 // Positional encodings added to the embeddings (layers/positional.hpp), and the two position
-// schemes that act inside attention: RoPE (ops/rotary.hpp) and T5's buckets (ops/relative_position.hpp).
+// schemes that act inside attention: RoPE (ops/rotary.hpp) and T5's buckets
+// (ops/relative_position.hpp).
 #include <eigenformer/layers/positional.hpp>
 #include <eigenformer/ops/relative_position.hpp>
 #include <eigenformer/ops/rotary.hpp>

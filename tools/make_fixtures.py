@@ -280,7 +280,8 @@ def t5_buckets_case(out_dir, case):
     tensors = {"relative_position": rel.float()}
     settings = [(True, 32, 128), (False, 32, 128), (True, 8, 20)]
     for bidirectional, num_buckets, max_distance in settings:
-        name = f"bucket.{'bidirectional' if bidirectional else 'causal'}_{num_buckets}_{max_distance}"
+        kind = "bidirectional" if bidirectional else "causal"
+        name = f"bucket.{kind}_{num_buckets}_{max_distance}"
         tensors[name] = relative_position_bucket(rel, bidirectional, num_buckets,
                                                  max_distance).float()
     meta = {"case": case, "generator": "tools/make_fixtures.py",

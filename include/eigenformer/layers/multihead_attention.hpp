@@ -41,7 +41,7 @@ namespace eigenformer {
 struct AttentionPositions {
   enum class Kind { none, rotary, relative } kind = Kind::none;
   double rotary_base = 10000.0;  // RoPE theta: pair i turns by pos * rotary_base^(-2i/dh)
-  Index num_buckets = 32;        // T5 relative attention buckets (half per direction if bidirectional)
+  Index num_buckets = 32;        // T5 relative attention buckets (half per sign if bidirectional)
   Index max_distance = 128;      // T5: distances beyond this share the last bucket
   bool bidirectional = true;     // T5: true for encoders, false for causal decoders
 };

@@ -20,8 +20,9 @@
 // summed along the diagonals of each dS tile, so the bias too costs memory linear in T.
 //
 // Memory: scratch of a few (block.q, block.k) and (block, dh) tiles per thread, plus lse (and with a
-// position bias B*H*(Tq + Tk - 1) for its gradient); nothing grows with Tq * Tk. Threads: the forward runs B*H*ceil(Tq/block.q) independent items, the
-// backward B*H items (so it is serial when B*H == 1).
+// position bias B*H*(Tq + Tk - 1) for its gradient); nothing grows with Tq * Tk.
+// Threads: the forward runs B*H*ceil(Tq/block.q) independent items, the backward B*H items (so it
+// is serial when B*H == 1).
 #pragma once
 
 #include <algorithm>

@@ -41,8 +41,9 @@ inline Index relative_position_bucket(Index relative_position, bool bidirectiona
   const Index max_exact = n / 2;
   if (distance < max_exact) return bucket + distance;
   // T5 truncates toward zero after the log (torch's .to(long)); the argument is >= 0 here.
-  const double large = std::log(static_cast<double>(distance) / static_cast<double>(max_exact)) /
-                       std::log(static_cast<double>(max_distance) / static_cast<double>(max_exact)) *
+  const double exact = static_cast<double>(max_exact);
+  const double large = std::log(static_cast<double>(distance) / exact) /
+                       std::log(static_cast<double>(max_distance) / exact) *
                        static_cast<double>(n - max_exact);
   return bucket + std::min(max_exact + static_cast<Index>(large), n - 1);
 }
