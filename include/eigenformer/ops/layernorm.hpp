@@ -66,8 +66,14 @@ void layernorm_forward(Matrix<Scalar>& out, Matrix<Scalar>& mean, Matrix<Scalar>
       var = ((inp.row(i).array() - m0) - dm).square().mean();
     }
     const Scalar r = Scalar(1) / std::sqrt(var + eps);
-    out.row(i).array() =
-        ((inp.row(i).array() - m0) - dm) * r * gamma.row(0).array() + beta.row(0).array();
+    auto write = [&](const auto& centred) {  // (1, C) expression of the centred row
+      out.row(i).array() = centred * r * gamma.row(0).array() + beta.row(0).array();
+    };
+    // Without a correction, the expression without it: the common case stays as fast as before.
+    if (dm == Scalar(0))
+      write(inp.row(i).array() - m0);
+    else
+      write((inp.row(i).array() - m0) - dm);
     mean(i, 0) = m0 + dm;
     rstd(i, 0) = r;
   });
@@ -98,11 +104,17 @@ void layernorm_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dgamma, Matrix<Sca
                           ? detail::layernorm_mean_offset(inp, i, m)
                           : Scalar(0);
     mean_lo(i, 0) = lo;
-    const Scalar dnorm_mean = (dout.row(i).array() * gamma.row(0).array()).mean();
-    const Scalar dnorm_norm_mean =
-        (dout.row(i).array() * gamma.row(0).array() * ((inp.row(i).array() - m) - lo)).mean() * r;
-    dinp.row(i).array() = r * (dout.row(i).array() * gamma.row(0).array() - dnorm_mean -
-                               ((inp.row(i).array() - m) - lo) * (r * dnorm_norm_mean));
+    auto write = [&](const auto& centred) {  // (1, C) expression of the centred row
+      const Scalar dnorm_mean = (dout.row(i).array() * gamma.row(0).array()).mean();
+      const Scalar dnorm_norm_mean =
+          (dout.row(i).array() * gamma.row(0).array() * centred).mean() * r;
+      dinp.row(i).array() = r * (dout.row(i).array() * gamma.row(0).array() - dnorm_mean -
+                                 centred * (r * dnorm_norm_mean));
+    };
+    if (lo == Scalar(0))
+      write(inp.row(i).array() - m);
+    else
+      write((inp.row(i).array() - m) - lo);
   });
   // Row by row: a column sum of a row-major matrix would stride through memory.
   for (Index i = 0; i < N; ++i) {
