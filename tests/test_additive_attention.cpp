@@ -26,9 +26,10 @@ bool masked_at(const AttentionMask& m, const AttentionDims& d, Index b, Index i,
   return masked;
 }
 
-// Plain loops, one (b, h, i, j, l) at a time: the definition.
+// Plain loops, one (b, h, i, j, l) at a time: the definition. pos_bias (H, Tq + Tk - 1) or null.
 MatD reference(const MatD& q, const MatD& k, const MatD& v, const MatD& wq, const MatD& wk,
-               const MatD* bias, const MatD& w, const AttentionDims& d, const AttentionMask& m) {
+               const MatD* bias, const MatD& w, const AttentionDims& d, const AttentionMask& m,
+               const MatD* pos_bias = nullptr) {
   const Index da = w.cols();
   MatD out = MatD::Zero(d.B * d.Tq, d.H * d.dh);
   for (Index b = 0; b < d.B; ++b)
@@ -45,6 +46,7 @@ MatD reference(const MatD& q, const MatD& k, const MatD& v, const MatD& wq, cons
                      wk(h * da + l, c) * k(b * d.Tk + j, h * d.dh + c);
             score += w(h, l) * std::tanh(pre);
           }
+          if (pos_bias) score += (*pos_bias)(h, j - i + d.Tq - 1);
           s[size_t(j)] = score;
           if (!masked_at(m, d, b, i, j)) max = std::max(max, score);
         }
@@ -66,7 +68,7 @@ MatD reference(const MatD& q, const MatD& k, const MatD& v, const MatD& wq, cons
 TEST_CASE("additive attention op: forward matches the definition, gradients match finite "
           "differences, with each mask kind") {
   for (const eftest::AttentionCase& c : eftest::attention_mask_cases()) {
-    for (bool with_bias : {true, false}) {
+    for (bool with_bias : {true, false}) {  // true: a score bias and a position bias
       CAPTURE(c.name);
       CAPTURE(with_bias);
       const AttentionDims& d = c.d;
@@ -79,13 +81,16 @@ TEST_CASE("additive attention op: forward matches the definition, gradients matc
       MatD wk = eftest::random_matrix(d.H * da, d.dh, rng, 0.7);
       MatD bias = eftest::random_matrix(1, d.H * da, rng, 0.5);
       MatD w = eftest::random_matrix(d.H, da, rng);
+      MatD pos_bias = eftest::random_matrix(d.H, d.Tq + d.Tk - 1, rng);
       const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
       const MatD* bp = with_bias ? &bias : nullptr;
+      const MatD* pb = with_bias ? &pos_bias : nullptr;
 
       auto weights = [&] { return AdditiveScoreWeights<double>{wq, wk, bp, w}; };
+      MatD probs;
       auto run = [&](AdditiveAttentionCache<double>& cache) {
         MatD out;
-        additive_attention_forward<double>(out, cache, q, k, v, weights(), d, c.mask);
+        additive_attention_forward<double>(out, probs, cache, q, k, v, weights(), d, c.mask, pb);
         return out;
       };
       auto loss = [&] {
@@ -94,7 +99,8 @@ TEST_CASE("additive attention op: forward matches the definition, gradients matc
       };
       AdditiveAttentionCache<double> cache;
       const MatD out = run(cache);
-      CHECK((out - reference(q, k, v, wq, wk, bp, w, d, c.mask)).cwiseAbs().maxCoeff() < 1e-12);
+      CHECK((out - reference(q, k, v, wq, wk, bp, w, d, c.mask, pb)).cwiseAbs().maxCoeff() <
+            1e-12);
       CHECK(out.allFinite());
 
       MatD dq, dk, dv;
@@ -105,7 +111,9 @@ TEST_CASE("additive attention op: forward matches the definition, gradients matc
       grads.w_k = &gwk;
       grads.bias = with_bias ? &gb : nullptr;
       grads.w = &gw;
-      additive_attention_backward<double>(dq, dk, dv, grads, R, cache, q, k, v, weights(), d);
+      MatD dpos_bias;
+      additive_attention_backward<double>(dq, dk, dv, grads, R, probs, cache, q, k, v, weights(),
+                                          d, pb ? &dpos_bias : nullptr);
       eftest::check_grad(q, dq, loss, "q");
       eftest::check_grad(k, dk, loss, "k");
       eftest::check_grad(v, dv, loss, "v");
@@ -113,6 +121,7 @@ TEST_CASE("additive attention op: forward matches the definition, gradients matc
       eftest::check_grad(wk, gwk, loss, "w_k");
       eftest::check_grad(w, gw, loss, "w");
       if (with_bias) eftest::check_grad(bias, gb, loss, "bias");
+      if (with_bias) eftest::check_grad(pos_bias, dpos_bias, loss, "pos_bias");
       CHECK((dq.allFinite() && dk.allFinite() && dv.allFinite()));
     }
   }
@@ -139,18 +148,19 @@ TEST_CASE("additive attention op: shapes large enough for the threaded loops") {
   const AdditiveScoreWeights<double> p{wq, wk, &bias, w};
   auto loss = [&] {
     MatD out;
+    MatD probs;
     AdditiveAttentionCache<double> c;
-    additive_attention_forward<double>(out, c, q, k, v, p, d, m);
+    additive_attention_forward<double>(out, probs, c, q, k, v, p, d, m);
     return projection(out, R);
   };
-  MatD out, dq, dk, dv;
+  MatD out, probs, dq, dk, dv;
   AdditiveAttentionCache<double> cache;
-  additive_attention_forward<double>(out, cache, q, k, v, p, d, m);
+  additive_attention_forward<double>(out, probs, cache, q, k, v, p, d, m);
   CHECK((out - reference(q, k, v, wq, wk, &bias, w, d, m)).cwiseAbs().maxCoeff() < 1e-12);
   MatD gw = MatD::Zero(d.H, da);
   AdditiveScoreGrads<double> grads;
   grads.w = &gw;
-  additive_attention_backward<double>(dq, dk, dv, grads, R, cache, q, k, v, p, d);
+  additive_attention_backward<double>(dq, dk, dv, grads, R, probs, cache, q, k, v, p, d);
   eftest::check_grad(q, dq, loss, "q");
   eftest::check_grad(w, gw, loss, "w");
 }
@@ -166,13 +176,14 @@ TEST_CASE("additive attention op: a query that sees no key gets zero output and 
   m.attn_mask = BoolMatrix::Zero(2, 3);
   m.attn_mask.row(1).setConstant(true);
   const AdditiveScoreWeights<double> p{wq, wk, nullptr, w};
-  MatD out, dq, dk, dv;
+  MatD out, probs, dq, dk, dv;
   AdditiveAttentionCache<double> cache;
-  additive_attention_forward<double>(out, cache, q, k, v, p, d, m);
+  additive_attention_forward<double>(out, probs, cache, q, k, v, p, d, m);
   CHECK(out.row(1).isZero(0));
-  CHECK(cache.probs.row(1).isZero(0));
-  CHECK(cache.probs.row(0).sum() == doctest::Approx(1.0));
-  additive_attention_backward<double>(dq, dk, dv, {}, MatD::Ones(2, 2), cache, q, k, v, p, d);
+  CHECK(probs.row(1).isZero(0));
+  CHECK(probs.row(0).sum() == doctest::Approx(1.0));
+  additive_attention_backward<double>(dq, dk, dv, {}, MatD::Ones(2, 2), probs, cache, q, k, v, p,
+                                      d);
   CHECK(dq.row(1).isZero(0));
   CHECK(dq.row(0).norm() > 0);
 }
@@ -184,9 +195,10 @@ void randomize(AA& attn, Rng& rng) {
   for (const auto& p : attn.parameters()) fill_normal(p.param->value, 0.0, 0.4, rng);
 }
 
-void check_self_grads(const AttentionMask& mask, Index B, Index T, Index H, bool bias) {
+void check_self_grads(const AttentionMask& mask, Index B, Index T, Index H, bool bias,
+                      const AttentionPositions& positions = {}) {
   Rng rng(11);
-  AA attn(8, 3, H, rng, bias);
+  AA attn(8, 3, H, rng, bias, positions);
   randomize(attn, rng);
   MatD x = eftest::random_matrix(B * T, 8, rng);
   const MatD R = eftest::random_matrix(B * T, 8, rng);
@@ -229,6 +241,98 @@ TEST_CASE("AdditiveAttention self-attention gradients match finite differences")
     m.attn_mask(6, 1) = true;
     check_self_grads(m, 2, 4, 2, true);
   }
+  SUBCASE("rotary positions, causal") {
+    AttentionMask m;
+    m.causal = true;
+    AttentionPositions p;
+    p.kind = AttentionPositions::Kind::rotary;
+    p.rotary_base = 100.0;  // large angles at these short lengths
+    check_self_grads(m, 2, 5, 2, true, p);
+  }
+  SUBCASE("relative positions, bidirectional, key padding") {
+    AttentionMask m;
+    m.key_padding = BoolMatrix::Zero(2, 5);
+    m.key_padding(1, 4) = true;
+    AttentionPositions p;
+    p.kind = AttentionPositions::Kind::relative;
+    p.num_buckets = 6;
+    p.max_distance = 4;  // distances 0, 1 exact, 2..3 log-spaced, 4 beyond: every bucket kind
+    check_self_grads(m, 2, 5, 2, true, p);
+  }
+  SUBCASE("relative positions, causal") {
+    AttentionMask m;
+    m.causal = true;
+    AttentionPositions p;
+    p.kind = AttentionPositions::Kind::relative;
+    p.num_buckets = 4;
+    p.max_distance = 3;
+    p.bidirectional = false;
+    check_self_grads(m, 2, 5, 2, false, p);
+  }
+}
+
+namespace {
+
+/// Rows b*T + t0 .. b*T + t0 + n - 1 of each of B sequences of T rows: (B*n, C).
+MatD rows_of(const MatD& m, Index B, Index T, Index t0, Index n) {
+  MatD out(B * n, m.cols());
+  for (Index b = 0; b < B; ++b) out.middleRows(b * n, n) = m.middleRows(b * T + t0, n);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("AdditiveAttention: cached steps equal a full causal forward, with each kind of "
+          "positions; cached memory equals cross-attention") {
+  using Kind = AttentionPositions::Kind;
+  for (Kind kind : {Kind::none, Kind::rotary, Kind::relative}) {
+    for (Index d_attn : {4, 3}) {  // 4 = head_dim; 3: the cache's key width differs from d_model
+      CAPTURE(int(kind));
+      CAPTURE(d_attn);
+      Rng rng(21);
+      AttentionPositions p;
+      p.kind = kind;
+      p.bidirectional = false;
+      p.num_buckets = 4;
+      p.max_distance = 4;
+      AA attn(8, d_attn, 2, rng, true, p);
+      randomize(attn, rng);
+      const Index B = 2, T = 6;
+      const MatD x = eftest::random_matrix(B * T, 8, rng);
+      BoolMatrix pad = BoolMatrix::Constant(B, T, false);
+      pad(1, 1) = pad(0, 4) = true;  // padded keys of earlier steps must stay masked
+      AttentionMask mask;
+      mask.causal = true;
+      mask.key_padding = pad;
+      AA::Cache c;
+      const MatD full = attn.forward(x, B, mask, c);
+      KVCache<double> cache = attn.make_cache(B, T);
+      Index pos = 0;
+      for (Index n : {2, 1, 3}) {
+        MatD xn(B * n, 8);
+        for (Index b = 0; b < B; ++b) xn.middleRows(b * n, n) = x.middleRows(b * T + pos, n);
+        const MatD step = attn.forward_step(xn, B, cache, pad.middleCols(pos, n));
+        CHECK((step - rows_of(full, B, T, pos, n)).cwiseAbs().maxCoeff() < 1e-12);
+        pos += n;
+      }
+      CHECK(cache.len == T);
+    }
+  }
+  Rng rng(22);
+  AA attn(8, 3, 2, rng);
+  randomize(attn, rng);
+  const Index B = 2, Tq = 3, S = 4;
+  const MatD query = eftest::random_matrix(B * Tq, 8, rng);
+  const MatD memory = eftest::random_matrix(B * S, 8, rng);
+  AttentionMask mask;
+  mask.key_padding = BoolMatrix::Zero(B, S);
+  mask.key_padding(1, 3) = true;
+  AA::Cache c;
+  const MatD full = attn.forward(query, memory, B, mask, c);
+  KVCache<double> cache;
+  attn.cache_memory(memory, B, mask.key_padding, cache);
+  CHECK((attn.forward_cached_memory(query, B, cache) - full).cwiseAbs().maxCoeff() < 1e-12);
+  CHECK(cache.k.cols() == 2 * 3);  // the keys' score projections, not the keys
 }
 
 TEST_CASE("AdditiveAttention cross-attention gradients reach both the queries and the memory") {
@@ -353,6 +457,29 @@ TEST_CASE("additive attention rejects bad input and stays unchanged") {
                             {"AdditiveAttention::AdditiveAttention", "n_heads", "must divide"});
   eftest::check_throws_with([&] { AdditiveAttention<float>(8, 0, rng); },
                             {"AdditiveAttention::AdditiveAttention", "d_attn", "positive", "0"});
+  AttentionPositions rotary;
+  rotary.kind = AttentionPositions::Kind::rotary;
+  eftest::check_throws_with([&] { AdditiveAttention<float>(6, 4, 2, rng, true, rotary); },
+                            {"AdditiveAttention::AdditiveAttention", "positions.kind",
+                             "even head_dim", "got 3"});
+  AttentionPositions few;
+  few.kind = AttentionPositions::Kind::relative;
+  few.num_buckets = 3;
+  eftest::check_throws_with([&] { AdditiveAttention<float>(8, 4, 2, rng, true, few); },
+                            {"positions.num_buckets", "at least 4", "got 3"});
+  AdditiveAttention<float> with_positions(8, 4, 2, rng, true, rotary);
+  AdditiveAttention<float>::Cache pc;
+  eftest::check_throws_with(
+      [&] {
+        with_positions.forward(Matrix<float>::Ones(4, 8), Matrix<float>::Ones(4, 8), 2, {}, pc);
+      },
+      {"AdditiveAttention::forward", "'memory'", "rotary positions",
+       "positions apply to self-attention only"});
+  AdditiveAttention<float> narrow(8, 3, 2, rng);
+  KVCache<float> wide(2, 4, 8);  // key width d_model, not H * d_attn
+  eftest::check_throws_with(
+      [&] { narrow.forward_step(Matrix<float>::Ones(2, 8), 2, wide); },
+      {"AdditiveAttention::forward_step", "'cache'", "key width 8", "key width 6", "make_cache"});
   AdditiveAttention<float> one(8, 4, rng);
   CHECK(one.n_heads() == 1);
   CHECK(one.d_attn() == 4);
@@ -391,22 +518,32 @@ TEST_CASE("additive attention rejects bad input and stays unchanged") {
   // The op checks its own arguments too.
   const Matrix<float> q = Matrix<float>::Ones(6, 8), wq = Matrix<float>::Ones(8, 4),
                       w = Matrix<float>::Ones(2, 4), wrong = Matrix<float>::Ones(8, 3);
-  Matrix<float> out;
+  Matrix<float> out, probs;
   AdditiveAttentionCache<float> cache;
   const AttentionDims d{2, 3, 3, 2, 4};
   eftest::check_throws_with(
       [&] {
-        additive_attention_forward<float>(out, cache, q, q, q, {wq, wrong, nullptr, w}, d, {});
+        additive_attention_forward<float>(out, probs, cache, q, q, q, {wq, wrong, nullptr, w}, d,
+                                          {});
       },
       {"additive_attention_forward", "weights.w_k", "(8, 3)", "(8, 4)"});
   eftest::check_throws_with(
       [&] {
-        additive_attention_forward<float>(out, cache, q, Matrix<float>::Ones(5, 8), q,
+        additive_attention_forward<float>(out, probs, cache, q, Matrix<float>::Ones(5, 8), q,
                                           {wq, wq, nullptr, w}, d, {});
       },
       {"additive_attention_forward", "'k'", "(5, 8)", "(6, 8)"});
   const Matrix<float> bias = Matrix<float>::Ones(1, 7);
   eftest::check_throws_with(
-      [&] { additive_attention_forward<float>(out, cache, q, q, q, {wq, wq, &bias, w}, d, {}); },
+      [&] {
+        additive_attention_forward<float>(out, probs, cache, q, q, q, {wq, wq, &bias, w}, d, {});
+      },
       {"weights.bias", "(1, 7)", "(1, 8)"});
+  const Matrix<float> pos_bias = Matrix<float>::Ones(2, 4);
+  eftest::check_throws_with(
+      [&] {
+        additive_attention_forward<float>(out, probs, cache, q, q, q, {wq, wq, nullptr, w}, d, {},
+                                          &pos_bias);
+      },
+      {"additive_attention_forward", "pos_bias", "(2, 4)", "(2, 5)"});
 }

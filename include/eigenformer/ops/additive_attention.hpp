@@ -9,7 +9,15 @@
 //   w (H, da): row h is head h's score vector.
 // The projections W_q q + b and W_k k are computed once per call (aq (B*Tq, H*da), ak (B*Tk,
 // H*da)) and kept with the probabilities (B*H*Tq, Tk) for backward, which recomputes the tanh
-// rather than keeping a (Tq, Tk, da) tensor per head.
+// rather than keeping a (Tq, Tk, da) tensor per head. The projection and the attention over
+// projected keys are also separate functions, so that incremental decoding projects each key
+// once (additive_score_projection) and attends over the cached projections
+// (additive_attention_attend).
+//
+// Position bias (optional, T5's relative bias): pos_bias (H, Tq + Tk - 1), one value per head and
+// distance as in ops/attention.hpp, is added to the scores before the masks and the softmax:
+//   score(q_i, k_j) = w^T tanh(W_q q_i + W_k k_j + b) + pos_bias(h, j - i + Tq - 1),
+// and the backward returns its gradient in the same form.
 //
 // Masks are AttentionMask with the semantics of ops/attention.hpp (causal aligned at the end, key
 // padding (B, Tk), attn_mask (Tq, Tk) or (B*Tq, Tk), true = masked); a query whose keys are all
@@ -44,12 +52,12 @@ struct AdditiveScoreGrads {
   Matrix<Scalar>* w = nullptr;
 };
 
-/// What forward keeps for backward.
+/// The score projections forward keeps for backward (the probabilities are kept separately, as
+/// attention_forward keeps them).
 template <class Scalar>
 struct AdditiveAttentionCache {
-  Matrix<Scalar> aq;     // (B*Tq, H*da) W_q q + b per head
-  Matrix<Scalar> ak;     // (B*Tk, H*da) W_k k per head
-  Matrix<Scalar> probs;  // (B*H*Tq, Tk) attention weights; block (b*H + h)*Tq is head h of b
+  Matrix<Scalar> aq;  // (B*Tq, H*da) W_q q + b per head
+  Matrix<Scalar> ak;  // (B*Tk, H*da) W_k k per head
 };
 
 namespace detail {
@@ -78,40 +86,44 @@ void check_additive_attention(const std::string& func, ConstRef<Scalar> q, Const
 
 }  // namespace detail
 
-/// out (B*Tq, H*dh) and cache (aq, ak, probs) from q (B*Tq, H*dh), k and v (B*Tk, H*dh).
-/// Throws ArgumentError on mismatched shapes before writing anything.
+/// The per-head score projection of H heads: a (N, H*da), head h's columns [h*da, (h+1)*da) =
+/// x (N, H*dh) head h's columns times w (H*da, dh) head h's rows transposed, plus bias (1, H*da)
+/// when given. With (w_q, bias) it is aq of the queries, with (w_k, null) ak of the keys: the
+/// layers call it directly to project cached keys once. Arguments must already be checked.
 template <class Scalar>
-void additive_attention_forward(Matrix<Scalar>& out, AdditiveAttentionCache<Scalar>& cache,
-                                ConstRef<Scalar> q, ConstRef<Scalar> k, ConstRef<Scalar> v,
-                                const AdditiveScoreWeights<Scalar>& p, const AttentionDims& d,
-                                const AttentionMask& mask) {
-  detail::check_additive_attention("additive_attention_forward", q, k, v, p, d, mask);
-  const Index da = p.w.cols();
-  cache.aq.resize(d.B * d.Tq, d.H * da);
-  cache.ak.resize(d.B * d.Tk, d.H * da);
-  for (Index h = 0; h < d.H; ++h) {  // one GEMM per head over every sequence
-    cache.aq.middleCols(h * da, da).noalias() =
-        q.middleCols(h * d.dh, d.dh) * p.w_q.middleRows(h * da, da).transpose();
-    cache.ak.middleCols(h * da, da).noalias() =
-        k.middleCols(h * d.dh, d.dh) * p.w_k.middleRows(h * da, da).transpose();
-  }
-  if (p.bias) cache.aq.rowwise() += p.bias->row(0);
+void additive_score_projection(Matrix<Scalar>& a, ConstRef<Scalar> x, const Matrix<Scalar>& w,
+                               const Matrix<Scalar>* bias, Index H) {
+  const Index da = w.rows() / H, dh = w.cols();
+  a.resize(x.rows(), H * da);
+  for (Index h = 0; h < H; ++h)  // one GEMM per head over every sequence
+    a.middleCols(h * da, da).noalias() =
+        x.middleCols(h * dh, dh) * w.middleRows(h * da, da).transpose();
+  if (bias) a.rowwise() += bias->row(0);
+}
+
+/// The attention itself from the score projections: out (B*Tq, H*dh) and probs (B*H*Tq, Tk) from
+/// aq (B*Tq, H*da), ak (B*Tk, H*da), v (B*Tk, H*dh) and the score vectors w (H, da); pos_bias
+/// (H, Tq + Tk - 1) or null. Arguments must already be checked.
+template <class Scalar>
+void additive_attention_attend(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scalar> aq,
+                               ConstRef<Scalar> ak, ConstRef<Scalar> v, const Matrix<Scalar>& w,
+                               const AttentionDims& d, const AttentionMask& mask,
+                               const Matrix<Scalar>* pos_bias = nullptr) {
+  const Index da = w.cols();
   out.resize(d.B * d.Tq, d.H * d.dh);
-  cache.probs.resize(d.B * d.H * d.Tq, d.Tk);
+  probs.resize(d.B * d.H * d.Tq, d.Tk);
   const double work = 24.0 * static_cast<double>(d.Tq * d.Tk * (da + d.dh));
-  const Matrix<Scalar>& aq_all = cache.aq;
-  const Matrix<Scalar>& ak_all = cache.ak;
   detail::parallel_for(d.B * d.H, work, [&](Index bh) {
     const Index b = bh / d.H, h = bh % d.H;
-    Eigen::Block<Matrix<Scalar>> s = cache.probs.block(bh * d.Tq, 0, d.Tq, d.Tk);  // (Tq, Tk)
-    const Eigen::Block<const Matrix<Scalar>> ak =
-        ak_all.block(b * d.Tk, h * da, d.Tk, da);  // (Tk, da)
-    const Eigen::Block<const Matrix<Scalar>> wh = p.w.block(h, 0, 1, da);  // (1, da)
+    Eigen::Block<Matrix<Scalar>> s = probs.block(bh * d.Tq, 0, d.Tq, d.Tk);  // (Tq, Tk)
+    const Eigen::Block<ConstRef<Scalar>> akh = ak.block(b * d.Tk, h * da, d.Tk, da);  // (Tk, da)
+    const Eigen::Block<const Matrix<Scalar>> wh = w.block(h, 0, 1, da);             // (1, da)
     Matrix<Scalar> e(d.Tk, da);  // tanh(aq_i + ak_j) for one query i
     for (Index i = 0; i < d.Tq; ++i) {
-      e = (ak.rowwise() + aq_all.row(b * d.Tq + i).segment(h * da, da)).array().tanh();
+      e = (akh.rowwise() + aq.row(b * d.Tq + i).segment(h * da, da)).array().tanh();
       s.row(i).noalias() = wh * e.transpose();
     }
+    if (pos_bias) detail::add_position_bias(s, *pos_bias, h, d.Tq, 0, 0);
     if (!mask.empty()) detail::apply_mask(s, mask, d, b);
     for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(s.row(i));
     out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
@@ -119,21 +131,43 @@ void additive_attention_forward(Matrix<Scalar>& out, AdditiveAttentionCache<Scal
   });
 }
 
-/// dq (B*Tq, H*dh), dk and dv (B*Tk, H*dh), all fresh, from dout (B*Tq, H*dh), the forward's cache
-/// and inputs; adds the score network's gradients into grads. Arguments must match the forward's.
+/// out (B*Tq, H*dh), probs (B*H*Tq, Tk) and cache (aq, ak) from q (B*Tq, H*dh), k and v
+/// (B*Tk, H*dh); pos_bias (H, Tq + Tk - 1) or null. Throws ArgumentError on mismatched shapes
+/// before writing anything.
+template <class Scalar>
+void additive_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs,
+                                AdditiveAttentionCache<Scalar>& cache, ConstRef<Scalar> q,
+                                ConstRef<Scalar> k, ConstRef<Scalar> v,
+                                const AdditiveScoreWeights<Scalar>& p, const AttentionDims& d,
+                                const AttentionMask& mask,
+                                const Matrix<Scalar>* pos_bias = nullptr) {
+  const std::string func = "additive_attention_forward";
+  detail::check_additive_attention(func, q, k, v, p, d, mask);
+  if (pos_bias) detail::check_shape(func, "pos_bias", *pos_bias, d.H, d.Tq + d.Tk - 1);
+  additive_score_projection<Scalar>(cache.aq, q, p.w_q, p.bias, d.H);
+  additive_score_projection<Scalar>(cache.ak, k, p.w_k, nullptr, d.H);
+  additive_attention_attend<Scalar>(out, probs, cache.aq, cache.ak, v, p.w, d, mask, pos_bias);
+}
+
+/// dq (B*Tq, H*dh), dk and dv (B*Tk, H*dh), all fresh, from dout (B*Tq, H*dh), the forward's probs,
+/// cache and inputs; adds the score network's gradients into grads. dpos_bias, when not null, gets
+/// the gradient (H, Tq + Tk - 1) of the forward's pos_bias, fresh. Arguments must match the
+/// forward's.
 template <class Scalar>
 void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& dv,
                                  const AdditiveScoreGrads<Scalar>& grads, ConstRef<Scalar> dout,
+                                 ConstRef<Scalar> probs,
                                  const AdditiveAttentionCache<Scalar>& cache, ConstRef<Scalar> q,
                                  ConstRef<Scalar> k, ConstRef<Scalar> v,
-                                 const AdditiveScoreWeights<Scalar>& p, const AttentionDims& d) {
+                                 const AdditiveScoreWeights<Scalar>& p, const AttentionDims& d,
+                                 Matrix<Scalar>* dpos_bias = nullptr) {
   const std::string func = "additive_attention_backward";
   detail::check_additive_attention(func, q, k, v, p, d, AttentionMask{});
   detail::check_shape(func, "dout", dout, d.B * d.Tq, d.H * d.dh);
   const Index da = p.w.cols();
+  detail::check_shape(func, "probs", probs, d.B * d.H * d.Tq, d.Tk);
   detail::check_shape(func, "cache.aq", cache.aq, d.B * d.Tq, d.H * da);
   detail::check_shape(func, "cache.ak", cache.ak, d.B * d.Tk, d.H * da);
-  detail::check_shape(func, "cache.probs", cache.probs, d.B * d.H * d.Tq, d.Tk);
   if (grads.w_q) detail::check_shape(func, "grads.w_q", *grads.w_q, d.H * da, d.dh);
   if (grads.w_k) detail::check_shape(func, "grads.w_k", *grads.w_k, d.H * da, d.dh);
   if (grads.bias) detail::check_shape(func, "grads.bias", *grads.bias, 1, d.H * da);
@@ -141,10 +175,12 @@ void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<
   dv.resize(d.B * d.Tk, d.H * d.dh);
   Matrix<Scalar> daq(d.B * d.Tq, d.H * da), dak(d.B * d.Tk, d.H * da);
   Matrix<Scalar> dw_parts(d.B * d.H, da);  // per (b, h), summed over b afterwards (no races)
+  Matrix<Scalar> dbias_items;  // (B*H, Tq + Tk - 1): one row per parallel item, no races
+  if (dpos_bias) dbias_items.setZero(d.B * d.H, d.Tq + d.Tk - 1);
   const double work = 32.0 * static_cast<double>(d.Tq * d.Tk * (da + d.dh));
   detail::parallel_for(d.B * d.H, work, [&](Index bh) {
     const Index b = bh / d.H, h = bh % d.H;
-    const Eigen::Block<const Matrix<Scalar>> pr = cache.probs.block(bh * d.Tq, 0, d.Tq, d.Tk);
+    const Eigen::Block<ConstRef<Scalar>> pr = probs.block(bh * d.Tq, 0, d.Tq, d.Tk);
     const Eigen::Block<ConstRef<Scalar>> go = dout.block(b * d.Tq, h * d.dh, d.Tq, d.dh);
     dv.block(b * d.Tk, h * d.dh, d.Tk, d.dh).noalias() = pr.transpose() * go;  // (Tk, dh)
     Matrix<Scalar> ds(d.Tq, d.Tk);                                              // dL/dscores
@@ -153,6 +189,7 @@ void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<
       const Scalar dot = pr.row(i).dot(ds.row(i));
       ds.row(i) = pr.row(i).array() * (ds.row(i).array() - dot);
     }
+    if (dpos_bias) detail::accumulate_position_bias(dbias_items.row(bh), ds, d.Tq, 0, 0);
     const Eigen::Block<const Matrix<Scalar>> ak = cache.ak.block(b * d.Tk, h * da, d.Tk, da);
     const Eigen::Block<const Matrix<Scalar>> wh = p.w.block(h, 0, 1, da);
     Eigen::Block<Matrix<Scalar>> daq_b = daq.block(b * d.Tq, h * da, d.Tq, da);
@@ -190,6 +227,7 @@ void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<
       for (Index b = 0; b < d.B; ++b) grads.w->row(h) += dw_parts.row(b * d.H + h);
   }
   if (grads.bias) *grads.bias += daq.colwise().sum();
+  if (dpos_bias) detail::sum_over_sequences(*dpos_bias, dbias_items, d.B, d.H);
 }
 
 }  // namespace eigenformer
