@@ -90,6 +90,72 @@ TEST_CASE("a decoder-only model round-trips, and load_model checks the model kin
                  "holds a 'decoder_only' model, expected 'transformer'");
 }
 
+TEST_CASE("each positional kind and scoring round-trips, with its fields") {
+  struct Case {
+    PositionalKind positional;
+    AttentionScoring attention;
+  };
+  for (const Case& k : {Case{PositionalKind::relative, AttentionScoring::dot_product},
+                        Case{PositionalKind::rotary, AttentionScoring::dot_product},
+                        Case{PositionalKind::sinusoidal, AttentionScoring::additive},
+                        Case{PositionalKind::relative, AttentionScoring::additive}}) {
+    CAPTURE(positional_kind_name(k.positional));
+    CAPTURE(attention_scoring_name(k.attention));
+    TransformerConfig c = tiny();
+    c.positional = k.positional;
+    c.attention = k.attention;
+    c.additive_dim = 3;
+    c.relative_buckets = 6;
+    c.relative_max_distance = 9;
+    c.rotary_base = 500.5;
+    Rng rng(4);
+    Transformer<float> model(c, rng);
+    model.eval();
+    const std::string path = temp_path("kind.safetensors");
+    save_model(path, model);
+    Transformer<float> loaded = load_model<Transformer<float>>(path);
+    loaded.eval();
+    const TransformerConfig& l = loaded.config();
+    CHECK(l.positional == k.positional);
+    CHECK(l.attention == k.attention);
+    CHECK(l.additive_dim == 3);
+    CHECK(l.relative_buckets == 6);
+    CHECK(l.relative_max_distance == 9);
+    CHECK(l.rotary_base == 500.5);
+    IdMatrix src(1, 3), tgt(1, 2);
+    src << 3, 4, 5;
+    tgt << 1, 6;
+    Transformer<float>::Cache c1, c2;
+    CHECK(model.forward(src, tgt, c1) == loaded.forward(src, tgt, c2));
+  }
+}
+
+TEST_CASE("a checkpoint written before selectable attention loads as a dot-product model") {
+  Rng rng(5);
+  TransformerConfig c = tiny();
+  Transformer<float> model(c, rng);
+  std::map<std::string, std::string> meta = config_to_metadata(c);
+  for (const char* field : {"attention", "additive_dim", "relative_buckets",
+                            "relative_max_distance", "rotary_base"})
+    REQUIRE(meta.erase(std::string("eigenformer.config.") + field) == 1);
+  meta["eigenformer.model"] = "transformer";
+  const std::string path = temp_path("old.safetensors");
+  save_safetensors(path, model.parameters(), meta);
+  const Transformer<float> loaded = load_model<Transformer<float>>(path);
+  CHECK(loaded.config().attention == AttentionScoring::dot_product);
+  CHECK(loaded.config().positional == PositionalKind::learned);
+  CHECK(loaded.config().relative_buckets == TransformerConfig().relative_buckets);
+
+  meta["eigenformer.config.attention"] = "bahdanau";
+  save_safetensors(path, model.parameters(), meta);
+  check_io_error([&] { load_model<Transformer<float>>(path); },
+                 "'eigenformer.config.attention' has an invalid value 'bahdanau'");
+  // A file that says additive but holds dot-product weights is refused by name.
+  meta["eigenformer.config.attention"] = "additive";
+  save_safetensors(path, model.parameters(), meta);
+  check_io_error([&] { load_model<Transformer<float>>(path); }, "score");
+}
+
 TEST_CASE("checkpoints with missing or bad metadata give clear errors") {
   Rng rng(3);
   Linear<float> lin(2, 2, rng);

@@ -56,14 +56,89 @@ TEST_CASE("decoder-only model gradients match finite differences") {
     DecoderOnlyLM<double> lm(c, rng);
     check_model_gradients(lm, ids, rng);
   }
+  SUBCASE("one layer, rotary") {
+    TransformerConfig c = lm_config();
+    c.n_decoder_layers = 1;
+    c.positional = PositionalKind::rotary;
+    c.rotary_base = 100.0;
+    DecoderOnlyLM<double> lm(c, rng);
+    check_model_gradients(lm, ids, rng);
+  }
+  SUBCASE("one layer, relative (causal buckets), additive scoring") {
+    TransformerConfig c = lm_config();
+    c.n_decoder_layers = 1;
+    c.positional = PositionalKind::relative;
+    c.relative_buckets = 4;
+    c.relative_max_distance = 3;
+    c.attention = AttentionScoring::additive;
+    DecoderOnlyLM<double> lm(c, rng);
+    check_model_gradients(lm, ids, rng);
+  }
 }
 
 TEST_CASE("encoder-only model gradients match finite differences") {
   Rng rng(2);
   IdMatrix ids(2, 3);
   ids << 1, 2, 3, 6, 5, 4;
-  EncoderOnlyModel<double> model(lm_config(), rng);
-  check_model_gradients(model, ids, rng);
+  SUBCASE("sinusoidal") {
+    EncoderOnlyModel<double> model(lm_config(), rng);
+    check_model_gradients(model, ids, rng);
+  }
+  SUBCASE("one layer, relative (bidirectional buckets)") {
+    TransformerConfig c = lm_config();
+    c.n_encoder_layers = 1;
+    c.positional = PositionalKind::relative;
+    c.relative_buckets = 4;
+    c.relative_max_distance = 3;
+    EncoderOnlyModel<double> model(c, rng);
+    CHECK(model.stack.layers[0].self_attn.positions().bidirectional);
+    check_model_gradients(model, ids, rng);
+  }
+}
+
+TEST_CASE("decoder-only, every positional kind and scoring: decode_step equals the full "
+          "forward, greedy generation equals greedy by full recompute") {
+  for (PositionalKind positional : {PositionalKind::sinusoidal, PositionalKind::learned,
+                                    PositionalKind::relative, PositionalKind::rotary})
+    for (AttentionScoring scoring : {AttentionScoring::dot_product, AttentionScoring::additive}) {
+      CAPTURE(positional_kind_name(positional));
+      CAPTURE(attention_scoring_name(scoring));
+      TransformerConfig c = lm_config();
+      c.n_decoder_layers = 1;
+      c.positional = positional;
+      c.attention = scoring;
+      c.relative_buckets = 4;
+      c.relative_max_distance = 3;
+      c.pad_id = 0;
+      Rng rng(5);
+      DecoderOnlyLM<double> lm(c, rng);
+      CHECK_FALSE(lm.stack.layers[0].self_attn.positions().bidirectional);
+      lm.eval();
+      IdMatrix seq(2, 6);
+      seq << 4, 1, 6, 2, 5, 3,  //
+          0, 6, 2, 1, 0, 5;     // padded positions stay masked in the cache
+      DecodeState<double> state = lm.begin_decode(2, seq.cols());
+      Index pos = 0;
+      for (Index n : {3, 1, 2}) {
+        const MatD step = lm.decode_step(seq.middleCols(pos, n), state);
+        DecoderOnlyLM<double>::Cache cache;
+        const MatD full = lm.forward(seq.leftCols(pos + n), cache);
+        for (Index b = 0; b < 2; ++b)
+          CHECK((step.middleRows(b * n, n) - full.middleRows(b * (pos + n) + pos, n))
+                    .cwiseAbs()
+                    .maxCoeff() < 1e-12);
+        pos += n;
+      }
+      // Greedy by recomputing the whole sequence at every step.
+      IdMatrix expected = seq.leftCols(2);
+      for (Index t = 2; t < 9; ++t) {
+        DecoderOnlyLM<double>::Cache cache;
+        const MatD logits = lm.forward(expected, cache);
+        expected.conservativeResize(Eigen::NoChange, t + 1);
+        for (Index b = 0; b < 2; ++b) logits.row(b * t + t - 1).maxCoeff(&expected(b, t));
+      }
+      CHECK(greedy_generate(lm, seq.leftCols(2), 7) == expected);
+    }
 }
 
 TEST_CASE("decoder-only logits at t ignore tokens after t; encoder-only logits do not") {

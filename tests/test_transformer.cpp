@@ -5,6 +5,10 @@
 #include <eigenformer/train/loss.hpp>
 #include <eigenformer/train/optim.hpp>
 
+#include <set>
+#include <string>
+#include <vector>
+
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -72,6 +76,78 @@ TEST_CASE("a 2-layer Transformer's gradients match finite differences") {
   }
 }
 
+TEST_CASE("a 1+1-layer Transformer's gradients match finite differences with rotary and relative "
+          "positions and additive attention") {
+  TransformerConfig c = small_config();
+  c.n_encoder_layers = c.n_decoder_layers = 1;
+  SUBCASE("rotary, post-norm") {
+    c.positional = PositionalKind::rotary;
+    c.rotary_base = 100.0;  // turns fast enough to matter over 4 positions
+    check_model_gradients(c);
+  }
+  SUBCASE("relative, pre-norm, few buckets (exact and log-spaced distances)") {
+    c.positional = PositionalKind::relative;
+    c.norm = NormPlacement::pre;
+    c.relative_buckets = 4;
+    c.relative_max_distance = 3;
+    check_model_gradients(c);
+  }
+  SUBCASE("additive scoring, sinusoidal, score width 3") {
+    c.attention = AttentionScoring::additive;
+    c.additive_dim = 3;
+    check_model_gradients(c);
+  }
+  SUBCASE("additive scoring with relative positions") {
+    c.attention = AttentionScoring::additive;
+    c.positional = PositionalKind::relative;
+    c.relative_buckets = 6;
+    c.relative_max_distance = 4;
+    check_model_gradients(c);
+  }
+}
+
+TEST_CASE("positions and scoring choose the parameters: a relative bias per self-attention, no "
+          "position table inside, score networks for additive") {
+  auto names = [](const TransformerConfig& c) {
+    Rng rng(3);
+    Transformer<float> model(c, rng);
+    std::set<std::string> out;
+    for (const auto& p : model.parameters()) out.insert(p.name);
+    return out;
+  };
+  TransformerConfig c = small_config();
+  c.positional = PositionalKind::relative;
+  c.relative_buckets = 8;
+  const std::set<std::string> rel = names(c);
+  for (const std::string layer : {"encoder.layers.0", "encoder.layers.1", "decoder.layers.0",
+                                  "decoder.layers.1"}) {
+    CAPTURE(layer);
+    CHECK(rel.count(layer + ".self_attn.relative_bias") == 1);
+    CHECK(rel.count(layer + ".multihead_attn.relative_bias") == 0);
+  }
+  CHECK(rel.count("encoder.position.weight") == 0);
+  Rng rng(3);
+  const Transformer<float> model(c, rng);
+  // T5's buckets: both directions in the encoder, only earlier keys in the causal decoder.
+  CHECK(model.encoder.stack.layers[0].self_attn.positions().bidirectional);
+  CHECK_FALSE(model.decoder.layers[0].self_attn.positions().bidirectional);
+  CHECK(model.decoder.layers[0].cross_attn.positions().kind == AttentionPositions::Kind::none);
+  CHECK(model.decoder.layers[1].self_attn.dot.relative_bias.value.rows() == 8);
+
+  c.positional = PositionalKind::rotary;
+  const std::set<std::string> rot = names(c);
+  c.positional = PositionalKind::sinusoidal;
+  CHECK(rot == names(c));  // rotary has no parameters; neither has the sinusoidal table
+  c.positional = PositionalKind::learned;
+  CHECK(names(c).count("encoder.position.weight") == 1);
+
+  c.attention = AttentionScoring::additive;
+  const std::set<std::string> add = names(c);
+  CHECK(add.count("decoder.layers.1.multihead_attn.score.v") == 1);
+  CHECK(add.count("encoder.layers.0.self_attn.score.q_weight") == 1);
+  CHECK(add.count("encoder.layers.0.self_attn.q_proj.weight") == 1);
+}
+
 TEST_CASE("gradients reach the encoder through cross-attention") {
   Rng rng(6);
   TransformerConfig c = small_config();
@@ -120,6 +196,118 @@ TEST_CASE("Transformer rejects bad ids and shapes") {
   eftest::check_throws_with([&] { Transformer<float>(bad, rng); },
                             {"Transformer::Transformer", "config.n_heads", "must divide"});
   CHECK(model.encoder.input.embedding.weight.value == before);
+}
+
+namespace {
+
+const PositionalKind kAllPositional[] = {PositionalKind::sinusoidal, PositionalKind::learned,
+                                         PositionalKind::relative, PositionalKind::rotary};
+const AttentionScoring kAllScoring[] = {AttentionScoring::dot_product, AttentionScoring::additive};
+
+/// Greedy decoding by rerunning the decoder over the whole prefix at every step, no KV cache; a
+/// sequence that produced eos keeps producing it (greedy_decode's output layout).
+IdMatrix recompute_greedy(Transformer<double>& model, const IdMatrix& src, Index steps, Index eos) {
+  Transformer<double>::Cache cache;
+  const MatD memory = model.encode(src, cache.encoder);
+  IdMatrix prefix = IdMatrix::Constant(src.rows(), 1, /*bos=*/1);
+  for (Index t = 0; t < steps; ++t) {
+    const MatD logits = model.decode(prefix, src, memory, cache);
+    prefix.conservativeResize(Eigen::NoChange, t + 2);
+    for (Index b = 0; b < src.rows(); ++b) {
+      logits.row(b * (t + 1) + t).maxCoeff(&prefix(b, t + 1));
+      if (t > 0 && prefix(b, t) == eos) prefix(b, t + 1) = eos;
+    }
+  }
+  return prefix.rightCols(steps);
+}
+
+}  // namespace
+
+TEST_CASE("every positional kind and scoring: decode_step equals the full decode, greedy "
+          "decoding equals greedy by full recompute") {
+  const IdMatrix src = ids({{3, 4, 5, 6, 0}, {6, 2, 1, 0, 0}});  // padded sources
+  const IdMatrix tgt = ids({{1, 5, 2, 3, 4, 5}, {1, 3, 0, 4, 2, 2}});  // a padded target id too
+  for (PositionalKind positional : kAllPositional)
+    for (AttentionScoring scoring : kAllScoring) {
+      CAPTURE(positional_kind_name(positional));
+      CAPTURE(attention_scoring_name(scoring));
+      TransformerConfig c = small_config();
+      c.n_encoder_layers = c.n_decoder_layers = 1;
+      c.positional = positional;
+      c.attention = scoring;
+      c.relative_buckets = 6;
+      c.relative_max_distance = 4;
+      c.dropout = 0.1;  // eval() turns it off
+      Rng rng(11);
+      Transformer<double> model(c, rng);
+      model.eval();
+      Transformer<double>::Cache cache;
+      const MatD memory = model.encode(src, cache.encoder);
+      DecodeState<double> state = model.begin_decode(src, memory, tgt.cols());
+      Index pos = 0;
+      for (Index n : {2, 1, 3}) {  // a prompt of two tokens, then one, then three
+        const MatD step = model.decode_step(tgt.middleCols(pos, n), state);  // (B*n, V)
+        const MatD full = model.decode(tgt.leftCols(pos + n), src, memory, cache);
+        for (Index b = 0; b < src.rows(); ++b)
+          CHECK((step.middleRows(b * n, n) - full.middleRows(b * (pos + n) + pos, n))
+                    .cwiseAbs()
+                    .maxCoeff() < 1e-12);
+        pos += n;
+      }
+      GreedyOptions g;
+      g.max_len = 7;
+      g.eos = 2;
+      const IdMatrix greedy = greedy_decode(model, src, g);
+      CHECK(greedy == recompute_greedy(model, src, g.max_len, g.eos).leftCols(greedy.cols()));
+    }
+}
+
+TEST_CASE("TransformerConfig rejects bad positional and attention settings with messages") {
+  Rng rng(12);
+  auto rejects = [&](const TransformerConfig& c, const std::vector<std::string>& fragments) {
+    eftest::check_throws_with([&] { Transformer<float>(c, rng); }, fragments);
+  };
+  TransformerConfig c = small_config();
+  c.positional = PositionalKind::rotary;
+  c.d_model = 6;  // head_dim 3
+  rejects(c, {"Transformer::Transformer", "config.positional", "rotary", "even head_dim", "got 3"});
+  c.d_model = 8;
+  c.rotary_base = 0.0;
+  rejects(c, {"config.rotary_base", "positive and finite", "got 0"});
+  c = small_config();
+  c.positional = PositionalKind::relative;
+  c.relative_buckets = 3;
+  rejects(c, {"config.relative_buckets", "at least 4", "got 3"});
+  c.relative_buckets = 8;
+  c.relative_max_distance = 4;
+  rejects(c, {"config.relative_max_distance", "above relative_buckets / 2 = 4", "got 4"});
+  c = small_config();
+  c.additive_dim = -1;
+  rejects(c, {"config.additive_dim", ">= 0", "got -1"});
+  c = small_config();
+  c.attention = static_cast<AttentionScoring>(7);
+  rejects(c, {"config.attention", "is 7"});
+  c = small_config();
+  c.positional = static_cast<PositionalKind>(9);
+  rejects(c, {"config.positional", "is 9"});
+  // Fields of a scheme not in use are not checked.
+  c = small_config();
+  c.relative_buckets = 0;
+  c.rotary_base = -1.0;
+  CHECK_NOTHROW(Transformer<float>(c, rng));
+  eftest::check_throws_with([] { parse_attention_scoring("mlp"); },
+                            {"parse_attention_scoring", "'mlp'", "'dot' or 'additive'"});
+  CHECK(parse_attention_scoring(attention_scoring_name(AttentionScoring::additive)) ==
+        AttentionScoring::additive);
+  CHECK(parse_attention_scoring("dot") == AttentionScoring::dot_product);
+  // Longer than max_len is still refused without a position table.
+  c.positional = PositionalKind::rotary;
+  c.rotary_base = 10000.0;
+  Transformer<float> model(c, rng);
+  Transformer<float>::Cache cache;
+  eftest::check_throws_with(
+      [&] { model.forward(IdMatrix::Constant(1, 17, 3), ids({{1, 2}}), cache); },
+      {"'src'", "17 positions", "max_len 16"});
 }
 
 TEST_CASE("teacher forcing shifts targets right behind BOS") {

@@ -3,7 +3,10 @@
 //   save_model(path, model, extra)       writes atomically (temporary file + rename)
 //   load_model<Model>(path)              rebuilds the model and loads its parameters
 // Metadata keys: "eigenformer.model" (transformer | decoder_only | encoder_only) and
-// "eigenformer.config.<field>"; callers may add their own keys (e.g. a vocabulary).
+// "eigenformer.config.<field>"; callers may add their own keys (e.g. a vocabulary). The fields
+// added with selectable attention (attention, additive_dim, relative_buckets,
+// relative_max_distance, rotary_base) are optional when loading: files written before them hold
+// dot-product models, and get those fields' defaults.
 #pragma once
 
 #include <map>
@@ -60,6 +63,14 @@ auto metadata_value(const std::map<std::string, std::string>& meta, const std::s
   }
 }
 
+/// metadata_value, or fallback when the file has no such key (it predates the field).
+template <class T, class Parse>
+T optional_metadata_value(const std::map<std::string, std::string>& meta, const std::string& field,
+                          const std::string& path, Parse&& parse, T fallback) {
+  if (meta.count(kConfigPrefix + field) == 0) return fallback;
+  return static_cast<T>(metadata_value(meta, field, path, parse));
+}
+
 /// std::stoll / std::stod that also reject trailing characters.
 inline long long parse_int(const std::string& text) {
   size_t used = 0;
@@ -96,16 +107,21 @@ inline std::map<std::string, std::string> config_to_metadata(const TransformerCo
           {p + "dropout", detail::number_text(c.dropout)},
           {p + "activation", to_string(c.activation)},
           {p + "norm", to_string(c.norm)},
-          {p + "positional", to_string(c.positional)},
+          {p + "positional", positional_kind_name(c.positional)},
           {p + "max_len", std::to_string(c.max_len)},
           {p + "scale_embeddings", c.scale_embeddings ? "1" : "0"},
           {p + "tie_output", c.tie_output ? "1" : "0"},
           {p + "pad_id", std::to_string(c.pad_id)},
-          {p + "eps", detail::number_text(c.eps)}};
+          {p + "eps", detail::number_text(c.eps)},
+          {p + "attention", attention_scoring_name(c.attention)},
+          {p + "additive_dim", std::to_string(c.additive_dim)},
+          {p + "relative_buckets", std::to_string(c.relative_buckets)},
+          {p + "relative_max_distance", std::to_string(c.relative_max_distance)},
+          {p + "rotary_base", detail::number_text(c.rotary_base)}};
 }
 
 /// Reads a config written by config_to_metadata; IoError naming the file and key if a field is
-/// missing or malformed.
+/// missing or malformed. The fields of selectable attention may be missing (older files).
 inline TransformerConfig config_from_metadata(const std::map<std::string, std::string>& meta,
                                               const std::string& path) {
   TransformerConfig c;
@@ -125,6 +141,17 @@ inline TransformerConfig config_from_metadata(const std::map<std::string, std::s
   c.tie_output = detail::metadata_value(meta, "tie_output", path, detail::parse_int) != 0;
   c.pad_id = detail::metadata_value(meta, "pad_id", path, detail::parse_int);
   c.eps = detail::metadata_value(meta, "eps", path, detail::parse_double);
+  const TransformerConfig defaults;
+  c.attention = detail::optional_metadata_value(meta, "attention", path, parse_attention_scoring,
+                                                defaults.attention);
+  c.additive_dim = detail::optional_metadata_value(meta, "additive_dim", path, detail::parse_int,
+                                                   defaults.additive_dim);
+  c.relative_buckets = detail::optional_metadata_value(meta, "relative_buckets", path,
+                                                       detail::parse_int, defaults.relative_buckets);
+  c.relative_max_distance = detail::optional_metadata_value(
+      meta, "relative_max_distance", path, detail::parse_int, defaults.relative_max_distance);
+  c.rotary_base = detail::optional_metadata_value(meta, "rotary_base", path, detail::parse_double,
+                                                  defaults.rotary_base);
   return c;
 }
 

@@ -1,11 +1,13 @@
 // Configuration of the models: one struct each for a layer and for a whole model.
 #pragma once
 
+#include <cmath>
 #include <string>
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../layers/activation.hpp"
+#include "../layers/attention.hpp"
 #include "../layers/positional.hpp"
 #include "../layers/residual.hpp"
 
@@ -20,6 +22,11 @@ struct LayerConfig {
   Activation activation = Activation::relu;
   NormPlacement norm = NormPlacement::post;  // post: the paper's LN(x + f(x)); pre: x + f(LN(x))
   double eps = 1e-5;                         // LayerNorm epsilon
+  AttentionScoring attention = AttentionScoring::dot_product;  // of every attention sub-layer
+  Index additive_dim = 0;  // the additive score network's width d_attn; 0: head_dim
+  /// Positions inside the self-attention (rotary or relative); kind none when the model adds
+  /// absolute encodings to its input instead. Cross-attention never has any.
+  AttentionPositions positions;
 
   void validate(const std::string& func) const {
     detail::check_positive(func, "config.d_model", d_model);
@@ -28,6 +35,14 @@ struct LayerConfig {
     detail::require(d_model % n_heads == 0, func, "config.n_heads",
                     "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
                         std::to_string(n_heads));
+    detail::require(attention == AttentionScoring::dot_product ||
+                        attention == AttentionScoring::additive,
+                    func, "config.attention",
+                    "is " + std::to_string(static_cast<int>(attention)) +
+                        ", not an AttentionScoring");
+    detail::require(additive_dim >= 0, func, "config.additive_dim",
+                    "must be >= 0 (0: head_dim), got " + std::to_string(additive_dim));
+    detail::check_attention_positions(func, positions, d_model / n_heads, "config.positions");
     detail::require(dropout >= 0.0 && dropout < 1.0, func, "config.dropout",
                     "must be in [0, 1), got " + std::to_string(dropout));
     detail::require(eps > 0.0, func, "config.eps", "must be positive");
@@ -53,14 +68,24 @@ struct TransformerConfig {
   double dropout = 0.1;
   Activation activation = Activation::relu;
   NormPlacement norm = NormPlacement::post;
+  /// sinusoidal and learned add an encoding to the embeddings; relative (T5's bucketed bias) and
+  /// rotary (RoPE) act inside every self-attention layer instead (layers/multihead_attention.hpp).
   PositionalKind positional = PositionalKind::sinusoidal;
-  Index max_len = 512;            // longest sequence the positional encoding covers
+  Index max_len = 512;            // longest sequence (the positional table's length)
   bool scale_embeddings = true;   // multiply embeddings by sqrt(d_model), as in the paper
   bool tie_output = false;        // the output projection shares the target embedding matrix
   Index pad_id = 0;               // padded positions (masked, no embedding gradient); -1: none
   double eps = 1e-5;
+  AttentionScoring attention = AttentionScoring::dot_product;  // scaled dot-product or additive
+  Index additive_dim = 0;              // additive attention's score width d_attn; 0: head_dim
+  Index relative_buckets = 32;         // relative: T5's buckets per layer (half per direction
+                                       // in bidirectional stacks)
+  Index relative_max_distance = 128;   // relative: distances beyond share the last bucket
+  double rotary_base = 10000.0;        // rotary: RoPE's theta
 
-  LayerConfig layer() const {
+  /// The layers' config. causal: the stack's self-attention is causal (decoders, decoder-only
+  /// models), which T5's relative buckets distinguish (bidirectional = !causal).
+  LayerConfig layer(bool causal = false) const {
     LayerConfig c;
     c.d_model = d_model;
     c.n_heads = n_heads;
@@ -69,11 +94,27 @@ struct TransformerConfig {
     c.activation = activation;
     c.norm = norm;
     c.eps = eps;
+    c.attention = attention;
+    c.additive_dim = additive_dim;
+    c.positions.rotary_base = rotary_base;
+    c.positions.num_buckets = relative_buckets;
+    c.positions.max_distance = relative_max_distance;
+    c.positions.bidirectional = !causal;
+    if (positional == PositionalKind::rotary) c.positions.kind = AttentionPositions::Kind::rotary;
+    if (positional == PositionalKind::relative)
+      c.positions.kind = AttentionPositions::Kind::relative;
     return c;
   }
 
+  /// True when positions act inside the self-attention rather than at the input.
+  bool attention_positions() const {
+    return positional == PositionalKind::rotary || positional == PositionalKind::relative;
+  }
+
   void validate(const std::string& func, bool needs_source) const {
-    layer().validate(func);
+    check_positions(func);
+    layer(false).validate(func);
+    layer(true).validate(func);
     if (needs_source) detail::check_positive(func, "config.src_vocab", src_vocab);
     detail::check_positive(func, "config.tgt_vocab", tgt_vocab);
     detail::check_positive(func, "config.max_len", max_len);
@@ -82,6 +123,38 @@ struct TransformerConfig {
     detail::require(pad_id >= -1 && pad_id < tgt_vocab && (!needs_source || pad_id < src_vocab),
                     func, "config.pad_id", "must be -1 or a valid id, got " +
                                                std::to_string(pad_id));
+  }
+
+ private:
+  /// The fields of the positional scheme in use, named as the config names them. The relative
+  /// rules hold for a bidirectional and a causal stack alike, so every model accepts a config.
+  void check_positions(const std::string& func) const {
+    detail::require(positional == PositionalKind::sinusoidal ||
+                        positional == PositionalKind::learned ||
+                        positional == PositionalKind::relative ||
+                        positional == PositionalKind::rotary,
+                    func, "config.positional",
+                    "is " + std::to_string(static_cast<int>(positional)) +
+                        ", not a PositionalKind");
+    if (positional == PositionalKind::rotary) {
+      detail::require(n_heads <= 0 || d_model % n_heads != 0 || (d_model / n_heads) % 2 == 0,
+                      func, "config.positional",
+                      "is rotary, which needs an even head_dim (d_model / n_heads), got " +
+                          std::to_string(d_model / n_heads));
+      detail::require(rotary_base > 0.0 && std::isfinite(rotary_base), func, "config.rotary_base",
+                      "must be positive and finite, got " + std::to_string(rotary_base));
+    } else if (positional == PositionalKind::relative) {
+      detail::require(relative_buckets >= 4, func, "config.relative_buckets",
+                      "must be at least 4 (2 per direction), got " +
+                          std::to_string(relative_buckets));
+      // A causal stack buckets the first relative_buckets / 2 distances exactly.
+      detail::require(relative_max_distance > relative_buckets / 2, func,
+                      "config.relative_max_distance",
+                      "must be above relative_buckets / 2 = " +
+                          std::to_string(relative_buckets / 2) +
+                          " (the exactly bucketed distances), got " +
+                          std::to_string(relative_max_distance));
+    }
   }
 };
 

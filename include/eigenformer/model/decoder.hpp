@@ -1,7 +1,8 @@
 // Decoder layer and decoder stack of the encoder-decoder Transformer.
 //
 // DecoderLayer: masked (causal) self-attention, cross-attention over the encoder output (memory),
-// feed-forward; each inside a residual block with LayerNorm (post- or pre-norm).
+// feed-forward; each inside a residual block with LayerNorm (post- or pre-norm). Both attentions
+// use LayerConfig's scoring; only the self-attention gets its positions (rotary or relative).
 // Decoder: token input, N layers, and a final LayerNorm for pre-norm.
 //   target ids (B, T), memory (B*S, d) -> hidden states (B*T, d)
 // The memory feeds every layer, so backward ADDS each layer's memory gradient into one matrix.
@@ -20,20 +21,21 @@ class DecoderLayer {
   using Mat = Matrix<Scalar>;
   struct Cache {
     typename Residual<Scalar>::Cache self_block, cross_block, ffn_block;
-    typename MultiHeadAttention<Scalar>::Cache self_attn, cross_attn;
+    typename Attention<Scalar>::Cache self_attn, cross_attn;
     typename Dropout<Scalar>::Cache self_drop, cross_drop, ffn_drop;
     typename FeedForward<Scalar>::Cache ffn;
   };
 
-  MultiHeadAttention<Scalar> self_attn, cross_attn;
+  Attention<Scalar> self_attn, cross_attn;
   FeedForward<Scalar> ffn;
   Residual<Scalar> self_block, cross_block, ffn_block;  // hold norm1, norm2, norm3
   Dropout<Scalar> self_drop, cross_drop, ffn_drop;
 
   DecoderLayer() = default;
   DecoderLayer(const LayerConfig& c, Rng& rng)
-      : self_attn(c.checked("DecoderLayer::DecoderLayer").d_model, c.n_heads, rng),
-        cross_attn(c.d_model, c.n_heads, rng),
+      : self_attn(c.checked("DecoderLayer::DecoderLayer").d_model, c.n_heads, rng, c.attention,
+                  c.additive_dim, c.positions),
+        cross_attn(c.d_model, c.n_heads, rng, c.attention, c.additive_dim),
         ffn(c.d_model, c.d_ff, c.activation, Scalar(c.dropout), rng),
         self_block(c.d_model, c.norm, Scalar(c.eps)),
         cross_block(c.d_model, c.norm, Scalar(c.eps)),
@@ -79,7 +81,7 @@ class DecoderLayer {
 
   /// Incremental decoding, inference only: x_new (B*t, d), the next t target positions, attends
   /// causally over self_cache (which it extends) and over the memory keys/values of memory_cache
-  /// (MultiHeadAttention::cache_memory) -> (B*t, d). new_key_padding (B, t): padded new positions.
+  /// (Attention::cache_memory) -> (B*t, d). new_key_padding (B, t): padded new positions.
   Mat decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& self_cache,
                   const KVCache<Scalar>& memory_cache,
                   const BoolMatrix& new_key_padding = BoolMatrix()) const {
@@ -129,7 +131,7 @@ class Decoder {
   Decoder() = default;
   Decoder(Index vocab, Index n_layers, const TransformerConfig& c, Rng& rng)
       : input(vocab, c, rng), pre_norm_(c.norm == NormPlacement::pre) {
-    for (Index i = 0; i < n_layers; ++i) layers.emplace_back(c.layer(), rng);
+    for (Index i = 0; i < n_layers; ++i) layers.emplace_back(c.layer(/*causal=*/true), rng);
     if (pre_norm_) final_norm = LayerNorm<Scalar>(c.d_model, Scalar(c.eps));
   }
 
@@ -165,7 +167,7 @@ class Decoder {
     state.memory.resize(layers.size());
     for (size_t i = 0; i < layers.size(); ++i) {
       layers[i].cross_attn.cache_memory(memory, B, memory_key_padding, state.memory[i]);
-      state.self.emplace_back(B, max_len, layers[i].self_attn.d_model());
+      state.self.push_back(layers[i].self_attn.make_cache(B, max_len));
     }
     return state;
   }

@@ -3,6 +3,8 @@
 // EncoderLayer: self-attention, then feed-forward, each inside a residual block with LayerNorm
 // (post-norm: x = LN(x + drop(f(x))); pre-norm: x = x + drop(f(LN(x)))).
 // With a causal mask the same layer is a GPT block: the decoder-only model reuses it.
+// The attention's scoring (dot-product or additive) and its positions (rotary, relative, or none
+// when the input carries absolute positions) come from LayerConfig (layers/attention.hpp).
 //
 // Encoder: token input (embedding + positions), N layers, and a final LayerNorm for pre-norm.
 //   ids (B, S) -> memory (B*S, d_model)
@@ -14,8 +16,8 @@
 #include "../decode/kv_cache.hpp"
 #include "../layers/dropout.hpp"
 #include "../layers/feed_forward.hpp"
+#include "../layers/attention.hpp"
 #include "../layers/layernorm.hpp"
-#include "../layers/multihead_attention.hpp"
 #include "../layers/residual.hpp"
 #include "config.hpp"
 #include "token_input.hpp"
@@ -28,19 +30,20 @@ class EncoderLayer {
   using Mat = Matrix<Scalar>;
   struct Cache {
     typename Residual<Scalar>::Cache attn_block, ffn_block;
-    typename MultiHeadAttention<Scalar>::Cache attn;
+    typename Attention<Scalar>::Cache attn;
     typename Dropout<Scalar>::Cache attn_drop, ffn_drop;
     typename FeedForward<Scalar>::Cache ffn;
   };
 
-  MultiHeadAttention<Scalar> self_attn;
+  Attention<Scalar> self_attn;
   FeedForward<Scalar> ffn;
   Residual<Scalar> attn_block, ffn_block;  // hold norm1 and norm2
   Dropout<Scalar> attn_drop, ffn_drop;
 
   EncoderLayer() = default;
   EncoderLayer(const LayerConfig& c, Rng& rng)
-      : self_attn(c.checked("EncoderLayer::EncoderLayer").d_model, c.n_heads, rng),
+      : self_attn(c.checked("EncoderLayer::EncoderLayer").d_model, c.n_heads, rng, c.attention,
+                  c.additive_dim, c.positions),
         ffn(c.d_model, c.d_ff, c.activation, Scalar(c.dropout), rng),
         attn_block(c.d_model, c.norm, Scalar(c.eps)),
         ffn_block(c.d_model, c.norm, Scalar(c.eps)),
@@ -134,7 +137,7 @@ class EncoderStack {
   /// Empty self-attention caches for B sequences of up to max_len positions, one per layer.
   std::vector<KVCache<Scalar>> make_caches(Index B, Index max_len) const {
     std::vector<KVCache<Scalar>> caches;
-    for (const auto& l : layers) caches.emplace_back(B, max_len, l.self_attn.d_model());
+    for (const auto& l : layers) caches.push_back(l.self_attn.make_cache(B, max_len));
     return caches;
   }
 
@@ -184,7 +187,7 @@ class Encoder {
 
   Encoder() = default;
   Encoder(Index vocab, Index n_layers, const TransformerConfig& c, Rng& rng)
-      : input(vocab, c, rng), stack(c.layer(), n_layers, rng) {}
+      : input(vocab, c, rng), stack(c.layer(/*causal=*/false), n_layers, rng) {}
 
   /// mask: usually key_padding_mask(ids, pad_id).
   Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache) {

@@ -115,7 +115,7 @@ class SingleStackModel {
       : config_(c), causal_(causal), name_(std::move(name)) {
     c.validate(name_ + "::" + name_, false);
     input = TokenInput<Scalar>(c.tgt_vocab, c, rng);
-    stack = EncoderStack<Scalar>(c.layer(), n_layers, rng);
+    stack = EncoderStack<Scalar>(c.layer(causal), n_layers, rng);
     head = OutputHead<Scalar>(c.d_model, c.tgt_vocab, c.tie_output, rng);
   }
 

@@ -1,5 +1,6 @@
 // The input stage of every model: token embedding, optional sqrt(d_model) scaling, positional
-// encoding (sinusoidal or learned) and dropout.
+// encoding (sinusoidal or learned; none for relative and rotary positions, which act inside the
+// self-attention layers) and dropout.
 //   ids (B, T) -> (B*T, d_model)
 #pragma once
 
@@ -30,7 +31,7 @@ class TokenInput {
   TokenInput() = default;
   TokenInput(Index vocab, const TransformerConfig& c, Rng& rng)
       : embedding(vocab, c.d_model, rng, c.pad_id), dropout(Scalar(c.dropout), rng.split()),
-        kind_(c.positional),
+        kind_(c.positional), max_len_(c.max_len),
         scale_(c.scale_embeddings ? std::sqrt(Scalar(c.d_model)) : Scalar(1)) {
     // With sqrt(d_model) scaling, draw the embedding from N(0, 1/d_model) as tensor2tensor does, so
     // scaled embeddings have unit size like the positional signal instead of drowning it.
@@ -40,21 +41,24 @@ class TokenInput {
     }
     if (kind_ == PositionalKind::sinusoidal)
       sinusoidal = SinusoidalPositionalEncoding<Scalar>(c.d_model, c.max_len);
-    else
+    else if (kind_ == PositionalKind::learned)
       learned = LearnedPositionalEncoding<Scalar>(c.d_model, c.max_len, rng);
   }
 
-  Index max_len() const {
-    return kind_ == PositionalKind::sinusoidal ? sinusoidal.max_len() : learned.max_len();
-  }
+  /// Longest sequence: the table's length, or the config's max_len without a table.
+  Index max_len() const { return max_len_; }
 
   /// ids (B, T) at positions start_pos.. -> (B*T, d_model).
   Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
     Mat x = embedding.forward(ids);
     if (scale_ != Scalar(1)) x *= scale_;
-    x = kind_ == PositionalKind::sinusoidal
-            ? sinusoidal.forward(x, ids.rows(), ids.cols(), start_pos)
-            : learned.forward(x, ids.rows(), ids.cols(), start_pos);
+    if (kind_ == PositionalKind::sinusoidal)
+      x = sinusoidal.forward(x, ids.rows(), ids.cols(), start_pos);
+    else if (kind_ == PositionalKind::learned)
+      x = learned.forward(x, ids.rows(), ids.cols(), start_pos);
+    else  // positions act in the attention; keep the tables' limit all the same
+      detail::check_positions<Scalar>("TokenInput::forward", "x", x, ids.rows(), ids.cols(),
+                                      start_pos, x.cols(), max_len_);
     cache.ids = ids;
     cache.start_pos = start_pos;
     return dropout.forward(x, cache.dropout);
@@ -80,6 +84,7 @@ class TokenInput {
 
  private:
   PositionalKind kind_ = PositionalKind::sinusoidal;
+  Index max_len_ = 0;
   Scalar scale_ = Scalar(1);
 };
 
