@@ -249,6 +249,35 @@ TEST_CASE("beam width 1 equals greedy decoding exactly on an untrained model") {
   check_width_one_is_greedy(model, src, 1);
 }
 
+TEST_CASE("beam width 1 equals greedy decoding with other positions and additive attention") {
+  struct Case {
+    PositionalKind positional;
+    AttentionScoring attention;
+  };
+  for (const Case& k : {Case{PositionalKind::relative, AttentionScoring::dot_product},
+                        Case{PositionalKind::rotary, AttentionScoring::additive},
+                        Case{PositionalKind::learned, AttentionScoring::additive}}) {
+    CAPTURE(positional_kind_name(k.positional));
+    CAPTURE(attention_scoring_name(k.attention));
+    TransformerConfig c = reversal_config();
+    c.positional = k.positional;
+    c.attention = k.attention;
+    Rng rng(22);
+    Transformer<float> model(c, rng);
+    model.eval();
+    IdMatrix src(3, 4);
+    src << 3, 4, 5, 6, 7, 7, 0, 0, 5, 4, 3, 0;
+    check_width_one_is_greedy(model, src, 8);
+    const BeamResult r = beam_search_result(model, src, options(3, 8, 0.6));
+    for (Index b = 0; b < src.rows(); ++b) {
+      CAPTURE(b);
+      const auto& best = r.hypotheses[size_t(b)].front();
+      CHECK(best.log_prob == doctest::Approx(sequence_log_prob(model, src, b, best.tokens))
+                                 .epsilon(1e-4));
+    }
+  }
+}
+
 TEST_CASE("on a trained model: width 1 is greedy, wider beams reverse sequences, scores agree "
           "with teacher forcing, batching changes nothing") {
   Transformer<float> model = trained_reversal_model(300);

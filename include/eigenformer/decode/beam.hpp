@@ -10,17 +10,17 @@
 // Ranking uses GNMT's length penalty (Wu et al. 2016): score = log P(y) / ((5 + |y|) / 6)^alpha,
 // |y| counting the generated tokens with EOS and without BOS; alpha = 0 ranks by log P(y) alone.
 // Ties are broken deterministically: lower parent hypothesis first, then lower token id, so a beam of
-// width 1 makes greedy_decode's choices (argmax, first index on ties). When greedy_decode and this
-// search compute logits along different paths (incremental KV-cache steps vs. a rerun over the
-// prefix), the two agree up to rounding, so only tokens tied within rounding could differ.
+// width 1 makes greedy_decode's choices (argmax, first index on ties); both decode incrementally
+// with the same KV-cache steps.
 //
 // The search itself (beam_search_with) only needs a step scorer: prefixes -> next-token log-probs.
 // beam_search / beam_search_result wrap an encoder-decoder Transformer: the source is encoded once,
-// its memory rows are repeated for each of its beam_width hypotheses, and every step reruns the
-// decoder over the (B * beam_width, t + 1) prefixes (quadratic in the output length; incremental
-// decoding needs a KV cache whose rows can be reordered by parent hypothesis each step). Rows of
-// sources that are done keep being computed, so each step's batch has a fixed shape. Call
-// model.eval() first.
+// its memory rows are repeated for each of its beam_width hypotheses, and every step runs the
+// decoder on the last token of each of the B * beam_width prefixes only (Transformer::decode_step),
+// over self-attention KV caches whose rows are first reordered so that each row holds the cache of
+// its prefix's parent (the row whose previous prefix it extends), so the cost grows linearly with
+// the output length. Rows of sources that are done keep being computed, so each step's batch has a
+// fixed shape. Works for every positional scheme and attention scoring. Call model.eval() first.
 #pragma once
 
 #include <algorithm>
@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "../model/transformer.hpp"
+#include "kv_cache.hpp"
 
 namespace eigenformer {
 
@@ -238,6 +239,43 @@ BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const
   return result;
 }
 
+namespace detail {
+
+/// Makes row r of every self-attention cache of state hold what row parent[r] held (the
+/// hypothesis that row r's prefix extends). The memory caches are unchanged: parents are
+/// hypotheses of the same source.
+template <class Scalar>
+void reorder_decode_state(DecodeState<Scalar>& state, const std::vector<Index>& parent) {
+  for (KVCache<Scalar>& c : state.self) {
+    const KVCache<Scalar> old = c;  // (B*max_len, *) buffers; rows move between sequences
+    for (Index r = 0; r < c.B; ++r) {
+      const Index p = parent[size_t(r)];
+      if (p == r) continue;
+      c.k.block(r * c.max_len, 0, c.len, c.k.cols()) = old.keys(p);
+      c.v.block(r * c.max_len, 0, c.len, c.v.cols()) = old.values(p);
+      c.key_padding.row(r).head(c.len) = old.key_padding.row(p).head(c.len);
+    }
+  }
+}
+
+/// For each row of prefixes (N, t + 1), the row of prev (N, t) in the same block of K rows that
+/// holds its first t tokens; the row itself when none does (filler rows, whose output is unused).
+inline std::vector<Index> beam_parents(const IdMatrix& prefixes, const IdMatrix& prev, Index K) {
+  const Index N = prefixes.rows(), t = prev.cols();
+  std::vector<Index> parent(static_cast<size_t>(N));
+  for (Index r = 0; r < N; ++r) {
+    parent[size_t(r)] = r;
+    for (Index p = r - r % K; p < r - r % K + K; ++p)
+      if (prefixes.row(r).head(t) == prev.row(p)) {
+        parent[size_t(r)] = p;
+        break;
+      }
+  }
+  return parent;
+}
+
+}  // namespace detail
+
 /// Beam search over an encoder-decoder Transformer: src (B, S) -> every source's best hypotheses.
 template <class Scalar>
 BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
@@ -249,8 +287,8 @@ BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
                   "is " + std::to_string(opt.max_len) + ", expected 1.." +
                       std::to_string(model.config().max_len - 1) +
                       " (the model's max_len less one for BOS)");
-  typename Transformer<Scalar>::Cache cache;
-  const Matrix<Scalar> memory = model.encode(src, cache.encoder);  // (B*S, d); checks src
+  typename Encoder<Scalar>::Cache cache;
+  const Matrix<Scalar> memory = model.encode(src, cache);  // (B*S, d); checks src
   const Index B = src.rows(), S = src.cols(), K = opt.beam_width, d = memory.cols();
   IdMatrix src_rep(B * K, S);             // row b*K + k: source b
   Matrix<Scalar> memory_rep(B * K * S, d);  // rows (b*K + k)*S ..: memory of source b
@@ -259,12 +297,16 @@ BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
       src_rep.row(b * K + k) = src.row(b);
       memory_rep.block((b * K + k) * S, 0, S, d) = memory.block(b * S, 0, S, d);
     }
+  DecodeState<Scalar> state = model.begin_decode(src_rep, memory_rep, opt.max_len);
+  IdMatrix prev;  // the previous step's prefixes (B*K, t)
   auto scorer = [&](const IdMatrix& prefixes) {
     const Index N = prefixes.rows(), T = prefixes.cols();
-    const Matrix<Scalar> logits = model.decode(prefixes, src_rep, memory_rep, cache);  // (N*T, V)
+    if (T > 1) detail::reorder_decode_state(state, detail::beam_parents(prefixes, prev, K));
+    prev = prefixes;
+    const Matrix<Scalar> logits = model.decode_step(prefixes.col(T - 1), state);  // (N, V)
     Matrix<double> lp(N, V);
     for (Index r = 0; r < N; ++r) {
-      lp.row(r) = logits.row(r * T + T - 1).template cast<double>();
+      lp.row(r) = logits.row(r).template cast<double>();
       const double max = lp.row(r).maxCoeff();
       const double lse = max + std::log((lp.row(r).array() - max).exp().sum());
       lp.row(r).array() -= lse;
