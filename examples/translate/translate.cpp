@@ -23,9 +23,12 @@ const char* kUsage =
     "usage:\n"
     "  translate train --out FILE [--steps N] [--batch N] [--lr X] [--seed N] [--eval N]\n"
     "                  [--d-model N] [--heads N] [--layers N] [--d-ff N] [--dropout X]\n"
+    "                  [--positional sinusoidal|learned|relative|rotary] [--attention dot|additive]\n"
     "  translate run --model FILE [--attention PNG]\n"
-    "run reads English number words (0 to 999999) on stdin, one phrase per line, and prints one\n"
-    "line per input: the Chinese numeral, or a line starting 'error:'. With --attention it\n"
+    "train: --positional chooses how tokens get positions (default sinusoidal), --attention the\n"
+    "attention scores (default dot: scaled dot-product; additive: Bahdanau); the checkpoint keeps\n"
+    "both. run reads English number words (0 to 999999) on stdin, one phrase per line, and prints\n"
+    "one line per input: the Chinese numeral, or a line starting 'error:'. With --attention it\n"
     "translates one phrase and writes its cross-attention heat map to PNG.\n";
 
 /// A batch of source phrases and target numerals as padded id matrices.
@@ -59,6 +62,19 @@ Batch make_batch(const std::vector<long>& numbers) {
   return {pad_rows(src), pad_rows(tgt), numbers};
 }
 
+/// The value of flag name parsed by parse (a library parser that throws ArgumentError), fallback if
+/// the flag is absent; a bad value is a usage error listing the choices.
+template <class Parse>
+auto choice(const cli::Flags& f, const std::string& name, const std::string& fallback,
+            Parse&& parse, const std::string& choices) {
+  const std::string value = f.text(name, fallback);
+  try {
+    return parse(value);
+  } catch (const ef::ArgumentError&) {
+    throw cli::UsageError("flag --" + name + " takes " + choices + ", got '" + value + "'");
+  }
+}
+
 ef::TransformerConfig model_config(const cli::Flags& f) {
   ef::TransformerConfig c;
   c.src_vocab = translate::source_vocab().size();
@@ -68,6 +84,9 @@ ef::TransformerConfig model_config(const cli::Flags& f) {
   c.n_encoder_layers = c.n_decoder_layers = f.integer("layers", 2, 1, 12);
   c.d_ff = f.integer("d-ff", 256, 8, 8192);
   c.dropout = f.number("dropout", 0.0, 0.0, 0.9);
+  c.positional = choice(f, "positional", "sinusoidal", ef::parse_positional_kind,
+                        "sinusoidal, learned, relative or rotary");
+  c.attention = choice(f, "attention", "dot", ef::parse_attention_scoring, "dot or additive");
   c.max_len = 32;
   c.pad_id = translate::Vocab::kPad;
   return c;
@@ -133,8 +152,12 @@ int train(const cli::Flags& f) {
   ef::AdamW<float> opt(params, float(lr), 0.9f, 0.98f, 1e-9f, 0.01f);
   const ef::CosineSchedule<float> schedule(float(lr), std::min(400L, steps / 10 + 1), steps,
                                            float(lr) / 20);
-  std::fprintf(stderr, "translate: %ld parameters, %ld steps of %ld phrases, %d threads\n",
-               long(ef::count_params(params)), steps, batch_size, ef::max_threads());
+  std::fprintf(stderr,
+               "translate: %ld parameters (%s positions, %s attention), %ld steps of %ld phrases, "
+               "%d threads\n",
+               long(ef::count_params(params)), ef::positional_kind_name(config.positional).c_str(),
+               ef::attention_scoring_name(config.attention).c_str(), steps, batch_size,
+               ef::max_threads());
 
   std::uint64_t data_state = seed * 0x9E3779B97F4A7C15ULL + 1;
   cli::Progress progress(steps, std::max(1L, steps / 20));
@@ -202,7 +225,7 @@ int write_attention(ef::Transformer<float>& model, const std::string& phrase,
   const auto& attn = cache.decoder.layers.back().cross_attn;
   ef::Matrix<float> weights = ef::Matrix<float>::Zero(attn.dims.Tq, attn.dims.Tk);
   for (Index h = 0; h < attn.dims.H; ++h)
-    weights += ef::MultiHeadAttention<float>::attention_weights(attn, 0, h);
+    weights += ef::Attention<float>::attention_weights(attn, 0, h);
   weights /= float(attn.dims.H);
   // Rows: each output token, predicted at the position before it (BOS first).
   heatmap::write_png(png, weights.topRows(Index(out_labels.size())), out_labels,
@@ -247,7 +270,8 @@ int main(int argc, char** argv) {
     if (command == "train" || command == "run") {
       const cli::Flags flags =
           command == "train" ? cli::Flags(args, {"out", "steps", "batch", "lr", "seed", "eval",
-                                                 "d-model", "heads", "layers", "d-ff", "dropout"})
+                                                 "d-model", "heads", "layers", "d-ff", "dropout",
+                                                 "positional", "attention"})
                              : cli::Flags(args, {"model", "attention"});
       if (flags.help()) {
         std::fputs(kUsage, stdout);
