@@ -194,6 +194,35 @@ TEST_CASE("attention masks of the wrong shape are rejected") {
                             {"mask.attn_mask", "(5, 4)", "(3, 4) or (6, 4)"});
 }
 
+TEST_CASE("attention ops reject inputs that do not fit their dims, the position bias included") {
+  const AttentionDims d{2, 3, 4, 2, 2};
+  const Matrix<float> q = Matrix<float>::Ones(6, 4), kv = Matrix<float>::Ones(8, 4);
+  Matrix<float> out, probs, dq, dk, dv;
+  eftest::check_throws_with(
+      [&] { attention_forward<float>(out, probs, Matrix<float>::Ones(5, 4), kv, kv, d, {}); },
+      {"attention_forward", "'q'", "(5, 4)", "(6, 4)"});
+  eftest::check_throws_with(
+      [&] { attention_forward<float>(out, probs, q, kv, Matrix<float>::Ones(8, 3), d, {}); },
+      {"attention_forward", "'v'", "(8, 3)", "(8, 4)"});
+  const Matrix<float> bias = Matrix<float>::Zero(2, 5);
+  eftest::check_throws_with([&] { attention_forward<float>(out, probs, q, kv, kv, d, {}, &bias); },
+                            {"attention_forward", "'pos_bias'", "(2, 5)", "(2, 6)"});
+  AttentionMask pad;
+  pad.key_padding = BoolMatrix::Zero(2, 3);
+  eftest::check_throws_with([&] { attention_forward<float>(out, probs, q, kv, kv, d, pad); },
+                            {"attention_forward", "mask.key_padding", "(2, 3)", "(2, 4)"});
+  eftest::check_throws_with(
+      [&] { attention_forward<float>(out, probs, q, kv, kv, {2, 3, 4, 0, 2}, {}); },
+      {"attention_forward", "'d.H'", "positive"});
+  attention_forward<float>(out, probs, q, kv, kv, d, {});
+  eftest::check_throws_with(
+      [&] { attention_backward<float>(dq, dk, dv, Matrix<float>::Ones(6, 3), probs, q, kv, kv, d); },
+      {"attention_backward", "'dout'", "(6, 3)", "(6, 4)"});
+  eftest::check_throws_with(
+      [&] { attention_backward<float>(dq, dk, dv, q, probs.topRows(8), q, kv, kv, d); },
+      {"attention_backward", "'probs'", "(8, 4)", "(12, 4)"});
+}
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif

@@ -165,6 +165,32 @@ TEST_CASE("tiled attention gradients match finite differences") {
   }
 }
 
+TEST_CASE("tiled attention rejects inputs that do not fit its dims") {
+  const AttentionDims d{2, 3, 4, 2, 2};
+  const Matrix<float> q = Matrix<float>::Ones(6, 4), kv = Matrix<float>::Ones(8, 4);
+  const Matrix<float> bias = Matrix<float>::Zero(3, 6);
+  Matrix<float> out, lse, dq, dk, dv;
+  eftest::check_throws_with(
+      [&] { flash_attention_forward<float>(out, lse, q, Matrix<float>::Ones(6, 4), kv, d, {}); },
+      {"flash_attention_forward", "'k'", "(6, 4)", "(8, 4)"});
+  eftest::check_throws_with(
+      [&] { flash_attention_forward<float>(out, lse, q, kv, kv, d, {}, {}, &bias); },
+      {"flash_attention_forward", "'pos_bias'", "(3, 6)", "(2, 6)"});
+  flash_attention_forward<float>(out, lse, q, kv, kv, d, {});
+  eftest::check_throws_with(
+      [&] {
+        flash_attention_backward<float>(dq, dk, dv, q, out, lse.leftCols(2), q, kv, kv, d, {});
+      },
+      {"flash_attention_backward", "'lse'", "(4, 2)", "(4, 3)"});
+  eftest::check_throws_with(
+      [&] { flash_attention_backward<float>(dq, dk, dv, q, out, lse, q, kv, kv, d, {}, {}, &bias); },
+      {"flash_attention_backward", "'pos_bias'", "(3, 6)"});
+  eftest::check_throws_with([&] { flash_attention_weights<float>(q, kv, lse, d, {}, 0, 2); },
+                            {"flash_attention_weights", "'h'", "is 2", "0 <= h < 2"});
+  eftest::check_throws_with([&] { flash_attention_weights<float>(q, kv, lse, d, {}, 2, 0); },
+                            {"flash_attention_weights", "'b'", "is 2"});
+}
+
 TEST_CASE("tiled attention stays finite with large scores") {
   const AttentionDims d{1, 20, 20, 1, 2};
   Rng rng(4);

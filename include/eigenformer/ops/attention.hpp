@@ -58,6 +58,24 @@ inline void check_mask(const std::string& func, const AttentionMask& mask, const
   }
 }
 
+/// Throws unless q (B*Tq, H*dh), k and v (B*Tk, H*dh), the mask and pos_bias (H, Tq + Tk - 1,
+/// when not null) fit dims, whose sizes must be positive. O(1): the kernels check on every call.
+template <class Scalar>
+void check_attention_inputs(const std::string& func, ConstRef<Scalar> q, ConstRef<Scalar> k,
+                            ConstRef<Scalar> v, const AttentionDims& d, const AttentionMask& mask,
+                            const Matrix<Scalar>* pos_bias) {
+  check_positive(func, "d.B", d.B);
+  check_positive(func, "d.Tq", d.Tq);
+  check_positive(func, "d.Tk", d.Tk);
+  check_positive(func, "d.H", d.H);
+  check_positive(func, "d.dh", d.dh);
+  check_shape(func, "q", q, d.B * d.Tq, d.H * d.dh);
+  check_shape(func, "k", k, d.B * d.Tk, d.H * d.dh);
+  check_shape(func, "v", v, d.B * d.Tk, d.H * d.dh);
+  check_mask(func, mask, d);
+  if (pos_bias) check_shape(func, "pos_bias", *pos_bias, d.H, d.Tq + d.Tk - 1);
+}
+
 /// Sets masked scores of sequence b (a (Tq, Tk) block) to -inf.
 template <class Block>
 void apply_mask(Block&& scores, const AttentionMask& mask, const AttentionDims& d, Index b) {
@@ -112,12 +130,13 @@ void sum_over_sequences(Matrix<Scalar>& dpos_bias, const Matrix<Scalar>& per_ite
 }  // namespace detail
 
 /// out (B*Tq, H*dh), probs (B*H*Tq, Tk) from q (B*Tq, H*dh), k and v (B*Tk, H*dh).
-/// pos_bias, when not null, is (H, Tq + Tk - 1) (see above). Arguments must already be checked
-/// (the layers do it).
+/// pos_bias, when not null, is (H, Tq + Tk - 1) (see above). Throws ArgumentError when a shape
+/// does not fit d.
 template <class Scalar>
 void attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scalar> q,
                        ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d,
                        const AttentionMask& mask, const Matrix<Scalar>* pos_bias = nullptr) {
+  detail::check_attention_inputs<Scalar>("attention_forward", q, k, v, d, mask, pos_bias);
   out.resize(d.B * d.Tq, d.H * d.dh);
   probs.resize(d.B * d.H * d.Tq, d.Tk);
   const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
@@ -143,6 +162,10 @@ void attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& 
                         ConstRef<Scalar> dout, ConstRef<Scalar> probs, ConstRef<Scalar> q,
                         ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d,
                         Matrix<Scalar>* dpos_bias = nullptr) {
+  const std::string func = "attention_backward";
+  detail::check_attention_inputs<Scalar>(func, q, k, v, d, AttentionMask(), nullptr);
+  detail::check_shape(func, "dout", dout, d.B * d.Tq, d.H * d.dh);
+  detail::check_shape(func, "probs", probs, d.B * d.H * d.Tq, d.Tk);
   dq.resize(d.B * d.Tq, d.H * d.dh);
   dk.resize(d.B * d.Tk, d.H * d.dh);
   dv.resize(d.B * d.Tk, d.H * d.dh);

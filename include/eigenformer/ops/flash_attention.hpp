@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
@@ -118,12 +119,13 @@ void exp_shifted_row(Row&& row, Scalar shift) {
 }  // namespace detail
 
 /// out (B*Tq, H*dh) and lse (B*H, Tq) from q (B*Tq, H*dh), k and v (B*Tk, H*dh), and pos_bias
-/// (H, Tq + Tk - 1) when not null. Arguments must already be checked (the layers do it).
+/// (H, Tq + Tk - 1) when not null. Throws ArgumentError when a shape does not fit d.
 template <class Scalar>
 void flash_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& lse, ConstRef<Scalar> q,
                              ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d,
                              const AttentionMask& mask, const AttentionBlocks& blocks = {},
                              const Matrix<Scalar>* pos_bias = nullptr) {
+  detail::check_attention_inputs<Scalar>("flash_attention_forward", q, k, v, d, mask, pos_bias);
   out.resize(d.B * d.Tq, d.H * d.dh);
   lse.resize(d.B * d.H, d.Tq);
   const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
@@ -189,6 +191,11 @@ void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Sca
                               const AttentionBlocks& blocks = {},
                               const Matrix<Scalar>* pos_bias = nullptr,
                               Matrix<Scalar>* dpos_bias = nullptr) {
+  const std::string func = "flash_attention_backward";
+  detail::check_attention_inputs<Scalar>(func, q, k, v, d, mask, pos_bias);
+  detail::check_shape(func, "dout", dout, d.B * d.Tq, d.H * d.dh);
+  detail::check_shape(func, "out", out, d.B * d.Tq, d.H * d.dh);
+  detail::check_shape(func, "lse", lse, d.B * d.H, d.Tq);
   dq.setZero(d.B * d.Tq, d.H * d.dh);
   dk.resize(d.B * d.Tk, d.H * d.dh);
   dv.resize(d.B * d.Tk, d.H * d.dh);
@@ -254,6 +261,13 @@ template <class Scalar>
 Matrix<Scalar> flash_attention_weights(ConstRef<Scalar> q, ConstRef<Scalar> k, ConstRef<Scalar> lse,
                                        const AttentionDims& d, const AttentionMask& mask, Index b,
                                        Index h, const Matrix<Scalar>* pos_bias = nullptr) {
+  const std::string func = "flash_attention_weights";
+  detail::check_attention_inputs<Scalar>(func, q, k, k, d, mask, pos_bias);
+  detail::check_shape(func, "lse", lse, d.B * d.H, d.Tq);
+  detail::require(b >= 0 && b < d.B, func, "b",
+                  "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(d.B));
+  detail::require(h >= 0 && h < d.H, func, "h",
+                  "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H));
   const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
   Matrix<Scalar> p(d.Tq, d.Tk);
   p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
