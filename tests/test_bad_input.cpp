@@ -12,14 +12,18 @@
 #include <eigenformer/decode/greedy.hpp>
 #include <eigenformer/decode/kv_cache.hpp>
 #include <eigenformer/io/checkpoint.hpp>
+#include <eigenformer/layers/attention.hpp>
 #include <eigenformer/layers/linear.hpp>
 #include <eigenformer/layers/multihead_attention.hpp>
 #include <eigenformer/layers/positional.hpp>
 #include <eigenformer/model/language_models.hpp>
 #include <eigenformer/model/transformer.hpp>
+#include <eigenformer/ops/additive_attention.hpp>
 #include <eigenformer/ops/attention.hpp>
 #include <eigenformer/ops/flash_attention.hpp>
 #include <eigenformer/ops/linear.hpp>
+#include <eigenformer/ops/relative_position.hpp>
+#include <eigenformer/ops/rotary.hpp>
 #include <eigenformer/train/gradcheck.hpp>
 #include <eigenformer/train/optim.hpp>
 
@@ -81,29 +85,20 @@ TEST_CASE("Batch constructors name the bad size or data shape") {
                     {"Batch::Batch", "'data'", "has shape (5, 3)", "expected (6, *)"});
 }
 
-// needs: Batch::seq(b) and Batch::head(b, h, dh) to require 0 <= b < batch(), 0 <= h and
-// (h + 1) * dh <= channels(), e.g. "Batch::seq: argument 'b' is 2, expected 0 <= b < 2".
-TEST_CASE("Batch::seq and Batch::head reject an index outside the batch" * doctest::skip()) {
+TEST_CASE("Batch::seq and Batch::head reject an index outside the batch") {
   Batch<float> x(2, 3, 4);
   check_throws_with([&] { x.seq(2); }, {"Batch::seq", "'b'", "is 2", "0 <= b < 2"});
   check_throws_with([&] { x.head(0, 2, 2); }, {"Batch::head", "'h'", "is 2"});
 }
 
-// needs: Param(rows, cols) to check_positive-or-zero its sizes ("Param::Param: argument 'rows'
-// must be >= 0, got -1"); zero_grad / count_params / append_params to reject a null pointer
-// ("zero_grad: argument 'params' has a null pointer for 'w'").
-TEST_CASE("Param and parameter-list helpers reject negative sizes and null pointers" *
-          doctest::skip()) {
+TEST_CASE("Param and parameter-list helpers reject negative sizes and null pointers") {
   check_throws_with([] { Param<float>(-1, 2); }, {"Param::Param", "'rows'", "got -1"});
   const ParamList<float> with_null{{"w", nullptr}};
   check_throws_with([&] { zero_grad(with_null); }, {"zero_grad", "'params'", "'w'"});
   check_throws_with([&] { count_params(with_null); }, {"count_params", "'params'", "'w'"});
 }
 
-// needs: Rng::index(n) to require n > 0; fill_uniform to require lo <= hi, both finite;
-// fill_normal to require a finite stddev >= 0 ("fill_normal: argument 'stddev' must be >= 0 and
-// finite, got -1").
-TEST_CASE("random helpers reject empty ranges and negative deviations" * doctest::skip()) {
+TEST_CASE("random helpers reject empty ranges and negative deviations") {
   Rng rng(1);
   Mat m(2, 2);
   check_throws_with([&] { rng.index(0); }, {"Rng::index", "'n'", "must be positive, got 0"});
@@ -113,9 +108,7 @@ TEST_CASE("random helpers reject empty ranges and negative deviations" * doctest
 
 // ---- ops/linear.hpp, ops/attention.hpp, ops/flash_attention.hpp -----------------------------
 
-// needs: linear_forward to check weight (out, in) against inp (N, in) and bias (1, out);
-// linear_backward to check dout (N, out), inp (N, in), *dweight (out, in), *dbias (1, out).
-TEST_CASE("linear ops reject mismatched shapes" * doctest::skip()) {
+TEST_CASE("linear ops reject mismatched shapes, changing no gradient") {
   Mat out, dinp;
   const Mat x = Mat::Ones(3, 4), w = Mat::Ones(2, 5), b = Mat::Ones(1, 2);
   check_throws_with([&] { linear_forward<float>(out, x, w, &b); },
@@ -129,11 +122,7 @@ TEST_CASE("linear ops reject mismatched shapes" * doctest::skip()) {
   CHECK(dw.isZero());
 }
 
-// needs: attention_forward / attention_backward and flash_attention_forward / _backward /
-// _weights to check q (B*Tq, H*dh), k and v (B*Tk, H*dh), positive dims, the mask
-// (detail::check_mask), probs / lse, dout and pos_bias (H, Tq + Tk - 1) against dims, and b, h
-// of flash_attention_weights; they document "arguments must already be checked".
-TEST_CASE("attention kernels reject inputs that do not match their dims" * doctest::skip()) {
+TEST_CASE("attention kernels reject inputs that do not match their dims") {
   AttentionDims d;
   d.B = 2, d.Tq = 3, d.Tk = 3, d.H = 2, d.dh = 2;
   const Mat q = Mat::Ones(5, 4), kv = Mat::Ones(6, 4);
@@ -144,12 +133,52 @@ TEST_CASE("attention kernels reject inputs that do not match their dims" * docte
                     {"flash_attention_forward", "'q'", "(5, 4)", "(6, 4)"});
 }
 
+// needs: rotary_table to require T >= 0, an even dh > 0 and a positive finite base;
+// rotary_forward / rotary_backward to require x.cols() == H * 2 * tab.half() and x.rows() a
+// multiple of tab.length() (they document "arguments must already be checked").
+TEST_CASE("rotary ops reject a table that does not fit the heads" * doctest::skip()) {
+  check_throws_with([] { rotary_table<float>(0, 4, 3, 10000.0); },
+                    {"rotary_table", "'dh'", "is 3", "even"});
+  const RotaryTable<float> tab = rotary_table<float>(0, 4, 4, 10000.0);
+  Mat x = Mat::Ones(8, 6);
+  check_throws_with([&] { rotary_forward<float>(x, 2, tab); },
+                    {"rotary_forward", "'x'", "(8, 6)", "(*, 8)"});
+}
+
+// needs: relative_position_bucket(s) to require num_buckets >= 4 (bidirectional) or >= 2, and
+// max_distance above the exact buckets; relative_bias_forward to require every bucket < table
+// rows; relative_bias_backward to require dtable (num_buckets, H) and dpos_bias (H, n).
+TEST_CASE("relative-position ops reject buckets outside the table" * doctest::skip()) {
+  check_throws_with([] { relative_position_bucket(3, true, 2, 8); },
+                    {"relative_position_bucket", "'num_buckets'", "is 2"});
+  Mat bias;
+  const Mat table = Mat::Ones(4, 2);
+  check_throws_with([&] { relative_bias_forward<float>(bias, table, {0, 7}); },
+                    {"relative_bias_forward", "'buckets'", "7", "[0, 4)"});
+}
+
+// needs: additive_score_projection to require w.rows() % H == 0, x (N, H * w.cols()) and bias
+// (1, w.rows()); additive_attention_attend the shapes check_additive_attention checks for aq, ak,
+// v and w against dims (both are public and document "arguments must already be checked").
+TEST_CASE("additive attention's public pieces reject mismatched shapes" * doctest::skip()) {
+  Mat a;
+  check_throws_with(
+      [&] { additive_score_projection<float>(a, Mat::Ones(3, 4), Mat::Ones(5, 2), nullptr, 2); },
+      {"additive_score_projection", "'w'", "(5, 2)"});
+}
+
+// needs: KVCache::keys(b), values(b) and any_padding(b) to require 0 <= b < B; append to check
+// k_new and v_new (B*t, d_model), pad_new (B, t) or empty, and the room (check_room).
+TEST_CASE("KVCache accessors and append reject what does not fit" * doctest::skip()) {
+  KVCache<float> cache(2, 3, 4);
+  check_throws_with([&] { cache.keys(2); }, {"KVCache::keys", "'b'", "is 2"});
+  check_throws_with([&] { cache.append(Mat::Ones(3, 4), Mat::Ones(3, 4), BoolMatrix()); },
+                    {"KVCache::append", "'k_new'", "(3, 4)"});
+}
+
 // ---- layers -------------------------------------------------------------------------------
 
-// needs: Linear::backward to check cache.x (N, in_features) before the product ("Linear::
-// backward: argument 'cache.x' has shape (3, 5), expected (*, 4)"); today a cache of another
-// Linear reaches an Eigen assertion.
-TEST_CASE("Linear::backward rejects a cache of another layer" * doctest::skip()) {
+TEST_CASE("Linear::backward rejects a cache of another layer, changing no gradient") {
   Rng rng(2);
   Linear<float> a(4, 2, rng), other(5, 2, rng);
   Linear<float>::Cache cache;
@@ -175,6 +204,35 @@ TEST_CASE("MultiHeadAttention: batch mismatch, head index and backward leave the
                     {"MultiHeadAttention::backward", "'dy'", "(6, 7)", "(6, 8)"});
   CHECK(values_of(mha.parameters()) == values);
   for (const auto& g : grads_of(mha.parameters())) CHECK(g.isZero());
+}
+
+TEST_CASE("Attention: scoring and d_attn are named; the additive kernel's backward checks dout") {
+  Rng rng(9);
+  const auto bogus = static_cast<AttentionScoring>(5);
+  check_throws_with([&] { Attention<float>(8, 2, rng, bogus); },
+                    {"Attention::Attention", "'scoring'", "is 5", "not an AttentionScoring"});
+  check_throws_with([&] { Attention<float>(8, 2, rng, AttentionScoring::additive, -1); },
+                    {"Attention::Attention", "'d_attn'", "must be >= 0", "got -1"});
+  check_throws_with([&] { attention_scoring_name(bogus); },
+                    {"attention_scoring_name", "'scoring'", "is 5"});
+
+  AttentionDims d;
+  d.B = 1, d.Tq = 2, d.Tk = 3, d.H = 2, d.dh = 2;
+  const Mat q = Mat::Ones(2, 4), kv = Mat::Ones(3, 4);
+  const Mat w_q = Mat::Ones(6, 2), w_k = Mat::Ones(6, 2), w = Mat::Ones(2, 3);
+  const AdditiveScoreWeights<float> p{w_q, w_k, nullptr, w};
+  Mat out, probs, dq, dk, dv, dw = Mat::Zero(2, 3);
+  AdditiveAttentionCache<float> cache;
+  additive_attention_forward<float>(out, probs, cache, q, kv, kv, p, d, {});
+  AdditiveScoreGrads<float> grads;
+  grads.w = &dw;
+  check_throws_with(
+      [&] {
+        additive_attention_backward<float>(dq, dk, dv, grads, Mat::Ones(2, 3), probs, cache, q,
+                                           kv, kv, p, d);
+      },
+      {"additive_attention_backward", "'dout'", "(2, 3)", "(2, 4)"});
+  CHECK(dw.isZero());
 }
 
 TEST_CASE("positional_kind_name names a value that is not a PositionalKind") {
@@ -228,6 +286,27 @@ TEST_CASE("Transformer: decode_step ids, backward's dlogits; nothing changes") {
                     {"OutputHead::backward", "'dlogits'", "(4, 8)", "(4, 9)"});
   CHECK(values_of(model.parameters()) == values);
   for (const auto& g : grads_of(model.parameters())) CHECK(g.isZero());
+}
+
+TEST_CASE("model building blocks name their own bad arguments") {
+  Rng rng(10);
+  LayerConfig lc = tiny_config().layer();
+  lc.d_ff = 0;
+  check_throws_with([&] { EncoderLayer<float>(lc, rng); },
+                    {"EncoderLayer::EncoderLayer", "'config.d_ff'", "must be positive, got 0"});
+  check_throws_with([&] { DecoderLayer<float>(lc, rng); },
+                    {"DecoderLayer::DecoderLayer", "'config.d_ff'", "got 0"});
+
+  Transformer<float> model(tiny_config(), rng);
+  check_throws_with([&] { model.head.forward(Mat::Ones(2, 7), model.decoder.input.embedding); },
+                    {"OutputHead::forward", "'h'", "(2, 7)", "(*, 8)"});
+  check_throws_with(
+      [&] { model.decoder.begin_decode(Mat::Ones(3, 8), 1, BoolMatrix(), 0); },
+      {"Decoder::begin_decode", "'max_len'", "must be positive, got 0"});
+  std::vector<KVCache<float>> caches;  // one per layer expected
+  check_throws_with(
+      [&] { model.encoder.stack.decode_step(Mat::Ones(1, 8), 1, caches); },
+      {"EncoderStack::decode_step", "'caches'", "has 0 entries", "one per layer (1)"});
 }
 
 // needs: shift_right to require targets with at least one column ("shift_right: argument
