@@ -67,59 +67,38 @@ TEST_CASE("attention matches the definition for every mask kind") {
   }
 }
 
-TEST_CASE("attention gradients match finite differences for every mask kind") {
+TEST_CASE("attention gradients match finite differences for every mask kind, with and without a "
+          "position bias per distance") {
   for (const eftest::AttentionCase& c : eftest::attention_mask_cases()) {
-    INFO(c.name);
-    Rng rng(2);
-    const AttentionDims& d = c.d;
-    MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
-    MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
-    MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
-    const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
-    MatD out, probs, dq, dk, dv;
-    attention_forward<double>(out, probs, q, k, v, d, c.mask);
-    attention_backward<double>(dq, dk, dv, R, probs, q, k, v, d);
-    auto loss = [&] {
-      MatD o, p;
-      attention_forward<double>(o, p, q, k, v, d, c.mask);
-      return projection(o, R);
-    };
-    eftest::check_grad(q, dq, loss, "q");
-    eftest::check_grad(k, dk, loss, "k");
-    eftest::check_grad(v, dv, loss, "v");
-  }
-}
-
-TEST_CASE("a position bias per distance: the definition and finite differences, every mask kind") {
-  for (const eftest::AttentionCase& c : eftest::attention_mask_cases()) {
-    INFO(c.name);
-    Rng rng(5);
-    const AttentionDims& d = c.d;
-    MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
-    MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
-    MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
-    MatD bias = eftest::random_matrix(d.H, d.Tq + d.Tk - 1, rng);
-    const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
-    MatD out, probs, dq, dk, dv, dbias = MatD::Constant(1, 1, 5.0);  // dbias comes back fresh
-    attention_forward<double>(out, probs, q, k, v, d, c.mask, &bias);
-    CHECK((out - reference_attention(q, k, v, d, c.mask, bias)).cwiseAbs().maxCoeff() < 1e-12);
-    attention_backward<double>(dq, dk, dv, R, probs, q, k, v, d, &dbias);
-    REQUIRE(dbias.rows() == d.H);
-    REQUIRE(dbias.cols() == d.Tq + d.Tk - 1);
-    auto loss = [&] {
-      MatD o, p;
-      attention_forward<double>(o, p, q, k, v, d, c.mask, &bias);
-      return projection(o, R);
-    };
-    eftest::check_grad(q, dq, loss, "q");
-    eftest::check_grad(k, dk, loss, "k");
-    eftest::check_grad(v, dv, loss, "v");
-    eftest::check_grad(bias, dbias, loss, "pos_bias");
-    // Without dpos_bias the other gradients are the same.
-    MatD dq2, dk2, dv2;
-    attention_backward<double>(dq2, dk2, dv2, R, probs, q, k, v, d);
-    CHECK(dq2 == dq);
-    CHECK(dk2 == dk);
+    for (bool with_bias : {false, true}) {
+      INFO(c.name << (with_bias ? ", position bias" : ""));
+      Rng rng(2);
+      const AttentionDims& d = c.d;
+      MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+      MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+      MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+      MatD bias = eftest::random_matrix(d.H, d.Tq + d.Tk - 1, rng);
+      const MatD R = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+      const MatD* b = with_bias ? &bias : nullptr;
+      MatD out, probs, dq, dk, dv, dbias = MatD::Constant(1, 1, 5.0);  // dbias comes back fresh
+      attention_forward<double>(out, probs, q, k, v, d, c.mask, b);
+      CHECK((out - reference_attention(q, k, v, d, c.mask, with_bias ? bias : MatD()))
+                .cwiseAbs()
+                .maxCoeff() < 1e-12);
+      attention_backward<double>(dq, dk, dv, R, probs, q, k, v, d, with_bias ? &dbias : nullptr);
+      auto loss = [&] {
+        MatD o, p;
+        attention_forward<double>(o, p, q, k, v, d, c.mask, b);
+        return projection(o, R);
+      };
+      eftest::check_grad(q, dq, loss, "q");
+      eftest::check_grad(k, dk, loss, "k");
+      eftest::check_grad(v, dv, loss, "v");
+      if (!with_bias) continue;
+      REQUIRE(dbias.rows() == d.H);
+      REQUIRE(dbias.cols() == d.Tq + d.Tk - 1);
+      eftest::check_grad(bias, dbias, loss, "pos_bias");
+    }
   }
 }
 
@@ -213,7 +192,7 @@ TEST_CASE("attention ops reject inputs that do not fit their dims, the position 
                             {"attention_forward", "mask.key_padding", "(2, 3)", "(2, 4)"});
   eftest::check_throws_with(
       [&] { attention_forward<float>(out, probs, q, kv, kv, {2, 3, 4, 0, 2}, {}); },
-      {"attention_forward", "'d.H'", "positive"});
+      {"attention_forward", "'dims.H'", "positive"});
   attention_forward<float>(out, probs, q, kv, kv, d, {});
   eftest::check_throws_with(
       [&] { attention_backward<float>(dq, dk, dv, Matrix<float>::Ones(6, 3), probs, q, kv, kv, d); },

@@ -143,6 +143,17 @@ def case_embedding(out_dir):
               {"weight": m.weight.grad}, {"vocab": 10, "d_model": D, "padding_idx": 0})
 
 
+def padding_mask(T, key_padding):
+    """(B, T) bool mask with the last key_padding[b] keys of sequence b padded (None: no mask)."""
+    if key_padding is None:
+        return None
+    kpm = torch.zeros(B, T, dtype=torch.bool)
+    for b, n in enumerate(key_padding):
+        if n:
+            kpm[b, T - n:] = True
+    return kpm
+
+
 def mha_case(out_dir, case, seed, Tq, Tk, cross, causal=False, key_padding=None):
     torch.manual_seed(seed)
     m = nn.MultiheadAttention(D, H, dropout=0.0, batch_first=True)
@@ -151,12 +162,8 @@ def mha_case(out_dir, case, seed, Tq, Tk, cross, causal=False, key_padding=None)
     if cross:
         inputs["memory"] = torch.randn(B, Tk, D)
     attn_mask = torch.triu(torch.ones(Tq, Tk, dtype=torch.bool), diagonal=1) if causal else None
-    kpm = None
-    if key_padding is not None:
-        kpm = torch.zeros(B, Tk, dtype=torch.bool)
-        for b, n in enumerate(key_padding):
-            if n:
-                kpm[b, Tk - n:] = True
+    kpm = padding_mask(Tk, key_padding)
+    if kpm is not None:
         inputs["key_padding_mask"] = kpm.float()
 
     def call(m, i):
@@ -246,12 +253,8 @@ def positional_mha_case(out_dir, case, seed, kind, causal, key_padding=None, **p
     m = PositionalSelfAttention(d_model, n_heads, kind, **positions)
     randomize_(m)
     inputs = {"x": torch.randn(B, T, d_model)}
-    kpm = None
-    if key_padding is not None:
-        kpm = torch.zeros(B, T, dtype=torch.bool)
-        for b, n in enumerate(key_padding):
-            if n:
-                kpm[b, T - n:] = True
+    kpm = padding_mask(T, key_padding)
+    if kpm is not None:
         inputs["key_padding_mask"] = kpm.float()
     meta = {"d_model": d_model, "n_heads": n_heads, "B": B, "T": T, "positions": kind,
             "causal": str(causal).lower()}

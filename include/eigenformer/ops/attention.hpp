@@ -64,11 +64,11 @@ template <class Scalar>
 void check_attention_inputs(const std::string& func, ConstRef<Scalar> q, ConstRef<Scalar> k,
                             ConstRef<Scalar> v, const AttentionDims& d, const AttentionMask& mask,
                             const Matrix<Scalar>* pos_bias) {
-  check_positive(func, "d.B", d.B);
-  check_positive(func, "d.Tq", d.Tq);
-  check_positive(func, "d.Tk", d.Tk);
-  check_positive(func, "d.H", d.H);
-  check_positive(func, "d.dh", d.dh);
+  check_positive(func, "dims.B", d.B);
+  check_positive(func, "dims.Tq", d.Tq);
+  check_positive(func, "dims.Tk", d.Tk);
+  check_positive(func, "dims.H", d.H);
+  check_positive(func, "dims.dh", d.dh);
   check_shape(func, "q", q, d.B * d.Tq, d.H * d.dh);
   check_shape(func, "k", k, d.B * d.Tk, d.H * d.dh);
   check_shape(func, "v", v, d.B * d.Tk, d.H * d.dh);
