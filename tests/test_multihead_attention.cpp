@@ -376,19 +376,19 @@ TEST_CASE("positions: bad settings and cross-attention are rejected by name") {
   p.num_buckets = 3;
   eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
                             {ctor, "'positions.num_buckets'", "at least 4", "bidirectional",
-                             "got 3"});
+                             "is 3"});
   p = relative_positions(false);
   p.num_buckets = 1;
   eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
-                            {ctor, "'positions.num_buckets'", "at least 2", "got 1"});
+                            {ctor, "'positions.num_buckets'", "at least 2", "is 1"});
   p = relative_positions(true);
   p.max_distance = 0;
   eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
-                            {ctor, "'positions.max_distance'", "positive", "got 0"});
+                            {ctor, "'positions.max_distance'", "positive", "is 0"});
   p.num_buckets = 32;
   p.max_distance = 8;  // 8 exact buckets per direction
   eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
-                            {ctor, "'positions.max_distance'", "8 exactly bucketed", "got 8"});
+                            {ctor, "'positions.max_distance'", "8 exactly bucketed", "is 8"});
   // Settings the kind does not use are not checked.
   p.kind = Kind::none;
   p.rotary_base = -1.0;

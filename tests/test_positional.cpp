@@ -310,3 +310,40 @@ TEST_CASE("relative bias: gathered per distance, its gradient added back per buc
   };
   eftest::check_grad(table, dtable, loss, "table");
 }
+
+TEST_CASE("rotary and relative-position ops reject settings and shapes that do not fit") {
+  eftest::check_throws_with([] { rotary_table<float>(0, 4, 3, 10000.0); },
+                            {"rotary_table", "'dh'", "is 3", "even"});
+  eftest::check_throws_with([] { rotary_table<float>(0, -1, 4, 10000.0); },
+                            {"rotary_table", "'T'", "-1"});
+  eftest::check_throws_with([] { rotary_table<float>(0, 4, 4, -2.0); },
+                            {"rotary_table", "'base'", "positive and finite"});
+  const RotaryTable<float> tab = rotary_table<float>(0, 4, 4, 10000.0);
+  Matrix<float> x = Matrix<float>::Ones(8, 6);
+  eftest::check_throws_with([&] { rotary_forward<float>(x, 2, tab); },
+                            {"rotary_forward", "'x'", "(8, 6)", "(*, 8)"});
+  Matrix<float> y = Matrix<float>::Ones(6, 8);
+  eftest::check_throws_with([&] { rotary_backward<float>(y, 2, tab); },
+                            {"rotary_backward", "'x'", "6 rows", "4 positions"});
+  CHECK(y.isOnes());
+
+  eftest::check_throws_with([] { relative_position_bucket(3, true, 2, 8); },
+                            {"relative_position_bucket", "'num_buckets'", "is 2", "at least 4"});
+  eftest::check_throws_with([] { relative_position_bucket(3, false, 8, 4); },
+                            {"relative_position_bucket", "'max_distance'", "is 4",
+                             "4 exactly bucketed"});
+  eftest::check_throws_with([] { relative_position_buckets(0, 3, true, 8, 4); },
+                            {"relative_position_buckets", "'Tq'"});
+  Matrix<float> bias;
+  const Matrix<float> table = Matrix<float>::Ones(4, 2);
+  eftest::check_throws_with([&] { relative_bias_forward<float>(bias, table, {0, 7}); },
+                            {"relative_bias_forward", "'buckets'", "7", "[0, 4)"});
+  Matrix<float> dtable = Matrix<float>::Zero(4, 2);
+  eftest::check_throws_with(
+      [&] { relative_bias_backward<float>(dtable, Matrix<float>::Ones(2, 3), {0, 1}); },
+      {"relative_bias_backward", "'dpos_bias'", "(2, 3)", "(2, 2)"});
+  eftest::check_throws_with(
+      [&] { relative_bias_backward<float>(dtable, Matrix<float>::Ones(2, 2), {0, -1}); },
+      {"relative_bias_backward", "'buckets'", "-1"});
+  CHECK(dtable.isZero());
+}

@@ -327,16 +327,7 @@ class MultiHeadAttention {
                       "positions.rotary_base",
                       "must be positive and finite, got " + std::to_string(p.rotary_base));
     } else if (p.kind == Kind::relative) {
-      // T5's buckets need at least one exact and one log-spaced bucket per direction.
-      const Index min_buckets = p.bidirectional ? 4 : 2;
-      detail::require(p.num_buckets >= min_buckets, func, "positions.num_buckets",
-                      "must be at least " + std::to_string(min_buckets) + " (2 per direction" +
-                          (p.bidirectional ? ", bidirectional" : "") + "), got " +
-                          std::to_string(p.num_buckets));
-      const Index max_exact = (p.bidirectional ? p.num_buckets / 2 : p.num_buckets) / 2;
-      detail::require(p.max_distance > max_exact, func, "positions.max_distance",
-                      "must be positive and above the " + std::to_string(max_exact) +
-                          " exactly bucketed distances, got " + std::to_string(p.max_distance));
+      detail::check_bucketing(func, p.bidirectional, p.num_buckets, p.max_distance, "positions.");
     }
   }
 

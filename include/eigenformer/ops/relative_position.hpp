@@ -18,18 +18,51 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
 
+namespace detail {
+
+/// Throws unless T5's bucketing works with these settings: at least 2 buckets per direction
+/// (num_buckets >= 4 bidirectional, >= 2 otherwise: one exact, one log-spaced) and max_distance
+/// above the exactly bucketed distances. prefix goes before the argument names.
+inline void check_bucketing(const std::string& func, bool bidirectional, Index num_buckets,
+                            Index max_distance, const std::string& prefix = "") {
+  const Index min_buckets = bidirectional ? 4 : 2;
+  if (num_buckets < min_buckets)
+    throw_argument(func, prefix + "num_buckets",
+                   "is " + std::to_string(num_buckets) + ", expected at least " +
+                       std::to_string(min_buckets) + " (2 per direction" +
+                       (bidirectional ? ", bidirectional)" : ")"));
+  const Index max_exact = (bidirectional ? num_buckets / 2 : num_buckets) / 2;
+  if (max_distance <= max_exact)
+    throw_argument(func, prefix + "max_distance",
+                   "is " + std::to_string(max_distance) +
+                       ", expected a positive distance above the " + std::to_string(max_exact) +
+                       " exactly bucketed ones");
+}
+
+/// Throws unless every bucket indexes one of rows table rows.
+inline void check_buckets(const std::string& func, const std::vector<Index>& buckets, Index rows) {
+  for (size_t c = 0; c < buckets.size(); ++c)
+    if (buckets[c] < 0 || buckets[c] >= rows)
+      throw_argument(func, "buckets",
+                     "holds " + std::to_string(buckets[c]) + " at column " + std::to_string(c) +
+                         ", expected a bucket in [0, " + std::to_string(rows) + ")");
+}
+
+}  // namespace detail
+
 /// T5's bucket of relative_position = key_pos - query_pos, in [0, num_buckets). Needs at least 2
 /// buckets per direction (num_buckets >= 4 bidirectional, >= 2 otherwise) and max_distance > the
-/// exact buckets (num_buckets / 4 bidirectional, / 2 otherwise); the layers check that.
+/// exact buckets (num_buckets / 4 bidirectional, / 2 otherwise); throws ArgumentError otherwise.
 inline Index relative_position_bucket(Index relative_position, bool bidirectional,
                                       Index num_buckets, Index max_distance) {
+  detail::check_bucketing("relative_position_bucket", bidirectional, num_buckets, max_distance);
   Index bucket = 0, n = num_buckets, distance;
   if (bidirectional) {
     n /= 2;
@@ -52,6 +85,9 @@ inline Index relative_position_bucket(Index relative_position, bool bidirectiona
 /// the keys: out[c] = bucket(c - (Tk - 1)), c in [0, Tq + Tk - 1).
 inline std::vector<Index> relative_position_buckets(Index Tq, Index Tk, bool bidirectional,
                                                     Index num_buckets, Index max_distance) {
+  detail::check_positive("relative_position_buckets", "Tq", Tq);
+  detail::check_positive("relative_position_buckets", "Tk", Tk);
+  detail::check_bucketing("relative_position_buckets", bidirectional, num_buckets, max_distance);
   std::vector<Index> out(static_cast<size_t>(Tq + Tk - 1));
   for (Index c = 0; c < Tq + Tk - 1; ++c)
     out[static_cast<size_t>(c)] =
@@ -63,6 +99,7 @@ inline std::vector<Index> relative_position_buckets(Index Tq, Index Tk, bool bid
 template <class Scalar>
 void relative_bias_forward(Matrix<Scalar>& pos_bias, ConstRef<Scalar> table,
                            const std::vector<Index>& buckets) {
+  detail::check_buckets("relative_bias_forward", buckets, table.rows());
   const Index n = static_cast<Index>(buckets.size());
   pos_bias.resize(table.cols(), n);
   for (Index c = 0; c < n; ++c)
@@ -74,6 +111,10 @@ void relative_bias_forward(Matrix<Scalar>& pos_bias, ConstRef<Scalar> table,
 template <class Scalar>
 void relative_bias_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dpos_bias,
                             const std::vector<Index>& buckets) {
+  const std::string func = "relative_bias_backward";
+  detail::check_shape(func, "dpos_bias", dpos_bias, dtable.cols(),
+                      static_cast<Index>(buckets.size()));
+  detail::check_buckets(func, buckets, dtable.rows());
   for (Index c = 0; c < dpos_bias.cols(); ++c)
     dtable.row(buckets[static_cast<size_t>(c)]) += dpos_bias.col(c).transpose();
 }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cmath>
+#include <string>
 
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
@@ -31,9 +32,14 @@ struct RotaryTable {
 };
 
 /// The table for positions start .. start + T - 1 of heads of (even) width dh with RoPE base
-/// (theta) base. Arguments must already be checked (the layers do it).
+/// (theta) base.
 template <class Scalar>
 RotaryTable<Scalar> rotary_table(Index start, Index T, Index dh, double base) {
+  detail::require(T >= 0, "rotary_table", "T", "must be >= 0, got " + std::to_string(T));
+  detail::require(dh > 0 && dh % 2 == 0, "rotary_table", "dh",
+                  "is " + std::to_string(dh) + ", expected a positive even head width");
+  detail::require(base > 0.0 && std::isfinite(base), "rotary_table", "base",
+                  "must be positive and finite, got " + std::to_string(base));
   RotaryTable<Scalar> tab;
   const Index half = dh / 2;
   tab.start = start;
@@ -55,8 +61,14 @@ namespace detail {
 /// Rotates every head of every token of x (B*T, H*dh) in place, by +angle (sign = 1) or by
 /// -angle (sign = -1, the transpose). T = tab.length().
 template <class Scalar>
-void rotate_heads(Matrix<Scalar>& x, Index H, const RotaryTable<Scalar>& tab, Scalar sign) {
+void rotate_heads(const std::string& func, Matrix<Scalar>& x, Index H,
+                  const RotaryTable<Scalar>& tab, Scalar sign) {
   const Index T = tab.length(), half = tab.half(), dh = 2 * half;
+  check_positive(func, "H", H);
+  check_shape(func, "x", x, -1, H * dh);
+  require(T > 0 && x.rows() % T == 0, func, "x",
+          "has " + std::to_string(x.rows()) + " rows, not a multiple of the table's " +
+              std::to_string(T) + " positions");
   detail::parallel_for(x.rows(), 6.0 * static_cast<double>(H * dh), [&](Index r) {
     const Scalar* c = tab.cos.data() + (r % T) * half;  // plain loops over contiguous rows:
     const Scalar* s = tab.sin.data() + (r % T) * half;  // no temporaries, and they vectorise
@@ -75,17 +87,17 @@ void rotate_heads(Matrix<Scalar>& x, Index H, const RotaryTable<Scalar>& tab, Sc
 }  // namespace detail
 
 /// In place: x (B*T, H*dh) -> RoPE(x), token t of each sequence at position tab.start + t.
-/// x.rows() must be a multiple of tab.length() and x.cols() == H * 2 * tab.half().
+/// Throws unless x.rows() is a multiple of tab.length() and x.cols() == H * 2 * tab.half().
 template <class Scalar>
 void rotary_forward(Matrix<Scalar>& x, Index H, const RotaryTable<Scalar>& tab) {
-  detail::rotate_heads<Scalar>(x, H, tab, Scalar(1));
+  detail::rotate_heads<Scalar>("rotary_forward", x, H, tab, Scalar(1));
 }
 
 /// In place: dy (B*T, H*dh), the gradient with respect to rotary_forward's output -> the gradient
 /// with respect to its input (the transposed rotation).
 template <class Scalar>
 void rotary_backward(Matrix<Scalar>& dy, Index H, const RotaryTable<Scalar>& tab) {
-  detail::rotate_heads<Scalar>(dy, H, tab, Scalar(-1));
+  detail::rotate_heads<Scalar>("rotary_backward", dy, H, tab, Scalar(-1));
 }
 
 }  // namespace eigenformer
