@@ -368,4 +368,23 @@ TEST_CASE("the KV cache rejects positions beyond its max_len") {
       {"MultiHeadAttention::forward_step", "x_new", "adds 3 positions", "holding 0 of max_len 2"});
   eftest::check_throws_with([&] { mha.forward_step(Matrix<float>::Zero(2, 16), 2, cache); },
                             {"MultiHeadAttention::forward_step", "cache", "holds 1 sequences"});
+
+  // The cache itself: sequence indices, and appends that do not fit leave it as it was.
+  KVCache<float> kv(2, 3, 4);
+  const Matrix<float> kv_rows = Matrix<float>::Ones(4, 4);
+  kv.append(kv_rows, kv_rows, BoolMatrix());
+  eftest::check_throws_with([&] { kv.keys(2); }, {"KVCache::keys", "'b'", "is 2", "0 <= b < 2"});
+  eftest::check_throws_with([&] { kv.values(-1); }, {"KVCache::values", "'b'", "is -1"});
+  eftest::check_throws_with([&] { kv.any_padding(2); }, {"KVCache::any_padding", "'b'"});
+  eftest::check_throws_with([&] { kv.append(Matrix<float>::Ones(3, 4), kv_rows, BoolMatrix()); },
+                            {"KVCache::append", "'k_new'", "(3, 4)", "B = 2"});
+  eftest::check_throws_with([&] { kv.append(kv_rows, Matrix<float>::Ones(4, 5), BoolMatrix()); },
+                            {"KVCache::append", "'v_new'", "(4, 5)", "(4, 4)"});
+  eftest::check_throws_with([&] { kv.append(kv_rows, kv_rows, BoolMatrix::Zero(2, 1)); },
+                            {"KVCache::append", "'pad_new'", "(2, 1)", "(2, 2)"});
+  eftest::check_throws_with([&] { kv.append(kv_rows, kv_rows, BoolMatrix()); },
+                            {"KVCache::append", "'k_new'", "adds 2 positions", "holding 2"});
+  CHECK(kv.len == 2);
+  eftest::check_throws_with([&] { KVCache<float>().append(kv_rows, kv_rows, BoolMatrix()); },
+                            {"KVCache::append", "'cache'", "not allocated"});
 }

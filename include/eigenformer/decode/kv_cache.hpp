@@ -55,9 +55,15 @@ struct KVCache {
   Index d_model() const { return k.cols(); }
   Index room() const { return max_len - len; }
 
-  /// Keys / values of sequence b: (len, d_model), in place.
-  Eigen::Block<const Mat> keys(Index b) const { return k.block(b * max_len, 0, len, k.cols()); }
-  Eigen::Block<const Mat> values(Index b) const { return v.block(b * max_len, 0, len, v.cols()); }
+  /// Keys / values of sequence b, 0 <= b < B: (len, d_model), in place.
+  Eigen::Block<const Mat> keys(Index b) const {
+    check_sequence("KVCache::keys", b);
+    return k.block(b * max_len, 0, len, k.cols());
+  }
+  Eigen::Block<const Mat> values(Index b) const {
+    check_sequence("KVCache::values", b);
+    return v.block(b * max_len, 0, len, v.cols());
+  }
 
   /// Throws (naming func and the lengths) unless t more positions fit.
   void check_room(const std::string& func, const std::string& arg, Index t) const {
@@ -67,10 +73,18 @@ struct KVCache {
                         std::to_string(len) + " of max_len " + std::to_string(max_len));
   }
 
-  /// Appends k_new, v_new (B*t, d_model) and their key padding (B, t) (empty: none padded).
-  /// Sizes must already be checked (check_room).
+  /// Appends k_new (B*t, k.cols()), v_new (B*t, v.cols()) and their key padding (B, t) (empty:
+  /// none padded). Throws, changing nothing, unless they fit and t more positions fit.
   void append(ConstRef<Scalar> k_new, ConstRef<Scalar> v_new, const BoolMatrix& pad_new) {
+    const std::string func = "KVCache::append";
+    detail::require(B > 0, func, "cache", "is not allocated (call reset or begin_decode first)");
+    detail::require(k_new.rows() % B == 0 && k_new.cols() == k.cols(), func, "k_new",
+                    "has shape " + detail::shape_of(k_new) + ", expected (B*t, " +
+                        std::to_string(k.cols()) + ") with B = " + std::to_string(B));
     const Index t = k_new.rows() / B;
+    detail::check_shape(func, "v_new", v_new, B * t, v.cols());
+    if (pad_new.size() != 0) detail::check_shape(func, "pad_new", pad_new, B, t);
+    check_room(func, "k_new", t);
     for (Index b = 0; b < B; ++b) {
       k.block(b * max_len + len, 0, t, k.cols()) = k_new.middleRows(b * t, t);
       v.block(b * max_len + len, 0, t, v.cols()) = v_new.middleRows(b * t, t);
@@ -82,8 +96,18 @@ struct KVCache {
     len += t;
   }
 
-  /// True if some cached key of sequence b is padded.
-  bool any_padding(Index b) const { return key_padding.row(b).head(len).any(); }
+  /// True if some cached key of sequence b (0 <= b < B) is padded.
+  bool any_padding(Index b) const {
+    check_sequence("KVCache::any_padding", b);
+    return key_padding.row(b).head(len).any();
+  }
+
+ private:
+  void check_sequence(const char* func, Index b) const {
+    if (b < 0 || b >= B)
+      detail::throw_argument(func, "b",
+                             "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(B));
+  }
 };
 
 template <class Scalar = float>
