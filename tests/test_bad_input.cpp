@@ -339,6 +339,17 @@ TEST_CASE("DecoderOnlyLM: config, ids, batch size and length are named") {
                     {"DecoderOnlyLM::begin_decode", "'max_len'", "is 7", "1..6"});
 }
 
+TEST_CASE("DecoderOnlyLM::forward rejects a sequence beyond max_len even without a table") {
+  Rng rng(11);
+  TransformerConfig c = tiny_config();
+  c.positional = PositionalKind::rotary;  // no positional table whose check would catch it
+  DecoderOnlyLM<float> lm(c, rng);
+  DecoderOnlyLM<float>::Cache cache;
+  // The check is TokenInput::forward's, which runs before anything changes.
+  check_throws_with([&] { lm.forward(ids(1, 7, 3), cache); },
+                    {"TokenInput::forward", "'T'", "is 7", "beyond max_len 6"});
+}
+
 // ---- decode -------------------------------------------------------------------------------
 
 TEST_CASE("KVCache: sizes and an unallocated cache are named") {
