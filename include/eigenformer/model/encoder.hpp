@@ -14,9 +14,9 @@
 #include <vector>
 
 #include "../decode/kv_cache.hpp"
+#include "../layers/attention.hpp"
 #include "../layers/dropout.hpp"
 #include "../layers/feed_forward.hpp"
-#include "../layers/attention.hpp"
 #include "../layers/layernorm.hpp"
 #include "../layers/residual.hpp"
 #include "config.hpp"

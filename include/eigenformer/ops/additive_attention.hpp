@@ -30,6 +30,7 @@
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 #include "attention.hpp"
+#include "linear.hpp"
 #include "softmax.hpp"
 
 namespace eigenformer {
@@ -62,26 +63,20 @@ struct AdditiveAttentionCache {
 
 namespace detail {
 
-/// Throws unless the inputs and weights fit dims and the mask fits (func names the caller).
+/// Throws unless the inputs, the mask and pos_bias (when not null) fit dims as the dot-product
+/// kernels require, and the score weights fit too (func names the caller).
 template <class Scalar>
 void check_additive_attention(const std::string& func, ConstRef<Scalar> q, ConstRef<Scalar> k,
                               ConstRef<Scalar> v, const AdditiveScoreWeights<Scalar>& p,
-                              const AttentionDims& d, const AttentionMask& mask) {
-  check_positive(func, "dims.B", d.B);
-  check_positive(func, "dims.Tq", d.Tq);
-  check_positive(func, "dims.Tk", d.Tk);
-  check_positive(func, "dims.H", d.H);
-  check_positive(func, "dims.dh", d.dh);
-  check_shape(func, "q", q, d.B * d.Tq, d.H * d.dh);
-  check_shape(func, "k", k, d.B * d.Tk, d.H * d.dh);
-  check_shape(func, "v", v, d.B * d.Tk, d.H * d.dh);
+                              const AttentionDims& d, const AttentionMask& mask,
+                              const Matrix<Scalar>* pos_bias) {
+  check_attention_inputs<Scalar>(func, q, k, v, d, mask, pos_bias);
   check_shape(func, "weights.w", p.w, d.H, -1);
   check_positive(func, "weights.w columns", p.w.cols());
   const Index da = p.w.cols();
   check_shape(func, "weights.w_q", p.w_q, d.H * da, d.dh);
   check_shape(func, "weights.w_k", p.w_k, d.H * da, d.dh);
   if (p.bias) check_shape(func, "weights.bias", *p.bias, 1, d.H * da);
-  check_mask(func, mask, d);
 }
 
 }  // namespace detail
@@ -95,9 +90,13 @@ void additive_score_projection(Matrix<Scalar>& a, ConstRef<Scalar> x, const Matr
                                const Matrix<Scalar>* bias, Index H) {
   const Index da = w.rows() / H, dh = w.cols();
   a.resize(x.rows(), H * da);
-  for (Index h = 0; h < H; ++h)  // one GEMM per head over every sequence
-    a.middleCols(h * da, da).noalias() =
-        x.middleCols(h * dh, dh) * w.middleRows(h * da, da).transpose();
+  Matrix<Scalar> head;  // (N, da)
+  for (Index h = 0; h < H; ++h) {  // one product per head over every sequence
+    // Each head is a bias-free Linear(dh, da): linear_forward's product (and threading) is
+    // already compiled for every model, so it costs no new template instantiation.
+    linear_forward<Scalar>(head, x.middleCols(h * dh, dh), w.middleRows(h * da, da), nullptr);
+    a.middleCols(h * da, da) = head;
+  }
   if (bias) a.rowwise() += bias->row(0);
 }
 
@@ -141,9 +140,8 @@ void additive_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs,
                                 const AdditiveScoreWeights<Scalar>& p, const AttentionDims& d,
                                 const AttentionMask& mask,
                                 const Matrix<Scalar>* pos_bias = nullptr) {
-  const std::string func = "additive_attention_forward";
-  detail::check_additive_attention(func, q, k, v, p, d, mask);
-  if (pos_bias) detail::check_shape(func, "pos_bias", *pos_bias, d.H, d.Tq + d.Tk - 1);
+  detail::check_additive_attention<Scalar>("additive_attention_forward", q, k, v, p, d, mask,
+                                          pos_bias);
   additive_score_projection<Scalar>(cache.aq, q, p.w_q, p.bias, d.H);
   additive_score_projection<Scalar>(cache.ak, k, p.w_k, nullptr, d.H);
   additive_attention_attend<Scalar>(out, probs, cache.aq, cache.ak, v, p.w, d, mask, pos_bias);
@@ -162,7 +160,7 @@ void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<
                                  const AdditiveScoreWeights<Scalar>& p, const AttentionDims& d,
                                  Matrix<Scalar>* dpos_bias = nullptr) {
   const std::string func = "additive_attention_backward";
-  detail::check_additive_attention(func, q, k, v, p, d, AttentionMask{});
+  detail::check_additive_attention<Scalar>(func, q, k, v, p, d, AttentionMask{}, nullptr);
   detail::check_shape(func, "dout", dout, d.B * d.Tq, d.H * d.dh);
   const Index da = p.w.cols();
   detail::check_shape(func, "probs", probs, d.B * d.H * d.Tq, d.Tk);
@@ -212,17 +210,19 @@ void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<
   });
   dq.resize(d.B * d.Tq, d.H * d.dh);
   dk.resize(d.B * d.Tk, d.H * d.dh);
+  Matrix<Scalar> dhead, dweight;  // (N, dh), (da, dh)
   for (Index h = 0; h < d.H; ++h) {
-    dq.middleCols(h * d.dh, d.dh).noalias() =
-        daq.middleCols(h * da, da) * p.w_q.middleRows(h * da, da);  // (B*Tq, dh)
-    dk.middleCols(h * d.dh, d.dh).noalias() =
-        dak.middleCols(h * da, da) * p.w_k.middleRows(h * da, da);  // (B*Tk, dh)
-    if (grads.w_q)
-      grads.w_q->middleRows(h * da, da).noalias() +=
-          daq.middleCols(h * da, da).transpose() * q.middleCols(h * d.dh, d.dh);
-    if (grads.w_k)
-      grads.w_k->middleRows(h * da, da).noalias() +=
-          dak.middleCols(h * da, da).transpose() * k.middleCols(h * d.dh, d.dh);
+    // The projections' backward, each head a bias-free Linear(dh, da) (see the forward).
+    const auto project_back = [&](Matrix<Scalar>& dx, Matrix<Scalar>* gw, const Matrix<Scalar>& da_,
+                                  ConstRef<Scalar> x, const Matrix<Scalar>& w) {
+      if (gw) dweight.setZero(da, d.dh);
+      linear_backward<Scalar>(dhead, gw ? &dweight : nullptr, nullptr, da_.middleCols(h * da, da),
+                              x.middleCols(h * d.dh, d.dh), w.middleRows(h * da, da));
+      dx.middleCols(h * d.dh, d.dh) = dhead;
+      if (gw) gw->middleRows(h * da, da) += dweight;
+    };
+    project_back(dq, grads.w_q, daq, q, p.w_q);
+    project_back(dk, grads.w_k, dak, k, p.w_k);
     if (grads.w)
       for (Index b = 0; b < d.B; ++b) grads.w->row(h) += dw_parts.row(b * d.H + h);
   }
