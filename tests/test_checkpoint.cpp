@@ -47,6 +47,15 @@ void check_io_error(F&& f, const std::string& fragment) {
   CHECK(threw);
 }
 
+/// The two models give the same logits on a small batch.
+void check_same_logits(Transformer<float>& a, Transformer<float>& b) {
+  IdMatrix src(1, 3), tgt(1, 2);
+  src << 3, 4, 5;
+  tgt << 1, 6;
+  Transformer<float>::Cache c1, c2;
+  CHECK(a.forward(src, tgt, c1) == b.forward(src, tgt, c2));
+}
+
 }  // namespace
 
 TEST_CASE("a saved Transformer loads back with its config and gives the same logits") {
@@ -69,12 +78,7 @@ TEST_CASE("a saved Transformer loads back with its config and gives the same log
   CHECK(c.positional == PositionalKind::learned);
   CHECK(c.activation == Activation::gelu_tanh);
   CHECK(c.tie_output);
-
-  IdMatrix src(1, 3), tgt(1, 2);
-  src << 3, 4, 5;
-  tgt << 1, 6;
-  Transformer<float>::Cache c1, c2;
-  CHECK(model.forward(src, tgt, c1) == loaded.forward(src, tgt, c2));
+  check_same_logits(model, loaded);
 }
 
 TEST_CASE("a decoder-only model round-trips, and load_model checks the model kind") {
@@ -122,11 +126,7 @@ TEST_CASE("each positional kind and scoring round-trips, with its fields") {
     CHECK(l.relative_buckets == 6);
     CHECK(l.relative_max_distance == 9);
     CHECK(l.rotary_base == 500.5);
-    IdMatrix src(1, 3), tgt(1, 2);
-    src << 3, 4, 5;
-    tgt << 1, 6;
-    Transformer<float>::Cache c1, c2;
-    CHECK(model.forward(src, tgt, c1) == loaded.forward(src, tgt, c2));
+    check_same_logits(model, loaded);
   }
 }
 

@@ -44,35 +44,31 @@ TEST_CASE("decoder-only model gradients match finite differences") {
   Rng rng(1);
   IdMatrix ids(2, 4);
   ids << 1, 2, 3, 4, 6, 5, 4, 0;
-  SUBCASE("post-norm, untied") {
-    DecoderOnlyLM<double> lm(lm_config(), rng);
+  TransformerConfig c = lm_config();
+  auto check = [&] {
+    DecoderOnlyLM<double> lm(c, rng);
     check_model_gradients(lm, ids, rng);
-  }
+  };
+  SUBCASE("post-norm, untied") { check(); }
   SUBCASE("pre-norm, tied, learned positions") {
-    TransformerConfig c = lm_config();
     c.norm = NormPlacement::pre;
     c.tie_output = true;
     c.positional = PositionalKind::learned;
-    DecoderOnlyLM<double> lm(c, rng);
-    check_model_gradients(lm, ids, rng);
+    check();
   }
   SUBCASE("one layer, rotary") {
-    TransformerConfig c = lm_config();
     c.n_decoder_layers = 1;
     c.positional = PositionalKind::rotary;
     c.rotary_base = 100.0;
-    DecoderOnlyLM<double> lm(c, rng);
-    check_model_gradients(lm, ids, rng);
+    check();
   }
   SUBCASE("one layer, relative (causal buckets), additive scoring") {
-    TransformerConfig c = lm_config();
     c.n_decoder_layers = 1;
     c.positional = PositionalKind::relative;
     c.relative_buckets = 4;
     c.relative_max_distance = 3;
     c.attention = AttentionScoring::additive;
-    DecoderOnlyLM<double> lm(c, rng);
-    check_model_gradients(lm, ids, rng);
+    check();
   }
 }
 
