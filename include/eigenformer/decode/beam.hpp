@@ -246,15 +246,24 @@ namespace detail {
 /// hypotheses of the same source.
 template <class Scalar>
 void reorder_decode_state(DecodeState<Scalar>& state, const std::vector<Index>& parent) {
+  bool identity = true;
+  for (size_t r = 0; r < parent.size(); ++r) identity = identity && parent[r] == Index(r);
+  if (identity) return;
   for (KVCache<Scalar>& c : state.self) {
-    const KVCache<Scalar> old = c;  // (B*max_len, *) buffers; rows move between sequences
+    // Gather the filled positions (not the whole capacity) of each row's parent, then put back.
+    Matrix<Scalar> k(c.B * c.len, c.k.cols()), v(c.B * c.len, c.v.cols());  // (B*len, *)
+    BoolMatrix pad(c.B, c.len);
     for (Index r = 0; r < c.B; ++r) {
       const Index p = parent[size_t(r)];
-      if (p == r) continue;
-      c.k.block(r * c.max_len, 0, c.len, c.k.cols()) = old.keys(p);
-      c.v.block(r * c.max_len, 0, c.len, c.v.cols()) = old.values(p);
-      c.key_padding.row(r).head(c.len) = old.key_padding.row(p).head(c.len);
+      k.middleRows(r * c.len, c.len) = c.keys(p);
+      v.middleRows(r * c.len, c.len) = c.values(p);
+      pad.row(r) = c.key_padding.row(p).head(c.len);
     }
+    for (Index r = 0; r < c.B; ++r) {
+      c.k.block(r * c.max_len, 0, c.len, c.k.cols()) = k.middleRows(r * c.len, c.len);
+      c.v.block(r * c.max_len, 0, c.len, c.v.cols()) = v.middleRows(r * c.len, c.len);
+    }
+    c.key_padding.leftCols(c.len) = pad;
   }
 }
 
