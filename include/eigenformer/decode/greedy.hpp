@@ -86,6 +86,10 @@ IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, I
   detail::require(n_new >= 0 && prompt.cols() + n_new <= model.config().max_len, "greedy_generate",
                   "n_new", "is " + std::to_string(n_new) + "; prompt length + n_new must be <= " +
                                "max_len " + std::to_string(model.config().max_len));
+  const Index V = model.config().tgt_vocab;
+  detail::require(eos == -1 || (eos >= 0 && eos < V), "greedy_generate", "eos",
+                  "is " + std::to_string(eos) + ", expected -1 (none) or an id in [0, " +
+                      std::to_string(V) + ")");
   IdMatrix seq = prompt;
   const Index B = prompt.rows();
   std::vector<bool> done(static_cast<size_t>(B), false);

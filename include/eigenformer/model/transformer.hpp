@@ -154,6 +154,8 @@ class Transformer {
 
 /// Teacher forcing: (B, T) targets -> (B, T) decoder input [bos, t0, ..., t_{T-2}].
 inline IdMatrix shift_right(const IdMatrix& targets, Index bos) {
+  detail::require(targets.cols() >= 1, "shift_right", "targets",
+                  "has shape " + detail::shape_of(targets) + ", expected (B, T) with T >= 1");
   IdMatrix in(targets.rows(), targets.cols());
   in.col(0).setConstant(bos);
   if (targets.cols() > 1) in.rightCols(targets.cols() - 1) = targets.leftCols(targets.cols() - 1);

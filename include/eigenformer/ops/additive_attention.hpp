@@ -84,10 +84,17 @@ void check_additive_attention(const std::string& func, ConstRef<Scalar> q, Const
 /// The per-head score projection of H heads: a (N, H*da), head h's columns [h*da, (h+1)*da) =
 /// x (N, H*dh) head h's columns times w (H*da, dh) head h's rows transposed, plus bias (1, H*da)
 /// when given. With (w_q, bias) it is aq of the queries, with (w_k, null) ak of the keys: the
-/// layers call it directly to project cached keys once. Arguments must already be checked.
+/// layers call it directly to project cached keys once.
 template <class Scalar>
 void additive_score_projection(Matrix<Scalar>& a, ConstRef<Scalar> x, const Matrix<Scalar>& w,
                                const Matrix<Scalar>* bias, Index H) {
+  const char* func = "additive_score_projection";
+  detail::check_positive(func, "H", H);
+  detail::require(w.rows() > 0 && w.rows() % H == 0 && w.cols() > 0, func, "w",
+                  "has shape " + detail::shape_of(w) + ", expected (H*da, dh) with H = " +
+                      std::to_string(H) + " and da, dh >= 1");
+  detail::check_shape(func, "x", x, -1, H * w.cols());
+  if (bias) detail::check_shape(func, "bias", *bias, 1, w.rows());
   const Index da = w.rows() / H, dh = w.cols();
   a.resize(x.rows(), H * da);
   Matrix<Scalar> head;  // (N, da)
@@ -102,12 +109,21 @@ void additive_score_projection(Matrix<Scalar>& a, ConstRef<Scalar> x, const Matr
 
 /// The attention itself from the score projections: out (B*Tq, H*dh) and probs (B*H*Tq, Tk) from
 /// aq (B*Tq, H*da), ak (B*Tk, H*da), v (B*Tk, H*dh) and the score vectors w (H, da); pos_bias
-/// (H, Tq + Tk - 1) or null. Arguments must already be checked.
+/// (H, Tq + Tk - 1) or null.
 template <class Scalar>
 void additive_attention_attend(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scalar> aq,
                                ConstRef<Scalar> ak, ConstRef<Scalar> v, const Matrix<Scalar>& w,
                                const AttentionDims& d, const AttentionMask& mask,
                                const Matrix<Scalar>* pos_bias = nullptr) {
+  const char* func = "additive_attention_attend";
+  for (Index n : {d.B, d.Tq, d.Tk, d.H, d.dh}) detail::check_positive(func, "dims", n);
+  detail::check_shape(func, "w", w, d.H, -1);
+  detail::check_positive(func, "w columns", w.cols());
+  detail::check_shape(func, "aq", aq, d.B * d.Tq, d.H * w.cols());
+  detail::check_shape(func, "ak", ak, d.B * d.Tk, d.H * w.cols());
+  detail::check_shape(func, "v", v, d.B * d.Tk, d.H * d.dh);
+  detail::check_mask(func, mask, d);
+  if (pos_bias) detail::check_shape(func, "pos_bias", *pos_bias, d.H, d.Tq + d.Tk - 1);
   const Index da = w.cols();
   out.resize(d.B * d.Tq, d.H * d.dh);
   probs.resize(d.B * d.H * d.Tq, d.Tk);
