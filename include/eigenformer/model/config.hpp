@@ -78,8 +78,9 @@ struct TransformerConfig {
   double eps = 1e-5;
   AttentionScoring attention = AttentionScoring::dot_product;  // scaled dot-product or additive
   Index additive_dim = 0;              // additive attention's score width d_attn; 0: head_dim
-  Index relative_buckets = 32;         // relative: T5's buckets per layer (half per direction
-                                       // in bidirectional stacks)
+  Index relative_buckets = 32;         // relative: T5's buckets (half per direction in
+                                       // bidirectional stacks); every self-attention layer
+                                       // has its own table, where T5 shares one per stack
   Index relative_max_distance = 128;   // relative: distances beyond share the last bucket
   double rotary_base = 10000.0;        // rotary: RoPE's theta
 
