@@ -36,6 +36,11 @@ inline void add_thread_context() {
   benchmark::AddCustomContext("eigen_version", std::to_string(EIGEN_WORLD_VERSION) + "." +
                                                    std::to_string(EIGEN_MAJOR_VERSION) + "." +
                                                    std::to_string(EIGEN_MINOR_VERSION));
+#ifdef EIGEN_USE_BLAS
+  benchmark::AddCustomContext("eigen_gemm", "BLAS (EIGEN_USE_BLAS)");
+#else
+  benchmark::AddCustomContext("eigen_gemm", "Eigen");
+#endif
 }
 
 /// Wall-clock seconds since construction. The benchmarks report rates (FLOP/s, tokens/s) per

@@ -19,9 +19,11 @@ and MKL_NUM_THREADS before anything starts, and torch.set_num_threads(N).
 BLAS: Debian's python3-torch calls the system libblas.so.3 for its matrix products. With only
 libblas3 (the netlib reference BLAS) installed that is about 10x slower than an optimised BLAS,
 which would make the comparison meaningless. --torch-blas-dir DIR puts DIR first on
-LD_LIBRARY_PATH for PyTorch (the script re-executes itself), e.g. the openblas-pthread folder of
-Debian's libopenblas0-pthread; the default, 'auto', uses
-/usr/lib/x86_64-linux-gnu/openblas-pthread when it exists and the system BLAS otherwise. The table
+LD_LIBRARY_PATH for PyTorch (the script re-executes itself), e.g. the openblas-openmp folder of
+Debian's libopenblas0-openmp; the default, 'auto', uses the first of
+/usr/lib/x86_64-linux-gnu/openblas-openmp and .../openblas-pthread that exists, and the system BLAS
+otherwise. Prefer the OpenMP build: PyTorch's own threads are OpenMP's, and at 2 threads the
+pthread build's threads fought them (PyTorch's train step took 1097 ms against 577 ms). The table
 header states which library PyTorch actually loaded.
 
 What each side does per case:
@@ -60,7 +62,8 @@ import subprocess
 import sys
 import time
 
-DEFAULT_OPENBLAS_DIR = "/usr/lib/x86_64-linux-gnu/openblas-pthread"
+OPENBLAS_DIRS = ("/usr/lib/x86_64-linux-gnu/openblas-openmp",
+                 "/usr/lib/x86_64-linux-gnu/openblas-pthread")
 REEXEC_MARK = "EIGENFORMER_COMPARE_REEXEC"
 
 ATTENTION_SHAPES = [  # B, T, D, H, causal
@@ -98,7 +101,7 @@ def parse_args():
                    help="repetitions per case and side; the median is reported (default 3)")
     p.add_argument("--torch-blas-dir", default="auto",
                    help="folder with the libblas.so.3 PyTorch should load, 'system' or 'auto' "
-                        "(default: %s if present)" % DEFAULT_OPENBLAS_DIR)
+                        "(default: the first of %s present)" % ", ".join(OPENBLAS_DIRS))
     p.add_argument("--skip-torch", action="store_true", help="time eigenformer only")
     p.add_argument("--json-out", default="", help="also write the results to this JSON file")
     p.add_argument("--list", action="store_true", help="list the case names and exit")
@@ -115,7 +118,7 @@ def setup_environment(args):
             changed = True
     blas_dir = args.torch_blas_dir
     if blas_dir == "auto":
-        blas_dir = DEFAULT_OPENBLAS_DIR if os.path.isdir(DEFAULT_OPENBLAS_DIR) else "system"
+        blas_dir = next((d for d in OPENBLAS_DIRS if os.path.isdir(d)), "system")
     if blas_dir != "system":
         if not os.path.exists(os.path.join(blas_dir, "libblas.so.3")):
             sys.exit("compare_pytorch.py: no libblas.so.3 in --torch-blas-dir %s" % blas_dir)
@@ -380,10 +383,11 @@ def main():
               % (name, ours, theirs, others), file=sys.stderr, flush=True)
 
     print("threads: %d (OMP_NUM_THREADS=%s, torch.get_num_threads()=%s); eigenformer: Eigen %s, "
-          "SIMD %s; load average before/after: %s / %s; %.0f s"
+          "SIMD %s, GEMM %s; load average before/after: %s / %s; %.0f s"
           % (args.threads, os.environ.get("OMP_NUM_THREADS"),
              torch.get_num_threads() if torch else "-", context.get("eigen_version", "?"),
-             context.get("eigen_simd", "?"), load_before, load_average(),
+             context.get("eigen_simd", "?"), context.get("eigen_gemm", "?"), load_before,
+             load_average(),
              time.time() - started))
     if torch:
         print("PyTorch %s, BLAS: %s" % (torch.__version__, loaded_blas()))

@@ -12,6 +12,11 @@ build_dir="$1"; shift
 # valgrind, clang with its libFuzzer runtime (tools/fuzz.sh).
 packages=(g++ cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev
           libstb-dev valgrind clang libclang-rt-14-dev)
+# OpenBLAS for -DEIGENFORMER_USE_BLAS=ON, in its OpenMP build: called from inside the library's
+# OpenMP loops it runs on the calling thread, where the pthread build would start threads of its own.
+for arg in "$@"; do
+  [ "$arg" = "-DEIGENFORMER_USE_BLAS=ON" ] && packages+=(libopenblas-openmp-dev)
+done
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
