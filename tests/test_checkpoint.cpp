@@ -34,19 +34,6 @@ std::string temp_path(const std::string& name) {
   return (dir / name).string();
 }
 
-template <class F>
-void check_io_error(F&& f, const std::string& fragment) {
-  bool threw = false;
-  try {
-    f();
-  } catch (const IoError& e) {
-    threw = true;
-    INFO(e.what());
-    CHECK(std::string(e.what()).find(fragment) != std::string::npos);
-  }
-  CHECK(threw);
-}
-
 /// The two models give the same logits on a small batch.
 void check_same_logits(Transformer<float>& a, Transformer<float>& b) {
   IdMatrix src(1, 3), tgt(1, 2);
@@ -90,8 +77,8 @@ TEST_CASE("a decoder-only model round-trips, and load_model checks the model kin
   CHECK(back.parameters().size() == lm.parameters().size());
   for (size_t i = 0; i < back.parameters().size(); ++i)
     CHECK(back.parameters()[i].param->value == lm.parameters()[i].param->value);
-  check_io_error([&] { load_model<Transformer<double>>(path); },
-                 "holds a 'decoder_only' model, expected 'transformer'");
+  eftest::check_throws_with<IoError>([&] { load_model<Transformer<double>>(path); },
+                 {"holds a 'decoder_only' model, expected 'transformer'"});
 }
 
 TEST_CASE("each positional kind and scoring round-trips, with its fields") {
@@ -148,12 +135,12 @@ TEST_CASE("a checkpoint written before selectable attention loads as a dot-produ
 
   meta["eigenformer.config.attention"] = "bahdanau";
   save_safetensors(path, model.parameters(), meta);
-  check_io_error([&] { load_model<Transformer<float>>(path); },
-                 "'eigenformer.config.attention' has an invalid value 'bahdanau'");
+  eftest::check_throws_with<IoError>([&] { load_model<Transformer<float>>(path); },
+                 {"'eigenformer.config.attention' has an invalid value 'bahdanau'"});
   // A file that says additive but holds dot-product weights is refused by name.
   meta["eigenformer.config.attention"] = "additive";
   save_safetensors(path, model.parameters(), meta);
-  check_io_error([&] { load_model<Transformer<float>>(path); }, "score");
+  eftest::check_throws_with<IoError>([&] { load_model<Transformer<float>>(path); }, {"score"});
 }
 
 TEST_CASE("checkpoints with missing or bad metadata give clear errors") {
@@ -161,8 +148,8 @@ TEST_CASE("checkpoints with missing or bad metadata give clear errors") {
   Linear<float> lin(2, 2, rng);
   const std::string plain = temp_path("plain.safetensors");
   save_safetensors(plain, lin.parameters());
-  check_io_error([&] { load_model<Transformer<float>>(plain); },
-                 "metadata has no 'eigenformer.model'");
+  eftest::check_throws_with<IoError>([&] { load_model<Transformer<float>>(plain); },
+                 {"metadata has no 'eigenformer.model'"});
 
   Transformer<float> model(tiny(), rng);
   std::map<std::string, std::string> meta = config_to_metadata(tiny());
@@ -170,17 +157,17 @@ TEST_CASE("checkpoints with missing or bad metadata give clear errors") {
   meta["eigenformer.config.d_model"] = "8x";
   const std::string bad = temp_path("bad.safetensors");
   save_safetensors(bad, model.parameters(), meta);
-  check_io_error([&] { load_model<Transformer<float>>(bad); },
-                 "'eigenformer.config.d_model' has an invalid value '8x'");
+  eftest::check_throws_with<IoError>([&] { load_model<Transformer<float>>(bad); },
+                 {"'eigenformer.config.d_model' has an invalid value '8x'"});
   meta["eigenformer.config.d_model"] = "8";
   meta["eigenformer.config.norm"] = "middle";
   save_safetensors(bad, model.parameters(), meta);
-  check_io_error([&] { load_model<Transformer<float>>(bad); },
-                 "'eigenformer.config.norm' has an invalid value 'middle'");
+  eftest::check_throws_with<IoError>([&] { load_model<Transformer<float>>(bad); },
+                 {"'eigenformer.config.norm' has an invalid value 'middle'"});
   meta["eigenformer.config.norm"] = "pre";
   meta["eigenformer.config.n_heads"] = "3";
   save_safetensors(bad, model.parameters(), meta);
-  check_io_error([&] { load_model<Transformer<float>>(bad); }, "bad config");
+  eftest::check_throws_with<IoError>([&] { load_model<Transformer<float>>(bad); }, {"bad config"});
 
   eftest::check_throws_with([&] { save_model(bad, model, {{"eigenformer.model", "x"}}); },
                             {"save_model", "reserved key 'eigenformer.model'"});

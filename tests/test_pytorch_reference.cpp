@@ -107,7 +107,8 @@ class Fixture {
 
 /// Asserts |got - want| <= kRtol * max(|got|, |want|) + kAtol entrywise; reports the worst entry.
 void check_close(const Mat& got, const Mat& want, const std::string& what) {
-  INFO(what << ": shape " << detail::shape_of(got) << " vs torch " << detail::shape_of(want));
+  INFO(what << ": shape " << eigenformer::detail::shape_of(got) << " vs torch "
+       << eigenformer::detail::shape_of(want));
   REQUIRE(got.rows() == want.rows());
   REQUIRE(got.cols() == want.cols());
   double worst = -1.0;  // largest |diff| / allowed

@@ -102,21 +102,13 @@ std::string error_message(F&& f) {
   return "(no IoError thrown)";
 }
 
-/// f must throw IoError whose message contains every fragment.
-template <class F>
-void check_io_error(F&& f, const std::vector<std::string>& fragments) {
-  const std::string msg = error_message(f);
-  INFO("message: " << msg);
-  for (const auto& frag : fragments) CHECK(msg.find(frag) != std::string::npos);
-}
-
 /// Loading path into a fresh model must fail with the fragments and change no parameter.
 void check_load_fails(const std::string& path, const std::vector<std::string>& fragments) {
   Model<float> m(99);
   const auto before = m.values();
   std::vector<std::string> all = {"eigenformer::load_safetensors", path};
   all.insert(all.end(), fragments.begin(), fragments.end());
-  check_io_error([&] { load_safetensors(path, m.params()); }, all);
+  eftest::check_throws_with<IoError>([&] { load_safetensors(path, m.params()); }, all);
   CHECK(m.values() == before);
 }
 
@@ -249,7 +241,7 @@ TEST_CASE("safetensors rejects unreadable and truncated files, changing nothing"
 
   check_load_fails(tmp.file("absent.safetensors"), {"cannot open for reading", "No such file"});
   check_load_fails(tmp.dir.string(), {"not a regular file"});
-  check_io_error([&] { read_safetensors_metadata(tmp.file("absent")); },
+  eftest::check_throws_with<IoError>([&] { read_safetensors_metadata(tmp.file("absent")); },
                  {"eigenformer::read_safetensors_metadata", "cannot open for reading"});
 
   write_bytes(path, good.substr(0, 5));
@@ -359,7 +351,7 @@ TEST_CASE("safetensors rejects wrong dtypes, names and shapes, changing nothing"
   check_load_fails(path, {"tensor 'linear.bias': shape [1, 3] in file, [3] in model"});
   Param<float> vec(1, 3, true);
   save_safetensors<float>(path, {{"v", &vec}});
-  check_io_error(
+  eftest::check_throws_with<IoError>(
       [&] {
         load_safetensors<float>(path, {{"v", &row}});
       },
@@ -427,12 +419,12 @@ TEST_CASE("a failed save leaves the previous file intact and no temporary file")
   save_safetensors(path, old.params());
   const std::string old_bytes = read_bytes(path);
 
-  check_io_error([&] { save_safetensors(tmp.file("no/such/dir/m.safetensors"), old.params()); },
+  eftest::check_throws_with<IoError>([&] { save_safetensors(tmp.file("no/such/dir/m.safetensors"), old.params()); },
                  {"eigenformer::save_safetensors", "no/such/dir", "cannot create a temporary file",
                   "No such file"});
 
   fs::create_directory(tmp.file("taken"));
-  check_io_error(
+  eftest::check_throws_with<IoError>(
       [&] { save_safetensors(tmp.file("taken"), old.params()); },
       {"eigenformer::save_safetensors", "renaming over the target failed", "Is a directory"});
   CHECK(fs::is_directory(tmp.file("taken")));

@@ -75,13 +75,14 @@ inline void check_gradient_contract(const eigenformer::ParamList<double>& params
   }
 }
 
-/// Runs f, which must throw eigenformer::ArgumentError whose message contains every fragment.
-template <class F>
+/// Runs f, which must throw Error (eigenformer::ArgumentError unless given, e.g.
+/// check_throws_with<eigenformer::IoError>) whose message contains every fragment.
+template <class Error = eigenformer::ArgumentError, class F>
 void check_throws_with(F&& f, const std::vector<std::string>& fragments) {
   bool threw = false;
   try {
     f();
-  } catch (const eigenformer::ArgumentError& e) {
+  } catch (const Error& e) {
     threw = true;
     const std::string msg = e.what();
     for (const auto& frag : fragments) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds and runs every unit test: a Release build, the tests of the matrix products again with
-# OpenBLAS doing them, valgrind on the I/O tests, the fuzz targets for a bounded time, then the
-# tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Builds and runs every unit test: a Release build, the layer and model tests again with OpenBLAS
+# doing the matrix products, valgrind on the I/O tests (in a portable build), the fuzz targets for
+# a bounded time, then the tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
 # Installs missing Debian packages first.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,15 +12,17 @@ tools/setup.sh build/release -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_BUILD_TEST
   -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/release --output-on-failure -j "$(nproc)"
 
-echo "== The matrix products through OpenBLAS (-DEIGENFORMER_USE_BLAS=ON), on the tests that cover them"
-blas_tests="test_linear test_multihead_attention test_flash_attention test_pytorch_reference"
-EIGENFORMER_TARGETS="$blas_tests" tools/setup.sh build/blas -DCMAKE_BUILD_TYPE=Release \
+echo "== The matrix products through OpenBLAS (-DEIGENFORMER_USE_BLAS=ON): the layer and model tests"
+EIGENFORMER_TARGETS="tests_layers tests_models" tools/setup.sh build/blas -DCMAKE_BUILD_TYPE=Release \
   -DEIGENFORMER_USE_BLAS=ON -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF \
   -DEIGENFORMER_BUILD_BENCH=OFF
-ctest --test-dir build/blas --output-on-failure -j "$(nproc)" -R "^(${blas_tests// /|})(_2threads)?\$"
+ctest --test-dir build/blas --output-on-failure -j "$(nproc)" -L '^(layers|models)$'
 
-echo "== valgrind memcheck of the I/O tests"
-tools/valgrind.sh build/release
+echo "== valgrind memcheck of the I/O tests, in a portable build (valgrind 3.19 decodes no AVX-512)"
+EIGENFORMER_TARGETS=tests_io tools/setup.sh build/valgrind -DCMAKE_BUILD_TYPE=Release \
+  -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF \
+  -DEIGENFORMER_BUILD_BENCH=OFF
+tools/valgrind.sh build/valgrind
 
 echo "== libFuzzer: the safetensors reader and the translate input parser, 30 s each"
 tools/fuzz.sh 30
