@@ -108,14 +108,6 @@ inline Index visible_key_end(const AttentionMask& mask, const AttentionDims& d, 
   return std::min(d.Tk, i0 + nq + (d.Tk - d.Tq));
 }
 
-/// In place: a (possibly masked, -inf) score row -> exp(row - shift), masked entries exactly 0
-/// (Eigen's vectorised exp clamps, so exp(-inf) would be a denormal rather than 0).
-template <class Row, class Scalar>
-void exp_shifted_row(Row&& row, Scalar shift) {
-  row = (row.array() == -std::numeric_limits<Scalar>::infinity())
-            .select(Scalar(0), (row.array() - shift).exp());
-}
-
 }  // namespace detail
 
 /// out (B*Tq, H*dh) and lse (B*H, Tq) from q (B*Tq, H*dh), k and v (B*Tk, H*dh), and pos_bias
