@@ -149,9 +149,7 @@ def openblas_core():
     OPENBLAS_CORETYPE forces one: some machines set it to an older family (Haswell, AVX2) that
     runs well below what the CPU can do (on an AVX-512 core, 68 against 113 GFLOP/s)."""
     import ctypes
-    for path in loaded_blas().split(", "):
-        if "openblas" not in os.path.basename(path):
-            continue
+    for path in loaded_blas().split(", "):  # a shim libblas.so.3 or OpenBLAS itself
         try:
             lib = ctypes.CDLL(path)
             lib.openblas_get_corename.restype = ctypes.c_char_p

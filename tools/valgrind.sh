@@ -24,7 +24,8 @@ if ! cmake --build "$build" --target "$program" >"$build/valgrind-build.log" 2>&
   exit 1
 fi
 exe="$build/tests/$program"
-[[ -x "$exe" ]] || { echo "tools/valgrind.sh: $exe not found" >&2; exit 1; }
+[[ -x "$exe" ]] || exe="$(find "$build" -name "$program" -type f -perm -u+x | head -1)"
+[[ -n "$exe" ]] || { echo "tools/valgrind.sh: $program not found in $build" >&2; exit 1; }
 export OMP_NUM_THREADS=1
 log="$build/valgrind-$program.log"
 start=$SECONDS

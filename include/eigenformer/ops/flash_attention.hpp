@@ -33,6 +33,7 @@
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 #include "attention.hpp"
+#include "softmax.hpp"
 
 namespace eigenformer {
 

@@ -15,8 +15,10 @@ namespace detail {
 /// Written as exp, then max(y - FLT_MIN, 0) rather than a select on the masked entries: Eigen
 /// 3.4 evaluates a select one scalar at a time, through libm's exp (255 ns for a row of 128
 /// floats against 25 ns vectorised, AVX-512), and its vectorised exp is not documented to give
-/// exactly 0 for -inf. Subtracting the smallest normal number leaves every value above 2^-100
+/// exactly 0 for -inf. Subtracting the smallest normal number leaves every exp above 2^-100
 /// (float; 2^-960 double) unchanged and sends the denormal range, -inf's image included, to 0.
+/// Eigen's vectorised exp differs from libm's by a few ulp, and a row's unaligned ends still go
+/// through libm, so the same score may round differently in another column.
 template <class Row, class Scalar>
 void exp_shifted_row(Row&& row, Scalar shift) {
   row = ((row.array() - shift).exp() - std::numeric_limits<Scalar>::min()).max(Scalar(0));
