@@ -405,13 +405,11 @@ def main():
              load_average(),
              time.time() - started))
     if torch:
-        core = openblas_core()
-        print("PyTorch %s, BLAS: %s%s" % (torch.__version__, loaded_blas(),
-                                          " (OpenBLAS core %s%s)" % (
-                                              core, ", forced by OPENBLAS_CORETYPE=%s"
-                                              % os.environ["OPENBLAS_CORETYPE"]
-                                              if os.environ.get("OPENBLAS_CORETYPE") else "")
-                                          if core else ""))
+        core, forced = openblas_core(), os.environ.get("OPENBLAS_CORETYPE")
+        if core:
+            core = " (OpenBLAS core %s%s)" % (
+                core, ", forced by OPENBLAS_CORETYPE=" + forced if forced else "")
+        print("PyTorch %s, BLAS: %s%s" % (torch.__version__, loaded_blas(), core))
     print("times: median of %d repetitions of >= %g s each, wall clock\n"
           % (args.repetitions, args.min_time))
     print("| case | eigenformer ms | PyTorch ms | PyTorch / eigenformer | other load |")
