@@ -1,6 +1,7 @@
 #include <eigenformer/layers/multihead_attention.hpp>
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "test_util.hpp"
@@ -165,6 +166,34 @@ TEST_CASE("cross-attention gradients reach both the queries and the memory") {
     MatD dm;
     attn.backward(R, c, &dm);
   });
+}
+
+TEST_CASE("backward reuses its buffers: repeated, reshaped, mixed and copied calls agree") {
+  // The layer keeps its gradient temporaries between calls; nothing of one call may reach the next.
+  Rng rng(13);
+  MHA attn(8, 2, rng);
+  const MatD small = eftest::random_matrix(2 * 3, 8, rng), big = eftest::random_matrix(3 * 5, 8, rng);
+  const MatD memory = eftest::random_matrix(3 * 4, 8, rng);
+  auto self_grad = [](MHA& layer, const MatD& x, Index B) {
+    MHA::Cache c;
+    layer.forward(x, B, AttentionMask{}, c);
+    return MatD(layer.backward(x, c));  // dy = x: any fixed upstream gradient
+  };
+  auto cross_grads = [&](MHA& layer) {
+    MHA::Cache c;
+    layer.forward(big, memory, 3, AttentionMask{}, c);
+    MatD dmemory;
+    const MatD dquery = layer.backward(big, c, &dmemory);
+    return std::make_pair(dquery, dmemory);
+  };
+  const MatD first_small = self_grad(attn, small, 2);
+  const MatD first_big = self_grad(attn, big, 3);
+  const auto first_cross = cross_grads(attn);
+  CHECK(self_grad(attn, small, 2) == first_small);  // after a larger call
+  CHECK(cross_grads(attn) == first_cross);           // after a self-attention call
+  CHECK(self_grad(attn, big, 3) == first_big);       // after a cross-attention call
+  MHA copy = attn;
+  CHECK(self_grad(copy, big, 3) == first_big);
 }
 
 TEST_CASE("multi-head attention follows the gradient contract, with and without positions") {

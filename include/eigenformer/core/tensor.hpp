@@ -101,4 +101,22 @@ class Batch {
   }
 };
 
+namespace detail {
+
+/// Temporaries a layer keeps from one call to the next, so that a training loop does not allocate
+/// (and, for blocks glibc hands back to the kernel, fault in and zero) them afresh every step.
+/// They are not part of the layer's state: a copy of the layer starts with empty buffers.
+template <class Buffers>
+struct Scratch {
+  Buffers buffers;
+  Scratch() = default;
+  Scratch(const Scratch&) {}
+  Scratch& operator=(const Scratch&) { return *this; }
+  Scratch(Scratch&&) noexcept = default;
+  Scratch& operator=(Scratch&&) noexcept = default;
+  ~Scratch() = default;
+};
+
+}  // namespace detail
+
 }  // namespace eigenformer

@@ -156,7 +156,9 @@ class MultiHeadAttention {
     detail::require(!has_bias || positions_.kind == AttentionPositions::Kind::relative,
                     "MultiHeadAttention::backward", "cache",
                     "holds a relative position bias, but this layer has none");
-    Mat dcontext, dq, dk, dv, dquery, dmem, tmp, dbias;
+    // (B*Tq, d) and (B*Tk, d) gradients, reused across calls; only dquery is handed out.
+    auto& [dcontext, dq, dk, dv, dmem, tmp] = backward_scratch_.buffers;
+    Mat dquery, dbias;
     const Mat* bias = has_bias ? &cache.pos_bias : nullptr;
     Mat* dbias_out = has_bias ? &dbias : nullptr;
     linear_backward<Scalar>(dcontext, &out_proj.weight.grad, bias_grad(out_proj), dy,
@@ -183,7 +185,7 @@ class MultiHeadAttention {
     if (cache.self) {
       dquery += dmem;
     } else if (dmemory) {
-      *dmemory = std::move(dmem);
+      *dmemory = dmem;  // a copy, so the buffer stays for the next call
     }
     return dquery;
   }
@@ -271,6 +273,11 @@ class MultiHeadAttention {
   }
 
  private:
+  struct BackwardBuffers {
+    Mat dcontext, dq, dk, dv, dmem, tmp;
+  };
+  detail::Scratch<BackwardBuffers> backward_scratch_;
+
   /// Projected queries q (B*Tq, d) over the cached keys/values -> output projection (B*Tq, d).
   /// Sequences are attended one at a time: the cache's rows of sequence b are a (len, d) block.
   /// The queries are the last Tq cached positions (self-attention steps) or have no positions.
