@@ -172,7 +172,8 @@ TEST_CASE("backward reuses its buffers: repeated, reshaped, mixed and copied cal
   // The layer keeps its gradient temporaries between calls; nothing of one call may reach the next.
   Rng rng(13);
   MHA attn(8, 2, rng);
-  const MatD small = eftest::random_matrix(2 * 3, 8, rng), big = eftest::random_matrix(3 * 5, 8, rng);
+  const MatD small = eftest::random_matrix(2 * 3, 8, rng);  // B = 2, T = 3
+  const MatD big = eftest::random_matrix(3 * 5, 8, rng);    // B = 3, T = 5
   const MatD memory = eftest::random_matrix(3 * 4, 8, rng);
   auto self_grad = [](MHA& layer, const MatD& x, Index B) {
     MHA::Cache c;

@@ -22,7 +22,8 @@ tools/valgrind.sh build/valgrind
 echo "== libFuzzer: the safetensors reader and the translate input parser, 30 s each"
 tools/fuzz.sh 30
 
-echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests, matrix products through OpenBLAS"
-tools/setup.sh build/sanitize -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_SANITIZE=ON -DEIGENFORMER_USE_BLAS=ON \
-  -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF -DEIGENFORMER_BUILD_BENCH=OFF
+echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests, products through OpenBLAS"
+tools/setup.sh build/sanitize -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_SANITIZE=ON \
+  -DEIGENFORMER_USE_BLAS=ON -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF \
+  -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/sanitize --output-on-failure -j "$(nproc)"
