@@ -140,3 +140,31 @@ TEST_CASE("Dropout rejects bad input") {
   eftest::check_throws_with([&] { drop.backward(Matrix<float>::Ones(3, 4), cache); },
                             {"Dropout::backward", "'dy'", "(3, 4)", "(2, 2)"});
 }
+
+TEST_CASE("Dropout in place gives what forward and backward give, and reuses the mask buffer") {
+  Rng rng(6);
+  const MatD x = eftest::random_matrix(6, 8, rng);
+  const MatD dy = eftest::random_matrix(6, 8, rng);
+  Dropout<double> a(0.4, 7), b(0.4, 7);
+  Dropout<double>::Cache ca, cb;
+  for (int draw = 0; draw < 2; ++draw) {  // the second draw reuses cb's mask buffer
+    CAPTURE(draw);
+    const MatD y = a.forward(x, ca);
+    MatD y_in_place = x;
+    b.forward_in_place(y_in_place, cb);
+    CHECK(y_in_place == y);
+    CHECK(cb.mask == ca.mask);
+    MatD d = dy;
+    b.backward_in_place(d, cb);
+    CHECK(d == a.backward(dy, ca));
+  }
+  b.eval();
+  MatD same = x;
+  b.forward_in_place(same, cb);
+  CHECK(same == x);
+  CHECK(cb.mask.size() == 0);
+  b.backward_in_place(same, cb);
+  CHECK(same == x);
+  eftest::check_throws_with([&] { b.backward_in_place(same = MatD::Ones(3, 8), cb); },
+                            {"Dropout::backward_in_place", "'dy'", "(3, 8)", "(6, 8)"});
+}

@@ -1,5 +1,7 @@
 #include <eigenformer/layers/feed_forward.hpp>
 
+#include <tuple>
+
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -159,4 +161,43 @@ TEST_CASE("FeedForward rejects bad input and leaves everything unchanged") {
       {"FeedForward::FeedForward", "'kind'"});
   Rng copy = saved;
   CHECK(rng.next_u64() == copy.next_u64());  // the rng was not advanced by the failed calls
+}
+
+TEST_CASE("FeedForward reuses its buffers: repeated, reshaped and copied calls agree") {
+  // The cache and the layer keep their (N, d_ff) buffers between calls; nothing of one call may
+  // reach the next, whatever its shape.
+  Rng rng(9);
+  FF ff(4, 6, Activation::gelu_tanh, 0.3, rng);
+  const Dropout<double> start = ff.dropout;
+  const MatD small = eftest::random_matrix(3, 4, rng), big = eftest::random_matrix(7, 4, rng);
+  FF::Cache shared;  // one cache for every call, as a training loop keeps it
+  auto run = [&](FF& layer, const MatD& x) {
+    layer.dropout = start;
+    layer.zero_grad();
+    const MatD y = layer.forward(x, shared);
+    const MatD dx = layer.backward(x, shared);  // dy = x: any fixed upstream gradient
+    return std::make_tuple(y, dx, MatD(layer.linear1.weight.grad), MatD(layer.linear2.bias.grad));
+  };
+  const auto first_small = run(ff, small);
+  const auto first_big = run(ff, big);
+  CHECK(run(ff, small) == first_small);  // after a larger call
+  CHECK(run(ff, big) == first_big);
+  FF copy = ff;
+  CHECK(run(copy, big) == first_big);
+  FF::Cache fresh;  // and the same as with a cache of its own
+  ff.dropout = start;
+  CHECK(MatD(ff.forward(big, fresh)) == std::get<0>(first_big));
+}
+
+TEST_CASE("FeedForward backward rejects a cache from elsewhere and leaves the gradients") {
+  Rng rng(10);
+  FeedForward<float> ff(4, 6, Activation::relu, 0.1f, rng), other(4, 5, Activation::relu, 0.1f,
+                                                                  rng);
+  FeedForward<float>::Cache empty, foreign;
+  other.forward(Matrix<float>::Ones(3, 4), foreign);
+  eftest::check_throws_with([&] { ff.backward(Matrix<float>::Ones(3, 4), foreign); },
+                            {"FeedForward::backward", "'cache.activation.x'", "(3, 5)", "(3, 6)"});
+  eftest::check_throws_with([&] { ff.backward(Matrix<float>::Ones(0, 4), empty); },
+                            {"FeedForward::backward", "'cache.linear1.x'", "(0, 0)", "(*, 4)"});
+  for (const auto& p : ff.parameters()) CHECK(p.param->grad.isZero());
 }

@@ -55,13 +55,20 @@ class Dropout {
 
   /// x (N, C) -> x * mask (N, C); draws a new mask in training (advancing the rng).
   Mat forward(ConstRef<Scalar> x, Cache& cache) {
-    cache.rows = x.rows();
-    cache.cols = x.cols();
-    cache.mask.resize(0, 0);
-    if (!training || p_ == Scalar(0)) return x;
+    if (!active()) return identity(x, cache);
     Mat y(x.rows(), x.cols());
-    draw_mask(cache.mask, y, x);
+    draw_mask(cache, y, x);
     return y;
+  }
+
+  /// forward(x, cache) with the result written over x: the same mask, no new (N, C) buffer.
+  /// A mask buffer of the same shape in cache is reused.
+  void forward_in_place(Mat& x, Cache& cache) {
+    if (!active()) {
+      identity(x, cache);
+      return;
+    }
+    draw_mask(cache, x, x);
   }
 
   /// dy (N, C) -> dx = dy * mask, with the forward's mask.
@@ -69,10 +76,14 @@ class Dropout {
     detail::check_shape("Dropout::backward", "dy", dy, cache.rows, cache.cols);
     if (cache.mask.size() == 0) return dy;
     Mat dx(dy.rows(), dy.cols());
-    detail::parallel_for(dy.rows(), static_cast<double>(dy.cols()), [&](Index i) {
-      dx.row(i) = dy.row(i).cwiseProduct(cache.mask.row(i));
-    });
+    apply_mask(dx, dy, cache.mask);
     return dx;
+  }
+
+  /// backward(dy, cache) with the result written over dy.
+  void backward_in_place(Mat& dy, const Cache& cache) const {
+    detail::check_shape("Dropout::backward_in_place", "dy", dy, cache.rows, cache.cols);
+    if (cache.mask.size() != 0) apply_mask(dy, dy, cache.mask);
   }
 
   ParamList<Scalar> parameters() { return {}; }
@@ -83,14 +94,34 @@ class Dropout {
   Scalar p_ = Scalar(0);
   Rng rng_;
 
+  bool active() const { return training && p_ != Scalar(0); }
+
+  /// The inactive forward: records x's shape and an empty mask, returns x.
+  ConstRef<Scalar> identity(ConstRef<Scalar> x, Cache& cache) const {
+    cache.rows = x.rows();
+    cache.cols = x.cols();
+    cache.mask.resize(0, 0);
+    return x;
+  }
+
+  /// out = in * mask, row by row; out may be in.
+  static void apply_mask(Mat& out, ConstRef<Scalar> in, const Mat& mask) {
+    detail::parallel_for(in.rows(), static_cast<double>(in.cols()), [&](Index i) {
+      out.row(i) = in.row(i).cwiseProduct(mask.row(i));
+    });
+  }
+
   /// One draw of the layer's rng per mask; row i gets the key of element i of a SplitMix64
   /// stream started there, and element (i, j) is kept when hash32(key_i, j), a uniform 32-bit
   /// value, is >= p * 2^32. Each value depends only on (draw, i, j), so rows can go to different
   /// threads and the mask is the same for every thread count; the inner loop vectorises. (A
   /// double from mt19937_64 per element made dropout 7% of a training step.)
-  /// Draws mask (N, C) and sets y = x * mask, row by row.
-  void draw_mask(Mat& mask, Mat& y, ConstRef<Scalar> x) {
+  /// Draws cache.mask (N, C) and sets y = x * mask, row by row; y may be x.
+  void draw_mask(Cache& cache, Mat& y, ConstRef<Scalar> x) {
     const Index rows = x.rows(), cols = x.cols();
+    cache.rows = rows;
+    cache.cols = cols;
+    Mat& mask = cache.mask;
     const std::uint64_t start = rng_.next_u64();
     // p < 1, so p * 2^32 < 2^32 fits (rounding up to 2^32 only for p within 2^-33 of 1).
     const auto threshold = static_cast<std::uint32_t>(

@@ -3,8 +3,11 @@
 // PyTorch's nn.TransformerEncoderLayer (whose parameter names it uses).
 #pragma once
 
+#include <string>
+
 #include "../core/param.hpp"
 #include "../core/random.hpp"
+#include "../ops/activations.hpp"
 #include "activation.hpp"
 #include "dropout.hpp"
 #include "linear.hpp"
@@ -56,18 +59,33 @@ class FeedForward {
   }
 
   /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache; in training, draws a
-  /// new dropout mask.
+  /// new dropout mask. The (N, d_ff) activations are written straight into the cache's buffers,
+  /// which are reused when the cache held the same shapes.
   Mat forward(ConstRef<Scalar> x, Cache& cache) {
     detail::check_shape("FeedForward::forward", "x", x, -1, d_model());
-    const Mat h = activation.forward(linear1.forward(x, cache.linear1), cache.activation);
-    return linear2.forward(dropout.forward(h, cache.dropout), cache.linear2);
+    cache.linear1.x = x;
+    Mat& pre = cache.activation.x;  // (N, d_ff) linear1's output
+    Mat& h = cache.linear2.x;       // (N, d_ff) f(pre), then dropped out in place
+    linear1.forward_into(pre, x);
+    activation_forward<Scalar>(h, pre, activation.kind());
+    dropout.forward_in_place(h, cache.dropout);
+    Mat y;
+    linear2.forward_into(y, h);
+    return y;
   }
 
-  /// dy (N, d_model) -> dx (N, d_model); adds into the linear layers' gradients.
+  /// dy (N, d_model) -> dx (N, d_model); adds into the linear layers' gradients. The two
+  /// (N, d_ff) gradients stay allocated between calls.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
-    detail::check_shape("FeedForward::backward", "dy", dy, cache.linear2.x.rows(), d_model());
-    const Mat dh = dropout.backward(linear2.backward(dy, cache.linear2), cache.dropout);
-    return linear1.backward(activation.backward(dh, cache.activation), cache.linear1);
+    check_cache("FeedForward::backward", cache);
+    detail::check_shape("FeedForward::backward", "dy", dy, cache.linear1.x.rows(), d_model());
+    auto& [dh, dpre] = backward_scratch_.buffers;  // (N, d_ff) each
+    linear2.backward_into(dh, dy, cache.linear2.x);
+    dropout.backward_in_place(dh, cache.dropout);
+    activation_backward<Scalar>(dpre, dh, cache.activation.x, activation.kind());
+    Mat dx;
+    linear1.backward_into(dx, dpre, cache.linear1.x);
+    return dx;
   }
 
   ParamList<Scalar> parameters() {
@@ -78,6 +96,24 @@ class FeedForward {
   }
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
+
+ private:
+  /// Throws unless cache holds a forward of this layer: every piece for the same N rows.
+  void check_cache(const std::string& func, const Cache& cache) const {
+    const Index n = cache.linear1.x.rows();
+    detail::check_shape(func, "cache.linear1.x", cache.linear1.x, -1, d_model());
+    detail::check_shape(func, "cache.activation.x", cache.activation.x, n, d_ff());
+    detail::check_shape(func, "cache.linear2.x", cache.linear2.x, n, d_ff());
+    detail::require(cache.dropout.rows == n && cache.dropout.cols == d_ff(), func,
+                    "cache.dropout", "is for " + detail::shape_str(cache.dropout.rows,
+                                                                   cache.dropout.cols) +
+                                         ", expected " + detail::shape_str(n, d_ff()));
+  }
+
+  struct BackwardBuffers {
+    Mat dh, dpre;
+  };
+  detail::Scratch<BackwardBuffers> backward_scratch_;
 };
 
 }  // namespace eigenformer

@@ -41,10 +41,15 @@ class Linear {
 
   /// x (N, in) -> (N, out), inference only.
   Mat forward(ConstRef<Scalar> x) const {
-    detail::check_shape("Linear::forward", "x", x, -1, in_features());
     Mat y;
-    linear_forward<Scalar>(y, x, weight.value, has_bias() ? &bias.value : nullptr);
+    forward_into(y, x);
     return y;
+  }
+
+  /// forward(x) written into y, whose buffer is reused when it already has the shape (N, out).
+  void forward_into(Mat& y, ConstRef<Scalar> x) const {
+    detail::check_shape("Linear::forward", "x", x, -1, in_features());
+    linear_forward<Scalar>(y, x, weight.value, has_bias() ? &bias.value : nullptr);
   }
 
   /// x (N, in) -> (N, out), keeping what backward needs in cache.
@@ -56,12 +61,18 @@ class Linear {
 
   /// dy (N, out) -> dx (N, in); adds into weight.grad and bias.grad.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
-    detail::check_shape("Linear::backward", "cache.x", cache.x, -1, in_features());
-    detail::check_shape("Linear::backward", "dy", dy, cache.x.rows(), out_features());
     Mat dx;
-    linear_backward<Scalar>(dx, &weight.grad, has_bias() ? &bias.grad : nullptr, dy, cache.x,
-                            weight.value);
+    backward_into(dx, dy, cache.x);
     return dx;
+  }
+
+  /// backward for a forward whose input was x (N, in), the gradient written into dx, whose
+  /// buffer is reused when it already has the shape (N, in).
+  void backward_into(Mat& dx, ConstRef<Scalar> dy, ConstRef<Scalar> x) {
+    detail::check_shape("Linear::backward", "cache.x", x, -1, in_features());
+    detail::check_shape("Linear::backward", "dy", dy, x.rows(), out_features());
+    linear_backward<Scalar>(dx, &weight.grad, has_bias() ? &bias.grad : nullptr, dy, x,
+                            weight.value);
   }
 
   ParamList<Scalar> parameters() {
