@@ -1,6 +1,7 @@
 #include <eigenformer/layers/dropout.hpp>
 
 #include <cmath>
+#include <utility>
 
 #include "test_util.hpp"
 
@@ -167,4 +168,21 @@ TEST_CASE("Dropout in place gives what forward and backward give, and reuses the
   CHECK(same == x);
   eftest::check_throws_with([&] { b.backward_in_place(same = MatD::Ones(3, 8), cb); },
                             {"Dropout::backward_in_place", "'dy'", "(3, 8)", "(6, 8)"});
+}
+
+TEST_CASE("Dropout on a temporary drops out in place and gives what the copying forms give") {
+  Rng rng(8);
+  const MatD x = eftest::random_matrix(5, 7, rng);
+  const MatD dy = eftest::random_matrix(5, 7, rng);
+  Dropout<double> a(0.3, 9), b(0.3, 9);
+  Dropout<double>::Cache ca, cb;
+  const MatD y = a.forward(x, ca);  // an lvalue: the copying forward
+  MatD temp = x;
+  const double* buffer = temp.data();
+  const MatD y_moved = b.forward(std::move(temp), cb);
+  CHECK(y_moved == y);
+  CHECK(y_moved.data() == buffer);  // the temporary's buffer was handed on
+  CHECK(b.backward(MatD(dy), cb) == a.backward(dy, ca));
+  eftest::check_throws_with([&] { b.backward(MatD(MatD::Ones(2, 7)), cb); },
+                            {"Dropout::backward", "'dy'", "(2, 7)", "(5, 7)"});
 }

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "../core/parallel.hpp"
 #include "../core/param.hpp"
@@ -61,6 +63,15 @@ class Dropout {
     return y;
   }
 
+  /// forward(x, cache) for a temporary x (e.g. a sublayer's output): drops out in place and
+  /// hands x's buffer on instead of allocating a new one.
+  /// (A template taking only a Mat rvalue, so that expressions and lvalues go to the forms above.)
+  template <class M, class = std::enable_if_t<std::is_same_v<M, Mat>>>
+  Mat forward(M&& x, Cache& cache) {
+    forward_in_place(x, cache);
+    return std::move(x);
+  }
+
   /// forward(x, cache) with the result written over x: the same mask, no new (N, C) buffer.
   /// A mask buffer of the same shape in cache is reused.
   void forward_in_place(Mat& x, Cache& cache) {
@@ -80,10 +91,16 @@ class Dropout {
     return dx;
   }
 
+  /// backward(dy, cache) for a temporary dy, in place as forward(Mat&&, Cache&).
+  template <class M, class = std::enable_if_t<std::is_same_v<M, Mat>>>
+  Mat backward(M&& dy, const Cache& cache) const {
+    mask_in_place("Dropout::backward", dy, cache);
+    return std::move(dy);
+  }
+
   /// backward(dy, cache) with the result written over dy.
   void backward_in_place(Mat& dy, const Cache& cache) const {
-    detail::check_shape("Dropout::backward_in_place", "dy", dy, cache.rows, cache.cols);
-    if (cache.mask.size() != 0) apply_mask(dy, dy, cache.mask);
+    mask_in_place("Dropout::backward_in_place", dy, cache);
   }
 
   ParamList<Scalar> parameters() { return {}; }
@@ -102,6 +119,12 @@ class Dropout {
     cache.cols = x.cols();
     cache.mask.resize(0, 0);
     return x;
+  }
+
+  /// dy *= the forward's mask; func names the caller in the error for a dy of the wrong shape.
+  void mask_in_place(const char* func, Mat& dy, const Cache& cache) const {
+    detail::check_shape(func, "dy", dy, cache.rows, cache.cols);
+    if (cache.mask.size() != 0) apply_mask(dy, dy, cache.mask);
   }
 
   /// out = in * mask, row by row; out may be in.

@@ -60,26 +60,25 @@ class Residual {
   NormPlacement placement() const { return placement_; }
   Index d_model() const { return norm.features(); }
 
-  /// x (N, d_model) -> (N, d_model), inference only. sublayer(const Mat& in) -> Mat (N, d_model)
-  /// runs the sublayer's inference forward.
+  /// x (N, d_model) -> (N, d_model), inference only. sublayer(ConstRef<Scalar> in) -> Mat
+  /// (N, d_model) runs the sublayer's inference forward (a sublayer taking const Mat& works too,
+  /// at the cost of a copy of x when the norm comes after it).
   template <class F>
   Mat forward(ConstRef<Scalar> x, F&& sublayer) const {
     check_input(x);
     if (placement_ == NormPlacement::pre) return x + checked(sublayer(norm.forward(x)), x.rows());
-    const Mat in = x;
-    const Mat s = x + checked(sublayer(in), x.rows());
+    const Mat s = x + checked(sublayer(x), x.rows());
     return norm.forward(s);
   }
 
-  /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache. sublayer(const Mat& in)
-  /// -> Mat (N, d_model) runs the sublayer's forward, keeping the sublayer's own cache.
+  /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache. sublayer(ConstRef<Scalar>
+  /// in) -> Mat (N, d_model) runs the sublayer's forward, keeping the sublayer's own cache.
   template <class F>
   Mat forward(ConstRef<Scalar> x, Cache& cache, F&& sublayer) const {
     check_input(x);
     if (placement_ == NormPlacement::pre)
       return x + checked(sublayer(norm.forward(x, cache.norm)), x.rows());
-    const Mat in = x;
-    const Mat s = x + checked(sublayer(in), x.rows());
+    const Mat s = x + checked(sublayer(x), x.rows());
     return norm.forward(s, cache.norm);
   }
 

@@ -48,15 +48,15 @@ class DecoderLayer {
   /// cross_mask usually the source padding.
   Mat forward(ConstRef<Scalar> x, ConstRef<Scalar> memory, Index B, const AttentionMask& self_mask,
               const AttentionMask& cross_mask, Cache& cache) {
-    const Mat h1 = self_block.forward(x, cache.self_block, [&](const Mat& in) {
+    const Mat h1 = self_block.forward(x, cache.self_block, [&](ConstRef<Scalar> in) {
       return self_drop.forward(self_attn.forward(in, B, self_mask, cache.self_attn),
                                cache.self_drop);
     });
-    const Mat h2 = cross_block.forward(h1, cache.cross_block, [&](const Mat& in) {
+    const Mat h2 = cross_block.forward(h1, cache.cross_block, [&](ConstRef<Scalar> in) {
       return cross_drop.forward(cross_attn.forward(in, memory, B, cross_mask, cache.cross_attn),
                                 cache.cross_drop);
     });
-    return ffn_block.forward(h2, cache.ffn_block, [&](const Mat& in) {
+    return ffn_block.forward(h2, cache.ffn_block, [&](ConstRef<Scalar> in) {
       return ffn_drop.forward(ffn.forward(in, cache.ffn), cache.ffn_drop);
     });
   }
@@ -85,13 +85,13 @@ class DecoderLayer {
   Mat decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& self_cache,
                   const KVCache<Scalar>& memory_cache,
                   const BoolMatrix& new_key_padding = BoolMatrix()) const {
-    const Mat h1 = self_block.forward(x_new, [&](const Mat& in) {
+    const Mat h1 = self_block.forward(x_new, [&](ConstRef<Scalar> in) {
       return self_attn.forward_step(in, B, self_cache, new_key_padding);
     });
-    const Mat h2 = cross_block.forward(h1, [&](const Mat& in) {
+    const Mat h2 = cross_block.forward(h1, [&](ConstRef<Scalar> in) {
       return cross_attn.forward_cached_memory(in, B, memory_cache);
     });
-    return ffn_block.forward(h2, [&](const Mat& in) { return ffn.forward(in); });
+    return ffn_block.forward(h2, [&](ConstRef<Scalar> in) { return ffn.forward(in); });
   }
 
   void train(bool on) {

@@ -52,10 +52,10 @@ class EncoderLayer {
 
   /// x (B*T, d) -> (B*T, d).
   Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) {
-    const Mat h = attn_block.forward(x, cache.attn_block, [&](const Mat& in) {
+    const Mat h = attn_block.forward(x, cache.attn_block, [&](ConstRef<Scalar> in) {
       return attn_drop.forward(self_attn.forward(in, B, mask, cache.attn), cache.attn_drop);
     });
-    return ffn_block.forward(h, cache.ffn_block, [&](const Mat& in) {
+    return ffn_block.forward(h, cache.ffn_block, [&](ConstRef<Scalar> in) {
       return ffn_drop.forward(ffn.forward(in, cache.ffn), cache.ffn_drop);
     });
   }
@@ -75,10 +75,10 @@ class EncoderLayer {
   /// returns (B*t, d). new_key_padding (B, t) marks padded new positions (empty: none).
   Mat decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
                   const BoolMatrix& new_key_padding = BoolMatrix()) const {
-    const Mat h = attn_block.forward(x_new, [&](const Mat& in) {
+    const Mat h = attn_block.forward(x_new, [&](ConstRef<Scalar> in) {
       return self_attn.forward_step(in, B, cache, new_key_padding);
     });
-    return ffn_block.forward(h, [&](const Mat& in) { return ffn.forward(in); });
+    return ffn_block.forward(h, [&](ConstRef<Scalar> in) { return ffn.forward(in); });
   }
 
   void train(bool on) {
