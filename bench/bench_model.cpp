@@ -41,14 +41,18 @@ void BM_seq2seq_train_step(benchmark::State& state) {
   Transformer<float>::Cache cache;
   eigenformer::CrossEntropyCache<float> ce;
   float loss = 0;
-  const bench::WallTimer timer;
-  for (auto _ : state) {
+  auto step = [&] {
     opt.zero_grad();
     const Matrix<float> logits = model.forward(src, tgt_in, cache);  // (B*T, V)
     loss = eigenformer::cross_entropy_forward(ce, logits, tgt, ce_options);
     const Matrix<float> dlogits = eigenformer::cross_entropy_backward(ce);  // (B*T, V)
     model.backward(dlogits, cache);
     opt.step();
+  };
+  step();  // warm-up, untimed, as compare_pytorch.py warms PyTorch up
+  const bench::WallTimer timer;
+  for (auto _ : state) {
+    step();
     benchmark::DoNotOptimize(loss);
     benchmark::ClobberMemory();
   }
@@ -69,6 +73,7 @@ void BM_greedy_decode(benchmark::State& state) {
   options.bos = bench::kBos;
   options.eos = bench::kEos;
   options.max_len = n;
+  benchmark::DoNotOptimize(eigenformer::greedy_decode(model, src, options).data());  // warm-up
   const bench::WallTimer timer;
   for (auto _ : state) {
     const IdMatrix out = eigenformer::greedy_decode(model, src, options);  // (1, L)
