@@ -71,8 +71,9 @@ class Residual {
     return norm.forward(s);
   }
 
-  /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache. sublayer(ConstRef<Scalar>
-  /// in) -> Mat (N, d_model) runs the sublayer's forward, keeping the sublayer's own cache.
+  /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache.
+  /// sublayer(ConstRef<Scalar> in) -> Mat (N, d_model) runs the sublayer's forward, keeping the
+  /// sublayer's own cache.
   template <class F>
   Mat forward(ConstRef<Scalar> x, Cache& cache, F&& sublayer) const {
     check_input(x);
