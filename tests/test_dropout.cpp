@@ -1,6 +1,7 @@
 #include <eigenformer/layers/dropout.hpp>
 
 #include <cmath>
+#include <string>
 #include <utility>
 
 #include "test_util.hpp"
@@ -185,4 +186,22 @@ TEST_CASE("Dropout on a temporary drops out in place and gives what the copying 
   CHECK(b.backward(MatD(dy), cb) == a.backward(dy, ca));
   eftest::check_throws_with([&] { b.backward(MatD(MatD::Ones(2, 7)), cb); },
                             {"Dropout::backward", "'dy'", "(2, 7)", "(5, 7)"});
+}
+
+TEST_CASE("Dropout backward rejects a cache whose mask does not have the recorded shape") {
+  Dropout<float> drop(0.5f, 2);
+  Dropout<float>::Cache cache;
+  drop.forward(Matrix<float>::Ones(3, 4), cache);
+  cache.mask.resize(2, 4);  // e.g. a hand-built cache
+  for (const char* func : {"Dropout::backward", "Dropout::backward_in_place"}) {
+    CAPTURE(func);
+    Matrix<float> dy = Matrix<float>::Ones(3, 4);
+    eftest::check_throws_with(
+        [&] {
+          if (std::string(func) == "Dropout::backward") drop.backward(dy, cache);
+          else drop.backward_in_place(dy, cache);
+        },
+        {func, "'cache.mask'", "(2, 4)", "(3, 4)"});
+    CHECK(dy == Matrix<float>::Ones(3, 4));
+  }
 }

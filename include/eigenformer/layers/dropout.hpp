@@ -84,7 +84,7 @@ class Dropout {
 
   /// dy (N, C) -> dx = dy * mask, with the forward's mask.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache) const {
-    detail::check_shape("Dropout::backward", "dy", dy, cache.rows, cache.cols);
+    check_backward("Dropout::backward", dy, cache);
     if (cache.mask.size() == 0) return dy;
     Mat dx(dy.rows(), dy.cols());
     apply_mask(dx, dy, cache.mask);
@@ -101,6 +101,13 @@ class Dropout {
   /// backward(dy, cache) with the result written over dy.
   void backward_in_place(Mat& dy, const Cache& cache) const {
     mask_in_place("Dropout::backward_in_place", dy, cache);
+  }
+
+  /// Throws unless dy has the forward's shape and cache's mask is empty or that shape too.
+  static void check_backward(const std::string& func, ConstRef<Scalar> dy, const Cache& cache) {
+    detail::check_shape(func, "dy", dy, cache.rows, cache.cols);
+    if (cache.mask.size() != 0)
+      detail::check_shape(func, "cache.mask", cache.mask, cache.rows, cache.cols);
   }
 
   ParamList<Scalar> parameters() { return {}; }
@@ -123,9 +130,10 @@ class Dropout {
 
   /// dy *= the forward's mask; func names the caller in the error for a dy of the wrong shape.
   void mask_in_place(const char* func, Mat& dy, const Cache& cache) const {
-    detail::check_shape(func, "dy", dy, cache.rows, cache.cols);
+    check_backward(func, dy, cache);
     if (cache.mask.size() != 0) apply_mask(dy, dy, cache.mask);
   }
+
 
   /// out = in * mask, row by row; out may be in.
   static void apply_mask(Mat& out, ConstRef<Scalar> in, const Mat& mask) {
@@ -142,15 +150,15 @@ class Dropout {
   /// Draws cache.mask (N, C) and sets y = x * mask, row by row; y may be x.
   void draw_mask(Cache& cache, Mat& y, ConstRef<Scalar> x) {
     const Index rows = x.rows(), cols = x.cols();
+    Mat& mask = cache.mask;
+    mask.resize(rows, cols);  // first: if it throws, the cache and the rng are as they were
     cache.rows = rows;
     cache.cols = cols;
-    Mat& mask = cache.mask;
     const std::uint64_t start = rng_.next_u64();
     // p < 1, so p * 2^32 < 2^32 fits (rounding up to 2^32 only for p within 2^-33 of 1).
     const auto threshold = static_cast<std::uint32_t>(
         std::min(static_cast<double>(p_) * 4294967296.0, 4294967295.0));
     const Scalar scale = Scalar(1) / (Scalar(1) - p_);
-    mask.resize(rows, cols);
     detail::parallel_for(rows, 5.0 * static_cast<double>(cols), [&](Index i) {
       std::uint64_t state = start + static_cast<std::uint64_t>(i) * 0x9E3779B97F4A7C15ull;
       const auto key = static_cast<std::uint32_t>(detail::splitmix64(state));

@@ -60,7 +60,7 @@ class FeedForward {
 
   /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache; in training, draws a
   /// new dropout mask. The (N, d_ff) activations are written straight into the cache's buffers,
-  /// which are reused when the cache held the same shapes.
+  /// which are reused when the cache held the same shapes (so x must not be a view of them).
   Mat forward(ConstRef<Scalar> x, Cache& cache) {
     detail::check_shape("FeedForward::forward", "x", x, -1, d_model());
     cache.linear1.x = x;
@@ -75,7 +75,8 @@ class FeedForward {
   }
 
   /// dy (N, d_model) -> dx (N, d_model); adds into the linear layers' gradients. The two
-  /// (N, d_ff) gradients stay allocated between calls.
+  /// (N, d_ff) gradients stay allocated between calls (held after training, as PyTorch's caching
+  /// allocator holds its blocks; a copy of the layer starts without them).
   Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
     check_cache("FeedForward::backward", cache);
     detail::check_shape("FeedForward::backward", "dy", dy, cache.linear1.x.rows(), d_model());
@@ -108,6 +109,7 @@ class FeedForward {
                     "cache.dropout", "is for " + detail::shape_str(cache.dropout.rows,
                                                                    cache.dropout.cols) +
                                          ", expected " + detail::shape_str(n, d_ff()));
+    Dropout<Scalar>::check_backward(func, cache.linear2.x, cache.dropout);  // its mask's shape
   }
 
   struct BackwardBuffers {

@@ -47,6 +47,7 @@ class Linear {
   }
 
   /// forward(x) written into y, whose buffer is reused when it already has the shape (N, out).
+  /// y must not alias x.
   void forward_into(Mat& y, ConstRef<Scalar> x) const {
     detail::check_shape("Linear::forward", "x", x, -1, in_features());
     linear_forward<Scalar>(y, x, weight.value, has_bias() ? &bias.value : nullptr);
@@ -67,7 +68,7 @@ class Linear {
   }
 
   /// backward for a forward whose input was x (N, in), the gradient written into dx, whose
-  /// buffer is reused when it already has the shape (N, in).
+  /// buffer is reused when it already has the shape (N, in). dx must not alias dy or x.
   void backward_into(Mat& dx, ConstRef<Scalar> dy, ConstRef<Scalar> x) {
     detail::check_shape("Linear::backward", "cache.x", x, -1, in_features());
     detail::check_shape("Linear::backward", "dy", dy, x.rows(), out_features());
