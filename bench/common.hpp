@@ -43,6 +43,16 @@ inline void add_thread_context() {
 #endif
 }
 
+/// The main() of every benchmark program: Google Benchmark's flags, the thread context, the run.
+inline int run_benchmarks(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  add_thread_context();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
 /// Wall-clock seconds since construction. The benchmarks report rates (FLOP/s, tokens/s) per
 /// wall-clock second measured around the timing loop, not per CPU second of the main thread (which
 /// is what Google Benchmark's kIsRate uses unless UseRealTime(), and UseRealTime() would append
