@@ -103,9 +103,8 @@ class Dropout {
     mask_in_place("Dropout::backward_in_place", dy, cache);
   }
 
-  /// Throws unless dy has the forward's shape and cache's mask is empty or that shape too.
-  static void check_backward(const std::string& func, ConstRef<Scalar> dy, const Cache& cache) {
-    detail::check_shape(func, "dy", dy, cache.rows, cache.cols);
+  /// Throws unless cache's mask is empty or has the shape its forward recorded.
+  static void check_mask(const std::string& func, const Cache& cache) {
     if (cache.mask.size() != 0)
       detail::check_shape(func, "cache.mask", cache.mask, cache.rows, cache.cols);
   }
@@ -128,12 +127,17 @@ class Dropout {
     return x;
   }
 
+  /// Throws unless dy has the forward's shape and cache's mask fits it.
+  static void check_backward(const std::string& func, ConstRef<Scalar> dy, const Cache& cache) {
+    detail::check_shape(func, "dy", dy, cache.rows, cache.cols);
+    check_mask(func, cache);
+  }
+
   /// dy *= the forward's mask; func names the caller in the error for a dy of the wrong shape.
   void mask_in_place(const char* func, Mat& dy, const Cache& cache) const {
     check_backward(func, dy, cache);
     if (cache.mask.size() != 0) apply_mask(dy, dy, cache.mask);
   }
-
 
   /// out = in * mask, row by row; out may be in.
   static void apply_mask(Mat& out, ConstRef<Scalar> in, const Mat& mask) {

@@ -109,7 +109,7 @@ class FeedForward {
                     "cache.dropout", "is for " + detail::shape_str(cache.dropout.rows,
                                                                    cache.dropout.cols) +
                                          ", expected " + detail::shape_str(n, d_ff()));
-    Dropout<Scalar>::check_backward(func, cache.linear2.x, cache.dropout);  // its mask's shape
+    Dropout<Scalar>::check_mask(func, cache.dropout);
   }
 
   struct BackwardBuffers {
