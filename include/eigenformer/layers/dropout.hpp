@@ -155,7 +155,12 @@ class Dropout {
   void draw_mask(Cache& cache, Mat& y, ConstRef<Scalar> x) {
     const Index rows = x.rows(), cols = x.cols();
     Mat& mask = cache.mask;
-    mask.resize(rows, cols);  // first: if it throws, the cache and the rng are as they were
+    if (mask.rows() != rows || mask.cols() != cols) {
+      // Allocated aside, then swapped in: if the allocation throws, the cache and the rng are as
+      // they were (Eigen's resize frees the old buffer before allocating the new one).
+      Mat fresh(rows, cols);
+      mask.swap(fresh);
+    }
     cache.rows = rows;
     cache.cols = cols;
     const std::uint64_t start = rng_.next_u64();
