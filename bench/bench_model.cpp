@@ -6,6 +6,9 @@
 //    The output bias of EOS is set to -1e9 so that the model never emits it and every run decodes
 //    N steps (checked). greedy_decode keeps past keys and values in a KV cache, so each step
 //    runs the decoder on one new token and the cost grows about linearly in N.
+//  - BM_beam_search: beam search of width 4 for exactly 20 tokens over a 32,000-token target
+//    vocabulary (the same model otherwise), one 32-token source. Most of a step is the search
+//    itself: ranking 4 x 32,000 candidates, each checked for NaN.
 //
 // Threads: OMP_NUM_THREADS (see common.hpp), recorded in the output's context. Time is wall-clock
 // time; the rates are per wall-clock second (common.hpp, WallTimer).
@@ -14,6 +17,7 @@
 #include <string>
 
 #include "common.hpp"
+#include "eigenformer/decode/beam.hpp"
 #include "eigenformer/decode/greedy.hpp"
 #include "eigenformer/model/transformer.hpp"
 #include "eigenformer/train/loss.hpp"
@@ -88,8 +92,31 @@ void BM_greedy_decode(benchmark::State& state) {
   state.counters["tokens/s"] = bench::wall_rate(state, double(n), timer.seconds());
 }
 
+void BM_beam_search(benchmark::State& state) {
+  eigenformer::TransformerConfig config = bench::seq2seq_config();
+  config.tgt_vocab = 32000;
+  eigenformer::Rng rng(1);
+  Transformer<float> model(config, rng);
+  model.eval();
+  model.head.proj.bias.value(0, bench::kEos) = -1e9f;  // never emitted: search exactly 20 steps
+  const IdMatrix src = bench::random_ids(1, kSrcLen, config.src_vocab, 2);  // (1, S)
+  eigenformer::BeamOptions options;
+  options.bos = bench::kBos;
+  options.eos = bench::kEos;
+  options.max_len = 20;
+  options.beam_width = 4;
+  benchmark::DoNotOptimize(eigenformer::beam_search(model, src, options).data());  // warm-up
+  const bench::WallTimer timer;
+  for (auto _ : state) {
+    const IdMatrix out = eigenformer::beam_search(model, src, options);  // (1, 20)
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["tokens/s"] = bench::wall_rate(state, double(options.max_len), timer.seconds());
+}
+
 BENCHMARK(BM_seq2seq_train_step)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_greedy_decode)->Arg(64)->Arg(256)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_beam_search)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
