@@ -3,13 +3,16 @@
 // Every check runs in Release builds too. A message names the function, the argument, what was
 // expected and what came, e.g.
 //   "eigenformer::Linear::forward: argument 'x' has shape (6, 5), expected (*, 4)".
+// A message is built only when its check fails: function and argument names are string views of
+// literals, and the rest comes from a callable (detail::require) or from the failing branch.
 #pragma once
 
+#include <Eigen/Core>
 #include <sstream>
 #include <stdexcept>
 #include <string>
-
-#include <Eigen/Core>
+#include <string_view>
+#include <type_traits>
 
 namespace eigenformer {
 
@@ -38,19 +41,29 @@ std::string shape_of(const M& m) {
   return shape_str(m.rows(), m.cols());
 }
 
-[[noreturn]] inline void throw_argument(const std::string& func, const std::string& arg,
+[[noreturn]] inline void throw_argument(std::string_view func, std::string_view arg,
                                         const std::string& what) {
-  throw ArgumentError("eigenformer::" + func + ": argument '" + arg + "' " + what);
+  std::string message = "eigenformer::";
+  message.append(func).append(": argument '").append(arg).append("' ").append(what);
+  throw ArgumentError(message);
 }
 
-inline void require(bool ok, const std::string& func, const std::string& arg,
-                    const std::string& what) {
-  if (!ok) throw_argument(func, arg, what);
+/// Throws ArgumentError naming func and arg unless ok. `what` is the rest of the message: a string
+/// literal, or a callable returning a std::string that runs only when the check fails, so that a
+/// passing check costs a comparison and nothing else (no string is built or allocated):
+///   require(n > 0, "Linear::Linear", "n", [&] { return "must be positive, got " + str(n); });
+template <class What>
+void require(bool ok, std::string_view func, std::string_view arg, What&& what) {
+  if (ok) return;
+  if constexpr (std::is_invocable_v<What>)
+    throw_argument(func, arg, std::string(what()));
+  else
+    throw_argument(func, arg, std::string(what));
 }
 
 /// Throws unless m is (rows, cols); a negative expectation means "any".
 template <class M>
-void check_shape(const std::string& func, const std::string& arg, const M& m, Eigen::Index rows,
+void check_shape(std::string_view func, std::string_view arg, const M& m, Eigen::Index rows,
                  Eigen::Index cols) {
   const bool ok = (rows < 0 || m.rows() == rows) && (cols < 0 || m.cols() == cols);
   if (ok) return;
@@ -61,7 +74,7 @@ void check_shape(const std::string& func, const std::string& arg, const M& m, Ei
 }
 
 /// Throws unless value > 0.
-inline void check_positive(const std::string& func, const std::string& arg, Eigen::Index value) {
+inline void check_positive(std::string_view func, std::string_view arg, Eigen::Index value) {
   if (value <= 0) throw_argument(func, arg, "must be positive, got " + std::to_string(value));
 }
 

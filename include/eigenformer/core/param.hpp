@@ -30,7 +30,8 @@ struct Param {
   Index size() const { return value.size(); }
 
   static Index checked_size(const char* arg, Index n) {
-    detail::require(n >= 0, "Param::Param", arg, "must be >= 0, got " + std::to_string(n));
+    detail::require(n >= 0, "Param::Param", arg,
+                    [&] { return "must be >= 0, got " + std::to_string(n); });
     return n;
   }
 
@@ -64,7 +65,8 @@ namespace detail {
 template <class Scalar>
 void check_no_null_params(const char* func, const ParamList<Scalar>& params) {
   for (const auto& p : params)
-    require(p.param != nullptr, func, "params", "has a null pointer for '" + p.name + "'");
+    require(p.param != nullptr, func, "params",
+            [&] { return "has a null pointer for '" + p.name + "'"; });
 }
 
 }  // namespace detail

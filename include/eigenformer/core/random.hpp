@@ -75,9 +75,9 @@ class Rng {
 /// Fills m with U(lo, hi).
 template <class Derived>
 void fill_uniform(Eigen::MatrixBase<Derived>& m, double lo, double hi, Rng& rng) {
-  detail::require(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, "fill_uniform", "hi",
-                  "must be finite and >= lo, got lo " + std::to_string(lo) + ", hi " +
-                      std::to_string(hi));
+  detail::require(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, "fill_uniform", "hi", [&] {
+    return "must be finite and >= lo, got lo " + std::to_string(lo) + ", hi " + std::to_string(hi);
+  });
   for (Index i = 0; i < m.rows(); ++i)
     for (Index j = 0; j < m.cols(); ++j)
       m(i, j) = static_cast<typename Derived::Scalar>(rng.uniform(lo, hi));
@@ -87,9 +87,9 @@ void fill_uniform(Eigen::MatrixBase<Derived>& m, double lo, double hi, Rng& rng)
 template <class Derived>
 void fill_normal(Eigen::MatrixBase<Derived>& m, double mean, double stddev, Rng& rng) {
   detail::require(std::isfinite(mean), "fill_normal", "mean",
-                  "must be finite, got " + std::to_string(mean));
+                  [&] { return "must be finite, got " + std::to_string(mean); });
   detail::require(std::isfinite(stddev) && stddev >= 0, "fill_normal", "stddev",
-                  "must be >= 0 and finite, got " + std::to_string(stddev));
+                  [&] { return "must be >= 0 and finite, got " + std::to_string(stddev); });
   for (Index i = 0; i < m.rows(); ++i)
     for (Index j = 0; j < m.cols(); ++j)
       m(i, j) = static_cast<typename Derived::Scalar>(mean + stddev * rng.normal());

@@ -87,17 +87,19 @@ class Batch {
   Index T_ = 0;
 
   void check_seq(const char* func, Index b) const {
-    detail::require(b >= 0 && b < B_, func, "b",
-                    "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(B_));
+    detail::require(b >= 0 && b < B_, func, "b", [&] {
+      return "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(B_);
+    });
   }
 
   void check_head(Index b, Index h, Index dh) const {
     check_seq("Batch::head", b);
     detail::check_positive("Batch::head", "dh", dh);
-    detail::require(h >= 0 && (h + 1) * dh <= channels(), "Batch::head", "h",
-                    "is " + std::to_string(h) + ", expected 0 <= h < " +
-                        std::to_string(channels() / dh) + " heads of width " +
-                        std::to_string(dh) + " in " + std::to_string(channels()) + " channels");
+    detail::require(h >= 0 && (h + 1) * dh <= channels(), "Batch::head", "h", [&] {
+      return "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(channels() / dh) +
+             " heads of width " + std::to_string(dh) + " in " + std::to_string(channels()) +
+             " channels";
+    });
   }
 };
 

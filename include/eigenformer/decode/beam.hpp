@@ -73,18 +73,23 @@ inline double beam_length_penalty(Index len, double alpha) {
 
 namespace detail {
 
-inline void check_beam_options(const std::string& func, const BeamOptions& opt, Index vocab) {
-  require(opt.bos >= 0 && opt.bos < vocab, func, "options.bos",
-          "is " + std::to_string(opt.bos) + ", expected an id in [0, " + std::to_string(vocab) + ")");
-  require(opt.eos >= 0 && opt.eos < vocab, func, "options.eos",
-          "is " + std::to_string(opt.eos) + ", expected an id in [0, " + std::to_string(vocab) + ")");
+inline void check_beam_options(std::string_view func, const BeamOptions& opt, Index vocab) {
+  require(opt.bos >= 0 && opt.bos < vocab, func, "options.bos", [&] {
+    return "is " + std::to_string(opt.bos) + ", expected an id in [0, " + std::to_string(vocab) +
+           ")";
+  });
+  require(opt.eos >= 0 && opt.eos < vocab, func, "options.eos", [&] {
+    return "is " + std::to_string(opt.eos) + ", expected an id in [0, " + std::to_string(vocab) +
+           ")";
+  });
   require(opt.beam_width >= 1, func, "options.beam_width",
-          "is " + std::to_string(opt.beam_width) + ", expected at least 1");
+          [&] { return "is " + std::to_string(opt.beam_width) + ", expected at least 1"; });
   require(opt.max_len >= 1, func, "options.max_len",
-          "is " + std::to_string(opt.max_len) + ", expected at least 1");
+          [&] { return "is " + std::to_string(opt.max_len) + ", expected at least 1"; });
   require(std::isfinite(opt.length_penalty) && opt.length_penalty >= 0.0, func,
-          "options.length_penalty",
-          "is " + std::to_string(opt.length_penalty) + ", expected a finite alpha >= 0");
+          "options.length_penalty", [&] {
+            return "is " + std::to_string(opt.length_penalty) + ", expected a finite alpha >= 0";
+          });
 }
 
 struct BeamCandidate {
@@ -117,7 +122,7 @@ inline double beam_best_reachable(double lp, Index len, const BeamOptions& opt) 
 /// EOS) and their output is ignored. Entries of -inf are never chosen; NaN is an error.
 template <class Scorer>
 BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const BeamOptions& opt) {
-  const std::string func = "beam_search";
+  const char* func = "beam_search";
   detail::check_positive(func, "B", B);
   detail::check_positive(func, "vocab", vocab);
   detail::check_beam_options(func, opt, vocab);
@@ -154,9 +159,10 @@ BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const
           prefixes(b * K + k, j + 1) = real ? lv[size_t(k)].tokens[size_t(j)] : opt.eos;
       }
     const Matrix<double> lp = next_log_probs(static_cast<const IdMatrix&>(prefixes));
-    detail::require(lp.rows() == B * K && lp.cols() == vocab, func, "next_log_probs",
-                    "returned shape " + detail::shape_of(lp) + ", expected " +
-                        detail::shape_str(B * K, vocab));
+    detail::require(lp.rows() == B * K && lp.cols() == vocab, func, "next_log_probs", [&] {
+      return "returned shape " + detail::shape_of(lp) + ", expected " +
+             detail::shape_str(B * K, vocab);
+    });
     const Index len = t + 1;  // tokens in every candidate
     for (Index b = 0; b < B; ++b) {
       if (done[size_t(b)]) continue;
@@ -166,9 +172,9 @@ BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const
         const Index r = b * K + k;
         for (Index v = 0; v < vocab; ++v) {
           const double x = lp(r, v);
-          detail::require(!std::isnan(x), func, "next_log_probs",
-                          "returned NaN at row " + std::to_string(r) + ", token " +
-                              std::to_string(v));
+          detail::require(!std::isnan(x), func, "next_log_probs", [&] {
+            return "returned NaN at row " + std::to_string(r) + ", token " + std::to_string(v);
+          });
           if (x == neg_inf) continue;
           cands.push_back({lv[size_t(k)].log_prob + x, k, v});
         }
@@ -289,13 +295,13 @@ inline std::vector<Index> beam_parents(const IdMatrix& prefixes, const IdMatrix&
 template <class Scalar>
 BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
                               const BeamOptions& opt) {
-  const std::string func = "beam_search";
+  const char* func = "beam_search";
   const Index V = model.config().tgt_vocab;
   detail::check_beam_options(func, opt, V);
-  detail::require(opt.max_len < model.config().max_len, func, "options.max_len",
-                  "is " + std::to_string(opt.max_len) + ", expected 1.." +
-                      std::to_string(model.config().max_len - 1) +
-                      " (the model's max_len less one for BOS)");
+  detail::require(opt.max_len < model.config().max_len, func, "options.max_len", [&] {
+    return "is " + std::to_string(opt.max_len) + ", expected 1.." +
+           std::to_string(model.config().max_len - 1) + " (the model's max_len less one for BOS)";
+  });
   typename Encoder<Scalar>::Cache cache;
   const Matrix<Scalar> memory = model.encode(src, cache);  // (B*S, d); checks src
   const Index B = src.rows(), S = src.cols(), K = opt.beam_width, d = memory.cols();

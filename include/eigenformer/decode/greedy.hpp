@@ -31,15 +31,20 @@ Index argmax_row(const Matrix<Scalar>& logits, Index row) {
   return best;
 }
 
-inline void check_greedy_options(const std::string& func, const GreedyOptions& opt, Index vocab,
+inline void check_greedy_options(std::string_view func, const GreedyOptions& opt, Index vocab,
                                  Index max_positions) {
-  require(opt.bos >= 0 && opt.bos < vocab, func, "options.bos",
-          "is " + std::to_string(opt.bos) + ", expected an id in [0, " + std::to_string(vocab) + ")");
-  require(opt.eos >= 0 && opt.eos < vocab, func, "options.eos",
-          "is " + std::to_string(opt.eos) + ", expected an id in [0, " + std::to_string(vocab) + ")");
-  require(opt.max_len > 0 && opt.max_len < max_positions, func, "options.max_len",
-          "is " + std::to_string(opt.max_len) + ", expected 1.." +
-              std::to_string(max_positions - 1) + " (the model's max_len less one for BOS)");
+  require(opt.bos >= 0 && opt.bos < vocab, func, "options.bos", [&] {
+    return "is " + std::to_string(opt.bos) + ", expected an id in [0, " + std::to_string(vocab) +
+           ")";
+  });
+  require(opt.eos >= 0 && opt.eos < vocab, func, "options.eos", [&] {
+    return "is " + std::to_string(opt.eos) + ", expected an id in [0, " + std::to_string(vocab) +
+           ")";
+  });
+  require(opt.max_len > 0 && opt.max_len < max_positions, func, "options.max_len", [&] {
+    return "is " + std::to_string(opt.max_len) + ", expected 1.." +
+           std::to_string(max_positions - 1) + " (the model's max_len less one for BOS)";
+  });
 }
 
 }  // namespace detail
@@ -84,18 +89,23 @@ template <class Scalar>
 IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, Index n_new,
                          Index eos = -1) {
   detail::require(n_new >= 0 && prompt.cols() + n_new <= model.config().max_len, "greedy_generate",
-                  "n_new", "is " + std::to_string(n_new) + "; prompt length + n_new must be <= " +
-                               "max_len " + std::to_string(model.config().max_len));
+                  "n_new", [&] {
+                    return "is " + std::to_string(n_new) +
+                           "; prompt length + n_new must be <= " + "max_len " +
+                           std::to_string(model.config().max_len);
+                  });
   const Index V = model.config().tgt_vocab;
-  detail::require(eos == -1 || (eos >= 0 && eos < V), "greedy_generate", "eos",
-                  "is " + std::to_string(eos) + ", expected -1 (none) or an id in [0, " +
-                      std::to_string(V) + ")");
+  detail::require(eos == -1 || (eos >= 0 && eos < V), "greedy_generate", "eos", [&] {
+    return "is " + std::to_string(eos) + ", expected -1 (none) or an id in [0, " +
+           std::to_string(V) + ")";
+  });
   IdMatrix seq = prompt;
   const Index B = prompt.rows();
   std::vector<bool> done(static_cast<size_t>(B), false);
   if (n_new == 0) return seq;
-  detail::require(prompt.rows() > 0 && prompt.cols() > 0, "greedy_generate", "prompt",
-                  "has shape " + detail::shape_of(prompt) + ", expected a non-empty (B, P)");
+  detail::require(prompt.rows() > 0 && prompt.cols() > 0, "greedy_generate", "prompt", [&] {
+    return "has shape " + detail::shape_of(prompt) + ", expected a non-empty (B, P)";
+  });
   // The prompt in one step, then one token per step over the caches. The last token is never fed.
   DecodeState<Scalar> state = model.begin_decode(B, prompt.cols() + n_new - 1);
   for (Index step = 0; step < n_new; ++step) {

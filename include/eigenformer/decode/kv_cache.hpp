@@ -66,21 +66,23 @@ struct KVCache {
   }
 
   /// Throws (naming func and the lengths) unless t more positions fit.
-  void check_room(const std::string& func, const std::string& arg, Index t) const {
+  void check_room(std::string_view func, std::string_view arg, Index t) const {
     detail::require(B > 0, func, "cache", "is not allocated (call reset or begin_decode first)");
-    detail::require(t <= room(), func, arg,
-                    "adds " + std::to_string(t) + " positions to a KV cache holding " +
-                        std::to_string(len) + " of max_len " + std::to_string(max_len));
+    detail::require(t <= room(), func, arg, [&] {
+      return "adds " + std::to_string(t) + " positions to a KV cache holding " +
+             std::to_string(len) + " of max_len " + std::to_string(max_len);
+    });
   }
 
   /// Appends k_new (B*t, k.cols()), v_new (B*t, v.cols()) and their key padding (B, t) (empty:
   /// none padded). Throws, changing nothing, unless they fit and t more positions fit.
   void append(ConstRef<Scalar> k_new, ConstRef<Scalar> v_new, const BoolMatrix& pad_new) {
-    const std::string func = "KVCache::append";
+    const char* func = "KVCache::append";
     detail::require(B > 0, func, "cache", "is not allocated (call reset or begin_decode first)");
-    detail::require(k_new.rows() % B == 0 && k_new.cols() == k.cols(), func, "k_new",
-                    "has shape " + detail::shape_of(k_new) + ", expected (B*t, " +
-                        std::to_string(k.cols()) + ") with B = " + std::to_string(B));
+    detail::require(k_new.rows() % B == 0 && k_new.cols() == k.cols(), func, "k_new", [&] {
+      return "has shape " + detail::shape_of(k_new) + ", expected (B*t, " +
+             std::to_string(k.cols()) + ") with B = " + std::to_string(B);
+    });
     const Index t = k_new.rows() / B;
     detail::check_shape(func, "v_new", v_new, B * t, v.cols());
     if (pad_new.size() != 0) detail::check_shape(func, "pad_new", pad_new, B, t);

@@ -163,7 +163,7 @@ void save_model(const std::string& path, Model& model,
   meta["eigenformer.model"] = detail::ModelKind<Model>::name;
   for (const auto& kv : extra) {
     detail::require(meta.count(kv.first) == 0, "save_model", "extra",
-                    "uses the reserved key '" + kv.first + "'");
+                    [&] { return "uses the reserved key '" + kv.first + "'"; });
     meta.insert(kv);
   }
   save_safetensors(path, model.parameters(), meta);

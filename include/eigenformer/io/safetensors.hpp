@@ -42,10 +42,11 @@ enum class Dtype { F32, F64 };
 namespace detail {
 
 /// Throws unless d is one of the enumerators.
-inline void check_dtype(const std::string& func, const std::string& arg, Dtype d) {
-  require(d == Dtype::F32 || d == Dtype::F64, func, arg,
-          "is not a Dtype (value " + std::to_string(static_cast<int>(d)) +
-              "), expected F32 or F64");
+inline void check_dtype(std::string_view func, std::string_view arg, Dtype d) {
+  require(d == Dtype::F32 || d == Dtype::F64, func, arg, [&] {
+    return "is not a Dtype (value " + std::to_string(static_cast<int>(d)) +
+           "), expected F32 or F64";
+  });
 }
 
 }  // namespace detail
@@ -86,15 +87,15 @@ namespace detail {
 static_assert(std::numeric_limits<float>::is_iec559 && std::numeric_limits<double>::is_iec559,
               "safetensors I/O assumes IEEE-754 float and double");
 
-[[noreturn]] inline void throw_io(const std::string& func, const std::string& path,
+[[noreturn]] inline void throw_io(std::string_view func, const std::string& path,
                                   const std::string& what) {
-  throw IoError("eigenformer::" + func + ": file '" + path + "': " + what);
+  throw IoError("eigenformer::" + std::string(func) + ": file '" + path + "': " + what);
 }
 
 inline std::string errno_str() { return std::strerror(errno); }
 
 /// Throws ArgumentError for an empty path (a caller's mistake, not a file's).
-inline void check_path(const std::string& func, const std::string& path) {
+inline void check_path(std::string_view func, const std::string& path) {
   require(!path.empty(), func, "path", "is empty, expected a file name");
 }
 
@@ -186,7 +187,7 @@ class Fd {
 };
 
 /// Reads exactly n bytes or throws (a short read means the file changed under us).
-inline void read_exact(const std::string& func, const std::string& path, int fd, void* buf,
+inline void read_exact(std::string_view func, const std::string& path, int fd, void* buf,
                        std::uint64_t n) {
   auto* p = static_cast<unsigned char*>(buf);
   while (n > 0) {
@@ -200,7 +201,7 @@ inline void read_exact(const std::string& func, const std::string& path, int fd,
 }
 
 /// Opens a regular file for reading; returns the descriptor and sets size.
-inline int open_for_reading(const std::string& func, const std::string& path, std::uint64_t& size) {
+inline int open_for_reading(std::string_view func, const std::string& path, std::uint64_t& size) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw_io(func, path, "cannot open for reading: " + errno_str());
   Fd owner(fd);
@@ -211,7 +212,7 @@ inline int open_for_reading(const std::string& func, const std::string& path, st
   return owner.release();
 }
 
-inline Index parse_dim(const std::string& func, const std::string& path, const std::string& name,
+inline Index parse_dim(std::string_view func, const std::string& path, const std::string& name,
                        const nlohmann::json& v) {
   if (!v.is_number_unsigned() ||
       v.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<Index>::max()))
@@ -220,7 +221,7 @@ inline Index parse_dim(const std::string& func, const std::string& path, const s
   return static_cast<Index>(v.get<std::uint64_t>());
 }
 
-inline SafetensorsTensor parse_entry(const std::string& func, const std::string& path,
+inline SafetensorsTensor parse_entry(std::string_view func, const std::string& path,
                                      const std::string& name, const nlohmann::json& e) {
   const std::string where = "tensor '" + name + "': ";
   if (!e.is_object()) throw_io(func, path, where + "header entry is not a JSON object");
@@ -243,7 +244,7 @@ inline SafetensorsTensor parse_entry(const std::string& func, const std::string&
 }
 
 /// Checks one entry's dtype is known and its byte range holds product(shape) elements.
-inline void check_entry_size(const std::string& func, const std::string& path,
+inline void check_entry_size(std::string_view func, const std::string& path,
                              const std::string& name, const SafetensorsTensor& t) {
   const std::string where = "tensor '" + name + "': ";
   const std::uint64_t width = st_dtype_bytes(t.dtype);
@@ -264,7 +265,7 @@ inline void check_entry_size(const std::string& func, const std::string& path,
 }
 
 /// Checks the entries tile [0, data_size) with no gap, overlap or leftover bytes.
-inline void check_layout(const std::string& func, const std::string& path,
+inline void check_layout(std::string_view func, const std::string& path,
                          const SafetensorsHeader& h) {
   std::vector<std::pair<std::uint64_t, std::string>> order;
   for (const auto& kv : h.tensors) order.emplace_back(kv.second.begin, kv.first);
@@ -289,7 +290,7 @@ inline void check_layout(const std::string& func, const std::string& path,
                  " bytes, but the tensors cover only " + std::to_string(pos));
 }
 
-inline std::map<std::string, std::string> parse_metadata(const std::string& func,
+inline std::map<std::string, std::string> parse_metadata(std::string_view func,
                                                          const std::string& path,
                                                          const nlohmann::json& m) {
   std::map<std::string, std::string> out;
@@ -303,7 +304,7 @@ inline std::map<std::string, std::string> parse_metadata(const std::string& func
 }
 
 /// Parses JSON text, rejecting a name that appears twice at the top level.
-inline nlohmann::json parse_json(const std::string& func, const std::string& path,
+inline nlohmann::json parse_json(std::string_view func, const std::string& path,
                                  const std::string& text) {
   std::set<std::string> seen;
   std::string duplicate;
@@ -324,7 +325,7 @@ inline nlohmann::json parse_json(const std::string& func, const std::string& pat
   return j;
 }
 
-inline SafetensorsHeader parse_header(const std::string& func, const std::string& path,
+inline SafetensorsHeader parse_header(std::string_view func, const std::string& path,
                                       const std::string& text, std::uint64_t data_size) {
   const nlohmann::json j = parse_json(func, path, text);
   SafetensorsHeader h;
@@ -345,7 +346,7 @@ inline SafetensorsHeader parse_header(const std::string& func, const std::string
 
 /// Reads and checks the length and header of an open file of file_size bytes, leaving fd at the
 /// start of the data section.
-inline SafetensorsHeader read_header(const std::string& func, const std::string& path, int fd,
+inline SafetensorsHeader read_header(std::string_view func, const std::string& path, int fd,
                                      std::uint64_t file_size) {
   if (file_size < 8)
     throw_io(func, path,
@@ -365,19 +366,21 @@ inline SafetensorsHeader read_header(const std::string& func, const std::string&
 
 /// Throws ArgumentError if a parameter is null or a name is empty, reserved or repeated.
 template <class Scalar>
-void check_param_names(const std::string& func, const ParamList<Scalar>& params) {
+void check_param_names(std::string_view func, const ParamList<Scalar>& params) {
   std::set<std::string> seen;
   for (const auto& p : params) {
-    require(p.param != nullptr, func, "params", "has a null parameter '" + p.name + "'");
+    require(p.param != nullptr, func, "params",
+            [&] { return "has a null parameter '" + p.name + "'"; });
     require(!p.name.empty() && p.name != "__metadata__", func, "params",
-            "has the invalid name '" + p.name + "'");
-    require(seen.insert(p.name).second, func, "params", "has the name '" + p.name + "' twice");
+            [&] { return "has the invalid name '" + p.name + "'"; });
+    require(seen.insert(p.name).second, func, "params",
+            [&] { return "has the name '" + p.name + "' twice"; });
   }
 }
 
 /// Names in the model but not in the file, and in the file but not in the model, in one message.
 template <class Scalar>
-void check_names_match(const std::string& func, const std::string& path,
+void check_names_match(std::string_view func, const std::string& path,
                        const ParamList<Scalar>& params, const SafetensorsHeader& h) {
   std::set<std::string> model;
   std::string missing, unexpected;
@@ -397,8 +400,8 @@ void check_names_match(const std::string& func, const std::string& path,
 }
 
 /// The loadable dtype of a file tensor, or throws.
-inline Dtype loadable_dtype(const std::string& func, const std::string& path,
-                            const std::string& name, const SafetensorsTensor& t) {
+inline Dtype loadable_dtype(std::string_view func, const std::string& path, const std::string& name,
+                            const SafetensorsTensor& t) {
   if (t.dtype == "F32") return Dtype::F32;
   if (t.dtype == "F64") return Dtype::F64;
   throw_io(func, path,
@@ -407,8 +410,8 @@ inline Dtype loadable_dtype(const std::string& func, const std::string& path,
 }
 
 template <class Scalar>
-void check_tensor_fits(const std::string& func, const std::string& path,
-                       const NamedParam<Scalar>& p, const SafetensorsTensor& t) {
+void check_tensor_fits(std::string_view func, const std::string& path, const NamedParam<Scalar>& p,
+                       const SafetensorsTensor& t) {
   loadable_dtype(func, path, p.name, t);
   const std::vector<Index> want = p.param->shape();
   if (t.shape != want)
@@ -503,7 +506,7 @@ inline void sync_directory_of(const std::string& path) {
 namespace detail {
 
 /// Opens path and reads its checked header; errors name func.
-inline SafetensorsHeader read_file_header(const std::string& func, const std::string& path) {
+inline SafetensorsHeader read_file_header(std::string_view func, const std::string& path) {
   check_path(func, path);
   std::uint64_t size = 0;
   Fd fd(open_for_reading(func, path, size));
@@ -530,7 +533,7 @@ template <class Scalar>
 void save_safetensors(const std::string& path, const ParamList<Scalar>& params,
                       const std::map<std::string, std::string>& metadata = {},
                       Dtype dtype = native_dtype<Scalar>()) {
-  const std::string func = "save_safetensors";
+  const char* func = "save_safetensors";
   detail::check_path(func, path);
   detail::check_param_names(func, params);
   detail::check_dtype(func, "dtype", dtype);
@@ -566,7 +569,7 @@ template <class Scalar>
 void load_safetensors(const std::string& path, const ParamList<Scalar>& params) {
   static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
                 "safetensors I/O supports float and double parameters");
-  const std::string func = "load_safetensors";
+  const char* func = "load_safetensors";
   detail::check_path(func, path);
   detail::check_param_names(func, params);
   std::uint64_t size = 0;

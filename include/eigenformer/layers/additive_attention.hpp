@@ -46,25 +46,27 @@ namespace detail {
 
 /// Throws unless the fields that positions.kind uses are valid for heads of width dh (the rules of
 /// MultiHeadAttention's constructor). arg names the positions in messages.
-inline void check_attention_positions(const std::string& func, const AttentionPositions& p,
-                                      Index dh, const std::string& arg = "positions") {
+inline void check_attention_positions(std::string_view func, const AttentionPositions& p, Index dh,
+                                      const std::string& arg = "positions") {
   using Kind = AttentionPositions::Kind;
   if (p.kind == Kind::rotary) {
-    require(dh % 2 == 0, func, arg + ".kind",
-            "is rotary, which needs an even head_dim (d_model / n_heads), got " +
-                std::to_string(dh));
+    require(dh % 2 == 0, func, arg + ".kind", [&] {
+      return "is rotary, which needs an even head_dim (d_model / n_heads), got " +
+             std::to_string(dh);
+    });
     require(p.rotary_base > 0.0 && std::isfinite(p.rotary_base), func, arg + ".rotary_base",
-            "must be positive and finite, got " + std::to_string(p.rotary_base));
+            [&] { return "must be positive and finite, got " + std::to_string(p.rotary_base); });
   } else if (p.kind == Kind::relative) {
     const Index min_buckets = p.bidirectional ? 4 : 2;  // 2 per direction
-    require(p.num_buckets >= min_buckets, func, arg + ".num_buckets",
-            "must be at least " + std::to_string(min_buckets) + " (2 per direction" +
-                (p.bidirectional ? ", bidirectional" : "") + "), got " +
-                std::to_string(p.num_buckets));
+    require(p.num_buckets >= min_buckets, func, arg + ".num_buckets", [&] {
+      return "must be at least " + std::to_string(min_buckets) + " (2 per direction" +
+             (p.bidirectional ? ", bidirectional" : "") + "), got " + std::to_string(p.num_buckets);
+    });
     const Index max_exact = (p.bidirectional ? p.num_buckets / 2 : p.num_buckets) / 2;
-    require(p.max_distance > max_exact, func, arg + ".max_distance",
-            "must be above the " + std::to_string(max_exact) +
-                " exactly bucketed distances, got " + std::to_string(p.max_distance));
+    require(p.max_distance > max_exact, func, arg + ".max_distance", [&] {
+      return "must be above the " + std::to_string(max_exact) +
+             " exactly bucketed distances, got " + std::to_string(p.max_distance);
+    });
   }
 }
 
@@ -99,12 +101,13 @@ class AdditiveAttention {
   AdditiveAttention(Index d_model, Index d_attn, Index n_heads, Rng& rng, bool bias = true,
                     const AttentionPositions& positions = {})
       : n_heads_(n_heads), positions_(positions) {
-    const std::string func = "AdditiveAttention::AdditiveAttention";
+    const char* func = "AdditiveAttention::AdditiveAttention";
     detail::check_positive(func, "d_model", d_model);
     detail::check_positive(func, "n_heads", n_heads);
-    detail::require(d_model % n_heads == 0, func, "n_heads",
-                    "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
-                        std::to_string(n_heads));
+    detail::require(d_model % n_heads == 0, func, "n_heads", [&] {
+      return "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
+             std::to_string(n_heads);
+    });
     detail::check_positive(func, "d_attn", d_attn);
     detail::check_attention_positions(func, positions, d_model / n_heads);
     for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj, &out_proj}) {
@@ -168,9 +171,10 @@ class AdditiveAttention {
   }
   Mat forward(const Batch<Scalar>& query, const Batch<Scalar>& memory, const AttentionMask& mask,
               Cache& cache) const {
-    detail::require(query.batch() == memory.batch(), "AdditiveAttention::forward", "memory",
-                    "holds " + std::to_string(memory.batch()) + " sequences, query holds " +
-                        std::to_string(query.batch()));
+    detail::require(query.batch() == memory.batch(), "AdditiveAttention::forward", "memory", [&] {
+      return "holds " + std::to_string(memory.batch()) + " sequences, query holds " +
+             std::to_string(query.batch());
+    });
     return forward(query.data(), memory.data(), query.batch(), mask, cache);
   }
 
@@ -178,7 +182,7 @@ class AdditiveAttention {
   /// added. For self-attention that is the whole input gradient (dmemory must be null). For
   /// cross-attention the memory gradient is assigned to *dmemory when it is not null.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory = nullptr) {
-    const std::string func = "AdditiveAttention::backward";
+    const char* func = "AdditiveAttention::backward";
     const AttentionDims& d = cache.dims;
     detail::check_shape(func, "dy", dy, d.B * d.Tq, d_model());
     detail::require(!(cache.self && dmemory), func, "dmemory",
@@ -221,10 +225,12 @@ class AdditiveAttention {
   /// Attention weights of head h for sequence b from a forward's cache: (Tq, Tk).
   static Mat attention_weights(const Cache& cache, Index b, Index h) {
     const AttentionDims& d = cache.dims;
-    detail::require(b >= 0 && b < d.B, "AdditiveAttention::attention_weights", "b",
-                    "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(d.B));
-    detail::require(h >= 0 && h < d.H, "AdditiveAttention::attention_weights", "h",
-                    "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H));
+    detail::require(b >= 0 && b < d.B, "AdditiveAttention::attention_weights", "b", [&] {
+      return "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(d.B);
+    });
+    detail::require(h >= 0 && h < d.H, "AdditiveAttention::attention_weights", "h", [&] {
+      return "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H);
+    });
     return cache.probs.block((b * d.H + h) * d.Tq, 0, d.Tq, d.Tk);
   }
 
@@ -245,7 +251,7 @@ class AdditiveAttention {
   /// full causal forward.
   Mat forward_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
                    const BoolMatrix& new_key_padding = BoolMatrix()) const {
-    const std::string func = "AdditiveAttention::forward_step";
+    const char* func = "AdditiveAttention::forward_step";
     const AttentionDims d = check_inputs(func, x_new, x_new, B, AttentionMask());
     check_cache(func, cache, B, false);
     if (new_key_padding.size() != 0)
@@ -272,7 +278,7 @@ class AdditiveAttention {
   /// padding (B, S) (empty: none). Throws when the layer has positions.
   void cache_memory(ConstRef<Scalar> memory, Index B, const BoolMatrix& key_padding,
                     KVCache<Scalar>& cache) const {
-    const std::string func = "AdditiveAttention::cache_memory";
+    const char* func = "AdditiveAttention::cache_memory";
     require_no_positions(func, "memory");
     const AttentionDims d = check_inputs(func, memory, memory, B, AttentionMask());
     if (key_padding.size() != 0) detail::check_shape(func, "key_padding", key_padding, B, d.Tk);
@@ -287,7 +293,7 @@ class AdditiveAttention {
   /// Cross-attention, second half: query (B*Tq, d) attends over the cache of cache_memory (no
   /// causal mask, the memory's padding masked) -> (B*Tq, d). Throws when the layer has positions.
   Mat forward_cached_memory(ConstRef<Scalar> query, Index B, const KVCache<Scalar>& cache) const {
-    const std::string func = "AdditiveAttention::forward_cached_memory";
+    const char* func = "AdditiveAttention::forward_cached_memory";
     require_no_positions(func, "query");
     const AttentionDims d = check_inputs(func, query, query, B, AttentionMask());
     check_cache(func, cache, B, true);
@@ -327,11 +333,12 @@ class AdditiveAttention {
     return {score_q.value, score_k.value, score_bias_value(), score_v.value};
   }
 
-  void require_no_positions(const std::string& func, const std::string& arg) const {
-    detail::require(positions_.kind == Kind::none, func, arg,
-                    std::string("is for cross-attention, but this layer has ") +
-                        (positions_.kind == Kind::rotary ? "rotary" : "relative") +
-                        " positions: positions apply to self-attention only");
+  void require_no_positions(std::string_view func, std::string_view arg) const {
+    detail::require(positions_.kind == Kind::none, func, arg, [&] {
+      return std::string("is for cross-attention, but this layer has ") +
+             (positions_.kind == Kind::rotary ? "rotary" : "relative") +
+             " positions: positions apply to self-attention only";
+    });
   }
 
   /// The relative bias (H, Tq + Tk - 1) of a (Tq, Tk) attention, queries aligned at the end;
@@ -344,31 +351,34 @@ class AdditiveAttention {
 
   /// Throws unless cache holds B sequences laid out as make_cache makes them (and, if non_empty,
   /// some positions).
-  void check_cache(const std::string& func, const KVCache<Scalar>& cache, Index B,
+  void check_cache(std::string_view func, const KVCache<Scalar>& cache, Index B,
                    bool non_empty) const {
     detail::require(cache.B == B && cache.v.cols() == d_model() &&
                         cache.k.cols() == n_heads_ * d_attn() && (!non_empty || cache.len > 0),
-                    func, "cache",
-                    "holds " + std::to_string(cache.B) + " sequences of " +
-                        std::to_string(cache.len) + " positions with key width " +
-                        std::to_string(cache.k.cols()) + " and value width " +
-                        std::to_string(cache.v.cols()) + ", expected " + std::to_string(B) +
-                        (non_empty ? " non-empty" : "") + " sequences with key width " +
-                        std::to_string(n_heads_ * d_attn()) + " and value width " +
-                        std::to_string(d_model()) + " (see make_cache)");
+                    func, "cache", [&] {
+                      return "holds " + std::to_string(cache.B) + " sequences of " +
+                             std::to_string(cache.len) + " positions with key width " +
+                             std::to_string(cache.k.cols()) + " and value width " +
+                             std::to_string(cache.v.cols()) + ", expected " + std::to_string(B) +
+                             (non_empty ? " non-empty" : "") + " sequences with key width " +
+                             std::to_string(n_heads_ * d_attn()) + " and value width " +
+                             std::to_string(d_model()) + " (see make_cache)";
+                    });
   }
 
-  AttentionDims check_inputs(const std::string& func, ConstRef<Scalar> query,
-                             ConstRef<Scalar> memory, Index B, const AttentionMask& mask) const {
+  AttentionDims check_inputs(std::string_view func, ConstRef<Scalar> query, ConstRef<Scalar> memory,
+                             Index B, const AttentionMask& mask) const {
     detail::check_positive(func, "B", B);
     detail::check_shape(func, "query", query, -1, d_model());
     detail::check_shape(func, "memory", memory, -1, d_model());
-    detail::require(query.rows() % B == 0 && query.rows() > 0, func, "query",
-                    "has " + std::to_string(query.rows()) + " rows, not a positive multiple of B = " +
-                        std::to_string(B));
-    detail::require(memory.rows() % B == 0 && memory.rows() > 0, func, "memory",
-                    "has " + std::to_string(memory.rows()) +
-                        " rows, not a positive multiple of B = " + std::to_string(B));
+    detail::require(query.rows() % B == 0 && query.rows() > 0, func, "query", [&] {
+      return "has " + std::to_string(query.rows()) +
+             " rows, not a positive multiple of B = " + std::to_string(B);
+    });
+    detail::require(memory.rows() % B == 0 && memory.rows() > 0, func, "memory", [&] {
+      return "has " + std::to_string(memory.rows()) +
+             " rows, not a positive multiple of B = " + std::to_string(B);
+    });
     AttentionDims d;
     d.B = B;
     d.Tq = query.rows() / B;

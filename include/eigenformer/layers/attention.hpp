@@ -63,14 +63,14 @@ class Attention {
             AttentionScoring scoring = AttentionScoring::dot_product, Index d_attn = 0,
             const AttentionPositions& positions = {})
       : scoring_(scoring) {
-    const std::string func = "Attention::Attention";
-    detail::require(scoring == AttentionScoring::dot_product ||
-                        scoring == AttentionScoring::additive,
-                    func, "scoring",
-                    "is " + std::to_string(static_cast<int>(scoring)) +
-                        ", not an AttentionScoring");
+    const char* func = "Attention::Attention";
+    detail::require(
+        scoring == AttentionScoring::dot_product || scoring == AttentionScoring::additive, func,
+        "scoring", [&] {
+          return "is " + std::to_string(static_cast<int>(scoring)) + ", not an AttentionScoring";
+        });
     detail::require(d_attn >= 0, func, "d_attn",
-                    "must be >= 0 (0: head_dim), got " + std::to_string(d_attn));
+                    [&] { return "must be >= 0 (0: head_dim), got " + std::to_string(d_attn); });
     if (scoring == AttentionScoring::dot_product) {
       dot = MultiHeadAttention<Scalar>(d_model, n_heads, rng, true, positions);
     } else {

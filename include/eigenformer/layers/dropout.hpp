@@ -21,7 +21,7 @@ namespace detail {
 
 /// Throws unless 0 <= p < 1.
 template <class Scalar>
-void check_dropout_p(const std::string& func, Scalar p) {
+void check_dropout_p(std::string_view func, Scalar p) {
   if (p >= Scalar(0) && p < Scalar(1)) return;
   std::ostringstream got;
   got << p;
@@ -104,7 +104,7 @@ class Dropout {
   }
 
   /// Throws unless cache's mask is empty or has the shape its forward recorded.
-  static void check_mask(const std::string& func, const Cache& cache) {
+  static void check_mask(std::string_view func, const Cache& cache) {
     if (cache.mask.size() != 0)
       detail::check_shape(func, "cache.mask", cache.mask, cache.rows, cache.cols);
   }
@@ -128,7 +128,7 @@ class Dropout {
   }
 
   /// Throws unless dy has the forward's shape and cache's mask fits it.
-  static void check_backward(const std::string& func, ConstRef<Scalar> dy, const Cache& cache) {
+  static void check_backward(std::string_view func, ConstRef<Scalar> dy, const Cache& cache) {
     detail::check_shape(func, "dy", dy, cache.rows, cache.cols);
     check_mask(func, cache);
   }

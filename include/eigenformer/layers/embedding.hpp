@@ -29,8 +29,10 @@ class Embedding {
     detail::check_positive("Embedding::Embedding", "vocab", vocab);
     detail::check_positive("Embedding::Embedding", "d_model", d_model);
     detail::require(padding_id >= -1 && padding_id < vocab, "Embedding::Embedding", "padding_id",
-                    "must be -1 (none) or in [0, " + std::to_string(vocab) + "), got " +
-                        std::to_string(padding_id));
+                    [&] {
+                      return "must be -1 (none) or in [0, " + std::to_string(vocab) + "), got " +
+                             std::to_string(padding_id);
+                    });
     this->padding_id = padding_id;
     weight = Param<Scalar>(vocab, d_model);
     fill_normal(weight.value, 0.0, 1.0, rng);

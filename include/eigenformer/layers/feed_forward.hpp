@@ -100,15 +100,16 @@ class FeedForward {
 
  private:
   /// Throws unless cache holds a forward of this layer: every piece for the same N rows.
-  void check_cache(const std::string& func, const Cache& cache) const {
+  void check_cache(std::string_view func, const Cache& cache) const {
     const Index n = cache.linear1.x.rows();
     detail::check_shape(func, "cache.linear1.x", cache.linear1.x, -1, d_model());
     detail::check_shape(func, "cache.activation.x", cache.activation.x, n, d_ff());
     detail::check_shape(func, "cache.linear2.x", cache.linear2.x, n, d_ff());
-    detail::require(cache.dropout.rows == n && cache.dropout.cols == d_ff(), func,
-                    "cache.dropout", "is for " + detail::shape_str(cache.dropout.rows,
-                                                                   cache.dropout.cols) +
-                                         ", expected " + detail::shape_str(n, d_ff()));
+    detail::require(cache.dropout.rows == n && cache.dropout.cols == d_ff(), func, "cache.dropout",
+                    [&] {
+                      return "is for " + detail::shape_str(cache.dropout.rows, cache.dropout.cols) +
+                             ", expected " + detail::shape_str(n, d_ff());
+                    });
     Dropout<Scalar>::check_mask(func, cache.dropout);
   }
 

@@ -87,12 +87,13 @@ class MultiHeadAttention {
   MultiHeadAttention(Index d_model, Index n_heads, Rng& rng, bool bias = true,
                      const AttentionPositions& positions = {})
       : n_heads_(n_heads), positions_(positions) {
-    const std::string func = "MultiHeadAttention::MultiHeadAttention";
+    const char* func = "MultiHeadAttention::MultiHeadAttention";
     detail::check_positive(func, "d_model", d_model);
     detail::check_positive(func, "n_heads", n_heads);
-    detail::require(d_model % n_heads == 0, func, "n_heads",
-                    "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
-                        std::to_string(n_heads));
+    detail::require(d_model % n_heads == 0, func, "n_heads", [&] {
+      return "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
+             std::to_string(n_heads);
+    });
     check_positions(func, positions, d_model / n_heads);
     for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj, &out_proj}) {
       *p = Linear<Scalar>(d_model, d_model, rng, bias);
@@ -137,9 +138,10 @@ class MultiHeadAttention {
   }
   Mat forward(const Batch<Scalar>& query, const Batch<Scalar>& memory, const AttentionMask& mask,
               Cache& cache) const {
-    detail::require(query.batch() == memory.batch(), "MultiHeadAttention::forward", "memory",
-                    "holds " + std::to_string(memory.batch()) + " sequences, query holds " +
-                        std::to_string(query.batch()));
+    detail::require(query.batch() == memory.batch(), "MultiHeadAttention::forward", "memory", [&] {
+      return "holds " + std::to_string(memory.batch()) + " sequences, query holds " +
+             std::to_string(query.batch());
+    });
     return forward(query.data(), memory.data(), query.batch(), mask, cache);
   }
 
@@ -193,10 +195,12 @@ class MultiHeadAttention {
   /// Attention weights of head h for sequence b from a forward's cache: (Tq, Tk).
   static Mat attention_weights(const Cache& cache, Index b, Index h) {
     const AttentionDims& d = cache.dims;
-    detail::require(b >= 0 && b < d.B, "MultiHeadAttention::attention_weights", "b",
-                    "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(d.B));
-    detail::require(h >= 0 && h < d.H, "MultiHeadAttention::attention_weights", "h",
-                    "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H));
+    detail::require(b >= 0 && b < d.B, "MultiHeadAttention::attention_weights", "b", [&] {
+      return "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(d.B);
+    });
+    detail::require(h >= 0 && h < d.H, "MultiHeadAttention::attention_weights", "h", [&] {
+      return "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H);
+    });
     if (cache.lse.size() != 0)
       return flash_attention_weights<Scalar>(cache.q, cache.k, cache.lse, d, cache.mask, b, h,
                                              cache.pos_bias.size() != 0 ? &cache.pos_bias
@@ -216,12 +220,13 @@ class MultiHeadAttention {
   /// forward.
   Mat forward_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
                    const BoolMatrix& new_key_padding = BoolMatrix()) const {
-    const std::string func = "MultiHeadAttention::forward_step";
+    const char* func = "MultiHeadAttention::forward_step";
     const AttentionDims d = check_inputs(func, x_new, x_new, B, AttentionMask());
-    detail::require(cache.B == B && cache.d_model() == d_model(), func, "cache",
-                    "holds " + std::to_string(cache.B) + " sequences of width " +
-                        std::to_string(cache.d_model()) + ", expected " + std::to_string(B) +
-                        " of width " + std::to_string(d_model()));
+    detail::require(cache.B == B && cache.d_model() == d_model(), func, "cache", [&] {
+      return "holds " + std::to_string(cache.B) + " sequences of width " +
+             std::to_string(cache.d_model()) + ", expected " + std::to_string(B) + " of width " +
+             std::to_string(d_model());
+    });
     if (new_key_padding.size() != 0)
       detail::check_shape(func, "new_key_padding", new_key_padding, B, d.Tq);
     cache.check_room(func, "x_new", d.Tq);
@@ -244,7 +249,7 @@ class MultiHeadAttention {
   /// Throws when the layer has positions (they apply to self-attention only).
   void cache_memory(ConstRef<Scalar> memory, Index B, const BoolMatrix& key_padding,
                     KVCache<Scalar>& cache) const {
-    const std::string func = "MultiHeadAttention::cache_memory";
+    const char* func = "MultiHeadAttention::cache_memory";
     require_no_positions(func, "memory");
     const AttentionDims d = check_inputs(func, memory, memory, B, AttentionMask());
     if (key_padding.size() != 0) detail::check_shape(func, "key_padding", key_padding, B, d.Tk);
@@ -259,14 +264,15 @@ class MultiHeadAttention {
   /// cache_memory (no causal mask, the memory's padding masked) -> (B*Tq, d). Throws when the
   /// layer has positions.
   Mat forward_cached_memory(ConstRef<Scalar> query, Index B, const KVCache<Scalar>& cache) const {
-    const std::string func = "MultiHeadAttention::forward_cached_memory";
+    const char* func = "MultiHeadAttention::forward_cached_memory";
     require_no_positions(func, "query");
     const AttentionDims d = check_inputs(func, query, query, B, AttentionMask());
-    detail::require(cache.B == B && cache.len > 0 && cache.d_model() == d_model(), func, "cache",
-                    "holds " + std::to_string(cache.B) + " sequences of " +
-                        std::to_string(cache.len) + " positions of width " +
-                        std::to_string(cache.d_model()) + ", expected " + std::to_string(B) +
-                        " non-empty sequences of width " + std::to_string(d_model()));
+    detail::require(
+        cache.B == B && cache.len > 0 && cache.d_model() == d_model(), func, "cache", [&] {
+          return "holds " + std::to_string(cache.B) + " sequences of " + std::to_string(cache.len) +
+                 " positions of width " + std::to_string(cache.d_model()) + ", expected " +
+                 std::to_string(B) + " non-empty sequences of width " + std::to_string(d_model());
+        });
     Mat q;
     linear_forward<Scalar>(q, query, q_proj.weight.value, bias_value(q_proj));
     return attend_cached(q, B, d.Tq, cache, false);
@@ -324,25 +330,27 @@ class MultiHeadAttention {
   AttentionPositions positions_;
 
   /// Throws unless the fields that positions.kind uses are valid for heads of width dh.
-  static void check_positions(const std::string& func, const AttentionPositions& p, Index dh) {
+  static void check_positions(std::string_view func, const AttentionPositions& p, Index dh) {
     using Kind = AttentionPositions::Kind;
     if (p.kind == Kind::rotary) {
-      detail::require(dh % 2 == 0, func, "positions.kind",
-                      "is rotary, which needs an even head_dim (d_model / n_heads), got " +
-                          std::to_string(dh));
-      detail::require(p.rotary_base > 0.0 && std::isfinite(p.rotary_base), func,
-                      "positions.rotary_base",
-                      "must be positive and finite, got " + std::to_string(p.rotary_base));
+      detail::require(dh % 2 == 0, func, "positions.kind", [&] {
+        return "is rotary, which needs an even head_dim (d_model / n_heads), got " +
+               std::to_string(dh);
+      });
+      detail::require(
+          p.rotary_base > 0.0 && std::isfinite(p.rotary_base), func, "positions.rotary_base",
+          [&] { return "must be positive and finite, got " + std::to_string(p.rotary_base); });
     } else if (p.kind == Kind::relative) {
       detail::check_bucketing(func, p.bidirectional, p.num_buckets, p.max_distance, "positions.");
     }
   }
 
-  void require_no_positions(const std::string& func, const std::string& arg) const {
+  void require_no_positions(std::string_view func, std::string_view arg) const {
     const char* kind = positions_.kind == AttentionPositions::Kind::rotary ? "rotary" : "relative";
-    detail::require(positions_.kind == AttentionPositions::Kind::none, func, arg,
-                    std::string("is for cross-attention, but this layer has ") + kind +
-                        " positions: positions apply to self-attention only");
+    detail::require(positions_.kind == AttentionPositions::Kind::none, func, arg, [&] {
+      return std::string("is for cross-attention, but this layer has ") + kind +
+             " positions: positions apply to self-attention only";
+    });
   }
 
   /// Buckets of the distance columns of a (Tq, Tk) attention, queries aligned at the end.
@@ -356,17 +364,19 @@ class MultiHeadAttention {
     return l.has_bias() ? &l.bias.value : nullptr;
   }
 
-  AttentionDims check_inputs(const std::string& func, ConstRef<Scalar> query,
-                             ConstRef<Scalar> memory, Index B, const AttentionMask& mask) const {
+  AttentionDims check_inputs(std::string_view func, ConstRef<Scalar> query, ConstRef<Scalar> memory,
+                             Index B, const AttentionMask& mask) const {
     detail::check_positive(func, "B", B);
     detail::check_shape(func, "query", query, -1, d_model());
     detail::check_shape(func, "memory", memory, -1, d_model());
-    detail::require(query.rows() % B == 0 && query.rows() > 0, func, "query",
-                    "has " + std::to_string(query.rows()) + " rows, not a positive multiple of B = " +
-                        std::to_string(B));
-    detail::require(memory.rows() % B == 0 && memory.rows() > 0, func, "memory",
-                    "has " + std::to_string(memory.rows()) +
-                        " rows, not a positive multiple of B = " + std::to_string(B));
+    detail::require(query.rows() % B == 0 && query.rows() > 0, func, "query", [&] {
+      return "has " + std::to_string(query.rows()) +
+             " rows, not a positive multiple of B = " + std::to_string(B);
+    });
+    detail::require(memory.rows() % B == 0 && memory.rows() > 0, func, "memory", [&] {
+      return "has " + std::to_string(memory.rows()) +
+             " rows, not a positive multiple of B = " + std::to_string(B);
+    });
     AttentionDims d;
     d.B = B;
     d.Tq = query.rows() / B;

@@ -54,15 +54,17 @@ namespace detail {
 
 /// Throws unless x is (B*T, d_model) and positions start_pos .. start_pos+T-1 fit in max_len.
 template <class Scalar>
-void check_positions(const std::string& func, const std::string& arg, ConstRef<Scalar> x, Index B,
+void check_positions(std::string_view func, std::string_view arg, ConstRef<Scalar> x, Index B,
                      Index T, Index start_pos, Index d_model, Index max_len) {
   check_positive(func, "B", B);
   check_positive(func, "T", T);
-  require(start_pos >= 0, func, "start_pos", "must be >= 0, got " + std::to_string(start_pos));
-  require(start_pos + T <= max_len, func, "T",
-          "is " + std::to_string(T) + " with start_pos " + std::to_string(start_pos) +
-              ": position " + std::to_string(start_pos + T - 1) + " is beyond max_len " +
-              std::to_string(max_len));
+  require(start_pos >= 0, func, "start_pos",
+          [&] { return "must be >= 0, got " + std::to_string(start_pos); });
+  require(start_pos + T <= max_len, func, "T", [&] {
+    return "is " + std::to_string(T) + " with start_pos " + std::to_string(start_pos) +
+           ": position " + std::to_string(start_pos + T - 1) + " is beyond max_len " +
+           std::to_string(max_len);
+  });
   check_shape(func, arg, x, B * T, d_model);
 }
 

@@ -49,9 +49,10 @@ class Residual {
   Residual(Index d_model, NormPlacement placement, Scalar eps = Scalar(1e-5))
       : placement_(placement) {
     detail::require(placement == NormPlacement::post || placement == NormPlacement::pre,
-                    "Residual::Residual", "placement",
-                    "is not a NormPlacement (value " +
-                        std::to_string(static_cast<int>(placement)) + ")");
+                    "Residual::Residual", "placement", [&] {
+                      return "is not a NormPlacement (value " +
+                             std::to_string(static_cast<int>(placement)) + ")";
+                    });
     detail::check_positive("Residual::Residual", "d_model", d_model);
     detail::check_eps("Residual::Residual", eps);
     norm = LayerNorm<Scalar>(d_model, eps);

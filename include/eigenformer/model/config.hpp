@@ -28,28 +28,30 @@ struct LayerConfig {
   /// absolute encodings to its input instead. Cross-attention never has any.
   AttentionPositions positions;
 
-  void validate(const std::string& func) const {
+  void validate(std::string_view func) const {
     detail::check_positive(func, "config.d_model", d_model);
     detail::check_positive(func, "config.n_heads", n_heads);
     detail::check_positive(func, "config.d_ff", d_ff);
-    detail::require(d_model % n_heads == 0, func, "config.n_heads",
-                    "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
-                        std::to_string(n_heads));
-    detail::require(attention == AttentionScoring::dot_product ||
-                        attention == AttentionScoring::additive,
-                    func, "config.attention",
-                    "is " + std::to_string(static_cast<int>(attention)) +
-                        ", not an AttentionScoring");
-    detail::require(additive_dim >= 0, func, "config.additive_dim",
-                    "must be >= 0 (0: head_dim), got " + std::to_string(additive_dim));
+    detail::require(d_model % n_heads == 0, func, "config.n_heads", [&] {
+      return "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
+             std::to_string(n_heads);
+    });
+    detail::require(
+        attention == AttentionScoring::dot_product || attention == AttentionScoring::additive, func,
+        "config.attention", [&] {
+          return "is " + std::to_string(static_cast<int>(attention)) + ", not an AttentionScoring";
+        });
+    detail::require(additive_dim >= 0, func, "config.additive_dim", [&] {
+      return "must be >= 0 (0: head_dim), got " + std::to_string(additive_dim);
+    });
     detail::check_attention_positions(func, positions, d_model / n_heads, "config.positions");
     detail::require(dropout >= 0.0 && dropout < 1.0, func, "config.dropout",
-                    "must be in [0, 1), got " + std::to_string(dropout));
+                    [&] { return "must be in [0, 1), got " + std::to_string(dropout); });
     detail::require(eps > 0.0, func, "config.eps", "must be positive");
   }
 
   /// validate(func), then *this: for constructors' member-initialiser lists.
-  const LayerConfig& checked(const std::string& func) const {
+  const LayerConfig& checked(std::string_view func) const {
     validate(func);
     return *this;
   }
@@ -112,7 +114,7 @@ struct TransformerConfig {
     return positional == PositionalKind::rotary || positional == PositionalKind::relative;
   }
 
-  void validate(const std::string& func, bool needs_source) const {
+  void validate(std::string_view func, bool needs_source) const {
     check_positions(func);
     layer(false).validate(func);
     layer(true).validate(func);
@@ -122,39 +124,40 @@ struct TransformerConfig {
     detail::require(n_encoder_layers >= 0 && n_decoder_layers >= 0, func, "config.n_*_layers",
                     "must not be negative");
     detail::require(pad_id >= -1 && pad_id < tgt_vocab && (!needs_source || pad_id < src_vocab),
-                    func, "config.pad_id", "must be -1 or a valid id, got " +
-                                               std::to_string(pad_id));
+                    func, "config.pad_id",
+                    [&] { return "must be -1 or a valid id, got " + std::to_string(pad_id); });
   }
 
  private:
   /// The fields of the positional scheme in use, named as the config names them. The relative
   /// rules hold for a bidirectional and a causal stack alike, so every model accepts a config.
-  void check_positions(const std::string& func) const {
-    detail::require(positional == PositionalKind::sinusoidal ||
-                        positional == PositionalKind::learned ||
-                        positional == PositionalKind::relative ||
-                        positional == PositionalKind::rotary,
-                    func, "config.positional",
-                    "is " + std::to_string(static_cast<int>(positional)) +
-                        ", not a PositionalKind");
+  void check_positions(std::string_view func) const {
+    detail::require(
+        positional == PositionalKind::sinusoidal || positional == PositionalKind::learned ||
+            positional == PositionalKind::relative || positional == PositionalKind::rotary,
+        func, "config.positional", [&] {
+          return "is " + std::to_string(static_cast<int>(positional)) + ", not a PositionalKind";
+        });
     if (positional == PositionalKind::rotary) {
-      detail::require(n_heads <= 0 || d_model % n_heads != 0 || (d_model / n_heads) % 2 == 0,
-                      func, "config.positional",
-                      "is rotary, which needs an even head_dim (d_model / n_heads), got " +
-                          std::to_string(d_model / n_heads));
-      detail::require(rotary_base > 0.0 && std::isfinite(rotary_base), func, "config.rotary_base",
-                      "must be positive and finite, got " + std::to_string(rotary_base));
+      detail::require(n_heads <= 0 || d_model % n_heads != 0 || (d_model / n_heads) % 2 == 0, func,
+                      "config.positional", [&] {
+                        return "is rotary, which needs an even head_dim (d_model / n_heads), got " +
+                               std::to_string(d_model / n_heads);
+                      });
+      detail::require(
+          rotary_base > 0.0 && std::isfinite(rotary_base), func, "config.rotary_base",
+          [&] { return "must be positive and finite, got " + std::to_string(rotary_base); });
     } else if (positional == PositionalKind::relative) {
-      detail::require(relative_buckets >= 4, func, "config.relative_buckets",
-                      "must be at least 4 (2 per direction), got " +
-                          std::to_string(relative_buckets));
+      detail::require(relative_buckets >= 4, func, "config.relative_buckets", [&] {
+        return "must be at least 4 (2 per direction), got " + std::to_string(relative_buckets);
+      });
       // A causal stack buckets the first relative_buckets / 2 distances exactly.
-      detail::require(relative_max_distance > relative_buckets / 2, func,
-                      "config.relative_max_distance",
-                      "must be above relative_buckets / 2 = " +
-                          std::to_string(relative_buckets / 2) +
-                          " (the exactly bucketed distances), got " +
-                          std::to_string(relative_max_distance));
+      detail::require(
+          relative_max_distance > relative_buckets / 2, func, "config.relative_max_distance", [&] {
+            return "must be above relative_buckets / 2 = " + std::to_string(relative_buckets / 2) +
+                   " (the exactly bucketed distances), got " +
+                   std::to_string(relative_max_distance);
+          });
     }
   }
 };

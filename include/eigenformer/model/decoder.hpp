@@ -177,10 +177,11 @@ class Decoder {
   /// (B, t) marks padded ids (empty: none).
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state,
                   const BoolMatrix& new_key_padding = BoolMatrix()) {
-    const std::string func = "Decoder::decode_step";
-    detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids",
-                    "has shape " + detail::shape_of(ids) + ", expected (" +
-                        std::to_string(state.B) + ", t > 0)");
+    const char* func = "Decoder::decode_step";
+    detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids", [&] {
+      return "has shape " + detail::shape_of(ids) + ", expected (" + std::to_string(state.B) +
+             ", t > 0)";
+    });
     detail::require(state.self.size() == layers.size() && state.memory.size() == layers.size(),
                     func, "state", "is not from begin_decode of this decoder");
     for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());

@@ -145,9 +145,10 @@ class EncoderStack {
   /// (one per layer, from make_caches). new_key_padding (B, t): padded new positions, or empty.
   Mat decode_step(ConstRef<Scalar> x_new, Index B, std::vector<KVCache<Scalar>>& caches,
                   const BoolMatrix& new_key_padding = BoolMatrix()) const {
-    detail::require(caches.size() == layers.size(), "EncoderStack::decode_step", "caches",
-                    "has " + std::to_string(caches.size()) + " entries, expected one per layer (" +
-                        std::to_string(layers.size()) + ")");
+    detail::require(caches.size() == layers.size(), "EncoderStack::decode_step", "caches", [&] {
+      return "has " + std::to_string(caches.size()) + " entries, expected one per layer (" +
+             std::to_string(layers.size()) + ")";
+    });
     Mat h = x_new;
     for (size_t i = 0; i < layers.size(); ++i)
       h = layers[i].decode_step(h, B, caches[i], new_key_padding);

@@ -37,9 +37,9 @@ class SingleStackModel {
 
   /// ids (B, T) at positions start_pos.. -> logits (B*T, vocab).
   Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
-    const std::string func = name_ + "::forward";
+    const std::string& func = forward_func_;
     detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
-                    "has shape " + shape_of(ids) + ", expected a non-empty (B, T)");
+                    [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
     check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
     AttentionMask mask;
     mask.causal = causal_;
@@ -56,9 +56,10 @@ class SingleStackModel {
     detail::require(causal_, func, "this",
                     "is not causal: incremental decoding needs a causal model");
     detail::check_positive(func, "B", B);
-    detail::require(max_len > 0 && max_len <= config_.max_len, func, "max_len",
-                    "is " + std::to_string(max_len) + ", expected 1.." +
-                        std::to_string(config_.max_len) + " (the model's max_len)");
+    detail::require(max_len > 0 && max_len <= config_.max_len, func, "max_len", [&] {
+      return "is " + std::to_string(max_len) + ", expected 1.." + std::to_string(config_.max_len) +
+             " (the model's max_len)";
+    });
     DecodeState<Scalar> state;
     state.B = B;
     state.max_len = max_len;
@@ -71,10 +72,10 @@ class SingleStackModel {
   /// sequence of forward() over the whole sequence. Extends the caches, advances state.position.
   /// The layers apply no dropout; call eval() first so that the token input's dropout is off too.
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) {
-    const std::string func = name_ + "::decode_step";
-    detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids",
-                    "has shape " + shape_of(ids) + ", expected (" + std::to_string(state.B) +
-                        ", t > 0)");
+    const std::string& func = decode_step_func_;
+    detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids", [&] {
+      return "has shape " + shape_of(ids) + ", expected (" + std::to_string(state.B) + ", t > 0)";
+    });
     detail::require(state.self.size() == stack.layers.size(), func, "state",
                     "is not from begin_decode of this model");
     check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
@@ -112,7 +113,11 @@ class SingleStackModel {
   SingleStackModel() = default;
   SingleStackModel(const TransformerConfig& c, Index n_layers, bool causal, std::string name,
                    Rng& rng)
-      : config_(c), causal_(causal), name_(std::move(name)) {
+      : config_(c),
+        causal_(causal),
+        name_(std::move(name)),
+        forward_func_(name_ + "::forward"),
+        decode_step_func_(name_ + "::decode_step") {
     c.validate(name_ + "::" + name_, false);
     input = TokenInput<Scalar>(c.tgt_vocab, c, rng);
     stack = EncoderStack<Scalar>(c.layer(causal), n_layers, rng);
@@ -123,6 +128,7 @@ class SingleStackModel {
   TransformerConfig config_;
   bool causal_ = true;
   std::string name_;
+  std::string forward_func_, decode_step_func_;  // built once: messages name them on failure
 };
 
 }  // namespace detail

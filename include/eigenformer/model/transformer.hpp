@@ -48,9 +48,10 @@ class Transformer {
   Mat decode(const IdMatrix& tgt_in, const IdMatrix& src, ConstRef<Scalar> memory, Cache& cache,
              Index start_pos = 0) {
     check_ids("Transformer::decode", "tgt_in", tgt_in, config_.tgt_vocab);
-    detail::require(tgt_in.rows() == src.rows(), "Transformer::decode", "tgt_in",
-                    "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
-                        std::to_string(src.rows()));
+    detail::require(tgt_in.rows() == src.rows(), "Transformer::decode", "tgt_in", [&] {
+      return "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
+             std::to_string(src.rows());
+    });
     AttentionMask self_mask;
     self_mask.causal = true;
     self_mask.key_padding = key_padding_mask(tgt_in, config_.pad_id);
@@ -68,8 +69,10 @@ class Transformer {
     detail::check_shape("Transformer::begin_decode", "memory", memory, src.rows() * src.cols(),
                         config_.d_model);
     detail::require(max_len > 0 && max_len <= config_.max_len, "Transformer::begin_decode",
-                    "max_len", "is " + std::to_string(max_len) + ", expected 1.." +
-                                   std::to_string(config_.max_len) + " (the model's max_len)");
+                    "max_len", [&] {
+                      return "is " + std::to_string(max_len) + ", expected 1.." +
+                             std::to_string(config_.max_len) + " (the model's max_len)";
+                    });
     return decoder.begin_decode(memory, src.rows(), key_padding_mask(src, config_.pad_id),
                                 max_len);
   }
@@ -95,9 +98,10 @@ class Transformer {
   Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache) {
     check_ids("Transformer::forward", "src", src, config_.src_vocab);
     check_ids("Transformer::forward", "tgt_in", tgt_in, config_.tgt_vocab);
-    detail::require(tgt_in.rows() == src.rows(), "Transformer::forward", "tgt_in",
-                    "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
-                        std::to_string(src.rows()));
+    detail::require(tgt_in.rows() == src.rows(), "Transformer::forward", "tgt_in", [&] {
+      return "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
+             std::to_string(src.rows());
+    });
     const Mat memory = encode(src, cache.encoder);
     return decode(tgt_in, src, memory, cache);
   }
@@ -141,21 +145,24 @@ class Transformer {
     return m;
   }
 
-  void check_ids(const std::string& func, const std::string& arg, const IdMatrix& ids,
+  void check_ids(std::string_view func, std::string_view arg, const IdMatrix& ids,
                  Index vocab) const {
-    detail::require(ids.rows() > 0 && ids.cols() > 0, func, arg,
-                    "has shape " + detail::shape_of(ids) + ", expected a non-empty (B, T)");
-    detail::require(ids.cols() <= config_.max_len, func, arg,
-                    "has " + std::to_string(ids.cols()) + " positions, more than max_len " +
-                        std::to_string(config_.max_len));
+    detail::require(ids.rows() > 0 && ids.cols() > 0, func, arg, [&] {
+      return "has shape " + detail::shape_of(ids) + ", expected a non-empty (B, T)";
+    });
+    detail::require(ids.cols() <= config_.max_len, func, arg, [&] {
+      return "has " + std::to_string(ids.cols()) + " positions, more than max_len " +
+             std::to_string(config_.max_len);
+    });
     detail::check_embedding_ids(func, arg, ids, vocab);
   }
 };
 
 /// Teacher forcing: (B, T) targets -> (B, T) decoder input [bos, t0, ..., t_{T-2}].
 inline IdMatrix shift_right(const IdMatrix& targets, Index bos) {
-  detail::require(targets.cols() >= 1, "shift_right", "targets",
-                  "has shape " + detail::shape_of(targets) + ", expected (B, T) with T >= 1");
+  detail::require(targets.cols() >= 1, "shift_right", "targets", [&] {
+    return "has shape " + detail::shape_of(targets) + ", expected (B, T) with T >= 1";
+  });
   IdMatrix in(targets.rows(), targets.cols());
   in.col(0).setConstant(bos);
   if (targets.cols() > 1) in.rightCols(targets.cols() - 1) = targets.leftCols(targets.cols() - 1);

@@ -41,11 +41,11 @@ inline Activation parse_activation(const std::string& name) {
 namespace detail {
 
 /// Throws unless kind is one of the enumerators.
-inline void check_activation(const std::string& func, Activation kind) {
-  require(kind == Activation::relu || kind == Activation::gelu_tanh ||
-              kind == Activation::gelu_erf,
-          func, "kind", "is not an Activation (value " +
-                            std::to_string(static_cast<int>(kind)) + ")");
+inline void check_activation(std::string_view func, Activation kind) {
+  require(kind == Activation::relu || kind == Activation::gelu_tanh || kind == Activation::gelu_erf,
+          func, "kind", [&] {
+            return "is not an Activation (value " + std::to_string(static_cast<int>(kind)) + ")";
+          });
 }
 
 template <class Scalar>

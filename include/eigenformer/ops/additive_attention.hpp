@@ -66,7 +66,7 @@ namespace detail {
 /// Throws unless the inputs, the mask and pos_bias (when not null) fit dims as the dot-product
 /// kernels require, and the score weights fit too (func names the caller).
 template <class Scalar>
-void check_additive_attention(const std::string& func, ConstRef<Scalar> q, ConstRef<Scalar> k,
+void check_additive_attention(std::string_view func, ConstRef<Scalar> q, ConstRef<Scalar> k,
                               ConstRef<Scalar> v, const AdditiveScoreWeights<Scalar>& p,
                               const AttentionDims& d, const AttentionMask& mask,
                               const Matrix<Scalar>* pos_bias) {
@@ -90,9 +90,10 @@ void additive_score_projection(Matrix<Scalar>& a, ConstRef<Scalar> x, const Matr
                                const Matrix<Scalar>* bias, Index H) {
   const char* func = "additive_score_projection";
   detail::check_positive(func, "H", H);
-  detail::require(w.rows() > 0 && w.rows() % H == 0 && w.cols() > 0, func, "w",
-                  "has shape " + detail::shape_of(w) + ", expected (H*da, dh) with H = " +
-                      std::to_string(H) + " and da, dh >= 1");
+  detail::require(w.rows() > 0 && w.rows() % H == 0 && w.cols() > 0, func, "w", [&] {
+    return "has shape " + detail::shape_of(w) +
+           ", expected (H*da, dh) with H = " + std::to_string(H) + " and da, dh >= 1";
+  });
   detail::check_shape(func, "x", x, -1, H * w.cols());
   if (bias) detail::check_shape(func, "bias", *bias, 1, w.rows());
   const Index da = w.rows() / H, dh = w.cols();
@@ -175,7 +176,7 @@ void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<
                                  ConstRef<Scalar> k, ConstRef<Scalar> v,
                                  const AdditiveScoreWeights<Scalar>& p, const AttentionDims& d,
                                  Matrix<Scalar>* dpos_bias = nullptr) {
-  const std::string func = "additive_attention_backward";
+  const char* func = "additive_attention_backward";
   detail::check_additive_attention<Scalar>(func, q, k, v, p, d, AttentionMask{}, nullptr);
   detail::check_shape(func, "dout", dout, d.B * d.Tq, d.H * d.dh);
   const Index da = p.w.cols();

@@ -45,7 +45,7 @@ struct AttentionDims {
 namespace detail {
 
 /// Throws unless mask fits dims (function names the caller in the message).
-inline void check_mask(const std::string& func, const AttentionMask& mask, const AttentionDims& d) {
+inline void check_mask(std::string_view func, const AttentionMask& mask, const AttentionDims& d) {
   if (mask.key_padding.size() != 0)
     check_shape(func, "mask.key_padding", mask.key_padding, d.B, d.Tk);
   if (mask.attn_mask.size() != 0) {
@@ -61,7 +61,7 @@ inline void check_mask(const std::string& func, const AttentionMask& mask, const
 /// Throws unless q (B*Tq, H*dh), k and v (B*Tk, H*dh), the mask and pos_bias (H, Tq + Tk - 1,
 /// when not null) fit dims, whose sizes must be positive. O(1): the kernels check on every call.
 template <class Scalar>
-void check_attention_inputs(const std::string& func, ConstRef<Scalar> q, ConstRef<Scalar> k,
+void check_attention_inputs(std::string_view func, ConstRef<Scalar> q, ConstRef<Scalar> k,
                             ConstRef<Scalar> v, const AttentionDims& d, const AttentionMask& mask,
                             const Matrix<Scalar>* pos_bias) {
   check_positive(func, "dims.B", d.B);
@@ -162,7 +162,7 @@ void attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& 
                         ConstRef<Scalar> dout, ConstRef<Scalar> probs, ConstRef<Scalar> q,
                         ConstRef<Scalar> k, ConstRef<Scalar> v, const AttentionDims& d,
                         Matrix<Scalar>* dpos_bias = nullptr) {
-  const std::string func = "attention_backward";
+  const char* func = "attention_backward";
   detail::check_attention_inputs<Scalar>(func, q, k, v, d, AttentionMask(), nullptr);
   detail::check_shape(func, "dout", dout, d.B * d.Tq, d.H * d.dh);
   detail::check_shape(func, "probs", probs, d.B * d.H * d.Tq, d.Tk);

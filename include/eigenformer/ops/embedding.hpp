@@ -13,8 +13,8 @@ namespace eigenformer {
 namespace detail {
 
 /// Throws unless every id is in [0, vocab); the message names the id, its (b, t) and the range.
-inline void check_embedding_ids(const std::string& func, const std::string& arg,
-                                const IdMatrix& ids, Index vocab) {
+inline void check_embedding_ids(std::string_view func, std::string_view arg, const IdMatrix& ids,
+                                Index vocab) {
   for (Index b = 0; b < ids.rows(); ++b) {
     for (Index t = 0; t < ids.cols(); ++t) {
       const Index id = ids(b, t);
@@ -48,9 +48,10 @@ void embedding_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dout, const IdM
   detail::check_embedding_ids("embedding_backward", "ids", ids, dtable.rows());
   detail::check_shape("embedding_backward", "dout", dout, ids.size(), dtable.cols());
   detail::require(padding_id >= -1 && padding_id < dtable.rows(), "embedding_backward",
-                  "padding_id",
-                  "must be -1 (none) or in [0, " + std::to_string(dtable.rows()) + "), got " +
-                      std::to_string(padding_id));
+                  "padding_id", [&] {
+                    return "must be -1 (none) or in [0, " + std::to_string(dtable.rows()) +
+                           "), got " + std::to_string(padding_id);
+                  });
   const Index* id = ids.data();  // (B*T) row-major: token b*T+t
   for (Index n = 0; n < ids.size(); ++n) {
     if (id[n] != padding_id) dtable.row(id[n]) += dout.row(n);

@@ -184,7 +184,7 @@ void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Sca
                               const AttentionBlocks& blocks = {},
                               const Matrix<Scalar>* pos_bias = nullptr,
                               Matrix<Scalar>* dpos_bias = nullptr) {
-  const std::string func = "flash_attention_backward";
+  const char* func = "flash_attention_backward";
   detail::check_attention_inputs<Scalar>(func, q, k, v, d, mask, pos_bias);
   detail::check_shape(func, "dout", dout, d.B * d.Tq, d.H * d.dh);
   detail::check_shape(func, "out", out, d.B * d.Tq, d.H * d.dh);
@@ -254,13 +254,15 @@ template <class Scalar>
 Matrix<Scalar> flash_attention_weights(ConstRef<Scalar> q, ConstRef<Scalar> k, ConstRef<Scalar> lse,
                                        const AttentionDims& d, const AttentionMask& mask, Index b,
                                        Index h, const Matrix<Scalar>* pos_bias = nullptr) {
-  const std::string func = "flash_attention_weights";
+  const char* func = "flash_attention_weights";
   detail::check_attention_inputs<Scalar>(func, q, k, k, d, mask, pos_bias);
   detail::check_shape(func, "lse", lse, d.B * d.H, d.Tq);
-  detail::require(b >= 0 && b < d.B, func, "b",
-                  "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(d.B));
-  detail::require(h >= 0 && h < d.H, func, "h",
-                  "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H));
+  detail::require(b >= 0 && b < d.B, func, "b", [&] {
+    return "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(d.B);
+  });
+  detail::require(h >= 0 && h < d.H, func, "h", [&] {
+    return "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H);
+  });
   const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
   Matrix<Scalar> p(d.Tq, d.Tk);
   p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *

@@ -23,7 +23,7 @@ namespace detail {
 
 /// Throws unless eps is a positive finite number.
 template <class Scalar>
-void check_eps(const std::string& func, Scalar eps) {
+void check_eps(std::string_view func, Scalar eps) {
   if (eps > Scalar(0) && std::isfinite(eps)) return;
   std::ostringstream got;
   got << eps;
@@ -49,8 +49,9 @@ void layernorm_forward(Matrix<Scalar>& out, Matrix<Scalar>& mean, Matrix<Scalar>
                        ConstRef<Scalar> inp, ConstRef<Scalar> gamma, ConstRef<Scalar> beta,
                        Scalar eps) {
   const Index N = inp.rows(), C = inp.cols();
-  detail::require(C > 0, "layernorm_forward", "inp",
-                  "has shape " + detail::shape_of(inp) + ", expected at least one column");
+  detail::require(C > 0, "layernorm_forward", "inp", [&] {
+    return "has shape " + detail::shape_of(inp) + ", expected at least one column";
+  });
   detail::check_shape("layernorm_forward", "gamma", gamma, 1, C);
   detail::check_shape("layernorm_forward", "beta", beta, 1, C);
   detail::check_eps("layernorm_forward", eps);

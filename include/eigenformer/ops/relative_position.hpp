@@ -30,24 +30,24 @@ namespace detail {
 /// Throws unless T5's bucketing works with these settings: at least 2 buckets per direction
 /// (num_buckets >= 4 bidirectional, >= 2 otherwise: one exact, one log-spaced) and max_distance
 /// above the exactly bucketed distances. prefix goes before the argument names.
-inline void check_bucketing(const std::string& func, bool bidirectional, Index num_buckets,
-                            Index max_distance, const std::string& prefix = "") {
+inline void check_bucketing(std::string_view func, bool bidirectional, Index num_buckets,
+                            Index max_distance, std::string_view prefix = "") {
   const Index min_buckets = bidirectional ? 4 : 2;
   if (num_buckets < min_buckets)
-    throw_argument(func, prefix + "num_buckets",
+    throw_argument(func, std::string(prefix) + "num_buckets",
                    "is " + std::to_string(num_buckets) + ", expected at least " +
                        std::to_string(min_buckets) + " (2 per direction" +
                        (bidirectional ? ", bidirectional)" : ")"));
   const Index max_exact = (bidirectional ? num_buckets / 2 : num_buckets) / 2;
   if (max_distance <= max_exact)
-    throw_argument(func, prefix + "max_distance",
+    throw_argument(func, std::string(prefix) + "max_distance",
                    "is " + std::to_string(max_distance) +
                        ", expected a positive distance above the " + std::to_string(max_exact) +
                        " exactly bucketed ones");
 }
 
 /// Throws unless every bucket indexes one of rows table rows.
-inline void check_buckets(const std::string& func, const std::vector<Index>& buckets, Index rows) {
+inline void check_buckets(std::string_view func, const std::vector<Index>& buckets, Index rows) {
   for (size_t c = 0; c < buckets.size(); ++c)
     if (buckets[c] < 0 || buckets[c] >= rows)
       throw_argument(func, "buckets",
@@ -111,7 +111,7 @@ void relative_bias_forward(Matrix<Scalar>& pos_bias, ConstRef<Scalar> table,
 template <class Scalar>
 void relative_bias_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dpos_bias,
                             const std::vector<Index>& buckets) {
-  const std::string func = "relative_bias_backward";
+  const char* func = "relative_bias_backward";
   detail::check_shape(func, "dpos_bias", dpos_bias, dtable.cols(),
                       static_cast<Index>(buckets.size()));
   detail::check_buckets(func, buckets, dtable.rows());

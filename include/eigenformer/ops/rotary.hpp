@@ -35,11 +35,13 @@ struct RotaryTable {
 /// (theta) base.
 template <class Scalar>
 RotaryTable<Scalar> rotary_table(Index start, Index T, Index dh, double base) {
-  detail::require(T >= 0, "rotary_table", "T", "must be >= 0, got " + std::to_string(T));
-  detail::require(dh > 0 && dh % 2 == 0, "rotary_table", "dh",
-                  "is " + std::to_string(dh) + ", expected a positive even head width");
+  detail::require(T >= 0, "rotary_table", "T",
+                  [&] { return "must be >= 0, got " + std::to_string(T); });
+  detail::require(dh > 0 && dh % 2 == 0, "rotary_table", "dh", [&] {
+    return "is " + std::to_string(dh) + ", expected a positive even head width";
+  });
   detail::require(base > 0.0 && std::isfinite(base), "rotary_table", "base",
-                  "must be positive and finite, got " + std::to_string(base));
+                  [&] { return "must be positive and finite, got " + std::to_string(base); });
   RotaryTable<Scalar> tab;
   const Index half = dh / 2;
   tab.start = start;
@@ -61,14 +63,15 @@ namespace detail {
 /// Rotates every head of every token of x (B*T, H*dh) in place, by +angle (sign = 1) or by
 /// -angle (sign = -1, the transpose). T = tab.length().
 template <class Scalar>
-void rotate_heads(const std::string& func, Matrix<Scalar>& x, Index H,
-                  const RotaryTable<Scalar>& tab, Scalar sign) {
+void rotate_heads(std::string_view func, Matrix<Scalar>& x, Index H, const RotaryTable<Scalar>& tab,
+                  Scalar sign) {
   const Index T = tab.length(), half = tab.half(), dh = 2 * half;
   check_positive(func, "H", H);
   check_shape(func, "x", x, -1, H * dh);
-  require(T > 0 && x.rows() % T == 0, func, "x",
-          "has " + std::to_string(x.rows()) + " rows, not a multiple of the table's " +
-              std::to_string(T) + " positions");
+  require(T > 0 && x.rows() % T == 0, func, "x", [&] {
+    return "has " + std::to_string(x.rows()) + " rows, not a multiple of the table's " +
+           std::to_string(T) + " positions";
+  });
   detail::parallel_for(x.rows(), 6.0 * static_cast<double>(H * dh), [&](Index r) {
     const Scalar* c = tab.cos.data() + (r % T) * half;  // plain loops over contiguous rows:
     const Scalar* s = tab.sin.data() + (r % T) * half;  // no temporaries, and they vectorise

@@ -30,7 +30,7 @@ struct GradCheckOptions {
 namespace detail {
 
 /// Throws unless value is finite and > 0 (or >= 0 when zero is allowed).
-inline void check_gradcheck_value(const std::string& arg, double value, bool zero_ok) {
+inline void check_gradcheck_value(std::string_view arg, double value, bool zero_ok) {
   if (std::isfinite(value) && (value > 0 || (zero_ok && value == 0))) return;
   std::ostringstream got;
   got << value;

@@ -47,17 +47,19 @@ enum class NonFinitePolicy {
 namespace detail {
 
 /// Throws unless policy is one of the enumerators.
-inline void check_policy(const std::string& func, NonFinitePolicy policy) {
-  require(policy == NonFinitePolicy::stop || policy == NonFinitePolicy::skip, func, "policy",
-          "is not a NonFinitePolicy (value " + std::to_string(static_cast<int>(policy)) +
-              "), expected stop or skip");
+inline void check_policy(std::string_view func, NonFinitePolicy policy) {
+  require(policy == NonFinitePolicy::stop || policy == NonFinitePolicy::skip, func, "policy", [&] {
+    return "is not a NonFinitePolicy (value " + std::to_string(static_cast<int>(policy)) +
+           "), expected stop or skip";
+  });
 }
 
 /// Throws unless every parameter pointer is set.
 template <class Scalar>
-void check_params_not_null(const std::string& func, const ParamList<Scalar>& params) {
+void check_params_not_null(std::string_view func, const ParamList<Scalar>& params) {
   for (const auto& p : params)
-    require(p.param != nullptr, func, "params", "has a null pointer for '" + p.name + "'");
+    require(p.param != nullptr, func, "params",
+            [&] { return "has a null pointer for '" + p.name + "'"; });
 }
 
 }  // namespace detail
@@ -130,8 +132,9 @@ class StepGuard {
                      long max_consecutive_skips = 100)
       : policy_(policy), max_consecutive_(max_consecutive_skips) {
     detail::check_policy("StepGuard::StepGuard", policy);
-    detail::require(max_consecutive_skips >= 0, "StepGuard::StepGuard", "max_consecutive_skips",
-                    "must not be negative, got " + std::to_string(max_consecutive_skips));
+    detail::require(
+        max_consecutive_skips >= 0, "StepGuard::StepGuard", "max_consecutive_skips",
+        [&] { return "must not be negative, got " + std::to_string(max_consecutive_skips); });
   }
 
   /// True if the optimizer may step; false (gradients zeroed) for a skipped step. Throws

@@ -42,22 +42,24 @@ namespace detail {
 
 /// Throws unless targets holds one id per row of logits, each in [0, V) or equal to ignore_id.
 template <class Scalar>
-void check_cross_entropy_args(const std::string& func, ConstRef<Scalar> logits,
+void check_cross_entropy_args(std::string_view func, ConstRef<Scalar> logits,
                               const Eigen::Ref<const IdMatrix>& targets,
                               const CrossEntropyOptions& opt) {
   const Index V = logits.cols();
   check_positive(func, "logits.cols()", V);
-  require(targets.size() == logits.rows(), func, "targets",
-          "has shape " + shape_of(targets) + ", expected " + std::to_string(logits.rows()) +
-              " ids (one per row of 'logits' " + shape_of(logits) + ")");
+  require(targets.size() == logits.rows(), func, "targets", [&] {
+    return "has shape " + shape_of(targets) + ", expected " + std::to_string(logits.rows()) +
+           " ids (one per row of 'logits' " + shape_of(logits) + ")";
+  });
   require(opt.label_smoothing >= 0.0 && opt.label_smoothing <= 1.0, func, "label_smoothing",
-          "must be in [0, 1], got " + std::to_string(opt.label_smoothing));
+          [&] { return "must be in [0, 1], got " + std::to_string(opt.label_smoothing); });
   for (Index i = 0; i < targets.size(); ++i) {
     const Index t = targets(i / targets.cols(), i % targets.cols());
-    require(t == opt.ignore_id || (t >= 0 && t < V), func, "targets",
-            "has id " + std::to_string(t) + " at row " + std::to_string(i) +
-                ", outside [0, V) with V = " + std::to_string(V) +
-                " (ignore_id = " + std::to_string(opt.ignore_id) + ")");
+    require(t == opt.ignore_id || (t >= 0 && t < V), func, "targets", [&] {
+      return "has id " + std::to_string(t) + " at row " + std::to_string(i) +
+             ", outside [0, V) with V = " + std::to_string(V) +
+             " (ignore_id = " + std::to_string(opt.ignore_id) + ")";
+    });
   }
 }
 
@@ -121,11 +123,13 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
 template <class Scalar>
 Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache, Scalar dloss = 1) {
   const Index N = cache.probs.rows(), V = cache.probs.cols();
-  detail::require(cache.targets.size() == N, "cross_entropy_backward", "cache",
-                  "holds " + std::to_string(cache.targets.size()) + " targets for probs of shape " +
-                      detail::shape_of(cache.probs) + "; fill it with cross_entropy_forward");
-  detail::require(std::isfinite(static_cast<double>(dloss)), "cross_entropy_backward", "dloss",
-                  "must be finite, got " + std::to_string(static_cast<double>(dloss)));
+  detail::require(cache.targets.size() == N, "cross_entropy_backward", "cache", [&] {
+    return "holds " + std::to_string(cache.targets.size()) + " targets for probs of shape " +
+           detail::shape_of(cache.probs) + "; fill it with cross_entropy_forward";
+  });
+  detail::require(
+      std::isfinite(static_cast<double>(dloss)), "cross_entropy_backward", "dloss",
+      [&] { return "must be finite, got " + std::to_string(static_cast<double>(dloss)); });
   Matrix<Scalar> dlogits = Matrix<Scalar>::Zero(N, V);  // (N, V)
   if (cache.count == 0) return dlogits;
   const Scalar scale = dloss / static_cast<Scalar>(cache.count);

@@ -28,8 +28,8 @@ namespace detail {
 
 /// Throws unless lo <= value (<= hi when hi_inclusive, < hi otherwise); NaN always throws.
 template <class Scalar>
-void check_range(const std::string& func, const std::string& arg, Scalar value, double lo,
-                 double hi, bool hi_inclusive = true) {
+void check_range(std::string_view func, std::string_view arg, Scalar value, double lo, double hi,
+                 bool hi_inclusive = true) {
   const double v = static_cast<double>(value);
   const bool ok = v >= lo && (hi_inclusive ? v <= hi : v < hi);
   if (ok) return;
@@ -39,20 +39,22 @@ void check_range(const std::string& func, const std::string& arg, Scalar value, 
 }
 
 template <class Scalar>
-void check_nonnegative(const std::string& func, const std::string& arg, Scalar value) {
+void check_nonnegative(std::string_view func, std::string_view arg, Scalar value) {
   check_range(func, arg, value, 0.0, HUGE_VAL, false);
 }
 
 /// Throws unless every entry names a parameter whose gradient has the value's shape.
 template <class Scalar>
-void check_param_list(const std::string& func, const ParamList<Scalar>& params) {
+void check_param_list(std::string_view func, const ParamList<Scalar>& params) {
   for (const auto& p : params) {
-    require(p.param != nullptr, func, "params", "has a null pointer for '" + p.name + "'");
+    require(p.param != nullptr, func, "params",
+            [&] { return "has a null pointer for '" + p.name + "'"; });
     require(p.param->grad.rows() == p.param->value.rows() &&
                 p.param->grad.cols() == p.param->value.cols(),
-            func, "params",
-            "has parameter '" + p.name + "' with value " + shape_of(p.param->value) + " but grad " +
-                shape_of(p.param->grad));
+            func, "params", [&] {
+              return "has parameter '" + p.name + "' with value " + shape_of(p.param->value) +
+                     " but grad " + shape_of(p.param->grad);
+            });
   }
 }
 
@@ -70,7 +72,7 @@ class Optimizer {
   void zero_grad() { eigenformer::zero_grad(params_); }
 
   void set_lr(Scalar lr) {
-    detail::check_nonnegative(name_ + "::set_lr", "lr", lr);
+    detail::check_nonnegative(set_lr_func_, "lr", lr);
     lr_ = lr;
   }
   Scalar lr() const { return lr_; }
@@ -80,7 +82,11 @@ class Optimizer {
 
  protected:
   Optimizer(ParamList<Scalar> params, Scalar lr, std::string name)
-      : params_(std::move(params)), lr_(lr), name_(std::move(name)) {
+      : params_(std::move(params)),
+        lr_(lr),
+        name_(std::move(name)),
+        step_func_(name_ + "::step"),
+        set_lr_func_(name_ + "::set_lr") {
     const std::string func = name_ + "::" + name_;
     detail::require(!params_.empty(), func, "params", "is empty");
     detail::check_param_list(func, params_);
@@ -103,10 +109,11 @@ class Optimizer {
       const Index rows = shapes_[i].first, cols = shapes_[i].second;
       const bool ok = p.value.rows() == rows && p.value.cols() == cols && p.grad.rows() == rows &&
                       p.grad.cols() == cols;
-      detail::require(ok, name_ + "::step", "params",
-                      "has parameter '" + params_[i].name + "' with value " +
-                          detail::shape_of(p.value) + " and grad " + detail::shape_of(p.grad) +
-                          ", expected " + detail::shape_str(rows, cols) + " as at construction");
+      detail::require(ok, step_func_, "params", [&] {
+        return "has parameter '" + params_[i].name + "' with value " + detail::shape_of(p.value) +
+               " and grad " + detail::shape_of(p.grad) + ", expected " +
+               detail::shape_str(rows, cols) + " as at construction";
+      });
     }
   }
 
@@ -114,6 +121,7 @@ class Optimizer {
   Scalar lr_;
   long steps_ = 0;
   std::string name_;  // the class name, for error messages
+  std::string step_func_, set_lr_func_;  // built once, so a passing check builds no string
 
  private:
   std::vector<std::pair<Index, Index>> shapes_;  // (rows, cols) of each parameter at construction
@@ -257,7 +265,8 @@ template <class Scalar>
 Scalar clip_grad_norm(const ParamList<Scalar>& params, Scalar max_norm) {
   detail::check_param_list("clip_grad_norm", params);
   detail::require(max_norm > 0 && std::isfinite(static_cast<double>(max_norm)), "clip_grad_norm",
-                  "max_norm", "must be positive and finite, got " + std::to_string(max_norm));
+                  "max_norm",
+                  [&] { return "must be positive and finite, got " + std::to_string(max_norm); });
   double sum = 0.0;
   for (const auto& p : params) sum += p.param->grad.template cast<double>().squaredNorm();
   const double norm = std::sqrt(sum);

@@ -19,14 +19,14 @@ namespace eigenformer {
 namespace detail {
 
 /// Throws unless step >= 1.
-inline void check_step(const std::string& func, long step) {
+inline void check_step(std::string_view func, long step) {
   require(step >= 1, func, "step",
-          "must be >= 1 (steps count from 1), got " + std::to_string(step));
+          [&] { return "must be >= 1 (steps count from 1), got " + std::to_string(step); });
 }
 
 /// Throws unless value >= 0.
-inline void check_nonnegative_steps(const std::string& func, const std::string& arg, long value) {
-  require(value >= 0, func, arg, "must be >= 0, got " + std::to_string(value));
+inline void check_nonnegative_steps(std::string_view func, std::string_view arg, long value) {
+  require(value >= 0, func, arg, [&] { return "must be >= 0, got " + std::to_string(value); });
 }
 
 /// step / warmup while step < warmup, 1 after (and with no warm-up).
@@ -92,13 +92,14 @@ class CosineSchedule {
  public:
   CosineSchedule(Scalar peak_lr, long warmup, long total_steps, Scalar min_lr = 0)
       : peak_(peak_lr), min_(min_lr), warmup_(warmup), total_(total_steps) {
-    const std::string func = "CosineSchedule::CosineSchedule";
+    const char* func = "CosineSchedule::CosineSchedule";
     detail::check_range(func, "peak_lr", peak_lr, 0.0, HUGE_VAL, false);
     detail::check_range(func, "min_lr", min_lr, 0.0, static_cast<double>(peak_lr));
     detail::check_nonnegative_steps(func, "warmup", warmup);
-    detail::require(total_steps >= 1 && total_steps >= warmup, func, "total_steps",
-                    "must be >= 1 and >= warmup (" + std::to_string(warmup) + "), got " +
-                        std::to_string(total_steps));
+    detail::require(total_steps >= 1 && total_steps >= warmup, func, "total_steps", [&] {
+      return "must be >= 1 and >= warmup (" + std::to_string(warmup) + "), got " +
+             std::to_string(total_steps);
+    });
   }
 
   Scalar lr(long step) const {
