@@ -1,4 +1,4 @@
-// Multi-head self-attention (layers/multihead_attention.hpp) in float: forward, and forward +
+// Multi-head self-attention (layers/attention.hpp) in float: forward, and forward +
 // backward, for B sequences of T tokens, d_model D, H heads, with or without a causal mask.
 // Arguments are registered in the order B, T, D, H, causal: BM_mha_forward/8/128/512/8/0.
 //
@@ -16,16 +16,16 @@
 #include <benchmark/benchmark.h>
 
 #include "common.hpp"
-#include "eigenformer/layers/multihead_attention.hpp"
+#include "eigenformer/layers/attention.hpp"
 #include "eigenformer/ops/attention.hpp"
 #include "eigenformer/ops/flash_attention.hpp"
 
 namespace {
 
+using eigenformer::Attention;
 using eigenformer::AttentionMask;
 using eigenformer::Index;
 using eigenformer::Matrix;
-using eigenformer::MultiHeadAttention;
 
 struct Shape {
   Index B, T, D, H;
@@ -50,11 +50,11 @@ void set_counters(benchmark::State& state, const Shape& s, double flops_per_iter
 void BM_mha_forward(benchmark::State& state) {
   const Shape s = shape_of(state);
   eigenformer::Rng rng(1);
-  const MultiHeadAttention<float> mha(s.D, s.H, rng);
+  const Attention<float> mha(s.D, s.H, rng);
   const Matrix<float> x = bench::random_matrix(s.B * s.T, s.D, 2);  // (B*T, D)
   AttentionMask mask;
   mask.causal = s.causal;
-  MultiHeadAttention<float>::Cache cache;
+  Attention<float>::Cache cache;
   benchmark::DoNotOptimize(mha.forward(x, s.B, mask, cache).data());  // warm-up, untimed
   const bench::WallTimer timer;
   for (auto _ : state) {
@@ -68,12 +68,12 @@ void BM_mha_forward(benchmark::State& state) {
 void BM_mha_forward_backward(benchmark::State& state) {
   const Shape s = shape_of(state);
   eigenformer::Rng rng(1);
-  MultiHeadAttention<float> mha(s.D, s.H, rng);
+  Attention<float> mha(s.D, s.H, rng);
   const Matrix<float> x = bench::random_matrix(s.B * s.T, s.D, 2);   // (B*T, D)
   const Matrix<float> dy = bench::random_matrix(s.B * s.T, s.D, 3);  // (B*T, D)
   AttentionMask mask;
   mask.causal = s.causal;
-  MultiHeadAttention<float>::Cache cache;
+  Attention<float>::Cache cache;
   mha.forward(x, s.B, mask, cache);  // warm-up, untimed
   benchmark::DoNotOptimize(mha.backward(dy, cache).data());
   const bench::WallTimer timer;

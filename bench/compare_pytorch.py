@@ -28,7 +28,7 @@ header states which library PyTorch actually loaded.
 
 What each side does per case:
   BM_mha_forward/B/T/D/H/causal
-    eigenformer: MultiHeadAttention<float>::forward(x, B, mask, cache); the forward that training
+    eigenformer: Attention<float>::forward(x, B, mask, cache); the forward that training
       uses, which keeps Q, K, V, the (B*H*T, T) probabilities and the context in the cache.
     PyTorch: nn.MultiheadAttention(D, H, batch_first=True) in eval mode under
       torch.inference_mode(), need_weights=False; causal via a boolean attn_mask (triu). This is

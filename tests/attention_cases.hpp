@@ -1,13 +1,76 @@
 // The mask cases every attention kernel's tests run: no mask, causal (also with fewer queries
 // than keys), key padding with cross shapes, a shared arbitrary mask, and all combined with a
-// fully masked row.
+// fully masked row. Also the helpers the attention layer's tests share.
 #pragma once
 
 #include <vector>
 
+#include <eigenformer/layers/attention.hpp>
 #include <eigenformer/ops/attention.hpp>
 
+#include "test_util.hpp"
+
 namespace eftest {
+
+/// Checks the input gradient and every parameter gradient of self-attention over a random x
+/// (B*T, d_model) against central differences of <attn.forward(x), R> for a random R.
+inline void check_self_attention_grads(eigenformer::Attention<double>& attn,
+                                       const eigenformer::AttentionMask& mask, eigenformer::Index B,
+                                       eigenformer::Index T, eigenformer::Rng& rng) {
+  using Layer = eigenformer::Attention<double>;
+  MatD x = random_matrix(B * T, attn.d_model(), rng);
+  const MatD R = random_matrix(B * T, attn.d_model(), rng);
+  auto loss = [&] {
+    Layer::Cache c;
+    return eigenformer::projection(attn.forward(x, B, mask, c), R);
+  };
+  attn.zero_grad();
+  Layer::Cache cache;
+  attn.forward(x, B, mask, cache);
+  const MatD dx = attn.backward(R, cache);
+  check_grad(x, dx, loss, "x");
+  check_param_grads(attn.parameters(), loss, [&] {
+    Layer::Cache c;
+    attn.forward(x, B, mask, c);
+    attn.backward(R, c);
+  });
+}
+
+/// The same for cross-attention: random query (B*Tq, d) and memory (B*Tk, d), gradients of both
+/// and of every parameter; returns the memory gradient for further checks.
+inline MatD check_cross_attention_grads(eigenformer::Attention<double>& attn,
+                                        const eigenformer::AttentionMask& mask,
+                                        eigenformer::Index B, eigenformer::Index Tq,
+                                        eigenformer::Index Tk, eigenformer::Rng& rng) {
+  using Layer = eigenformer::Attention<double>;
+  MatD query = random_matrix(B * Tq, attn.d_model(), rng);
+  MatD memory = random_matrix(B * Tk, attn.d_model(), rng);
+  const MatD R = random_matrix(B * Tq, attn.d_model(), rng);
+  auto loss = [&] {
+    Layer::Cache c;
+    return eigenformer::projection(attn.forward(query, memory, B, mask, c), R);
+  };
+  Layer::Cache cache;
+  attn.forward(query, memory, B, mask, cache);
+  MatD dmemory;
+  const MatD dquery = attn.backward(R, cache, &dmemory);
+  check_grad(query, dquery, loss, "query");
+  check_grad(memory, dmemory, loss, "memory");
+  check_param_grads(attn.parameters(), loss, [&] {
+    Layer::Cache c;
+    attn.forward(query, memory, B, mask, c);
+    MatD dm;
+    attn.backward(R, c, &dm);
+  });
+  return dmemory;
+}
+
+/// The options of a dot-product attention layer (biases on) with these positions.
+inline eigenformer::AttentionOptions positioned(const eigenformer::AttentionPositions& p) {
+  eigenformer::AttentionOptions o;
+  o.positions = p;
+  return o;
+}
 
 struct AttentionCase {
   const char* name;

@@ -1,9 +1,9 @@
 // Additive (Bahdanau) attention: the op against a plain-loop definition and finite differences
 // for every input and score parameter with each mask kind; the layer's gradients (self and cross),
 // gradient contract, properties in float and double, and bad-input messages.
-#include <eigenformer/layers/additive_attention.hpp>
-
 #include <cmath>
+#include <eigenformer/layers/attention.hpp>
+#include <eigenformer/ops/additive_attention.hpp>
 #include <limits>
 #include <vector>
 
@@ -12,9 +12,21 @@
 
 using namespace eigenformer;
 using eftest::MatD;
-using AA = AdditiveAttention<double>;
+using AA = Attention<double>;
 
 namespace {
+
+/// An additive attention layer: d_model features in n_heads heads, score network width d_attn.
+template <class Scalar = double>
+Attention<Scalar> additive(Index d_model, Index d_attn, Index n_heads, Rng& rng, bool bias = true,
+                           const AttentionPositions& positions = {}) {
+  AttentionOptions o;
+  o.scoring = AttentionScoring::additive;
+  o.additive_dim = d_attn;
+  o.bias = bias;
+  o.positions = positions;
+  return Attention<Scalar>(d_model, n_heads, rng, o);
+}
 
 bool masked_at(const AttentionMask& m, const AttentionDims& d, Index b, Index i, Index j) {
   bool masked = m.causal && j > i + (d.Tk - d.Tq);
@@ -198,29 +210,14 @@ void randomize(AA& attn, Rng& rng) {
 void check_self_grads(const AttentionMask& mask, Index B, Index T, Index H, bool bias,
                       const AttentionPositions& positions = {}) {
   Rng rng(11);
-  AA attn(8, 3, H, rng, bias, positions);
+  AA attn = additive(8, 3, H, rng, bias, positions);
   randomize(attn, rng);
-  MatD x = eftest::random_matrix(B * T, 8, rng);
-  const MatD R = eftest::random_matrix(B * T, 8, rng);
-  auto loss = [&] {
-    AA::Cache c;
-    return projection(attn.forward(x, B, mask, c), R);
-  };
-  attn.zero_grad();
-  AA::Cache cache;
-  attn.forward(x, B, mask, cache);
-  const MatD dx = attn.backward(R, cache);
-  eftest::check_grad(x, dx, loss, "x");
-  eftest::check_param_grads(attn.parameters(), loss, [&] {
-    AA::Cache c;
-    attn.forward(x, B, mask, c);
-    attn.backward(R, c);
-  });
+  eftest::check_self_attention_grads(attn, mask, B, T, rng);
 }
 
 }  // namespace
 
-TEST_CASE("AdditiveAttention self-attention gradients match finite differences") {
+TEST_CASE("additive attention layer: self-attention gradients match finite differences") {
   SUBCASE("no mask, two heads") { check_self_grads({}, 2, 4, 2, true); }
   SUBCASE("no mask, one head, no bias") { check_self_grads({}, 2, 3, 1, false); }
   SUBCASE("causal") {
@@ -245,7 +242,7 @@ TEST_CASE("AdditiveAttention self-attention gradients match finite differences")
     AttentionMask m;
     m.causal = true;
     AttentionPositions p;
-    p.kind = AttentionPositions::Kind::rotary;
+    p.kind = PositionalKind::rotary;
     p.rotary_base = 100.0;  // large angles at these short lengths
     check_self_grads(m, 2, 5, 2, true, p);
   }
@@ -254,7 +251,7 @@ TEST_CASE("AdditiveAttention self-attention gradients match finite differences")
     m.key_padding = BoolMatrix::Zero(2, 5);
     m.key_padding(1, 4) = true;
     AttentionPositions p;
-    p.kind = AttentionPositions::Kind::relative;
+    p.kind = PositionalKind::relative;
     p.num_buckets = 6;
     p.max_distance = 4;  // distances 0, 1 exact, 2..3 log-spaced, 4 beyond: every bucket kind
     check_self_grads(m, 2, 5, 2, true, p);
@@ -263,7 +260,7 @@ TEST_CASE("AdditiveAttention self-attention gradients match finite differences")
     AttentionMask m;
     m.causal = true;
     AttentionPositions p;
-    p.kind = AttentionPositions::Kind::relative;
+    p.kind = PositionalKind::relative;
     p.num_buckets = 4;
     p.max_distance = 3;
     p.bidirectional = false;
@@ -282,9 +279,10 @@ MatD rows_of(const MatD& m, Index B, Index T, Index t0, Index n) {
 
 }  // namespace
 
-TEST_CASE("AdditiveAttention: cached steps equal a full causal forward, with each kind of "
-          "positions; cached memory equals cross-attention") {
-  using Kind = AttentionPositions::Kind;
+TEST_CASE(
+    "additive attention layer: cached steps equal a full causal forward, with each kind of "
+    "positions; cached memory equals cross-attention") {
+  using Kind = PositionalKind;
   for (Kind kind : {Kind::none, Kind::rotary, Kind::relative}) {
     for (Index d_attn : {4, 3}) {  // 4 = head_dim; 3: the cache's key width differs from d_model
       CAPTURE(int(kind));
@@ -295,7 +293,7 @@ TEST_CASE("AdditiveAttention: cached steps equal a full causal forward, with eac
       p.bidirectional = false;
       p.num_buckets = 4;
       p.max_distance = 4;
-      AA attn(8, d_attn, 2, rng, true, p);
+      AA attn = additive(8, d_attn, 2, rng, true, p);
       randomize(attn, rng);
       const Index B = 2, T = 6;
       const MatD x = eftest::random_matrix(B * T, 8, rng);
@@ -319,7 +317,7 @@ TEST_CASE("AdditiveAttention: cached steps equal a full causal forward, with eac
     }
   }
   Rng rng(22);
-  AA attn(8, 3, 2, rng);
+  AA attn = additive(8, 3, 2, rng);
   randomize(attn, rng);
   const Index B = 2, Tq = 3, S = 4;
   const MatD query = eftest::random_matrix(B * Tq, 8, rng);
@@ -335,43 +333,26 @@ TEST_CASE("AdditiveAttention: cached steps equal a full causal forward, with eac
   CHECK(cache.k.cols() == 2 * 3);  // the keys' score projections, not the keys
 }
 
-TEST_CASE("AdditiveAttention cross-attention gradients reach both the queries and the memory") {
+TEST_CASE(
+    "additive attention layer: cross-attention gradients reach both the queries and the memory") {
   Rng rng(12);
   const Index B = 2, Tq = 3, Tk = 5;
   for (bool causal : {false, true}) {
     CAPTURE(causal);
-    AA attn(8, 4, 2, rng);
+    AA attn = additive(8, 4, 2, rng);
     randomize(attn, rng);
-    MatD query = eftest::random_matrix(B * Tq, 8, rng);
-    MatD memory = eftest::random_matrix(B * Tk, 8, rng);
-    const MatD R = eftest::random_matrix(B * Tq, 8, rng);
     AttentionMask mask;
     mask.causal = causal;
     mask.key_padding = BoolMatrix::Zero(B, Tk);
     mask.key_padding(0, 4) = true;
-    auto loss = [&] {
-      AA::Cache c;
-      return projection(attn.forward(query, memory, B, mask, c), R);
-    };
-    AA::Cache cache;
-    attn.forward(query, memory, B, mask, cache);
-    MatD dmemory;
-    const MatD dquery = attn.backward(R, cache, &dmemory);
-    eftest::check_grad(query, dquery, loss, "query");
-    eftest::check_grad(memory, dmemory, loss, "memory");
+    const MatD dmemory = eftest::check_cross_attention_grads(attn, mask, B, Tq, Tk, rng);
     CHECK(dmemory.row(4).isZero(0));  // the padded key of sequence 0 gets no gradient
-    eftest::check_param_grads(attn.parameters(), loss, [&] {
-      AA::Cache c;
-      attn.forward(query, memory, B, mask, c);
-      MatD dm;
-      attn.backward(R, c, &dm);
-    });
   }
 }
 
-TEST_CASE("AdditiveAttention follows the gradient contract") {
+TEST_CASE("additive attention layer: follows the gradient contract") {
   Rng rng(13);
-  AA attn(8, 3, 2, rng);
+  AA attn = additive(8, 3, 2, rng);
   randomize(attn, rng);
   const MatD x = eftest::random_matrix(6, 8, rng);
   const MatD R = eftest::random_matrix(6, 8, rng);
@@ -387,21 +368,21 @@ TEST_CASE("AdditiveAttention follows the gradient contract") {
 TEST_CASE_TEMPLATE("additive attention weights sum to 1 and padded keys change nothing", Scalar,
                    float, double) {
   Rng rng(15);
-  AdditiveAttention<Scalar> attn(8, 5, 2, rng);
+  Attention<Scalar> attn = additive<Scalar>(8, 5, 2, rng);
   const Index B = 2, Tq = 3, Tk = 4;
   const Matrix<Scalar> query = eftest::random_matrix<Scalar>(B * Tq, 8, rng);
   Matrix<Scalar> memory = eftest::random_matrix<Scalar>(B * Tk, 8, rng);
   AttentionMask mask;
   mask.key_padding = BoolMatrix::Zero(B, Tk);
   mask.key_padding(1, 2) = mask.key_padding(1, 3) = true;
-  typename AdditiveAttention<Scalar>::Cache c1, c2;
+  typename Attention<Scalar>::Cache c1, c2;
   const Matrix<Scalar> y1 = attn.forward(query, memory, B, mask, c1);
   memory.block(Tk + 2, 0, 2, 8).setConstant(Scalar(1e3));
   const Matrix<Scalar> y2 = attn.forward(query, memory, B, mask, c2);
   CHECK(y1 == y2);
   for (Index b = 0; b < B; ++b)
     for (Index h = 0; h < 2; ++h) {
-      const Matrix<Scalar> w = AdditiveAttention<Scalar>::attention_weights(c1, b, h);
+      const Matrix<Scalar> w = attn.attention_weights(c1, b, h);
       CHECK(w.rows() == Tq);
       CHECK(w.cols() == Tk);
       for (Index i = 0; i < Tq; ++i) CHECK(w.row(i).sum() == doctest::Approx(1.0));
@@ -413,12 +394,12 @@ TEST_CASE_TEMPLATE("additive attention weights sum to 1 and padded keys change n
 TEST_CASE_TEMPLATE("causal additive self-attention: outputs 0..t ignore tokens after t", Scalar,
                    float, double) {
   Rng rng(14);
-  AdditiveAttention<Scalar> attn(8, 4, 2, rng);
+  Attention<Scalar> attn = additive<Scalar>(8, 4, 2, rng);
   const Index B = 2, T = 6, t = 2;
   Matrix<Scalar> x = eftest::random_matrix<Scalar>(B * T, 8, rng);
   AttentionMask causal;
   causal.causal = true;
-  typename AdditiveAttention<Scalar>::Cache c1, c2;
+  typename Attention<Scalar>::Cache c1, c2;
   const Matrix<Scalar> y1 = attn.forward(x, B, causal, c1);
   for (Index b = 0; b < B; ++b) x.block(b * T + t + 1, 0, T - t - 1, 8).setConstant(Scalar(7));
   const Matrix<Scalar> y2 = attn.forward(x, B, causal, c2);
@@ -431,13 +412,13 @@ TEST_CASE_TEMPLATE("causal additive self-attention: outputs 0..t ignore tokens a
 TEST_CASE_TEMPLATE("a fully masked query gives the output bias and finite, zero gradients", Scalar,
                    float, double) {
   Rng rng(17);
-  AdditiveAttention<Scalar> attn(8, 4, 2, rng);
+  Attention<Scalar> attn = additive<Scalar>(8, 4, 2, rng);
   fill_normal(attn.out_proj.bias.value, 0.0, 1.0, rng);
   const Matrix<Scalar> x = eftest::random_matrix<Scalar>(4, 8, rng);
   AttentionMask m;
   m.attn_mask = BoolMatrix::Zero(4, 4);
   m.attn_mask.row(2).setConstant(true);
-  typename AdditiveAttention<Scalar>::Cache c;
+  typename Attention<Scalar>::Cache c;
   const Matrix<Scalar> y = attn.forward(x, 1, m, c);
   CHECK(y.allFinite());
   CHECK(y.row(2) == attn.out_proj.bias.value.row(0));
@@ -447,49 +428,48 @@ TEST_CASE_TEMPLATE("a fully masked query gives the output bias and finite, zero 
   const Matrix<Scalar> dx = attn.backward(dy, c);
   CHECK(dx.allFinite());
   CHECK(dx.isZero(0));
-  CHECK(attn.score_q.grad.isZero(0));
-  CHECK(attn.score_v.grad.isZero(0));
+  CHECK(param_named(attn.parameters(), "score.q_weight").grad.isZero(0));
+  CHECK(param_named(attn.parameters(), "score.v").grad.isZero(0));
 }
 
 TEST_CASE("additive attention rejects bad input and stays unchanged") {
   Rng rng(16);
-  eftest::check_throws_with([&] { AdditiveAttention<float>(10, 4, 3, rng); },
-                            {"AdditiveAttention::AdditiveAttention", "n_heads", "must divide"});
-  eftest::check_throws_with([&] { AdditiveAttention<float>(8, 0, rng); },
-                            {"AdditiveAttention::AdditiveAttention", "d_attn", "positive", "0"});
+  eftest::check_throws_with([&] { additive<float>(10, 4, 3, rng); },
+                            {"Attention::Attention", "n_heads", "must divide"});
+  eftest::check_throws_with([&] { additive<float>(8, -1, 2, rng); },
+                            {"Attention::Attention", "options.additive_dim", "must be >= 0", "-1"});
   AttentionPositions rotary;
-  rotary.kind = AttentionPositions::Kind::rotary;
-  eftest::check_throws_with([&] { AdditiveAttention<float>(6, 4, 2, rng, true, rotary); },
-                            {"AdditiveAttention::AdditiveAttention", "positions.kind",
-                             "even head_dim", "got 3"});
+  rotary.kind = PositionalKind::rotary;
+  eftest::check_throws_with([&] { additive<float>(6, 4, 2, rng, true, rotary); },
+                            {"Attention::Attention", "positions.kind", "even head_dim", "got 3"});
   AttentionPositions few;
-  few.kind = AttentionPositions::Kind::relative;
+  few.kind = PositionalKind::relative;
   few.num_buckets = 3;
-  eftest::check_throws_with([&] { AdditiveAttention<float>(8, 4, 2, rng, true, few); },
-                            {"positions.num_buckets", "at least 4", "got 3"});
-  AdditiveAttention<float> with_positions(8, 4, 2, rng, true, rotary);
-  AdditiveAttention<float>::Cache pc;
+  eftest::check_throws_with([&] { additive<float>(8, 4, 2, rng, true, few); },
+                            {"positions.num_buckets", "at least 4", "is 3"});
+  Attention<float> with_positions = additive<float>(8, 4, 2, rng, true, rotary);
+  Attention<float>::Cache pc;
   eftest::check_throws_with(
       [&] {
         with_positions.forward(Matrix<float>::Ones(4, 8), Matrix<float>::Ones(4, 8), 2, {}, pc);
       },
-      {"AdditiveAttention::forward", "'memory'", "rotary positions",
+      {"Attention::forward", "'memory'", "rotary positions",
        "positions apply to self-attention only"});
-  AdditiveAttention<float> narrow(8, 3, 2, rng);
+  Attention<float> narrow = additive<float>(8, 3, 2, rng);
   KVCache<float> wide(2, 4, 8);  // key width d_model, not H * d_attn
   eftest::check_throws_with(
       [&] { narrow.forward_step(Matrix<float>::Ones(2, 8), 2, wide); },
-      {"AdditiveAttention::forward_step", "'cache'", "key width 8", "key width 6", "make_cache"});
-  AdditiveAttention<float> one(8, 4, rng);
+      {"Attention::forward_step", "'cache'", "key width 8", "key width 6", "make_cache"});
+  Attention<float> one = additive<float>(8, 4, 1, rng);
   CHECK(one.n_heads() == 1);
-  CHECK(one.d_attn() == 4);
+  CHECK(dynamic_cast<const AdditiveScore<float>&>(one.score()).d_attn() == 4);
   CHECK(one.parameters().size() == 12);
-  CHECK(AdditiveAttention<float>(8, 4, rng, false).parameters().size() == 7);
-  AdditiveAttention<float> attn(8, 4, 2, rng);
-  const Matrix<float> before = attn.score_q.value;
-  AdditiveAttention<float>::Cache c;
+  CHECK(additive<float>(8, 4, 1, rng, false).parameters().size() == 7);
+  Attention<float> attn = additive<float>(8, 4, 2, rng);
+  const Matrix<float> before = param_named(attn.parameters(), "score.q_weight").value;
+  Attention<float>::Cache c;
   eftest::check_throws_with([&] { attn.forward(Matrix<float>::Ones(6, 7), 2, {}, c); },
-                            {"AdditiveAttention::forward", "'query'", "(6, 7)", "(*, 8)"});
+                            {"Attention::forward", "'query'", "(6, 7)", "(*, 8)"});
   eftest::check_throws_with([&] { attn.forward(Matrix<float>::Ones(7, 8), 2, {}, c); },
                             {"'query'", "7 rows", "B = 2"});
   eftest::check_throws_with(
@@ -498,7 +478,7 @@ TEST_CASE("additive attention rejects bad input and stays unchanged") {
   AttentionMask bad;
   bad.key_padding = BoolMatrix::Zero(2, 4);
   eftest::check_throws_with([&] { attn.forward(Matrix<float>::Ones(6, 8), 2, bad, c); },
-                            {"AdditiveAttention::forward", "mask.key_padding", "(2, 4)", "(2, 3)"});
+                            {"Attention::forward", "mask.key_padding", "(2, 4)", "(2, 3)"});
   AttentionMask bad_attn;
   bad_attn.attn_mask = BoolMatrix::Zero(2, 2);
   eftest::check_throws_with(
@@ -506,14 +486,14 @@ TEST_CASE("additive attention rejects bad input and stays unchanged") {
       {"mask.attn_mask", "(2, 2)", "(3, 2) or (6, 2)"});
   attn.forward(Matrix<float>::Ones(6, 8), 2, {}, c);
   eftest::check_throws_with([&] { attn.backward(Matrix<float>::Ones(5, 8), c); },
-                            {"AdditiveAttention::backward", "'dy'", "(5, 8)", "(6, 8)"});
+                            {"Attention::backward", "'dy'", "(5, 8)", "(6, 8)"});
   Matrix<float> dm;
   eftest::check_throws_with([&] { attn.backward(Matrix<float>::Ones(6, 8), c, &dm); },
-                            {"AdditiveAttention::backward", "dmemory", "self-attention"});
-  eftest::check_throws_with([&] { AdditiveAttention<float>::attention_weights(c, 2, 0); },
+                            {"Attention::backward", "dmemory", "self-attention"});
+  eftest::check_throws_with([&] { attn.attention_weights(c, 2, 0); },
                             {"attention_weights", "'b'", "is 2"});
-  CHECK(attn.score_q.value == before);
-  CHECK(attn.score_q.grad.isZero());
+  CHECK(param_named(attn.parameters(), "score.q_weight").value == before);
+  CHECK(param_named(attn.parameters(), "score.q_weight").grad.isZero());
 
   // The op checks its own arguments too.
   const Matrix<float> q = Matrix<float>::Ones(6, 8), wq = Matrix<float>::Ones(8, 4),

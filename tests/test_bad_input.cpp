@@ -10,12 +10,12 @@
 #include <eigenformer/core/random.hpp>
 #include <eigenformer/core/tensor.hpp>
 #include <eigenformer/decode/greedy.hpp>
-#include <eigenformer/decode/kv_cache.hpp>
 #include <eigenformer/io/checkpoint.hpp>
 #include <eigenformer/layers/attention.hpp>
+#include <eigenformer/layers/kv_cache.hpp>
 #include <eigenformer/layers/linear.hpp>
-#include <eigenformer/layers/multihead_attention.hpp>
 #include <eigenformer/layers/positional.hpp>
+#include <eigenformer/model/decode_state.hpp>
 #include <eigenformer/model/language_models.hpp>
 #include <eigenformer/model/transformer.hpp>
 #include <eigenformer/ops/additive_attention.hpp>
@@ -26,7 +26,6 @@
 #include <eigenformer/ops/rotary.hpp>
 #include <eigenformer/train/gradcheck.hpp>
 #include <eigenformer/train/optim.hpp>
-
 #include <limits>
 #include <string>
 #include <vector>
@@ -200,28 +199,31 @@ TEST_CASE("Linear::backward rejects a cache of another layer, changing no gradie
                          {"Linear::backward", "'cache.x'", "(3, 5)", "(*, 4)"});
 }
 
-TEST_CASE("MultiHeadAttention: batch mismatch, head index and backward leave the layer as it was") {
+TEST_CASE("Attention: batch mismatch, head index and backward leave the layer as it was") {
   Rng rng(3);
-  MultiHeadAttention<float> mha(8, 2, rng);
-  const Batch<float> q(Mat::Ones(6, 8), 2, 3), m(Mat::Ones(4, 8), 1, 4);
-  MultiHeadAttention<float>::Cache cache;
-  check_throws_with([&] { mha.forward(q, m, {}, cache); },
-                    {"MultiHeadAttention::forward", "'memory'", "holds 1 sequences",
-                     "query holds 2"});
+  Attention<float> mha(8, 2, rng);
+  Attention<float>::Cache cache;
+  check_throws_with([&] { mha.forward(Mat::Ones(6, 8), Mat::Ones(4, 8), 3, {}, cache); },
+                    {"Attention::forward", "'memory'", "4 rows", "B = 3"});
   mha.forward(Mat::Ones(6, 8), 2, {}, cache);
-  check_throws_with([&] { MultiHeadAttention<float>::attention_weights(cache, 0, 2); },
-                    {"MultiHeadAttention::attention_weights", "'h'", "is 2", "0 <= h < 2"});
+  check_throws_with([&] { mha.attention_weights(cache, 0, 2); },
+                    {"Attention::attention_weights", "'h'", "is 2", "0 <= h < 2"});
   check_throws_unchanged(mha.parameters(), [&] { mha.backward(Mat::Ones(6, 7), cache); },
-                         {"MultiHeadAttention::backward", "'dy'", "(6, 7)", "(6, 8)"});
+                         {"Attention::backward", "'dy'", "(6, 7)", "(6, 8)"});
 }
 
 TEST_CASE("Attention: scoring and d_attn are named; the additive kernel's backward checks dout") {
   Rng rng(9);
   const auto bogus = static_cast<AttentionScoring>(5);
-  check_throws_with([&] { Attention<float>(8, 2, rng, bogus); },
-                    {"Attention::Attention", "'scoring'", "is 5", "not an AttentionScoring"});
-  check_throws_with([&] { Attention<float>(8, 2, rng, AttentionScoring::additive, -1); },
-                    {"Attention::Attention", "'d_attn'", "must be >= 0", "got -1"});
+  AttentionOptions options;
+  options.scoring = bogus;
+  check_throws_with(
+      [&] { Attention<float>(8, 2, rng, options); },
+      {"Attention::Attention", "'options.scoring'", "is 5", "not an AttentionScoring"});
+  options.scoring = AttentionScoring::additive;
+  options.additive_dim = -1;
+  check_throws_with([&] { Attention<float>(8, 2, rng, options); },
+                    {"Attention::Attention", "'options.additive_dim'", "must be >= 0", "got -1"});
   check_throws_with([&] { attention_scoring_name(bogus); },
                     {"attention_scoring_name", "'scoring'", "is 5"});
 

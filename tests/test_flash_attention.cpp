@@ -1,9 +1,9 @@
 // The tiled attention (ops/flash_attention.hpp) against the plain one (ops/attention.hpp): outputs,
 // gradients and weights for every mask kind, cross shapes, tile sizes that do not divide T, T = 1,
 // fully masked rows, each with and without a position bias per distance; finite differences in
-// double; and the dispatch in MultiHeadAttention, also with rotary and relative positions.
+// double; and the dispatch in the Attention layer, also with rotary and relative positions.
 #include <cmath>
-#include <eigenformer/layers/multihead_attention.hpp>
+#include <eigenformer/layers/attention.hpp>
 #include <eigenformer/ops/attention.hpp>
 #include <eigenformer/ops/flash_attention.hpp>
 #include <limits>
@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -215,8 +216,8 @@ TEST_CASE("tiled attention stays finite with large scores") {
 template <class Scalar>
 void check_layer_kernels(const AttentionPositions& positions, Index Tq, Index Tk, double tol) {
   Rng rng(5);
-  MultiHeadAttention<Scalar> mha(8, 2, rng, true, positions);
-  const bool self = positions.kind != AttentionPositions::Kind::none;
+  Attention<Scalar> mha(8, 2, rng, eftest::positioned(positions));
+  const bool self = positions.kind != PositionalKind::none;
   const Index B = 2;
   const Matrix<Scalar> query = eftest::random_matrix<Scalar>(B * Tq, 8, rng);
   const Matrix<Scalar> memory = eftest::random_matrix<Scalar>(B * Tk, 8, rng);
@@ -227,7 +228,7 @@ void check_layer_kernels(const AttentionPositions& positions, Index Tq, Index Tk
   mask.key_padding(1, 0) = true;  // query 0 of sequence 1 sees nothing
   Matrix<Scalar> y[2], dq[2], dmem[2];
   std::vector<Matrix<Scalar>> grads[2];
-  typename MultiHeadAttention<Scalar>::Cache caches[2];
+  typename Attention<Scalar>::Cache caches[2];
   for (int t = 0; t < 2; ++t) {
     mha.impl = t == 0 ? AttentionImpl::plain : AttentionImpl::tiled;
     mha.zero_grad();
@@ -236,32 +237,32 @@ void check_layer_kernels(const AttentionPositions& positions, Index Tq, Index Tk
     dq[t] = mha.backward(dy, caches[t], self ? nullptr : &dmem[t]);
     for (const auto& p : mha.parameters()) grads[t].push_back(p.param->grad);
   }
-  CHECK(caches[0].probs.size() != 0);
-  CHECK(caches[0].lse.size() == 0);
-  CHECK(caches[1].probs.size() == 0);
-  CHECK(caches[1].lse.size() == B * 2 * Tq);
+  CHECK(caches[0].score.probs.size() != 0);
+  CHECK(caches[0].score.lse.size() == 0);
+  CHECK(caches[1].score.probs.size() == 0);
+  CHECK(caches[1].score.lse.size() == B * 2 * Tq);
   CHECK(rel_err(y[1], y[0]) < tol);
   CHECK(rel_err(dq[1], dq[0]) < tol);
   if (!self) CHECK(rel_err(dmem[1], dmem[0]) < tol);
   for (size_t i = 0; i < grads[0].size(); ++i) CHECK(rel_err(grads[1][i], grads[0][i]) < tol);
   for (Index b = 0; b < B; ++b)
     for (Index h = 0; h < 2; ++h) {
-      const Matrix<Scalar> w0 = MultiHeadAttention<Scalar>::attention_weights(caches[0], b, h);
-      const Matrix<Scalar> w1 = MultiHeadAttention<Scalar>::attention_weights(caches[1], b, h);
+      const Matrix<Scalar> w0 = mha.attention_weights(caches[0], b, h);
+      const Matrix<Scalar> w1 = mha.attention_weights(caches[1], b, h);
       CHECK(rel_err(w1, w0) < tol);
     }
 }
 
-TEST_CASE("MultiHeadAttention gives the same results with either kernel") {
+TEST_CASE("the attention layer gives the same results with either kernel") {
   check_layer_kernels<double>({}, 7, 9, 1e-12);
 }
 
-TEST_CASE_TEMPLATE("MultiHeadAttention with rotary or relative positions: either kernel", Scalar,
+TEST_CASE_TEMPLATE("Attention with rotary or relative positions: either kernel", Scalar,
                    float, double) {
   const double tol = std::is_same<Scalar, float>::value ? 1e-5 : 1e-12;
   AttentionPositions rotary, relative;
-  rotary.kind = AttentionPositions::Kind::rotary;
-  relative.kind = AttentionPositions::Kind::relative;
+  rotary.kind = PositionalKind::rotary;
+  relative.kind = PositionalKind::relative;
   relative.num_buckets = 6;
   relative.max_distance = 7;
   for (bool bidirectional : {true, false}) {
@@ -272,20 +273,21 @@ TEST_CASE_TEMPLATE("MultiHeadAttention with rotary or relative positions: either
   check_layer_kernels<Scalar>(rotary, 11, 11, tol);
 }
 
-TEST_CASE("MultiHeadAttention picks the kernel by size") {
+TEST_CASE("the attention layer picks the kernel by size") {
   Rng rng(6);
-  MultiHeadAttention<float> mha(16, 2, rng);
+  Attention<float> mha(16, 2, rng);
   AttentionMask causal;
   causal.causal = true;
-  MultiHeadAttention<float>::Cache cache;
+  Attention<float>::Cache cache;
   const Matrix<float> small = eftest::random_matrix<float>(2 * 16, 16, rng);
   mha.forward(small, 2, causal, cache);
-  CHECK(cache.probs.size() != 0);  // short sequences (e.g. translate's cross-attention): plain
+  CHECK(cache.score.probs.size() !=
+        0);  // short sequences (e.g. translate's cross-attention): plain
   const Matrix<float> big = eftest::random_matrix<float>(256, 16, rng);
   mha.forward(big, 1, causal, cache);
-  CHECK(cache.probs.size() == 0);
-  CHECK(cache.lse.size() == 2 * 256);
-  CHECK(MultiHeadAttention<float>::attention_weights(cache, 0, 1).rowwise().sum().isOnes(1e-5f));
+  CHECK(cache.score.probs.size() == 0);
+  CHECK(cache.score.lse.size() == 2 * 256);
+  CHECK(mha.attention_weights(cache, 0, 1).rowwise().sum().isOnes(1e-5f));
   mha.forward(big, 1, AttentionMask(), cache);  // no mask: plain up to 512 x 512
-  CHECK(cache.probs.size() != 0);
+  CHECK(cache.score.probs.size() != 0);
 }

@@ -1,15 +1,16 @@
-// Incremental decoding with key/value caches (decode/kv_cache.hpp and the decode_step methods of
+// Incremental decoding with key/value caches (layers/kv_cache.hpp and the decode_step methods of
 // the attention layer and the models): every step's logits equal a full forward over the prefix,
 // greedy decoding returns what the old full-recompute loop returned, and overflow is rejected.
 #include <eigenformer/decode/greedy.hpp>
-#include <eigenformer/decode/kv_cache.hpp>
+#include <eigenformer/layers/kv_cache.hpp>
+#include <eigenformer/model/decode_state.hpp>
 #include <eigenformer/model/language_models.hpp>
 #include <eigenformer/model/transformer.hpp>
-
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "attention_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -179,10 +180,10 @@ void check_lm_steps(DecoderOnlyLM<Scalar>& model, const std::vector<Index>& chun
 
 }  // namespace
 
-TEST_CASE("MultiHeadAttention: cached steps equal a full causal forward; cached memory equals "
+TEST_CASE("Attention: cached steps equal a full causal forward; cached memory equals "
           "cross-attention") {
   Rng rng(7);
-  MultiHeadAttention<double> mha(8, 2, rng);
+  Attention<double> mha(8, 2, rng);
   const Index B = 2, T = 6, S = 4;
   const eftest::MatD x = eftest::random_matrix(B * T, 8, rng);
   const eftest::MatD mem = eftest::random_matrix(B * S, 8, rng);
@@ -191,7 +192,7 @@ TEST_CASE("MultiHeadAttention: cached steps equal a full causal forward; cached 
   AttentionMask mask;
   mask.causal = true;
   mask.key_padding = pad;
-  MultiHeadAttention<double>::Cache c;
+  Attention<double>::Cache c;
   const eftest::MatD full = mha.forward(x, B, mask, c);
 
   KVCache<double> cache(B, T, 8);
@@ -216,13 +217,13 @@ TEST_CASE("MultiHeadAttention: cached steps equal a full causal forward; cached 
   CHECK(rel_diff(mha.forward_cached_memory(x, B, memory), expected) <= 1e-12);
 }
 
-TEST_CASE_TEMPLATE("MultiHeadAttention with rotary or relative positions: cached steps equal a "
+TEST_CASE_TEMPLATE("Attention with rotary or relative positions: cached steps equal a "
                    "full causal forward",
                    Scalar, float, double) {
   const double tol = std::is_same<Scalar, float>::value ? 2e-5 : 1e-12;
   AttentionPositions rotary, relative, causal_relative;
-  rotary.kind = AttentionPositions::Kind::rotary;
-  relative.kind = causal_relative.kind = AttentionPositions::Kind::relative;
+  rotary.kind = PositionalKind::rotary;
+  relative.kind = causal_relative.kind = PositionalKind::relative;
   relative.num_buckets = 8;  // bidirectional; distances beyond 4 share the last bucket
   relative.max_distance = 4;
   causal_relative.num_buckets = 6;
@@ -232,9 +233,9 @@ TEST_CASE_TEMPLATE("MultiHeadAttention with rotary or relative positions: cached
     CAPTURE(int(positions.kind));
     CAPTURE(positions.bidirectional);
     Rng rng(8);
-    MultiHeadAttention<Scalar> mha(8, 2, rng, true, positions);
-    if (positions.kind == AttentionPositions::Kind::relative)  // one bias scale with the scores
-      fill_normal(mha.relative_bias.value, 0.0, 1.0, rng);
+    Attention<Scalar> mha(8, 2, rng, eftest::positioned(positions));
+    if (positions.kind == PositionalKind::relative)  // one bias scale with the scores
+      fill_normal(param_named(mha.parameters(), "relative_bias").value, 0.0, 1.0, rng);
     const Index B = 2, T = 9;
     const Matrix<Scalar> x = eftest::random_matrix<Scalar>(B * T, 8, rng);
     BoolMatrix pad = BoolMatrix::Constant(B, T, false);
@@ -242,7 +243,7 @@ TEST_CASE_TEMPLATE("MultiHeadAttention with rotary or relative positions: cached
     AttentionMask mask;
     mask.causal = true;
     mask.key_padding = pad;
-    typename MultiHeadAttention<Scalar>::Cache c;
+    typename Attention<Scalar>::Cache c;
     const Matrix<Scalar> full = mha.forward(x, B, mask, c);
     KVCache<Scalar> cache(B, T, 8);
     Index pos = 0;
@@ -315,7 +316,7 @@ TEST_CASE("greedy decoding with the KV cache returns what the full-recompute loo
       const auto& r = ref_last.decoder.layers.back().cross_attn;
       CHECK(a.dims.Tq == r.dims.Tq);
       CHECK(a.dims.Tk == r.dims.Tk);
-      CHECK(a.probs == r.probs);
+      CHECK(a.score.probs == r.score.probs);
 
       DecoderOnlyLM<float> lm(small_config(v), rng);
       lm.eval();
@@ -361,13 +362,13 @@ TEST_CASE("the KV cache rejects positions beyond its max_len") {
   eftest::check_throws_with([&] { bert.begin_decode(1, 4); },
                             {"EncoderOnlyModel::begin_decode", "not causal"});
 
-  MultiHeadAttention<float> mha(16, 4, rng);
+  Attention<float> mha(16, 4, rng);
   KVCache<float> cache(1, 2, 16);
   eftest::check_throws_with(
       [&] { mha.forward_step(Matrix<float>::Zero(3, 16), 1, cache); },
-      {"MultiHeadAttention::forward_step", "x_new", "adds 3 positions", "holding 0 of max_len 2"});
+      {"Attention::forward_step", "x_new", "adds 3 positions", "holding 0 of max_len 2"});
   eftest::check_throws_with([&] { mha.forward_step(Matrix<float>::Zero(2, 16), 2, cache); },
-                            {"MultiHeadAttention::forward_step", "cache", "holds 1 sequences"});
+                            {"Attention::forward_step", "cache", "holds 1 sequences"});
 
   // The cache itself: sequence indices, and appends that do not fit leave it as it was.
   KVCache<float> kv(2, 3, 4);

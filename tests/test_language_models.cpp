@@ -92,7 +92,7 @@ TEST_CASE("encoder-only model gradients match finite differences") {
   }
 }
 
-// In float, whose decoding code the other tests compile anyway; AdditiveAttention's own test
+// In float, whose decoding code the other tests compile anyway; the additive attention layer's own test
 // checks its steps in double to 1e-12.
 TEST_CASE("decoder-only, every positional kind and scoring: decode_step equals the full "
           "forward, greedy generation equals greedy by full recompute") {

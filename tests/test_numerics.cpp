@@ -1,11 +1,11 @@
 // Extreme but well-defined numerics: attention rows with every key masked, a Transformer whose
 // source is (almost) all padding, LayerNorm on inputs of 1e6, cross-entropy on logits of +-1e4.
 // Everything must be finite and correct, never NaN.
+#include <cmath>
+#include <eigenformer/layers/attention.hpp>
 #include <eigenformer/layers/layernorm.hpp>
-#include <eigenformer/layers/multihead_attention.hpp>
 #include <eigenformer/model/transformer.hpp>
 #include <eigenformer/train/loss.hpp>
-#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -23,8 +23,8 @@ double max_diff(const A& a, const B& b) {
 }
 
 /// Attention with random (non-zero) biases, so "zero context" shows as "output = out_proj bias".
-MultiHeadAttention<double> make_mha(Rng& rng, Index d = 8, Index H = 2) {
-  MultiHeadAttention<double> mha(d, H, rng);
+Attention<double> make_mha(Rng& rng, Index d = 8, Index H = 2) {
+  Attention<double> mha(d, H, rng);
   for (Linear<double>* p : {&mha.q_proj, &mha.k_proj, &mha.v_proj, &mha.out_proj})
     p->bias.value = eftest::random_matrix(1, d, rng, 0.5);
   return mha;
@@ -35,7 +35,7 @@ MultiHeadAttention<double> make_mha(Rng& rng, Index d = 8, Index H = 2) {
 TEST_CASE("self-attention over a sequence whose every key is masked: finite, context zero") {
   Rng rng(11);
   const Index B = 2, T = 4, d = 8;
-  MultiHeadAttention<double> mha = make_mha(rng, d);
+  Attention<double> mha = make_mha(rng, d);
   MatD x = eftest::random_matrix(B * T, d, rng);
   AttentionMask mask;
   mask.key_padding = BoolMatrix::Zero(B, T);
@@ -43,19 +43,20 @@ TEST_CASE("self-attention over a sequence whose every key is masked: finite, con
   mask.key_padding(0, 3) = true;
   const MatD R = eftest::random_matrix(B * T, d, rng);
 
-  MultiHeadAttention<double>::Cache cache;
+  Attention<double>::Cache cache;
   const MatD y = mha.forward(x, B, mask, cache);
   REQUIRE(y.allFinite());
-  REQUIRE(cache.probs.allFinite());
+  REQUIRE(cache.score.probs.allFinite());
   // Sequence 1: every probability and the context are zero, so each row is the output bias.
-  CHECK(cache.probs.middleRows(2 * T, 2 * T).isZero(0));  // heads of b = 1: rows (B*H*Tq) 8..15
+  CHECK(
+      cache.score.probs.middleRows(2 * T, 2 * T).isZero(0));  // heads of b = 1: rows (B*H*Tq) 8..15
   CHECK(cache.context.middleRows(T, T).isZero(0));
   for (Index i = T; i < 2 * T; ++i) CHECK(max_diff(y.row(i), mha.out_proj.bias.value) == 0.0);
 
   // Sequence 0 is what it would be alone.
   AttentionMask mask0;
   mask0.key_padding = mask.key_padding.topRows(1);
-  MultiHeadAttention<double>::Cache cache0;
+  Attention<double>::Cache cache0;
   const MatD y0 = mha.forward(x.topRows(T), 1, mask0, cache0);
   CHECK(max_diff(y.topRows(T), y0) <= 1e-14);
 
@@ -81,7 +82,7 @@ TEST_CASE("self-attention over a sequence whose every key is masked: finite, con
     CHECK(max_diff(grads[i], expected) <= 1e-12);
   }
   auto loss = [&] {
-    MultiHeadAttention<double>::Cache c;
+    Attention<double>::Cache c;
     return (mha.forward(x, B, mask, c).array() * R.array()).sum();
   };
   eftest::check_grad(x, dx, loss, "dx");
@@ -91,7 +92,7 @@ TEST_CASE("causal attention whose first key is padding: query 0 sees no key, sta
   // Left padding in a decoder: query 0 may only see key 0, and key 0 is padding.
   Rng rng(12);
   const Index B = 2, T = 5, d = 8;
-  MultiHeadAttention<double> mha = make_mha(rng, d);
+  Attention<double> mha = make_mha(rng, d);
   MatD x = eftest::random_matrix(B * T, d, rng);
   AttentionMask mask;
   mask.causal = true;
@@ -99,7 +100,7 @@ TEST_CASE("causal attention whose first key is padding: query 0 sees no key, sta
   mask.key_padding(0, 0) = true;
   mask.key_padding(1, 0) = mask.key_padding(1, 1) = true;  // queries 0 and 1 of sequence 1
   const MatD R = eftest::random_matrix(B * T, d, rng);
-  MultiHeadAttention<double>::Cache cache;
+  Attention<double>::Cache cache;
   const MatD y = mha.forward(x, B, mask, cache);
   REQUIRE(y.allFinite());
   for (Index i : {0, 5, 6}) {
@@ -110,7 +111,7 @@ TEST_CASE("causal attention whose first key is padding: query 0 sees no key, sta
   const MatD dx = mha.backward(R, cache);
   REQUIRE(dx.allFinite());
   auto loss = [&] {
-    MultiHeadAttention<double>::Cache c;
+    Attention<double>::Cache c;
     return (mha.forward(x, B, mask, c).array() * R.array()).sum();
   };
   eftest::check_grad(x, dx, loss, "dx");
@@ -119,7 +120,7 @@ TEST_CASE("causal attention whose first key is padding: query 0 sees no key, sta
 TEST_CASE("cross-attention with per-query masks that hide every key of some queries") {
   Rng rng(13);
   const Index B = 2, Tq = 3, Tk = 4, d = 8;
-  MultiHeadAttention<double> mha = make_mha(rng, d);
+  Attention<double> mha = make_mha(rng, d);
   MatD q = eftest::random_matrix(B * Tq, d, rng);
   MatD m = eftest::random_matrix(B * Tk, d, rng);
   AttentionMask mask;
@@ -128,7 +129,7 @@ TEST_CASE("cross-attention with per-query masks that hide every key of some quer
   mask.attn_mask.row(5).setConstant(true);  // sequence 1, query 2
   mask.attn_mask(3, 0) = true;
   const MatD R = eftest::random_matrix(B * Tq, d, rng);
-  MultiHeadAttention<double>::Cache cache;
+  Attention<double>::Cache cache;
   const MatD y = mha.forward(q, m, B, mask, cache);
   REQUIRE(y.allFinite());
   CHECK(cache.context.row(1).isZero(0));
@@ -141,7 +142,7 @@ TEST_CASE("cross-attention with per-query masks that hide every key of some quer
   CHECK(dq.row(1).isZero(0));
   CHECK(dq.row(5).isZero(0));
   auto loss = [&] {
-    MultiHeadAttention<double>::Cache c;
+    Attention<double>::Cache c;
     return (mha.forward(q, m, B, mask, c).array() * R.array()).sum();
   };
   eftest::check_grad(q, dq, loss, "dquery");

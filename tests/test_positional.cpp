@@ -1,11 +1,11 @@
 // Positional encodings added to the embeddings (layers/positional.hpp), and the two position
 // schemes that act inside attention: RoPE (ops/rotary.hpp) and T5's buckets
 // (ops/relative_position.hpp).
+#include <cmath>
+#include <eigenformer/layers/attention_positions.hpp>
 #include <eigenformer/layers/positional.hpp>
 #include <eigenformer/ops/relative_position.hpp>
 #include <eigenformer/ops/rotary.hpp>
-
-#include <cmath>
 #include <type_traits>
 #include <utility>
 #include <vector>

@@ -235,7 +235,7 @@ TEST_CASE("PyTorch reference: nn.MultiheadAttention") {
   for (const char* name : {"mha_self", "mha_cross", "mha_causal", "mha_key_padding"}) {
     CAPTURE(name);
     Rng rng(3);
-    MultiHeadAttention<float> mha(16, 2, rng);
+    Attention<float> mha(16, 2, rng);
     Fixture fx(name, mha.parameters());
     REQUIRE(fx.meta_int("n_heads") == mha.n_heads());
     const bool cross = fx.meta_bool("cross");
@@ -244,7 +244,7 @@ TEST_CASE("PyTorch reference: nn.MultiheadAttention") {
     mask.causal = fx.meta_bool("causal");
     if (fx.has("input.key_padding_mask")) mask.key_padding = fx.mask("input.key_padding_mask");
     const Mat& x = fx["input.x"];
-    MultiHeadAttention<float>::Cache cache;
+    Attention<float>::Cache cache;
     mha.zero_grad();
     const Mat y = cross ? mha.forward(x, fx["input.memory"], B, mask, cache)
                         : mha.forward(x, B, mask, cache);
@@ -273,17 +273,19 @@ TEST_CASE("PyTorch reference: self-attention with RoPE (causal) and T5's relativ
     const std::map<std::string, std::string> m = metadata_of(name);
     AttentionPositions positions;
     if (meta_get(m, "positions") == "rotary") {
-      positions.kind = AttentionPositions::Kind::rotary;
+      positions.kind = PositionalKind::rotary;
       positions.rotary_base = std::stod(meta_get(m, "rotary_base"));
     } else {
-      positions.kind = AttentionPositions::Kind::relative;
+      positions.kind = PositionalKind::relative;
       positions.num_buckets = std::stol(meta_get(m, "num_buckets"));
       positions.max_distance = std::stol(meta_get(m, "max_distance"));
       positions.bidirectional = meta_get(m, "bidirectional") == "true";
     }
     Rng rng(3);
-    MultiHeadAttention<float> mha(std::stol(meta_get(m, "d_model")),
-                                  std::stol(meta_get(m, "n_heads")), rng, true, positions);
+    AttentionOptions options;
+    options.positions = positions;
+    Attention<float> mha(std::stol(meta_get(m, "d_model")), std::stol(meta_get(m, "n_heads")), rng,
+                         options);
     Fixture fx(name, mha.parameters());
     AttentionMask mask;
     mask.causal = fx.meta_bool("causal");
@@ -292,7 +294,7 @@ TEST_CASE("PyTorch reference: self-attention with RoPE (causal) and T5's relativ
     for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
       CAPTURE(int(impl));
       mha.impl = impl;
-      MultiHeadAttention<float>::Cache cache;
+      Attention<float>::Cache cache;
       mha.zero_grad();
       check_close(mha.forward(fx["input.x"], B, mask, cache), fx["expected.y"], fx.name() + ": y");
       const Mat dx = mha.backward(fx["R"], cache);

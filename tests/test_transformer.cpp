@@ -131,8 +131,10 @@ TEST_CASE("positions and scoring choose the parameters: a relative bias per self
   // T5's buckets: both directions in the encoder, only earlier keys in the causal decoder.
   CHECK(model.encoder.stack.layers[0].self_attn.positions().bidirectional);
   CHECK_FALSE(model.decoder.layers[0].self_attn.positions().bidirectional);
-  CHECK(model.decoder.layers[0].cross_attn.positions().kind == AttentionPositions::Kind::none);
-  CHECK(model.decoder.layers[1].self_attn.dot.relative_bias.value.rows() == 8);
+  CHECK(model.decoder.layers[0].cross_attn.positions().kind == PositionalKind::none);
+  CHECK(param_named(const_cast<Transformer<float>&>(model).decoder.layers[1].self_attn.parameters(),
+                    "relative_bias")
+            .value.rows() == 8);
 
   c.positional = PositionalKind::rotary;
   const std::set<std::string> rot = names(c);
@@ -224,7 +226,7 @@ IdMatrix recompute_greedy(Transformer<float>& model, const IdMatrix& src, Index 
 }  // namespace
 
 // In float, whose decoding code the other tests compile anyway (double would compile the whole
-// decoding path again); AdditiveAttention's own test checks its steps in double to 1e-12.
+// decoding path again); the additive attention layer's own test checks its steps in double to 1e-12.
 TEST_CASE("every positional kind and scoring: decode_step equals the full decode, greedy "
           "decoding equals greedy by full recompute") {
   const IdMatrix src = ids({{3, 4, 5, 6, 0}, {6, 2, 1, 0, 0}});  // padded sources
@@ -279,10 +281,10 @@ TEST_CASE("TransformerConfig rejects bad positional and attention settings with 
   c = small_config();
   c.positional = PositionalKind::relative;
   c.relative_buckets = 3;
-  rejects(c, {"config.relative_buckets", "at least 4", "got 3"});
+  rejects(c, {"config.relative_buckets", "at least 4", "is 3"});
   c.relative_buckets = 8;
   c.relative_max_distance = 4;
-  rejects(c, {"config.relative_max_distance", "above relative_buckets / 2 = 4", "got 4"});
+  rejects(c, {"config.relative_max_distance", "above the 4 exactly bucketed", "is 4"});
   c = small_config();
   c.additive_dim = -1;
   rejects(c, {"config.additive_dim", ">= 0", "got -1"});

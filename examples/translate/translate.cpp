@@ -222,10 +222,10 @@ int write_attention(ef::Transformer<float>& model, const std::string& phrase,
   std::vector<std::string> out_labels;  // ASCII, since the PNG font has no Chinese glyphs
   for (long id : out_ids) out_labels.push_back(ascii_label(translate::target_vocab().token(id)));
   // Cross-attention of the last decoder layer, averaged over heads: (outputs, source words).
+  const auto& layer = model.decoder.layers.back().cross_attn;
   const auto& attn = cache.decoder.layers.back().cross_attn;
   ef::Matrix<float> weights = ef::Matrix<float>::Zero(attn.dims.Tq, attn.dims.Tk);
-  for (Index h = 0; h < attn.dims.H; ++h)
-    weights += ef::Attention<float>::attention_weights(attn, 0, h);
+  for (Index h = 0; h < attn.dims.H; ++h) weights += layer.attention_weights(attn, 0, h);
   weights /= float(attn.dims.H);
   // Rows: each output token, predicted at the position before it (BOS first).
   heatmap::write_png(png, weights.topRows(Index(out_labels.size())), out_labels,

@@ -5,8 +5,8 @@
 
 int main() {
   eigenformer::Rng rng(0);
-  eigenformer::MultiHeadAttention<float> attn(8, 2, rng);
-  eigenformer::MultiHeadAttention<float>::Cache cache;
+  eigenformer::Attention<float> attn(8, 2, rng);
+  eigenformer::Attention<float>::Cache cache;
   eigenformer::AttentionMask mask;
   mask.causal = true;
   const eigenformer::Matrix<float> x = eigenformer::Matrix<float>::Ones(4, 8);

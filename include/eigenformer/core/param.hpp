@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "error.hpp"
@@ -57,6 +58,17 @@ template <class Scalar>
 void append_params(ParamList<Scalar>& out, const std::string& prefix,
                    const ParamList<Scalar>& child) {
   for (const auto& p : child) out.push_back({prefix + "." + p.name, p.param});
+}
+
+/// The parameter called name in params (e.g. "layers.0.self_attn.relative_bias"). Throws
+/// ArgumentError naming param_named and the name when params has none such.
+template <class Scalar>
+Param<Scalar>& param_named(const ParamList<Scalar>& params, std::string_view name) {
+  for (const auto& p : params)
+    if (p.name == name && p.param) return *p.param;
+  detail::throw_argument("param_named", "name",
+                         "is '" + std::string(name) + "', which no parameter of the " +
+                             std::to_string(params.size()) + " in params is called");
 }
 
 namespace detail {

@@ -29,8 +29,8 @@
 #include <string>
 #include <vector>
 
+#include "../model/decode_state.hpp"
 #include "../model/transformer.hpp"
-#include "kv_cache.hpp"
 
 namespace eigenformer {
 

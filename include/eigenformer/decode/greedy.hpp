@@ -3,16 +3,16 @@
 // Encoder-decoder: encode the source once, then grow the target from BOS one token at a time until
 // every sequence has produced EOS or max_len tokens. Batched and deterministic. Call
 // model.eval() first so that dropout is off. Each step runs the decoder on the new token only,
-// over key/value caches of the earlier positions and of the source (decode/kv_cache.hpp), so the
+// over key/value caches of the earlier positions and of the source (layers/kv_cache.hpp), so the
 // cost grows linearly with the output length.
 #pragma once
 
 #include <string>
 #include <vector>
 
+#include "../model/decode_state.hpp"
 #include "../model/language_models.hpp"
 #include "../model/transformer.hpp"
-#include "kv_cache.hpp"
 
 namespace eigenformer {
 

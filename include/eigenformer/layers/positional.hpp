@@ -19,37 +19,6 @@
 
 namespace eigenformer {
 
-/// How a model gives its tokens positions. sinusoidal and learned add an encoding to the token
-/// embeddings (this file); relative (T5's bucketed bias) and rotary (RoPE) act inside every
-/// self-attention layer instead (AttentionPositions in layers/multihead_attention.hpp), so the
-/// embeddings get no encoding.
-enum class PositionalKind { sinusoidal, learned, relative, rotary };
-
-/// The name of kind, as parse_positional_kind accepts it and checkpoint metadata stores it.
-inline std::string positional_kind_name(PositionalKind kind) {
-  switch (kind) {
-    case PositionalKind::sinusoidal: return "sinusoidal";
-    case PositionalKind::learned: return "learned";
-    case PositionalKind::relative: return "relative";
-    case PositionalKind::rotary: return "rotary";
-  }
-  detail::throw_argument("positional_kind_name", "kind",
-                         "is " + std::to_string(static_cast<int>(kind)) + ", not a PositionalKind");
-}
-
-/// "sinusoidal", "learned", "relative" or "rotary"; anything else throws ArgumentError.
-inline PositionalKind parse_positional_kind(const std::string& name) {
-  for (PositionalKind kind : {PositionalKind::sinusoidal, PositionalKind::learned,
-                              PositionalKind::relative, PositionalKind::rotary})
-    if (name == positional_kind_name(kind)) return kind;
-  detail::throw_argument(
-      "parse_positional_kind", "name",
-      "is '" + name + "', expected 'sinusoidal', 'learned', 'relative' or 'rotary'");
-}
-
-/// The same as positional_kind_name (the overload io/checkpoint.hpp calls).
-inline std::string to_string(PositionalKind kind) { return positional_kind_name(kind); }
-
 namespace detail {
 
 /// Throws unless x is (B*T, d_model) and positions start_pos .. start_pos+T-1 fit in max_len.

@@ -8,6 +8,7 @@
 #include "../core/tensor.hpp"
 #include "../layers/activation.hpp"
 #include "../layers/attention.hpp"
+#include "../layers/attention_positions.hpp"
 #include "../layers/positional.hpp"
 #include "../layers/residual.hpp"
 
@@ -28,7 +29,10 @@ struct LayerConfig {
   /// absolute encodings to its input instead. Cross-attention never has any.
   AttentionPositions positions;
 
-  void validate(std::string_view func) const {
+  /// Throws ArgumentError naming func and the field unless every field is in range; names: what
+  /// the messages call the position settings.
+  void validate(std::string_view func,
+                const PositionArgNames& names = layer_position_names()) const {
     detail::check_positive(func, "config.d_model", d_model);
     detail::check_positive(func, "config.n_heads", n_heads);
     detail::check_positive(func, "config.d_ff", d_ff);
@@ -44,7 +48,7 @@ struct LayerConfig {
     detail::require(additive_dim >= 0, func, "config.additive_dim", [&] {
       return "must be >= 0 (0: head_dim), got " + std::to_string(additive_dim);
     });
-    detail::check_attention_positions(func, positions, d_model / n_heads, "config.positions");
+    positions.validate(func, d_model / n_heads, names);
     detail::require(dropout >= 0.0 && dropout < 1.0, func, "config.dropout",
                     [&] { return "must be in [0, 1), got " + std::to_string(dropout); });
     detail::require(eps > 0.0, func, "config.eps", "must be positive");
@@ -54,6 +58,20 @@ struct LayerConfig {
   const LayerConfig& checked(std::string_view func) const {
     validate(func);
     return *this;
+  }
+
+  /// The options of the layer's self-attention (with its positions) or cross-attention (none).
+  AttentionOptions attention_options(bool self) const {
+    AttentionOptions o;
+    o.scoring = attention;
+    o.additive_dim = additive_dim;
+    if (self) o.positions = positions;
+    return o;
+  }
+
+  static PositionArgNames layer_position_names() {
+    return {"config.positions.kind", "config.positions.rotary_base", "config.positions.num_buckets",
+            "config.positions.max_distance"};
   }
 };
 
@@ -71,7 +89,8 @@ struct TransformerConfig {
   Activation activation = Activation::relu;
   NormPlacement norm = NormPlacement::post;
   /// sinusoidal and learned add an encoding to the embeddings; relative (T5's bucketed bias) and
-  /// rotary (RoPE) act inside every self-attention layer instead (layers/multihead_attention.hpp).
+  /// rotary (RoPE) act inside every self-attention layer instead (layers/attention_positions.hpp);
+  /// none gives no positional signal at all.
   PositionalKind positional = PositionalKind::sinusoidal;
   Index max_len = 512;            // longest sequence (the positional table's length)
   bool scale_embeddings = true;   // multiply embeddings by sqrt(d_model), as in the paper
@@ -99,25 +118,32 @@ struct TransformerConfig {
     c.eps = eps;
     c.attention = attention;
     c.additive_dim = additive_dim;
+    c.positions.kind = acts_in_attention(positional) ? positional : PositionalKind::none;
     c.positions.rotary_base = rotary_base;
     c.positions.num_buckets = relative_buckets;
     c.positions.max_distance = relative_max_distance;
     c.positions.bidirectional = !causal;
-    if (positional == PositionalKind::rotary) c.positions.kind = AttentionPositions::Kind::rotary;
-    if (positional == PositionalKind::relative)
-      c.positions.kind = AttentionPositions::Kind::relative;
     return c;
   }
 
   /// True when positions act inside the self-attention rather than at the input.
-  bool attention_positions() const {
-    return positional == PositionalKind::rotary || positional == PositionalKind::relative;
-  }
+  bool attention_positions() const { return acts_in_attention(positional); }
 
+  /// Throws ArgumentError naming func and the field unless every field a model uses is in range
+  /// (src_vocab only when needs_source). The relative rules are checked for a bidirectional and a
+  /// causal stack alike, so every model accepts a config that one accepts.
   void validate(std::string_view func, bool needs_source) const {
-    check_positions(func);
-    layer(false).validate(func);
-    layer(true).validate(func);
+    detail::require(
+        positional == PositionalKind::none || positional == PositionalKind::sinusoidal ||
+            positional == PositionalKind::learned || positional == PositionalKind::relative ||
+            positional == PositionalKind::rotary,
+        func, "config.positional", [&] {
+          return "is " + std::to_string(static_cast<int>(positional)) + ", not a PositionalKind";
+        });
+    const PositionArgNames names{"config.positional", "config.rotary_base",
+                                 "config.relative_buckets", "config.relative_max_distance"};
+    layer(false).validate(func, names);
+    layer(true).validate(func, names);
     if (needs_source) detail::check_positive(func, "config.src_vocab", src_vocab);
     detail::check_positive(func, "config.tgt_vocab", tgt_vocab);
     detail::check_positive(func, "config.max_len", max_len);
@@ -126,39 +152,6 @@ struct TransformerConfig {
     detail::require(pad_id >= -1 && pad_id < tgt_vocab && (!needs_source || pad_id < src_vocab),
                     func, "config.pad_id",
                     [&] { return "must be -1 or a valid id, got " + std::to_string(pad_id); });
-  }
-
- private:
-  /// The fields of the positional scheme in use, named as the config names them. The relative
-  /// rules hold for a bidirectional and a causal stack alike, so every model accepts a config.
-  void check_positions(std::string_view func) const {
-    detail::require(
-        positional == PositionalKind::sinusoidal || positional == PositionalKind::learned ||
-            positional == PositionalKind::relative || positional == PositionalKind::rotary,
-        func, "config.positional", [&] {
-          return "is " + std::to_string(static_cast<int>(positional)) + ", not a PositionalKind";
-        });
-    if (positional == PositionalKind::rotary) {
-      detail::require(n_heads <= 0 || d_model % n_heads != 0 || (d_model / n_heads) % 2 == 0, func,
-                      "config.positional", [&] {
-                        return "is rotary, which needs an even head_dim (d_model / n_heads), got " +
-                               std::to_string(d_model / n_heads);
-                      });
-      detail::require(
-          rotary_base > 0.0 && std::isfinite(rotary_base), func, "config.rotary_base",
-          [&] { return "must be positive and finite, got " + std::to_string(rotary_base); });
-    } else if (positional == PositionalKind::relative) {
-      detail::require(relative_buckets >= 4, func, "config.relative_buckets", [&] {
-        return "must be at least 4 (2 per direction), got " + std::to_string(relative_buckets);
-      });
-      // A causal stack buckets the first relative_buckets / 2 distances exactly.
-      detail::require(
-          relative_max_distance > relative_buckets / 2, func, "config.relative_max_distance", [&] {
-            return "must be above relative_buckets / 2 = " + std::to_string(relative_buckets / 2) +
-                   " (the exactly bucketed distances), got " +
-                   std::to_string(relative_max_distance);
-          });
-    }
   }
 };
 

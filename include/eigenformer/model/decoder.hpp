@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "decode_state.hpp"
 #include "encoder.hpp"
 
 namespace eigenformer {
@@ -33,9 +34,9 @@ class DecoderLayer {
 
   DecoderLayer() = default;
   DecoderLayer(const LayerConfig& c, Rng& rng)
-      : self_attn(c.checked("DecoderLayer::DecoderLayer").d_model, c.n_heads, rng, c.attention,
-                  c.additive_dim, c.positions),
-        cross_attn(c.d_model, c.n_heads, rng, c.attention, c.additive_dim),
+      : self_attn(c.checked("DecoderLayer::DecoderLayer").d_model, c.n_heads, rng,
+                  c.attention_options(/*self=*/true)),
+        cross_attn(c.d_model, c.n_heads, rng, c.attention_options(/*self=*/false)),
         ffn(c.d_model, c.d_ff, c.activation, Scalar(c.dropout), rng),
         self_block(c.d_model, c.norm, Scalar(c.eps)),
         cross_block(c.d_model, c.norm, Scalar(c.eps)),

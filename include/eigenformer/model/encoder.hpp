@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "../decode/kv_cache.hpp"
 #include "../layers/attention.hpp"
 #include "../layers/dropout.hpp"
 #include "../layers/feed_forward.hpp"
+#include "../layers/kv_cache.hpp"
 #include "../layers/layernorm.hpp"
 #include "../layers/residual.hpp"
 #include "config.hpp"
@@ -42,8 +42,8 @@ class EncoderLayer {
 
   EncoderLayer() = default;
   EncoderLayer(const LayerConfig& c, Rng& rng)
-      : self_attn(c.checked("EncoderLayer::EncoderLayer").d_model, c.n_heads, rng, c.attention,
-                  c.additive_dim, c.positions),
+      : self_attn(c.checked("EncoderLayer::EncoderLayer").d_model, c.n_heads, rng,
+                  c.attention_options(/*self=*/true)),
         ffn(c.d_model, c.d_ff, c.activation, Scalar(c.dropout), rng),
         attn_block(c.d_model, c.norm, Scalar(c.eps)),
         ffn_block(c.d_model, c.norm, Scalar(c.eps)),

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "config.hpp"
+#include "decode_state.hpp"
 #include "encoder.hpp"
 #include "output_head.hpp"
 

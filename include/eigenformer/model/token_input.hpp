@@ -1,11 +1,12 @@
 // The input stage of every model: token embedding, optional sqrt(d_model) scaling, positional
-// encoding (sinusoidal or learned; none for relative and rotary positions, which act inside the
-// self-attention layers) and dropout.
+// encoding (sinusoidal or learned; nothing for relative and rotary positions, which act inside the
+// self-attention layers, or for none) and dropout.
 //   ids (B, T) -> (B*T, d_model)
 #pragma once
 
 #include <cmath>
 
+#include "../layers/attention_positions.hpp"
 #include "../layers/dropout.hpp"
 #include "../layers/embedding.hpp"
 #include "../layers/positional.hpp"

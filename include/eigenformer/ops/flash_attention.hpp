@@ -44,7 +44,7 @@ struct AttentionBlocks {
   Index k = 128;  // keys per tile
 };
 
-/// Which attention kernel a layer runs (MultiHeadAttention::impl).
+/// Which attention kernel a layer runs (Attention::impl).
 enum class AttentionImpl {
   automatic,  // use_tiled_attention() decides from the sizes
   plain,      // ops/attention.hpp: keeps the (B*H*Tq, Tk) probabilities

@@ -29,18 +29,20 @@ namespace detail {
 
 /// Throws unless T5's bucketing works with these settings: at least 2 buckets per direction
 /// (num_buckets >= 4 bidirectional, >= 2 otherwise: one exact, one log-spaced) and max_distance
-/// above the exactly bucketed distances. prefix goes before the argument names.
+/// above the exactly bucketed distances. The one rule for the op, the layers and the configs:
+/// buckets_arg and distance_arg name the two settings as the caller calls them.
 inline void check_bucketing(std::string_view func, bool bidirectional, Index num_buckets,
-                            Index max_distance, std::string_view prefix = "") {
+                            Index max_distance, std::string_view buckets_arg = "num_buckets",
+                            std::string_view distance_arg = "max_distance") {
   const Index min_buckets = bidirectional ? 4 : 2;
   if (num_buckets < min_buckets)
-    throw_argument(func, std::string(prefix) + "num_buckets",
+    throw_argument(func, buckets_arg,
                    "is " + std::to_string(num_buckets) + ", expected at least " +
                        std::to_string(min_buckets) + " (2 per direction" +
                        (bidirectional ? ", bidirectional)" : ")"));
   const Index max_exact = (bidirectional ? num_buckets / 2 : num_buckets) / 2;
   if (max_distance <= max_exact)
-    throw_argument(func, std::string(prefix) + "max_distance",
+    throw_argument(func, distance_arg,
                    "is " + std::to_string(max_distance) +
                        ", expected a positive distance above the " + std::to_string(max_exact) +
                        " exactly bucketed ones");

@@ -1,4 +1,6 @@
-// Key/value caches for incremental (step-by-step) decoding, inference only.
+// Key/value caches for incremental (step-by-step) decoding, inference only. A layer-level type:
+// the attention layer fills it; the models keep one per layer in a DecodeState
+// (model/decode_state.hpp).
 //
 // Decoding one token at a time with a full forward pass recomputes the keys and values of every
 // earlier position at every step, so a sequence of N tokens costs O(N^2) projections and layer
@@ -6,19 +8,18 @@
 // so far; each step projects only its new positions, appends them, and attends over the cache.
 //
 // KVCache: preallocated buffers for B sequences of up to max_len positions:
-//   k, v         (B*max_len, d_model)  position t of sequence b is row b*max_len + t
-//   key_padding  (B, max_len)          true marks a padded (masked) key
-//   len                                positions filled, the same for every sequence
+//   k            (B*max_len, key_width)    position t of sequence b is row b*max_len + t
+//   v            (B*max_len, value_width)
+//   key_padding  (B, max_len)              true marks a padded (masked) key
+//   len                                    positions filled, the same for every sequence
+// What a key row holds is the attention scoring's choice (Attention::make_cache): the projected
+// key (width d_model) for dot-product scores, its score projection for additive ones.
 // The self-attention cache of a decoder layer grows by each step's positions. The cross-attention
 // cache holds the encoder memory's keys and values, projected once per source
-// (MultiHeadAttention::cache_memory) with the source padding, and never grows.
-//
-// DecodeState: everything a model keeps between decode_step calls: one self-attention cache per
-// layer, one memory cache per layer (encoder-decoder only), the batch size and the next position.
+// (Attention::cache_memory) with the source padding, and never grows.
 #pragma once
 
 #include <string>
-#include <vector>
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
@@ -29,33 +30,46 @@ template <class Scalar = float>
 struct KVCache {
   using Mat = Matrix<Scalar>;
 
-  Mat k, v;                // (B*max_len, d_model)
+  Mat k;                   // (B*max_len, key_width)
+  Mat v;                   // (B*max_len, value_width)
   BoolMatrix key_padding;  // (B, max_len), true = masked key
   Index B = 0, max_len = 0, len = 0;
 
   KVCache() = default;
-  KVCache(Index batch, Index capacity, Index d_model) { reset(batch, capacity, d_model); }
+  /// Keys and values of width d_model.
+  KVCache(Index batch, Index capacity, Index d_model) { reset(batch, capacity, d_model, d_model); }
+  KVCache(Index batch, Index capacity, Index key_width, Index value_width) {
+    reset(batch, capacity, key_width, value_width);
+  }
 
-  /// Allocates room for batch sequences of capacity positions of width d_model; empties the cache.
-  void reset(Index batch, Index capacity, Index d_model) {
+  /// Allocates room for batch sequences of capacity positions with keys of key_width and values
+  /// of value_width features; empties the cache.
+  void reset(Index batch, Index capacity, Index key_width, Index value_width) {
     detail::check_positive("KVCache::reset", "batch", batch);
     detail::check_positive("KVCache::reset", "max_len", capacity);
-    detail::check_positive("KVCache::reset", "d_model", d_model);
+    detail::check_positive("KVCache::reset", "key_width", key_width);
+    detail::check_positive("KVCache::reset", "value_width", value_width);
     B = batch;
     max_len = capacity;
     len = 0;
-    k.resize(B * max_len, d_model);
-    v.resize(B * max_len, d_model);
+    k.resize(B * max_len, key_width);
+    v.resize(B * max_len, value_width);
     key_padding = BoolMatrix::Constant(B, max_len, false);
+  }
+
+  /// reset with keys and values of width d_model.
+  void reset(Index batch, Index capacity, Index d_model) {
+    reset(batch, capacity, d_model, d_model);
   }
 
   /// Forgets the cached positions, keeping the buffers.
   void clear() { len = 0; }
 
-  Index d_model() const { return k.cols(); }
+  Index key_width() const { return k.cols(); }
+  Index value_width() const { return v.cols(); }
   Index room() const { return max_len - len; }
 
-  /// Keys / values of sequence b, 0 <= b < B: (len, d_model), in place.
+  /// Keys (len, key_width) / values (len, value_width) of sequence b, 0 <= b < B, in place.
   Eigen::Block<const Mat> keys(Index b) const {
     check_sequence("KVCache::keys", b);
     return k.block(b * max_len, 0, len, k.cols());
@@ -107,18 +121,9 @@ struct KVCache {
  private:
   void check_sequence(const char* func, Index b) const {
     if (b < 0 || b >= B)
-      detail::throw_argument(func, "b",
-                             "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(B));
+      detail::throw_argument(
+          func, "b", "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(B));
   }
-};
-
-template <class Scalar = float>
-struct DecodeState {
-  std::vector<KVCache<Scalar>> self;    // per layer: self-attention keys/values, grows per step
-  std::vector<KVCache<Scalar>> memory;  // per layer: cross-attention keys/values of the source
-  Index B = 0;         // sequences
-  Index position = 0;  // position of the next decode_step's first token
-  Index max_len = 0;   // positions the self-attention caches hold
 };
 
 }  // namespace eigenformer

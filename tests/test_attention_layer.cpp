@@ -1,15 +1,19 @@
-#include <eigenformer/layers/multihead_attention.hpp>
+// The attention layer (layers/attention.hpp) with dot-product scores and each position scheme
+// (layers/attention_positions.hpp): gradients, the contract, properties, the definition with
+// positions, and bad input. The additive scoring has its own file (test_additive_attention.cpp).
+#include <eigenformer/layers/attention.hpp>
 
 #include <cmath>
 #include <utility>
 #include <vector>
 
+#include "attention_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
 using eftest::MatD;
-using MHA = MultiHeadAttention<double>;
-using Kind = AttentionPositions::Kind;
+using MHA = Attention<double>;
+using Kind = PositionalKind;
 
 namespace {
 
@@ -35,24 +39,9 @@ void check_self_attention_grads(const AttentionMask& mask, Index B, Index T,
                                 const AttentionPositions& positions = {},
                                 AttentionImpl impl = AttentionImpl::automatic) {
   Rng rng(11);
-  MHA attn(8, 2, rng, true, positions);
+  MHA attn(8, 2, rng, eftest::positioned(positions));
   attn.impl = impl;
-  MatD x = eftest::random_matrix(B * T, 8, rng);
-  const MatD R = eftest::random_matrix(B * T, 8, rng);
-  auto loss = [&] {
-    MHA::Cache c;
-    return projection(attn.forward(x, B, mask, c), R);
-  };
-  attn.zero_grad();
-  MHA::Cache cache;
-  attn.forward(x, B, mask, cache);
-  const MatD dx = attn.backward(R, cache);
-  eftest::check_grad(x, dx, loss, "x");
-  eftest::check_param_grads(attn.parameters(), loss, [&] {
-    MHA::Cache c;
-    attn.forward(x, B, mask, c);
-    attn.backward(R, c);
-  });
+  eftest::check_self_attention_grads(attn, mask, B, T, rng);
 }
 
 /// Self-attention with positions by plain loops and per-element trig: the definition, for
@@ -94,10 +83,10 @@ MatD reference_self_attention(const MHA& attn, const MatD& x, Index B, const Att
           double s = q.row(b * T + i).segment(h * dh, dh).dot(k.row(b * T + j).segment(h * dh, dh));
           s /= std::sqrt(double(dh));
           if (pos.kind == Kind::relative)
-            s += attn.relative_bias.value(
-                relative_position_bucket(j - i, pos.bidirectional, pos.num_buckets,
-                                         pos.max_distance),
-                h);
+            s += param_named(const_cast<MHA&>(attn).parameters(), "relative_bias")
+                     .value(relative_position_bucket(j - i, pos.bidirectional, pos.num_buckets,
+                                                     pos.max_distance),
+                            h);
           w[size_t(j)] = s;
           if (!masked) max = std::max(max, s);
         }
@@ -143,29 +132,11 @@ TEST_CASE("cross-attention gradients reach both the queries and the memory") {
   Rng rng(12);
   const Index B = 2, Tq = 3, Tk = 5;
   MHA attn(8, 4, rng);
-  MatD query = eftest::random_matrix(B * Tq, 8, rng);
-  MatD memory = eftest::random_matrix(B * Tk, 8, rng);
-  const MatD R = eftest::random_matrix(B * Tq, 8, rng);
   AttentionMask mask;
   mask.key_padding = BoolMatrix::Zero(B, Tk);
   mask.key_padding(0, 4) = true;
-  auto loss = [&] {
-    MHA::Cache c;
-    return projection(attn.forward(query, memory, B, mask, c), R);
-  };
-  MHA::Cache cache;
-  attn.forward(query, memory, B, mask, cache);
-  MatD dmemory;
-  const MatD dquery = attn.backward(R, cache, &dmemory);
-  eftest::check_grad(query, dquery, loss, "query");
-  eftest::check_grad(memory, dmemory, loss, "memory");
+  const MatD dmemory = eftest::check_cross_attention_grads(attn, mask, B, Tq, Tk, rng);
   CHECK(dmemory.block(4, 0, 1, 8).isZero());  // the padded key of sequence 0 gets no gradient
-  eftest::check_param_grads(attn.parameters(), loss, [&] {
-    MHA::Cache c;
-    attn.forward(query, memory, B, mask, c);
-    MatD dm;
-    attn.backward(R, c, &dm);
-  });
 }
 
 TEST_CASE("backward reuses its buffers: repeated, reshaped, mixed and copied calls agree") {
@@ -191,8 +162,8 @@ TEST_CASE("backward reuses its buffers: repeated, reshaped, mixed and copied cal
   const MatD first_big = self_grad(attn, big, 3);
   const auto first_cross = cross_grads(attn);
   CHECK(self_grad(attn, small, 2) == first_small);  // after a larger call
-  CHECK(cross_grads(attn) == first_cross);           // after a self-attention call
-  CHECK(self_grad(attn, big, 3) == first_big);       // after a cross-attention call
+  CHECK(cross_grads(attn) == first_cross);          // after a self-attention call
+  CHECK(self_grad(attn, big, 3) == first_big);      // after a cross-attention call
   MHA copy = attn;
   CHECK(self_grad(copy, big, 3) == first_big);
 }
@@ -202,7 +173,7 @@ TEST_CASE("multi-head attention follows the gradient contract, with and without 
        {AttentionPositions(), rotary_positions(), relative_positions(false)}) {
     CAPTURE(int(positions.kind));
     Rng rng(13);
-    MHA attn(8, 2, rng, true, positions);
+    MHA attn(8, 2, rng, eftest::positioned(positions));
     const MatD x = eftest::random_matrix(6, 8, rng);
     const MatD R = eftest::random_matrix(6, 8, rng);
     AttentionMask causal;
@@ -218,15 +189,14 @@ TEST_CASE("multi-head attention follows the gradient contract, with and without 
 TEST_CASE_TEMPLATE("causal self-attention: outputs 0..t ignore tokens after t", Scalar, float,
                    double) {
   Rng rng(14);
-  MultiHeadAttention<Scalar> attn(8, 2, rng);
+  Attention<Scalar> attn(8, 2, rng);
   const Index B = 2, T = 6, t = 2;
   Matrix<Scalar> x = eftest::random_matrix<Scalar>(B * T, 8, rng);
   AttentionMask causal;
   causal.causal = true;
-  typename MultiHeadAttention<Scalar>::Cache c1, c2;
+  typename Attention<Scalar>::Cache c1, c2;
   const Matrix<Scalar> y1 = attn.forward(x, B, causal, c1);
-  for (Index b = 0; b < B; ++b)
-    x.block(b * T + t + 1, 0, T - t - 1, 8).setConstant(Scalar(7));
+  for (Index b = 0; b < B; ++b) x.block(b * T + t + 1, 0, T - t - 1, 8).setConstant(Scalar(7));
   const Matrix<Scalar> y2 = attn.forward(x, B, causal, c2);
   for (Index b = 0; b < B; ++b) {
     CHECK(y1.block(b * T, 0, t + 1, 8) == y2.block(b * T, 0, t + 1, 8));
@@ -236,21 +206,21 @@ TEST_CASE_TEMPLATE("causal self-attention: outputs 0..t ignore tokens after t", 
 
 TEST_CASE_TEMPLATE("padded keys change nothing", Scalar, float, double) {
   Rng rng(15);
-  MultiHeadAttention<Scalar> attn(8, 2, rng);
+  Attention<Scalar> attn(8, 2, rng);
   const Index B = 2, Tq = 3, Tk = 4;
   const Matrix<Scalar> query = eftest::random_matrix<Scalar>(B * Tq, 8, rng);
   Matrix<Scalar> memory = eftest::random_matrix<Scalar>(B * Tk, 8, rng);
   AttentionMask mask;
   mask.key_padding = BoolMatrix::Zero(B, Tk);
   mask.key_padding(1, 2) = mask.key_padding(1, 3) = true;
-  typename MultiHeadAttention<Scalar>::Cache c1, c2;
+  typename Attention<Scalar>::Cache c1, c2;
   const Matrix<Scalar> y1 = attn.forward(query, memory, B, mask, c1);
   memory.block(Tk + 2, 0, 2, 8).setConstant(Scalar(1e3));
   const Matrix<Scalar> y2 = attn.forward(query, memory, B, mask, c2);
   CHECK(y1 == y2);
   // Per-head weights: rows sum to 1 and the padded keys get exactly 0.
   for (Index h = 0; h < 2; ++h) {
-    const Matrix<Scalar> w = MultiHeadAttention<Scalar>::attention_weights(c1, 1, h);
+    const Matrix<Scalar> w = attn.attention_weights(c1, 1, h);
     CHECK(w.rows() == Tq);
     CHECK(w.cols() == Tk);
     for (Index i = 0; i < Tq; ++i) CHECK(w.row(i).sum() == doctest::Approx(1.0));
@@ -260,13 +230,13 @@ TEST_CASE_TEMPLATE("padded keys change nothing", Scalar, float, double) {
 
 TEST_CASE("multi-head attention rejects bad input and stays unchanged") {
   Rng rng(16);
-  eftest::check_throws_with([&] { MultiHeadAttention<float>(10, 3, rng); },
-                            {"MultiHeadAttention::MultiHeadAttention", "n_heads", "must divide"});
-  MultiHeadAttention<float> attn(8, 2, rng);
+  eftest::check_throws_with([&] { Attention<float>(10, 3, rng); },
+                            {"Attention::Attention", "n_heads", "must divide"});
+  Attention<float> attn(8, 2, rng);
   const Matrix<float> before = attn.q_proj.weight.value;
-  MultiHeadAttention<float>::Cache c;
+  Attention<float>::Cache c;
   eftest::check_throws_with([&] { attn.forward(Matrix<float>::Ones(6, 7), 2, {}, c); },
-                            {"MultiHeadAttention::forward", "'query'", "(6, 7)", "(*, 8)"});
+                            {"Attention::forward", "'query'", "(6, 7)", "(*, 8)"});
   eftest::check_throws_with([&] { attn.forward(Matrix<float>::Ones(7, 8), 2, {}, c); },
                             {"'query'", "7 rows", "B = 2"});
   eftest::check_throws_with(
@@ -278,7 +248,7 @@ TEST_CASE("multi-head attention rejects bad input and stays unchanged") {
                             {"mask.key_padding", "(2, 4)", "(2, 3)"});
   attn.forward(Matrix<float>::Ones(6, 8), 2, {}, c);
   eftest::check_throws_with([&] { attn.backward(Matrix<float>::Ones(5, 8), c); },
-                            {"MultiHeadAttention::backward", "'dy'", "(5, 8)", "(6, 8)"});
+                            {"Attention::backward", "'dy'", "(5, 8)", "(6, 8)"});
   CHECK(attn.q_proj.weight.value == before);
   CHECK(attn.q_proj.weight.grad.isZero());
 }
@@ -293,7 +263,7 @@ TEST_CASE("self-attention with rotary or relative positions matches the definiti
   for (const AttentionPositions& positions : kinds) {
     for (const AttentionMask& m : {AttentionMask(), mask}) {
       Rng rng(21);
-      MHA attn(8, 2, rng, true, positions);
+      MHA attn(8, 2, rng, eftest::positioned(positions));
       for (Linear<double>* l : {&attn.q_proj, &attn.k_proj, &attn.v_proj, &attn.out_proj})
         fill_normal(l->bias.value, 0.0, 0.5, rng);
       const MatD x = eftest::random_matrix(2 * 9, 8, rng);
@@ -330,11 +300,12 @@ TEST_CASE("self-attention gradients with positions match finite differences, bot
 
 TEST_CASE("relative_bias gets each score gradient in its bucket, and follows the contract") {
   Rng rng(22);
-  MHA attn(8, 2, rng, true, relative_positions(true));
+  MHA attn(8, 2, rng, eftest::positioned(relative_positions(true)));
   REQUIRE(attn.parameters().size() == 9);
   CHECK(attn.parameters().back().name == "relative_bias");
-  CHECK(attn.relative_bias.value.rows() == 8);
-  CHECK(attn.relative_bias.value.cols() == 2);
+  Param<double>& relative_bias = param_named(attn.parameters(), "relative_bias");
+  CHECK(relative_bias.value.rows() == 8);
+  CHECK(relative_bias.value.cols() == 2);
   const MatD x = eftest::random_matrix(2 * 5, 8, rng);
   const MatD R = eftest::random_matrix(2 * 5, 8, rng);
   AttentionMask causal;
@@ -353,29 +324,29 @@ TEST_CASE("relative_bias gets each score gradient in its bucket, and follows the
   MHA::Cache c;
   attn.forward(x, 2, causal, c);
   attn.backward(R, c);
-  CHECK(attn.relative_bias.grad.bottomRows(4).isZero(0));
-  CHECK(!attn.relative_bias.grad.topRows(4).isZero(0));
+  CHECK(relative_bias.grad.bottomRows(4).isZero(0));
+  CHECK(!relative_bias.grad.topRows(4).isZero(0));
 }
 
 TEST_CASE_TEMPLATE("positions: an all-zero relative table equals no positions; rotary changes it",
                    Scalar, float, double) {
   Rng rng1(23), rng2(23), rng3(23);
-  MultiHeadAttention<Scalar> plain(8, 2, rng1);
-  MultiHeadAttention<Scalar> relative(8, 2, rng2, true, relative_positions(true));
-  MultiHeadAttention<Scalar> rotary(8, 2, rng3, true, rotary_positions());
+  Attention<Scalar> plain(8, 2, rng1);
+  Attention<Scalar> relative(8, 2, rng2, eftest::positioned(relative_positions(true)));
+  Attention<Scalar> rotary(8, 2, rng3, eftest::positioned(rotary_positions()));
   CHECK(relative.q_proj.weight.value == plain.q_proj.weight.value);  // same draws before the table
   CHECK(rotary.out_proj.weight.value == plain.out_proj.weight.value);
   CHECK(plain.parameters().size() == 8);
   CHECK(rotary.parameters().size() == 8);
-  CHECK(plain.relative_bias.value.size() == 0);
-  relative.relative_bias.value.setZero();
+  CHECK(plain.position_scheme() == nullptr);
+  param_named(relative.parameters(), "relative_bias").value.setZero();
   Rng rng(24);
   const Matrix<Scalar> x = eftest::random_matrix<Scalar>(2 * 6, 8, rng);
   AttentionMask causal;
   causal.causal = true;
   for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
     plain.impl = relative.impl = rotary.impl = impl;
-    typename MultiHeadAttention<Scalar>::Cache c1, c2, c3;
+    typename Attention<Scalar>::Cache c1, c2, c3;
     const Matrix<Scalar> y = plain.forward(x, 2, causal, c1);
     CHECK(relative.forward(x, 2, causal, c2) == y);
     CHECK(!(rotary.forward(x, 2, causal, c3) == y));
@@ -383,8 +354,7 @@ TEST_CASE_TEMPLATE("positions: an all-zero relative table equals no positions; r
     CHECK((rotary.forward(x, 2, causal, c3).row(6) - y.row(6)).cwiseAbs().maxCoeff() <
           Scalar(1e-6));
     for (Index h = 0; h < 2; ++h)
-      CHECK((MultiHeadAttention<Scalar>::attention_weights(c2, 1, h) -
-             MultiHeadAttention<Scalar>::attention_weights(c1, 1, h))
+      CHECK((relative.attention_weights(c2, 1, h) - plain.attention_weights(c1, 1, h))
                 .cwiseAbs()
                 .maxCoeff() == Scalar(0));
   }
@@ -392,53 +362,53 @@ TEST_CASE_TEMPLATE("positions: an all-zero relative table equals no positions; r
 
 TEST_CASE("positions: bad settings and cross-attention are rejected by name") {
   Rng rng(25);
-  const std::string ctor = "MultiHeadAttention::MultiHeadAttention";
+  const std::string ctor = "Attention::Attention";
   AttentionPositions p = rotary_positions();
-  eftest::check_throws_with([&] { MultiHeadAttention<float>(9, 3, rng, true, p); },
+  eftest::check_throws_with([&] { Attention<float>(9, 3, rng, eftest::positioned(p)); },
                             {ctor, "'positions.kind'", "rotary", "even head_dim", "got 3"});
   p.rotary_base = 0.0;
-  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+  eftest::check_throws_with([&] { Attention<float>(8, 2, rng, eftest::positioned(p)); },
                             {ctor, "'positions.rotary_base'", "positive", "got 0"});
   p.rotary_base = -1.0;
-  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+  eftest::check_throws_with([&] { Attention<float>(8, 2, rng, eftest::positioned(p)); },
                             {ctor, "'positions.rotary_base'", "got -1"});
   p = relative_positions(true);
   p.num_buckets = 3;
-  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
-                            {ctor, "'positions.num_buckets'", "at least 4", "bidirectional",
-                             "is 3"});
+  eftest::check_throws_with(
+      [&] { Attention<float>(8, 2, rng, eftest::positioned(p)); },
+      {ctor, "'positions.num_buckets'", "at least 4", "bidirectional", "is 3"});
   p = relative_positions(false);
   p.num_buckets = 1;
-  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+  eftest::check_throws_with([&] { Attention<float>(8, 2, rng, eftest::positioned(p)); },
                             {ctor, "'positions.num_buckets'", "at least 2", "is 1"});
   p = relative_positions(true);
   p.max_distance = 0;
-  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+  eftest::check_throws_with([&] { Attention<float>(8, 2, rng, eftest::positioned(p)); },
                             {ctor, "'positions.max_distance'", "positive", "is 0"});
   p.num_buckets = 32;
   p.max_distance = 8;  // 8 exact buckets per direction
-  eftest::check_throws_with([&] { MultiHeadAttention<float>(8, 2, rng, true, p); },
+  eftest::check_throws_with([&] { Attention<float>(8, 2, rng, eftest::positioned(p)); },
                             {ctor, "'positions.max_distance'", "8 exactly bucketed", "is 8"});
   // Settings the kind does not use are not checked.
   p.kind = Kind::none;
   p.rotary_base = -1.0;
-  CHECK(MultiHeadAttention<float>(9, 3, rng, true, p).parameters().size() == 8);
+  CHECK(Attention<float>(9, 3, rng, eftest::positioned(p)).parameters().size() == 8);
 
   for (const AttentionPositions& positions : {rotary_positions(), relative_positions(true)}) {
-    MultiHeadAttention<float> attn(8, 2, rng, true, positions);
+    Attention<float> attn(8, 2, rng, eftest::positioned(positions));
     const Matrix<float> x = Matrix<float>::Ones(6, 8);
-    MultiHeadAttention<float>::Cache c;
-    eftest::check_throws_with([&] { attn.forward(x, x, 2, {}, c); },
-                              {"MultiHeadAttention::forward", "'memory'",
-                               "positions apply to self-attention only"});
+    Attention<float>::Cache c;
+    eftest::check_throws_with(
+        [&] { attn.forward(x, x, 2, {}, c); },
+        {"Attention::forward", "'memory'", "positions apply to self-attention only"});
     KVCache<float> kv;
-    eftest::check_throws_with([&] { attn.cache_memory(x, 2, {}, kv); },
-                              {"MultiHeadAttention::cache_memory",
-                               "positions apply to self-attention only"});
+    eftest::check_throws_with(
+        [&] { attn.cache_memory(x, 2, {}, kv); },
+        {"Attention::cache_memory", "positions apply to self-attention only"});
     kv.reset(2, 3, 8);
-    eftest::check_throws_with([&] { attn.forward_cached_memory(x, 2, kv); },
-                              {"MultiHeadAttention::forward_cached_memory",
-                               "positions apply to self-attention only"});
+    eftest::check_throws_with(
+        [&] { attn.forward_cached_memory(x, 2, kv); },
+        {"Attention::forward_cached_memory", "positions apply to self-attention only"});
     CHECK(kv.len == 0);
   }
 }

@@ -1,0 +1,40 @@
+# Fails when a library header includes one from a higher floor, or from another folder of its own
+# floor: includes only run downward,
+#   core <- ops <- layers <- model <- train / decode / io / text <- dist
+# so that a type two floors need lives on the lower one.
+#   cmake -DINCLUDE_DIR=<repo>/include/eigenformer -P check_includes.cmake
+set(rank_core 0)
+set(rank_ops 1)
+set(rank_layers 2)
+set(rank_model 3)
+set(rank_train 4)
+set(rank_decode 4)
+set(rank_io 4)
+set(rank_text 4)
+set(rank_dist 5)
+
+file(GLOB_RECURSE headers RELATIVE ${INCLUDE_DIR} ${INCLUDE_DIR}/*/*.hpp)
+set(errors "")
+foreach(header ${headers})
+  string(REGEX MATCH "^[a-z]+" floor "${header}")
+  if(NOT DEFINED rank_${floor})
+    string(APPEND errors "  ${header}: folder '${floor}' has no floor in tests/check_includes.cmake\n")
+    continue()
+  endif()
+  file(STRINGS ${INCLUDE_DIR}/${header} lines REGEX "^#include \"\\.\\./")
+  foreach(line ${lines})
+    string(REGEX MATCH "\\.\\./([a-z]+)/" _ "${line}")
+    set(target ${CMAKE_MATCH_1})
+    if(NOT DEFINED rank_${target})
+      string(APPEND errors "  ${header}: ${line}: unknown folder '${target}'\n")
+    elseif(rank_${target} GREATER_EQUAL rank_${floor} AND NOT target STREQUAL floor)
+      string(APPEND errors "  ${header} (${floor}): ${line} does not run downward\n")
+    endif()
+  endforeach()
+endforeach()
+if(errors)
+  message(FATAL_ERROR "Includes must only run downward "
+                      "(core <- ops <- layers <- model <- train/decode/io/text <- dist):\n${errors}")
+endif()
+list(LENGTH headers n)
+message(STATUS "includes run downward in all ${n} headers")
