@@ -1,9 +1,16 @@
-# cmake --install, then find_package(eigenformer) gives eigenformer::eigenformer.
+# cmake --install, then find_package(eigenformer) gives eigenformer::eigenformer (and
+# eigenformer::precompiled when it was built).
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
 install(DIRECTORY include/eigenformer DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS eigenformer EXPORT eigenformerTargets)
+# eigenformer::precompiled when it is built (not from a sanitizer build: its objects need the
+# sanitizer runtime).
+if(TARGET eigenformer_precompiled AND NOT EIGENFORMER_SANITIZE)
+  install(TARGETS eigenformer_precompiled EXPORT eigenformerTargets
+          ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+endif()
 install(EXPORT eigenformerTargets
   NAMESPACE eigenformer::
   DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)

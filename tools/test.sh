@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
-# Builds and runs every unit test: a Release build with Eigen's own matrix products, valgrind on the
-# I/O tests (in a portable build), the fuzz targets for a bounded time, then every test again under
-# AddressSanitizer + UndefinedBehaviorSanitizer with OpenBLAS doing the matrix products, so the BLAS
-# path is tested without a third compile of the two large test groups (they dominate CI's time).
-# Installs missing Debian packages first.
+# Builds and runs every unit test:
+#  1. a Release build with Eigen's own matrix products, portable (-DEIGENFORMER_NATIVE=OFF) so
+#     that valgrind (3.19, which decodes no AVX-512) can run its I/O tests, and its tests;
+#  2. valgrind memcheck on the I/O tests of that build;
+#  3. the fuzz targets for a bounded time;
+#  4. every test again built with -march=native, AddressSanitizer + UndefinedBehaviorSanitizer,
+#     and OpenBLAS doing the matrix products, so the native and BLAS paths are tested too.
+# Installs missing Debian packages first. Each build compiles the models once, into
+# eigenformer::precompiled; every test file is then a small program of its own.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
-echo "== Release build and tests"
-tools/setup.sh build/release -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_BUILD_TESTS=ON \
-  -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
-ctest --test-dir build/release --output-on-failure -j "$(nproc)"
+echo "== Release build (portable) and tests"
+tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_NATIVE=OFF \
+  -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
+ctest --test-dir build/test --output-on-failure -j "$(nproc)"
 
-echo "== valgrind memcheck of the I/O tests, in a portable build (valgrind 3.19 decodes no AVX-512)"
-EIGENFORMER_TARGETS=tests_io tools/setup.sh build/valgrind -DCMAKE_BUILD_TYPE=Release \
-  -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF \
-  -DEIGENFORMER_BUILD_BENCH=OFF
-tools/valgrind.sh build/valgrind
+echo "== valgrind memcheck of the I/O tests"
+tools/valgrind.sh build/test
 
 echo "== libFuzzer: the safetensors reader and the translate input parser, 30 s each"
 tools/fuzz.sh 30
 
-echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests, products through OpenBLAS"
+echo "== -march=native, AddressSanitizer + UndefinedBehaviorSanitizer, products through OpenBLAS"
 tools/setup.sh build/sanitize -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_SANITIZE=ON \
   -DEIGENFORMER_USE_BLAS=ON -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF \
   -DEIGENFORMER_BUILD_BENCH=OFF

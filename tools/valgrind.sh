@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Runs the file I/O tests (test_safetensors.cpp, test_checkpoint.cpp: the program tests_io) of an
-# existing build under valgrind memcheck: any invalid read/write, use of uninitialised memory or
-# leak fails.
+# Runs the file I/O tests (the programs test_safetensors and test_checkpoint) of an existing build
+# under valgrind memcheck: any invalid read/write, use of uninitialised memory or leak fails.
 #
-#   tools/valgrind.sh BUILD_DIR      e.g. build/valgrind; builds tests_io there first
+#   tools/valgrind.sh BUILD_DIR      e.g. build/test; builds the two programs there first
 #
 # One OpenMP thread (OMP_NUM_THREADS=1), so libgomp's thread pool adds no noise. Valgrind 3.19
 # does not decode AVX-512: on an AVX-512 machine a -march=native build (EIGENFORMER_NATIVE, ON by
 # default) dies of SIGILL at its first AVX-512 instruction, so give it a build configured with
-# -DEIGENFORMER_NATIVE=OFF, as tools/test.sh does.
+# -DEIGENFORMER_NATIVE=OFF, as tools/test.sh's is.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ $# -ne 1 ]]; then
@@ -16,29 +15,32 @@ if [[ $# -ne 1 ]]; then
   exit 2
 fi
 build="$(cd "$1" && pwd)"
-program=tests_io
+programs=(test_safetensors test_checkpoint)
 command -v valgrind >/dev/null || { echo "tools/valgrind.sh: valgrind not installed" >&2; exit 1; }
 
-if ! cmake --build "$build" --target "$program" >"$build/valgrind-build.log" 2>&1; then
+if ! cmake --build "$build" --target "${programs[@]}" >"$build/valgrind-build.log" 2>&1; then
   cat "$build/valgrind-build.log" >&2
   exit 1
 fi
-exe="$build/tests/$program"
-[[ -x "$exe" ]] || exe="$(find "$build" -name "$program" -type f -perm -u+x | head -1)"
-[[ -n "$exe" ]] || { echo "tools/valgrind.sh: $program not found in $build" >&2; exit 1; }
 export OMP_NUM_THREADS=1
-log="$build/valgrind-$program.log"
-start=$SECONDS
-# No suppressions: definite and indirect leaks are errors, "still reachable" statics are not.
-# --quiet: the log stays empty unless valgrind finds something.
-rc=0
-(cd "$here" && valgrind --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect \
-    --errors-for-leak-kinds=definite,indirect --track-origins=yes --quiet --log-file="$log" \
-    "$exe" --no-intro=true --minimal=true) || rc=$?
-if [[ $rc -eq 0 && ! -s "$log" ]]; then
-  echo "== valgrind $program: clean ($((SECONDS - start)) s)"
-else
-  echo "!! valgrind $program FAILED (exit $rc, $((SECONDS - start)) s); log: $log" >&2
-  head -60 "$log" >&2
-  exit 1
-fi
+status=0
+for program in "${programs[@]}"; do
+  exe="$build/tests/$program"
+  [[ -x "$exe" ]] || { echo "tools/valgrind.sh: $exe not found" >&2; exit 1; }
+  log="$build/valgrind-$program.log"
+  start=$SECONDS
+  # No suppressions: definite and indirect leaks are errors, "still reachable" statics are not.
+  # --quiet: the log stays empty unless valgrind finds something.
+  rc=0
+  (cd "$here" && valgrind --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect \
+      --errors-for-leak-kinds=definite,indirect --track-origins=yes --quiet --log-file="$log" \
+      "$exe" --no-intro=true --minimal=true) || rc=$?
+  if [[ $rc -eq 0 && ! -s "$log" ]]; then
+    echo "== valgrind $program: clean ($((SECONDS - start)) s)"
+  else
+    echo "!! valgrind $program FAILED (exit $rc, $((SECONDS - start)) s); log: $log" >&2
+    head -60 "$log" >&2
+    status=1
+  fi
+done
+exit $status

@@ -6,6 +6,7 @@
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 #include "core/param.hpp"
+#include "core/precompiled.hpp"
 #include "core/random.hpp"
 #include "core/tensor.hpp"
 #include "decode/beam.hpp"

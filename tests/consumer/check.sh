@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds tests/consumer three ways: add_subdirectory, find_package after cmake --install, and a
+# Builds tests/consumer three ways: add_subdirectory, find_package after installing the project's
+# own build (which has eigenformer::precompiled, so the package is checked with it too), and a
 # plain compiler call with -I include (and Eigen's include directory).
-#   check.sh SOURCE_DIR WORK_DIR CXX
+#   check.sh SOURCE_DIR BUILD_DIR WORK_DIR CXX
 set -euo pipefail
-src="$1"; work="$2"; cxx="$3"
+src="$1"; build="$2"; work="$3"; cxx="$4"
 rm -rf "$work"; mkdir -p "$work"
 here="$src/tests/consumer"
 
@@ -11,12 +12,11 @@ cmake -S "$here" -B "$work/sub" -DEIGENFORMER_CONSUME=subdirectory -DEIGENFORMER
 cmake --build "$work/sub" >/dev/null
 "$work/sub/consumer"
 
-cmake -S "$src" -B "$work/lib" -DEIGENFORMER_BUILD_TESTS=OFF -DEIGENFORMER_BUILD_EXAMPLES=OFF \
-  -DEIGENFORMER_BUILD_BENCH=OFF >/dev/null
-cmake --install "$work/lib" --prefix "$work/prefix" >/dev/null
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
 cmake -S "$here" -B "$work/pkg" -DEIGENFORMER_CONSUME=package -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
 cmake --build "$work/pkg" >/dev/null
 "$work/pkg/consumer"
+"$work/pkg/consumer_precompiled"
 
 "$cxx" -std=c++17 -O1 -Wall -Wextra -Wpedantic -Werror -I "$src/include" -I /usr/include/eigen3 \
   "$here/main.cpp" -o "$work/plain"

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/precompiled.hpp"
 #include "../model/decode_state.hpp"
 #include "../model/transformer.hpp"
 
@@ -340,5 +341,16 @@ IdMatrix beam_search(Transformer<Scalar>& model, const IdMatrix& src, const Beam
   if (scores) *scores = r.scores();
   return std::move(r.ids);
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_BEAM_TEMPLATES(S)                                                              \
+  EIGENFORMER_FOR(S, BeamResult beam_search_result<S>(Transformer<S>& model, const IdMatrix& src, \
+                                                      const BeamOptions& opt))                     \
+  EIGENFORMER_FOR(S, IdMatrix beam_search<S>(Transformer<S>& model, const IdMatrix& src,          \
+                                             const BeamOptions& opt, std::vector<double>* scores))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_BEAM_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/precompiled.hpp"
 #include "../model/decode_state.hpp"
 #include "../model/language_models.hpp"
 #include "../model/transformer.hpp"
@@ -125,5 +126,17 @@ IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, I
   }
   return seq;
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_GREEDY_TEMPLATES(S)                                                            \
+  EIGENFORMER_FOR(S, IdMatrix greedy_decode<S>(Transformer<S>& model, const IdMatrix& src,        \
+                                               const GreedyOptions& opt,                           \
+                                               typename Transformer<S>::Cache* last))              \
+  EIGENFORMER_FOR(S, IdMatrix greedy_generate<S>(DecoderOnlyLM<S>& model, const IdMatrix& prompt, \
+                                                 Index n_new, Index eos))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_GREEDY_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../core/precompiled.hpp"
 #include "../model/language_models.hpp"
 #include "../model/transformer.hpp"
 #include "safetensors.hpp"
@@ -191,5 +192,19 @@ Model load_model(const std::string& path, std::map<std::string, std::string>* me
   if (metadata) *metadata = meta;
   return model;
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_CHECKPOINT_MODEL_(S, Model)                                                  \
+  EIGENFORMER_FOR(S, void save_model<Model<S>>(const std::string& path, Model<S>& model,         \
+                                               const std::map<std::string, std::string>& extra)) \
+  EIGENFORMER_FOR(S, Model<S> load_model<Model<S>>(const std::string& path,                      \
+                                                   std::map<std::string, std::string>* metadata))
+#define EIGENFORMER_CHECKPOINT_TEMPLATES(S)     \
+  EIGENFORMER_CHECKPOINT_MODEL_(S, Transformer) \
+  EIGENFORMER_CHECKPOINT_MODEL_(S, DecoderOnlyLM) EIGENFORMER_CHECKPOINT_MODEL_(S, EncoderOnlyModel)
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_CHECKPOINT_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

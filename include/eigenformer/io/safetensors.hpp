@@ -33,6 +33,7 @@
 
 #include "../core/error.hpp"
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 
 namespace eigenformer {
 
@@ -589,5 +590,16 @@ void load_safetensors(const std::string& path, const ParamList<Scalar>& params) 
           detail::get_float_le(&data[t.begin + static_cast<std::uint64_t>(i) * width], d));
   }
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_SAFETENSORS_TEMPLATES(S)                                                       \
+  EIGENFORMER_FOR(S, void save_safetensors<S>(const std::string& path, const ParamList<S>& params, \
+                                              const std::map<std::string, std::string>& metadata,  \
+                                              Dtype dtype))                                        \
+  EIGENFORMER_FOR(S, void load_safetensors<S>(const std::string& path, const ParamList<S>& params))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_SAFETENSORS_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

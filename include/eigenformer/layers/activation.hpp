@@ -3,6 +3,7 @@
 #pragma once
 
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../ops/activations.hpp"
 
 namespace eigenformer {
@@ -38,12 +39,7 @@ class ActivationLayer {
   }
 
   /// dy (N, C) -> dx (N, C) = dy * f'(x).
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache) const {
-    detail::check_shape("ActivationLayer::backward", "dy", dy, cache.x.rows(), cache.x.cols());
-    Mat dx;
-    activation_backward<Scalar>(dx, dy, cache.x, kind_);
-    return dx;
-  }
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache) const;
 
   ParamList<Scalar> parameters() { return {}; }
 
@@ -52,5 +48,17 @@ class ActivationLayer {
  private:
   Activation kind_ = Activation::relu;
 };
+
+template <class Scalar>
+auto ActivationLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) const -> Mat {
+  detail::check_shape("ActivationLayer::backward", "dy", dy, cache.x.rows(), cache.x.cols());
+  Mat dx;
+  activation_backward<Scalar>(dx, dy, cache.x, kind_);
+  return dx;
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(ActivationLayer)
 
 }  // namespace eigenformer

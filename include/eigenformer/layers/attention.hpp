@@ -28,6 +28,7 @@
 
 #include "../core/clone_ptr.hpp"
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/random.hpp"
 #include "../ops/linear.hpp"
 #include "attention_positions.hpp"
@@ -75,35 +76,7 @@ class Attention {
   /// initialised like PyTorch's nn.MultiheadAttention (Xavier-uniform input weights, zero biases);
   /// then the scoring and the position scheme draw their own parameters from rng, in that order.
   /// Throws ArgumentError naming the setting that is out of range.
-  Attention(Index d_model, Index n_heads, Rng& rng, const AttentionOptions& options = {})
-      : n_heads_(n_heads), positions_(options.positions) {
-    const char* func = "Attention::Attention";
-    detail::check_positive(func, "d_model", d_model);
-    detail::check_positive(func, "n_heads", n_heads);
-    detail::require(d_model % n_heads == 0, func, "n_heads", [&] {
-      return "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
-             std::to_string(n_heads);
-    });
-    detail::require(options.additive_dim >= 0, func, "options.additive_dim", [&] {
-      return "must be >= 0 (0: head_dim), got " + std::to_string(options.additive_dim);
-    });
-    detail::require(options.scoring == AttentionScoring::dot_product ||
-                        options.scoring == AttentionScoring::additive,
-                    func, "options.scoring", [&] {
-                      return "is " + std::to_string(static_cast<int>(options.scoring)) +
-                             ", not an AttentionScoring";
-                    });
-    options.positions.validate(func, d_model / n_heads);
-    for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj, &out_proj}) {
-      *p = Linear<Scalar>(d_model, d_model, rng, options.bias);
-      if (options.bias) p->bias.value.setZero();
-    }
-    for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj}) fill_xavier_uniform(p->weight.value, rng);
-    score_ = detail::ClonePtr<AttentionScore<Scalar>>(make_attention_score<Scalar>(
-        options.scoring, n_heads, d_model / n_heads, options.additive_dim, options.bias, rng));
-    scheme_ = detail::ClonePtr<PositionScheme<Scalar>>(
-        make_position_scheme<Scalar>(options.positions, d_model, n_heads, rng));
-  }
+  Attention(Index d_model, Index n_heads, Rng& rng, const AttentionOptions& options = {});
 
   Index d_model() const { return q_proj.in_features(); }
   Index n_heads() const { return n_heads_; }
@@ -112,84 +85,27 @@ class Attention {
   const AttentionPositions& positions() const { return positions_; }
   /// The scoring component (its own parameters, e.g. AdditiveScore's, are reachable by downcast
   /// or by name through parameters()). Throws on an empty layer.
-  const AttentionScore<Scalar>& score() const {
-    detail::require(score_.get() != nullptr, "Attention::score", "this", "is an empty layer");
-    return *score_;
-  }
+  const AttentionScore<Scalar>& score() const;
   /// The position scheme acting in this layer, or null (none, or positions at the input).
   const PositionScheme<Scalar>* position_scheme() const { return scheme_.get(); }
 
   /// Self-attention over x (B*T, d) holding B sequences; returns (B*T, d).
-  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) const {
-    const AttentionDims d = check_inputs("Attention::forward", x, x, B, mask);
-    cache.self = true;
-    cache.memory.resize(0, 0);
-    cache.query = x;
-    return run(cache.query, cache.query, d, mask, cache);
-  }
+  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) const;
 
   /// Cross-attention: queries from query (B*Tq, d), keys and values from memory (B*Tk, d).
   /// Throws when the layer has positions (they apply to self-attention only).
   Mat forward(ConstRef<Scalar> query, ConstRef<Scalar> memory, Index B, const AttentionMask& mask,
-              Cache& cache) const {
-    require_no_positions("Attention::forward", "memory");
-    const AttentionDims d = check_inputs("Attention::forward", query, memory, B, mask);
-    cache.self = false;
-    cache.query = query;
-    cache.memory = memory;
-    return run(cache.query, cache.memory, d, mask, cache);
-  }
+              Cache& cache) const;
 
   /// dy (B*Tq, d) -> gradient with respect to the query input, fresh; parameter gradients are
   /// added. For self-attention that is the whole input gradient (dmemory must be null). For
   /// cross-attention the memory gradient is assigned to *dmemory when it is not null. Throws,
   /// changing nothing, unless cache comes from a forward of a layer of this shape.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory = nullptr) {
-    const char* func = "Attention::backward";
-    check_forward_cache(func, cache);
-    const AttentionDims& d = cache.dims;
-    detail::check_shape(func, "dy", dy, d.B * d.Tq, d_model());
-    detail::require(!(cache.self && dmemory), func, "dmemory",
-                    "must be null for a self-attention cache");
-    const Mat* bias = cache.positions.bias.size() != 0 ? &cache.positions.bias : nullptr;
-    // (B*Tq, d) and (B*Tk, d) gradients, kept between calls; only dquery is handed out.
-    auto& [dcontext, dq, dk, dv, dmem, tmp, dbias] = scratch_.buffers;
-    linear_backward<Scalar>(dcontext, &out_proj.weight.grad, bias_grad(out_proj), dy, cache.context,
-                            out_proj.weight.value);
-    score_->backward(dq, dk, dv, bias ? &dbias : nullptr, dcontext, cache.score, cache.q, cache.k,
-                     cache.v, cache.context, d, bias);
-    if (scheme_ && cache.self) scheme_->backward(dq, dk, bias ? &dbias : nullptr, cache.positions);
-    const Mat& memory = cache.self ? cache.query : cache.memory;
-    Mat dquery;
-    linear_backward<Scalar>(dquery, &q_proj.weight.grad, bias_grad(q_proj), dq, cache.query,
-                            q_proj.weight.value);
-    linear_backward<Scalar>(dmem, &k_proj.weight.grad, bias_grad(k_proj), dk, memory,
-                            k_proj.weight.value);
-    linear_backward<Scalar>(tmp, &v_proj.weight.grad, bias_grad(v_proj), dv, memory,
-                            v_proj.weight.value);
-    dmem += tmp;
-    if (cache.self)
-      dquery += dmem;
-    else if (dmemory)
-      *dmemory = dmem;  // a copy, so the buffer stays for the next call
-    return dquery;
-  }
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory = nullptr);
 
   /// Attention weights (Tq, Tk) of head h for sequence b from a forward's cache (recomputed for
   /// that head when the tiled kernel ran).
-  Mat attention_weights(const Cache& cache, Index b, Index h) const {
-    const char* func = "Attention::attention_weights";
-    check_forward_cache(func, cache);
-    const AttentionDims& d = cache.dims;
-    detail::require(b >= 0 && b < d.B, func, "b", [&] {
-      return "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(d.B);
-    });
-    detail::require(h >= 0 && h < d.H, func, "h", [&] {
-      return "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H);
-    });
-    const Mat* bias = cache.positions.bias.size() != 0 ? &cache.positions.bias : nullptr;
-    return score_->weights(cache.score, cache.q, cache.k, d, b, h, bias);
-  }
+  Mat attention_weights(const Cache& cache, Index b, Index h) const;
 
   // Incremental decoding (inference only: no cache for backward, dropout does not apply).
 
@@ -206,66 +122,19 @@ class Attention {
   /// masked. The new tokens have positions cache.len .. cache.len + t - 1. Returns (B*t, d),
   /// equal (up to rounding) to the last t rows of each sequence of a full causal forward.
   Mat forward_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
-                   const BoolMatrix& new_key_padding = BoolMatrix()) const {
-    const char* func = "Attention::forward_step";
-    const AttentionDims d = check_inputs(func, x_new, x_new, B, AttentionMask());
-    check_kv_cache(func, cache, B, false);
-    if (new_key_padding.size() != 0)
-      detail::check_shape(func, "new_key_padding", new_key_padding, B, d.Tq);
-    cache.check_room(func, "x_new", d.Tq);
-    Mat q, k, v, q_features, k_features;
-    project(q, q_proj, x_new);
-    project(k, k_proj, x_new);
-    project(v, v_proj, x_new);
-    PositionCache<Scalar> positions;
-    if (scheme_) scheme_->forward(q, k, d.H, d.Tq, cache.len + d.Tq, positions);
-    score_->query_features(q_features, q, d.H);
-    score_->key_features(k_features, k, d.H);
-    cache.append(k_features, v, new_key_padding);
-    return attend_cached(q_features, B, d.Tq, cache, true, positions.bias);
-  }
+                   const BoolMatrix& new_key_padding = BoolMatrix()) const;
 
   /// Cross-attention, first half: the keys and values of memory (B*S, d), computed once into
   /// cache (reset to hold exactly S positions), with its key padding (B, S) (empty: none).
   /// Throws when the layer has positions (they apply to self-attention only).
   void cache_memory(ConstRef<Scalar> memory, Index B, const BoolMatrix& key_padding,
-                    KVCache<Scalar>& cache) const {
-    const char* func = "Attention::cache_memory";
-    require_no_positions(func, "memory");
-    const AttentionDims d = check_inputs(func, memory, memory, B, AttentionMask());
-    if (key_padding.size() != 0) detail::check_shape(func, "key_padding", key_padding, B, d.Tk);
-    cache.reset(B, d.Tk, score_->key_width(d_model()), d_model());
-    Mat k, v, k_features;
-    project(k, k_proj, memory);
-    project(v, v_proj, memory);
-    score_->key_features(k_features, k, d.H);
-    cache.append(k_features, v, key_padding);
-  }
+                    KVCache<Scalar>& cache) const;
 
   /// Cross-attention, second half: query (B*Tq, d) attends over the memory of cache_memory (no
   /// causal mask, the memory's padding masked) -> (B*Tq, d). Throws when the layer has positions.
-  Mat forward_cached_memory(ConstRef<Scalar> query, Index B, const KVCache<Scalar>& cache) const {
-    const char* func = "Attention::forward_cached_memory";
-    require_no_positions(func, "query");
-    const AttentionDims d = check_inputs(func, query, query, B, AttentionMask());
-    check_kv_cache(func, cache, B, true);
-    Mat q, q_features;
-    project(q, q_proj, query);
-    score_->query_features(q_features, q, d.H);
-    return attend_cached(q_features, B, d.Tq, cache, false, Mat());
-  }
+  Mat forward_cached_memory(ConstRef<Scalar> query, Index B, const KVCache<Scalar>& cache) const;
 
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out;
-    append_params(out, "q_proj", q_proj.parameters());
-    append_params(out, "k_proj", k_proj.parameters());
-    append_params(out, "v_proj", v_proj.parameters());
-    append_params(out, "out_proj", out_proj.parameters());
-    if (score_) append_params(out, "score", score_->parameters());
-    if (scheme_)
-      for (const auto& p : scheme_->parameters()) out.push_back(p);
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 
@@ -285,120 +154,314 @@ class Attention {
     linear_forward<Scalar>(out, x, l.weight.value, l.has_bias() ? &l.bias.value : nullptr);
   }
 
-  void require_no_positions(std::string_view func, std::string_view arg) const {
-    detail::require(!scheme_, func, arg, [&] {
-      return "is for cross-attention, but this layer has " + positional_kind_name(positions_.kind) +
-             " positions: positions apply to self-attention only";
-    });
-  }
+  void require_no_positions(std::string_view func, std::string_view arg) const;
 
   /// The dims of query (B*Tq, d) attending over memory (B*Tk, d); throws unless they and the mask
   /// fit this layer.
   AttentionDims check_inputs(std::string_view func, ConstRef<Scalar> query, ConstRef<Scalar> memory,
-                             Index B, const AttentionMask& mask) const {
-    detail::require(score_.get() != nullptr, func, "this",
-                    "is an empty (default-constructed) layer");
-    detail::check_positive(func, "B", B);
-    detail::check_shape(func, "query", query, -1, d_model());
-    detail::check_shape(func, "memory", memory, -1, d_model());
-    detail::require(query.rows() % B == 0 && query.rows() > 0, func, "query", [&] {
-      return "has " + std::to_string(query.rows()) +
-             " rows, not a positive multiple of B = " + std::to_string(B);
-    });
-    detail::require(memory.rows() % B == 0 && memory.rows() > 0, func, "memory", [&] {
-      return "has " + std::to_string(memory.rows()) +
-             " rows, not a positive multiple of B = " + std::to_string(B);
-    });
-    AttentionDims d;
-    d.B = B;
-    d.Tq = query.rows() / B;
-    d.Tk = memory.rows() / B;
-    d.H = n_heads_;
-    d.dh = head_dim();
-    detail::check_mask(func, mask, d);
-    return d;
-  }
+                             Index B, const AttentionMask& mask) const;
 
   /// Throws unless cache was filled by a forward of a layer of this shape.
-  void check_forward_cache(std::string_view func, const Cache& cache) const {
-    detail::require(score_.get() != nullptr, func, "this",
-                    "is an empty (default-constructed) layer");
-    const AttentionDims& d = cache.dims;
-    detail::require(d.B > 0, func, "cache", "is empty: no forward filled it");
-    const bool fits = d.H == n_heads_ && d.dh == head_dim() && cache.q.rows() == d.B * d.Tq &&
-                      cache.q.cols() == d_model() && cache.context.rows() == d.B * d.Tq &&
-                      cache.k.rows() == d.B * d.Tk && cache.v.rows() == d.B * d.Tk &&
-                      cache.query.rows() == d.B * d.Tq &&
-                      (cache.self || cache.memory.rows() == d.B * d.Tk);
-    detail::require(fits, func, "cache", [&] {
-      return "holds " + std::to_string(d.H) + " heads of width " + std::to_string(d.dh) +
-             " and projections " + detail::shape_of(cache.q) + ", expected " +
-             std::to_string(n_heads_) + " heads of width " + std::to_string(head_dim()) +
-             " (a forward of another layer?)";
-    });
-    detail::require(!(cache.positions.bias.size() != 0 && !scheme_), func, "cache",
-                    "holds a position bias, but this layer has no positions");
-  }
+  void check_forward_cache(std::string_view func, const Cache& cache) const;
 
   /// Throws unless cache holds B sequences laid out as make_cache makes them (and, if non_empty,
   /// some positions).
   void check_kv_cache(std::string_view func, const KVCache<Scalar>& cache, Index B,
-                      bool non_empty) const {
-    const Index key_width = score_->key_width(d_model());
-    const bool fits = cache.B == B && cache.key_width() == key_width &&
-                      cache.value_width() == d_model() && (!non_empty || cache.len > 0);
-    detail::require(fits, func, "cache", [&] {
-      return "holds " + std::to_string(cache.B) + " sequences of " + std::to_string(cache.len) +
-             " positions with key width " + std::to_string(cache.key_width()) +
-             " and value width " + std::to_string(cache.value_width()) + ", expected " +
-             std::to_string(B) + (non_empty ? " non-empty" : "") + " sequences with key width " +
-             std::to_string(key_width) + " and value width " + std::to_string(d_model()) +
-             " (see make_cache)";
-    });
-  }
+                      bool non_empty) const;
 
   Mat run(const Mat& query, const Mat& memory, const AttentionDims& d, const AttentionMask& mask,
-          Cache& cache) const {
-    cache.dims = d;
-    project(cache.q, q_proj, query);
-    project(cache.k, k_proj, memory);
-    project(cache.v, v_proj, memory);
-    cache.positions.bias.resize(0, 0);
-    cache.positions.buckets.clear();
-    cache.positions.rotary = RotaryTable<Scalar>();
-    if (scheme_) scheme_->forward(cache.q, cache.k, d.H, d.Tq, d.Tk, cache.positions);
-    const Mat* bias = cache.positions.bias.size() != 0 ? &cache.positions.bias : nullptr;
-    score_->forward(cache.context, cache.score, cache.q, cache.k, cache.v, d, mask, bias, impl);
-    Mat y;
-    project(y, out_proj, cache.context);
-    return y;
-  }
+          Cache& cache) const;
 
   /// Query features (B*Tq, *) over the cached keys and values -> output projection (B*Tq, d).
   /// Sequences are attended one at a time: the cache's rows of sequence b are a (len, *) block.
   /// The queries are the last Tq cached positions (self-attention steps) or have no positions;
   /// bias is the positions' (H, Tq + len - 1) score bias or empty.
   Mat attend_cached(const Mat& q_features, Index B, Index Tq, const KVCache<Scalar>& cache,
-                    bool causal, const Mat& bias) const {
-    AttentionDims d;
-    d.B = 1;
-    d.Tq = Tq;
-    d.Tk = cache.len;
-    d.H = n_heads_;
-    d.dh = head_dim();
-    Mat context(B * Tq, d_model()), out, probs;
-    for (Index b = 0; b < B; ++b) {
-      AttentionMask mask;
-      mask.causal = causal && Tq > 1;  // one new query sees every cached key
-      if (cache.any_padding(b)) mask.key_padding = cache.key_padding.block(b, 0, 1, cache.len);
-      score_->attend(out, probs, q_features.middleRows(b * Tq, Tq), cache.keys(b), cache.values(b),
-                     d, mask, bias.size() != 0 ? &bias : nullptr);
-      context.middleRows(b * Tq, Tq) = out;
-    }
-    Mat y;
-    project(y, out_proj, context);
-    return y;
-  }
+                    bool causal, const Mat& bias) const;
 };
+
+template <class Scalar>
+Attention<Scalar>::Attention(Index d_model, Index n_heads, Rng& rng,
+                             const AttentionOptions& options)
+    : n_heads_(n_heads), positions_(options.positions) {
+  const char* func = "Attention::Attention";
+  detail::check_positive(func, "d_model", d_model);
+  detail::check_positive(func, "n_heads", n_heads);
+  detail::require(d_model % n_heads == 0, func, "n_heads", [&] {
+    return "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
+           std::to_string(n_heads);
+  });
+  detail::require(options.additive_dim >= 0, func, "options.additive_dim", [&] {
+    return "must be >= 0 (0: head_dim), got " + std::to_string(options.additive_dim);
+  });
+  detail::require(options.scoring == AttentionScoring::dot_product ||
+                      options.scoring == AttentionScoring::additive,
+                  func, "options.scoring", [&] {
+                    return "is " + std::to_string(static_cast<int>(options.scoring)) +
+                           ", not an AttentionScoring";
+                  });
+  options.positions.validate(func, d_model / n_heads);
+  for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj, &out_proj}) {
+    *p = Linear<Scalar>(d_model, d_model, rng, options.bias);
+    if (options.bias) p->bias.value.setZero();
+  }
+  for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj}) fill_xavier_uniform(p->weight.value, rng);
+  score_ = detail::ClonePtr<AttentionScore<Scalar>>(make_attention_score<Scalar>(
+      options.scoring, n_heads, d_model / n_heads, options.additive_dim, options.bias, rng));
+  scheme_ = detail::ClonePtr<PositionScheme<Scalar>>(
+      make_position_scheme<Scalar>(options.positions, d_model, n_heads, rng));
+}
+
+template <class Scalar>
+auto Attention<Scalar>::score() const -> const AttentionScore<Scalar>& {
+  detail::require(score_.get() != nullptr, "Attention::score", "this", "is an empty layer");
+  return *score_;
+}
+
+template <class Scalar>
+auto Attention<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask,
+                                Cache& cache) const -> Mat {
+  const AttentionDims d = check_inputs("Attention::forward", x, x, B, mask);
+  cache.self = true;
+  cache.memory.resize(0, 0);
+  cache.query = x;
+  return run(cache.query, cache.query, d, mask, cache);
+}
+
+template <class Scalar>
+auto Attention<Scalar>::forward(ConstRef<Scalar> query, ConstRef<Scalar> memory, Index B,
+                                const AttentionMask& mask, Cache& cache) const -> Mat {
+  require_no_positions("Attention::forward", "memory");
+  const AttentionDims d = check_inputs("Attention::forward", query, memory, B, mask);
+  cache.self = false;
+  cache.query = query;
+  cache.memory = memory;
+  return run(cache.query, cache.memory, d, mask, cache);
+}
+
+template <class Scalar>
+auto Attention<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory) -> Mat {
+  const char* func = "Attention::backward";
+  check_forward_cache(func, cache);
+  const AttentionDims& d = cache.dims;
+  detail::check_shape(func, "dy", dy, d.B * d.Tq, d_model());
+  detail::require(!(cache.self && dmemory), func, "dmemory",
+                  "must be null for a self-attention cache");
+  const Mat* bias = cache.positions.bias.size() != 0 ? &cache.positions.bias : nullptr;
+  // (B*Tq, d) and (B*Tk, d) gradients, kept between calls; only dquery is handed out.
+  auto& [dcontext, dq, dk, dv, dmem, tmp, dbias] = scratch_.buffers;
+  linear_backward<Scalar>(dcontext, &out_proj.weight.grad, bias_grad(out_proj), dy, cache.context,
+                          out_proj.weight.value);
+  score_->backward(dq, dk, dv, bias ? &dbias : nullptr, dcontext, cache.score, cache.q, cache.k,
+                   cache.v, cache.context, d, bias);
+  if (scheme_ && cache.self) scheme_->backward(dq, dk, bias ? &dbias : nullptr, cache.positions);
+  const Mat& memory = cache.self ? cache.query : cache.memory;
+  Mat dquery;
+  linear_backward<Scalar>(dquery, &q_proj.weight.grad, bias_grad(q_proj), dq, cache.query,
+                          q_proj.weight.value);
+  linear_backward<Scalar>(dmem, &k_proj.weight.grad, bias_grad(k_proj), dk, memory,
+                          k_proj.weight.value);
+  linear_backward<Scalar>(tmp, &v_proj.weight.grad, bias_grad(v_proj), dv, memory,
+                          v_proj.weight.value);
+  dmem += tmp;
+  if (cache.self)
+    dquery += dmem;
+  else if (dmemory)
+    *dmemory = dmem;  // a copy, so the buffer stays for the next call
+  return dquery;
+}
+
+template <class Scalar>
+auto Attention<Scalar>::attention_weights(const Cache& cache, Index b, Index h) const -> Mat {
+  const char* func = "Attention::attention_weights";
+  check_forward_cache(func, cache);
+  const AttentionDims& d = cache.dims;
+  detail::require(b >= 0 && b < d.B, func, "b", [&] {
+    return "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(d.B);
+  });
+  detail::require(h >= 0 && h < d.H, func, "h", [&] {
+    return "is " + std::to_string(h) + ", expected 0 <= h < " + std::to_string(d.H);
+  });
+  const Mat* bias = cache.positions.bias.size() != 0 ? &cache.positions.bias : nullptr;
+  return score_->weights(cache.score, cache.q, cache.k, d, b, h, bias);
+}
+
+template <class Scalar>
+auto Attention<Scalar>::forward_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
+                                     const BoolMatrix& new_key_padding) const -> Mat {
+  const char* func = "Attention::forward_step";
+  const AttentionDims d = check_inputs(func, x_new, x_new, B, AttentionMask());
+  check_kv_cache(func, cache, B, false);
+  if (new_key_padding.size() != 0)
+    detail::check_shape(func, "new_key_padding", new_key_padding, B, d.Tq);
+  cache.check_room(func, "x_new", d.Tq);
+  Mat q, k, v, q_features, k_features;
+  project(q, q_proj, x_new);
+  project(k, k_proj, x_new);
+  project(v, v_proj, x_new);
+  PositionCache<Scalar> positions;
+  if (scheme_) scheme_->forward(q, k, d.H, d.Tq, cache.len + d.Tq, positions);
+  score_->query_features(q_features, q, d.H);
+  score_->key_features(k_features, k, d.H);
+  cache.append(k_features, v, new_key_padding);
+  return attend_cached(q_features, B, d.Tq, cache, true, positions.bias);
+}
+
+template <class Scalar>
+void Attention<Scalar>::cache_memory(ConstRef<Scalar> memory, Index B,
+                                     const BoolMatrix& key_padding, KVCache<Scalar>& cache) const {
+  const char* func = "Attention::cache_memory";
+  require_no_positions(func, "memory");
+  const AttentionDims d = check_inputs(func, memory, memory, B, AttentionMask());
+  if (key_padding.size() != 0) detail::check_shape(func, "key_padding", key_padding, B, d.Tk);
+  cache.reset(B, d.Tk, score_->key_width(d_model()), d_model());
+  Mat k, v, k_features;
+  project(k, k_proj, memory);
+  project(v, v_proj, memory);
+  score_->key_features(k_features, k, d.H);
+  cache.append(k_features, v, key_padding);
+}
+
+template <class Scalar>
+auto Attention<Scalar>::forward_cached_memory(ConstRef<Scalar> query, Index B,
+                                              const KVCache<Scalar>& cache) const -> Mat {
+  const char* func = "Attention::forward_cached_memory";
+  require_no_positions(func, "query");
+  const AttentionDims d = check_inputs(func, query, query, B, AttentionMask());
+  check_kv_cache(func, cache, B, true);
+  Mat q, q_features;
+  project(q, q_proj, query);
+  score_->query_features(q_features, q, d.H);
+  return attend_cached(q_features, B, d.Tq, cache, false, Mat());
+}
+
+template <class Scalar>
+auto Attention<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out;
+  append_params(out, "q_proj", q_proj.parameters());
+  append_params(out, "k_proj", k_proj.parameters());
+  append_params(out, "v_proj", v_proj.parameters());
+  append_params(out, "out_proj", out_proj.parameters());
+  if (score_) append_params(out, "score", score_->parameters());
+  if (scheme_)
+    for (const auto& p : scheme_->parameters()) out.push_back(p);
+  return out;
+}
+
+template <class Scalar>
+void Attention<Scalar>::require_no_positions(std::string_view func, std::string_view arg) const {
+  detail::require(!scheme_, func, arg, [&] {
+    return "is for cross-attention, but this layer has " + positional_kind_name(positions_.kind) +
+           " positions: positions apply to self-attention only";
+  });
+}
+
+template <class Scalar>
+auto Attention<Scalar>::check_inputs(std::string_view func, ConstRef<Scalar> query,
+                                     ConstRef<Scalar> memory, Index B,
+                                     const AttentionMask& mask) const -> AttentionDims {
+  detail::require(score_.get() != nullptr, func, "this", "is an empty (default-constructed) layer");
+  detail::check_positive(func, "B", B);
+  detail::check_shape(func, "query", query, -1, d_model());
+  detail::check_shape(func, "memory", memory, -1, d_model());
+  detail::require(query.rows() % B == 0 && query.rows() > 0, func, "query", [&] {
+    return "has " + std::to_string(query.rows()) +
+           " rows, not a positive multiple of B = " + std::to_string(B);
+  });
+  detail::require(memory.rows() % B == 0 && memory.rows() > 0, func, "memory", [&] {
+    return "has " + std::to_string(memory.rows()) +
+           " rows, not a positive multiple of B = " + std::to_string(B);
+  });
+  AttentionDims d;
+  d.B = B;
+  d.Tq = query.rows() / B;
+  d.Tk = memory.rows() / B;
+  d.H = n_heads_;
+  d.dh = head_dim();
+  detail::check_mask(func, mask, d);
+  return d;
+}
+
+template <class Scalar>
+void Attention<Scalar>::check_forward_cache(std::string_view func, const Cache& cache) const {
+  detail::require(score_.get() != nullptr, func, "this", "is an empty (default-constructed) layer");
+  const AttentionDims& d = cache.dims;
+  detail::require(d.B > 0, func, "cache", "is empty: no forward filled it");
+  const bool fits = d.H == n_heads_ && d.dh == head_dim() && cache.q.rows() == d.B * d.Tq &&
+                    cache.q.cols() == d_model() && cache.context.rows() == d.B * d.Tq &&
+                    cache.k.rows() == d.B * d.Tk && cache.v.rows() == d.B * d.Tk &&
+                    cache.query.rows() == d.B * d.Tq &&
+                    (cache.self || cache.memory.rows() == d.B * d.Tk);
+  detail::require(fits, func, "cache", [&] {
+    return "holds " + std::to_string(d.H) + " heads of width " + std::to_string(d.dh) +
+           " and projections " + detail::shape_of(cache.q) + ", expected " +
+           std::to_string(n_heads_) + " heads of width " + std::to_string(head_dim()) +
+           " (a forward of another layer?)";
+  });
+  detail::require(!(cache.positions.bias.size() != 0 && !scheme_), func, "cache",
+                  "holds a position bias, but this layer has no positions");
+}
+
+template <class Scalar>
+void Attention<Scalar>::check_kv_cache(std::string_view func, const KVCache<Scalar>& cache, Index B,
+                                       bool non_empty) const {
+  const Index key_width = score_->key_width(d_model());
+  const bool fits = cache.B == B && cache.key_width() == key_width &&
+                    cache.value_width() == d_model() && (!non_empty || cache.len > 0);
+  detail::require(fits, func, "cache", [&] {
+    return "holds " + std::to_string(cache.B) + " sequences of " + std::to_string(cache.len) +
+           " positions with key width " + std::to_string(cache.key_width()) + " and value width " +
+           std::to_string(cache.value_width()) + ", expected " + std::to_string(B) +
+           (non_empty ? " non-empty" : "") + " sequences with key width " +
+           std::to_string(key_width) + " and value width " + std::to_string(d_model()) +
+           " (see make_cache)";
+  });
+}
+
+template <class Scalar>
+auto Attention<Scalar>::run(const Mat& query, const Mat& memory, const AttentionDims& d,
+                            const AttentionMask& mask, Cache& cache) const -> Mat {
+  cache.dims = d;
+  project(cache.q, q_proj, query);
+  project(cache.k, k_proj, memory);
+  project(cache.v, v_proj, memory);
+  cache.positions.bias.resize(0, 0);
+  cache.positions.buckets.clear();
+  cache.positions.rotary = RotaryTable<Scalar>();
+  if (scheme_) scheme_->forward(cache.q, cache.k, d.H, d.Tq, d.Tk, cache.positions);
+  const Mat* bias = cache.positions.bias.size() != 0 ? &cache.positions.bias : nullptr;
+  score_->forward(cache.context, cache.score, cache.q, cache.k, cache.v, d, mask, bias, impl);
+  Mat y;
+  project(y, out_proj, cache.context);
+  return y;
+}
+
+template <class Scalar>
+auto Attention<Scalar>::attend_cached(const Mat& q_features, Index B, Index Tq,
+                                      const KVCache<Scalar>& cache, bool causal,
+                                      const Mat& bias) const -> Mat {
+  AttentionDims d;
+  d.B = 1;
+  d.Tq = Tq;
+  d.Tk = cache.len;
+  d.H = n_heads_;
+  d.dh = head_dim();
+  Mat context(B * Tq, d_model()), out, probs;
+  for (Index b = 0; b < B; ++b) {
+    AttentionMask mask;
+    mask.causal = causal && Tq > 1;  // one new query sees every cached key
+    if (cache.any_padding(b)) mask.key_padding = cache.key_padding.block(b, 0, 1, cache.len);
+    score_->attend(out, probs, q_features.middleRows(b * Tq, Tq), cache.keys(b), cache.values(b), d,
+                   mask, bias.size() != 0 ? &bias : nullptr);
+    context.middleRows(b * Tq, Tq) = out;
+  }
+  Mat y;
+  project(y, out_proj, context);
+  return y;
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(Attention)
 
 }  // namespace eigenformer

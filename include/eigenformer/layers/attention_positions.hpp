@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/random.hpp"
 #include "../ops/relative_position.hpp"
 #include "../ops/rotary.hpp"
@@ -159,21 +160,29 @@ class RotaryPositions : public PositionScheme<Scalar> {
   PositionalKind kind() const override { return PositionalKind::rotary; }
 
   void forward(Mat& q, Mat& k_new, Index H, Index Tq, Index Tk,
-               PositionCache<Scalar>& cache) const override {
-    cache.rotary = rotary_table<Scalar>(Tk - Tq, Tq, q.cols() / H, base_);
-    rotary_forward<Scalar>(q, H, cache.rotary);
-    rotary_forward<Scalar>(k_new, H, cache.rotary);
-  }
+               PositionCache<Scalar>& cache) const override;
 
-  void backward(Mat& dq, Mat& dk, const Mat*, const PositionCache<Scalar>& cache) override {
-    const Index H = dq.cols() / (2 * cache.rotary.half());
-    rotary_backward<Scalar>(dq, H, cache.rotary);
-    rotary_backward<Scalar>(dk, H, cache.rotary);
-  }
+  void backward(Mat& dq, Mat& dk, const Mat*, const PositionCache<Scalar>& cache) override;
 
  private:
   double base_;
 };
+
+template <class Scalar>
+void RotaryPositions<Scalar>::forward(Mat& q, Mat& k_new, Index H, Index Tq, Index Tk,
+                                      PositionCache<Scalar>& cache) const {
+  cache.rotary = rotary_table<Scalar>(Tk - Tq, Tq, q.cols() / H, base_);
+  rotary_forward<Scalar>(q, H, cache.rotary);
+  rotary_forward<Scalar>(k_new, H, cache.rotary);
+}
+
+template <class Scalar>
+void RotaryPositions<Scalar>::backward(Mat& dq, Mat& dk, const Mat*,
+                                       const PositionCache<Scalar>& cache) {
+  const Index H = dq.cols() / (2 * cache.rotary.half());
+  rotary_backward<Scalar>(dq, H, cache.rotary);
+  rotary_backward<Scalar>(dk, H, cache.rotary);
+}
 
 /// T5's relative position bias (ops/relative_position.hpp), one table per layer.
 template <class Scalar>
@@ -185,21 +194,14 @@ class RelativePositions : public PositionScheme<Scalar> {
   Param<Scalar> relative_bias;
 
   /// relative_bias drawn from N(0, 1/d_model), as Hugging Face's T5 initialises it.
-  RelativePositions(const AttentionPositions& p, Index d_model, Index n_heads, Rng& rng)
-      : relative_bias(p.num_buckets, n_heads), settings_(p) {
-    fill_normal(relative_bias.value, 0.0, 1.0 / std::sqrt(static_cast<double>(d_model)), rng);
-  }
+  RelativePositions(const AttentionPositions& p, Index d_model, Index n_heads, Rng& rng);
 
   std::unique_ptr<PositionScheme<Scalar>> clone() const override {
     return std::make_unique<RelativePositions>(*this);
   }
   PositionalKind kind() const override { return PositionalKind::relative; }
 
-  void forward(Mat&, Mat&, Index, Index Tq, Index Tk, PositionCache<Scalar>& cache) const override {
-    cache.buckets = relative_position_buckets(Tq, Tk, settings_.bidirectional,
-                                              settings_.num_buckets, settings_.max_distance);
-    relative_bias_forward<Scalar>(cache.bias, relative_bias.value, cache.buckets);
-  }
+  void forward(Mat&, Mat&, Index, Index Tq, Index Tk, PositionCache<Scalar>& cache) const override;
 
   void backward(Mat&, Mat&, const Mat* dbias, const PositionCache<Scalar>& cache) override {
     if (dbias) relative_bias_backward<Scalar>(relative_bias.grad, *dbias, cache.buckets);
@@ -210,6 +212,21 @@ class RelativePositions : public PositionScheme<Scalar> {
  private:
   AttentionPositions settings_;
 };
+
+template <class Scalar>
+RelativePositions<Scalar>::RelativePositions(const AttentionPositions& p, Index d_model,
+                                             Index n_heads, Rng& rng)
+    : relative_bias(p.num_buckets, n_heads), settings_(p) {
+  fill_normal(relative_bias.value, 0.0, 1.0 / std::sqrt(static_cast<double>(d_model)), rng);
+}
+
+template <class Scalar>
+void RelativePositions<Scalar>::forward(Mat&, Mat&, Index, Index Tq, Index Tk,
+                                        PositionCache<Scalar>& cache) const {
+  cache.buckets = relative_position_buckets(Tq, Tk, settings_.bidirectional, settings_.num_buckets,
+                                            settings_.max_distance);
+  relative_bias_forward<Scalar>(cache.bias, relative_bias.value, cache.buckets);
+}
 
 /// The scheme that acts inside the attention for p (valid for heads of width d_model / n_heads),
 /// or null when p.kind acts elsewhere or not at all. Relative draws its table from rng.
@@ -226,5 +243,18 @@ std::unique_ptr<PositionScheme<Scalar>> make_position_scheme(const AttentionPosi
       return nullptr;
   }
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_ATTENTION_POSITIONS_TEMPLATES(S)                             \
+  EIGENFORMER_FOR(S, std::unique_ptr<PositionScheme<S>> make_position_scheme<S>( \
+                         const AttentionPositions& p, Index d_model, Index n_heads, Rng& rng))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_ATTENTION_POSITIONS_TEMPLATES)
+EIGENFORMER_CLASS_TEMPLATES(PositionCache)
+EIGENFORMER_CLASS_TEMPLATES(PositionScheme)
+EIGENFORMER_CLASS_TEMPLATES(RotaryPositions)
+EIGENFORMER_CLASS_TEMPLATES(RelativePositions)
+// clang-format on
 
 }  // namespace eigenformer

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/random.hpp"
 #include "../ops/additive_attention.hpp"
 #include "../ops/attention.hpp"
@@ -119,34 +120,14 @@ class DotProductScore : public AttentionScore<Scalar> {
 
   void forward(Mat& context, ScoreCache<Scalar>& cache, const Mat& q, const Mat& k, const Mat& v,
                const AttentionDims& d, const AttentionMask& mask, const Mat* bias,
-               AttentionImpl impl) const override {
-    if (use_tiled_attention(impl, d, mask)) {
-      cache.probs.resize(0, 0);
-      cache.mask = mask;
-      flash_attention_forward<Scalar>(context, cache.lse, q, k, v, d, mask, {}, bias);
-    } else {
-      cache.lse.resize(0, 0);
-      cache.mask = AttentionMask();
-      attention_forward<Scalar>(context, cache.probs, q, k, v, d, mask, bias);
-    }
-  }
+               AttentionImpl impl) const override;
 
   void backward(Mat& dq, Mat& dk, Mat& dv, Mat* dbias, const Mat& dcontext,
                 const ScoreCache<Scalar>& cache, const Mat& q, const Mat& k, const Mat& v,
-                const Mat& context, const AttentionDims& d, const Mat* bias) override {
-    if (cache.lse.size() != 0)
-      flash_attention_backward<Scalar>(dq, dk, dv, dcontext, context, cache.lse, q, k, v, d,
-                                       cache.mask, {}, bias, dbias);
-    else
-      attention_backward<Scalar>(dq, dk, dv, dcontext, cache.probs, q, k, v, d, dbias);
-  }
+                const Mat& context, const AttentionDims& d, const Mat* bias) override;
 
   Mat weights(const ScoreCache<Scalar>& cache, const Mat& q, const Mat& k, const AttentionDims& d,
-              Index b, Index h, const Mat* bias) const override {
-    if (cache.lse.size() != 0)  // the tiled kernel kept no probabilities: recompute this head's
-      return flash_attention_weights<Scalar>(q, k, cache.lse, d, cache.mask, b, h, bias);
-    return cache.probs.block((b * d.H + h) * d.Tq, 0, d.Tq, d.Tk);
-  }
+              Index b, Index h, const Mat* bias) const override;
 
   Index key_width(Index d_model) const override { return d_model; }
   void key_features(Mat& out, const Mat& k, Index) const override { out = k; }
@@ -157,6 +138,43 @@ class DotProductScore : public AttentionScore<Scalar> {
     attention_forward<Scalar>(out, probs, q, k, v, d, mask, bias);
   }
 };
+
+template <class Scalar>
+void DotProductScore<Scalar>::forward(Mat& context, ScoreCache<Scalar>& cache, const Mat& q,
+                                      const Mat& k, const Mat& v, const AttentionDims& d,
+                                      const AttentionMask& mask, const Mat* bias,
+                                      AttentionImpl impl) const {
+  if (use_tiled_attention(impl, d, mask)) {
+    cache.probs.resize(0, 0);
+    cache.mask = mask;
+    flash_attention_forward<Scalar>(context, cache.lse, q, k, v, d, mask, {}, bias);
+  } else {
+    cache.lse.resize(0, 0);
+    cache.mask = AttentionMask();
+    attention_forward<Scalar>(context, cache.probs, q, k, v, d, mask, bias);
+  }
+}
+
+template <class Scalar>
+void DotProductScore<Scalar>::backward(Mat& dq, Mat& dk, Mat& dv, Mat* dbias, const Mat& dcontext,
+                                       const ScoreCache<Scalar>& cache, const Mat& q, const Mat& k,
+                                       const Mat& v, const Mat& context, const AttentionDims& d,
+                                       const Mat* bias) {
+  if (cache.lse.size() != 0)
+    flash_attention_backward<Scalar>(dq, dk, dv, dcontext, context, cache.lse, q, k, v, d,
+                                     cache.mask, {}, bias, dbias);
+  else
+    attention_backward<Scalar>(dq, dk, dv, dcontext, cache.probs, q, k, v, d, dbias);
+}
+
+template <class Scalar>
+auto DotProductScore<Scalar>::weights(const ScoreCache<Scalar>& cache, const Mat& q, const Mat& k,
+                                      const AttentionDims& d, Index b, Index h,
+                                      const Mat* bias) const -> Mat {
+  if (cache.lse.size() != 0)  // the tiled kernel kept no probabilities: recompute this head's
+    return flash_attention_weights<Scalar>(q, k, cache.lse, d, cache.mask, b, h, bias);
+  return cache.probs.block((b * d.H + h) * d.Tq, 0, d.Tq, d.Tk);
+}
 
 /// Bahdanau's score network per head: parameters q_weight, k_weight (H*d_attn, dh): head h's
 /// Uq_h / Uk_h in rows [h*d_attn, (h+1)*d_attn); bias (H*d_attn) the c_h (absent without bias);
@@ -170,19 +188,7 @@ class AdditiveScore : public AttentionScore<Scalar> {
   Param<Scalar> v;                   // (H, d_attn)
 
   /// Each head's Uq_h, Uk_h Xavier-uniform, v from U(-1/sqrt(d_attn), 1/sqrt(d_attn)), bias zero.
-  AdditiveScore(Index n_heads, Index head_dim, Index d_attn, bool with_bias, Rng& rng)
-      : q_weight(n_heads * d_attn, head_dim),
-        k_weight(n_heads * d_attn, head_dim),
-        v(n_heads, d_attn) {
-    for (Param<Scalar>* p : {&q_weight, &k_weight})
-      for (Index h = 0; h < n_heads; ++h) {
-        Eigen::Block<Mat> head = p->value.block(h * d_attn, 0, d_attn, head_dim);
-        fill_xavier_uniform(head, rng);
-      }
-    if (with_bias) bias = Param<Scalar>(1, n_heads * d_attn, true);
-    const double bound = 1.0 / std::sqrt(static_cast<double>(d_attn));
-    fill_uniform(v.value, -bound, bound, rng);
-  }
+  AdditiveScore(Index n_heads, Index head_dim, Index d_attn, bool with_bias, Rng& rng);
 
   std::unique_ptr<AttentionScore<Scalar>> clone() const override {
     return std::make_unique<AdditiveScore>(*this);
@@ -193,24 +199,11 @@ class AdditiveScore : public AttentionScore<Scalar> {
 
   void forward(Mat& context, ScoreCache<Scalar>& cache, const Mat& q, const Mat& k,
                const Mat& values, const AttentionDims& d, const AttentionMask& mask,
-               const Mat* pos_bias, AttentionImpl) const override {
-    cache.lse.resize(0, 0);
-    cache.mask = AttentionMask();
-    additive_attention_forward<Scalar>(context, cache.probs, cache.additive, q, k, values,
-                                       weights(), d, mask, pos_bias);
-  }
+               const Mat* pos_bias, AttentionImpl) const override;
 
   void backward(Mat& dq, Mat& dk, Mat& dv, Mat* dbias, const Mat& dcontext,
                 const ScoreCache<Scalar>& cache, const Mat& q, const Mat& k, const Mat& values,
-                const Mat&, const AttentionDims& d, const Mat*) override {
-    AdditiveScoreGrads<Scalar> grads;
-    grads.w_q = &q_weight.grad;
-    grads.w_k = &k_weight.grad;
-    grads.bias = has_bias() ? &bias.grad : nullptr;
-    grads.w = &v.grad;
-    additive_attention_backward<Scalar>(dq, dk, dv, grads, dcontext, cache.probs, cache.additive, q,
-                                        k, values, weights(), d, dbias);
-  }
+                const Mat&, const AttentionDims& d, const Mat*) override;
 
   Mat weights(const ScoreCache<Scalar>& cache, const Mat&, const Mat&, const AttentionDims& d,
               Index b, Index h, const Mat*) const override {
@@ -227,16 +220,9 @@ class AdditiveScore : public AttentionScore<Scalar> {
 
   void attend(Mat& out, Mat& probs, ConstRef<Scalar> aq, ConstRef<Scalar> ak,
               ConstRef<Scalar> values, const AttentionDims& d, const AttentionMask& mask,
-              const Mat* pos_bias) const override {
-    additive_attention_attend<Scalar>(out, probs, aq, ak, values, v.value, d, mask, pos_bias);
-  }
+              const Mat* pos_bias) const override;
 
-  ParamList<Scalar> parameters() override {
-    ParamList<Scalar> out{{"q_weight", &q_weight}, {"k_weight", &k_weight}};
-    if (has_bias()) out.push_back({"bias", &bias});
-    out.push_back({"v", &v});
-    return out;
-  }
+  ParamList<Scalar> parameters() override;
 
  private:
   const Mat* bias_value() const { return has_bias() ? &bias.value : nullptr; }
@@ -244,6 +230,62 @@ class AdditiveScore : public AttentionScore<Scalar> {
     return {q_weight.value, k_weight.value, bias_value(), v.value};
   }
 };
+
+template <class Scalar>
+AdditiveScore<Scalar>::AdditiveScore(Index n_heads, Index head_dim, Index d_attn, bool with_bias,
+                                     Rng& rng)
+    : q_weight(n_heads * d_attn, head_dim),
+      k_weight(n_heads * d_attn, head_dim),
+      v(n_heads, d_attn) {
+  for (Param<Scalar>* p : {&q_weight, &k_weight})
+    for (Index h = 0; h < n_heads; ++h) {
+      Eigen::Block<Mat> head = p->value.block(h * d_attn, 0, d_attn, head_dim);
+      fill_xavier_uniform(head, rng);
+    }
+  if (with_bias) bias = Param<Scalar>(1, n_heads * d_attn, true);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(d_attn));
+  fill_uniform(v.value, -bound, bound, rng);
+}
+
+template <class Scalar>
+void AdditiveScore<Scalar>::forward(Mat& context, ScoreCache<Scalar>& cache, const Mat& q,
+                                    const Mat& k, const Mat& values, const AttentionDims& d,
+                                    const AttentionMask& mask, const Mat* pos_bias,
+                                    AttentionImpl) const {
+  cache.lse.resize(0, 0);
+  cache.mask = AttentionMask();
+  additive_attention_forward<Scalar>(context, cache.probs, cache.additive, q, k, values, weights(),
+                                     d, mask, pos_bias);
+}
+
+template <class Scalar>
+void AdditiveScore<Scalar>::backward(Mat& dq, Mat& dk, Mat& dv, Mat* dbias, const Mat& dcontext,
+                                     const ScoreCache<Scalar>& cache, const Mat& q, const Mat& k,
+                                     const Mat& values, const Mat&, const AttentionDims& d,
+                                     const Mat*) {
+  AdditiveScoreGrads<Scalar> grads;
+  grads.w_q = &q_weight.grad;
+  grads.w_k = &k_weight.grad;
+  grads.bias = has_bias() ? &bias.grad : nullptr;
+  grads.w = &v.grad;
+  additive_attention_backward<Scalar>(dq, dk, dv, grads, dcontext, cache.probs, cache.additive, q,
+                                      k, values, weights(), d, dbias);
+}
+
+template <class Scalar>
+void AdditiveScore<Scalar>::attend(Mat& out, Mat& probs, ConstRef<Scalar> aq, ConstRef<Scalar> ak,
+                                   ConstRef<Scalar> values, const AttentionDims& d,
+                                   const AttentionMask& mask, const Mat* pos_bias) const {
+  additive_attention_attend<Scalar>(out, probs, aq, ak, values, v.value, d, mask, pos_bias);
+}
+
+template <class Scalar>
+auto AdditiveScore<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out{{"q_weight", &q_weight}, {"k_weight", &k_weight}};
+  if (has_bias()) out.push_back({"bias", &bias});
+  out.push_back({"v", &v});
+  return out;
+}
 
 /// The scoring for heads of width head_dim; d_attn is the additive network's width (0: head_dim)
 /// and with_bias its c_h. Additive draws its parameters from rng.
@@ -263,5 +305,19 @@ std::unique_ptr<AttentionScore<Scalar>> make_attention_score(AttentionScoring sc
       "make_attention_score", "scoring",
       "is " + std::to_string(static_cast<int>(scoring)) + ", not an AttentionScoring");
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_ATTENTION_SCORE_TEMPLATES(S)                                                \
+  EIGENFORMER_FOR(S, std::unique_ptr<AttentionScore<S>> make_attention_score<S>(                \
+                         AttentionScoring scoring, Index n_heads, Index head_dim, Index d_attn, \
+                         bool with_bias, Rng& rng))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_ATTENTION_SCORE_TEMPLATES)
+EIGENFORMER_CLASS_TEMPLATES(ScoreCache)
+EIGENFORMER_CLASS_TEMPLATES(AttentionScore)
+EIGENFORMER_CLASS_TEMPLATES(DotProductScore)
+EIGENFORMER_CLASS_TEMPLATES(AdditiveScore)
+// clang-format on
 
 }  // namespace eigenformer

@@ -13,6 +13,7 @@
 
 #include "../core/parallel.hpp"
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/random.hpp"
 
 namespace eigenformer {
@@ -56,12 +57,7 @@ class Dropout {
   Mat forward(ConstRef<Scalar> x) const { return x; }
 
   /// x (N, C) -> x * mask (N, C); draws a new mask in training (advancing the rng).
-  Mat forward(ConstRef<Scalar> x, Cache& cache) {
-    if (!active()) return identity(x, cache);
-    Mat y(x.rows(), x.cols());
-    draw_mask(cache, y, x);
-    return y;
-  }
+  Mat forward(ConstRef<Scalar> x, Cache& cache);
 
   /// forward(x, cache) for a temporary x (e.g. a sublayer's output): drops out in place and
   /// hands x's buffer on instead of allocating a new one.
@@ -74,22 +70,10 @@ class Dropout {
 
   /// forward(x, cache) with the result written over x: the same mask, no new (N, C) buffer.
   /// A mask buffer of the same shape in cache is reused.
-  void forward_in_place(Mat& x, Cache& cache) {
-    if (!active()) {
-      identity(x, cache);
-      return;
-    }
-    draw_mask(cache, x, x);
-  }
+  void forward_in_place(Mat& x, Cache& cache);
 
   /// dy (N, C) -> dx = dy * mask, with the forward's mask.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache) const {
-    check_backward("Dropout::backward", dy, cache);
-    if (cache.mask.size() == 0) return dy;
-    Mat dx(dy.rows(), dy.cols());
-    apply_mask(dx, dy, cache.mask);
-    return dx;
-  }
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache) const;
 
   /// backward(dy, cache) for a temporary dy, in place as forward(Mat&&, Cache&).
   template <class M, class = std::enable_if_t<std::is_same_v<M, Mat>>>
@@ -104,10 +88,7 @@ class Dropout {
   }
 
   /// Throws unless cache's mask is empty or has the shape its forward recorded.
-  static void check_mask(std::string_view func, const Cache& cache) {
-    if (cache.mask.size() != 0)
-      detail::check_shape(func, "cache.mask", cache.mask, cache.rows, cache.cols);
-  }
+  static void check_mask(std::string_view func, const Cache& cache);
 
   ParamList<Scalar> parameters() { return {}; }
 
@@ -120,12 +101,7 @@ class Dropout {
   bool active() const { return training && p_ != Scalar(0); }
 
   /// The inactive forward: records x's shape and an empty mask, returns x.
-  ConstRef<Scalar> identity(ConstRef<Scalar> x, Cache& cache) const {
-    cache.rows = x.rows();
-    cache.cols = x.cols();
-    cache.mask.resize(0, 0);
-    return x;
-  }
+  ConstRef<Scalar> identity(ConstRef<Scalar> x, Cache& cache) const;
 
   /// Throws unless dy has the forward's shape and cache's mask fits it.
   static void check_backward(std::string_view func, ConstRef<Scalar> dy, const Cache& cache) {
@@ -134,17 +110,10 @@ class Dropout {
   }
 
   /// dy *= the forward's mask; func names the caller in the error for a dy of the wrong shape.
-  void mask_in_place(const char* func, Mat& dy, const Cache& cache) const {
-    check_backward(func, dy, cache);
-    if (cache.mask.size() != 0) apply_mask(dy, dy, cache.mask);
-  }
+  void mask_in_place(const char* func, Mat& dy, const Cache& cache) const;
 
   /// out = in * mask, row by row; out may be in.
-  static void apply_mask(Mat& out, ConstRef<Scalar> in, const Mat& mask) {
-    detail::parallel_for(in.rows(), static_cast<double>(in.cols()), [&](Index i) {
-      out.row(i) = in.row(i).cwiseProduct(mask.row(i));
-    });
-  }
+  static void apply_mask(Mat& out, ConstRef<Scalar> in, const Mat& mask);
 
   /// One draw of the layer's rng per mask; row i gets the key of element i of a SplitMix64
   /// stream started there, and element (i, j) is kept when hash32(key_i, j), a uniform 32-bit
@@ -152,38 +121,97 @@ class Dropout {
   /// threads and the mask is the same for every thread count; the inner loop vectorises. (A
   /// double from mt19937_64 per element made dropout 7% of a training step.)
   /// Draws cache.mask (N, C) and sets y = x * mask, row by row; y may be x.
-  void draw_mask(Cache& cache, Mat& y, ConstRef<Scalar> x) {
-    const Index rows = x.rows(), cols = x.cols();
-    Mat& mask = cache.mask;
-    if (mask.rows() != rows || mask.cols() != cols) {
-      // Allocated aside, then swapped in: if the allocation throws, the cache and the rng are as
-      // they were (Eigen's resize frees the old buffer before allocating the new one).
-      Mat fresh(rows, cols);
-      mask.swap(fresh);
-    }
-    cache.rows = rows;
-    cache.cols = cols;
-    const std::uint64_t start = rng_.next_u64();
-    // p < 1, so p * 2^32 < 2^32 fits (rounding up to 2^32 only for p within 2^-33 of 1).
-    const auto threshold = static_cast<std::uint32_t>(
-        std::min(static_cast<double>(p_) * 4294967296.0, 4294967295.0));
-    const Scalar scale = Scalar(1) / (Scalar(1) - p_);
-    detail::parallel_for(rows, 5.0 * static_cast<double>(cols), [&](Index i) {
-      std::uint64_t state = start + static_cast<std::uint64_t>(i) * 0x9E3779B97F4A7C15ull;
-      const auto key = static_cast<std::uint32_t>(detail::splitmix64(state));
-      Scalar* row = mask.data() + i * cols;
-      // Written so that GCC vectorises it: a local copy of scale (stores to row could alias the
-      // captured one), a 32-bit counter, and the unsigned comparison as a signed one (AVX2 has
-      // no unsigned compare) after flipping the sign bits.
-      const Scalar kept = scale;
-      const auto flipped_threshold = static_cast<std::int32_t>(threshold ^ 0x80000000u);
-      for (std::uint32_t j = 0; j < static_cast<std::uint32_t>(cols); ++j) {
-        const auto h = static_cast<std::int32_t>(detail::hash32(key, j) ^ 0x80000000u);
-        row[j] = h >= flipped_threshold ? kept : Scalar(0);
-      }
-      y.row(i) = x.row(i).cwiseProduct(mask.row(i));
-    });
-  }
+  void draw_mask(Cache& cache, Mat& y, ConstRef<Scalar> x);
 };
+
+template <class Scalar>
+auto Dropout<Scalar>::forward(ConstRef<Scalar> x, Cache& cache) -> Mat {
+  if (!active()) return identity(x, cache);
+  Mat y(x.rows(), x.cols());
+  draw_mask(cache, y, x);
+  return y;
+}
+
+template <class Scalar>
+void Dropout<Scalar>::forward_in_place(Mat& x, Cache& cache) {
+  if (!active()) {
+    identity(x, cache);
+    return;
+  }
+  draw_mask(cache, x, x);
+}
+
+template <class Scalar>
+auto Dropout<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) const -> Mat {
+  check_backward("Dropout::backward", dy, cache);
+  if (cache.mask.size() == 0) return dy;
+  Mat dx(dy.rows(), dy.cols());
+  apply_mask(dx, dy, cache.mask);
+  return dx;
+}
+
+template <class Scalar>
+void Dropout<Scalar>::check_mask(std::string_view func, const Cache& cache) {
+  if (cache.mask.size() != 0)
+    detail::check_shape(func, "cache.mask", cache.mask, cache.rows, cache.cols);
+}
+
+template <class Scalar>
+auto Dropout<Scalar>::identity(ConstRef<Scalar> x, Cache& cache) const -> ConstRef<Scalar> {
+  cache.rows = x.rows();
+  cache.cols = x.cols();
+  cache.mask.resize(0, 0);
+  return x;
+}
+
+template <class Scalar>
+void Dropout<Scalar>::mask_in_place(const char* func, Mat& dy, const Cache& cache) const {
+  check_backward(func, dy, cache);
+  if (cache.mask.size() != 0) apply_mask(dy, dy, cache.mask);
+}
+
+template <class Scalar>
+void Dropout<Scalar>::apply_mask(Mat& out, ConstRef<Scalar> in, const Mat& mask) {
+  detail::parallel_for(in.rows(), static_cast<double>(in.cols()),
+                       [&](Index i) { out.row(i) = in.row(i).cwiseProduct(mask.row(i)); });
+}
+
+template <class Scalar>
+void Dropout<Scalar>::draw_mask(Cache& cache, Mat& y, ConstRef<Scalar> x) {
+  const Index rows = x.rows(), cols = x.cols();
+  Mat& mask = cache.mask;
+  if (mask.rows() != rows || mask.cols() != cols) {
+    // Allocated aside, then swapped in: if the allocation throws, the cache and the rng are as
+    // they were (Eigen's resize frees the old buffer before allocating the new one).
+    Mat fresh(rows, cols);
+    mask.swap(fresh);
+  }
+  cache.rows = rows;
+  cache.cols = cols;
+  const std::uint64_t start = rng_.next_u64();
+  // p < 1, so p * 2^32 < 2^32 fits (rounding up to 2^32 only for p within 2^-33 of 1).
+  const auto threshold =
+      static_cast<std::uint32_t>(std::min(static_cast<double>(p_) * 4294967296.0, 4294967295.0));
+  const Scalar scale = Scalar(1) / (Scalar(1) - p_);
+  detail::parallel_for(rows, 5.0 * static_cast<double>(cols), [&](Index i) {
+    std::uint64_t state = start + static_cast<std::uint64_t>(i) * 0x9E3779B97F4A7C15ull;
+    const auto key = static_cast<std::uint32_t>(detail::splitmix64(state));
+    Scalar* row = mask.data() + i * cols;
+    // Written so that GCC vectorises it: a local copy of scale (stores to row could alias the
+    // captured one), a 32-bit counter, and the unsigned comparison as a signed one (AVX2 has
+    // no unsigned compare) after flipping the sign bits.
+    const Scalar kept = scale;
+    const auto flipped_threshold = static_cast<std::int32_t>(threshold ^ 0x80000000u);
+    for (std::uint32_t j = 0; j < static_cast<std::uint32_t>(cols); ++j) {
+      const auto h = static_cast<std::int32_t>(detail::hash32(key, j) ^ 0x80000000u);
+      row[j] = h >= flipped_threshold ? kept : Scalar(0);
+    }
+    y.row(i) = x.row(i).cwiseProduct(mask.row(i));
+  });
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(Dropout)
 
 }  // namespace eigenformer

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/random.hpp"
 #include "../ops/embedding.hpp"
 
@@ -25,49 +26,65 @@ class Embedding {
   Embedding() = default;
 
   /// PyTorch's initialisation: weight from N(0, 1), with the padding row (if any) zeroed.
-  Embedding(Index vocab, Index d_model, Rng& rng, Index padding_id = -1) {
-    detail::check_positive("Embedding::Embedding", "vocab", vocab);
-    detail::check_positive("Embedding::Embedding", "d_model", d_model);
-    detail::require(padding_id >= -1 && padding_id < vocab, "Embedding::Embedding", "padding_id",
-                    [&] {
-                      return "must be -1 (none) or in [0, " + std::to_string(vocab) + "), got " +
-                             std::to_string(padding_id);
-                    });
-    this->padding_id = padding_id;
-    weight = Param<Scalar>(vocab, d_model);
-    fill_normal(weight.value, 0.0, 1.0, rng);
-    if (padding_id >= 0) weight.value.row(padding_id).setZero();
-  }
+  Embedding(Index vocab, Index d_model, Rng& rng, Index padding_id = -1);
 
   Index vocab_size() const { return weight.value.rows(); }
   Index d_model() const { return weight.value.cols(); }
 
   /// ids (B, T) -> (B*T, d_model), row b*T+t for token (b, t).
-  Mat forward(const IdMatrix& ids) const {
-    detail::check_embedding_ids("Embedding::forward", "ids", ids, vocab_size());
-    Mat y;
-    embedding_forward<Scalar>(y, ids, weight.value);
-    return y;
-  }
+  Mat forward(const IdMatrix& ids) const;
 
   /// ids (B, T) -> a Batch of B sequences of T tokens with d_model features.
-  Batch<Scalar> forward_batch(const IdMatrix& ids) const {
-    detail::check_positive("Embedding::forward_batch", "ids.rows()", ids.rows());
-    detail::check_positive("Embedding::forward_batch", "ids.cols()", ids.cols());
-    return Batch<Scalar>(forward(ids), ids.rows(), ids.cols());
-  }
+  Batch<Scalar> forward_batch(const IdMatrix& ids) const;
 
   /// dy (B*T, d_model) for ids (B, T): adds each row of dy into weight.grad[id], except for the
   /// padding id. There is no input gradient.
-  void backward(ConstRef<Scalar> dy, const IdMatrix& ids) {
-    detail::check_embedding_ids("Embedding::backward", "ids", ids, vocab_size());
-    detail::check_shape("Embedding::backward", "dy", dy, ids.size(), d_model());
-    embedding_backward<Scalar>(weight.grad, dy, ids, padding_id);
-  }
+  void backward(ConstRef<Scalar> dy, const IdMatrix& ids);
 
   ParamList<Scalar> parameters() { return {{"weight", &weight}}; }
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };
+
+template <class Scalar>
+Embedding<Scalar>::Embedding(Index vocab, Index d_model, Rng& rng, Index padding_id) {
+  detail::check_positive("Embedding::Embedding", "vocab", vocab);
+  detail::check_positive("Embedding::Embedding", "d_model", d_model);
+  detail::require(padding_id >= -1 && padding_id < vocab, "Embedding::Embedding", "padding_id",
+                  [&] {
+                    return "must be -1 (none) or in [0, " + std::to_string(vocab) + "), got " +
+                           std::to_string(padding_id);
+                  });
+  this->padding_id = padding_id;
+  weight = Param<Scalar>(vocab, d_model);
+  fill_normal(weight.value, 0.0, 1.0, rng);
+  if (padding_id >= 0) weight.value.row(padding_id).setZero();
+}
+
+template <class Scalar>
+auto Embedding<Scalar>::forward(const IdMatrix& ids) const -> Mat {
+  detail::check_embedding_ids("Embedding::forward", "ids", ids, vocab_size());
+  Mat y;
+  embedding_forward<Scalar>(y, ids, weight.value);
+  return y;
+}
+
+template <class Scalar>
+auto Embedding<Scalar>::forward_batch(const IdMatrix& ids) const -> Batch<Scalar> {
+  detail::check_positive("Embedding::forward_batch", "ids.rows()", ids.rows());
+  detail::check_positive("Embedding::forward_batch", "ids.cols()", ids.cols());
+  return Batch<Scalar>(forward(ids), ids.rows(), ids.cols());
+}
+
+template <class Scalar>
+void Embedding<Scalar>::backward(ConstRef<Scalar> dy, const IdMatrix& ids) {
+  detail::check_embedding_ids("Embedding::backward", "ids", ids, vocab_size());
+  detail::check_shape("Embedding::backward", "dy", dy, ids.size(), d_model());
+  embedding_backward<Scalar>(weight.grad, dy, ids, padding_id);
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(Embedding)
 
 }  // namespace eigenformer

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/random.hpp"
 #include "../ops/activations.hpp"
 #include "activation.hpp"
@@ -33,16 +34,7 @@ class FeedForward {
   FeedForward() = default;
 
   /// Linear layers initialised from rng as PyTorch's nn.Linear; the dropout seeded by rng.split().
-  FeedForward(Index d_model, Index d_ff, Activation act, Scalar dropout_p, Rng& rng) {
-    detail::check_positive("FeedForward::FeedForward", "d_model", d_model);
-    detail::check_positive("FeedForward::FeedForward", "d_ff", d_ff);
-    detail::check_activation("FeedForward::FeedForward", act);
-    detail::check_dropout_p("FeedForward::FeedForward", dropout_p);
-    linear1 = Linear<Scalar>(d_model, d_ff, rng);
-    activation = ActivationLayer<Scalar>(act);
-    linear2 = Linear<Scalar>(d_ff, d_model, rng);
-    dropout = Dropout<Scalar>(dropout_p, rng.split());
-  }
+  FeedForward(Index d_model, Index d_ff, Activation act, Scalar dropout_p, Rng& rng);
 
   Index d_model() const { return linear1.in_features(); }
   Index d_ff() const { return linear1.out_features(); }
@@ -53,70 +45,102 @@ class FeedForward {
   bool training() const { return dropout.training; }
 
   /// x (N, d_model) -> (N, d_model), inference only (no dropout).
-  Mat forward(ConstRef<Scalar> x) const {
-    detail::check_shape("FeedForward::forward", "x", x, -1, d_model());
-    return linear2.forward(activation.forward(linear1.forward(x)));
-  }
+  Mat forward(ConstRef<Scalar> x) const;
 
   /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache; in training, draws a
   /// new dropout mask. The (N, d_ff) activations are written straight into the cache's buffers,
   /// which are reused when the cache held the same shapes (so x must not be a view of them).
-  Mat forward(ConstRef<Scalar> x, Cache& cache) {
-    detail::check_shape("FeedForward::forward", "x", x, -1, d_model());
-    cache.linear1.x = x;
-    Mat& pre = cache.activation.x;  // (N, d_ff) linear1's output
-    Mat& h = cache.linear2.x;       // (N, d_ff) f(pre), then dropped out in place
-    linear1.forward_into(pre, x);
-    activation_forward<Scalar>(h, pre, activation.kind());
-    dropout.forward_in_place(h, cache.dropout);
-    Mat y;
-    linear2.forward_into(y, h);
-    return y;
-  }
+  Mat forward(ConstRef<Scalar> x, Cache& cache);
 
   /// dy (N, d_model) -> dx (N, d_model); adds into the linear layers' gradients. The two
   /// (N, d_ff) gradients stay allocated between calls (held after training, as PyTorch's caching
   /// allocator holds its blocks; a copy of the layer starts without them).
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
-    check_cache("FeedForward::backward", cache);
-    detail::check_shape("FeedForward::backward", "dy", dy, cache.linear1.x.rows(), d_model());
-    auto& [dh, dpre] = backward_scratch_.buffers;  // (N, d_ff) each
-    linear2.backward_into(dh, dy, cache.linear2.x);
-    dropout.backward_in_place(dh, cache.dropout);
-    activation_backward<Scalar>(dpre, dh, cache.activation.x, activation.kind());
-    Mat dx;
-    linear1.backward_into(dx, dpre, cache.linear1.x);
-    return dx;
-  }
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out;
-    append_params(out, "linear1", linear1.parameters());
-    append_params(out, "linear2", linear2.parameters());
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 
  private:
   /// Throws unless cache holds a forward of this layer: every piece for the same N rows.
-  void check_cache(std::string_view func, const Cache& cache) const {
-    const Index n = cache.linear1.x.rows();
-    detail::check_shape(func, "cache.linear1.x", cache.linear1.x, -1, d_model());
-    detail::check_shape(func, "cache.activation.x", cache.activation.x, n, d_ff());
-    detail::check_shape(func, "cache.linear2.x", cache.linear2.x, n, d_ff());
-    detail::require(cache.dropout.rows == n && cache.dropout.cols == d_ff(), func, "cache.dropout",
-                    [&] {
-                      return "is for " + detail::shape_str(cache.dropout.rows, cache.dropout.cols) +
-                             ", expected " + detail::shape_str(n, d_ff());
-                    });
-    Dropout<Scalar>::check_mask(func, cache.dropout);
-  }
+  void check_cache(std::string_view func, const Cache& cache) const;
 
   struct BackwardBuffers {
     Mat dh, dpre;
   };
   detail::Scratch<BackwardBuffers> backward_scratch_;
 };
+
+template <class Scalar>
+FeedForward<Scalar>::FeedForward(Index d_model, Index d_ff, Activation act, Scalar dropout_p,
+                                 Rng& rng) {
+  detail::check_positive("FeedForward::FeedForward", "d_model", d_model);
+  detail::check_positive("FeedForward::FeedForward", "d_ff", d_ff);
+  detail::check_activation("FeedForward::FeedForward", act);
+  detail::check_dropout_p("FeedForward::FeedForward", dropout_p);
+  linear1 = Linear<Scalar>(d_model, d_ff, rng);
+  activation = ActivationLayer<Scalar>(act);
+  linear2 = Linear<Scalar>(d_ff, d_model, rng);
+  dropout = Dropout<Scalar>(dropout_p, rng.split());
+}
+
+template <class Scalar>
+auto FeedForward<Scalar>::forward(ConstRef<Scalar> x) const -> Mat {
+  detail::check_shape("FeedForward::forward", "x", x, -1, d_model());
+  return linear2.forward(activation.forward(linear1.forward(x)));
+}
+
+template <class Scalar>
+auto FeedForward<Scalar>::forward(ConstRef<Scalar> x, Cache& cache) -> Mat {
+  detail::check_shape("FeedForward::forward", "x", x, -1, d_model());
+  cache.linear1.x = x;
+  Mat& pre = cache.activation.x;  // (N, d_ff) linear1's output
+  Mat& h = cache.linear2.x;       // (N, d_ff) f(pre), then dropped out in place
+  linear1.forward_into(pre, x);
+  activation_forward<Scalar>(h, pre, activation.kind());
+  dropout.forward_in_place(h, cache.dropout);
+  Mat y;
+  linear2.forward_into(y, h);
+  return y;
+}
+
+template <class Scalar>
+auto FeedForward<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+  check_cache("FeedForward::backward", cache);
+  detail::check_shape("FeedForward::backward", "dy", dy, cache.linear1.x.rows(), d_model());
+  auto& [dh, dpre] = backward_scratch_.buffers;  // (N, d_ff) each
+  linear2.backward_into(dh, dy, cache.linear2.x);
+  dropout.backward_in_place(dh, cache.dropout);
+  activation_backward<Scalar>(dpre, dh, cache.activation.x, activation.kind());
+  Mat dx;
+  linear1.backward_into(dx, dpre, cache.linear1.x);
+  return dx;
+}
+
+template <class Scalar>
+auto FeedForward<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out;
+  append_params(out, "linear1", linear1.parameters());
+  append_params(out, "linear2", linear2.parameters());
+  return out;
+}
+
+template <class Scalar>
+void FeedForward<Scalar>::check_cache(std::string_view func, const Cache& cache) const {
+  const Index n = cache.linear1.x.rows();
+  detail::check_shape(func, "cache.linear1.x", cache.linear1.x, -1, d_model());
+  detail::check_shape(func, "cache.activation.x", cache.activation.x, n, d_ff());
+  detail::check_shape(func, "cache.linear2.x", cache.linear2.x, n, d_ff());
+  detail::require(cache.dropout.rows == n && cache.dropout.cols == d_ff(), func, "cache.dropout",
+                  [&] {
+                    return "is for " + detail::shape_str(cache.dropout.rows, cache.dropout.cols) +
+                           ", expected " + detail::shape_str(n, d_ff());
+                  });
+  Dropout<Scalar>::check_mask(func, cache.dropout);
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(FeedForward)
 
 }  // namespace eigenformer

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "../core/error.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
@@ -44,18 +45,7 @@ struct KVCache {
 
   /// Allocates room for batch sequences of capacity positions with keys of key_width and values
   /// of value_width features; empties the cache.
-  void reset(Index batch, Index capacity, Index key_width, Index value_width) {
-    detail::check_positive("KVCache::reset", "batch", batch);
-    detail::check_positive("KVCache::reset", "max_len", capacity);
-    detail::check_positive("KVCache::reset", "key_width", key_width);
-    detail::check_positive("KVCache::reset", "value_width", value_width);
-    B = batch;
-    max_len = capacity;
-    len = 0;
-    k.resize(B * max_len, key_width);
-    v.resize(B * max_len, value_width);
-    key_padding = BoolMatrix::Constant(B, max_len, false);
-  }
+  void reset(Index batch, Index capacity, Index key_width, Index value_width);
 
   /// reset with keys and values of width d_model.
   void reset(Index batch, Index capacity, Index d_model) {
@@ -80,37 +70,11 @@ struct KVCache {
   }
 
   /// Throws (naming func and the lengths) unless t more positions fit.
-  void check_room(std::string_view func, std::string_view arg, Index t) const {
-    detail::require(B > 0, func, "cache", "is not allocated (call reset or begin_decode first)");
-    detail::require(t <= room(), func, arg, [&] {
-      return "adds " + std::to_string(t) + " positions to a KV cache holding " +
-             std::to_string(len) + " of max_len " + std::to_string(max_len);
-    });
-  }
+  void check_room(std::string_view func, std::string_view arg, Index t) const;
 
   /// Appends k_new (B*t, k.cols()), v_new (B*t, v.cols()) and their key padding (B, t) (empty:
   /// none padded). Throws, changing nothing, unless they fit and t more positions fit.
-  void append(ConstRef<Scalar> k_new, ConstRef<Scalar> v_new, const BoolMatrix& pad_new) {
-    const char* func = "KVCache::append";
-    detail::require(B > 0, func, "cache", "is not allocated (call reset or begin_decode first)");
-    detail::require(k_new.rows() % B == 0 && k_new.cols() == k.cols(), func, "k_new", [&] {
-      return "has shape " + detail::shape_of(k_new) + ", expected (B*t, " +
-             std::to_string(k.cols()) + ") with B = " + std::to_string(B);
-    });
-    const Index t = k_new.rows() / B;
-    detail::check_shape(func, "v_new", v_new, B * t, v.cols());
-    if (pad_new.size() != 0) detail::check_shape(func, "pad_new", pad_new, B, t);
-    check_room(func, "k_new", t);
-    for (Index b = 0; b < B; ++b) {
-      k.block(b * max_len + len, 0, t, k.cols()) = k_new.middleRows(b * t, t);
-      v.block(b * max_len + len, 0, t, v.cols()) = v_new.middleRows(b * t, t);
-    }
-    if (pad_new.size() != 0)
-      key_padding.block(0, len, B, t) = pad_new;
-    else
-      key_padding.block(0, len, B, t).setConstant(false);
-    len += t;
-  }
+  void append(ConstRef<Scalar> k_new, ConstRef<Scalar> v_new, const BoolMatrix& pad_new);
 
   /// True if some cached key of sequence b (0 <= b < B) is padded.
   bool any_padding(Index b) const {
@@ -119,11 +83,65 @@ struct KVCache {
   }
 
  private:
-  void check_sequence(const char* func, Index b) const {
-    if (b < 0 || b >= B)
-      detail::throw_argument(
-          func, "b", "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(B));
-  }
+  void check_sequence(const char* func, Index b) const;
 };
+
+template <class Scalar>
+void KVCache<Scalar>::reset(Index batch, Index capacity, Index key_width, Index value_width) {
+  detail::check_positive("KVCache::reset", "batch", batch);
+  detail::check_positive("KVCache::reset", "max_len", capacity);
+  detail::check_positive("KVCache::reset", "key_width", key_width);
+  detail::check_positive("KVCache::reset", "value_width", value_width);
+  B = batch;
+  max_len = capacity;
+  len = 0;
+  k.resize(B * max_len, key_width);
+  v.resize(B * max_len, value_width);
+  key_padding = BoolMatrix::Constant(B, max_len, false);
+}
+
+template <class Scalar>
+void KVCache<Scalar>::check_room(std::string_view func, std::string_view arg, Index t) const {
+  detail::require(B > 0, func, "cache", "is not allocated (call reset or begin_decode first)");
+  detail::require(t <= room(), func, arg, [&] {
+    return "adds " + std::to_string(t) + " positions to a KV cache holding " + std::to_string(len) +
+           " of max_len " + std::to_string(max_len);
+  });
+}
+
+template <class Scalar>
+void KVCache<Scalar>::append(ConstRef<Scalar> k_new, ConstRef<Scalar> v_new,
+                             const BoolMatrix& pad_new) {
+  const char* func = "KVCache::append";
+  detail::require(B > 0, func, "cache", "is not allocated (call reset or begin_decode first)");
+  detail::require(k_new.rows() % B == 0 && k_new.cols() == k.cols(), func, "k_new", [&] {
+    return "has shape " + detail::shape_of(k_new) + ", expected (B*t, " + std::to_string(k.cols()) +
+           ") with B = " + std::to_string(B);
+  });
+  const Index t = k_new.rows() / B;
+  detail::check_shape(func, "v_new", v_new, B * t, v.cols());
+  if (pad_new.size() != 0) detail::check_shape(func, "pad_new", pad_new, B, t);
+  check_room(func, "k_new", t);
+  for (Index b = 0; b < B; ++b) {
+    k.block(b * max_len + len, 0, t, k.cols()) = k_new.middleRows(b * t, t);
+    v.block(b * max_len + len, 0, t, v.cols()) = v_new.middleRows(b * t, t);
+  }
+  if (pad_new.size() != 0)
+    key_padding.block(0, len, B, t) = pad_new;
+  else
+    key_padding.block(0, len, B, t).setConstant(false);
+  len += t;
+}
+
+template <class Scalar>
+void KVCache<Scalar>::check_sequence(const char* func, Index b) const {
+  if (b < 0 || b >= B)
+    detail::throw_argument(func, "b",
+                           "is " + std::to_string(b) + ", expected 0 <= b < " + std::to_string(B));
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(KVCache)
 
 }  // namespace eigenformer

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../ops/layernorm.hpp"
 
 namespace eigenformer {
@@ -22,13 +23,7 @@ class LayerNorm {
 
   LayerNorm() = default;
 
-  explicit LayerNorm(Index d, Scalar eps = Scalar(1e-5)) : eps_(eps) {
-    detail::check_positive("LayerNorm::LayerNorm", "d", d);
-    detail::check_eps("LayerNorm::LayerNorm", eps);
-    weight = Param<Scalar>(1, d, true);
-    weight.value.setOnes();
-    bias = Param<Scalar>(1, d, true);
-  }
+  explicit LayerNorm(Index d, Scalar eps = Scalar(1e-5));
 
   Index features() const { return weight.value.cols(); }
   Scalar eps() const { return eps_; }
@@ -47,17 +42,7 @@ class LayerNorm {
   }
 
   /// dy (N, d) -> dx (N, d); adds into weight.grad and bias.grad.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
-    // The cache first, so that an empty or foreign cache is named as such (not as a bad dy).
-    detail::check_shape("LayerNorm::backward", "cache.x", cache.x, -1, features());
-    detail::check_shape("LayerNorm::backward", "cache.mean", cache.mean, cache.x.rows(), 1);
-    detail::check_shape("LayerNorm::backward", "cache.rstd", cache.rstd, cache.x.rows(), 1);
-    detail::check_shape("LayerNorm::backward", "dy", dy, cache.x.rows(), features());
-    Mat dx;
-    layernorm_backward<Scalar>(dx, &weight.grad, &bias.grad, dy, cache.x, weight.value,
-                               cache.mean, cache.rstd);
-    return dx;
-  }
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
   ParamList<Scalar> parameters() { return {{"weight", &weight}, {"bias", &bias}}; }
 
@@ -66,12 +51,41 @@ class LayerNorm {
  private:
   Scalar eps_ = Scalar(1e-5);
 
-  Mat run_forward(ConstRef<Scalar> x, Mat& mean, Mat& rstd) const {
-    detail::check_shape("LayerNorm::forward", "x", x, -1, features());
-    Mat y;
-    layernorm_forward<Scalar>(y, mean, rstd, x, weight.value, bias.value, eps_);
-    return y;
-  }
+  Mat run_forward(ConstRef<Scalar> x, Mat& mean, Mat& rstd) const;
 };
+
+template <class Scalar>
+LayerNorm<Scalar>::LayerNorm(Index d, Scalar eps) : eps_(eps) {
+  detail::check_positive("LayerNorm::LayerNorm", "d", d);
+  detail::check_eps("LayerNorm::LayerNorm", eps);
+  weight = Param<Scalar>(1, d, true);
+  weight.value.setOnes();
+  bias = Param<Scalar>(1, d, true);
+}
+
+template <class Scalar>
+auto LayerNorm<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+  // The cache first, so that an empty or foreign cache is named as such (not as a bad dy).
+  detail::check_shape("LayerNorm::backward", "cache.x", cache.x, -1, features());
+  detail::check_shape("LayerNorm::backward", "cache.mean", cache.mean, cache.x.rows(), 1);
+  detail::check_shape("LayerNorm::backward", "cache.rstd", cache.rstd, cache.x.rows(), 1);
+  detail::check_shape("LayerNorm::backward", "dy", dy, cache.x.rows(), features());
+  Mat dx;
+  layernorm_backward<Scalar>(dx, &weight.grad, &bias.grad, dy, cache.x, weight.value, cache.mean,
+                             cache.rstd);
+  return dx;
+}
+
+template <class Scalar>
+auto LayerNorm<Scalar>::run_forward(ConstRef<Scalar> x, Mat& mean, Mat& rstd) const -> Mat {
+  detail::check_shape("LayerNorm::forward", "x", x, -1, features());
+  Mat y;
+  layernorm_forward<Scalar>(y, mean, rstd, x, weight.value, bias.value, eps_);
+  return y;
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(LayerNorm)
 
 }  // namespace eigenformer

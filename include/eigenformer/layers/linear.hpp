@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/random.hpp"
 #include "../ops/linear.hpp"
 
@@ -23,17 +24,7 @@ class Linear {
   Linear() = default;
 
   /// PyTorch's default initialisation: weight and bias from U(-1/sqrt(in), 1/sqrt(in)).
-  Linear(Index in_features, Index out_features, Rng& rng, bool with_bias = true) {
-    detail::check_positive("Linear::Linear", "in_features", in_features);
-    detail::check_positive("Linear::Linear", "out_features", out_features);
-    const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
-    weight = Param<Scalar>(out_features, in_features);
-    fill_uniform(weight.value, -bound, bound, rng);
-    if (with_bias) {
-      bias = Param<Scalar>(1, out_features, true);
-      fill_uniform(bias.value, -bound, bound, rng);
-    }
-  }
+  Linear(Index in_features, Index out_features, Rng& rng, bool with_bias = true);
 
   Index in_features() const { return weight.value.cols(); }
   Index out_features() const { return weight.value.rows(); }
@@ -48,10 +39,7 @@ class Linear {
 
   /// forward(x) written into y, whose buffer is reused when it already has the shape (N, out).
   /// y must not alias x.
-  void forward_into(Mat& y, ConstRef<Scalar> x) const {
-    detail::check_shape("Linear::forward", "x", x, -1, in_features());
-    linear_forward<Scalar>(y, x, weight.value, has_bias() ? &bias.value : nullptr);
-  }
+  void forward_into(Mat& y, ConstRef<Scalar> x) const;
 
   /// x (N, in) -> (N, out), keeping what backward needs in cache.
   Mat forward(ConstRef<Scalar> x, Cache& cache) const {
@@ -69,20 +57,48 @@ class Linear {
 
   /// backward for a forward whose input was x (N, in), the gradient written into dx, whose
   /// buffer is reused when it already has the shape (N, in). dx must not alias dy or x.
-  void backward_into(Mat& dx, ConstRef<Scalar> dy, ConstRef<Scalar> x) {
-    detail::check_shape("Linear::backward", "cache.x", x, -1, in_features());
-    detail::check_shape("Linear::backward", "dy", dy, x.rows(), out_features());
-    linear_backward<Scalar>(dx, &weight.grad, has_bias() ? &bias.grad : nullptr, dy, x,
-                            weight.value);
-  }
+  void backward_into(Mat& dx, ConstRef<Scalar> dy, ConstRef<Scalar> x);
 
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out{{"weight", &weight}};
-    if (has_bias()) out.push_back({"bias", &bias});
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };
+
+template <class Scalar>
+Linear<Scalar>::Linear(Index in_features, Index out_features, Rng& rng, bool with_bias) {
+  detail::check_positive("Linear::Linear", "in_features", in_features);
+  detail::check_positive("Linear::Linear", "out_features", out_features);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
+  weight = Param<Scalar>(out_features, in_features);
+  fill_uniform(weight.value, -bound, bound, rng);
+  if (with_bias) {
+    bias = Param<Scalar>(1, out_features, true);
+    fill_uniform(bias.value, -bound, bound, rng);
+  }
+}
+
+template <class Scalar>
+void Linear<Scalar>::forward_into(Mat& y, ConstRef<Scalar> x) const {
+  detail::check_shape("Linear::forward", "x", x, -1, in_features());
+  linear_forward<Scalar>(y, x, weight.value, has_bias() ? &bias.value : nullptr);
+}
+
+template <class Scalar>
+void Linear<Scalar>::backward_into(Mat& dx, ConstRef<Scalar> dy, ConstRef<Scalar> x) {
+  detail::check_shape("Linear::backward", "cache.x", x, -1, in_features());
+  detail::check_shape("Linear::backward", "dy", dy, x.rows(), out_features());
+  linear_backward<Scalar>(dx, &weight.grad, has_bias() ? &bias.grad : nullptr, dy, x, weight.value);
+}
+
+template <class Scalar>
+auto Linear<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out{{"weight", &weight}};
+  if (has_bias()) out.push_back({"bias", &bias});
+  return out;
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(Linear)
 
 }  // namespace eigenformer

@@ -15,6 +15,7 @@
 
 #include "../core/parallel.hpp"
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/random.hpp"
 
 namespace eigenformer {
@@ -60,23 +61,7 @@ class SinusoidalPositionalEncoding {
   SinusoidalPositionalEncoding() = default;
 
   /// Precomputes the (max_len, d_model) table in double. With odd d_model the last column is a sin.
-  SinusoidalPositionalEncoding(Index d_model, Index max_len, bool scale_embeddings = false)
-      : scale_(scale_embeddings ? static_cast<Scalar>(std::sqrt(static_cast<double>(d_model)))
-                                : Scalar(1)) {
-    detail::check_positive("SinusoidalPositionalEncoding::SinusoidalPositionalEncoding",
-                           "d_model", d_model);
-    detail::check_positive("SinusoidalPositionalEncoding::SinusoidalPositionalEncoding",
-                           "max_len", max_len);
-    table_.resize(max_len, d_model);
-    for (Index j = 0; j < d_model; ++j) {
-      const double pair = static_cast<double>(j - j % 2);  // 2i
-      const double inv_freq = std::pow(10000.0, -pair / static_cast<double>(d_model));
-      for (Index pos = 0; pos < max_len; ++pos) {
-        const double angle = static_cast<double>(pos) * inv_freq;
-        table_(pos, j) = static_cast<Scalar>(j % 2 == 0 ? std::sin(angle) : std::cos(angle));
-      }
-    }
-  }
+  SinusoidalPositionalEncoding(Index d_model, Index max_len, bool scale_embeddings = false);
 
   Index d_model() const { return table_.cols(); }
   Index max_len() const { return table_.rows(); }
@@ -86,21 +71,12 @@ class SinusoidalPositionalEncoding {
   const Mat& table() const { return table_; }
 
   /// x (B*T, d_model) -> x * scale + PE[start_pos + t] for token (b, t).
-  Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const {
-    detail::check_positions<Scalar>("SinusoidalPositionalEncoding::forward", "x", x, B, T,
-                                    start_pos, d_model(), max_len());
-    return detail::add_positions<Scalar>(x, scale_, table_, B, T, start_pos);
-  }
+  Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const;
 
-  Batch<Scalar> forward(const Batch<Scalar>& x, Index start_pos = 0) const {
-    return Batch<Scalar>(forward(x.data(), x.batch(), x.time(), start_pos), x.batch(), x.time());
-  }
+  Batch<Scalar> forward(const Batch<Scalar>& x, Index start_pos = 0) const;
 
   /// dy (N, d_model) -> dx = dy * scale (fresh). There are no parameters.
-  Mat backward(ConstRef<Scalar> dy) const {
-    detail::check_shape("SinusoidalPositionalEncoding::backward", "dy", dy, -1, d_model());
-    return dy * scale_;
-  }
+  Mat backward(ConstRef<Scalar> dy) const;
 
   ParamList<Scalar> parameters() { return {}; }
   void zero_grad() {}
@@ -109,6 +85,46 @@ class SinusoidalPositionalEncoding {
   Mat table_;  // (max_len, d_model)
   Scalar scale_ = Scalar(1);
 };
+
+template <class Scalar>
+SinusoidalPositionalEncoding<Scalar>::SinusoidalPositionalEncoding(Index d_model, Index max_len,
+                                                                   bool scale_embeddings)
+    : scale_(scale_embeddings ? static_cast<Scalar>(std::sqrt(static_cast<double>(d_model)))
+                              : Scalar(1)) {
+  detail::check_positive("SinusoidalPositionalEncoding::SinusoidalPositionalEncoding", "d_model",
+                         d_model);
+  detail::check_positive("SinusoidalPositionalEncoding::SinusoidalPositionalEncoding", "max_len",
+                         max_len);
+  table_.resize(max_len, d_model);
+  for (Index j = 0; j < d_model; ++j) {
+    const double pair = static_cast<double>(j - j % 2);  // 2i
+    const double inv_freq = std::pow(10000.0, -pair / static_cast<double>(d_model));
+    for (Index pos = 0; pos < max_len; ++pos) {
+      const double angle = static_cast<double>(pos) * inv_freq;
+      table_(pos, j) = static_cast<Scalar>(j % 2 == 0 ? std::sin(angle) : std::cos(angle));
+    }
+  }
+}
+
+template <class Scalar>
+auto SinusoidalPositionalEncoding<Scalar>::forward(ConstRef<Scalar> x, Index B, Index T,
+                                                   Index start_pos) const -> Mat {
+  detail::check_positions<Scalar>("SinusoidalPositionalEncoding::forward", "x", x, B, T, start_pos,
+                                  d_model(), max_len());
+  return detail::add_positions<Scalar>(x, scale_, table_, B, T, start_pos);
+}
+
+template <class Scalar>
+auto SinusoidalPositionalEncoding<Scalar>::forward(const Batch<Scalar>& x, Index start_pos) const
+    -> Batch<Scalar> {
+  return Batch<Scalar>(forward(x.data(), x.batch(), x.time(), start_pos), x.batch(), x.time());
+}
+
+template <class Scalar>
+auto SinusoidalPositionalEncoding<Scalar>::backward(ConstRef<Scalar> dy) const -> Mat {
+  detail::check_shape("SinusoidalPositionalEncoding::backward", "dy", dy, -1, d_model());
+  return dy * scale_;
+}
 
 template <class Scalar = float>
 class LearnedPositionalEncoding {
@@ -120,46 +136,71 @@ class LearnedPositionalEncoding {
   LearnedPositionalEncoding() = default;
 
   /// weight from N(0, 0.02^2), as GPT-2 initialises its position embeddings.
-  LearnedPositionalEncoding(Index d_model, Index max_len, Rng& rng) {
-    detail::check_positive("LearnedPositionalEncoding::LearnedPositionalEncoding", "d_model",
-                           d_model);
-    detail::check_positive("LearnedPositionalEncoding::LearnedPositionalEncoding", "max_len",
-                           max_len);
-    weight = Param<Scalar>(max_len, d_model);
-    fill_normal(weight.value, 0.0, 0.02, rng);
-  }
+  LearnedPositionalEncoding(Index d_model, Index max_len, Rng& rng);
 
   Index d_model() const { return weight.value.cols(); }
   Index max_len() const { return weight.value.rows(); }
 
   /// x (B*T, d_model) -> x + W[start_pos + t] for token (b, t).
-  Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const {
-    detail::check_positions<Scalar>("LearnedPositionalEncoding::forward", "x", x, B, T, start_pos,
-                                    d_model(), max_len());
-    return detail::add_positions<Scalar>(x, Scalar(1), weight.value, B, T, start_pos);
-  }
+  Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const;
 
-  Batch<Scalar> forward(const Batch<Scalar>& x, Index start_pos = 0) const {
-    return Batch<Scalar>(forward(x.data(), x.batch(), x.time(), start_pos), x.batch(), x.time());
-  }
+  Batch<Scalar> forward(const Batch<Scalar>& x, Index start_pos = 0) const;
 
   /// dy (B*T, d_model) -> dx = dy (fresh); weight.grad rows start_pos .. start_pos+T-1 += the sum
   /// of dy over the B sequences.
-  Mat backward(ConstRef<Scalar> dy, Index B, Index T, Index start_pos = 0) {
-    detail::check_positions<Scalar>("LearnedPositionalEncoding::backward", "dy", dy, B, T,
-                                    start_pos, d_model(), max_len());
-    const Index d = d_model();
-    for (Index b = 0; b < B; ++b) weight.grad.block(start_pos, 0, T, d) += dy.block(b * T, 0, T, d);
-    return dy;
-  }
+  Mat backward(ConstRef<Scalar> dy, Index B, Index T, Index start_pos = 0);
 
-  Batch<Scalar> backward(const Batch<Scalar>& dy, Index start_pos = 0) {
-    return Batch<Scalar>(backward(dy.data(), dy.batch(), dy.time(), start_pos), dy.batch(),
-                         dy.time());
-  }
+  Batch<Scalar> backward(const Batch<Scalar>& dy, Index start_pos = 0);
 
   ParamList<Scalar> parameters() { return {{"weight", &weight}}; }
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };
+
+template <class Scalar>
+LearnedPositionalEncoding<Scalar>::LearnedPositionalEncoding(Index d_model, Index max_len,
+                                                             Rng& rng) {
+  detail::check_positive("LearnedPositionalEncoding::LearnedPositionalEncoding", "d_model",
+                         d_model);
+  detail::check_positive("LearnedPositionalEncoding::LearnedPositionalEncoding", "max_len",
+                         max_len);
+  weight = Param<Scalar>(max_len, d_model);
+  fill_normal(weight.value, 0.0, 0.02, rng);
+}
+
+template <class Scalar>
+auto LearnedPositionalEncoding<Scalar>::forward(ConstRef<Scalar> x, Index B, Index T,
+                                                Index start_pos) const -> Mat {
+  detail::check_positions<Scalar>("LearnedPositionalEncoding::forward", "x", x, B, T, start_pos,
+                                  d_model(), max_len());
+  return detail::add_positions<Scalar>(x, Scalar(1), weight.value, B, T, start_pos);
+}
+
+template <class Scalar>
+auto LearnedPositionalEncoding<Scalar>::forward(const Batch<Scalar>& x, Index start_pos) const
+    -> Batch<Scalar> {
+  return Batch<Scalar>(forward(x.data(), x.batch(), x.time(), start_pos), x.batch(), x.time());
+}
+
+template <class Scalar>
+auto LearnedPositionalEncoding<Scalar>::backward(ConstRef<Scalar> dy, Index B, Index T,
+                                                 Index start_pos) -> Mat {
+  detail::check_positions<Scalar>("LearnedPositionalEncoding::backward", "dy", dy, B, T, start_pos,
+                                  d_model(), max_len());
+  const Index d = d_model();
+  for (Index b = 0; b < B; ++b) weight.grad.block(start_pos, 0, T, d) += dy.block(b * T, 0, T, d);
+  return dy;
+}
+
+template <class Scalar>
+auto LearnedPositionalEncoding<Scalar>::backward(const Batch<Scalar>& dy, Index start_pos)
+    -> Batch<Scalar> {
+  return Batch<Scalar>(backward(dy.data(), dy.batch(), dy.time(), start_pos), dy.batch(),
+                       dy.time());
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(SinusoidalPositionalEncoding)
+EIGENFORMER_CLASS_TEMPLATES(LearnedPositionalEncoding)
 
 }  // namespace eigenformer

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 #include "layernorm.hpp"
 
 namespace eigenformer {
@@ -46,17 +47,7 @@ class Residual {
 
   Residual() = default;
 
-  Residual(Index d_model, NormPlacement placement, Scalar eps = Scalar(1e-5))
-      : placement_(placement) {
-    detail::require(placement == NormPlacement::post || placement == NormPlacement::pre,
-                    "Residual::Residual", "placement", [&] {
-                      return "is not a NormPlacement (value " +
-                             std::to_string(static_cast<int>(placement)) + ")";
-                    });
-    detail::check_positive("Residual::Residual", "d_model", d_model);
-    detail::check_eps("Residual::Residual", eps);
-    norm = LayerNorm<Scalar>(d_model, eps);
-  }
+  Residual(Index d_model, NormPlacement placement, Scalar eps = Scalar(1e-5));
 
   NormPlacement placement() const { return placement_; }
   Index d_model() const { return norm.features(); }
@@ -123,15 +114,38 @@ class Residual {
     detail::check_shape("Residual::forward", "x", x, -1, d_model());
   }
 
-  Mat checked(Mat y, Index rows) const {
-    detail::check_shape("Residual::forward", "sublayer output", y, rows, d_model());
-    return y;
-  }
+  Mat checked(Mat y, Index rows) const;
 
-  Mat checked_grad(Mat dx, Index rows) const {
-    detail::check_shape("Residual::backward", "sublayer_backward output", dx, rows, d_model());
-    return dx;
-  }
+  Mat checked_grad(Mat dx, Index rows) const;
 };
+
+template <class Scalar>
+Residual<Scalar>::Residual(Index d_model, NormPlacement placement, Scalar eps)
+    : placement_(placement) {
+  detail::require(placement == NormPlacement::post || placement == NormPlacement::pre,
+                  "Residual::Residual", "placement", [&] {
+                    return "is not a NormPlacement (value " +
+                           std::to_string(static_cast<int>(placement)) + ")";
+                  });
+  detail::check_positive("Residual::Residual", "d_model", d_model);
+  detail::check_eps("Residual::Residual", eps);
+  norm = LayerNorm<Scalar>(d_model, eps);
+}
+
+template <class Scalar>
+auto Residual<Scalar>::checked(Mat y, Index rows) const -> Mat {
+  detail::check_shape("Residual::forward", "sublayer output", y, rows, d_model());
+  return y;
+}
+
+template <class Scalar>
+auto Residual<Scalar>::checked_grad(Mat dx, Index rows) const -> Mat {
+  detail::check_shape("Residual::backward", "sublayer_backward output", dx, rows, d_model());
+  return dx;
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(Residual)
 
 }  // namespace eigenformer

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/precompiled.hpp"
 #include "decode_state.hpp"
 #include "encoder.hpp"
 
@@ -48,52 +49,17 @@ class DecoderLayer {
   /// x (B*T, d), memory (B*S, d) -> (B*T, d). self_mask usually causal + target padding;
   /// cross_mask usually the source padding.
   Mat forward(ConstRef<Scalar> x, ConstRef<Scalar> memory, Index B, const AttentionMask& self_mask,
-              const AttentionMask& cross_mask, Cache& cache) {
-    const Mat h1 = self_block.forward(x, cache.self_block, [&](ConstRef<Scalar> in) {
-      return self_drop.forward(self_attn.forward(in, B, self_mask, cache.self_attn),
-                               cache.self_drop);
-    });
-    const Mat h2 = cross_block.forward(h1, cache.cross_block, [&](ConstRef<Scalar> in) {
-      return cross_drop.forward(cross_attn.forward(in, memory, B, cross_mask, cache.cross_attn),
-                                cache.cross_drop);
-    });
-    return ffn_block.forward(h2, cache.ffn_block, [&](ConstRef<Scalar> in) {
-      return ffn_drop.forward(ffn.forward(in, cache.ffn), cache.ffn_drop);
-    });
-  }
+              const AttentionMask& cross_mask, Cache& cache);
 
   /// dy (B*T, d) -> dx (B*T, d) fresh; the memory gradient is ADDED into dmemory (B*S, d).
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat& dmemory) {
-    const Mat dh2 = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
-      return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
-    });
-    const Mat dh1 = cross_block.backward(dh2, cache.cross_block, [&](const Mat& d) {
-      Mat dmem;
-      Mat dq = cross_attn.backward(cross_drop.backward(d, cache.cross_drop), cache.cross_attn,
-                                   &dmem);
-      if (dmemory.size() == 0) dmemory = Mat::Zero(dmem.rows(), dmem.cols());
-      dmemory += dmem;
-      return dq;
-    });
-    return self_block.backward(dh1, cache.self_block, [&](const Mat& d) {
-      return self_attn.backward(self_drop.backward(d, cache.self_drop), cache.self_attn);
-    });
-  }
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat& dmemory);
 
   /// Incremental decoding, inference only: x_new (B*t, d), the next t target positions, attends
   /// causally over self_cache (which it extends) and over the memory keys/values of memory_cache
   /// (Attention::cache_memory) -> (B*t, d). new_key_padding (B, t): padded new positions.
   Mat decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& self_cache,
                   const KVCache<Scalar>& memory_cache,
-                  const BoolMatrix& new_key_padding = BoolMatrix()) const {
-    const Mat h1 = self_block.forward(x_new, [&](ConstRef<Scalar> in) {
-      return self_attn.forward_step(in, B, self_cache, new_key_padding);
-    });
-    const Mat h2 = cross_block.forward(h1, [&](ConstRef<Scalar> in) {
-      return cross_attn.forward_cached_memory(in, B, memory_cache);
-    });
-    return ffn_block.forward(h2, [&](ConstRef<Scalar> in) { return ffn.forward(in); });
-  }
+                  const BoolMatrix& new_key_padding = BoolMatrix()) const;
 
   void train(bool on) {
     ffn.train(on);
@@ -101,19 +67,68 @@ class DecoderLayer {
   }
 
   /// Names follow PyTorch's nn.TransformerDecoderLayer (multihead_attn is the cross-attention).
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out;
-    append_params(out, "self_attn", self_attn.parameters());
-    append_params(out, "multihead_attn", cross_attn.parameters());
-    for (const auto& p : ffn.parameters()) out.push_back(p);
-    append_params(out, "norm1", self_block.norm.parameters());
-    append_params(out, "norm2", cross_block.norm.parameters());
-    append_params(out, "norm3", ffn_block.norm.parameters());
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };
+
+template <class Scalar>
+auto DecoderLayer<Scalar>::forward(ConstRef<Scalar> x, ConstRef<Scalar> memory, Index B,
+                                   const AttentionMask& self_mask, const AttentionMask& cross_mask,
+                                   Cache& cache) -> Mat {
+  const Mat h1 = self_block.forward(x, cache.self_block, [&](ConstRef<Scalar> in) {
+    return self_drop.forward(self_attn.forward(in, B, self_mask, cache.self_attn), cache.self_drop);
+  });
+  const Mat h2 = cross_block.forward(h1, cache.cross_block, [&](ConstRef<Scalar> in) {
+    return cross_drop.forward(cross_attn.forward(in, memory, B, cross_mask, cache.cross_attn),
+                              cache.cross_drop);
+  });
+  return ffn_block.forward(h2, cache.ffn_block, [&](ConstRef<Scalar> in) {
+    return ffn_drop.forward(ffn.forward(in, cache.ffn), cache.ffn_drop);
+  });
+}
+
+template <class Scalar>
+auto DecoderLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat& dmemory) -> Mat {
+  const Mat dh2 = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
+    return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
+  });
+  const Mat dh1 = cross_block.backward(dh2, cache.cross_block, [&](const Mat& d) {
+    Mat dmem;
+    Mat dq = cross_attn.backward(cross_drop.backward(d, cache.cross_drop), cache.cross_attn, &dmem);
+    if (dmemory.size() == 0) dmemory = Mat::Zero(dmem.rows(), dmem.cols());
+    dmemory += dmem;
+    return dq;
+  });
+  return self_block.backward(dh1, cache.self_block, [&](const Mat& d) {
+    return self_attn.backward(self_drop.backward(d, cache.self_drop), cache.self_attn);
+  });
+}
+
+template <class Scalar>
+auto DecoderLayer<Scalar>::decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& self_cache,
+                                       const KVCache<Scalar>& memory_cache,
+                                       const BoolMatrix& new_key_padding) const -> Mat {
+  const Mat h1 = self_block.forward(x_new, [&](ConstRef<Scalar> in) {
+    return self_attn.forward_step(in, B, self_cache, new_key_padding);
+  });
+  const Mat h2 = cross_block.forward(h1, [&](ConstRef<Scalar> in) {
+    return cross_attn.forward_cached_memory(in, B, memory_cache);
+  });
+  return ffn_block.forward(h2, [&](ConstRef<Scalar> in) { return ffn.forward(in); });
+}
+
+template <class Scalar>
+auto DecoderLayer<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out;
+  append_params(out, "self_attn", self_attn.parameters());
+  append_params(out, "multihead_attn", cross_attn.parameters());
+  for (const auto& p : ffn.parameters()) out.push_back(p);
+  append_params(out, "norm1", self_block.norm.parameters());
+  append_params(out, "norm2", cross_block.norm.parameters());
+  append_params(out, "norm3", ffn_block.norm.parameters());
+  return out;
+}
 
 template <class Scalar = float>
 class Decoder {
@@ -130,86 +145,114 @@ class Decoder {
   LayerNorm<Scalar> final_norm;  // empty for post-norm
 
   Decoder() = default;
-  Decoder(Index vocab, Index n_layers, const TransformerConfig& c, Rng& rng)
-      : input(vocab, c, rng), pre_norm_(c.norm == NormPlacement::pre) {
-    for (Index i = 0; i < n_layers; ++i) layers.emplace_back(c.layer(/*causal=*/true), rng);
-    if (pre_norm_) final_norm = LayerNorm<Scalar>(c.d_model, Scalar(c.eps));
-  }
+  Decoder(Index vocab, Index n_layers, const TransformerConfig& c, Rng& rng);
 
   /// ids (B, T), memory (B*S, d) -> (B*T, d). start_pos: position of ids' first column.
   Mat forward(const IdMatrix& ids, ConstRef<Scalar> memory, const AttentionMask& self_mask,
-              const AttentionMask& cross_mask, Cache& cache, Index start_pos = 0) {
-    Mat h = input.forward(ids, cache.input, start_pos);
-    cache.layers.resize(layers.size());
-    for (size_t i = 0; i < layers.size(); ++i)
-      h = layers[i].forward(h, memory, ids.rows(), self_mask, cross_mask, cache.layers[i]);
-    if (pre_norm_) h = final_norm.forward(h, cache.final_norm);
-    return h;
-  }
+              const AttentionMask& cross_mask, Cache& cache, Index start_pos = 0);
 
   /// dy (B*T, d) -> the memory gradient (B*S, d), fresh.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
-    Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
-    Mat dmemory;
-    for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i], dmemory);
-    input.backward(d, cache.input);
-    return dmemory;
-  }
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
   /// Starts incremental decoding over memory (B*S, d) with source key padding (B, S) (empty:
   /// none): projects every layer's cross-attention keys and values once and allocates
   /// self-attention caches for max_len target positions.
   DecodeState<Scalar> begin_decode(ConstRef<Scalar> memory, Index B,
-                                   const BoolMatrix& memory_key_padding, Index max_len) const {
-    detail::check_positive("Decoder::begin_decode", "max_len", max_len);
-    DecodeState<Scalar> state;
-    state.B = B;
-    state.max_len = max_len;
-    state.memory.resize(layers.size());
-    for (size_t i = 0; i < layers.size(); ++i) {
-      layers[i].cross_attn.cache_memory(memory, B, memory_key_padding, state.memory[i]);
-      state.self.push_back(layers[i].self_attn.make_cache(B, max_len));
-    }
-    return state;
-  }
+                                   const BoolMatrix& memory_key_padding, Index max_len) const;
 
   /// Incremental forward, inference only: ids (B, t) at positions state.position.. -> hidden
   /// states (B*t, d); extends the caches and advances state.position by t. new_key_padding
   /// (B, t) marks padded ids (empty: none).
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state,
-                  const BoolMatrix& new_key_padding = BoolMatrix()) {
-    const char* func = "Decoder::decode_step";
-    detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids", [&] {
-      return "has shape " + detail::shape_of(ids) + ", expected (" + std::to_string(state.B) +
-             ", t > 0)";
-    });
-    detail::require(state.self.size() == layers.size() && state.memory.size() == layers.size(),
-                    func, "state", "is not from begin_decode of this decoder");
-    for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
-    typename TokenInput<Scalar>::Cache scratch;
-    Mat h = input.forward(ids, scratch, state.position);
-    for (size_t i = 0; i < layers.size(); ++i)
-      h = layers[i].decode_step(h, state.B, state.self[i], state.memory[i], new_key_padding);
-    if (pre_norm_) h = final_norm.forward(h);
-    state.position += ids.cols();
-    return h;
-  }
+                  const BoolMatrix& new_key_padding = BoolMatrix());
 
   void train(bool on) {
     input.train(on);
     for (auto& l : layers) l.train(on);
   }
 
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out = input.parameters();
-    for (size_t i = 0; i < layers.size(); ++i)
-      append_params(out, "layers." + std::to_string(i), layers[i].parameters());
-    if (pre_norm_) append_params(out, "norm", final_norm.parameters());
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
  private:
   bool pre_norm_ = false;
 };
+
+template <class Scalar>
+Decoder<Scalar>::Decoder(Index vocab, Index n_layers, const TransformerConfig& c, Rng& rng)
+    : input(vocab, c, rng), pre_norm_(c.norm == NormPlacement::pre) {
+  for (Index i = 0; i < n_layers; ++i) layers.emplace_back(c.layer(/*causal=*/true), rng);
+  if (pre_norm_) final_norm = LayerNorm<Scalar>(c.d_model, Scalar(c.eps));
+}
+
+template <class Scalar>
+auto Decoder<Scalar>::forward(const IdMatrix& ids, ConstRef<Scalar> memory,
+                              const AttentionMask& self_mask, const AttentionMask& cross_mask,
+                              Cache& cache, Index start_pos) -> Mat {
+  Mat h = input.forward(ids, cache.input, start_pos);
+  cache.layers.resize(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i)
+    h = layers[i].forward(h, memory, ids.rows(), self_mask, cross_mask, cache.layers[i]);
+  if (pre_norm_) h = final_norm.forward(h, cache.final_norm);
+  return h;
+}
+
+template <class Scalar>
+auto Decoder<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+  Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
+  Mat dmemory;
+  for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i], dmemory);
+  input.backward(d, cache.input);
+  return dmemory;
+}
+
+template <class Scalar>
+auto Decoder<Scalar>::begin_decode(ConstRef<Scalar> memory, Index B,
+                                   const BoolMatrix& memory_key_padding, Index max_len) const
+    -> DecodeState<Scalar> {
+  detail::check_positive("Decoder::begin_decode", "max_len", max_len);
+  DecodeState<Scalar> state;
+  state.B = B;
+  state.max_len = max_len;
+  state.memory.resize(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    layers[i].cross_attn.cache_memory(memory, B, memory_key_padding, state.memory[i]);
+    state.self.push_back(layers[i].self_attn.make_cache(B, max_len));
+  }
+  return state;
+}
+
+template <class Scalar>
+auto Decoder<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scalar>& state,
+                                  const BoolMatrix& new_key_padding) -> Mat {
+  const char* func = "Decoder::decode_step";
+  detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids", [&] {
+    return "has shape " + detail::shape_of(ids) + ", expected (" + std::to_string(state.B) +
+           ", t > 0)";
+  });
+  detail::require(state.self.size() == layers.size() && state.memory.size() == layers.size(), func,
+                  "state", "is not from begin_decode of this decoder");
+  for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
+  typename TokenInput<Scalar>::Cache scratch;
+  Mat h = input.forward(ids, scratch, state.position);
+  for (size_t i = 0; i < layers.size(); ++i)
+    h = layers[i].decode_step(h, state.B, state.self[i], state.memory[i], new_key_padding);
+  if (pre_norm_) h = final_norm.forward(h);
+  state.position += ids.cols();
+  return h;
+}
+
+template <class Scalar>
+auto Decoder<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out = input.parameters();
+  for (size_t i = 0; i < layers.size(); ++i)
+    append_params(out, "layers." + std::to_string(i), layers[i].parameters());
+  if (pre_norm_) append_params(out, "norm", final_norm.parameters());
+  return out;
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(DecoderLayer)
+EIGENFORMER_CLASS_TEMPLATES(Decoder)
 
 }  // namespace eigenformer

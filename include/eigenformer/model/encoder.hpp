@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/precompiled.hpp"
 #include "../layers/attention.hpp"
 #include "../layers/dropout.hpp"
 #include "../layers/feed_forward.hpp"
@@ -51,35 +52,16 @@ class EncoderLayer {
         ffn_drop(Scalar(c.dropout), rng.split()) {}
 
   /// x (B*T, d) -> (B*T, d).
-  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) {
-    const Mat h = attn_block.forward(x, cache.attn_block, [&](ConstRef<Scalar> in) {
-      return attn_drop.forward(self_attn.forward(in, B, mask, cache.attn), cache.attn_drop);
-    });
-    return ffn_block.forward(h, cache.ffn_block, [&](ConstRef<Scalar> in) {
-      return ffn_drop.forward(ffn.forward(in, cache.ffn), cache.ffn_drop);
-    });
-  }
+  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache);
 
   /// dy (B*T, d) -> dx (B*T, d) fresh; parameter gradients added.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
-    const Mat dh = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
-      return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
-    });
-    return attn_block.backward(dh, cache.attn_block, [&](const Mat& d) {
-      return self_attn.backward(attn_drop.backward(d, cache.attn_drop), cache.attn);
-    });
-  }
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
   /// Incremental decoding with causal self-attention (the decoder-only model's block), inference
   /// only: x_new (B*t, d), the next t positions, attends over cache (which it extends) and
   /// returns (B*t, d). new_key_padding (B, t) marks padded new positions (empty: none).
   Mat decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
-                  const BoolMatrix& new_key_padding = BoolMatrix()) const {
-    const Mat h = attn_block.forward(x_new, [&](ConstRef<Scalar> in) {
-      return self_attn.forward_step(in, B, cache, new_key_padding);
-    });
-    return ffn_block.forward(h, [&](ConstRef<Scalar> in) { return ffn.forward(in); });
-  }
+                  const BoolMatrix& new_key_padding = BoolMatrix()) const;
 
   void train(bool on) {
     ffn.train(on);
@@ -88,17 +70,50 @@ class EncoderLayer {
   }
 
   /// Names follow PyTorch's nn.TransformerEncoderLayer where it has the same piece.
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out;
-    append_params(out, "self_attn", self_attn.parameters());
-    for (const auto& p : ffn.parameters()) out.push_back(p);  // linear1.*, linear2.*
-    append_params(out, "norm1", attn_block.norm.parameters());
-    append_params(out, "norm2", ffn_block.norm.parameters());
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };
+
+template <class Scalar>
+auto EncoderLayer<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask,
+                                   Cache& cache) -> Mat {
+  const Mat h = attn_block.forward(x, cache.attn_block, [&](ConstRef<Scalar> in) {
+    return attn_drop.forward(self_attn.forward(in, B, mask, cache.attn), cache.attn_drop);
+  });
+  return ffn_block.forward(h, cache.ffn_block, [&](ConstRef<Scalar> in) {
+    return ffn_drop.forward(ffn.forward(in, cache.ffn), cache.ffn_drop);
+  });
+}
+
+template <class Scalar>
+auto EncoderLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+  const Mat dh = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
+    return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
+  });
+  return attn_block.backward(dh, cache.attn_block, [&](const Mat& d) {
+    return self_attn.backward(attn_drop.backward(d, cache.attn_drop), cache.attn);
+  });
+}
+
+template <class Scalar>
+auto EncoderLayer<Scalar>::decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
+                                       const BoolMatrix& new_key_padding) const -> Mat {
+  const Mat h = attn_block.forward(x_new, [&](ConstRef<Scalar> in) {
+    return self_attn.forward_step(in, B, cache, new_key_padding);
+  });
+  return ffn_block.forward(h, [&](ConstRef<Scalar> in) { return ffn.forward(in); });
+}
+
+template <class Scalar>
+auto EncoderLayer<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out;
+  append_params(out, "self_attn", self_attn.parameters());
+  for (const auto& p : ffn.parameters()) out.push_back(p);  // linear1.*, linear2.*
+  append_params(out, "norm1", attn_block.norm.parameters());
+  append_params(out, "norm2", ffn_block.norm.parameters());
+  return out;
+}
 
 /// N encoder layers with a final LayerNorm when the layers are pre-norm (their output is not
 /// normalised otherwise). Used by the encoder and the decoder-only model.
@@ -115,62 +130,85 @@ class EncoderStack {
   LayerNorm<Scalar> final_norm;  // empty for post-norm
 
   EncoderStack() = default;
-  EncoderStack(const LayerConfig& c, Index n_layers, Rng& rng) : pre_norm_(c.norm == NormPlacement::pre) {
-    for (Index i = 0; i < n_layers; ++i) layers.emplace_back(c, rng);
-    if (pre_norm_) final_norm = LayerNorm<Scalar>(c.d_model, Scalar(c.eps));
-  }
+  EncoderStack(const LayerConfig& c, Index n_layers, Rng& rng);
 
-  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) {
-    cache.layers.resize(layers.size());
-    Mat h = x;
-    for (size_t i = 0; i < layers.size(); ++i) h = layers[i].forward(h, B, mask, cache.layers[i]);
-    if (pre_norm_) h = final_norm.forward(h, cache.final_norm);
-    return h;
-  }
+  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache);
 
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
-    Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
-    for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i]);
-    return d;
-  }
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
   /// Empty self-attention caches for B sequences of up to max_len positions, one per layer.
-  std::vector<KVCache<Scalar>> make_caches(Index B, Index max_len) const {
-    std::vector<KVCache<Scalar>> caches;
-    for (const auto& l : layers) caches.push_back(l.self_attn.make_cache(B, max_len));
-    return caches;
-  }
+  std::vector<KVCache<Scalar>> make_caches(Index B, Index max_len) const;
 
   /// Incremental causal forward, inference only: x_new (B*t, d) -> (B*t, d), extending caches
   /// (one per layer, from make_caches). new_key_padding (B, t): padded new positions, or empty.
   Mat decode_step(ConstRef<Scalar> x_new, Index B, std::vector<KVCache<Scalar>>& caches,
-                  const BoolMatrix& new_key_padding = BoolMatrix()) const {
-    detail::require(caches.size() == layers.size(), "EncoderStack::decode_step", "caches", [&] {
-      return "has " + std::to_string(caches.size()) + " entries, expected one per layer (" +
-             std::to_string(layers.size()) + ")";
-    });
-    Mat h = x_new;
-    for (size_t i = 0; i < layers.size(); ++i)
-      h = layers[i].decode_step(h, B, caches[i], new_key_padding);
-    if (pre_norm_) h = final_norm.forward(h);
-    return h;
-  }
+                  const BoolMatrix& new_key_padding = BoolMatrix()) const;
 
   void train(bool on) {
     for (auto& l : layers) l.train(on);
   }
 
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out;
-    for (size_t i = 0; i < layers.size(); ++i)
-      append_params(out, "layers." + std::to_string(i), layers[i].parameters());
-    if (pre_norm_) append_params(out, "norm", final_norm.parameters());
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
  private:
   bool pre_norm_ = false;
 };
+
+template <class Scalar>
+EncoderStack<Scalar>::EncoderStack(const LayerConfig& c, Index n_layers, Rng& rng)
+    : pre_norm_(c.norm == NormPlacement::pre) {
+  for (Index i = 0; i < n_layers; ++i) layers.emplace_back(c, rng);
+  if (pre_norm_) final_norm = LayerNorm<Scalar>(c.d_model, Scalar(c.eps));
+}
+
+template <class Scalar>
+auto EncoderStack<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask,
+                                   Cache& cache) -> Mat {
+  cache.layers.resize(layers.size());
+  Mat h = x;
+  for (size_t i = 0; i < layers.size(); ++i) h = layers[i].forward(h, B, mask, cache.layers[i]);
+  if (pre_norm_) h = final_norm.forward(h, cache.final_norm);
+  return h;
+}
+
+template <class Scalar>
+auto EncoderStack<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+  Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
+  for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i]);
+  return d;
+}
+
+template <class Scalar>
+auto EncoderStack<Scalar>::make_caches(Index B, Index max_len) const
+    -> std::vector<KVCache<Scalar>> {
+  std::vector<KVCache<Scalar>> caches;
+  for (const auto& l : layers) caches.push_back(l.self_attn.make_cache(B, max_len));
+  return caches;
+}
+
+template <class Scalar>
+auto EncoderStack<Scalar>::decode_step(ConstRef<Scalar> x_new, Index B,
+                                       std::vector<KVCache<Scalar>>& caches,
+                                       const BoolMatrix& new_key_padding) const -> Mat {
+  detail::require(caches.size() == layers.size(), "EncoderStack::decode_step", "caches", [&] {
+    return "has " + std::to_string(caches.size()) + " entries, expected one per layer (" +
+           std::to_string(layers.size()) + ")";
+  });
+  Mat h = x_new;
+  for (size_t i = 0; i < layers.size(); ++i)
+    h = layers[i].decode_step(h, B, caches[i], new_key_padding);
+  if (pre_norm_) h = final_norm.forward(h);
+  return h;
+}
+
+template <class Scalar>
+auto EncoderStack<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out;
+  for (size_t i = 0; i < layers.size(); ++i)
+    append_params(out, "layers." + std::to_string(i), layers[i].parameters());
+  if (pre_norm_) append_params(out, "norm", final_norm.parameters());
+  return out;
+}
 
 /// Token input + encoder stack: source ids (B, S) -> memory (B*S, d_model). Padded source
 /// positions (id == pad_id) are masked as keys.
@@ -191,10 +229,7 @@ class Encoder {
       : input(vocab, c, rng), stack(c.layer(/*causal=*/false), n_layers, rng) {}
 
   /// mask: usually key_padding_mask(ids, pad_id).
-  Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache) {
-    const Mat x = input.forward(ids, cache.input);
-    return stack.forward(x, ids.rows(), mask, cache.stack);
-  }
+  Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache);
 
   void backward(ConstRef<Scalar> dmemory, const Cache& cache) {
     input.backward(stack.backward(dmemory, cache.stack), cache.input);
@@ -205,17 +240,32 @@ class Encoder {
     stack.train(on);
   }
 
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out = input.parameters();
-    for (const auto& p : stack.parameters()) out.push_back(p);
-    return out;
-  }
+  ParamList<Scalar> parameters();
 };
+
+template <class Scalar>
+auto Encoder<Scalar>::forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache) -> Mat {
+  const Mat x = input.forward(ids, cache.input);
+  return stack.forward(x, ids.rows(), mask, cache.stack);
+}
+
+template <class Scalar>
+auto Encoder<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out = input.parameters();
+  for (const auto& p : stack.parameters()) out.push_back(p);
+  return out;
+}
 
 /// (B, T) true where ids == pad_id: the key padding mask of a padded batch (empty if pad_id < 0).
 inline BoolMatrix key_padding_mask(const IdMatrix& ids, Index pad_id) {
   if (pad_id < 0) return BoolMatrix();
   return (ids.array() == pad_id).matrix();
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(EncoderLayer)
+EIGENFORMER_CLASS_TEMPLATES(EncoderStack)
+EIGENFORMER_CLASS_TEMPLATES(Encoder)
 
 }  // namespace eigenformer

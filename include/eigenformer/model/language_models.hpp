@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "../core/precompiled.hpp"
 #include "config.hpp"
 #include "decode_state.hpp"
 #include "encoder.hpp"
@@ -37,63 +38,20 @@ class SingleStackModel {
   const TransformerConfig& config() const { return config_; }
 
   /// ids (B, T) at positions start_pos.. -> logits (B*T, vocab).
-  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
-    const std::string& func = forward_func_;
-    detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
-                    [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
-    check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
-    AttentionMask mask;
-    mask.causal = causal_;
-    mask.key_padding = key_padding_mask(ids, config_.pad_id);
-    const Mat x = input.forward(ids, cache.input, start_pos);
-    const Mat h = stack.forward(x, ids.rows(), mask, cache.stack);
-    return head.forward(h, input.embedding, cache.head);
-  }
+  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
 
   /// Starts incremental decoding (inference only, causal models only) of B sequences of up to
   /// max_len positions: one empty self-attention cache per layer.
-  DecodeState<Scalar> begin_decode(Index B, Index max_len) const {
-    const std::string func = name_ + "::begin_decode";
-    detail::require(causal_, func, "this",
-                    "is not causal: incremental decoding needs a causal model");
-    detail::check_positive(func, "B", B);
-    detail::require(max_len > 0 && max_len <= config_.max_len, func, "max_len", [&] {
-      return "is " + std::to_string(max_len) + ", expected 1.." + std::to_string(config_.max_len) +
-             " (the model's max_len)";
-    });
-    DecodeState<Scalar> state;
-    state.B = B;
-    state.max_len = max_len;
-    state.self = stack.make_caches(B, max_len);
-    return state;
-  }
+  DecodeState<Scalar> begin_decode(Index B, Index max_len) const;
 
   /// Incremental forward, inference only: ids (B, t) at positions state.position.. (a prompt,
   /// then one token per step) -> logits (B*t, vocab), equal up to rounding to the last t rows per
   /// sequence of forward() over the whole sequence. Extends the caches, advances state.position.
   /// The layers apply no dropout; call eval() first so that the token input's dropout is off too.
-  Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) {
-    const std::string& func = decode_step_func_;
-    detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids", [&] {
-      return "has shape " + shape_of(ids) + ", expected (" + std::to_string(state.B) + ", t > 0)";
-    });
-    detail::require(state.self.size() == stack.layers.size(), func, "state",
-                    "is not from begin_decode of this model");
-    check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
-    for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
-    typename TokenInput<Scalar>::Cache scratch;
-    const Mat x = input.forward(ids, scratch, state.position);
-    const Mat h =
-        stack.decode_step(x, ids.rows(), state.self, key_padding_mask(ids, config_.pad_id));
-    state.position += ids.cols();
-    return head.forward(h, input.embedding);
-  }
+  Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state);
 
   /// dlogits (B*T, vocab): adds every parameter's gradient.
-  void backward(ConstRef<Scalar> dlogits, const Cache& cache) {
-    const Mat dh = head.backward(dlogits, cache.head, input.embedding);
-    input.backward(stack.backward(dh, cache.stack), cache.input);
-  }
+  void backward(ConstRef<Scalar> dlogits, const Cache& cache);
 
   void train(bool on = true) {
     input.train(on);
@@ -101,29 +59,14 @@ class SingleStackModel {
   }
   void eval() { train(false); }
 
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out = input.parameters();
-    for (const auto& p : stack.parameters()) out.push_back(p);  // layers.*, norm.*
-    append_params(out, "output", head.parameters());
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 
  protected:
   SingleStackModel() = default;
   SingleStackModel(const TransformerConfig& c, Index n_layers, bool causal, std::string name,
-                   Rng& rng)
-      : config_(c),
-        causal_(causal),
-        name_(std::move(name)),
-        forward_func_(name_ + "::forward"),
-        decode_step_func_(name_ + "::decode_step") {
-    c.validate(name_ + "::" + name_, false);
-    input = TokenInput<Scalar>(c.tgt_vocab, c, rng);
-    stack = EncoderStack<Scalar>(c.layer(causal), n_layers, rng);
-    head = OutputHead<Scalar>(c.d_model, c.tgt_vocab, c.tie_output, rng);
-  }
+                   Rng& rng);
 
  private:
   TransformerConfig config_;
@@ -131,6 +74,82 @@ class SingleStackModel {
   std::string name_;
   std::string forward_func_, decode_step_func_;  // built once: messages name them on failure
 };
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index start_pos) -> Mat {
+  const std::string& func = forward_func_;
+  detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
+                  [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
+  check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
+  AttentionMask mask;
+  mask.causal = causal_;
+  mask.key_padding = key_padding_mask(ids, config_.pad_id);
+  const Mat x = input.forward(ids, cache.input, start_pos);
+  const Mat h = stack.forward(x, ids.rows(), mask, cache.stack);
+  return head.forward(h, input.embedding, cache.head);
+}
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::begin_decode(Index B, Index max_len) const -> DecodeState<Scalar> {
+  const std::string func = name_ + "::begin_decode";
+  detail::require(causal_, func, "this",
+                  "is not causal: incremental decoding needs a causal model");
+  detail::check_positive(func, "B", B);
+  detail::require(max_len > 0 && max_len <= config_.max_len, func, "max_len", [&] {
+    return "is " + std::to_string(max_len) + ", expected 1.." + std::to_string(config_.max_len) +
+           " (the model's max_len)";
+  });
+  DecodeState<Scalar> state;
+  state.B = B;
+  state.max_len = max_len;
+  state.self = stack.make_caches(B, max_len);
+  return state;
+}
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) -> Mat {
+  const std::string& func = decode_step_func_;
+  detail::require(ids.rows() == state.B && ids.cols() > 0, func, "ids", [&] {
+    return "has shape " + shape_of(ids) + ", expected (" + std::to_string(state.B) + ", t > 0)";
+  });
+  detail::require(state.self.size() == stack.layers.size(), func, "state",
+                  "is not from begin_decode of this model");
+  check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
+  for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
+  typename TokenInput<Scalar>::Cache scratch;
+  const Mat x = input.forward(ids, scratch, state.position);
+  const Mat h = stack.decode_step(x, ids.rows(), state.self, key_padding_mask(ids, config_.pad_id));
+  state.position += ids.cols();
+  return head.forward(h, input.embedding);
+}
+
+template <class Scalar>
+void SingleStackModel<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache) {
+  const Mat dh = head.backward(dlogits, cache.head, input.embedding);
+  input.backward(stack.backward(dh, cache.stack), cache.input);
+}
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out = input.parameters();
+  for (const auto& p : stack.parameters()) out.push_back(p);  // layers.*, norm.*
+  append_params(out, "output", head.parameters());
+  return out;
+}
+
+template <class Scalar>
+SingleStackModel<Scalar>::SingleStackModel(const TransformerConfig& c, Index n_layers, bool causal,
+                                           std::string name, Rng& rng)
+    : config_(c),
+      causal_(causal),
+      name_(std::move(name)),
+      forward_func_(name_ + "::forward"),
+      decode_step_func_(name_ + "::decode_step") {
+  c.validate(name_ + "::" + name_, false);
+  input = TokenInput<Scalar>(c.tgt_vocab, c, rng);
+  stack = EncoderStack<Scalar>(c.layer(causal), n_layers, rng);
+  head = OutputHead<Scalar>(c.d_model, c.tgt_vocab, c.tie_output, rng);
+}
 
 }  // namespace detail
 
@@ -149,5 +168,11 @@ class EncoderOnlyModel : public detail::SingleStackModel<Scalar> {
   EncoderOnlyModel(const TransformerConfig& c, Rng& rng)
       : detail::SingleStackModel<Scalar>(c, c.n_encoder_layers, false, "EncoderOnlyModel", rng) {}
 };
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(detail::SingleStackModel)
+EIGENFORMER_CLASS_TEMPLATES(DecoderOnlyLM)
+EIGENFORMER_CLASS_TEMPLATES(EncoderOnlyModel)
 
 }  // namespace eigenformer

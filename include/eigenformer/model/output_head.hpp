@@ -4,6 +4,7 @@
 // of a model stay tied to their own embedding.
 #pragma once
 
+#include "../core/precompiled.hpp"
 #include "../layers/embedding.hpp"
 #include "../layers/linear.hpp"
 #include "../ops/linear.hpp"
@@ -28,13 +29,7 @@ class OutputHead {
   bool tied() const { return tied_; }
 
   /// h (N, d) -> logits (N, V). `embedding` is used only when tied.
-  Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding) const {
-    const Param<Scalar>& w = weight(embedding);
-    detail::check_shape("OutputHead::forward", "h", h, -1, w.value.cols());
-    Mat logits;
-    linear_forward<Scalar>(logits, h, w.value, tied_ ? nullptr : &proj.bias.value);
-    return logits;
-  }
+  Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding) const;
 
   Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding, Cache& cache) const {
     Mat logits = forward(h, embedding);
@@ -43,15 +38,7 @@ class OutputHead {
   }
 
   /// dlogits (N, V) -> dh (N, d) fresh; the weight gradient is added (to the embedding if tied).
-  Mat backward(ConstRef<Scalar> dlogits, const Cache& cache, Embedding<Scalar>& embedding) {
-    Param<Scalar>& w = weight(embedding);
-    detail::check_shape("OutputHead::backward", "dlogits", dlogits, cache.h.rows(),
-                        w.value.rows());
-    Mat dh;
-    linear_backward<Scalar>(dh, &w.grad, tied_ ? nullptr : &proj.bias.grad, dlogits, cache.h,
-                            w.value);
-    return dh;
-  }
+  Mat backward(ConstRef<Scalar> dlogits, const Cache& cache, Embedding<Scalar>& embedding);
 
   /// Empty when tied: the shared matrix belongs to the embedding.
   ParamList<Scalar> parameters() { return tied_ ? ParamList<Scalar>{} : proj.parameters(); }
@@ -64,5 +51,30 @@ class OutputHead {
   }
   Param<Scalar>& weight(Embedding<Scalar>& e) { return tied_ ? e.weight : proj.weight; }
 };
+
+template <class Scalar>
+auto OutputHead<Scalar>::forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding) const
+    -> Mat {
+  const Param<Scalar>& w = weight(embedding);
+  detail::check_shape("OutputHead::forward", "h", h, -1, w.value.cols());
+  Mat logits;
+  linear_forward<Scalar>(logits, h, w.value, tied_ ? nullptr : &proj.bias.value);
+  return logits;
+}
+
+template <class Scalar>
+auto OutputHead<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
+                                  Embedding<Scalar>& embedding) -> Mat {
+  Param<Scalar>& w = weight(embedding);
+  detail::check_shape("OutputHead::backward", "dlogits", dlogits, cache.h.rows(), w.value.rows());
+  Mat dh;
+  linear_backward<Scalar>(dh, &w.grad, tied_ ? nullptr : &proj.bias.grad, dlogits, cache.h,
+                          w.value);
+  return dh;
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(OutputHead)
 
 }  // namespace eigenformer

@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "../core/precompiled.hpp"
 #include "../layers/attention_positions.hpp"
 #include "../layers/dropout.hpp"
 #include "../layers/embedding.hpp"
@@ -30,63 +31,81 @@ class TokenInput {
   Dropout<Scalar> dropout;
 
   TokenInput() = default;
-  TokenInput(Index vocab, const TransformerConfig& c, Rng& rng)
-      : embedding(vocab, c.d_model, rng, c.pad_id), dropout(Scalar(c.dropout), rng.split()),
-        kind_(c.positional), max_len_(c.max_len),
-        scale_(c.scale_embeddings ? std::sqrt(Scalar(c.d_model)) : Scalar(1)) {
-    // With sqrt(d_model) scaling, draw the embedding from N(0, 1/d_model) as tensor2tensor does, so
-    // scaled embeddings have unit size like the positional signal instead of drowning it.
-    if (c.scale_embeddings) {
-      fill_normal(embedding.weight.value, 0.0, 1.0 / std::sqrt(double(c.d_model)), rng);
-      if (c.pad_id >= 0) embedding.weight.value.row(c.pad_id).setZero();
-    }
-    if (kind_ == PositionalKind::sinusoidal)
-      sinusoidal = SinusoidalPositionalEncoding<Scalar>(c.d_model, c.max_len);
-    else if (kind_ == PositionalKind::learned)
-      learned = LearnedPositionalEncoding<Scalar>(c.d_model, c.max_len, rng);
-  }
+  TokenInput(Index vocab, const TransformerConfig& c, Rng& rng);
 
   /// Longest sequence: the table's length, or the config's max_len without a table.
   Index max_len() const { return max_len_; }
 
   /// ids (B, T) at positions start_pos.. -> (B*T, d_model).
-  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
-    Mat x = embedding.forward(ids);
-    if (scale_ != Scalar(1)) x *= scale_;
-    if (kind_ == PositionalKind::sinusoidal)
-      x = sinusoidal.forward(x, ids.rows(), ids.cols(), start_pos);
-    else if (kind_ == PositionalKind::learned)
-      x = learned.forward(x, ids.rows(), ids.cols(), start_pos);
-    else  // positions act in the attention; keep the tables' limit all the same
-      detail::check_positions<Scalar>("TokenInput::forward", "x", x, ids.rows(), ids.cols(),
-                                      start_pos, x.cols(), max_len_);
-    cache.ids = ids;
-    cache.start_pos = start_pos;
-    return dropout.forward(x, cache.dropout);
-  }
+  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
 
   /// dy (B*T, d_model): adds into the embedding (and learned position) gradients.
-  void backward(ConstRef<Scalar> dy, const Cache& cache) {
-    Mat d = dropout.backward(dy, cache.dropout);
-    if (kind_ == PositionalKind::learned)
-      d = learned.backward(d, cache.ids.rows(), cache.ids.cols(), cache.start_pos);
-    if (scale_ != Scalar(1)) d *= scale_;
-    embedding.backward(d, cache.ids);
-  }
+  void backward(ConstRef<Scalar> dy, const Cache& cache);
 
   void train(bool on) { dropout.training = on; }
 
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out;
-    append_params(out, "embedding", embedding.parameters());
-    if (kind_ == PositionalKind::learned) append_params(out, "position", learned.parameters());
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
  private:
   PositionalKind kind_ = PositionalKind::sinusoidal;
   Index max_len_ = 0;
   Scalar scale_ = Scalar(1);
 };
+
+template <class Scalar>
+TokenInput<Scalar>::TokenInput(Index vocab, const TransformerConfig& c, Rng& rng)
+    : embedding(vocab, c.d_model, rng, c.pad_id),
+      dropout(Scalar(c.dropout), rng.split()),
+      kind_(c.positional),
+      max_len_(c.max_len),
+      scale_(c.scale_embeddings ? std::sqrt(Scalar(c.d_model)) : Scalar(1)) {
+  // With sqrt(d_model) scaling, draw the embedding from N(0, 1/d_model) as tensor2tensor does, so
+  // scaled embeddings have unit size like the positional signal instead of drowning it.
+  if (c.scale_embeddings) {
+    fill_normal(embedding.weight.value, 0.0, 1.0 / std::sqrt(double(c.d_model)), rng);
+    if (c.pad_id >= 0) embedding.weight.value.row(c.pad_id).setZero();
+  }
+  if (kind_ == PositionalKind::sinusoidal)
+    sinusoidal = SinusoidalPositionalEncoding<Scalar>(c.d_model, c.max_len);
+  else if (kind_ == PositionalKind::learned)
+    learned = LearnedPositionalEncoding<Scalar>(c.d_model, c.max_len, rng);
+}
+
+template <class Scalar>
+auto TokenInput<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index start_pos) -> Mat {
+  Mat x = embedding.forward(ids);
+  if (scale_ != Scalar(1)) x *= scale_;
+  if (kind_ == PositionalKind::sinusoidal)
+    x = sinusoidal.forward(x, ids.rows(), ids.cols(), start_pos);
+  else if (kind_ == PositionalKind::learned)
+    x = learned.forward(x, ids.rows(), ids.cols(), start_pos);
+  else  // positions act in the attention; keep the tables' limit all the same
+    detail::check_positions<Scalar>("TokenInput::forward", "x", x, ids.rows(), ids.cols(),
+                                    start_pos, x.cols(), max_len_);
+  cache.ids = ids;
+  cache.start_pos = start_pos;
+  return dropout.forward(x, cache.dropout);
+}
+
+template <class Scalar>
+void TokenInput<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) {
+  Mat d = dropout.backward(dy, cache.dropout);
+  if (kind_ == PositionalKind::learned)
+    d = learned.backward(d, cache.ids.rows(), cache.ids.cols(), cache.start_pos);
+  if (scale_ != Scalar(1)) d *= scale_;
+  embedding.backward(d, cache.ids);
+}
+
+template <class Scalar>
+auto TokenInput<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out;
+  append_params(out, "embedding", embedding.parameters());
+  if (kind_ == PositionalKind::learned) append_params(out, "position", learned.parameters());
+  return out;
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(TokenInput)
 
 }  // namespace eigenformer

@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "../core/precompiled.hpp"
 #include "config.hpp"
 #include "decoder.hpp"
 #include "encoder.hpp"
@@ -29,89 +30,38 @@ class Transformer {
   OutputHead<Scalar> head;
 
   Transformer() = default;
-  Transformer(const TransformerConfig& config, Rng& rng) : config_(checked(config)) {
-    encoder = Encoder<Scalar>(config.src_vocab, config.n_encoder_layers, config, rng);
-    decoder = Decoder<Scalar>(config.tgt_vocab, config.n_decoder_layers, config, rng);
-    head = OutputHead<Scalar>(config.d_model, config.tgt_vocab, config.tie_output, rng);
-  }
+  Transformer(const TransformerConfig& config, Rng& rng);
 
   const TransformerConfig& config() const { return config_; }
 
   /// src (B, S) -> memory (B*S, d).
-  Mat encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache) {
-    check_ids("Transformer::encode", "src", src, config_.src_vocab);
-    return encoder.forward(src, source_mask(src), cache);
-  }
+  Mat encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache);
 
   /// Decoder input ids (B, T) at positions start_pos.. over memory (B*S, d) of src (B, S)
   /// -> logits (B*T, tgt_vocab).
   Mat decode(const IdMatrix& tgt_in, const IdMatrix& src, ConstRef<Scalar> memory, Cache& cache,
-             Index start_pos = 0) {
-    check_ids("Transformer::decode", "tgt_in", tgt_in, config_.tgt_vocab);
-    detail::require(tgt_in.rows() == src.rows(), "Transformer::decode", "tgt_in", [&] {
-      return "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
-             std::to_string(src.rows());
-    });
-    AttentionMask self_mask;
-    self_mask.causal = true;
-    self_mask.key_padding = key_padding_mask(tgt_in, config_.pad_id);
-    const Mat h =
-        decoder.forward(tgt_in, memory, self_mask, source_mask(src), cache.decoder, start_pos);
-    return head.forward(h, decoder.input.embedding, cache.head);
-  }
+             Index start_pos = 0);
 
   /// Starts incremental decoding (inference only) of src (B, S) whose encoder output is memory
   /// (B*S, d), e.g. from encode(): the cross-attention keys and values of every decoder layer are
   /// projected once, and the self-attention caches hold up to max_len target positions.
   DecodeState<Scalar> begin_decode(const IdMatrix& src, ConstRef<Scalar> memory,
-                                   Index max_len) const {
-    check_ids("Transformer::begin_decode", "src", src, config_.src_vocab);
-    detail::check_shape("Transformer::begin_decode", "memory", memory, src.rows() * src.cols(),
-                        config_.d_model);
-    detail::require(max_len > 0 && max_len <= config_.max_len, "Transformer::begin_decode",
-                    "max_len", [&] {
-                      return "is " + std::to_string(max_len) + ", expected 1.." +
-                             std::to_string(config_.max_len) + " (the model's max_len)";
-                    });
-    return decoder.begin_decode(memory, src.rows(), key_padding_mask(src, config_.pad_id),
-                                max_len);
-  }
+                                   Index max_len) const;
 
   /// Encodes src (B, S) and starts incremental decoding for up to max_len target positions.
-  DecodeState<Scalar> begin_decode(const IdMatrix& src, Index max_len) {
-    typename Encoder<Scalar>::Cache cache;
-    const Mat memory = encode(src, cache);
-    return begin_decode(src, memory, max_len);
-  }
+  DecodeState<Scalar> begin_decode(const IdMatrix& src, Index max_len);
 
   /// Incremental decoding, inference only: the next decoder input ids (B, t) (usually t = 1) at
   /// positions state.position.. -> their logits (B*t, tgt_vocab), equal up to rounding to the
   /// last t rows per sequence of decode() over the whole prefix. Extends state's caches. The
   /// layers apply no dropout; call eval() first so that the token input's dropout is off too.
-  Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) {
-    check_ids("Transformer::decode_step", "ids", ids, config_.tgt_vocab);
-    const Mat h = decoder.decode_step(ids, state, key_padding_mask(ids, config_.pad_id));
-    return head.forward(h, decoder.input.embedding);
-  }
+  Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state);
 
   /// Training forward: src (B, S), tgt_in (B, T) -> logits (B*T, tgt_vocab).
-  Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache) {
-    check_ids("Transformer::forward", "src", src, config_.src_vocab);
-    check_ids("Transformer::forward", "tgt_in", tgt_in, config_.tgt_vocab);
-    detail::require(tgt_in.rows() == src.rows(), "Transformer::forward", "tgt_in", [&] {
-      return "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
-             std::to_string(src.rows());
-    });
-    const Mat memory = encode(src, cache.encoder);
-    return decode(tgt_in, src, memory, cache);
-  }
+  Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache);
 
   /// dlogits (B*T, tgt_vocab): adds every parameter's gradient.
-  void backward(ConstRef<Scalar> dlogits, const Cache& cache) {
-    const Mat dh = head.backward(dlogits, cache.head, decoder.input.embedding);
-    const Mat dmemory = decoder.backward(dh, cache.decoder);
-    encoder.backward(dmemory, cache.encoder);
-  }
+  void backward(ConstRef<Scalar> dlogits, const Cache& cache);
 
   /// Training mode turns dropout on; eval mode (for decoding) turns it off.
   void train(bool on = true) {
@@ -121,13 +71,7 @@ class Transformer {
   void eval() { train(false); }
 
   /// Names: encoder.*, decoder.*, and output.* unless tied to decoder.embedding.weight.
-  ParamList<Scalar> parameters() {
-    ParamList<Scalar> out;
-    append_params(out, "encoder", encoder.parameters());
-    append_params(out, "decoder", decoder.parameters());
-    append_params(out, "output", head.parameters());
-    return out;
-  }
+  ParamList<Scalar> parameters();
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 
@@ -146,17 +90,109 @@ class Transformer {
   }
 
   void check_ids(std::string_view func, std::string_view arg, const IdMatrix& ids,
-                 Index vocab) const {
-    detail::require(ids.rows() > 0 && ids.cols() > 0, func, arg, [&] {
-      return "has shape " + detail::shape_of(ids) + ", expected a non-empty (B, T)";
-    });
-    detail::require(ids.cols() <= config_.max_len, func, arg, [&] {
-      return "has " + std::to_string(ids.cols()) + " positions, more than max_len " +
-             std::to_string(config_.max_len);
-    });
-    detail::check_embedding_ids(func, arg, ids, vocab);
-  }
+                 Index vocab) const;
 };
+
+template <class Scalar>
+Transformer<Scalar>::Transformer(const TransformerConfig& config, Rng& rng)
+    : config_(checked(config)) {
+  encoder = Encoder<Scalar>(config.src_vocab, config.n_encoder_layers, config, rng);
+  decoder = Decoder<Scalar>(config.tgt_vocab, config.n_decoder_layers, config, rng);
+  head = OutputHead<Scalar>(config.d_model, config.tgt_vocab, config.tie_output, rng);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache)
+    -> Mat {
+  check_ids("Transformer::encode", "src", src, config_.src_vocab);
+  return encoder.forward(src, source_mask(src), cache);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::decode(const IdMatrix& tgt_in, const IdMatrix& src,
+                                 ConstRef<Scalar> memory, Cache& cache, Index start_pos) -> Mat {
+  check_ids("Transformer::decode", "tgt_in", tgt_in, config_.tgt_vocab);
+  detail::require(tgt_in.rows() == src.rows(), "Transformer::decode", "tgt_in", [&] {
+    return "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
+           std::to_string(src.rows());
+  });
+  AttentionMask self_mask;
+  self_mask.causal = true;
+  self_mask.key_padding = key_padding_mask(tgt_in, config_.pad_id);
+  const Mat h =
+      decoder.forward(tgt_in, memory, self_mask, source_mask(src), cache.decoder, start_pos);
+  return head.forward(h, decoder.input.embedding, cache.head);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::begin_decode(const IdMatrix& src, ConstRef<Scalar> memory,
+                                       Index max_len) const -> DecodeState<Scalar> {
+  check_ids("Transformer::begin_decode", "src", src, config_.src_vocab);
+  detail::check_shape("Transformer::begin_decode", "memory", memory, src.rows() * src.cols(),
+                      config_.d_model);
+  detail::require(max_len > 0 && max_len <= config_.max_len, "Transformer::begin_decode", "max_len",
+                  [&] {
+                    return "is " + std::to_string(max_len) + ", expected 1.." +
+                           std::to_string(config_.max_len) + " (the model's max_len)";
+                  });
+  return decoder.begin_decode(memory, src.rows(), key_padding_mask(src, config_.pad_id), max_len);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::begin_decode(const IdMatrix& src, Index max_len) -> DecodeState<Scalar> {
+  typename Encoder<Scalar>::Cache cache;
+  const Mat memory = encode(src, cache);
+  return begin_decode(src, memory, max_len);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) -> Mat {
+  check_ids("Transformer::decode_step", "ids", ids, config_.tgt_vocab);
+  const Mat h = decoder.decode_step(ids, state, key_padding_mask(ids, config_.pad_id));
+  return head.forward(h, decoder.input.embedding);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache)
+    -> Mat {
+  check_ids("Transformer::forward", "src", src, config_.src_vocab);
+  check_ids("Transformer::forward", "tgt_in", tgt_in, config_.tgt_vocab);
+  detail::require(tgt_in.rows() == src.rows(), "Transformer::forward", "tgt_in", [&] {
+    return "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
+           std::to_string(src.rows());
+  });
+  const Mat memory = encode(src, cache.encoder);
+  return decode(tgt_in, src, memory, cache);
+}
+
+template <class Scalar>
+void Transformer<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache) {
+  const Mat dh = head.backward(dlogits, cache.head, decoder.input.embedding);
+  const Mat dmemory = decoder.backward(dh, cache.decoder);
+  encoder.backward(dmemory, cache.encoder);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::parameters() -> ParamList<Scalar> {
+  ParamList<Scalar> out;
+  append_params(out, "encoder", encoder.parameters());
+  append_params(out, "decoder", decoder.parameters());
+  append_params(out, "output", head.parameters());
+  return out;
+}
+
+template <class Scalar>
+void Transformer<Scalar>::check_ids(std::string_view func, std::string_view arg,
+                                    const IdMatrix& ids, Index vocab) const {
+  detail::require(ids.rows() > 0 && ids.cols() > 0, func, arg, [&] {
+    return "has shape " + detail::shape_of(ids) + ", expected a non-empty (B, T)";
+  });
+  detail::require(ids.cols() <= config_.max_len, func, arg, [&] {
+    return "has " + std::to_string(ids.cols()) + " positions, more than max_len " +
+           std::to_string(config_.max_len);
+  });
+  detail::check_embedding_ids(func, arg, ids, vocab);
+}
 
 /// Teacher forcing: (B, T) targets -> (B, T) decoder input [bos, t0, ..., t_{T-2}].
 inline IdMatrix shift_right(const IdMatrix& targets, Index bos) {
@@ -168,5 +204,9 @@ inline IdMatrix shift_right(const IdMatrix& targets, Index bos) {
   if (targets.cols() > 1) in.rightCols(targets.cols() - 1) = targets.leftCols(targets.cols() - 1);
   return in;
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(Transformer)
 
 }  // namespace eigenformer

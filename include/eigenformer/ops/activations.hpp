@@ -11,6 +11,7 @@
 #include <string>
 
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
@@ -148,5 +149,16 @@ void activation_backward(Matrix<Scalar>& dinp, ConstRef<Scalar> dout, ConstRef<S
     detail::activation_backward_row(dinp.row(i), dout.row(i), inp.row(i), kind);
   });
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_ACTIVATION_TEMPLATES(S)                                                      \
+  EIGENFORMER_FOR(S,                                                                             \
+                  void activation_forward<S>(Matrix<S>& out, ConstRef<S> inp, Activation kind)) \
+  EIGENFORMER_FOR(S, void activation_backward<S>(Matrix<S>& dinp, ConstRef<S> dout,             \
+                                                 ConstRef<S> inp, Activation kind))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_ACTIVATION_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 #include "attention.hpp"
 #include "linear.hpp"
@@ -246,5 +247,30 @@ void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<
   if (grads.bias) *grads.bias += daq.colwise().sum();
   if (dpos_bias) detail::sum_over_sequences(*dpos_bias, dbias_items, d.B, d.H);
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_ADDITIVE_ATTENTION_TEMPLATES(S)                                                \
+  EIGENFORMER_FOR(                                                                                 \
+      S, void additive_score_projection<S>(Matrix<S>& a, ConstRef<S> x, const Matrix<S>& w,       \
+                                           const Matrix<S>* bias, Index H))                        \
+  EIGENFORMER_FOR(S, void additive_attention_attend<S>(                                            \
+                         Matrix<S>& out, Matrix<S>& probs, ConstRef<S> aq, ConstRef<S> ak,       \
+                         ConstRef<S> v, const Matrix<S>& w, const AttentionDims& d,                \
+                         const AttentionMask& mask, const Matrix<S>* pos_bias))                    \
+  EIGENFORMER_FOR(                                                                                 \
+      S, void additive_attention_forward<S>(                                                       \
+             Matrix<S>& out, Matrix<S>& probs, AdditiveAttentionCache<S>& cache, ConstRef<S> q, \
+             ConstRef<S> k, ConstRef<S> v, const AdditiveScoreWeights<S>& p,                       \
+             const AttentionDims& d, const AttentionMask& mask, const Matrix<S>* pos_bias))        \
+  EIGENFORMER_FOR(                                                                                 \
+      S, void additive_attention_backward<S>(                                                      \
+             Matrix<S>& dq, Matrix<S>& dk, Matrix<S>& dv, const AdditiveScoreGrads<S>& grads,   \
+             ConstRef<S> dout, ConstRef<S> probs, const AdditiveAttentionCache<S>& cache,          \
+             ConstRef<S> q, ConstRef<S> k, ConstRef<S> v, const AdditiveScoreWeights<S>& p,        \
+             const AttentionDims& d, Matrix<S>* dpos_bias))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_ADDITIVE_ATTENTION_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

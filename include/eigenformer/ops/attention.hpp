@@ -24,6 +24,7 @@
 #include <string>
 
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 #include "softmax.hpp"
 
@@ -192,5 +193,20 @@ void attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& 
   });
   if (dpos_bias) detail::sum_over_sequences(*dpos_bias, dbias_items, d.B, d.H);
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_ATTENTION_TEMPLATES(S)                                                         \
+  EIGENFORMER_FOR(S,                                                                               \
+                  void attention_forward<S>(Matrix<S>& out, Matrix<S>& probs, ConstRef<S> q,     \
+                                            ConstRef<S> k, ConstRef<S> v, const AttentionDims& d,  \
+                                            const AttentionMask& mask, const Matrix<S>* pos_bias)) \
+  EIGENFORMER_FOR(S, void attention_backward<S>(Matrix<S>& dq, Matrix<S>& dk, Matrix<S>& dv,    \
+                                                ConstRef<S> dout, ConstRef<S> probs,               \
+                                                ConstRef<S> q, ConstRef<S> k, ConstRef<S> v,       \
+                                                const AttentionDims& d, Matrix<S>* dpos_bias))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_ATTENTION_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
@@ -57,5 +58,16 @@ void embedding_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dout, const IdM
     if (id[n] != padding_id) dtable.row(id[n]) += dout.row(n);
   }
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_EMBEDDING_TEMPLATES(S)                                                   \
+  EIGENFORMER_FOR(                                                                           \
+      S, void embedding_forward<S>(Matrix<S>& out, const IdMatrix& ids, ConstRef<S> table)) \
+  EIGENFORMER_FOR(S, void embedding_backward<S>(Matrix<S>& dtable, ConstRef<S> dout,        \
+                                                const IdMatrix& ids, Index padding_id))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_EMBEDDING_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

@@ -31,6 +31,7 @@
 #include <string>
 
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 #include "attention.hpp"
 #include "softmax.hpp"
@@ -278,5 +279,25 @@ Matrix<Scalar> flash_attention_weights(ConstRef<Scalar> q, ConstRef<Scalar> k, C
   }
   return p;
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_FLASH_ATTENTION_TEMPLATES(S)                                                   \
+  EIGENFORMER_FOR(S, void flash_attention_forward<S>(                                              \
+                         Matrix<S>& out, Matrix<S>& lse, ConstRef<S> q, ConstRef<S> k,           \
+                         ConstRef<S> v, const AttentionDims& d, const AttentionMask& mask,         \
+                         const AttentionBlocks& blocks, const Matrix<S>* pos_bias))                \
+  EIGENFORMER_FOR(                                                                                 \
+      S, void flash_attention_backward<S>(                                                         \
+             Matrix<S>& dq, Matrix<S>& dk, Matrix<S>& dv, ConstRef<S> dout, ConstRef<S> out,    \
+             ConstRef<S> lse, ConstRef<S> q, ConstRef<S> k, ConstRef<S> v, const AttentionDims& d, \
+             const AttentionMask& mask, const AttentionBlocks& blocks, const Matrix<S>* pos_bias,  \
+             Matrix<S>* dpos_bias))                                                                \
+  EIGENFORMER_FOR(S, Matrix<S> flash_attention_weights<S>(                                         \
+                         ConstRef<S> q, ConstRef<S> k, ConstRef<S> lse, const AttentionDims& d,    \
+                         const AttentionMask& mask, Index b, Index h, const Matrix<S>* pos_bias))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_FLASH_ATTENTION_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
@@ -125,5 +126,19 @@ void layernorm_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dgamma, Matrix<Sca
           dout.row(i).array() * ((inp.row(i).array() - mean(i, 0)) - mean_lo(i, 0)) * rstd(i, 0);
   }
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_LAYERNORM_TEMPLATES(S)                                                       \
+  EIGENFORMER_FOR(                                                                               \
+      S, void layernorm_forward<S>(Matrix<S>& out, Matrix<S>& mean, Matrix<S>& rstd,          \
+                                   ConstRef<S> inp, ConstRef<S> gamma, ConstRef<S> beta, S eps)) \
+  EIGENFORMER_FOR(                                                                               \
+      S, void layernorm_backward<S>(Matrix<S>& dinp, Matrix<S>* dgamma, Matrix<S>* dbeta,     \
+                                    ConstRef<S> dout, ConstRef<S> inp, ConstRef<S> gamma,        \
+                                    ConstRef<S> mean, ConstRef<S> rstd))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_LAYERNORM_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

@@ -8,6 +8,7 @@
 
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
@@ -66,5 +67,17 @@ void linear_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scala
                               dbias->middleCols(begin, n) += dout.middleCols(begin, n).colwise().sum();
                           });
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_LINEAR_TEMPLATES(S)                                                           \
+  EIGENFORMER_FOR(S, void linear_forward<S>(Matrix<S>& out, ConstRef<S> inp, ConstRef<S> weight, \
+                                            const Matrix<S>* bias))                               \
+  EIGENFORMER_FOR(                                                                                \
+      S, void linear_backward<S>(Matrix<S>& dinp, Matrix<S>* dweight, Matrix<S>* dbias,        \
+                                 ConstRef<S> dout, ConstRef<S> inp, ConstRef<S> weight))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_LINEAR_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

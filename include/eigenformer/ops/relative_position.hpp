@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
@@ -120,5 +121,16 @@ void relative_bias_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dpos_bias,
   for (Index c = 0; c < dpos_bias.cols(); ++c)
     dtable.row(buckets[static_cast<size_t>(c)]) += dpos_bias.col(c).transpose();
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_RELATIVE_POSITION_TEMPLATES(S)                                             \
+  EIGENFORMER_FOR(S, void relative_bias_forward<S>(Matrix<S>& pos_bias, ConstRef<S> table,    \
+                                                   const std::vector<Index>& buckets))         \
+  EIGENFORMER_FOR(S, void relative_bias_backward<S>(Matrix<S>& dtable, ConstRef<S> dpos_bias, \
+                                                    const std::vector<Index>& buckets))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_RELATIVE_POSITION_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
@@ -102,5 +103,15 @@ template <class Scalar>
 void rotary_backward(Matrix<Scalar>& dy, Index H, const RotaryTable<Scalar>& tab) {
   detail::rotate_heads<Scalar>("rotary_backward", dy, H, tab, Scalar(-1));
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_ROTARY_TEMPLATES(S)                                                           \
+  EIGENFORMER_FOR(S, RotaryTable<S> rotary_table<S>(Index start, Index T, Index dh, double base)) \
+  EIGENFORMER_FOR(S, void rotary_forward<S>(Matrix<S>& x, Index H, const RotaryTable<S>& tab))   \
+  EIGENFORMER_FOR(S, void rotary_backward<S>(Matrix<S>& dy, Index H, const RotaryTable<S>& tab))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_ROTARY_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

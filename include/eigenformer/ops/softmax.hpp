@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
@@ -58,5 +59,14 @@ void softmax_backward(Matrix<Scalar>& dinp, ConstRef<Scalar> dout, ConstRef<Scal
     dinp.row(i) = out.row(i).array() * (dout.row(i).array() - dot);
   });
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_SOFTMAX_TEMPLATES(S)                                        \
+  EIGENFORMER_FOR(S, void softmax_forward<S>(Matrix<S>& out, ConstRef<S> inp)) \
+  EIGENFORMER_FOR(S, void softmax_backward<S>(Matrix<S>& dinp, ConstRef<S> dout, ConstRef<S> out))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_SOFTMAX_TEMPLATES)
+// clang-format on
 
 }  // namespace eigenformer

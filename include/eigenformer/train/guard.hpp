@@ -23,6 +23,7 @@
 
 #include "../core/error.hpp"
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 
 namespace eigenformer {
 
@@ -129,35 +130,12 @@ template <class Scalar = float>
 class StepGuard {
  public:
   explicit StepGuard(NonFinitePolicy policy = NonFinitePolicy::stop,
-                     long max_consecutive_skips = 100)
-      : policy_(policy), max_consecutive_(max_consecutive_skips) {
-    detail::check_policy("StepGuard::StepGuard", policy);
-    detail::require(
-        max_consecutive_skips >= 0, "StepGuard::StepGuard", "max_consecutive_skips",
-        [&] { return "must not be negative, got " + std::to_string(max_consecutive_skips); });
-  }
+                     long max_consecutive_skips = 100);
 
   /// True if the optimizer may step; false (gradients zeroed) for a skipped step. Throws
   /// NonFiniteError under stop, or after too many skips in a row; the message gives the step
   /// number (counting from 1).
-  bool check(double loss, const ParamList<Scalar>& params) {
-    detail::check_params_not_null("StepGuard::check", params);  // before counting anything
-    ++steps_;
-    last_ = check_step(loss, params);
-    if (last_.ok) {
-      consecutive_ = 0;
-      return true;
-    }
-    ++consecutive_;
-    const std::string where = "StepGuard::check: step " + std::to_string(steps_);
-    if (policy_ == NonFinitePolicy::skip && max_consecutive_ > 0 && consecutive_ >= max_consecutive_)
-      throw NonFiniteError("eigenformer::" + where + ": " + std::to_string(consecutive_) +
-                               " bad steps in a row; last: " + last_.what,
-                           last_.param);
-    apply_policy(last_, policy_, params, where);
-    ++skipped_;
-    return false;
-  }
+  bool check(double loss, const ParamList<Scalar>& params);
 
   NonFinitePolicy policy() const { return policy_; }
   long steps() const { return steps_; }      // calls to check()
@@ -170,5 +148,45 @@ class StepGuard {
   long steps_ = 0, skipped_ = 0, consecutive_ = 0;
   StepCheck last_;
 };
+
+template <class Scalar>
+StepGuard<Scalar>::StepGuard(NonFinitePolicy policy, long max_consecutive_skips)
+    : policy_(policy), max_consecutive_(max_consecutive_skips) {
+  detail::check_policy("StepGuard::StepGuard", policy);
+  detail::require(max_consecutive_skips >= 0, "StepGuard::StepGuard", "max_consecutive_skips", [&] {
+    return "must not be negative, got " + std::to_string(max_consecutive_skips);
+  });
+}
+
+template <class Scalar>
+auto StepGuard<Scalar>::check(double loss, const ParamList<Scalar>& params) -> bool {
+  detail::check_params_not_null("StepGuard::check", params);  // before counting anything
+  ++steps_;
+  last_ = check_step(loss, params);
+  if (last_.ok) {
+    consecutive_ = 0;
+    return true;
+  }
+  ++consecutive_;
+  const std::string where = "StepGuard::check: step " + std::to_string(steps_);
+  if (policy_ == NonFinitePolicy::skip && max_consecutive_ > 0 && consecutive_ >= max_consecutive_)
+    throw NonFiniteError("eigenformer::" + where + ": " + std::to_string(consecutive_) +
+                             " bad steps in a row; last: " + last_.what,
+                         last_.param);
+  apply_policy(last_, policy_, params, where);
+  ++skipped_;
+  return false;
+}
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_GUARD_TEMPLATES(S)                                                    \
+  EIGENFORMER_FOR(S, StepCheck check_step<S>(double loss, const ParamList<S>& params))    \
+  EIGENFORMER_FOR(S, bool apply_policy<S>(const StepCheck& check, NonFinitePolicy policy, \
+                                          const ParamList<S>& params, const std::string& where))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_GUARD_TEMPLATES)
+EIGENFORMER_CLASS_TEMPLATES(StepGuard)
+// clang-format on
 
 }  // namespace eigenformer

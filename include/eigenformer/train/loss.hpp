@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../core/parallel.hpp"
+#include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
 namespace eigenformer {
@@ -143,5 +144,20 @@ Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache, Sc
   });
   return dlogits;
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_LOSS_TEMPLATES(S)                                                         \
+  EIGENFORMER_FOR(                                                                            \
+      S, S cross_entropy_forward<S>(CrossEntropyCache<S>& cache,                             \
+                                    typename CrossEntropyCache<S>::LogitsRef logits,          \
+                                    const typename CrossEntropyCache<S>::TargetsRef& targets, \
+                                    const CrossEntropyOptions& options))                      \
+  EIGENFORMER_FOR(S,                                                                          \
+                  Matrix<S> cross_entropy_backward<S>(const CrossEntropyCache<S>& cache, S dloss))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_LOSS_TEMPLATES)
+EIGENFORMER_CLASS_TEMPLATES(CrossEntropyCache)
+// clang-format on
 
 }  // namespace eigenformer

@@ -21,6 +21,7 @@
 
 #include "../core/parallel.hpp"
 #include "../core/param.hpp"
+#include "../core/precompiled.hpp"
 
 namespace eigenformer {
 
@@ -81,41 +82,13 @@ class Optimizer {
   const ParamList<Scalar>& params() const { return params_; }
 
  protected:
-  Optimizer(ParamList<Scalar> params, Scalar lr, std::string name)
-      : params_(std::move(params)),
-        lr_(lr),
-        name_(std::move(name)),
-        step_func_(name_ + "::step"),
-        set_lr_func_(name_ + "::set_lr") {
-    const std::string func = name_ + "::" + name_;
-    detail::require(!params_.empty(), func, "params", "is empty");
-    detail::check_param_list(func, params_);
-    detail::check_nonnegative(func, "lr", lr);
-    for (const auto& p : params_) shapes_.push_back({p.param->value.rows(), p.param->value.cols()});
-  }
+  Optimizer(ParamList<Scalar> params, Scalar lr, std::string name);
 
   /// One zero matrix per parameter, of its shape: optimizer state.
-  std::vector<Matrix<Scalar>> zeros_like_params() const {
-    std::vector<Matrix<Scalar>> out;
-    for (const auto& p : params_)
-      out.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
-    return out;
-  }
+  std::vector<Matrix<Scalar>> zeros_like_params() const;
 
   /// Throws, naming the parameter, if a value or gradient differs from its shape at construction.
-  void check_shapes() const {
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const Param<Scalar>& p = *params_[i].param;
-      const Index rows = shapes_[i].first, cols = shapes_[i].second;
-      const bool ok = p.value.rows() == rows && p.value.cols() == cols && p.grad.rows() == rows &&
-                      p.grad.cols() == cols;
-      detail::require(ok, step_func_, "params", [&] {
-        return "has parameter '" + params_[i].name + "' with value " + detail::shape_of(p.value) +
-               " and grad " + detail::shape_of(p.grad) + ", expected " +
-               detail::shape_str(rows, cols) + " as at construction";
-      });
-    }
-  }
+  void check_shapes() const;
 
   ParamList<Scalar> params_;
   Scalar lr_;
@@ -127,33 +100,51 @@ class Optimizer {
   std::vector<std::pair<Index, Index>> shapes_;  // (rows, cols) of each parameter at construction
 };
 
+template <class Scalar>
+Optimizer<Scalar>::Optimizer(ParamList<Scalar> params, Scalar lr, std::string name)
+    : params_(std::move(params)),
+      lr_(lr),
+      name_(std::move(name)),
+      step_func_(name_ + "::step"),
+      set_lr_func_(name_ + "::set_lr") {
+  const std::string func = name_ + "::" + name_;
+  detail::require(!params_.empty(), func, "params", "is empty");
+  detail::check_param_list(func, params_);
+  detail::check_nonnegative(func, "lr", lr);
+  for (const auto& p : params_) shapes_.push_back({p.param->value.rows(), p.param->value.cols()});
+}
+
+template <class Scalar>
+auto Optimizer<Scalar>::zeros_like_params() const -> std::vector<Matrix<Scalar>> {
+  std::vector<Matrix<Scalar>> out;
+  for (const auto& p : params_)
+    out.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
+  return out;
+}
+
+template <class Scalar>
+void Optimizer<Scalar>::check_shapes() const {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Param<Scalar>& p = *params_[i].param;
+    const Index rows = shapes_[i].first, cols = shapes_[i].second;
+    const bool ok = p.value.rows() == rows && p.value.cols() == cols && p.grad.rows() == rows &&
+                    p.grad.cols() == cols;
+    detail::require(ok, step_func_, "params", [&] {
+      return "has parameter '" + params_[i].name + "' with value " + detail::shape_of(p.value) +
+             " and grad " + detail::shape_of(p.grad) + ", expected " +
+             detail::shape_str(rows, cols) + " as at construction";
+    });
+  }
+}
+
 /// torch.optim.SGD without dampening or Nesterov: d = g + wd w; buf = momentum buf + d (buf = d
 /// on the first step); w -= lr buf (w -= lr d without momentum).
 template <class Scalar = float>
 class SGD : public Optimizer<Scalar> {
  public:
-  SGD(ParamList<Scalar> params, Scalar lr, Scalar momentum = 0, Scalar weight_decay = 0)
-      : Optimizer<Scalar>(std::move(params), lr, "SGD"),
-        momentum_(momentum),
-        weight_decay_(weight_decay) {
-    detail::check_nonnegative("SGD::SGD", "momentum", momentum);
-    detail::check_nonnegative("SGD::SGD", "weight_decay", weight_decay);
-    if (momentum_ != 0) velocity_ = this->zeros_like_params();
-  }
+  SGD(ParamList<Scalar> params, Scalar lr, Scalar momentum = 0, Scalar weight_decay = 0);
 
-  void step() override {
-    this->check_shapes();
-    ++this->steps_;
-    for (size_t i = 0; i < this->params_.size(); ++i) {
-      Param<Scalar>& p = *this->params_[i].param;
-      if (momentum_ == 0) {
-        p.value -= this->lr_ * (p.grad + weight_decay_ * p.value);
-        continue;
-      }
-      velocity_[i] = momentum_ * velocity_[i] + p.grad + weight_decay_ * p.value;
-      p.value -= this->lr_ * velocity_[i];
-    }
-  }
+  void step() override;
 
   Scalar momentum() const { return momentum_; }
   Scalar weight_decay() const { return weight_decay_; }
@@ -163,6 +154,31 @@ class SGD : public Optimizer<Scalar> {
   Scalar weight_decay_;
   std::vector<Matrix<Scalar>> velocity_;  // momentum buffers, one per parameter; empty without
 };
+
+template <class Scalar>
+SGD<Scalar>::SGD(ParamList<Scalar> params, Scalar lr, Scalar momentum, Scalar weight_decay)
+    : Optimizer<Scalar>(std::move(params), lr, "SGD"),
+      momentum_(momentum),
+      weight_decay_(weight_decay) {
+  detail::check_nonnegative("SGD::SGD", "momentum", momentum);
+  detail::check_nonnegative("SGD::SGD", "weight_decay", weight_decay);
+  if (momentum_ != 0) velocity_ = this->zeros_like_params();
+}
+
+template <class Scalar>
+void SGD<Scalar>::step() {
+  this->check_shapes();
+  ++this->steps_;
+  for (size_t i = 0; i < this->params_.size(); ++i) {
+    Param<Scalar>& p = *this->params_[i].param;
+    if (momentum_ == 0) {
+      p.value -= this->lr_ * (p.grad + weight_decay_ * p.value);
+      continue;
+    }
+    velocity_[i] = momentum_ * velocity_[i] + p.grad + weight_decay_ * p.value;
+    p.value -= this->lr_ * velocity_[i];
+  }
+}
 
 /// torch.optim.Adam (1.13): g += wd w (L2 through the gradient); m = b1 m + (1 - b1) g;
 /// v = b2 v + (1 - b2) g^2; w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
@@ -174,23 +190,7 @@ class Adam : public Optimizer<Scalar> {
        Scalar beta2 = Scalar(0.999), Scalar eps = Scalar(1e-8), Scalar weight_decay = 0)
       : Adam(std::move(params), lr, beta1, beta2, eps, weight_decay, false, "Adam") {}
 
-  void step() override {
-    this->check_shapes();
-    ++this->steps_;
-    const double t = static_cast<double>(this->steps_);
-    const double bias_correction1 = 1.0 - std::pow(static_cast<double>(beta1_), t);
-    const double bias_correction2 = 1.0 - std::pow(static_cast<double>(beta2_), t);
-    const Scalar step_size = static_cast<Scalar>(static_cast<double>(this->lr_) / bias_correction1);
-    const Scalar bias_correction2_sqrt = static_cast<Scalar>(std::sqrt(bias_correction2));
-    for (size_t i = 0; i < this->params_.size(); ++i) {
-      // Elementwise, so row blocks can go to different threads with the same results.
-      const Index rows = this->params_[i].param->value.rows();
-      const double work = 12.0 * static_cast<double>(this->params_[i].param->value.size());
-      detail::parallel_ranges(rows, 1, work, detail::kParallelMinWork, [&](Index begin, Index end) {
-        update_rows(i, begin, end - begin, step_size, bias_correction2_sqrt);
-      });
-    }
-  }
+  void step() override;
 
   Scalar beta1() const { return beta1_; }
   Scalar beta2() const { return beta2_; }
@@ -201,39 +201,14 @@ class Adam : public Optimizer<Scalar> {
 
  protected:
   Adam(ParamList<Scalar> params, Scalar lr, Scalar beta1, Scalar beta2, Scalar eps,
-       Scalar weight_decay, bool decoupled, const std::string& name)
-      : Optimizer<Scalar>(std::move(params), lr, name),
-        beta1_(beta1),
-        beta2_(beta2),
-        eps_(eps),
-        weight_decay_(weight_decay),
-        decoupled_(decoupled) {
-    const std::string func = name + "::" + name;
-    detail::check_range(func, "beta1", beta1, 0.0, 1.0, false);
-    detail::check_range(func, "beta2", beta2, 0.0, 1.0, false);
-    detail::check_nonnegative(func, "eps", eps);
-    detail::check_nonnegative(func, "weight_decay", weight_decay);
-    m_ = this->zeros_like_params();
-    v_ = this->zeros_like_params();
-  }
+       Scalar weight_decay, bool decoupled, const std::string& name);
 
  private:
   using Rows = Eigen::Block<Matrix<Scalar>, Eigen::Dynamic, Eigen::Dynamic, true>;  // row block
 
   /// Rows [begin, begin + n) of parameter i: the weight decay, m = b1 m + (1 - b1) g,
   /// v = b2 v + (1 - b2) g^2 with the effective gradient g, and the update.
-  void update_rows(size_t i, Index begin, Index n, Scalar step_size, Scalar bias_correction2_sqrt) {
-    Param<Scalar>& p = *this->params_[i].param;
-    Rows w = p.value.middleRows(begin, n), g = p.grad.middleRows(begin, n);
-    Rows m = m_[i].middleRows(begin, n), v = v_[i].middleRows(begin, n);
-    if (decoupled_) {
-      w *= Scalar(1) - this->lr_ * weight_decay_;
-      update_moments(m, v, g.array());
-    } else {
-      update_moments(m, v, g.array() + weight_decay_ * w.array());
-    }
-    w.array() -= step_size * (m.array() / (v.array().sqrt() / bias_correction2_sqrt + eps_));
-  }
+  void update_rows(size_t i, Index begin, Index n, Scalar step_size, Scalar bias_correction2_sqrt);
 
   template <class Grad>
   void update_moments(Rows& m, Rows& v, const Eigen::ArrayBase<Grad>& g) const {
@@ -246,6 +221,58 @@ class Adam : public Optimizer<Scalar> {
   std::vector<Matrix<Scalar>> m_;  // first moments, one per parameter
   std::vector<Matrix<Scalar>> v_;  // second moments, one per parameter
 };
+
+template <class Scalar>
+void Adam<Scalar>::step() {
+  this->check_shapes();
+  ++this->steps_;
+  const double t = static_cast<double>(this->steps_);
+  const double bias_correction1 = 1.0 - std::pow(static_cast<double>(beta1_), t);
+  const double bias_correction2 = 1.0 - std::pow(static_cast<double>(beta2_), t);
+  const Scalar step_size = static_cast<Scalar>(static_cast<double>(this->lr_) / bias_correction1);
+  const Scalar bias_correction2_sqrt = static_cast<Scalar>(std::sqrt(bias_correction2));
+  for (size_t i = 0; i < this->params_.size(); ++i) {
+    // Elementwise, so row blocks can go to different threads with the same results.
+    const Index rows = this->params_[i].param->value.rows();
+    const double work = 12.0 * static_cast<double>(this->params_[i].param->value.size());
+    detail::parallel_ranges(rows, 1, work, detail::kParallelMinWork, [&](Index begin, Index end) {
+      update_rows(i, begin, end - begin, step_size, bias_correction2_sqrt);
+    });
+  }
+}
+
+template <class Scalar>
+Adam<Scalar>::Adam(ParamList<Scalar> params, Scalar lr, Scalar beta1, Scalar beta2, Scalar eps,
+                   Scalar weight_decay, bool decoupled, const std::string& name)
+    : Optimizer<Scalar>(std::move(params), lr, name),
+      beta1_(beta1),
+      beta2_(beta2),
+      eps_(eps),
+      weight_decay_(weight_decay),
+      decoupled_(decoupled) {
+  const std::string func = name + "::" + name;
+  detail::check_range(func, "beta1", beta1, 0.0, 1.0, false);
+  detail::check_range(func, "beta2", beta2, 0.0, 1.0, false);
+  detail::check_nonnegative(func, "eps", eps);
+  detail::check_nonnegative(func, "weight_decay", weight_decay);
+  m_ = this->zeros_like_params();
+  v_ = this->zeros_like_params();
+}
+
+template <class Scalar>
+void Adam<Scalar>::update_rows(size_t i, Index begin, Index n, Scalar step_size,
+                               Scalar bias_correction2_sqrt) {
+  Param<Scalar>& p = *this->params_[i].param;
+  Rows w = p.value.middleRows(begin, n), g = p.grad.middleRows(begin, n);
+  Rows m = m_[i].middleRows(begin, n), v = v_[i].middleRows(begin, n);
+  if (decoupled_) {
+    w *= Scalar(1) - this->lr_ * weight_decay_;
+    update_moments(m, v, g.array());
+  } else {
+    update_moments(m, v, g.array() + weight_decay_ * w.array());
+  }
+  w.array() -= step_size * (m.array() / (v.array().sqrt() / bias_correction2_sqrt + eps_));
+}
 
 /// torch.optim.AdamW (1.13): Adam with decoupled weight decay, w *= 1 - lr wd before the update,
 /// and the gradient left as it is.
@@ -288,5 +315,18 @@ bool grads_finite(const ParamList<Scalar>& params, std::string* bad_name = nullp
   }
   return true;
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+// clang-format off
+#define EIGENFORMER_OPTIM_TEMPLATES(S)                                            \
+  EIGENFORMER_FOR(S, S clip_grad_norm<S>(const ParamList<S>& params, S max_norm)) \
+  EIGENFORMER_FOR(S, bool grads_finite<S>(const ParamList<S>& params, std::string* bad_name))
+EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_OPTIM_TEMPLATES)
+EIGENFORMER_CLASS_TEMPLATES(Optimizer)
+EIGENFORMER_CLASS_TEMPLATES(SGD)
+EIGENFORMER_CLASS_TEMPLATES(Adam)
+EIGENFORMER_CLASS_TEMPLATES(AdamW)
+// clang-format on
 
 }  // namespace eigenformer

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <string>
 
+#include "../core/precompiled.hpp"
 #include "optim.hpp"
 
 namespace eigenformer {
@@ -43,21 +44,9 @@ inline double warmup_fraction(long step, long warmup) {
 template <class Scalar = float>
 class NoamSchedule {
  public:
-  NoamSchedule(Index d_model, long warmup, Scalar factor = 1)
-      : d_model_(d_model), warmup_(warmup), factor_(factor) {
-    detail::check_positive("NoamSchedule::NoamSchedule", "d_model", d_model);
-    detail::check_positive("NoamSchedule::NoamSchedule", "warmup", warmup);
-    detail::check_range("NoamSchedule::NoamSchedule", "factor", factor, 0.0, HUGE_VAL, false);
-  }
+  NoamSchedule(Index d_model, long warmup, Scalar factor = 1);
 
-  Scalar lr(long step) const {
-    detail::check_step("NoamSchedule::lr", step);
-    const double s = static_cast<double>(step);
-    const double rate =
-        std::min(1.0 / std::sqrt(s), s * std::pow(static_cast<double>(warmup_), -1.5));
-    return static_cast<Scalar>(static_cast<double>(factor_) * rate /
-                               std::sqrt(static_cast<double>(d_model_)));
-  }
+  Scalar lr(long step) const;
 
  private:
   Index d_model_;
@@ -65,24 +54,48 @@ class NoamSchedule {
   Scalar factor_;
 };
 
+template <class Scalar>
+NoamSchedule<Scalar>::NoamSchedule(Index d_model, long warmup, Scalar factor)
+    : d_model_(d_model), warmup_(warmup), factor_(factor) {
+  detail::check_positive("NoamSchedule::NoamSchedule", "d_model", d_model);
+  detail::check_positive("NoamSchedule::NoamSchedule", "warmup", warmup);
+  detail::check_range("NoamSchedule::NoamSchedule", "factor", factor, 0.0, HUGE_VAL, false);
+}
+
+template <class Scalar>
+auto NoamSchedule<Scalar>::lr(long step) const -> Scalar {
+  detail::check_step("NoamSchedule::lr", step);
+  const double s = static_cast<double>(step);
+  const double rate =
+      std::min(1.0 / std::sqrt(s), s * std::pow(static_cast<double>(warmup_), -1.5));
+  return static_cast<Scalar>(static_cast<double>(factor_) * rate /
+                             std::sqrt(static_cast<double>(d_model_)));
+}
+
 /// lr * step / warmup during the first warmup steps, then lr; warmup 0 means constant throughout.
 template <class Scalar = float>
 class ConstantSchedule {
  public:
-  explicit ConstantSchedule(Scalar lr, long warmup = 0) : lr_(lr), warmup_(warmup) {
-    detail::check_range("ConstantSchedule::ConstantSchedule", "lr", lr, 0.0, HUGE_VAL, false);
-    detail::check_nonnegative_steps("ConstantSchedule::ConstantSchedule", "warmup", warmup);
-  }
+  explicit ConstantSchedule(Scalar lr, long warmup = 0);
 
-  Scalar lr(long step) const {
-    detail::check_step("ConstantSchedule::lr", step);
-    return static_cast<Scalar>(static_cast<double>(lr_) * detail::warmup_fraction(step, warmup_));
-  }
+  Scalar lr(long step) const;
 
  private:
   Scalar lr_;
   long warmup_;
 };
+
+template <class Scalar>
+ConstantSchedule<Scalar>::ConstantSchedule(Scalar lr, long warmup) : lr_(lr), warmup_(warmup) {
+  detail::check_range("ConstantSchedule::ConstantSchedule", "lr", lr, 0.0, HUGE_VAL, false);
+  detail::check_nonnegative_steps("ConstantSchedule::ConstantSchedule", "warmup", warmup);
+}
+
+template <class Scalar>
+auto ConstantSchedule<Scalar>::lr(long step) const -> Scalar {
+  detail::check_step("ConstantSchedule::lr", step);
+  return static_cast<Scalar>(static_cast<double>(lr_) * detail::warmup_fraction(step, warmup_));
+}
 
 /// Linear warm-up to peak_lr over warmup steps, then a half cosine from peak_lr down to min_lr at
 /// total_steps, then min_lr:
@@ -90,33 +103,39 @@ class ConstantSchedule {
 template <class Scalar = float>
 class CosineSchedule {
  public:
-  CosineSchedule(Scalar peak_lr, long warmup, long total_steps, Scalar min_lr = 0)
-      : peak_(peak_lr), min_(min_lr), warmup_(warmup), total_(total_steps) {
-    const char* func = "CosineSchedule::CosineSchedule";
-    detail::check_range(func, "peak_lr", peak_lr, 0.0, HUGE_VAL, false);
-    detail::check_range(func, "min_lr", min_lr, 0.0, static_cast<double>(peak_lr));
-    detail::check_nonnegative_steps(func, "warmup", warmup);
-    detail::require(total_steps >= 1 && total_steps >= warmup, func, "total_steps", [&] {
-      return "must be >= 1 and >= warmup (" + std::to_string(warmup) + "), got " +
-             std::to_string(total_steps);
-    });
-  }
+  CosineSchedule(Scalar peak_lr, long warmup, long total_steps, Scalar min_lr = 0);
 
-  Scalar lr(long step) const {
-    detail::check_step("CosineSchedule::lr", step);
-    const double peak = static_cast<double>(peak_), floor = static_cast<double>(min_);
-    if (step <= warmup_) return static_cast<Scalar>(peak * detail::warmup_fraction(step, warmup_));
-    if (step >= total_) return min_;
-    constexpr double pi = 3.141592653589793238462643383279502884;
-    const double progress =
-        static_cast<double>(step - warmup_) / static_cast<double>(total_ - warmup_);
-    return static_cast<Scalar>(floor + (peak - floor) * 0.5 * (1.0 + std::cos(pi * progress)));
-  }
+  Scalar lr(long step) const;
 
  private:
   Scalar peak_, min_;
   long warmup_, total_;
 };
+
+template <class Scalar>
+CosineSchedule<Scalar>::CosineSchedule(Scalar peak_lr, long warmup, long total_steps, Scalar min_lr)
+    : peak_(peak_lr), min_(min_lr), warmup_(warmup), total_(total_steps) {
+  const char* func = "CosineSchedule::CosineSchedule";
+  detail::check_range(func, "peak_lr", peak_lr, 0.0, HUGE_VAL, false);
+  detail::check_range(func, "min_lr", min_lr, 0.0, static_cast<double>(peak_lr));
+  detail::check_nonnegative_steps(func, "warmup", warmup);
+  detail::require(total_steps >= 1 && total_steps >= warmup, func, "total_steps", [&] {
+    return "must be >= 1 and >= warmup (" + std::to_string(warmup) + "), got " +
+           std::to_string(total_steps);
+  });
+}
+
+template <class Scalar>
+auto CosineSchedule<Scalar>::lr(long step) const -> Scalar {
+  detail::check_step("CosineSchedule::lr", step);
+  const double peak = static_cast<double>(peak_), floor = static_cast<double>(min_);
+  if (step <= warmup_) return static_cast<Scalar>(peak * detail::warmup_fraction(step, warmup_));
+  if (step >= total_) return min_;
+  constexpr double pi = 3.141592653589793238462643383279502884;
+  const double progress =
+      static_cast<double>(step - warmup_) / static_cast<double>(total_ - warmup_);
+  return static_cast<Scalar>(floor + (peak - floor) * 0.5 * (1.0 + std::cos(pi * progress)));
+}
 
 /// Sets opt's learning rate to the schedule's for the coming update (step opt.steps() + 1) and
 /// returns it.
@@ -126,5 +145,11 @@ Scalar apply_schedule(Optimizer<Scalar>& opt, const Schedule& schedule) {
   opt.set_lr(lr);
   return lr;
 }
+
+// The float and double instantiations, compiled once in eigenformer::precompiled
+// (core/precompiled.hpp).
+EIGENFORMER_CLASS_TEMPLATES(NoamSchedule)
+EIGENFORMER_CLASS_TEMPLATES(ConstantSchedule)
+EIGENFORMER_CLASS_TEMPLATES(CosineSchedule)
 
 }  // namespace eigenformer
