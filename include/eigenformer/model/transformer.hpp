@@ -91,6 +91,13 @@ class Transformer {
 
   void check_ids(std::string_view func, std::string_view arg, const IdMatrix& ids,
                  Index vocab) const;
+  void check_same_batch(std::string_view func, const IdMatrix& tgt_in, const IdMatrix& src) const;
+  void check_max_len(std::string_view func, Index max_len) const;
+
+  // encode and decode on arguments the public entry has checked: each is checked once.
+  Mat run_encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache);
+  Mat run_decode(const IdMatrix& tgt_in, const IdMatrix& src, ConstRef<Scalar> memory, Cache& cache,
+                 Index start_pos);
 };
 
 template <class Scalar>
@@ -105,6 +112,12 @@ template <class Scalar>
 auto Transformer<Scalar>::encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache)
     -> Mat {
   check_ids("Transformer::encode", "src", src, config_.src_vocab);
+  return run_encode(src, cache);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::run_encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache)
+    -> Mat {
   return encoder.forward(src, source_mask(src), cache);
 }
 
@@ -112,10 +125,14 @@ template <class Scalar>
 auto Transformer<Scalar>::decode(const IdMatrix& tgt_in, const IdMatrix& src,
                                  ConstRef<Scalar> memory, Cache& cache, Index start_pos) -> Mat {
   check_ids("Transformer::decode", "tgt_in", tgt_in, config_.tgt_vocab);
-  detail::require(tgt_in.rows() == src.rows(), "Transformer::decode", "tgt_in", [&] {
-    return "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
-           std::to_string(src.rows());
-  });
+  check_same_batch("Transformer::decode", tgt_in, src);
+  return run_decode(tgt_in, src, memory, cache, start_pos);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::run_decode(const IdMatrix& tgt_in, const IdMatrix& src,
+                                     ConstRef<Scalar> memory, Cache& cache, Index start_pos)
+    -> Mat {
   AttentionMask self_mask;
   self_mask.causal = true;
   self_mask.key_padding = key_padding_mask(tgt_in, config_.pad_id);
@@ -130,19 +147,17 @@ auto Transformer<Scalar>::begin_decode(const IdMatrix& src, ConstRef<Scalar> mem
   check_ids("Transformer::begin_decode", "src", src, config_.src_vocab);
   detail::check_shape("Transformer::begin_decode", "memory", memory, src.rows() * src.cols(),
                       config_.d_model);
-  detail::require(max_len > 0 && max_len <= config_.max_len, "Transformer::begin_decode", "max_len",
-                  [&] {
-                    return "is " + std::to_string(max_len) + ", expected 1.." +
-                           std::to_string(config_.max_len) + " (the model's max_len)";
-                  });
+  check_max_len("Transformer::begin_decode", max_len);
   return decoder.begin_decode(memory, src.rows(), key_padding_mask(src, config_.pad_id), max_len);
 }
 
 template <class Scalar>
 auto Transformer<Scalar>::begin_decode(const IdMatrix& src, Index max_len) -> DecodeState<Scalar> {
+  check_ids("Transformer::begin_decode", "src", src, config_.src_vocab);
+  check_max_len("Transformer::begin_decode", max_len);
   typename Encoder<Scalar>::Cache cache;
-  const Mat memory = encode(src, cache);
-  return begin_decode(src, memory, max_len);
+  const Mat memory = run_encode(src, cache);
+  return decoder.begin_decode(memory, src.rows(), key_padding_mask(src, config_.pad_id), max_len);
 }
 
 template <class Scalar>
@@ -157,12 +172,9 @@ auto Transformer<Scalar>::forward(const IdMatrix& src, const IdMatrix& tgt_in, C
     -> Mat {
   check_ids("Transformer::forward", "src", src, config_.src_vocab);
   check_ids("Transformer::forward", "tgt_in", tgt_in, config_.tgt_vocab);
-  detail::require(tgt_in.rows() == src.rows(), "Transformer::forward", "tgt_in", [&] {
-    return "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
-           std::to_string(src.rows());
-  });
-  const Mat memory = encode(src, cache.encoder);
-  return decode(tgt_in, src, memory, cache);
+  check_same_batch("Transformer::forward", tgt_in, src);
+  const Mat memory = run_encode(src, cache.encoder);
+  return run_decode(tgt_in, src, memory, cache, 0);
 }
 
 template <class Scalar>
@@ -192,6 +204,23 @@ void Transformer<Scalar>::check_ids(std::string_view func, std::string_view arg,
            std::to_string(config_.max_len);
   });
   detail::check_embedding_ids(func, arg, ids, vocab);
+}
+
+template <class Scalar>
+void Transformer<Scalar>::check_same_batch(std::string_view func, const IdMatrix& tgt_in,
+                                           const IdMatrix& src) const {
+  detail::require(tgt_in.rows() == src.rows(), func, "tgt_in", [&] {
+    return "has " + std::to_string(tgt_in.rows()) + " sequences, src has " +
+           std::to_string(src.rows());
+  });
+}
+
+template <class Scalar>
+void Transformer<Scalar>::check_max_len(std::string_view func, Index max_len) const {
+  detail::require(max_len > 0 && max_len <= config_.max_len, func, "max_len", [&] {
+    return "is " + std::to_string(max_len) + ", expected 1.." + std::to_string(config_.max_len) +
+           " (the model's max_len)";
+  });
 }
 
 /// Teacher forcing: (B, T) targets -> (B, T) decoder input [bos, t0, ..., t_{T-2}].
