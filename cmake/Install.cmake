@@ -4,6 +4,11 @@ include(CMakePackageConfigHelpers)
 
 install(DIRECTORY include/eigenformer DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS eigenformer EXPORT eigenformerTargets)
+if(TARGET eigenformer_tokenizer)
+  # eigenformer::tokenizer, and the find module its config file uses to bring back PCRE2::8BIT.
+  install(TARGETS eigenformer_tokenizer EXPORT eigenformerTargets)
+  install(FILES cmake/FindPCRE2.cmake DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)
+endif()
 install(EXPORT eigenformerTargets
   NAMESPACE eigenformer::
   DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)
