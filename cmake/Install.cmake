@@ -11,6 +11,11 @@ if(TARGET eigenformer_precompiled AND NOT EIGENFORMER_SANITIZE)
   install(TARGETS eigenformer_precompiled EXPORT eigenformerTargets
           ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 endif()
+if(TARGET eigenformer_tokenizer)
+  # eigenformer::tokenizer, and the find module its config file uses to bring back PCRE2::8BIT.
+  install(TARGETS eigenformer_tokenizer EXPORT eigenformerTargets)
+  install(FILES cmake/FindPCRE2.cmake DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)
+endif()
 install(EXPORT eigenformerTargets
   NAMESPACE eigenformer::
   DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)
@@ -18,7 +23,7 @@ configure_package_config_file(cmake/eigenformerConfig.cmake.in
   ${CMAKE_CURRENT_BINARY_DIR}/eigenformerConfig.cmake
   INSTALL_DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)
 write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/eigenformerConfigVersion.cmake
-  COMPATIBILITY SameMinorVersion ARCH_INDEPENDENT)
+  COMPATIBILITY SameMinorVersion)  # not ARCH_INDEPENDENT: eigenformer::precompiled is a library
 install(FILES
   ${CMAKE_CURRENT_BINARY_DIR}/eigenformerConfig.cmake
   ${CMAKE_CURRENT_BINARY_DIR}/eigenformerConfigVersion.cmake
