@@ -1,9 +1,10 @@
 // Additive (Bahdanau) attention: the op against a plain-loop definition and finite differences
 // for every input and score parameter with each mask kind; the layer's gradients (self and cross),
 // gradient contract, properties in float and double, and bad-input messages.
-#include <cmath>
 #include <eigenformer/layers/attention.hpp>
 #include <eigenformer/ops/additive_attention.hpp>
+
+#include <cmath>
 #include <limits>
 #include <vector>
 

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "model_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -67,14 +68,11 @@ void check_throws_unchanged(const ParamList<Scalar>& params, F&& f,
 
 /// A tiny encoder-decoder: vocabularies of 8 and 9, 2 heads of 4, max_len 6.
 TransformerConfig tiny_config() {
-  TransformerConfig c;
+  TransformerConfig c = eftest::tiny_config();
   c.src_vocab = 8;
   c.tgt_vocab = 9;
-  c.d_model = 8;
-  c.n_heads = 2;
   c.d_ff = 16;
   c.n_encoder_layers = c.n_decoder_layers = 1;
-  c.dropout = 0.0;
   c.max_len = 6;
   return c;
 }

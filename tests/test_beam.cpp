@@ -10,6 +10,7 @@
 #include <map>
 #include <vector>
 
+#include "model_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -83,15 +84,12 @@ std::vector<Index> tokens_of(const BeamResult& r, Index b) {
 }
 
 TransformerConfig reversal_config() {
-  TransformerConfig c;
+  TransformerConfig c = eftest::tiny_config();
   c.src_vocab = c.tgt_vocab = 8;  // 0 pad, 1 bos, 2 eos, 3..7 symbols
   c.d_model = 32;
   c.n_heads = 4;
   c.d_ff = 64;
   c.n_encoder_layers = c.n_decoder_layers = 1;
-  c.dropout = 0.0;
-  c.max_len = 16;
-  c.pad_id = 0;
   return c;
 }
 

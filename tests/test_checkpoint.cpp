@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "model_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -10,11 +11,9 @@ namespace fs = std::filesystem;
 namespace {
 
 TransformerConfig tiny() {
-  TransformerConfig c;
+  TransformerConfig c = eftest::tiny_config();
   c.src_vocab = 9;
   c.tgt_vocab = 7;
-  c.d_model = 8;
-  c.n_heads = 2;
   c.d_ff = 16;
   c.n_encoder_layers = 1;
   c.n_decoder_layers = 2;

@@ -9,6 +9,7 @@
 #include <omp.h>
 #endif
 
+#include "model_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -22,15 +23,12 @@ struct RunResult {
 
 /// 20 AdamW steps of a small encoder-decoder with dropout 0.1 on a fixed batch with padding.
 RunResult train_run(std::uint64_t seed) {
-  TransformerConfig c;
+  TransformerConfig c = eftest::tiny_config();
   c.src_vocab = 13;
   c.tgt_vocab = 11;
   c.d_model = 16;
-  c.n_heads = 2;
   c.d_ff = 32;
-  c.n_encoder_layers = c.n_decoder_layers = 2;
   c.dropout = 0.1;
-  c.max_len = 16;
   Rng rng(seed);
   Transformer<float> model(c, rng);
   model.train();
@@ -101,13 +99,12 @@ TEST_CASE("a different seed gives different losses and parameters") {
 TEST_CASE("dropout masks come from the model's seed: train-mode forwards repeat, and differ from eval") {
   // Each model is built from Rng(5), so its dropout layers draw the same masks: no global or
   // time-seeded generator. Eval mode differs, so dropout really was on.
-  TransformerConfig c;
+  TransformerConfig c = eftest::tiny_config();
   c.src_vocab = c.tgt_vocab = 9;
-  c.d_model = 8;
-  c.n_heads = 2;
   c.d_ff = 16;
   c.n_encoder_layers = c.n_decoder_layers = 1;
   c.dropout = 0.1;
+  c.max_len = 512;
   IdMatrix src(1, 4), tgt(1, 3);
   src << 4, 5, 6, 2;
   tgt << 7, 8, 2;

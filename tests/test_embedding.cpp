@@ -31,11 +31,6 @@ TEST_CASE_TEMPLATE("Embedding forward gathers rows in batch order", Scalar, floa
   REQUIRE(y.cols() == 3);
   for (Index b = 0; b < 2; ++b)
     for (Index t = 0; t < 3; ++t) CHECK(y.row(b * 3 + t) == emb.weight.value.row(ids(b, t)));
-
-  const Batch<Scalar> batch = emb.forward_batch(ids);
-  CHECK(batch.batch() == 2);
-  CHECK(batch.time() == 3);
-  CHECK(batch.data() == y);
 }
 
 TEST_CASE_TEMPLATE("Embedding initialises N(0, 1) with a zero padding row", Scalar, float, double) {
@@ -141,8 +136,6 @@ TEST_CASE("Embedding rejects bad ids and shapes and leaves its parameters unchan
   const IdMatrix bad = make_ids(2, 2, {0, 1, 9, 3});
   eftest::check_throws_with([&] { emb.backward(Matrix<float>::Ones(4, 3), bad); },
                             {"Embedding::backward", "id 9", "(1, 0)"});
-  eftest::check_throws_with([&] { emb.forward_batch(IdMatrix(0, 3)); },
-                            {"Embedding::forward_batch", "ids.rows()"});
   CHECK(emb.weight.value == before);
   CHECK(emb.weight.grad.isZero());
   eftest::check_throws_with([&] { Embedding<float>(0, 3, rng); },

@@ -2,10 +2,11 @@
 // gradients and weights for every mask kind, cross shapes, tile sizes that do not divide T, T = 1,
 // fully masked rows, each with and without a position bias per distance; finite differences in
 // double; and the dispatch in the Attention layer, also with rotary and relative positions.
-#include <cmath>
 #include <eigenformer/layers/attention.hpp>
 #include <eigenformer/ops/attention.hpp>
 #include <eigenformer/ops/flash_attention.hpp>
+
+#include <cmath>
 #include <limits>
 #include <string>
 #include <type_traits>

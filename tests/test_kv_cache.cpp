@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attention_cases.hpp"
+#include "model_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -32,17 +33,14 @@ const Variant kVariants[] = {
 };
 
 TransformerConfig small_config(const Variant& v) {
-  TransformerConfig c;
+  TransformerConfig c = eftest::tiny_config();
   c.src_vocab = 11;
   c.tgt_vocab = 13;
   c.d_model = 16;
   c.n_heads = 4;
   c.d_ff = 24;
-  c.n_encoder_layers = 2;
-  c.n_decoder_layers = 2;
   c.dropout = 0.1;  // eval() turns it off
   c.max_len = 20;
-  c.pad_id = 0;
   c.norm = v.norm;
   c.positional = v.positional;
   c.tie_output = v.tie;

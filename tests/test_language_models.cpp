@@ -4,6 +4,7 @@
 #include <eigenformer/train/loss.hpp>
 #include <eigenformer/train/optim.hpp>
 
+#include "model_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -12,14 +13,8 @@ using eftest::MatD;
 namespace {
 
 TransformerConfig lm_config() {
-  TransformerConfig c;
+  TransformerConfig c = eftest::tiny_config();
   c.tgt_vocab = 7;
-  c.d_model = 8;
-  c.n_heads = 2;
-  c.d_ff = 12;
-  c.n_encoder_layers = c.n_decoder_layers = 2;
-  c.dropout = 0.0;
-  c.max_len = 16;
   c.pad_id = -1;
   return c;
 }

@@ -1,5 +1,6 @@
-#include <cmath>
 #include <eigenformer/train/loss.hpp>
+
+#include <cmath>
 #include <limits>
 
 #include "test_util.hpp"

@@ -1,14 +1,16 @@
 // Extreme but well-defined numerics: attention rows with every key masked, a Transformer whose
 // source is (almost) all padding, LayerNorm on inputs of 1e6, cross-entropy on logits of +-1e4.
 // Everything must be finite and correct, never NaN.
-#include <cmath>
 #include <eigenformer/layers/attention.hpp>
 #include <eigenformer/layers/layernorm.hpp>
 #include <eigenformer/model/transformer.hpp>
 #include <eigenformer/train/loss.hpp>
+
+#include <cmath>
 #include <limits>
 #include <vector>
 
+#include "model_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -150,16 +152,11 @@ TEST_CASE("cross-attention with per-query masks that hide every key of some quer
 }
 
 TEST_CASE("Transformer with a source of only BOS + padding, and one of only padding") {
-  TransformerConfig c;
+  TransformerConfig c = eftest::tiny_config();
   c.src_vocab = 10;
   c.tgt_vocab = 9;
-  c.d_model = 8;
-  c.n_heads = 2;
   c.d_ff = 16;
-  c.n_encoder_layers = c.n_decoder_layers = 2;
-  c.dropout = 0.0;
   c.max_len = 8;
-  c.pad_id = 0;
   Rng rng(21);
   Transformer<double> model(c, rng);
   IdMatrix src(3, 4), tgt(3, 3);

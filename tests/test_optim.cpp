@@ -1,5 +1,6 @@
-#include <cmath>
 #include <eigenformer/train/optim.hpp>
+
+#include <cmath>
 #include <limits>
 #include <memory>
 

@@ -1,5 +1,6 @@
-#include <cmath>
 #include <eigenformer/train/schedule.hpp>
+
+#include <cmath>
 #include <limits>
 
 #include "test_util.hpp"

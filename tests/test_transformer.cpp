@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "model_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
@@ -16,20 +17,7 @@ using eftest::MatD;
 
 namespace {
 
-TransformerConfig small_config() {
-  TransformerConfig c;
-  c.src_vocab = 7;
-  c.tgt_vocab = 6;
-  c.d_model = 8;
-  c.n_heads = 2;
-  c.d_ff = 12;
-  c.n_encoder_layers = 2;
-  c.n_decoder_layers = 2;
-  c.dropout = 0.0;
-  c.max_len = 16;
-  c.pad_id = 0;
-  return c;
-}
+TransformerConfig small_config() { return eftest::tiny_config(); }
 
 IdMatrix ids(std::initializer_list<std::initializer_list<Index>> rows) {
   IdMatrix m(Index(rows.size()), Index(rows.begin()->size()));

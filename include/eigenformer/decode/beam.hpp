@@ -27,6 +27,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../core/precompiled.hpp"
@@ -121,6 +122,9 @@ inline double beam_best_reachable(double lp, Index len, const BeamOptions& opt) 
 /// the next token's log-probabilities as a Matrix<double> (B*K, vocab). Rows that hold no live
 /// hypothesis (a source that is done, or fewer than K live ones) carry a filler prefix (BOS, then
 /// EOS) and their output is ignored. Entries of -inf are never chosen; NaN is an error.
+/// A scorer that also takes parents, next_log_probs(prefixes, parents), gets for each row the
+/// row of the previous step's prefixes that it extends (its own row at the first step and for
+/// filler rows): what an incremental scorer needs to reorder its caches.
 template <class Scorer>
 BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const BeamOptions& opt) {
   const char* func = "beam_search";
@@ -133,8 +137,10 @@ BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const
   struct Live {
     std::vector<Index> tokens;
     double log_prob;
+    Index parent_row;  // the row of the previous step's prefixes that this one extends
   };
-  std::vector<std::vector<Live>> live(static_cast<size_t>(B), {Live{{}, 0.0}});
+  std::vector<std::vector<Live>> live(B, std::vector<Live>{Live{{}, 0.0, 0}});
+  for (Index b = 0; b < B; ++b) live[size_t(b)][0].parent_row = b * K;
   std::vector<std::vector<BeamHypothesis>> finished(static_cast<size_t>(B));
   std::vector<bool> done(static_cast<size_t>(B), false);
   Index n_done = 0;
@@ -149,6 +155,7 @@ BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const
 
   std::vector<detail::BeamCandidate> cands;
   IdMatrix prefixes;
+  std::vector<Index> parents(static_cast<size_t>(B * K));
   for (Index t = 0; t < opt.max_len && n_done < B; ++t) {
     prefixes.resize(B * K, t + 1);
     prefixes.col(0).setConstant(opt.bos);
@@ -156,10 +163,16 @@ BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const
       for (Index k = 0; k < K; ++k) {
         const auto& lv = live[size_t(b)];
         const bool real = !done[size_t(b)] && k < static_cast<Index>(lv.size());
+        parents[size_t(b * K + k)] = real ? lv[size_t(k)].parent_row : b * K + k;
         for (Index j = 0; j < t; ++j)
           prefixes(b * K + k, j + 1) = real ? lv[size_t(k)].tokens[size_t(j)] : opt.eos;
       }
-    const Matrix<double> lp = next_log_probs(static_cast<const IdMatrix&>(prefixes));
+    const IdMatrix& step_prefixes = prefixes;
+    Matrix<double> lp;
+    if constexpr (std::is_invocable_v<Scorer, const IdMatrix&, const std::vector<Index>&>)
+      lp = next_log_probs(step_prefixes, static_cast<const std::vector<Index>&>(parents));
+    else
+      lp = next_log_probs(step_prefixes);
     detail::require(lp.rows() == B * K && lp.cols() == vocab, func, "next_log_probs", [&] {
       return "returned shape " + detail::shape_of(lp) + ", expected " +
              detail::shape_str(B * K, vocab);
@@ -189,6 +202,7 @@ BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const
         const detail::BeamCandidate& c = cands[rank];
         std::vector<Index> tokens = lv[size_t(c.parent)].tokens;
         tokens.push_back(c.token);
+        const Index parent_row = b * K + c.parent;
         if (c.token == opt.eos) {
           if (static_cast<Index>(rank) < K) {
             BeamHypothesis h;
@@ -199,7 +213,7 @@ BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const
             add_finished(finished[size_t(b)], std::move(h));
           }
         } else {
-          next.push_back({std::move(tokens), c.log_prob});
+          next.push_back({std::move(tokens), c.log_prob, parent_row});
         }
       }
       live[size_t(b)] = std::move(next);
@@ -274,22 +288,6 @@ void reorder_decode_state(DecodeState<Scalar>& state, const std::vector<Index>& 
   }
 }
 
-/// For each row of prefixes (N, t + 1), the row of prev (N, t) in the same block of K rows that
-/// holds its first t tokens; the row itself when none does (filler rows, whose output is unused).
-inline std::vector<Index> beam_parents(const IdMatrix& prefixes, const IdMatrix& prev, Index K) {
-  const Index N = prefixes.rows(), t = prev.cols();
-  std::vector<Index> parent(static_cast<size_t>(N));
-  for (Index r = 0; r < N; ++r) {
-    parent[size_t(r)] = r;
-    for (Index p = r - r % K; p < r - r % K + K; ++p)
-      if (prefixes.row(r).head(t) == prev.row(p)) {
-        parent[size_t(r)] = p;
-        break;
-      }
-  }
-  return parent;
-}
-
 }  // namespace detail
 
 /// Beam search over an encoder-decoder Transformer: src (B, S) -> every source's best hypotheses.
@@ -314,11 +312,9 @@ BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
       memory_rep.block((b * K + k) * S, 0, S, d) = memory.block(b * S, 0, S, d);
     }
   DecodeState<Scalar> state = model.begin_decode(src_rep, memory_rep, opt.max_len);
-  IdMatrix prev;  // the previous step's prefixes (B*K, t)
-  auto scorer = [&](const IdMatrix& prefixes) {
+  auto scorer = [&](const IdMatrix& prefixes, const std::vector<Index>& parents) {
     const Index N = prefixes.rows(), T = prefixes.cols();
-    if (T > 1) detail::reorder_decode_state(state, detail::beam_parents(prefixes, prev, K));
-    prev = prefixes;
+    if (T > 1) detail::reorder_decode_state(state, parents);
     const Matrix<Scalar> logits = model.decode_step(prefixes.col(T - 1), state);  // (N, V)
     Matrix<double> lp(N, V);
     for (Index r = 0; r < N; ++r) {

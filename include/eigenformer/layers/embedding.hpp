@@ -34,8 +34,6 @@ class Embedding {
   /// ids (B, T) -> (B*T, d_model), row b*T+t for token (b, t).
   Mat forward(const IdMatrix& ids) const;
 
-  /// ids (B, T) -> a Batch of B sequences of T tokens with d_model features.
-  Batch<Scalar> forward_batch(const IdMatrix& ids) const;
 
   /// dy (B*T, d_model) for ids (B, T): adds each row of dy into weight.grad[id], except for the
   /// padding id. There is no input gradient.
@@ -67,13 +65,6 @@ auto Embedding<Scalar>::forward(const IdMatrix& ids) const -> Mat {
   Mat y;
   embedding_forward<Scalar>(y, ids, weight.value);
   return y;
-}
-
-template <class Scalar>
-auto Embedding<Scalar>::forward_batch(const IdMatrix& ids) const -> Batch<Scalar> {
-  detail::check_positive("Embedding::forward_batch", "ids.rows()", ids.rows());
-  detail::check_positive("Embedding::forward_batch", "ids.cols()", ids.cols());
-  return Batch<Scalar>(forward(ids), ids.rows(), ids.cols());
 }
 
 template <class Scalar>

@@ -73,7 +73,6 @@ class SinusoidalPositionalEncoding {
   /// x (B*T, d_model) -> x * scale + PE[start_pos + t] for token (b, t).
   Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const;
 
-  Batch<Scalar> forward(const Batch<Scalar>& x, Index start_pos = 0) const;
 
   /// dy (N, d_model) -> dx = dy * scale (fresh). There are no parameters.
   Mat backward(ConstRef<Scalar> dy) const;
@@ -115,12 +114,6 @@ auto SinusoidalPositionalEncoding<Scalar>::forward(ConstRef<Scalar> x, Index B, 
 }
 
 template <class Scalar>
-auto SinusoidalPositionalEncoding<Scalar>::forward(const Batch<Scalar>& x, Index start_pos) const
-    -> Batch<Scalar> {
-  return Batch<Scalar>(forward(x.data(), x.batch(), x.time(), start_pos), x.batch(), x.time());
-}
-
-template <class Scalar>
 auto SinusoidalPositionalEncoding<Scalar>::backward(ConstRef<Scalar> dy) const -> Mat {
   detail::check_shape("SinusoidalPositionalEncoding::backward", "dy", dy, -1, d_model());
   return dy * scale_;
@@ -144,13 +137,11 @@ class LearnedPositionalEncoding {
   /// x (B*T, d_model) -> x + W[start_pos + t] for token (b, t).
   Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const;
 
-  Batch<Scalar> forward(const Batch<Scalar>& x, Index start_pos = 0) const;
 
   /// dy (B*T, d_model) -> dx = dy (fresh); weight.grad rows start_pos .. start_pos+T-1 += the sum
   /// of dy over the B sequences.
   Mat backward(ConstRef<Scalar> dy, Index B, Index T, Index start_pos = 0);
 
-  Batch<Scalar> backward(const Batch<Scalar>& dy, Index start_pos = 0);
 
   ParamList<Scalar> parameters() { return {{"weight", &weight}}; }
   void zero_grad() { eigenformer::zero_grad(parameters()); }
@@ -176,12 +167,6 @@ auto LearnedPositionalEncoding<Scalar>::forward(ConstRef<Scalar> x, Index B, Ind
 }
 
 template <class Scalar>
-auto LearnedPositionalEncoding<Scalar>::forward(const Batch<Scalar>& x, Index start_pos) const
-    -> Batch<Scalar> {
-  return Batch<Scalar>(forward(x.data(), x.batch(), x.time(), start_pos), x.batch(), x.time());
-}
-
-template <class Scalar>
 auto LearnedPositionalEncoding<Scalar>::backward(ConstRef<Scalar> dy, Index B, Index T,
                                                  Index start_pos) -> Mat {
   detail::check_positions<Scalar>("LearnedPositionalEncoding::backward", "dy", dy, B, T, start_pos,
@@ -189,13 +174,6 @@ auto LearnedPositionalEncoding<Scalar>::backward(ConstRef<Scalar> dy, Index B, I
   const Index d = d_model();
   for (Index b = 0; b < B; ++b) weight.grad.block(start_pos, 0, T, d) += dy.block(b * T, 0, T, d);
   return dy;
-}
-
-template <class Scalar>
-auto LearnedPositionalEncoding<Scalar>::backward(const Batch<Scalar>& dy, Index start_pos)
-    -> Batch<Scalar> {
-  return Batch<Scalar>(backward(dy.data(), dy.batch(), dy.time(), start_pos), dy.batch(),
-                       dy.time());
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled

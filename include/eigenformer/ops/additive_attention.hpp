@@ -141,7 +141,7 @@ void additive_attention_attend(Matrix<Scalar>& out, Matrix<Scalar>& probs, Const
       s.row(i).noalias() = wh * e.transpose();
     }
     if (pos_bias) detail::add_position_bias(s, *pos_bias, h, d.Tq, 0, 0);
-    if (!mask.empty()) detail::apply_mask(s, mask, d, b);
+    if (!mask.empty()) detail::apply_mask_tile(s, mask, d, b, 0, 0);
     for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(s.row(i));
     out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
         s * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh);  // (Tq, dh)

@@ -77,28 +77,32 @@ void check_attention_inputs(std::string_view func, ConstRef<Scalar> q, ConstRef<
   if (pos_bias) check_shape(func, "pos_bias", *pos_bias, d.H, d.Tq + d.Tk - 1);
 }
 
-/// Sets masked scores of sequence b (a (Tq, Tk) block) to -inf.
-template <class Block>
-void apply_mask(Block&& scores, const AttentionMask& mask, const AttentionDims& d, Index b) {
-  using Scalar = typename std::decay_t<Block>::Scalar;
+/// Sets the masked entries of a score tile to -inf: rows are queries i0.., columns keys j0.. of
+/// sequence b (the whole (Tq, Tk) block of sequence b with i0 = j0 = 0). The plain, tiled and
+/// additive kernels all mask through it.
+template <class Tile>
+void apply_mask_tile(Tile&& s, const AttentionMask& mask, const AttentionDims& d, Index b, Index i0,
+                     Index j0) {
+  using Scalar = typename std::decay_t<Tile>::Scalar;
   const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
+  const Index nq = s.rows(), nk = s.cols();
   const bool per_batch = mask.attn_mask.rows() == d.B * d.Tq && d.B > 1;
-  for (Index i = 0; i < d.Tq; ++i) {
+  if (mask.key_padding.size() != 0)
+    for (Index c = 0; c < nk; ++c)
+      if (mask.key_padding(b, j0 + c)) s.col(c).setConstant(neg_inf);
+  for (Index r = 0; r < nq; ++r) {
+    const Index i = i0 + r;
     if (mask.causal) {
-      const Index first_hidden = i + (d.Tk - d.Tq) + 1;  // keys at and after it are in the future
-      if (first_hidden < d.Tk) {
+      const Index first_hidden = i + (d.Tk - d.Tq) + 1 - j0;  // tile column of the first future key
+      if (first_hidden < nk) {
         const Index start = first_hidden < 0 ? 0 : first_hidden;
-        scores.row(i).segment(start, d.Tk - start).setConstant(neg_inf);
+        s.row(r).segment(start, nk - start).setConstant(neg_inf);
       }
     }
     if (mask.attn_mask.size() != 0) {
-      const Index r = per_batch ? b * d.Tq + i : i;
-      for (Index j = 0; j < d.Tk; ++j)
-        if (mask.attn_mask(r, j)) scores(i, j) = neg_inf;
-    }
-    if (mask.key_padding.size() != 0) {
-      for (Index j = 0; j < d.Tk; ++j)
-        if (mask.key_padding(b, j)) scores(i, j) = neg_inf;
+      const Index row = per_batch ? b * d.Tq + i : i;
+      for (Index c = 0; c < nk; ++c)
+        if (mask.attn_mask(row, j0 + c)) s(r, c) = neg_inf;
     }
   }
 }
@@ -148,7 +152,7 @@ void attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scal
     p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
                   k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();
     if (pos_bias) detail::add_position_bias(p, *pos_bias, h, d.Tq, 0, 0);
-    if (!mask.empty()) detail::apply_mask(p, mask, d, b);
+    if (!mask.empty()) detail::apply_mask_tile(p, mask, d, b, 0, 0);
     for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(p.row(i));
     out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
         p * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh);  // (Tq, dh)

@@ -67,35 +67,6 @@ inline bool use_tiled_attention(AttentionImpl impl, const AttentionDims& d,
 
 namespace detail {
 
-/// Sets the masked entries of a score tile to -inf: rows are queries i0.., columns keys j0.. of
-/// sequence b.
-template <class Tile>
-void apply_mask_tile(Tile&& s, const AttentionMask& mask, const AttentionDims& d, Index b, Index i0,
-                     Index j0) {
-  using Scalar = typename std::decay_t<Tile>::Scalar;
-  const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
-  const Index nq = s.rows(), nk = s.cols();
-  const bool per_batch = mask.attn_mask.rows() == d.B * d.Tq && d.B > 1;
-  if (mask.key_padding.size() != 0)
-    for (Index c = 0; c < nk; ++c)
-      if (mask.key_padding(b, j0 + c)) s.col(c).setConstant(neg_inf);
-  for (Index r = 0; r < nq; ++r) {
-    const Index i = i0 + r;
-    if (mask.causal) {
-      const Index first_hidden = i + (d.Tk - d.Tq) + 1 - j0;  // tile column of the first future key
-      if (first_hidden < nk) {
-        const Index start = first_hidden < 0 ? 0 : first_hidden;
-        s.row(r).segment(start, nk - start).setConstant(neg_inf);
-      }
-    }
-    if (mask.attn_mask.size() != 0) {
-      const Index row = per_batch ? b * d.Tq + i : i;
-      for (Index c = 0; c < nk; ++c)
-        if (mask.attn_mask(row, j0 + c)) s(r, c) = neg_inf;
-    }
-  }
-}
-
 /// Whether the tile of queries [i0, i0 + nq) and keys [j0, j0 + nk) has masked entries to set.
 inline bool tile_needs_mask(const AttentionMask& mask, const AttentionDims& d, Index i0, Index j0,
                             Index nk) {
