@@ -6,18 +6,21 @@
 
 namespace eftest {
 
-/// Vocabularies of 7 (source) and 6 (target), width 8 in 2 heads, d_ff 12, 2 + 2 layers, no
-/// dropout, max_len 16, pad id 0; the rest TransformerConfig's defaults (post-norm, ReLU,
-/// sinusoidal positions, dot-product attention, untied output).
+/// Vocabularies of 7 (source) and 6 (target; also the single-stack models' vocab), width 8 in 2
+/// heads, d_ff 12, 2 + 2 layers (2 for the single-stack models), no dropout, max_len 16, pad id 0;
+/// the rest TransformerConfig's defaults (post-norm, ReLU, sinusoidal positions, dot-product
+/// attention, untied output).
 inline eigenformer::TransformerConfig tiny_config() {
   eigenformer::TransformerConfig c;
   c.src_vocab = 7;
   c.tgt_vocab = 6;
+  c.vocab = 6;
   c.d_model = 8;
   c.n_heads = 2;
   c.d_ff = 12;
   c.n_encoder_layers = 2;
   c.n_decoder_layers = 2;
+  c.n_layers = 2;
   c.dropout = 0.0;
   c.max_len = 16;
   c.pad_id = 0;

@@ -174,6 +174,7 @@ TEST_CASE("ActivationLayer has no parameters and matches the ops") {
 TEST_CASE("parse_activation and to_string round-trip") {
   for (Activation kind : kAll) CHECK(parse_activation(to_string(kind)) == kind);
   CHECK(parse_activation("gelu") == Activation::gelu_erf);
+  CHECK(Activation::gelu == Activation::gelu_erf);  // gelu is the exact form, as nn.GELU()
   CHECK(to_string(Activation::gelu_erf) == "gelu_erf");
   eftest::check_throws_with([] { parse_activation("swish"); },
                             {"parse_activation", "'name'", "'swish'", "relu, gelu"});

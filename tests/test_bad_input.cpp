@@ -70,9 +70,9 @@ void check_throws_unchanged(const ParamList<Scalar>& params, F&& f,
 TransformerConfig tiny_config() {
   TransformerConfig c = eftest::tiny_config();
   c.src_vocab = 8;
-  c.tgt_vocab = 9;
+  c.tgt_vocab = c.vocab = 9;
   c.d_ff = 16;
-  c.n_encoder_layers = c.n_decoder_layers = 1;
+  c.n_encoder_layers = c.n_decoder_layers = c.n_layers = 1;
   c.max_len = 6;
   return c;
 }

@@ -13,10 +13,10 @@ namespace {
 TransformerConfig tiny() {
   TransformerConfig c = eftest::tiny_config();
   c.src_vocab = 9;
-  c.tgt_vocab = 7;
+  c.tgt_vocab = c.vocab = 7;
   c.d_ff = 16;
   c.n_encoder_layers = 1;
-  c.n_decoder_layers = 2;
+  c.n_decoder_layers = c.n_layers = 2;
   c.dropout = 0.125;
   c.norm = NormPlacement::pre;
   c.positional = PositionalKind::learned;
@@ -170,4 +170,45 @@ TEST_CASE("checkpoints with missing or bad metadata give clear errors") {
 
   eftest::check_throws_with([&] { save_model(bad, model, {{"eigenformer.model", "x"}}); },
                             {"save_model", "reserved key 'eigenformer.model'"});
+}
+
+TEST_CASE("load_model returns a model in eval mode, and check_finite names a damaged tensor") {
+  Rng rng(3);
+  DecoderOnlyLM<float> lm(tiny(), rng);  // dropout 0.125
+  const std::string path = temp_path("eval.safetensors");
+  save_model(path, lm);
+  DecoderOnlyLM<float> back = load_model<DecoderOnlyLM<float>>(path);
+  IdMatrix ids(1, 4);
+  ids << 1, 2, 3, 4;
+  DecoderOnlyLM<float>::Cache c1, c2;
+  CHECK(back.forward(ids, c1) == back.forward(ids, c2));  // no dropout: eval mode
+  back.train();
+  CHECK(!(back.forward(ids, c1) == back.forward(ids, c2)));  // train() turns it back on
+
+  param_named(lm.parameters(), "layers.1.linear2.weight").value(0, 1) = NAN;
+  save_model(path, lm);
+  CHECK_NOTHROW(load_model<DecoderOnlyLM<float>>(path));  // structure intact: loads
+  LoadOptions options;
+  options.check_finite = true;
+  eftest::check_throws_with<IoError>(
+      [&] { load_model<DecoderOnlyLM<float>>(path, nullptr, options); },
+      {"load_model", "'layers.1.linear2.weight'", "NaN or an infinity"});
+}
+
+TEST_CASE(
+    "a single-stack checkpoint written before vocab and n_layers loads them from the old fields") {
+  Rng rng(4);
+  TransformerConfig c = tiny();
+  EncoderOnlyModel<float> bert(c, rng);
+  // What save_model wrote then: no vocab or n_layers; tgt_vocab and n_encoder_layers held them.
+  std::map<std::string, std::string> meta = config_to_metadata(c);
+  meta.erase("eigenformer.config.vocab");
+  meta.erase("eigenformer.config.n_layers");
+  meta["eigenformer.config.n_encoder_layers"] = "2";
+  meta["eigenformer.model"] = "encoder_only";
+  const std::string path = temp_path("old_encoder.safetensors");
+  save_safetensors(path, bert.parameters(), meta);
+  const EncoderOnlyModel<float> back = load_model<EncoderOnlyModel<float>>(path);
+  CHECK(back.config().vocab == 7);
+  CHECK(back.config().n_layers == 2);
 }

@@ -35,7 +35,7 @@ const Variant kVariants[] = {
 TransformerConfig small_config(const Variant& v) {
   TransformerConfig c = eftest::tiny_config();
   c.src_vocab = 11;
-  c.tgt_vocab = 13;
+  c.tgt_vocab = c.vocab = 13;
   c.d_model = 16;
   c.n_heads = 4;
   c.d_ff = 24;

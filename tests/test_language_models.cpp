@@ -14,14 +14,14 @@ namespace {
 
 TransformerConfig lm_config() {
   TransformerConfig c = eftest::tiny_config();
-  c.tgt_vocab = 7;
+  c.vocab = 7;
   c.pad_id = -1;
   return c;
 }
 
 template <class Model>
 void check_model_gradients(Model& model, const IdMatrix& ids, Rng& rng) {
-  const MatD R = eftest::random_matrix(ids.size(), model.config().tgt_vocab, rng);
+  const MatD R = eftest::random_matrix(ids.size(), model.config().vocab, rng);
   auto loss = [&] {
     typename Model::Cache cache;
     return projection(model.forward(ids, cache), R);
@@ -52,13 +52,13 @@ TEST_CASE("decoder-only model gradients match finite differences") {
     check();
   }
   SUBCASE("one layer, rotary") {
-    c.n_decoder_layers = 1;
+    c.n_layers = 1;
     c.positional = PositionalKind::rotary;
     c.rotary_base = 100.0;
     check();
   }
   SUBCASE("one layer, relative (causal buckets), additive scoring") {
-    c.n_decoder_layers = 1;
+    c.n_layers = 1;
     c.positional = PositionalKind::relative;
     c.relative_buckets = 4;
     c.relative_max_distance = 3;
@@ -77,7 +77,7 @@ TEST_CASE("encoder-only model gradients match finite differences") {
   }
   SUBCASE("one layer, relative (bidirectional buckets)") {
     TransformerConfig c = lm_config();
-    c.n_encoder_layers = 1;
+    c.n_layers = 1;
     c.positional = PositionalKind::relative;
     c.relative_buckets = 4;
     c.relative_max_distance = 3;
@@ -97,7 +97,7 @@ TEST_CASE("decoder-only, every positional kind and scoring: decode_step equals t
       CAPTURE(positional_kind_name(positional));
       CAPTURE(attention_scoring_name(scoring));
       TransformerConfig c = lm_config();
-      c.n_decoder_layers = 1;
+      c.n_layers = 1;
       c.positional = positional;
       c.attention = scoring;
       c.relative_buckets = 4;
@@ -154,7 +154,7 @@ TEST_CASE("a decoder-only model learns a cycle and greedy generation continues i
   TransformerConfig c = lm_config();
   c.d_model = 16;
   c.d_ff = 32;
-  c.n_decoder_layers = 1;
+  c.n_layers = 1;
   Rng rng(4);
   DecoderOnlyLM<float> lm(c, rng);
   Adam<float> opt(lm.parameters(), 1e-2f);
@@ -184,4 +184,38 @@ TEST_CASE("a decoder-only model learns a cycle and greedy generation continues i
   IdMatrix stop(1, 4);
   stop << 3, 4, 5, 6;
   CHECK(greedy_generate(lm, prompt, 5, /*eos=*/6) == stop);
+}
+
+TEST_CASE("single-stack models take vocab and n_layers, and say so when vocab is missing") {
+  TransformerConfig c = lm_config();
+  c.n_layers = 3;
+  Rng rng(5);
+  DecoderOnlyLM<float> lm(c, rng);
+  CHECK(lm.stack.layers.size() == 3);
+  CHECK(lm.vocab_size() == 7);
+  c.vocab = 0;
+  c.tgt_vocab = 7;  // the encoder-decoder's field: not this model's
+  eftest::check_throws_with([&] { DecoderOnlyLM<float>(c, rng); },
+                            {"DecoderOnlyLM::DecoderOnlyLM", "'config.vocab'", "got 0",
+                             "take their vocabulary from vocab"});
+  eftest::check_throws_with([&] { EncoderOnlyModel<float>(c, rng); },
+                            {"EncoderOnlyModel::EncoderOnlyModel", "'config.vocab'"});
+  CHECK(TransformerConfig().pad_id == -1);  // no id is padding unless chosen
+}
+
+TEST_CASE("learned positions start at the scale of the token embeddings") {
+  TransformerConfig c = lm_config();
+  c.d_model = 64;
+  c.n_heads = 4;
+  c.max_len = 64;
+  c.positional = PositionalKind::learned;
+  for (bool scaled : {true, false}) {
+    c.scale_embeddings = scaled;
+    Rng rng(6);
+    DecoderOnlyLM<double> lm(c, rng);
+    const MatD table = lm.input.learned.weight.value;
+    const double rms = std::sqrt(table.squaredNorm() / double(table.size()));
+    CAPTURE(scaled);
+    CHECK(rms == doctest::Approx(1.0).epsilon(0.05));
+  }
 }

@@ -219,10 +219,11 @@ TEST_CASE("Optimizers reject bad arguments and parameters that changed shape") {
   const ParamList<float> params{{"layer.weight", &p}};
   eftest::check_throws_with([&] { SGD<float>(params, -0.1f); }, {"SGD::SGD", "'lr'", "-0.1"});
   eftest::check_throws_with([&] { SGD<float>(params, 0.1f, -1.f); }, {"SGD::SGD", "'momentum'"});
-  eftest::check_throws_with([&] { SGD<float>({}, 0.1f); }, {"SGD::SGD", "'params'", "empty"});
+  eftest::check_throws_with([&] { SGD<float>(ParamList<float>{}, 0.1f); },
+                            {"SGD::SGD", "'params'", "empty"});
   eftest::check_throws_with(
       [&] {
-        SGD<float>({{"x", nullptr}}, 0.1f);
+        SGD<float>(ParamList<float>{{"x", nullptr}}, 0.1f);
       },
       {"SGD::SGD", "'params'", "'x'"});
   eftest::check_throws_with([&] { Adam<float>(params, 1e-3f, 1.0f); },
@@ -293,4 +294,61 @@ TEST_CASE("clip_grad_norm leaves non-finite gradients alone and grads_finite nam
   CHECK_FALSE(grads_finite(params, &bad));
   CHECK(bad == "a");
   eftest::check_throws_with([&] { clip_grad_norm(params, 0.f); }, {"clip_grad_norm", "'max_norm'"});
+}
+
+TEST_CASE("parameter groups: each its own weight decay and learning-rate scale, one schedule") {
+  // Two groups in one AdamW equal two AdamW, each with that group's settings; set_lr moves both.
+  Param<double> a = make_param<double>(), b = make_param<double>();
+  Param<double> a2 = make_param<double>(), b2 = make_param<double>();
+  std::vector<ParamGroup<double>> groups(2);
+  groups[0].params = {{"a", &a}};  // the optimizer's weight decay
+  groups[1].params = {{"b", &b}};
+  groups[1].weight_decay = 0.0;
+  groups[1].lr_scale = 0.5;
+  AdamW<double> grouped(groups, 0.1, 0.9, 0.999, 1e-8, 0.2);
+  AdamW<double> alone_a(ParamList<double>{{"a", &a2}}, 0.1, 0.9, 0.999, 1e-8, 0.2);
+  AdamW<double> alone_b(ParamList<double>{{"b", &b2}}, 0.05, 0.9, 0.999, 1e-8, 0.0);
+  for (int step = 0; step < 3; ++step) {
+    for (Param<double>* p : {&a, &b, &a2, &b2}) set_grad(*p, step);
+    grouped.set_lr(0.1 / (step + 1));
+    alone_a.set_lr(0.1 / (step + 1));
+    alone_b.set_lr(0.05 / (step + 1));
+    grouped.step();
+    alone_a.step();
+    alone_b.step();
+  }
+  CHECK((a.value - a2.value).cwiseAbs().maxCoeff() < 1e-15);
+  CHECK((b.value - b2.value).cwiseAbs().maxCoeff() < 1e-15);
+  CHECK(grouped.params().size() == 2);
+
+  SGD<double> sgd(groups, 0.1, 0.0, 0.2);
+  set_grad(a, 0);
+  set_grad(b, 0);
+  const MatD a0 = a.value, b0 = b.value;
+  sgd.step();
+  CHECK((a.value - (a0 - 0.1 * (a.grad + 0.2 * a0))).cwiseAbs().maxCoeff() < 1e-15);
+  CHECK((b.value - (b0 - 0.05 * b.grad)).cwiseAbs().maxCoeff() < 1e-15);
+
+  groups[1].lr_scale = -1.0;
+  eftest::check_throws_with([&] { AdamW<double>(groups, 0.1); },
+                            {"AdamW::AdamW", "'groups[].lr_scale'", "-1"});
+}
+
+TEST_CASE("weight_decay_groups: decay on weight matrices, none on vectors and embedding tables") {
+  Param<float> w(3, 2), bias(1, 3, true), norm(1, 2, true), emb(5, 2), pos(4, 2);
+  const ParamList<float> params{{"layers.0.linear1.weight", &w},
+                                {"layers.0.linear1.bias", &bias},
+                                {"layers.0.norm1.weight", &norm},
+                                {"embedding.weight", &emb},
+                                {"position.weight", &pos}};
+  const std::vector<ParamGroup<float>> groups = weight_decay_groups(params, 0.1);
+  REQUIRE(groups.size() == 2);
+  CHECK(groups[0].weight_decay == 0.1);
+  REQUIRE(groups[0].params.size() == 1);
+  CHECK(groups[0].params[0].name == "layers.0.linear1.weight");
+  CHECK(groups[1].weight_decay == 0.0);
+  CHECK(groups[1].params.size() == 4);
+  // Hyperparameters are plain doubles: the Scalar comes from the parameters.
+  AdamW opt(params, 3e-4);
+  CHECK(opt.lr() == 3e-4f);
 }

@@ -90,10 +90,10 @@ Model load_checkpoint(const std::string& path, ByteVocab& vocab) {
   } catch (const std::invalid_argument& e) {
     throw ef::IoError("checkpoint '" + path + "': bad metadata 'char_lm.vocab': " + e.what());
   }
-  if (vocab.size() != model.config().tgt_vocab)
+  if (vocab.size() != model.config().vocab)
     throw ef::IoError("checkpoint '" + path + "': the vocabulary has " +
                       std::to_string(vocab.size()) + " ids but the model " +
-                      std::to_string(model.config().tgt_vocab));
+                      std::to_string(model.config().vocab));
   return model;
 }
 
@@ -238,11 +238,10 @@ int cmd_train(const cli::Flags& f) {
 
   // Model.
   ef::TransformerConfig c;
-  c.tgt_vocab = vocab.size();
+  c.vocab = vocab.size();
   c.d_model = d_model;
   c.n_heads = heads;
-  c.n_encoder_layers = 0;
-  c.n_decoder_layers = layers;
+  c.n_layers = layers;
   c.d_ff = 4 * d_model;
   c.dropout = 0.0;  // about one pass over the data: nothing to regularise
   c.activation = ef::Activation::gelu_tanh;

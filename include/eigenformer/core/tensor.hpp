@@ -6,10 +6,11 @@
 // Eigen blocks over the same storage: no copy.
 #pragma once
 
-#include <string>
-#include <utility>
-
 #include <Eigen/Core>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "error.hpp"
 
@@ -28,6 +29,62 @@ using ConstRef = Eigen::Ref<const Matrix<Scalar>>;
 using BoolMatrix = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 /// Token ids, row-major (B, T).
 using IdMatrix = Eigen::Matrix<Index, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// Token ids from an Eigen integer matrix of any type and storage order (e.g. Eigen::MatrixXi):
+/// the same (B, T) values as an IdMatrix, which every model takes.
+template <class Derived>
+IdMatrix to_ids(const Eigen::MatrixBase<Derived>& ids) {
+  return ids.template cast<Index>();
+}
+
+/// Token ids from B rows of T ids each. Throws ArgumentError naming to_ids and the first row
+/// whose length differs from the first row's.
+template <class Int>
+IdMatrix to_ids(const std::vector<std::vector<Int>>& rows) {
+  const Index B = static_cast<Index>(rows.size());
+  const Index T = B > 0 ? static_cast<Index>(rows[0].size()) : 0;
+  IdMatrix ids(B, T);
+  for (Index b = 0; b < B; ++b) {
+    detail::require(static_cast<Index>(rows[size_t(b)].size()) == T, "to_ids", "rows", [&] {
+      return "has row " + std::to_string(b) + " of length " +
+             std::to_string(rows[size_t(b)].size()) + ", expected " + std::to_string(T) +
+             " as row 0 (pad the rows to one length)";
+    });
+    for (Index t = 0; t < T; ++t) ids(b, t) = static_cast<Index>(rows[size_t(b)][size_t(t)]);
+  }
+  return ids;
+}
+
+namespace detail {
+
+/// True for token-id containers a model does not take directly: std::vector, or an Eigen type
+/// whose scalar is not Index. The models' catch-all overloads turn them into one short error.
+template <class T, class = void>
+struct is_foreign_ids : std::false_type {};
+template <class T>
+struct is_foreign_ids<std::vector<T>> : std::true_type {};
+template <class T>
+struct is_foreign_ids<T, std::enable_if_t<std::is_base_of_v<Eigen::EigenBase<T>, T>>>
+    : std::bool_constant<!std::is_same_v<typename T::Scalar, Index>> {};
+
+template <class... T>
+inline constexpr bool foreign_ids = (is_foreign_ids<std::decay_t<T>>::value || ...);
+
+template <class...>
+inline constexpr bool always_false = false;
+
+}  // namespace detail
+
+/// Declares, in a model class, a catch-all for token ids of another type as the method's first
+/// argument: using it is a compile error that says what to do, instead of one from deep inside
+/// Eigen.
+#define EIGENFORMER_REJECT_FOREIGN_IDS(method)                                             \
+  template <class Ids, class... Rest, std::enable_if_t<detail::foreign_ids<Ids>, int> = 0> \
+  void method(const Ids&, const Rest&...) {                                                \
+    static_assert(detail::always_false<Ids>,                                               \
+                  "eigenformer: token ids are an eigenformer::IdMatrix (row-major, "       \
+                  "Eigen::Index); convert yours with eigenformer::to_ids(ids)");           \
+  }
 
 /// A batch of sequences: a (B*T, C) row-major matrix together with B and T.
 template <class Scalar = float>

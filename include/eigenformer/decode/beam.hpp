@@ -295,7 +295,7 @@ template <class Scalar>
 BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
                               const BeamOptions& opt) {
   const char* func = "beam_search";
-  const Index V = model.config().tgt_vocab;
+  const Index V = model.vocab_size();
   detail::check_beam_options(func, opt, V);
   detail::require(opt.max_len < model.config().max_len, func, "options.max_len", [&] {
     return "is " + std::to_string(opt.max_len) + ", expected 1.." +

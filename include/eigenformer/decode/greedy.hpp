@@ -58,8 +58,7 @@ inline void check_greedy_options(std::string_view func, const GreedyOptions& opt
 template <class Scalar>
 IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const GreedyOptions& opt,
                        typename Transformer<Scalar>::Cache* last = nullptr) {
-  detail::check_greedy_options("greedy_decode", opt, model.config().tgt_vocab,
-                               model.config().max_len);
+  detail::check_greedy_options("greedy_decode", opt, model.vocab_size(), model.config().max_len);
   typename Encoder<Scalar>::Cache encoder_cache;
   typename Encoder<Scalar>::Cache& enc = last ? last->encoder : encoder_cache;
   const Matrix<Scalar> memory = model.encode(src, enc);  // (B*S, d)
@@ -95,7 +94,7 @@ IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, I
                            "; prompt length + n_new must be <= " + "max_len " +
                            std::to_string(model.config().max_len);
                   });
-  const Index V = model.config().tgt_vocab;
+  const Index V = model.vocab_size();
   detail::require(eos == -1 || (eos >= 0 && eos < V), "greedy_generate", "eos", [&] {
     return "is " + std::to_string(eos) + ", expected -1 (none) or an id in [0, " +
            std::to_string(V) + ")";

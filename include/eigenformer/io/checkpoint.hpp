@@ -100,6 +100,8 @@ inline std::map<std::string, std::string> config_to_metadata(const TransformerCo
   const std::string p = detail::kConfigPrefix;
   return {{p + "src_vocab", std::to_string(c.src_vocab)},
           {p + "tgt_vocab", std::to_string(c.tgt_vocab)},
+          {p + "vocab", std::to_string(c.vocab)},
+          {p + "n_layers", std::to_string(c.n_layers)},
           {p + "d_model", std::to_string(c.d_model)},
           {p + "n_heads", std::to_string(c.n_heads)},
           {p + "n_encoder_layers", std::to_string(c.n_encoder_layers)},
@@ -143,6 +145,14 @@ inline TransformerConfig config_from_metadata(const std::map<std::string, std::s
   c.pad_id = detail::metadata_value(meta, "pad_id", path, detail::parse_int);
   c.eps = detail::metadata_value(meta, "eps", path, detail::parse_double);
   const TransformerConfig defaults;
+  // vocab and n_layers came with the single-stack models' own fields: an older decoder-only file
+  // kept them in tgt_vocab and n_decoder_layers, an encoder-only one in n_encoder_layers.
+  const auto kind = meta.find("eigenformer.model");
+  const bool encoder_only = kind != meta.end() && kind->second == "encoder_only";
+  c.vocab = detail::optional_metadata_value(meta, "vocab", path, detail::parse_int, c.tgt_vocab);
+  c.n_layers =
+      detail::optional_metadata_value(meta, "n_layers", path, detail::parse_int,
+                                      encoder_only ? c.n_encoder_layers : c.n_decoder_layers);
   c.attention = detail::optional_metadata_value(meta, "attention", path, parse_attention_scoring,
                                                 defaults.attention);
   c.additive_dim = detail::optional_metadata_value(meta, "additive_dim", path, detail::parse_int,
@@ -170,10 +180,20 @@ void save_model(const std::string& path, Model& model,
   save_safetensors(path, model.parameters(), meta);
 }
 
-/// Rebuilds a model of type Model from a checkpoint written by save_model. Throws IoError if the
-/// file is unreadable, of another model kind, or does not match its own config.
+/// What load_model checks beyond the file's structure.
+struct LoadOptions {
+  /// Throw IoError naming the first tensor that holds a NaN or an infinity (a damaged file whose
+  /// structure is intact loads otherwise). Costs one pass over the weights.
+  bool check_finite = false;
+};
+
+/// Rebuilds a model of type Model from a checkpoint written by save_model, in eval mode (dropout
+/// off; call train() to go on training). metadata, when not null, receives the file's metadata.
+/// Throws IoError if the file is unreadable, of another model kind, does not match its own config,
+/// or (options.check_finite) holds a non-finite weight.
 template <class Model>
-Model load_model(const std::string& path, std::map<std::string, std::string>* metadata = nullptr) {
+Model load_model(const std::string& path, std::map<std::string, std::string>* metadata = nullptr,
+                 const LoadOptions& options = {}) {
   const std::map<std::string, std::string> meta = read_safetensors_metadata(path);
   const std::string& kind = detail::metadata_field(meta, "eigenformer.model", path);
   if (kind != detail::ModelKind<Model>::name)
@@ -189,6 +209,12 @@ Model load_model(const std::string& path, std::map<std::string, std::string>* me
     }
   }();
   load_safetensors(path, model.parameters());
+  if (options.check_finite)
+    for (const auto& p : model.parameters())
+      if (!p.param->value.allFinite())
+        throw IoError("eigenformer::load_model: file '" + path + "': tensor '" + p.name +
+                      "' holds a NaN or an infinity");
+  model.eval();
   if (metadata) *metadata = meta;
   return model;
 }
@@ -200,7 +226,7 @@ Model load_model(const std::string& path, std::map<std::string, std::string>* me
   EIGENFORMER_FOR(S, void save_model<Model<S>>(const std::string& path, Model<S>& model,         \
                                                const std::map<std::string, std::string>& extra)) \
   EIGENFORMER_FOR(S, Model<S> load_model<Model<S>>(const std::string& path,                      \
-                                                   std::map<std::string, std::string>* metadata))
+                                                   std::map<std::string, std::string>* metadata, const LoadOptions& options))
 #define EIGENFORMER_CHECKPOINT_TEMPLATES(S)     \
   EIGENFORMER_CHECKPOINT_MODEL_(S, Transformer) \
   EIGENFORMER_CHECKPOINT_MODEL_(S, DecoderOnlyLM) EIGENFORMER_CHECKPOINT_MODEL_(S, EncoderOnlyModel)

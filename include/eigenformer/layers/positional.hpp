@@ -5,7 +5,8 @@
 //      PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d)),
 //    optionally scaling the input by sqrt(d_model) first (the paper's embedding scaling).
 //  - LearnedPositionalEncoding: a trainable (max_len, d_model) table as in GPT-2, initialised
-//    N(0, 0.02^2) like GPT-2 (PyTorch has no such module).
+//    N(0, 0.02^2) like GPT-2 by default (PyTorch has no such module); the models draw it at the
+//    scale of their token embeddings.
 //
 // Both follow the gradient contract of core/param.hpp.
 #pragma once
@@ -128,8 +129,10 @@ class LearnedPositionalEncoding {
 
   LearnedPositionalEncoding() = default;
 
-  /// weight from N(0, 0.02^2), as GPT-2 initialises its position embeddings.
-  LearnedPositionalEncoding(Index d_model, Index max_len, Rng& rng);
+  /// weight from N(0, init_std^2): 0.02 by default, as GPT-2 initialises its position embeddings
+  /// (next to token embeddings of the same scale). The models pass the scale of their token
+  /// embeddings, so that positions are neither drowned nor drowning.
+  LearnedPositionalEncoding(Index d_model, Index max_len, Rng& rng, double init_std = 0.02);
 
   Index d_model() const { return weight.value.cols(); }
   Index max_len() const { return weight.value.rows(); }
@@ -148,14 +151,14 @@ class LearnedPositionalEncoding {
 };
 
 template <class Scalar>
-LearnedPositionalEncoding<Scalar>::LearnedPositionalEncoding(Index d_model, Index max_len,
-                                                             Rng& rng) {
+LearnedPositionalEncoding<Scalar>::LearnedPositionalEncoding(Index d_model, Index max_len, Rng& rng,
+                                                             double init_std) {
   detail::check_positive("LearnedPositionalEncoding::LearnedPositionalEncoding", "d_model",
                          d_model);
   detail::check_positive("LearnedPositionalEncoding::LearnedPositionalEncoding", "max_len",
                          max_len);
   weight = Param<Scalar>(max_len, d_model);
-  fill_normal(weight.value, 0.0, 0.02, rng);
+  fill_normal(weight.value, 0.0, init_std, rng);
 }
 
 template <class Scalar>

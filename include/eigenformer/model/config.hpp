@@ -1,6 +1,7 @@
 // Configuration of the models: one struct each for a layer and for a whole model.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -75,15 +76,20 @@ struct LayerConfig {
   }
 };
 
-/// A whole model. The encoder-decoder uses every field; a decoder-only or encoder-only model uses
-/// vocab (src_vocab is ignored) and the layer count of its one stack.
+/// A whole model. The encoder-decoder (Transformer) takes its vocabularies and depths from
+/// src_vocab / tgt_vocab and n_encoder_layers / n_decoder_layers; a decoder-only or encoder-only
+/// model (DecoderOnlyLM, EncoderOnlyModel) from vocab and n_layers. Each model checks only the
+/// fields it uses and names them when one is missing. The other defaults are the paper's base
+/// model (width 512, 8 heads, d_ff 2048, dropout 0.1).
 struct TransformerConfig {
-  Index src_vocab = 0;
-  Index tgt_vocab = 0;  // also the vocabulary of the decoder-only and encoder-only models
+  Index src_vocab = 0;  // encoder-decoder: source vocabulary
+  Index tgt_vocab = 0;  // encoder-decoder: target vocabulary
+  Index vocab = 0;      // decoder-only and encoder-only models: the vocabulary
   Index d_model = 512;
   Index n_heads = 8;
-  Index n_encoder_layers = 6;
-  Index n_decoder_layers = 6;
+  Index n_encoder_layers = 6;  // encoder-decoder
+  Index n_decoder_layers = 6;  // encoder-decoder
+  Index n_layers = 6;          // decoder-only and encoder-only models: the depth
   Index d_ff = 2048;
   double dropout = 0.1;
   Activation activation = Activation::relu;
@@ -95,7 +101,9 @@ struct TransformerConfig {
   Index max_len = 512;            // longest sequence (the positional table's length)
   bool scale_embeddings = true;   // multiply embeddings by sqrt(d_model), as in the paper
   bool tie_output = false;        // the output projection shares the target embedding matrix
-  Index pad_id = 0;               // padded positions (masked, no embedding gradient); -1: none
+  /// The id of padding: masked as a key, no embedding gradient. -1 (the default): no id is
+  /// padding, so every id is an ordinary token unless you choose one.
+  Index pad_id = -1;
   double eps = 1e-5;
   AttentionScoring attention = AttentionScoring::dot_product;  // scaled dot-product or additive
   Index additive_dim = 0;              // additive attention's score width d_attn; 0: head_dim
@@ -129,10 +137,11 @@ struct TransformerConfig {
   /// True when positions act inside the self-attention rather than at the input.
   bool attention_positions() const { return acts_in_attention(positional); }
 
-  /// Throws ArgumentError naming func and the field unless every field a model uses is in range
-  /// (src_vocab only when needs_source). The relative rules are checked for a bidirectional and a
+  /// Throws ArgumentError naming func and the field unless every field the model uses is in range:
+  /// src_vocab, tgt_vocab and the two depths for an encoder-decoder (encoder_decoder), vocab and
+  /// n_layers for a single-stack model. The relative rules are checked for a bidirectional and a
   /// causal stack alike, so every model accepts a config that one accepts.
-  void validate(std::string_view func, bool needs_source) const {
+  void validate(std::string_view func, bool encoder_decoder) const {
     detail::require(
         positional == PositionalKind::none || positional == PositionalKind::sinusoidal ||
             positional == PositionalKind::learned || positional == PositionalKind::relative ||
@@ -144,13 +153,23 @@ struct TransformerConfig {
                                  "config.relative_buckets", "config.relative_max_distance"};
     layer(false).validate(func, names);
     layer(true).validate(func, names);
-    if (needs_source) detail::check_positive(func, "config.src_vocab", src_vocab);
-    detail::check_positive(func, "config.tgt_vocab", tgt_vocab);
     detail::check_positive(func, "config.max_len", max_len);
-    detail::require(n_encoder_layers >= 0 && n_decoder_layers >= 0, func, "config.n_*_layers",
-                    "must not be negative");
-    detail::require(pad_id >= -1 && pad_id < tgt_vocab && (!needs_source || pad_id < src_vocab),
-                    func, "config.pad_id",
+    if (encoder_decoder) {
+      detail::check_positive(func, "config.src_vocab", src_vocab);
+      detail::check_positive(func, "config.tgt_vocab", tgt_vocab);
+      detail::require(n_encoder_layers >= 0 && n_decoder_layers >= 0, func, "config.n_*_layers",
+                      "must not be negative");
+    } else {
+      detail::require(vocab > 0, func, "config.vocab", [&] {
+        return "must be positive, got " + std::to_string(vocab) +
+               " (decoder-only and encoder-only models take their vocabulary from vocab and "
+               "their depth from n_layers; src_vocab, tgt_vocab and n_*_layers are the "
+               "encoder-decoder's)";
+      });
+      detail::require(n_layers >= 0, func, "config.n_layers", "must not be negative");
+    }
+    const Index smallest_vocab = encoder_decoder ? std::min(src_vocab, tgt_vocab) : vocab;
+    detail::require(pad_id >= -1 && pad_id < smallest_vocab, func, "config.pad_id",
                     [&] { return "must be -1 or a valid id, got " + std::to_string(pad_id); });
   }
 };

@@ -4,8 +4,7 @@
 //  - EncoderOnlyModel (BERT-style): bidirectional self-attention with key padding, and a
 //    per-token output projection (e.g. for masked-token prediction).
 //      ids (B, T) -> logits (B*T, vocab)
-// Both use config.tgt_vocab as their vocabulary and config.n_decoder_layers /
-// config.n_encoder_layers as their depth.
+// Both take their vocabulary from config.vocab and their depth from config.n_layers.
 #pragma once
 
 #include <string>
@@ -36,6 +35,8 @@ class SingleStackModel {
   OutputHead<Scalar> head;
 
   const TransformerConfig& config() const { return config_; }
+  /// The vocabulary: config().vocab, the width of the logits.
+  Index vocab_size() const { return config_.vocab; }
 
   /// ids (B, T) at positions start_pos.. -> logits (B*T, vocab).
   Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
@@ -59,6 +60,10 @@ class SingleStackModel {
   }
   void eval() { train(false); }
 
+  // Token ids of another type (Eigen::MatrixXi, std::vector): a short compile error naming to_ids.
+  EIGENFORMER_REJECT_FOREIGN_IDS(forward)
+  EIGENFORMER_REJECT_FOREIGN_IDS(decode_step)
+
   ParamList<Scalar> parameters();
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
@@ -80,7 +85,7 @@ auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index 
   const std::string& func = forward_func_;
   detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
                   [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
-  check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
+  check_embedding_ids(func, "ids", ids, config_.vocab);
   AttentionMask mask;
   mask.causal = causal_;
   mask.key_padding = key_padding_mask(ids, config_.pad_id);
@@ -114,7 +119,7 @@ auto SingleStackModel<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scal
   });
   detail::require(state.self.size() == stack.layers.size(), func, "state",
                   "is not from begin_decode of this model");
-  check_embedding_ids(func, "ids", ids, config_.tgt_vocab);
+  check_embedding_ids(func, "ids", ids, config_.vocab);
   for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
   typename TokenInput<Scalar>::Cache scratch;
   const Mat x = input.forward(ids, scratch, state.position);
@@ -146,9 +151,9 @@ SingleStackModel<Scalar>::SingleStackModel(const TransformerConfig& c, Index n_l
       forward_func_(name_ + "::forward"),
       decode_step_func_(name_ + "::decode_step") {
   c.validate(name_ + "::" + name_, false);
-  input = TokenInput<Scalar>(c.tgt_vocab, c, rng);
+  input = TokenInput<Scalar>(c.vocab, c, rng);
   stack = EncoderStack<Scalar>(c.layer(causal), n_layers, rng);
-  head = OutputHead<Scalar>(c.d_model, c.tgt_vocab, c.tie_output, rng);
+  head = OutputHead<Scalar>(c.d_model, c.vocab, c.tie_output, rng);
 }
 
 }  // namespace detail
@@ -158,7 +163,7 @@ class DecoderOnlyLM : public detail::SingleStackModel<Scalar> {
  public:
   DecoderOnlyLM() = default;
   DecoderOnlyLM(const TransformerConfig& c, Rng& rng)
-      : detail::SingleStackModel<Scalar>(c, c.n_decoder_layers, true, "DecoderOnlyLM", rng) {}
+      : detail::SingleStackModel<Scalar>(c, c.n_layers, true, "DecoderOnlyLM", rng) {}
 };
 
 template <class Scalar = float>
@@ -166,7 +171,7 @@ class EncoderOnlyModel : public detail::SingleStackModel<Scalar> {
  public:
   EncoderOnlyModel() = default;
   EncoderOnlyModel(const TransformerConfig& c, Rng& rng)
-      : detail::SingleStackModel<Scalar>(c, c.n_encoder_layers, false, "EncoderOnlyModel", rng) {}
+      : detail::SingleStackModel<Scalar>(c, c.n_layers, false, "EncoderOnlyModel", rng) {}
 };
 
 // The float and double instantiations, compiled once in eigenformer::precompiled

@@ -33,6 +33,8 @@ class Transformer {
   Transformer(const TransformerConfig& config, Rng& rng);
 
   const TransformerConfig& config() const { return config_; }
+  /// The target vocabulary: config().tgt_vocab, the width of the logits.
+  Index vocab_size() const { return config_.tgt_vocab; }
 
   /// src (B, S) -> memory (B*S, d).
   Mat encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache);
@@ -72,6 +74,12 @@ class Transformer {
 
   /// Names: encoder.*, decoder.*, and output.* unless tied to decoder.embedding.weight.
   ParamList<Scalar> parameters();
+
+  // Token ids of another type (Eigen::MatrixXi, std::vector): a short compile error naming to_ids.
+  EIGENFORMER_REJECT_FOREIGN_IDS(forward)
+  EIGENFORMER_REJECT_FOREIGN_IDS(encode)
+  EIGENFORMER_REJECT_FOREIGN_IDS(decode)
+  EIGENFORMER_REJECT_FOREIGN_IDS(decode_step)
 
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 

@@ -16,7 +16,9 @@
 
 namespace eigenformer {
 
-enum class Activation { relu, gelu_tanh, gelu_erf };
+/// gelu is the exact GELU x Phi(x), PyTorch's nn.GELU() default (BERT); gelu_erf is the same
+/// value under its older name; gelu_tanh is the tanh approximation (GPT-2's "gelu_new").
+enum class Activation { relu, gelu_tanh, gelu, gelu_erf = gelu };
 
 /// "relu", "gelu_tanh" or "gelu_erf".
 inline std::string to_string(Activation kind) {

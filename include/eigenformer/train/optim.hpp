@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cmath>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -61,7 +62,40 @@ void check_param_list(std::string_view func, const ParamList<Scalar>& params) {
 
 }  // namespace detail
 
-/// What every optimizer shares: the parameters, the learning rate and the step count.
+/// Parameters that share optimizer settings (PyTorch's param_groups): their own weight decay
+/// (none given: the optimizer's) and a factor on the learning rate, so that a schedule's set_lr
+/// moves every group together.
+template <class Scalar = float>
+struct ParamGroup {
+  ParamList<Scalar> params;
+  std::optional<double> weight_decay;  // unset: the optimizer's weight_decay
+  double lr_scale = 1.0;               // this group's learning rate is lr() * lr_scale
+};
+
+/// The usual split for training Transformers (GPT-2, BERT): weight_decay on the weight matrices,
+/// none on biases and LayerNorm parameters (the parameters stored as vectors) nor on embedding
+/// and position tables (names containing "embedding" or "position"). Empty groups are left out.
+template <class Scalar>
+std::vector<ParamGroup<Scalar>> weight_decay_groups(const ParamList<Scalar>& params,
+                                                    double weight_decay) {
+  detail::check_param_list("weight_decay_groups", params);
+  ParamGroup<Scalar> decay, no_decay;
+  decay.weight_decay = weight_decay;
+  no_decay.weight_decay = 0.0;
+  for (const auto& p : params) {
+    const bool table = p.name.find("embedding") != std::string::npos ||
+                       p.name.find("position") != std::string::npos;
+    (p.param->is_vector || table ? no_decay : decay).params.push_back(p);
+  }
+  std::vector<ParamGroup<Scalar>> out;
+  for (ParamGroup<Scalar>* g : {&decay, &no_decay})
+    if (!g->params.empty()) out.push_back(std::move(*g));
+  return out;
+}
+
+/// What every optimizer shares: the parameters (in groups), the learning rate and the step count.
+/// Every optimizer takes either a ParamList (one group) or groups; hyperparameters are plain
+/// doubles, stored as Scalar.
 template <class Scalar = float>
 class Optimizer {
  public:
@@ -72,17 +106,21 @@ class Optimizer {
 
   void zero_grad() { eigenformer::zero_grad(params_); }
 
-  void set_lr(Scalar lr) {
+  /// The base learning rate; group g uses lr * its lr_scale. Throws unless lr >= 0.
+  void set_lr(double lr) {
     detail::check_nonnegative(set_lr_func_, "lr", lr);
-    lr_ = lr;
+    lr_ = static_cast<Scalar>(lr);
   }
   Scalar lr() const { return lr_; }
   /// Updates applied so far.
   long steps() const { return steps_; }
+  /// Every parameter of every group, in order.
   const ParamList<Scalar>& params() const { return params_; }
 
  protected:
-  Optimizer(ParamList<Scalar> params, Scalar lr, std::string name);
+  /// groups' parameters with weight decay default_decay where a group sets none.
+  Optimizer(std::vector<ParamGroup<Scalar>> groups, double lr, double default_decay,
+            std::string name);
 
   /// One zero matrix per parameter, of its shape: optimizer state.
   std::vector<Matrix<Scalar>> zeros_like_params() const;
@@ -91,6 +129,8 @@ class Optimizer {
   void check_shapes() const;
 
   ParamList<Scalar> params_;
+  std::vector<Scalar> decay_;     // per parameter: its group's weight decay
+  std::vector<Scalar> lr_scale_;  // per parameter: its group's lr_scale
   Scalar lr_;
   long steps_ = 0;
   std::string name_;  // the class name, for error messages
@@ -101,16 +141,27 @@ class Optimizer {
 };
 
 template <class Scalar>
-Optimizer<Scalar>::Optimizer(ParamList<Scalar> params, Scalar lr, std::string name)
-    : params_(std::move(params)),
-      lr_(lr),
+Optimizer<Scalar>::Optimizer(std::vector<ParamGroup<Scalar>> groups, double lr,
+                             double default_decay, std::string name)
+    : lr_(static_cast<Scalar>(lr)),
       name_(std::move(name)),
       step_func_(name_ + "::step"),
       set_lr_func_(name_ + "::set_lr") {
   const std::string func = name_ + "::" + name_;
-  detail::require(!params_.empty(), func, "params", "is empty");
-  detail::check_param_list(func, params_);
   detail::check_nonnegative(func, "lr", lr);
+  detail::check_nonnegative(func, "weight_decay", default_decay);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const double decay = groups[g].weight_decay.value_or(default_decay);
+    detail::check_nonnegative(func, "groups[].weight_decay", decay);
+    detail::check_nonnegative(func, "groups[].lr_scale", groups[g].lr_scale);
+    detail::check_param_list(func, groups[g].params);
+    for (const auto& p : groups[g].params) {
+      params_.push_back(p);
+      decay_.push_back(static_cast<Scalar>(decay));
+      lr_scale_.push_back(static_cast<Scalar>(groups[g].lr_scale));
+    }
+  }
+  detail::require(!params_.empty(), func, "params", "is empty");
   for (const auto& p : params_) shapes_.push_back({p.param->value.rows(), p.param->value.cols()});
 }
 
@@ -142,7 +193,12 @@ void Optimizer<Scalar>::check_shapes() const {
 template <class Scalar = float>
 class SGD : public Optimizer<Scalar> {
  public:
-  SGD(ParamList<Scalar> params, Scalar lr, Scalar momentum = 0, Scalar weight_decay = 0);
+  SGD(ParamList<Scalar> params, double lr, double momentum = 0, double weight_decay = 0)
+      : SGD(std::vector<ParamGroup<Scalar>>{{std::move(params), {}, 1.0}}, lr, momentum,
+            weight_decay) {}
+  /// Groups with their own weight decay and learning-rate scale; weight_decay is the default.
+  SGD(std::vector<ParamGroup<Scalar>> groups, double lr, double momentum = 0,
+      double weight_decay = 0);
 
   void step() override;
 
@@ -156,12 +212,12 @@ class SGD : public Optimizer<Scalar> {
 };
 
 template <class Scalar>
-SGD<Scalar>::SGD(ParamList<Scalar> params, Scalar lr, Scalar momentum, Scalar weight_decay)
-    : Optimizer<Scalar>(std::move(params), lr, "SGD"),
-      momentum_(momentum),
-      weight_decay_(weight_decay) {
+SGD<Scalar>::SGD(std::vector<ParamGroup<Scalar>> groups, double lr, double momentum,
+                 double weight_decay)
+    : Optimizer<Scalar>(std::move(groups), lr, weight_decay, "SGD"),
+      momentum_(static_cast<Scalar>(momentum)),
+      weight_decay_(static_cast<Scalar>(weight_decay)) {
   detail::check_nonnegative("SGD::SGD", "momentum", momentum);
-  detail::check_nonnegative("SGD::SGD", "weight_decay", weight_decay);
   if (momentum_ != 0) velocity_ = this->zeros_like_params();
 }
 
@@ -171,12 +227,13 @@ void SGD<Scalar>::step() {
   ++this->steps_;
   for (size_t i = 0; i < this->params_.size(); ++i) {
     Param<Scalar>& p = *this->params_[i].param;
+    const Scalar lr = this->lr_ * this->lr_scale_[i], decay = this->decay_[i];
     if (momentum_ == 0) {
-      p.value -= this->lr_ * (p.grad + weight_decay_ * p.value);
+      p.value -= lr * (p.grad + decay * p.value);
       continue;
     }
-    velocity_[i] = momentum_ * velocity_[i] + p.grad + weight_decay_ * p.value;
-    p.value -= this->lr_ * velocity_[i];
+    velocity_[i] = momentum_ * velocity_[i] + p.grad + decay * p.value;
+    p.value -= lr * velocity_[i];
   }
 }
 
@@ -186,22 +243,30 @@ void SGD<Scalar>::step() {
 template <class Scalar = float>
 class Adam : public Optimizer<Scalar> {
  public:
-  Adam(ParamList<Scalar> params, Scalar lr = Scalar(1e-3), Scalar beta1 = Scalar(0.9),
-       Scalar beta2 = Scalar(0.999), Scalar eps = Scalar(1e-8), Scalar weight_decay = 0)
-      : Adam(std::move(params), lr, beta1, beta2, eps, weight_decay, false, "Adam") {}
+  Adam(ParamList<Scalar> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999,
+       double eps = 1e-8, double weight_decay = 0)
+      : Adam(one_group(std::move(params)), lr, beta1, beta2, eps, weight_decay, false, "Adam") {}
+  /// Groups with their own weight decay and learning-rate scale; weight_decay is the default.
+  Adam(std::vector<ParamGroup<Scalar>> groups, double lr = 1e-3, double beta1 = 0.9,
+       double beta2 = 0.999, double eps = 1e-8, double weight_decay = 0)
+      : Adam(std::move(groups), lr, beta1, beta2, eps, weight_decay, false, "Adam") {}
 
   void step() override;
 
   Scalar beta1() const { return beta1_; }
   Scalar beta2() const { return beta2_; }
   Scalar eps() const { return eps_; }
+  /// The default weight decay (a group may set its own).
   Scalar weight_decay() const { return weight_decay_; }
   /// true for AdamW: weights decay directly, outside the moments.
   bool decoupled_weight_decay() const { return decoupled_; }
 
  protected:
-  Adam(ParamList<Scalar> params, Scalar lr, Scalar beta1, Scalar beta2, Scalar eps,
-       Scalar weight_decay, bool decoupled, const std::string& name);
+  Adam(std::vector<ParamGroup<Scalar>> groups, double lr, double beta1, double beta2, double eps,
+       double weight_decay, bool decoupled, const std::string& name);
+  static std::vector<ParamGroup<Scalar>> one_group(ParamList<Scalar> params) {
+    return {{std::move(params), {}, 1.0}};
+  }
 
  private:
   using Rows = Eigen::Block<Matrix<Scalar>, Eigen::Dynamic, Eigen::Dynamic, true>;  // row block
@@ -229,9 +294,10 @@ void Adam<Scalar>::step() {
   const double t = static_cast<double>(this->steps_);
   const double bias_correction1 = 1.0 - std::pow(static_cast<double>(beta1_), t);
   const double bias_correction2 = 1.0 - std::pow(static_cast<double>(beta2_), t);
-  const Scalar step_size = static_cast<Scalar>(static_cast<double>(this->lr_) / bias_correction1);
   const Scalar bias_correction2_sqrt = static_cast<Scalar>(std::sqrt(bias_correction2));
   for (size_t i = 0; i < this->params_.size(); ++i) {
+    const Scalar step_size =
+        static_cast<Scalar>(static_cast<double>(this->lr_ * this->lr_scale_[i]) / bias_correction1);
     // Elementwise, so row blocks can go to different threads with the same results.
     const Index rows = this->params_[i].param->value.rows();
     const double work = 12.0 * static_cast<double>(this->params_[i].param->value.size());
@@ -242,19 +308,18 @@ void Adam<Scalar>::step() {
 }
 
 template <class Scalar>
-Adam<Scalar>::Adam(ParamList<Scalar> params, Scalar lr, Scalar beta1, Scalar beta2, Scalar eps,
-                   Scalar weight_decay, bool decoupled, const std::string& name)
-    : Optimizer<Scalar>(std::move(params), lr, name),
-      beta1_(beta1),
-      beta2_(beta2),
-      eps_(eps),
-      weight_decay_(weight_decay),
+Adam<Scalar>::Adam(std::vector<ParamGroup<Scalar>> groups, double lr, double beta1, double beta2,
+                   double eps, double weight_decay, bool decoupled, const std::string& name)
+    : Optimizer<Scalar>(std::move(groups), lr, weight_decay, name),
+      beta1_(static_cast<Scalar>(beta1)),
+      beta2_(static_cast<Scalar>(beta2)),
+      eps_(static_cast<Scalar>(eps)),
+      weight_decay_(static_cast<Scalar>(weight_decay)),
       decoupled_(decoupled) {
   const std::string func = name + "::" + name;
   detail::check_range(func, "beta1", beta1, 0.0, 1.0, false);
   detail::check_range(func, "beta2", beta2, 0.0, 1.0, false);
   detail::check_nonnegative(func, "eps", eps);
-  detail::check_nonnegative(func, "weight_decay", weight_decay);
   m_ = this->zeros_like_params();
   v_ = this->zeros_like_params();
 }
@@ -265,11 +330,12 @@ void Adam<Scalar>::update_rows(size_t i, Index begin, Index n, Scalar step_size,
   Param<Scalar>& p = *this->params_[i].param;
   Rows w = p.value.middleRows(begin, n), g = p.grad.middleRows(begin, n);
   Rows m = m_[i].middleRows(begin, n), v = v_[i].middleRows(begin, n);
+  const Scalar decay = this->decay_[i];
   if (decoupled_) {
-    w *= Scalar(1) - this->lr_ * weight_decay_;
+    w *= Scalar(1) - this->lr_ * this->lr_scale_[i] * decay;
     update_moments(m, v, g.array());
   } else {
-    update_moments(m, v, g.array() + weight_decay_ * w.array());
+    update_moments(m, v, g.array() + decay * w.array());
   }
   w.array() -= step_size * (m.array() / (v.array().sqrt() / bias_correction2_sqrt + eps_));
 }
@@ -279,9 +345,15 @@ void Adam<Scalar>::update_rows(size_t i, Index begin, Index n, Scalar step_size,
 template <class Scalar = float>
 class AdamW : public Adam<Scalar> {
  public:
-  AdamW(ParamList<Scalar> params, Scalar lr = Scalar(1e-3), Scalar beta1 = Scalar(0.9),
-        Scalar beta2 = Scalar(0.999), Scalar eps = Scalar(1e-8), Scalar weight_decay = Scalar(0.01))
-      : Adam<Scalar>(std::move(params), lr, beta1, beta2, eps, weight_decay, true, "AdamW") {}
+  AdamW(ParamList<Scalar> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999,
+        double eps = 1e-8, double weight_decay = 0.01)
+      : Adam<Scalar>(Adam<Scalar>::one_group(std::move(params)), lr, beta1, beta2, eps,
+                     weight_decay, true, "AdamW") {}
+  /// Groups with their own weight decay and learning-rate scale (e.g. weight_decay_groups);
+  /// weight_decay is the default.
+  AdamW(std::vector<ParamGroup<Scalar>> groups, double lr = 1e-3, double beta1 = 0.9,
+        double beta2 = 0.999, double eps = 1e-8, double weight_decay = 0.01)
+      : Adam<Scalar>(std::move(groups), lr, beta1, beta2, eps, weight_decay, true, "AdamW") {}
 };
 
 /// Scales all gradients together so that their joint L2 norm is at most max_norm, as
@@ -321,7 +393,8 @@ bool grads_finite(const ParamList<Scalar>& params, std::string* bad_name = nullp
 // clang-format off
 #define EIGENFORMER_OPTIM_TEMPLATES(S)                                            \
   EIGENFORMER_FOR(S, S clip_grad_norm<S>(const ParamList<S>& params, S max_norm)) \
-  EIGENFORMER_FOR(S, bool grads_finite<S>(const ParamList<S>& params, std::string* bad_name))
+  EIGENFORMER_FOR(S, bool grads_finite<S>(const ParamList<S>& params, std::string* bad_name)) \
+  EIGENFORMER_FOR(S, std::vector<ParamGroup<S>> weight_decay_groups<S>(const ParamList<S>& params, double weight_decay))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_OPTIM_TEMPLATES)
 EIGENFORMER_CLASS_TEMPLATES(Optimizer)
 EIGENFORMER_CLASS_TEMPLATES(SGD)
