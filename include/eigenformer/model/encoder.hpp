@@ -143,7 +143,7 @@ class EncoderStack {
   EncoderStack() = default;
   /// n_layers layers from c, drawn from rng in order, and a final LayerNorm when c.norm is pre
   /// (no layers for n_layers <= 0). Throws ArgumentError naming EncoderLayer::EncoderLayer and
-  /// the field unless c is valid.
+  /// the field unless c is valid (checked by the layers, so only when n_layers > 0).
   EncoderStack(const LayerConfig& c, Index n_layers, Rng& rng);
 
   /// x (B*T, d) -> (B*T, d) through every layer with the same mask, then the final norm
