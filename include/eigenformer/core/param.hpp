@@ -22,14 +22,18 @@ struct Param {
   bool is_vector = false;  // saved as a 1-D tensor of length cols (like PyTorch's biases)
 
   Param() = default;
+  /// value and grad zero, of shape (rows, cols); vector: saved as a 1-D tensor of length cols.
+  /// Throws ArgumentError naming Param::Param unless rows and cols are >= 0.
   Param(Index rows, Index cols, bool vector = false)
       : value(Matrix<Scalar>::Zero(checked_size("rows", rows), checked_size("cols", cols))),
         grad(Matrix<Scalar>::Zero(rows, cols)),
         is_vector(vector) {}
 
+  /// Sets grad to zero; size() is the number of entries of value.
   void zero_grad() { grad.setZero(); }
   Index size() const { return value.size(); }
 
+  /// n, or ArgumentError naming Param::Param and arg when n < 0: the constructor's check.
   static Index checked_size(const char* arg, Index n) {
     detail::require(n >= 0, "Param::Param", arg,
                     [&] { return "must be >= 0, got " + std::to_string(n); });
@@ -83,12 +87,16 @@ void check_no_null_params(const char* func, const ParamList<Scalar>& params) {
 
 }  // namespace detail
 
+/// Sets the gradient of every parameter in params to zero. Throws ArgumentError naming
+/// zero_grad, before clearing any, when an entry has a null pointer.
 template <class Scalar>
 void zero_grad(const ParamList<Scalar>& params) {
   detail::check_no_null_params("zero_grad", params);
   for (const auto& p : params) p.param->zero_grad();
 }
 
+/// The number of scalar entries over params (a parameter listed twice counts twice). Throws
+/// ArgumentError naming count_params when an entry has a null pointer.
 template <class Scalar>
 Index count_params(const ParamList<Scalar>& params) {
   detail::check_no_null_params("count_params", params);

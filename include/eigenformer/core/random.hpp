@@ -42,13 +42,16 @@ inline std::uint32_t hash32(std::uint32_t key, std::uint32_t counter) {
 
 class Rng {
  public:
+  /// An mt19937_64 seeded with seed: the same seed gives the same numbers on every platform.
   explicit Rng(std::uint64_t seed = 0) : engine_(seed) {}
 
+  /// The engine's next 64-bit value.
   std::uint64_t next_u64() { return engine_(); }
 
   /// Uniform in [0, 1) with 53 random bits.
   double uniform() { return static_cast<double>(engine_() >> 11) * (1.0 / 9007199254740992.0); }
 
+  /// Uniform in [lo, hi) for lo < hi; the bounds are not checked.
   double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
 
   /// Standard normal by Box-Muller.

@@ -110,11 +110,14 @@ class Batch {
     data_ = std::move(data);
   }
 
+  /// B, T, C, and the matrix's rows B*T.
   Index batch() const { return B_; }
   Index time() const { return T_; }
   Index channels() const { return data_.cols(); }
   Index rows() const { return data_.rows(); }
 
+  /// The (B*T, C) matrix. Giving it another number of rows through data() breaks B*T == rows():
+  /// nothing checks it afterwards.
   Mat& data() { return data_; }
   const Mat& data() const { return data_; }
 

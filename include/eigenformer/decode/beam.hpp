@@ -125,6 +125,10 @@ inline double beam_best_reachable(double lp, Index len, const BeamOptions& opt) 
 /// A scorer that also takes parents, next_log_probs(prefixes, parents), gets for each row the
 /// row of the previous step's prefixes that it extends (its own row at the first step and for
 /// filler rows): what an incremental scorer needs to reorder its caches.
+/// Throws ArgumentError naming beam_search unless B and vocab are positive, opt.bos and opt.eos
+/// are in [0, vocab), opt.beam_width and opt.max_len are >= 1 and opt.length_penalty is finite
+/// and >= 0; or when next_log_probs returns another shape or a NaN (its own exceptions pass
+/// through).
 template <class Scorer>
 BeamResult beam_search_with(Scorer&& next_log_probs, Index B, Index vocab, const BeamOptions& opt) {
   const char* func = "beam_search";
@@ -291,6 +295,9 @@ void reorder_decode_state(DecodeState<Scalar>& state, const std::vector<Index>& 
 }  // namespace detail
 
 /// Beam search over an encoder-decoder Transformer: src (B, S) -> every source's best hypotheses.
+/// Requires model.eval() (the token input's dropout is on in training mode). Throws
+/// ArgumentError naming beam_search for options beam_search_with rejects or opt.max_len not below
+/// the model's max_len; and as Transformer::encode for a bad src.
 template <class Scalar>
 BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
                               const BeamOptions& opt) {
@@ -330,6 +337,7 @@ BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
 
 /// src (B, S) -> each source's best hypothesis (B, L) without BOS, EOS-filled after its EOS, as
 /// greedy_decode returns. If scores is given it receives the best hypotheses' scores.
+/// Throws as beam_search_result.
 template <class Scalar>
 IdMatrix beam_search(Transformer<Scalar>& model, const IdMatrix& src, const BeamOptions& opt,
                      std::vector<double>* scores = nullptr) {

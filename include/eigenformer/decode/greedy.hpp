@@ -55,6 +55,9 @@ inline void check_greedy_options(std::string_view func, const GreedyOptions& opt
 /// decoder pass over the decoder input of the last step (BOS and all generated tokens but the
 /// last), as decode() fills them: its cross-attention weights show which source tokens each
 /// output token looked at. That pass costs one full decode; without last, none is run.
+/// Requires model.eval() (the token input's dropout is on in training mode). Throws
+/// ArgumentError naming greedy_decode unless opt.bos and opt.eos are in [0, tgt_vocab) and
+/// 1 <= opt.max_len < the model's max_len; and as Transformer::encode for a bad src.
 template <class Scalar>
 IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const GreedyOptions& opt,
                        typename Transformer<Scalar>::Cache* last = nullptr) {
@@ -85,6 +88,10 @@ IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const Gr
 
 /// Decoder-only: extends prompt (B, P) by up to n_new greedy tokens, stopping a sequence at
 /// eos (pass -1 for none). Returns (B, P + generated).
+/// generated <= n_new: it stops when every sequence has produced eos, and fills a finished
+/// sequence with eos until then. Requires model.eval(). Throws ArgumentError naming
+/// greedy_generate unless 0 <= n_new, P + n_new <= max_len, eos is -1 or in [0, vocab), and
+/// (n_new > 0) prompt is non-empty; and as DecoderOnlyLM::decode_step for ids outside [0, vocab).
 template <class Scalar>
 IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, Index n_new,
                          Index eos = -1) {

@@ -96,6 +96,8 @@ inline std::string number_text(double v) {
 }  // namespace detail
 
 /// The config as metadata entries "eigenformer.config.<field>".
+/// Throws ArgumentError for an enum field (activation, norm, positional, attention) that holds no
+/// enumerator.
 inline std::map<std::string, std::string> config_to_metadata(const TransformerConfig& c) {
   const std::string p = detail::kConfigPrefix;
   return {{p + "src_vocab", std::to_string(c.src_vocab)},
@@ -167,6 +169,9 @@ inline TransformerConfig config_from_metadata(const std::map<std::string, std::s
 }
 
 /// Saves the model's parameters, its kind and config, and the caller's extra metadata.
+/// Throws ArgumentError naming save_model if extra uses a key that it writes itself
+/// ("eigenformer.model", "eigenformer.config.<field>"), and as save_safetensors: IoError when the
+/// file cannot be written, an existing file then left as it was.
 template <class Model>
 void save_model(const std::string& path, Model& model,
                 const std::map<std::string, std::string>& extra = {}) {
@@ -190,7 +195,8 @@ struct LoadOptions {
 /// Rebuilds a model of type Model from a checkpoint written by save_model, in eval mode (dropout
 /// off; call train() to go on training). metadata, when not null, receives the file's metadata.
 /// Throws IoError if the file is unreadable, of another model kind, does not match its own config,
-/// or (options.check_finite) holds a non-finite weight.
+/// or (options.check_finite) holds a non-finite weight (a config the model rejects is an IoError
+/// too, naming the file); ArgumentError for an empty path.
 template <class Model>
 Model load_model(const std::string& path, std::map<std::string, std::string>* metadata = nullptr,
                  const LoadOptions& options = {}) {

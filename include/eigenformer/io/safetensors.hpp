@@ -517,11 +517,14 @@ inline SafetensorsHeader read_file_header(std::string_view func, const std::stri
 }  // namespace detail
 
 /// Reads and checks a file's header without reading the tensor data.
+/// Throws IoError naming the file when it cannot be read or its header is malformed (sizes,
+/// JSON, dtypes, offsets), ArgumentError for an empty path.
 inline SafetensorsHeader read_safetensors_header(const std::string& path) {
   return detail::read_file_header("read_safetensors_header", path);
 }
 
 /// The file's "__metadata__" (empty if it has none).
+/// Throws as read_safetensors_header.
 inline std::map<std::string, std::string> read_safetensors_metadata(const std::string& path) {
   return detail::read_file_header("read_safetensors_metadata", path).metadata;
 }

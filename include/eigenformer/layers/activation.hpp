@@ -18,10 +18,13 @@ class ActivationLayer {
 
   ActivationLayer() = default;
 
+  /// f = kind (a default-constructed layer is relu). Throws ArgumentError unless kind is one of
+  /// the Activation enumerators.
   explicit ActivationLayer(Activation kind) : kind_(kind) {
     detail::check_activation("ActivationLayer::ActivationLayer", kind);
   }
 
+  /// The activation f.
   Activation kind() const { return kind_; }
 
   /// x (N, C) -> f(x) (N, C), inference only.
@@ -39,10 +42,14 @@ class ActivationLayer {
   }
 
   /// dy (N, C) -> dx (N, C) = dy * f'(x).
+  /// dx is fresh; cache comes from forward(x, cache). Throws ArgumentError naming
+  /// ActivationLayer::backward unless dy has the shape of cache.x.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache) const;
 
+  /// None: the layer has no parameters.
   ParamList<Scalar> parameters() { return {}; }
 
+  /// Nothing to clear.
   void zero_grad() {}
 
  private:

@@ -78,6 +78,8 @@ class Attention {
   /// Throws ArgumentError naming the setting that is out of range.
   Attention(Index d_model, Index n_heads, Rng& rng, const AttentionOptions& options = {});
 
+  /// The width d_model, the heads and their width head_dim = d_model / n_heads, the scoring and the
+  /// position settings. scoring() throws ArgumentError on an empty layer.
   Index d_model() const { return q_proj.in_features(); }
   Index n_heads() const { return n_heads_; }
   Index head_dim() const { return d_model() / n_heads_; }
@@ -90,10 +92,16 @@ class Attention {
   const PositionScheme<Scalar>* position_scheme() const { return scheme_.get(); }
 
   /// Self-attention over x (B*T, d) holding B sequences; returns (B*T, d).
+  /// mask as in ops/attention.hpp with Tq = Tk = T; token t of each sequence is at position t.
+  /// Fills cache for backward and attention_weights. Throws ArgumentError naming
+  /// Attention::forward, before writing cache, when the layer is empty, B <= 0, x is not
+  /// (B*T, d_model) with T >= 1, or the mask does not fit.
   Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) const;
 
   /// Cross-attention: queries from query (B*Tq, d), keys and values from memory (B*Tk, d).
   /// Throws when the layer has positions (they apply to self-attention only).
+  /// Also throws, before writing cache, as forward(x, ...) does for query (B*Tq, d), memory
+  /// (B*Tk, d) and a mask of Tq queries over Tk keys.
   Mat forward(ConstRef<Scalar> query, ConstRef<Scalar> memory, Index B, const AttentionMask& mask,
               Cache& cache) const;
 
@@ -105,12 +113,15 @@ class Attention {
 
   /// Attention weights (Tq, Tk) of head h for sequence b from a forward's cache (recomputed for
   /// that head when the tiled kernel ran).
+  /// Throws ArgumentError unless cache comes from a forward of this layer, 0 <= b < B and
+  /// 0 <= h < n_heads().
   Mat attention_weights(const Cache& cache, Index b, Index h) const;
 
   // Incremental decoding (inference only: no cache for backward, dropout does not apply).
 
   /// An empty self-attention cache for B sequences of up to max_len positions, with keys as the
   /// scoring keeps them.
+  /// Throws ArgumentError on an empty layer, or unless B and max_len are positive.
   KVCache<Scalar> make_cache(Index B, Index max_len) const {
     return KVCache<Scalar>(B, max_len, score().key_width(d_model()), d_model());
   }
@@ -121,21 +132,31 @@ class Attention {
   /// (B, t), when not empty, marks padded new positions; padded keys of earlier steps stay
   /// masked. The new tokens have positions cache.len .. cache.len + t - 1. Returns (B*t, d),
   /// equal (up to rounding) to the last t rows of each sequence of a full causal forward.
+  /// Throws ArgumentError naming Attention::forward_step, with cache unchanged, unless x_new is
+  /// (B*t, d_model), cache was made by make_cache for B sequences, new_key_padding is (B, t) or
+  /// empty, and t more positions fit.
   Mat forward_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
                    const BoolMatrix& new_key_padding = BoolMatrix()) const;
 
   /// Cross-attention, first half: the keys and values of memory (B*S, d), computed once into
   /// cache (reset to hold exactly S positions), with its key padding (B, S) (empty: none).
   /// Throws when the layer has positions (they apply to self-attention only).
+  /// Also throws ArgumentError, with cache unchanged, unless memory is (B*S, d_model) and
+  /// key_padding is (B, S) or empty.
   void cache_memory(ConstRef<Scalar> memory, Index B, const BoolMatrix& key_padding,
                     KVCache<Scalar>& cache) const;
 
   /// Cross-attention, second half: query (B*Tq, d) attends over the memory of cache_memory (no
   /// causal mask, the memory's padding masked) -> (B*Tq, d). Throws when the layer has positions.
+  /// Also throws ArgumentError unless query is (B*Tq, d_model) and cache holds the memory of B
+  /// sequences from cache_memory.
   Mat forward_cached_memory(ConstRef<Scalar> query, Index B, const KVCache<Scalar>& cache) const;
 
+  /// q_proj.*, k_proj.*, v_proj.*, out_proj.*, the scoring's score.* and the position scheme's
+  /// relative_bias (see the top of the file): pointers into this layer.
   ParamList<Scalar> parameters();
 
+  /// Sets the parameters' gradients to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 
  private:

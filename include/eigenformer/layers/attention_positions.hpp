@@ -43,6 +43,7 @@ enum class PositionalKind {
 };
 
 /// The name of kind, as parse_positional_kind accepts it and checkpoint metadata stores it.
+/// Throws ArgumentError for a value that is not a PositionalKind enumerator.
 inline std::string positional_kind_name(PositionalKind kind) {
   switch (kind) {
     case PositionalKind::none:
@@ -129,6 +130,7 @@ class PositionScheme {
  public:
   using Mat = Matrix<Scalar>;
   virtual ~PositionScheme() = default;
+  /// A copy of this scheme (each copy of a layer holds its own), and its kind.
   virtual std::unique_ptr<PositionScheme> clone() const = 0;
   virtual PositionalKind kind() const = 0;
 
@@ -144,6 +146,8 @@ class PositionScheme {
   /// bias: the scheme adds it into its parameters' gradients.
   virtual void backward(Mat& dq, Mat& dk, const Mat* dbias, const PositionCache<Scalar>& cache) = 0;
 
+  /// The scheme's trainable parameters (none by default), listed by the layer without a prefix
+  /// (relative: "relative_bias"): pointers into this scheme.
   virtual ParamList<Scalar> parameters() { return {}; }
 };
 
@@ -152,6 +156,8 @@ template <class Scalar>
 class RotaryPositions : public PositionScheme<Scalar> {
  public:
   using Mat = Matrix<Scalar>;
+  /// RoPE with theta base. base is not checked here (AttentionPositions::validate checks it): one
+  /// that is not positive and finite makes forward throw ArgumentError (rotary_table).
   explicit RotaryPositions(double base) : base_(base) {}
 
   std::unique_ptr<PositionScheme<Scalar>> clone() const override {
@@ -194,6 +200,8 @@ class RelativePositions : public PositionScheme<Scalar> {
   Param<Scalar> relative_bias;
 
   /// relative_bias drawn from N(0, 1/d_model), as Hugging Face's T5 initialises it.
+  /// Requires p valid for the layer (AttentionPositions::validate, which the Attention
+  /// constructor calls); it is not checked here.
   RelativePositions(const AttentionPositions& p, Index d_model, Index n_heads, Rng& rng);
 
   std::unique_ptr<PositionScheme<Scalar>> clone() const override {
@@ -230,6 +238,7 @@ void RelativePositions<Scalar>::forward(Mat&, Mat&, Index, Index Tq, Index Tk,
 
 /// The scheme that acts inside the attention for p (valid for heads of width d_model / n_heads),
 /// or null when p.kind acts elsewhere or not at all. Relative draws its table from rng.
+/// p is not validated here: the Attention constructor validates it first.
 template <class Scalar>
 std::unique_ptr<PositionScheme<Scalar>> make_position_scheme(const AttentionPositions& p,
                                                              Index d_model, Index n_heads,

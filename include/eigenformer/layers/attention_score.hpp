@@ -33,6 +33,7 @@ namespace eigenformer {
 enum class AttentionScoring { dot_product, additive };
 
 /// "dot" or "additive": the name parse_attention_scoring accepts and checkpoints store.
+/// Throws ArgumentError for a value that is not an AttentionScoring enumerator.
 inline std::string attention_scoring_name(AttentionScoring scoring) {
   switch (scoring) {
     case AttentionScoring::dot_product:
@@ -72,6 +73,7 @@ class AttentionScore {
  public:
   using Mat = Matrix<Scalar>;
   virtual ~AttentionScore() = default;
+  /// A copy of this scoring (each copy of a layer holds its own), and its kind.
   virtual std::unique_ptr<AttentionScore> clone() const = 0;
   virtual AttentionScoring kind() const = 0;
 
@@ -194,6 +196,7 @@ class AdditiveScore : public AttentionScore<Scalar> {
     return std::make_unique<AdditiveScore>(*this);
   }
   AttentionScoring kind() const override { return AttentionScoring::additive; }
+  /// The score network's width d_attn, and whether it has the bias c_h.
   Index d_attn() const { return v.value.cols(); }
   bool has_bias() const { return bias.size() > 0; }
 
@@ -289,6 +292,8 @@ auto AdditiveScore<Scalar>::parameters() -> ParamList<Scalar> {
 
 /// The scoring for heads of width head_dim; d_attn is the additive network's width (0: head_dim)
 /// and with_bias its c_h. Additive draws its parameters from rng.
+/// Throws ArgumentError for a scoring that is not an AttentionScoring enumerator; the sizes are
+/// not checked here (the Attention constructor checks them first).
 template <class Scalar>
 std::unique_ptr<AttentionScore<Scalar>> make_attention_score(AttentionScoring scoring,
                                                              Index n_heads, Index head_dim,

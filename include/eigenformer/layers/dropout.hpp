@@ -45,10 +45,14 @@ class Dropout {
 
   Dropout() = default;
 
+  /// Drops elements with probability p, its masks drawn from an Rng seeded with seed; starts in
+  /// training mode (a default-constructed layer has p = 0: the identity). Throws ArgumentError
+  /// unless 0 <= p < 1.
   Dropout(Scalar p, std::uint64_t seed) : p_(p), rng_(seed) {
     detail::check_dropout_p("Dropout::Dropout", p);
   }
 
+  /// The drop probability; train(on) turns training mode on or off, eval() turns it off.
   Scalar p() const { return p_; }
   void train(bool on = true) { training = on; }
   void eval() { training = false; }
@@ -57,6 +61,7 @@ class Dropout {
   Mat forward(ConstRef<Scalar> x) const { return x; }
 
   /// x (N, C) -> x * mask (N, C); draws a new mask in training (advancing the rng).
+  /// In eval mode, or with p = 0, returns x and records an empty mask (no rng draw).
   Mat forward(ConstRef<Scalar> x, Cache& cache);
 
   /// forward(x, cache) for a temporary x (e.g. a sublayer's output): drops out in place and
@@ -73,6 +78,8 @@ class Dropout {
   void forward_in_place(Mat& x, Cache& cache);
 
   /// dy (N, C) -> dx = dy * mask, with the forward's mask.
+  /// dx is fresh; cache comes from a forward. Throws ArgumentError naming Dropout::backward unless
+  /// dy has the forward's shape and cache's mask fits it.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache) const;
 
   /// backward(dy, cache) for a temporary dy, in place as forward(Mat&&, Cache&).
@@ -83,6 +90,7 @@ class Dropout {
   }
 
   /// backward(dy, cache) with the result written over dy.
+  /// Throws as backward (naming Dropout::backward_in_place), leaving dy as it was.
   void backward_in_place(Mat& dy, const Cache& cache) const {
     mask_in_place("Dropout::backward_in_place", dy, cache);
   }
@@ -90,8 +98,10 @@ class Dropout {
   /// Throws unless cache's mask is empty or has the shape its forward recorded.
   static void check_mask(std::string_view func, const Cache& cache);
 
+  /// None: the layer has no parameters.
   ParamList<Scalar> parameters() { return {}; }
 
+  /// Nothing to clear.
   void zero_grad() {}
 
  private:

@@ -26,21 +26,30 @@ class Embedding {
   Embedding() = default;
 
   /// PyTorch's initialisation: weight from N(0, 1), with the padding row (if any) zeroed.
+  /// Throws ArgumentError unless vocab and d_model are positive and padding_id is -1 (none) or
+  /// in [0, vocab).
   Embedding(Index vocab, Index d_model, Rng& rng, Index padding_id = -1);
 
+  /// The table's shape (vocab, d_model).
   Index vocab_size() const { return weight.value.rows(); }
   Index d_model() const { return weight.value.cols(); }
 
   /// ids (B, T) -> (B*T, d_model), row b*T+t for token (b, t).
+  /// Throws ArgumentError naming Embedding::forward and the first id outside [0, vocab_size())
+  /// with its (b, t).
   Mat forward(const IdMatrix& ids) const;
 
 
   /// dy (B*T, d_model) for ids (B, T): adds each row of dy into weight.grad[id], except for the
   /// padding id. There is no input gradient.
+  /// Throws ArgumentError naming Embedding::backward, changing nothing, for an id outside
+  /// [0, vocab_size()) or a dy that is not (B*T, d_model).
   void backward(ConstRef<Scalar> dy, const IdMatrix& ids);
 
+  /// "weight": a pointer into this layer.
   ParamList<Scalar> parameters() { return {{"weight", &weight}}; }
 
+  /// Sets weight.grad to zero: once per step, as backward adds into it.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };
 

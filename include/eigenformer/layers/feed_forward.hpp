@@ -34,8 +34,11 @@ class FeedForward {
   FeedForward() = default;
 
   /// Linear layers initialised from rng as PyTorch's nn.Linear; the dropout seeded by rng.split().
+  /// Throws ArgumentError unless d_model and d_ff are positive, act is an Activation enumerator
+  /// and 0 <= dropout_p < 1.
   FeedForward(Index d_model, Index d_ff, Activation act, Scalar dropout_p, Rng& rng);
 
+  /// The input and output width d_model, and the hidden width d_ff.
   Index d_model() const { return linear1.in_features(); }
   Index d_ff() const { return linear1.out_features(); }
 
@@ -45,20 +48,28 @@ class FeedForward {
   bool training() const { return dropout.training; }
 
   /// x (N, d_model) -> (N, d_model), inference only (no dropout).
+  /// Throws ArgumentError naming FeedForward::forward and 'x' unless x has d_model() columns.
   Mat forward(ConstRef<Scalar> x) const;
 
   /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache; in training, draws a
   /// new dropout mask. The (N, d_ff) activations are written straight into the cache's buffers,
   /// which are reused when the cache held the same shapes (so x must not be a view of them).
+  /// Throws as forward(x), before writing cache.
   Mat forward(ConstRef<Scalar> x, Cache& cache);
 
   /// dy (N, d_model) -> dx (N, d_model); adds into the linear layers' gradients. The two
   /// (N, d_ff) gradients stay allocated between calls (held after training, as PyTorch's caching
   /// allocator holds its blocks; a copy of the layer starts without them).
+  /// dx is fresh; cache comes from forward(x, cache). Throws ArgumentError naming
+  /// FeedForward::backward, changing nothing, unless cache holds a forward of this layer (every
+  /// piece for the same N rows) and dy is (N, d_model).
   Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
+  /// "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias" (PyTorch's names):
+  /// pointers into this layer.
   ParamList<Scalar> parameters();
 
+  /// Sets the parameters' gradients to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 
  private:

@@ -45,6 +45,7 @@ struct KVCache {
 
   /// Allocates room for batch sequences of capacity positions with keys of key_width and values
   /// of value_width features; empties the cache.
+  /// Throws ArgumentError naming KVCache::reset, changing nothing, unless all four are positive.
   void reset(Index batch, Index capacity, Index key_width, Index value_width);
 
   /// reset with keys and values of width d_model.
@@ -55,11 +56,14 @@ struct KVCache {
   /// Forgets the cached positions, keeping the buffers.
   void clear() { len = 0; }
 
+  /// The width of a cached key row and of a value row, and the positions that still fit
+  /// (max_len - len).
   Index key_width() const { return k.cols(); }
   Index value_width() const { return v.cols(); }
   Index room() const { return max_len - len; }
 
   /// Keys (len, key_width) / values (len, value_width) of sequence b, 0 <= b < B, in place.
+  /// Throws ArgumentError naming the function and 'b' for b outside [0, B).
   Eigen::Block<const Mat> keys(Index b) const {
     check_sequence("KVCache::keys", b);
     return k.block(b * max_len, 0, len, k.cols());
@@ -70,6 +74,7 @@ struct KVCache {
   }
 
   /// Throws (naming func and the lengths) unless t more positions fit.
+  /// Also throws (ArgumentError naming func and 'cache') when the cache is not allocated (B == 0).
   void check_room(std::string_view func, std::string_view arg, Index t) const;
 
   /// Appends k_new (B*t, k.cols()), v_new (B*t, v.cols()) and their key padding (B, t) (empty:
@@ -77,6 +82,7 @@ struct KVCache {
   void append(ConstRef<Scalar> k_new, ConstRef<Scalar> v_new, const BoolMatrix& pad_new);
 
   /// True if some cached key of sequence b (0 <= b < B) is padded.
+  /// Throws ArgumentError for b outside [0, B).
   bool any_padding(Index b) const {
     check_sequence("KVCache::any_padding", b);
     return key_padding.row(b).head(len).any();

@@ -23,18 +23,23 @@ class LayerNorm {
 
   LayerNorm() = default;
 
+  /// Normalises over d features with variance epsilon eps; weight starts at ones and bias at
+  /// zeros, as in PyTorch. Throws ArgumentError unless d > 0 and eps is positive and finite.
   explicit LayerNorm(Index d, Scalar eps = Scalar(1e-5));
 
+  /// The number of features d, and the epsilon added to the variance.
   Index features() const { return weight.value.cols(); }
   Scalar eps() const { return eps_; }
 
   /// x (N, d) -> (N, d), inference only.
+  /// Throws ArgumentError naming LayerNorm::forward and 'x' unless x has features() columns.
   Mat forward(ConstRef<Scalar> x) const {
     Cache scratch;
     return run_forward(x, scratch.mean, scratch.rstd);
   }
 
   /// x (N, d) -> (N, d), keeping what backward needs in cache.
+  /// Throws as forward(x), before writing cache.
   Mat forward(ConstRef<Scalar> x, Cache& cache) const {
     Mat y = run_forward(x, cache.mean, cache.rstd);
     cache.x = x;
@@ -42,10 +47,15 @@ class LayerNorm {
   }
 
   /// dy (N, d) -> dx (N, d); adds into weight.grad and bias.grad.
+  /// dx is fresh; cache comes from forward(x, cache). Throws ArgumentError naming
+  /// LayerNorm::backward, changing nothing, unless cache holds x (N, d), mean and rstd (N, 1)
+  /// and dy is (N, d).
   Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
+  /// "weight" (gamma) and "bias" (beta): pointers into this layer.
   ParamList<Scalar> parameters() { return {{"weight", &weight}, {"bias", &bias}}; }
 
+  /// Sets the parameters' gradients to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 
  private:

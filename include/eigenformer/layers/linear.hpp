@@ -24,13 +24,18 @@ class Linear {
   Linear() = default;
 
   /// PyTorch's default initialisation: weight and bias from U(-1/sqrt(in), 1/sqrt(in)).
+  /// Without with_bias the layer has no bias (an empty Param). Throws ArgumentError unless
+  /// in_features and out_features are positive.
   Linear(Index in_features, Index out_features, Rng& rng, bool with_bias = true);
 
+  /// The widths: weight is (out_features, in_features); has_bias() is false for a layer built
+  /// without a bias (or default-constructed).
   Index in_features() const { return weight.value.cols(); }
   Index out_features() const { return weight.value.rows(); }
   bool has_bias() const { return bias.size() > 0; }
 
   /// x (N, in) -> (N, out), inference only.
+  /// Throws ArgumentError naming Linear::forward and 'x' unless x has in_features() columns.
   Mat forward(ConstRef<Scalar> x) const {
     Mat y;
     forward_into(y, x);
@@ -39,9 +44,11 @@ class Linear {
 
   /// forward(x) written into y, whose buffer is reused when it already has the shape (N, out).
   /// y must not alias x.
+  /// Throws as forward(x), leaving y as it was.
   void forward_into(Mat& y, ConstRef<Scalar> x) const;
 
   /// x (N, in) -> (N, out), keeping what backward needs in cache.
+  /// Throws as forward(x); cache is written only when the forward succeeds.
   Mat forward(ConstRef<Scalar> x, Cache& cache) const {
     Mat y = forward(x);
     cache.x = x;
@@ -49,6 +56,8 @@ class Linear {
   }
 
   /// dy (N, out) -> dx (N, in); adds into weight.grad and bias.grad.
+  /// dx is fresh; cache comes from forward(x, cache). Throws ArgumentError naming Linear::backward,
+  /// changing nothing, unless cache.x has in_features() columns and dy is (N, out_features()).
   Mat backward(ConstRef<Scalar> dy, const Cache& cache) {
     Mat dx;
     backward_into(dx, dy, cache.x);
@@ -57,10 +66,13 @@ class Linear {
 
   /// backward for a forward whose input was x (N, in), the gradient written into dx, whose
   /// buffer is reused when it already has the shape (N, in). dx must not alias dy or x.
+  /// Throws as backward, changing nothing.
   void backward_into(Mat& dx, ConstRef<Scalar> dy, ConstRef<Scalar> x);
 
+  /// "weight", and "bias" when the layer has one: pointers into this layer.
   ParamList<Scalar> parameters();
 
+  /// Sets the parameters' gradients to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };
 

@@ -62,8 +62,11 @@ class SinusoidalPositionalEncoding {
   SinusoidalPositionalEncoding() = default;
 
   /// Precomputes the (max_len, d_model) table in double. With odd d_model the last column is a sin.
+  /// scale_embeddings: forward multiplies its input by sqrt(d_model) before adding the table.
+  /// Throws ArgumentError unless d_model and max_len are positive.
   SinusoidalPositionalEncoding(Index d_model, Index max_len, bool scale_embeddings = false);
 
+  /// The table's width, and its length: positions 0 .. max_len - 1.
   Index d_model() const { return table_.cols(); }
   Index max_len() const { return table_.rows(); }
   /// The input multiplier: sqrt(d_model) with scale_embeddings, else 1.
@@ -72,12 +75,16 @@ class SinusoidalPositionalEncoding {
   const Mat& table() const { return table_; }
 
   /// x (B*T, d_model) -> x * scale + PE[start_pos + t] for token (b, t).
+  /// Throws ArgumentError naming SinusoidalPositionalEncoding::forward unless B and T are positive,
+  /// start_pos >= 0, start_pos + T <= max_len() and x is (B*T, d_model).
   Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const;
 
 
   /// dy (N, d_model) -> dx = dy * scale (fresh). There are no parameters.
+  /// Throws ArgumentError unless dy has d_model() columns.
   Mat backward(ConstRef<Scalar> dy) const;
 
+  /// None: the table is fixed; zero_grad has nothing to clear.
   ParamList<Scalar> parameters() { return {}; }
   void zero_grad() {}
 
@@ -131,21 +138,29 @@ class LearnedPositionalEncoding {
 
   /// weight from N(0, init_std^2): 0.02 by default, as GPT-2 initialises its position embeddings
   /// (next to token embeddings of the same scale). The models pass the scale of their token
-  /// embeddings, so that positions are neither drowned nor drowning.
+  /// embeddings, so that positions are neither drowned nor drowning. Throws ArgumentError unless
+  /// d_model and max_len are positive.
   LearnedPositionalEncoding(Index d_model, Index max_len, Rng& rng, double init_std = 0.02);
 
+  /// The table's width, and its length: positions 0 .. max_len - 1.
   Index d_model() const { return weight.value.cols(); }
   Index max_len() const { return weight.value.rows(); }
 
   /// x (B*T, d_model) -> x + W[start_pos + t] for token (b, t).
+  /// Throws ArgumentError naming LearnedPositionalEncoding::forward unless B and T are positive,
+  /// start_pos >= 0, start_pos + T <= max_len() and x is (B*T, d_model).
   Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const;
 
 
   /// dy (B*T, d_model) -> dx = dy (fresh); weight.grad rows start_pos .. start_pos+T-1 += the sum
   /// of dy over the B sequences.
+  /// B, T and start_pos are the forward's. Throws ArgumentError naming
+  /// LearnedPositionalEncoding::backward, changing nothing, unless they and dy pass the
+  /// forward's checks.
   Mat backward(ConstRef<Scalar> dy, Index B, Index T, Index start_pos = 0);
 
 
+  /// "weight", a pointer into this layer; zero_grad sets its gradient to zero.
   ParamList<Scalar> parameters() { return {{"weight", &weight}}; }
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };

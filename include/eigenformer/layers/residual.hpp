@@ -17,6 +17,7 @@ namespace eigenformer {
 enum class NormPlacement { post, pre };
 
 /// "post" or "pre".
+/// Throws ArgumentError for a value that is not a NormPlacement enumerator.
 inline std::string to_string(NormPlacement placement) {
   switch (placement) {
     case NormPlacement::post: return "post";
@@ -28,6 +29,7 @@ inline std::string to_string(NormPlacement placement) {
 }
 
 /// "post" or "pre".
+/// Throws ArgumentError naming parse_norm_placement for any other name.
 inline NormPlacement parse_norm_placement(const std::string& name) {
   if (name == "post") return NormPlacement::post;
   if (name == "pre") return NormPlacement::pre;
@@ -47,14 +49,20 @@ class Residual {
 
   Residual() = default;
 
+  /// A LayerNorm over d_model features with epsilon eps, after (post) or before (pre) the
+  /// sublayer. Throws ArgumentError unless placement is post or pre, d_model > 0 and eps is
+  /// positive and finite.
   Residual(Index d_model, NormPlacement placement, Scalar eps = Scalar(1e-5));
 
+  /// Where the norm sits, and the width it normalises.
   NormPlacement placement() const { return placement_; }
   Index d_model() const { return norm.features(); }
 
   /// x (N, d_model) -> (N, d_model), inference only. sublayer(ConstRef<Scalar> in) -> Mat
   /// (N, d_model) runs the sublayer's inference forward (a sublayer taking const Mat& works too,
   /// at the cost of a copy of x when the norm comes after it).
+  /// Throws ArgumentError naming Residual::forward unless x has d_model() columns and the
+  /// sublayer's output is (N, d_model); the sublayer's own exceptions pass through.
   template <class F>
   Mat forward(ConstRef<Scalar> x, F&& sublayer) const {
     check_input(x);
@@ -66,6 +74,7 @@ class Residual {
   /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache.
   /// sublayer(ConstRef<Scalar> in) -> Mat (N, d_model) runs the sublayer's forward, keeping the
   /// sublayer's own cache.
+  /// Throws as forward(x, sublayer).
   template <class F>
   Mat forward(ConstRef<Scalar> x, Cache& cache, F&& sublayer) const {
     check_input(x);
@@ -78,6 +87,9 @@ class Residual {
   /// dy (N, d_model) -> dx (N, d_model); adds into norm's gradients. sublayer_backward(const Mat&
   /// d_out) -> Mat (N, d_model) runs the sublayer's backward and returns the gradient with respect
   /// to the sublayer's input.
+  /// dx is fresh; cache comes from forward(x, cache, sublayer). Throws ArgumentError naming
+  /// Residual::backward unless dy is (N, d_model) for the cache's N and sublayer_backward returns
+  /// (N, d_model). Post-norm adds the norm's gradients only once sublayer_backward has returned.
   template <class G>
   Mat backward(ConstRef<Scalar> dy, const Cache& cache, G&& sublayer_backward) {
     detail::check_shape("Residual::backward", "dy", dy, cache.norm.x.rows(), d_model());
@@ -99,12 +111,14 @@ class Residual {
     return dx;
   }
 
+  /// "norm.weight" and "norm.bias": pointers into this layer.
   ParamList<Scalar> parameters() {
     ParamList<Scalar> out;
     append_params(out, "norm", norm.parameters());
     return out;
   }
 
+  /// Sets the norm's gradients to zero: once per step, as backward adds into them.
   void zero_grad() { norm.zero_grad(); }
 
  private:

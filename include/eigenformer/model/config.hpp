@@ -70,6 +70,7 @@ struct LayerConfig {
     return o;
   }
 
+  /// What validate calls the position settings by default: "config.positions.kind" and so on.
   static PositionArgNames layer_position_names() {
     return {"config.positions.kind", "config.positions.rotary_base", "config.positions.num_buckets",
             "config.positions.max_distance"};

@@ -34,6 +34,9 @@ class DecoderLayer {
   Dropout<Scalar> self_drop, cross_drop, ffn_drop;
 
   DecoderLayer() = default;
+  /// Causal self-attention (with c's positions), cross-attention (without), feed-forward, three
+  /// residual blocks and their dropouts, drawing weights and dropout seeds from rng. Throws
+  /// ArgumentError naming DecoderLayer::DecoderLayer and the field unless c is valid.
   DecoderLayer(const LayerConfig& c, Rng& rng)
       : self_attn(c.checked("DecoderLayer::DecoderLayer").d_model, c.n_heads, rng,
                   c.attention_options(/*self=*/true)),
@@ -48,19 +51,27 @@ class DecoderLayer {
 
   /// x (B*T, d), memory (B*S, d) -> (B*T, d). self_mask usually causal + target padding;
   /// cross_mask usually the source padding.
+  /// Fills cache; in training mode draws new dropout masks. Throws ArgumentError from the
+  /// sub-layers for a B, x, memory or mask that does not fit.
   Mat forward(ConstRef<Scalar> x, ConstRef<Scalar> memory, Index B, const AttentionMask& self_mask,
               const AttentionMask& cross_mask, Cache& cache);
 
   /// dy (B*T, d) -> dx (B*T, d) fresh; the memory gradient is ADDED into dmemory (B*S, d).
+  /// dmemory must be empty (then set to zeros first) or (B*S, d): a non-empty dmemory of another
+  /// shape is not checked. Parameter gradients are added too.
+  /// cache comes from forward. Throws ArgumentError from the sub-layers for a dy or cache that
+  /// does not fit.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat& dmemory);
 
   /// Incremental decoding, inference only: x_new (B*t, d), the next t target positions, attends
   /// causally over self_cache (which it extends) and over the memory keys/values of memory_cache
   /// (Attention::cache_memory) -> (B*t, d). new_key_padding (B, t): padded new positions.
+  /// Throws as Attention::forward_step and Attention::forward_cached_memory.
   Mat decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& self_cache,
                   const KVCache<Scalar>& memory_cache,
                   const BoolMatrix& new_key_padding = BoolMatrix()) const;
 
+  /// Dropout on (training) or off in every sub-layer.
   void train(bool on) {
     ffn.train(on);
     self_drop.training = cross_drop.training = ffn_drop.training = on;
@@ -69,6 +80,7 @@ class DecoderLayer {
   /// Names follow PyTorch's nn.TransformerDecoderLayer (multihead_attn is the cross-attention).
   ParamList<Scalar> parameters();
 
+  /// Sets every parameter gradient to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };
 
@@ -145,32 +157,46 @@ class Decoder {
   LayerNorm<Scalar> final_norm;  // empty for post-norm
 
   Decoder() = default;
+  /// Token input over vocab ids and n_layers causal decoder layers from c and rng, and a final
+  /// LayerNorm for pre-norm. Throws ArgumentError from the parts for a setting out of range.
   Decoder(Index vocab, Index n_layers, const TransformerConfig& c, Rng& rng);
 
   /// ids (B, T), memory (B*S, d) -> (B*T, d). start_pos: position of ids' first column.
+  /// Fills cache. Throws ArgumentError for an id outside [0, vocab), start_pos + T beyond max_len,
+  /// or a memory or mask that does not fit.
   Mat forward(const IdMatrix& ids, ConstRef<Scalar> memory, const AttentionMask& self_mask,
               const AttentionMask& cross_mask, Cache& cache, Index start_pos = 0);
 
   /// dy (B*T, d) -> the memory gradient (B*S, d), fresh.
+  /// Empty (0, 0) when the decoder has no layers. Adds every parameter gradient of the decoder.
+  /// cache comes from forward.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
   /// Starts incremental decoding over memory (B*S, d) with source key padding (B, S) (empty:
   /// none): projects every layer's cross-attention keys and values once and allocates
   /// self-attention caches for max_len target positions.
+  /// Throws ArgumentError unless max_len > 0 and memory, B and the padding fit
+  /// (Attention::cache_memory).
   DecodeState<Scalar> begin_decode(ConstRef<Scalar> memory, Index B,
                                    const BoolMatrix& memory_key_padding, Index max_len) const;
 
   /// Incremental forward, inference only: ids (B, t) at positions state.position.. -> hidden
   /// states (B*t, d); extends the caches and advances state.position by t. new_key_padding
   /// (B, t) marks padded ids (empty: none).
+  /// Throws ArgumentError naming Decoder::decode_step, before extending the caches, unless ids is
+  /// (state.B, t > 0), state comes from begin_decode of this decoder and t more positions fit;
+  /// and as the token input for ids outside [0, vocab). The token input's dropout applies in
+  /// training mode: call train(false) first.
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state,
                   const BoolMatrix& new_key_padding = BoolMatrix());
 
+  /// Dropout on (training) or off in the input and every layer.
   void train(bool on) {
     input.train(on);
     for (auto& l : layers) l.train(on);
   }
 
+  /// The token input's, then "layers.<i>.*" per layer, then "norm.*" (pre-norm only).
   ParamList<Scalar> parameters();
 
  private:

@@ -42,6 +42,9 @@ class EncoderLayer {
   Dropout<Scalar> attn_drop, ffn_drop;
 
   EncoderLayer() = default;
+  /// Self-attention (with c's positions), feed-forward, two residual blocks and their dropouts,
+  /// drawing weights and dropout seeds from rng. Throws ArgumentError naming
+  /// EncoderLayer::EncoderLayer and the field unless c is valid (LayerConfig::validate).
   EncoderLayer(const LayerConfig& c, Rng& rng)
       : self_attn(c.checked("EncoderLayer::EncoderLayer").d_model, c.n_heads, rng,
                   c.attention_options(/*self=*/true)),
@@ -52,17 +55,24 @@ class EncoderLayer {
         ffn_drop(Scalar(c.dropout), rng.split()) {}
 
   /// x (B*T, d) -> (B*T, d).
+  /// mask is the self-attention's (key padding; causal for a GPT block). Fills cache for backward;
+  /// in training mode draws new dropout masks. Throws ArgumentError from the sub-layers
+  /// (Attention::forward, Residual::forward) for a B, x or mask that does not fit.
   Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache);
 
   /// dy (B*T, d) -> dx (B*T, d) fresh; parameter gradients added.
+  /// cache comes from forward. Throws ArgumentError from the sub-layers for a dy or cache that
+  /// does not fit.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
   /// Incremental decoding with causal self-attention (the decoder-only model's block), inference
   /// only: x_new (B*t, d), the next t positions, attends over cache (which it extends) and
   /// returns (B*t, d). new_key_padding (B, t) marks padded new positions (empty: none).
+  /// Throws as Attention::forward_step, with cache unchanged.
   Mat decode_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
                   const BoolMatrix& new_key_padding = BoolMatrix()) const;
 
+  /// Dropout on (training) or off in every sub-layer.
   void train(bool on) {
     ffn.train(on);
     attn_drop.training = on;
@@ -72,6 +82,7 @@ class EncoderLayer {
   /// Names follow PyTorch's nn.TransformerEncoderLayer where it has the same piece.
   ParamList<Scalar> parameters();
 
+  /// Sets every parameter gradient to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 };
 
@@ -130,24 +141,34 @@ class EncoderStack {
   LayerNorm<Scalar> final_norm;  // empty for post-norm
 
   EncoderStack() = default;
+  /// n_layers layers from c, drawn from rng in order, and a final LayerNorm when c.norm is pre
+  /// (no layers for n_layers <= 0). Throws ArgumentError naming EncoderLayer::EncoderLayer and
+  /// the field unless c is valid (checked by the layers, so only when n_layers > 0).
   EncoderStack(const LayerConfig& c, Index n_layers, Rng& rng);
 
+  /// x (B*T, d) -> (B*T, d) through every layer with the same mask, then the final norm
+  /// (pre-norm); fills cache. Throws as EncoderLayer::forward.
   Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache);
 
+  /// dy (B*T, d) -> dx (B*T, d) fresh; parameter gradients added. cache comes from forward.
   Mat backward(ConstRef<Scalar> dy, const Cache& cache);
 
   /// Empty self-attention caches for B sequences of up to max_len positions, one per layer.
+  /// Throws ArgumentError unless B and max_len are positive (when there is a layer).
   std::vector<KVCache<Scalar>> make_caches(Index B, Index max_len) const;
 
   /// Incremental causal forward, inference only: x_new (B*t, d) -> (B*t, d), extending caches
   /// (one per layer, from make_caches). new_key_padding (B, t): padded new positions, or empty.
+  /// Throws ArgumentError unless caches has one entry per layer, and as EncoderLayer::decode_step.
   Mat decode_step(ConstRef<Scalar> x_new, Index B, std::vector<KVCache<Scalar>>& caches,
                   const BoolMatrix& new_key_padding = BoolMatrix()) const;
 
+  /// Dropout on (training) or off in every layer.
   void train(bool on) {
     for (auto& l : layers) l.train(on);
   }
 
+  /// "layers.<i>.*" per layer, then "norm.*" (pre-norm only): pointers into this stack.
   ParamList<Scalar> parameters();
 
  private:
@@ -225,21 +246,30 @@ class Encoder {
   EncoderStack<Scalar> stack;
 
   Encoder() = default;
+  /// Token input over vocab ids and n_layers bidirectional layers, from c and rng. Throws
+  /// ArgumentError from the parts for a setting out of range (TransformerConfig::validate checks
+  /// them all at once).
   Encoder(Index vocab, Index n_layers, const TransformerConfig& c, Rng& rng)
       : input(vocab, c, rng), stack(c.layer(/*causal=*/false), n_layers, rng) {}
 
   /// mask: usually key_padding_mask(ids, pad_id).
+  /// ids (B, S) -> memory (B*S, d_model); fills cache. Throws ArgumentError for an id outside
+  /// [0, vocab), an S beyond max_len or a mask that does not fit.
   Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache);
 
+  /// dmemory (B*S, d_model): adds every parameter's gradient (ids have none). cache comes from
+  /// forward.
   void backward(ConstRef<Scalar> dmemory, const Cache& cache) {
     input.backward(stack.backward(dmemory, cache.stack), cache.input);
   }
 
+  /// Dropout on (training) or off in the input and every layer.
   void train(bool on) {
     input.train(on);
     stack.train(on);
   }
 
+  /// The token input's ("embedding.weight", "position.weight" when learned), then the stack's.
   ParamList<Scalar> parameters();
 };
 

@@ -34,26 +34,39 @@ class SingleStackModel {
   EncoderStack<Scalar> stack;
   OutputHead<Scalar> head;
 
+  /// The config the model was built with.
   const TransformerConfig& config() const { return config_; }
   /// The vocabulary: config().vocab, the width of the logits.
   Index vocab_size() const { return config_.vocab; }
 
   /// ids (B, T) at positions start_pos.. -> logits (B*T, vocab).
+  /// Masks keys whose id is pad_id, and later keys too in DecoderOnlyLM (causal). Fills cache for
+  /// backward; in training mode draws new dropout masks. Throws ArgumentError naming
+  /// <Model>::forward for empty ids or an id outside [0, vocab); and from the token input for
+  /// start_pos + T beyond max_len.
   Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
 
   /// Starts incremental decoding (inference only, causal models only) of B sequences of up to
   /// max_len positions: one empty self-attention cache per layer.
+  /// Throws ArgumentError naming <Model>::begin_decode for an EncoderOnlyModel (not causal),
+  /// B <= 0, or max_len outside 1..config().max_len.
   DecodeState<Scalar> begin_decode(Index B, Index max_len) const;
 
   /// Incremental forward, inference only: ids (B, t) at positions state.position.. (a prompt,
   /// then one token per step) -> logits (B*t, vocab), equal up to rounding to the last t rows per
   /// sequence of forward() over the whole sequence. Extends the caches, advances state.position.
   /// The layers apply no dropout; call eval() first so that the token input's dropout is off too.
+  /// Throws ArgumentError naming <Model>::decode_step, with state unchanged, unless ids is
+  /// (state.B, t > 0) with every id in [0, vocab), state comes from begin_decode of this model and
+  /// t more positions fit.
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state);
 
   /// dlogits (B*T, vocab): adds every parameter's gradient.
+  /// cache comes from forward. Throws ArgumentError from the layers for a dlogits or cache that
+  /// does not fit (OutputHead::backward checks dlogits before any gradient changes).
   void backward(ConstRef<Scalar> dlogits, const Cache& cache);
 
+  /// Dropout on (training) or off (eval(): inference and decoding).
   void train(bool on = true) {
     input.train(on);
     stack.train(on);
@@ -64,8 +77,11 @@ class SingleStackModel {
   EIGENFORMER_REJECT_FOREIGN_IDS(forward)
   EIGENFORMER_REJECT_FOREIGN_IDS(decode_step)
 
+  /// "embedding.weight" ("position.weight" when learned), "layers.<i>.*", "norm.*" (pre-norm), and
+  /// "output.*" unless tied: pointers into this model.
   ParamList<Scalar> parameters();
 
+  /// Sets every parameter gradient to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 
  protected:
@@ -162,6 +178,9 @@ template <class Scalar = float>
 class DecoderOnlyLM : public detail::SingleStackModel<Scalar> {
  public:
   DecoderOnlyLM() = default;
+  /// c.n_decoder_layers causal layers over c.tgt_vocab (c.src_vocab and n_encoder_layers are
+  /// ignored), weights drawn from rng. Throws ArgumentError naming DecoderOnlyLM::DecoderOnlyLM
+  /// and the field unless c is valid (TransformerConfig::validate, without a source).
   DecoderOnlyLM(const TransformerConfig& c, Rng& rng)
       : detail::SingleStackModel<Scalar>(c, c.n_layers, true, "DecoderOnlyLM", rng) {}
 };
@@ -170,6 +189,9 @@ template <class Scalar = float>
 class EncoderOnlyModel : public detail::SingleStackModel<Scalar> {
  public:
   EncoderOnlyModel() = default;
+  /// c.n_encoder_layers bidirectional layers over c.tgt_vocab (c.src_vocab and n_decoder_layers
+  /// are ignored), weights drawn from rng. Throws ArgumentError naming
+  /// EncoderOnlyModel::EncoderOnlyModel and the field unless c is valid (without a source).
   EncoderOnlyModel(const TransformerConfig& c, Rng& rng)
       : detail::SingleStackModel<Scalar>(c, c.n_layers, false, "EncoderOnlyModel", rng) {}
 };

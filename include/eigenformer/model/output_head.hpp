@@ -22,15 +22,21 @@ class OutputHead {
   Linear<Scalar> proj;  // (V, d) weight and (1, V) bias; empty when tied
 
   OutputHead() = default;
+  /// Untied: its own Linear(d_model, vocab) with bias, drawn from rng (ArgumentError unless
+  /// d_model and vocab are positive). Tied: nothing of its own; every call then uses the
+  /// (vocab, d_model) weight of the embedding it is given, and d_model and vocab are not checked.
   OutputHead(Index d_model, Index vocab, bool tied, Rng& rng) : tied_(tied) {
     if (!tied_) proj = Linear<Scalar>(d_model, vocab, rng);
   }
 
+  /// Whether the projection is the embedding's matrix.
   bool tied() const { return tied_; }
 
   /// h (N, d) -> logits (N, V). `embedding` is used only when tied.
+  /// Throws ArgumentError naming OutputHead::forward unless h has d columns.
   Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding) const;
 
+  /// forward(h, embedding), keeping h in cache for backward (written only on success).
   Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding, Cache& cache) const {
     Mat logits = forward(h, embedding);
     cache.h = h;
@@ -38,6 +44,8 @@ class OutputHead {
   }
 
   /// dlogits (N, V) -> dh (N, d) fresh; the weight gradient is added (to the embedding if tied).
+  /// cache comes from forward, embedding is the forward's. Throws ArgumentError naming
+  /// OutputHead::backward, changing nothing, unless dlogits is (N, V) for the cache's N.
   Mat backward(ConstRef<Scalar> dlogits, const Cache& cache, Embedding<Scalar>& embedding);
 
   /// Empty when tied: the shared matrix belongs to the embedding.

@@ -31,19 +31,29 @@ class TokenInput {
   Dropout<Scalar> dropout;
 
   TokenInput() = default;
+  /// Embedding (vocab, c.d_model) with padding id c.pad_id, drawn from N(0, 1/d_model) when
+  /// c.scale_embeddings (N(0, 1) otherwise); the table c.positional asks for (sinusoidal, or
+  /// learned drawn from rng); dropout c.dropout seeded by rng.split(). Throws ArgumentError from
+  /// the parts for a setting out of range.
   TokenInput(Index vocab, const TransformerConfig& c, Rng& rng);
 
   /// Longest sequence: the table's length, or the config's max_len without a table.
   Index max_len() const { return max_len_; }
 
   /// ids (B, T) at positions start_pos.. -> (B*T, d_model).
+  /// Embedding, times sqrt(d_model) with scale_embeddings, plus the positional table, then
+  /// dropout (in training mode); fills cache. Throws ArgumentError for an id outside [0, vocab),
+  /// B or T of 0, start_pos < 0 or start_pos + T > max_len().
   Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
 
   /// dy (B*T, d_model): adds into the embedding (and learned position) gradients.
+  /// cache comes from forward. Throws ArgumentError for a dy that does not fit the cache.
   void backward(ConstRef<Scalar> dy, const Cache& cache);
 
+  /// Dropout on (training) or off.
   void train(bool on) { dropout.training = on; }
 
+  /// "embedding.weight", and "position.weight" with learned positions: pointers into this stage.
   ParamList<Scalar> parameters();
 
  private:

@@ -30,39 +30,61 @@ class Transformer {
   OutputHead<Scalar> head;
 
   Transformer() = default;
+  /// Builds the encoder, the decoder and the output head from config, drawing their weights from
+  /// rng in that order. Throws ArgumentError naming Transformer::Transformer and the field unless
+  /// config is valid (TransformerConfig::validate, with a source).
   Transformer(const TransformerConfig& config, Rng& rng);
 
+  /// The config the model was built with.
   const TransformerConfig& config() const { return config_; }
   /// The target vocabulary: config().tgt_vocab, the width of the logits.
   Index vocab_size() const { return config_.tgt_vocab; }
 
   /// src (B, S) -> memory (B*S, d).
+  /// Fills cache for Encoder::backward (Transformer::forward keeps it as cache.encoder). Throws
+  /// ArgumentError naming Transformer::encode and 'src' unless src is non-empty, S <= max_len and
+  /// every id is in [0, src_vocab).
   Mat encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache);
 
   /// Decoder input ids (B, T) at positions start_pos.. over memory (B*S, d) of src (B, S)
   /// -> logits (B*T, tgt_vocab).
+  /// memory must be encode(src)'s: decode does not check its shape (the cross-attention checks
+  /// its width, and its length only against src's padding mask, when pad_id >= 0).
+  /// Fills cache.decoder and cache.head. Throws ArgumentError naming Transformer::decode unless
+  /// tgt_in is non-empty with T <= max_len and ids in [0, tgt_vocab) and has src's B; and from
+  /// the layers for start_pos + T beyond max_len or a memory that does not fit.
   Mat decode(const IdMatrix& tgt_in, const IdMatrix& src, ConstRef<Scalar> memory, Cache& cache,
              Index start_pos = 0);
 
   /// Starts incremental decoding (inference only) of src (B, S) whose encoder output is memory
   /// (B*S, d), e.g. from encode(): the cross-attention keys and values of every decoder layer are
   /// projected once, and the self-attention caches hold up to max_len target positions.
+  /// Throws ArgumentError naming Transformer::begin_decode unless src is valid (as for encode),
+  /// memory is (B*S, d_model) and 1 <= max_len <= config().max_len.
   DecodeState<Scalar> begin_decode(const IdMatrix& src, ConstRef<Scalar> memory,
                                    Index max_len) const;
 
   /// Encodes src (B, S) and starts incremental decoding for up to max_len target positions.
+  /// Throws as the other begin_decode (there is no memory argument to check).
   DecodeState<Scalar> begin_decode(const IdMatrix& src, Index max_len);
 
   /// Incremental decoding, inference only: the next decoder input ids (B, t) (usually t = 1) at
   /// positions state.position.. -> their logits (B*t, tgt_vocab), equal up to rounding to the
   /// last t rows per sequence of decode() over the whole prefix. Extends state's caches. The
   /// layers apply no dropout; call eval() first so that the token input's dropout is off too.
+  /// Throws ArgumentError, with state unchanged, for ids outside [0, tgt_vocab) or more than
+  /// max_len columns, a batch other than state.B, a state not from begin_decode of this model, or
+  /// more positions than state holds.
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state);
 
   /// Training forward: src (B, S), tgt_in (B, T) -> logits (B*T, tgt_vocab).
+  /// Teacher forcing: tgt_in is usually shift_right(targets, bos). Fills cache for backward; in
+  /// training mode draws new dropout masks. Throws ArgumentError as encode and decode.
   Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache);
 
   /// dlogits (B*T, tgt_vocab): adds every parameter's gradient.
+  /// cache comes from forward. Throws ArgumentError from the layers for a dlogits or cache that
+  /// does not fit (OutputHead::backward checks dlogits before any gradient changes).
   void backward(ConstRef<Scalar> dlogits, const Cache& cache);
 
   /// Training mode turns dropout on; eval mode (for decoding) turns it off.
@@ -81,6 +103,7 @@ class Transformer {
   EIGENFORMER_REJECT_FOREIGN_IDS(decode)
   EIGENFORMER_REJECT_FOREIGN_IDS(decode_step)
 
+  /// Sets every parameter gradient to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
 
  private:
@@ -232,6 +255,7 @@ void Transformer<Scalar>::check_max_len(std::string_view func, Index max_len) co
 }
 
 /// Teacher forcing: (B, T) targets -> (B, T) decoder input [bos, t0, ..., t_{T-2}].
+/// Throws ArgumentError unless T >= 1; bos is not checked.
 inline IdMatrix shift_right(const IdMatrix& targets, Index bos) {
   detail::require(targets.cols() >= 1, "shift_right", "targets", [&] {
     return "has shape " + detail::shape_of(targets) + ", expected (B, T) with T >= 1";

@@ -35,6 +35,7 @@ struct AttentionMask {
   BoolMatrix key_padding;  // (B, Tk) or empty
   BoolMatrix attn_mask;    // (Tq, Tk), (B*Tq, Tk) or empty
 
+  /// True when nothing is masked: not causal, no key padding, no attn_mask.
   bool empty() const { return !causal && key_padding.size() == 0 && attn_mask.size() == 0; }
 };
 

@@ -28,6 +28,7 @@ struct RotaryTable {
   Matrix<Scalar> cos, sin;  // (T, dh/2)
   Index start = 0;          // position of row 0
 
+  /// The number of positions T, and dh / 2.
   Index length() const { return cos.rows(); }
   Index half() const { return cos.cols(); }
 };

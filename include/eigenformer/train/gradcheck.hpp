@@ -43,6 +43,9 @@ inline void check_gradcheck_value(std::string_view arg, double value, bool zero_
 
 /// Checks `analytic` against central differences of loss() with respect to every entry of x.
 /// loss() must recompute the scalar from the current value of x; x is restored afterwards.
+/// ok is worst_ratio <= 1 (see GradCheckResult). Throws ArgumentError naming check_gradient
+/// unless analytic has x's shape, opt.eps is positive and finite, and opt.rtol and opt.atol are
+/// finite, >= 0 and not both 0. Exceptions from loss() pass through (x is then not restored).
 template <class Loss>
 GradCheckResult check_gradient(Matrix<double>& x, const Matrix<double>& analytic, Loss&& loss,
                                const GradCheckOptions& opt = {}) {
@@ -79,6 +82,7 @@ GradCheckResult check_gradient(Matrix<double>& x, const Matrix<double>& analytic
 }
 
 /// <a, b>: the scalar loss of a random projection.
+/// Throws ArgumentError naming projection unless b has a's shape.
 inline double projection(ConstRef<double> a, ConstRef<double> b) {
   detail::check_shape("projection", "b", b, a.rows(), a.cols());
   return (a.array() * b.array()).sum();

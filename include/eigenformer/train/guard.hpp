@@ -30,6 +30,8 @@ namespace eigenformer {
 /// A loss or gradient was NaN or infinite and the policy said stop.
 class NonFiniteError : public std::runtime_error {
  public:
+  /// what() is message; param is the first parameter with a non-finite gradient (empty when the
+  /// loss was the problem).
   NonFiniteError(const std::string& message, std::string param)
       : std::runtime_error(message), param_(std::move(param)) {}
   /// The name of the first parameter with a non-finite gradient; empty when the loss was.
@@ -73,6 +75,7 @@ struct StepCheck {
   std::string param;         // the first parameter with a non-finite gradient; empty if none
   Index bad_entries = 0;     // its non-finite gradient entries
   Index bad_params = 0;      // parameters with a non-finite gradient
+  /// ok: whether the step may go ahead.
   explicit operator bool() const { return ok; }
 };
 
@@ -129,14 +132,18 @@ bool apply_policy(const StepCheck& check, NonFinitePolicy policy, const ParamLis
 template <class Scalar = float>
 class StepGuard {
  public:
+  /// Throws ArgumentError naming StepGuard::StepGuard unless policy is stop or skip and
+  /// max_consecutive_skips >= 0.
   explicit StepGuard(NonFinitePolicy policy = NonFinitePolicy::stop,
                      long max_consecutive_skips = 100);
 
   /// True if the optimizer may step; false (gradients zeroed) for a skipped step. Throws
   /// NonFiniteError under stop, or after too many skips in a row; the message gives the step
   /// number (counting from 1).
+  /// Throws ArgumentError for a null parameter, before counting the step.
   bool check(double loss, const ParamList<Scalar>& params);
 
+  /// The policy; the calls to check() so far, and the steps of those it skipped; the last verdict.
   NonFinitePolicy policy() const { return policy_; }
   long steps() const { return steps_; }      // calls to check()
   long skipped() const { return skipped_; }  // steps skipped

@@ -121,6 +121,8 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
 
 /// dlogits (N, V), fresh: dloss * (probs - smoothed one-hot) / count on counted rows, zero on
 /// ignored rows (and everywhere when no row counted). dloss must be finite.
+/// Throws ArgumentError naming cross_entropy_backward unless dloss is finite and cache was
+/// filled by cross_entropy_forward (as many targets as rows of probs).
 template <class Scalar>
 Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache, Scalar dloss = 1) {
   const Index N = cache.probs.rows(), V = cache.probs.cols();

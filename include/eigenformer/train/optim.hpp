@@ -102,15 +102,20 @@ class Optimizer {
   virtual ~Optimizer() = default;
 
   /// Applies one update from the current gradients; throws if a parameter changed shape.
+  /// That throw is an ArgumentError naming <Optimizer>::step and the parameter, before any value,
+  /// state or steps() changes; a successful step adds one to steps().
   virtual void step() = 0;
 
+  /// Sets every parameter's gradient to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(params_); }
 
-  /// The base learning rate; group g uses lr * its lr_scale. Throws unless lr >= 0.
+  /// The base learning rate of the next steps; group g uses lr * its lr_scale. Throws
+  /// ArgumentError naming <Optimizer>::set_lr, keeping the old rate, unless lr is finite and >= 0.
   void set_lr(double lr) {
     detail::check_nonnegative(set_lr_func_, "lr", lr);
     lr_ = static_cast<Scalar>(lr);
   }
+  /// The current learning rate.
   Scalar lr() const { return lr_; }
   /// Updates applied so far.
   long steps() const { return steps_; }
@@ -193,6 +198,9 @@ void Optimizer<Scalar>::check_shapes() const {
 template <class Scalar = float>
 class SGD : public Optimizer<Scalar> {
  public:
+  /// params must outlive the optimizer. Throws ArgumentError naming SGD::SGD unless params is
+  /// non-empty with no null pointer and each gradient shaped as its value, and lr, momentum and
+  /// weight_decay are finite and >= 0.
   SGD(ParamList<Scalar> params, double lr, double momentum = 0, double weight_decay = 0)
       : SGD(std::vector<ParamGroup<Scalar>>{{std::move(params), {}, 1.0}}, lr, momentum,
             weight_decay) {}
@@ -202,6 +210,7 @@ class SGD : public Optimizer<Scalar> {
 
   void step() override;
 
+  /// The settings given at construction.
   Scalar momentum() const { return momentum_; }
   Scalar weight_decay() const { return weight_decay_; }
 
@@ -243,6 +252,9 @@ void SGD<Scalar>::step() {
 template <class Scalar = float>
 class Adam : public Optimizer<Scalar> {
  public:
+  /// PyTorch's defaults; params must outlive the optimizer. Throws ArgumentError naming Adam::Adam
+  /// unless params is non-empty with no null pointer and each gradient shaped as its value, lr,
+  /// eps and weight_decay are finite and >= 0, and beta1 and beta2 are in [0, 1).
   Adam(ParamList<Scalar> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999,
        double eps = 1e-8, double weight_decay = 0)
       : Adam(one_group(std::move(params)), lr, beta1, beta2, eps, weight_decay, false, "Adam") {}
@@ -253,6 +265,7 @@ class Adam : public Optimizer<Scalar> {
 
   void step() override;
 
+  /// The settings given at construction.
   Scalar beta1() const { return beta1_; }
   Scalar beta2() const { return beta2_; }
   Scalar eps() const { return eps_; }
@@ -345,6 +358,8 @@ void Adam<Scalar>::update_rows(size_t i, Index begin, Index n, Scalar step_size,
 template <class Scalar = float>
 class AdamW : public Adam<Scalar> {
  public:
+  /// PyTorch's defaults, weight_decay 0.01 among them. Throws as Adam's constructor, naming
+  /// AdamW::AdamW.
   AdamW(ParamList<Scalar> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999,
         double eps = 1e-8, double weight_decay = 0.01)
       : Adam<Scalar>(Adam<Scalar>::one_group(std::move(params)), lr, beta1, beta2, eps,
@@ -360,6 +375,8 @@ class AdamW : public Adam<Scalar> {
 /// torch.nn.utils.clip_grad_norm_: by max_norm / (norm + 1e-6) when that is below 1. Returns the
 /// norm before clipping. A non-finite norm is returned with the gradients left unchanged (PyTorch
 /// would fill them with NaN); check grads_finite() and skip the step.
+/// Throws ArgumentError naming clip_grad_norm, changing nothing, for a null parameter, a gradient
+/// not shaped as its value, or a max_norm that is not positive and finite.
 template <class Scalar>
 Scalar clip_grad_norm(const ParamList<Scalar>& params, Scalar max_norm) {
   detail::check_param_list("clip_grad_norm", params);
@@ -377,6 +394,8 @@ Scalar clip_grad_norm(const ParamList<Scalar>& params, Scalar max_norm) {
 
 /// true when every gradient is finite; otherwise false, and *bad_name (if given) is the name of
 /// the first parameter with a NaN or infinite gradient.
+/// Throws ArgumentError naming grads_finite for a null parameter or a gradient not shaped as its
+/// value.
 template <class Scalar>
 bool grads_finite(const ParamList<Scalar>& params, std::string* bad_name = nullptr) {
   detail::check_param_list("grads_finite", params);

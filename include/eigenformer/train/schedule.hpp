@@ -44,8 +44,11 @@ inline double warmup_fraction(long step, long warmup) {
 template <class Scalar = float>
 class NoamSchedule {
  public:
+  /// Throws ArgumentError naming NoamSchedule::NoamSchedule unless d_model and warmup are positive
+  /// and factor is finite and >= 0.
   NoamSchedule(Index d_model, long warmup, Scalar factor = 1);
 
+  /// The rate of update number step (counting from 1). Throws ArgumentError unless step >= 1.
   Scalar lr(long step) const;
 
  private:
@@ -76,8 +79,11 @@ auto NoamSchedule<Scalar>::lr(long step) const -> Scalar {
 template <class Scalar = float>
 class ConstantSchedule {
  public:
+  /// Throws ArgumentError naming ConstantSchedule::ConstantSchedule unless lr is finite and >= 0
+  /// and warmup >= 0.
   explicit ConstantSchedule(Scalar lr, long warmup = 0);
 
+  /// The rate of update number step (counting from 1). Throws ArgumentError unless step >= 1.
   Scalar lr(long step) const;
 
  private:
@@ -103,8 +109,11 @@ auto ConstantSchedule<Scalar>::lr(long step) const -> Scalar {
 template <class Scalar = float>
 class CosineSchedule {
  public:
+  /// Throws ArgumentError naming CosineSchedule::CosineSchedule unless peak_lr is finite and >= 0,
+  /// 0 <= min_lr <= peak_lr, warmup >= 0 and total_steps >= max(1, warmup).
   CosineSchedule(Scalar peak_lr, long warmup, long total_steps, Scalar min_lr = 0);
 
+  /// The rate of update number step (counting from 1). Throws ArgumentError unless step >= 1.
   Scalar lr(long step) const;
 
  private:
