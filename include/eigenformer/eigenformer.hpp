@@ -11,6 +11,7 @@
 #include "core/tensor.hpp"
 #include "decode/beam.hpp"
 #include "decode/greedy.hpp"
+#include "decode/sampling.hpp"
 #include "io/checkpoint.hpp"
 #include "io/safetensors.hpp"
 #include "layers/activation.hpp"
