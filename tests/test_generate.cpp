@@ -1,6 +1,15 @@
-// The sampling pieces of generation (decode/sampling.hpp): each function against its definition,
-// sampled frequencies against the filtered distribution, seeds, and bad arguments.
+// Generation (decode/generate.hpp), its sampling pieces (decode/sampling.hpp) and inference mode
+// (model/eval_mode.hpp): each sampling function against its definition, sampled frequencies
+// against the filtered distribution, seeds, generation against greedy_generate / greedy_decode and
+// against a loop of full forward passes, batches against one sequence at a time, stop conditions,
+// the callback, train mode, and bad arguments.
+#include <eigenformer/decode/beam.hpp>
+#include <eigenformer/decode/generate.hpp>
+#include <eigenformer/decode/greedy.hpp>
 #include <eigenformer/decode/sampling.hpp>
+#include <eigenformer/model/eval_mode.hpp>
+#include <eigenformer/model/language_models.hpp>
+#include <eigenformer/model/transformer.hpp>
 
 #include <cmath>
 #include <limits>
@@ -50,6 +59,83 @@ void check_frequencies(const std::vector<Index>& counts, const RowVector<double>
     else
       CHECK(std::abs(f - p(i)) <= 5.0 * sd + 1e-9);
   }
+}
+
+TransformerConfig lm_config(PositionalKind positional = PositionalKind::learned) {
+  TransformerConfig c;
+  c.tgt_vocab = 13;
+  c.d_model = 16;
+  c.n_heads = 4;
+  c.d_ff = 24;
+  c.n_decoder_layers = 2;
+  c.dropout = 0.5;  // train mode would change every token
+  c.max_len = 24;
+  c.pad_id = -1;
+  c.norm = NormPlacement::pre;
+  c.positional = positional;
+  c.tie_output = true;
+  return c;
+}
+
+TransformerConfig seq2seq_config() {
+  TransformerConfig c;
+  c.src_vocab = 11;
+  c.tgt_vocab = 13;
+  c.d_model = 16;
+  c.n_heads = 4;
+  c.d_ff = 24;
+  c.n_encoder_layers = c.n_decoder_layers = 2;
+  c.dropout = 0.5;
+  c.max_len = 20;
+  c.pad_id = 0;
+  return c;
+}
+
+IdMatrix padded_source() {  // lengths 5 and 3, padded with 0
+  IdMatrix src(2, 5);
+  src << 3, 4, 5, 6, 7,  //
+      8, 9, 10, 0, 0;
+  return src;
+}
+
+GenerateOptions sampling_options() {
+  GenerateOptions o;
+  o.sample = true;
+  o.temperature = 1.5;  // flatter: the untrained models' choices vary more
+  o.top_k = 8;
+  o.top_p = 0.95;
+  o.repetition_penalty = 1.2;
+  o.max_new_tokens = 9;
+  return o;
+}
+
+/// Decoder-only generation of one prompt by the definition: a full forward pass over the whole
+/// sequence for every token, and choose_token with the generator generate() gives the sequence
+/// (the first rng.split()); stops at max_new_tokens or a stop token.
+template <class Scalar>
+std::vector<Index> reference_generate(DecoderOnlyLM<Scalar>& lm, std::vector<Index> seq,
+                                      const GenerateOptions& opt, Rng& rng) {
+  Rng own(rng.split());
+  const size_t P = seq.size();
+  for (Index n = 0; n < opt.max_new_tokens; ++n) {
+    IdMatrix ids(1, static_cast<Index>(seq.size()));
+    for (size_t t = 0; t < seq.size(); ++t) ids(0, Index(t)) = seq[t];
+    typename DecoderOnlyLM<Scalar>::Cache cache;
+    const Matrix<Scalar> logits = lm.forward(ids, cache);
+    const Index token = choose_token(RowVector<Scalar>(logits.row(ids.cols() - 1)), opt, seq, own);
+    seq.push_back(token);
+    if (std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(), token) != opt.stop_tokens.end())
+      break;
+  }
+  return std::vector<Index>(seq.begin() + std::ptrdiff_t(P), seq.end());
+}
+
+/// Every dropout flag of a model, in for_each_dropout's order.
+template <class Model>
+std::vector<bool> dropout_flags(Model& model) {
+  std::vector<bool> flags;
+  detail::for_each_dropout(model, [&](auto& d) { flags.push_back(d.training); });
+  return flags;
 }
 
 }  // namespace
@@ -296,4 +382,302 @@ TEST_CASE("the sampling functions reject bad arguments, naming function, argumen
   check_throws_with([&] { choose_token(x, bad, {}, rng); },
                     {"choose_token", "'options.temperature'", "is 0,"});
   CHECK(rng.next_u64() == copy.next_u64());  // nothing drawn
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inference mode
+
+TEST_CASE("ScopedEval turns every dropout off and puts each flag back, also on an exception") {
+  Rng rng(21);
+  DecoderOnlyLM<double> lm(lm_config(), rng);
+  Transformer<double> seq2seq(seq2seq_config(), rng);
+  IdMatrix ids(2, 6);
+  ids << 1, 5, 7, 2, 9, 11,  //
+      4, 3, 12, 6, 0, 8;
+  const IdMatrix src = padded_source();
+
+  lm.eval();
+  seq2seq.eval();
+  DecoderOnlyLM<double>::Cache c1;
+  Transformer<double>::Cache c2;
+  const eftest::MatD lm_eval = lm.forward(ids, c1);
+  const eftest::MatD s2s_eval = seq2seq.forward(src, ids, c2);
+
+  lm.train();
+  seq2seq.train();
+  // A mixed state: some parts already in eval mode must stay so.
+  seq2seq.decoder.layers[1].ffn.train(false);
+  lm.stack.layers[0].attn_drop.train(false);
+  const std::vector<bool> lm_before = dropout_flags(lm), s2s_before = dropout_flags(seq2seq);
+  CHECK(lm_before.size() == 1 + 2 * 3);
+  CHECK(s2s_before.size() == (1 + 2 * 3) + (1 + 2 * 4));
+  {
+    ScopedEval a(lm);
+    ScopedEval b(seq2seq);
+    for (bool f : dropout_flags(lm)) CHECK_FALSE(f);
+    // The training forward (with caches, which applies dropout in train mode) is the eval one:
+    // no dropout was left out.
+    CHECK(lm.forward(ids, c1) == lm_eval);
+    CHECK(seq2seq.forward(src, ids, c2) == s2s_eval);
+  }
+  CHECK(dropout_flags(lm) == lm_before);
+  CHECK(dropout_flags(seq2seq) == s2s_before);
+  try {
+    ScopedEval guard(lm);
+    throw std::runtime_error("leaves the scope");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(dropout_flags(lm) == lm_before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation
+
+TEST_CASE("greedy generate equals greedy_generate and greedy_decode") {
+  Rng rng(31);
+  for (PositionalKind kind : {PositionalKind::learned, PositionalKind::rotary}) {
+    DecoderOnlyLM<float> lm(lm_config(kind), rng);
+    lm.eval();
+    IdMatrix prompt(3, 3);
+    prompt << 4, 7, 1,  //
+        9, 12, 3,       //
+        0, 6, 2;
+    for (Index eos : {Index(-1), Index(5)}) {
+      const IdMatrix expected = greedy_generate(lm, prompt, 10, eos);
+      GenerateOptions opt;
+      opt.max_new_tokens = 10;
+      if (eos >= 0) opt.stop_tokens = {eos};
+      const GenerateResult r = generate(lm, prompt, opt, rng);
+      for (Index b = 0; b < 3; ++b) {
+        const std::vector<Index>& got = r.tokens[size_t(b)];
+        INFO("eos " << eos << " row " << b);
+        REQUIRE(static_cast<Index>(got.size()) <= 10);
+        for (size_t j = 0; j < got.size(); ++j) CHECK(got[j] == expected(b, 3 + Index(j)));
+        const bool stopped = r.reasons[size_t(b)] == StopReason::stop_token;
+        CHECK(stopped == (eos >= 0 && got.back() == eos));
+        if (!stopped) CHECK(got.size() == 10);
+        for (Index j = 3 + Index(got.size()); j < expected.cols(); ++j)  // EOS fill after EOS
+          CHECK(expected(b, j) == eos);
+      }
+    }
+  }
+  Transformer<float> seq2seq(seq2seq_config(), rng);
+  seq2seq.eval();
+  const IdMatrix src = padded_source();
+  const IdMatrix expected = greedy_decode(seq2seq, src, {1, 2, 12});
+  GenerateOptions opt;
+  opt.bos = 1;
+  opt.stop_tokens = {2};
+  opt.max_new_tokens = 12;
+  const GenerateResult r = generate(seq2seq, src, opt, rng);
+  for (Index b = 0; b < 2; ++b)
+    for (size_t j = 0; j < r.tokens[size_t(b)].size(); ++j)
+      CHECK(r.tokens[size_t(b)][j] == expected(b, Index(j)));
+}
+
+TEST_CASE("generate equals its definition: a full forward pass over the sequence per token, then "
+          "choose_token (sampling and greedy, with a repetition penalty)") {
+  Rng init(41);
+  DecoderOnlyLM<double> lm(lm_config(), init);
+  lm.eval();
+  const std::vector<Index> prompt{3, 8, 8, 1};
+  GenerateOptions greedy;
+  greedy.repetition_penalty = 1.3;
+  greedy.max_new_tokens = 12;
+  for (const GenerateOptions& opt : {sampling_options(), greedy}) {
+    Rng a(7), b(7);
+    const GenerateResult r = generate(lm, {prompt}, opt, a);
+    CHECK(r.tokens[0] == reference_generate(lm, prompt, opt, b));
+  }
+}
+
+TEST_CASE("generate: the same seed gives the same tokens, other seeds others") {
+  Rng init(51);
+  DecoderOnlyLM<float> lm(lm_config(), init);
+  Transformer<float> seq2seq(seq2seq_config(), init);
+  const GenerateOptions opt = sampling_options();
+  const std::vector<std::vector<Index>> prompts{{2, 5}, {7}};
+  Rng a(99), b(99);
+  const GenerateResult first = generate(lm, prompts, opt, a);
+  CHECK(generate(lm, prompts, opt, b).tokens == first.tokens);
+  CHECK(a.next_u64() == b.next_u64());  // one split per sequence, whatever the lengths
+  bool differs = false;
+  for (std::uint64_t seed = 1; seed <= 4; ++seed) {
+    Rng c(seed);
+    differs = differs || generate(lm, prompts, opt, c).tokens != first.tokens;
+  }
+  CHECK(differs);
+  Rng d(5), e(5);
+  CHECK(generate(seq2seq, padded_source(), opt, d).tokens ==
+        generate(seq2seq, padded_source(), opt, e).tokens);
+}
+
+TEST_CASE("generate: a batch of prompts of different lengths gives what one prompt at a time "
+          "gives") {
+  Rng init(61);
+  for (PositionalKind kind :
+       {PositionalKind::learned, PositionalKind::sinusoidal, PositionalKind::rotary}) {
+    DecoderOnlyLM<double> lm(lm_config(kind), init);
+    const std::vector<std::vector<Index>> prompts{{4, 9, 1, 1, 7}, {2}, {11, 3}, {6, 6, 6, 0}};
+    GenerateOptions greedy;
+    greedy.max_new_tokens = 7;
+    greedy.stop_tokens = {3, 10};
+    for (const GenerateOptions& opt : {sampling_options(), greedy}) {
+      Rng batch_rng(8), single_rng(8);
+      const GenerateResult batch = generate(lm, prompts, opt, batch_rng);
+      for (size_t b = 0; b < prompts.size(); ++b) {
+        const GenerateResult one = generate(lm, {prompts[b]}, opt, single_rng);
+        INFO("positions " << int(kind) << ", row " << b << ", sample " << opt.sample);
+        CHECK(batch.tokens[b] == one.tokens[0]);
+        CHECK(batch.reasons[b] == one.reasons[0]);
+      }
+      CHECK(batch_rng.next_u64() == single_rng.next_u64());
+    }
+  }
+  Transformer<double> seq2seq(seq2seq_config(), init);
+  const IdMatrix src = padded_source();
+  Rng batch_rng(4), single_rng(4);
+  const GenerateResult batch = generate(seq2seq, src, sampling_options(), batch_rng);
+  for (Index b = 0; b < src.rows(); ++b) {
+    const GenerateResult one = generate(seq2seq, IdMatrix(src.row(b)), sampling_options(),
+                                        single_rng);
+    CHECK(batch.tokens[size_t(b)] == one.tokens[0]);
+  }
+}
+
+TEST_CASE("generate runs in inference mode: train mode gives the eval-mode tokens and stays on") {
+  Rng init(71);
+  DecoderOnlyLM<float> lm(lm_config(), init);
+  Transformer<float> seq2seq(seq2seq_config(), init);
+  const GenerateOptions opt = sampling_options();
+  const std::vector<std::vector<Index>> prompts{{2, 5, 9}, {7}};
+  lm.eval();
+  seq2seq.eval();
+  Rng a(3), b(3), c(3), d(3);
+  const GenerateResult lm_eval = generate(lm, prompts, opt, a);
+  const GenerateResult s2s_eval = generate(seq2seq, padded_source(), opt, b);
+  const IdMatrix greedy_eval = greedy_generate(lm, IdMatrix::Constant(1, 2, 4), 6);
+  const BeamOptions beam{1, 2, 8, 3, 0.0};
+  const IdMatrix beam_eval = beam_search(seq2seq, padded_source(), beam);
+  lm.train();
+  seq2seq.train();
+  CHECK(generate(lm, prompts, opt, c).tokens == lm_eval.tokens);
+  CHECK(generate(seq2seq, padded_source(), opt, d).tokens == s2s_eval.tokens);
+  CHECK(greedy_generate(lm, IdMatrix::Constant(1, 2, 4), 6) == greedy_eval);
+  CHECK(beam_search(seq2seq, padded_source(), beam) == beam_eval);
+  for (bool f : dropout_flags(lm)) CHECK(f);
+  for (bool f : dropout_flags(seq2seq)) CHECK(f);
+}
+
+TEST_CASE("generate stops a sequence at any stop token, at max_new_tokens, or when the callback "
+          "says so, and calls back once per token, step by step") {
+  Rng init(81);
+  DecoderOnlyLM<double> lm(lm_config(), init);
+  const std::vector<std::vector<Index>> prompts{{1, 2, 3}, {4}, {5, 6}};
+  GenerateOptions opt = sampling_options();
+  opt.max_new_tokens = 10;
+  // Stop tokens: the first token each sequence generates without them, so each stops at once.
+  Rng probe(1);
+  const GenerateResult free_run = generate(lm, prompts, opt, probe);
+  opt.stop_tokens = {free_run.tokens[0][0], free_run.tokens[1][0], free_run.tokens[2][0]};
+  Rng r1(1);
+  const GenerateResult stopped = generate(lm, prompts, opt, r1);
+  for (size_t b = 0; b < 3; ++b) {
+    CHECK(stopped.tokens[b] == std::vector<Index>{free_run.tokens[b][0]});
+    CHECK(stopped.reasons[b] == StopReason::stop_token);
+  }
+
+  opt.stop_tokens.clear();
+  std::vector<TokenEvent> events;
+  Rng r2(1);
+  const GenerateResult r = generate(lm, prompts, opt, r2, [&](const TokenEvent& e) {
+    events.push_back(e);
+    return !(e.row == 1 && e.index == 3);  // sequence 1 ends after its 4th token
+  });
+  CHECK(r.tokens[0] == free_run.tokens[0]);  // the others run on unchanged
+  CHECK(r.tokens[2] == free_run.tokens[2]);
+  CHECK(r.tokens[1] == std::vector<Index>(free_run.tokens[1].begin(), free_run.tokens[1].begin() + 4));
+  CHECK(r.reasons[0] == StopReason::max_new_tokens);
+  CHECK(r.reasons[1] == StopReason::callback);
+  CHECK(r.tokens[0].size() == 10);
+  // Events: every token once, in step order (the 1-token prompt first, then the 2-token one, ...).
+  std::vector<size_t> seen(3, 0);
+  Index last_step = -1;
+  for (const TokenEvent& e : events) {
+    const Index P = static_cast<Index>(prompts[size_t(e.row)].size());
+    const Index step = P + e.index;  // the step (position) that chose it
+    CHECK(step >= last_step);
+    last_step = step;
+    CHECK(e.index == Index(seen[size_t(e.row)]));
+    CHECK(e.token == r.tokens[size_t(e.row)][seen[size_t(e.row)]]);
+    CHECK(e.last == (e.row != 1 && e.index == 9));
+    ++seen[size_t(e.row)];
+  }
+  CHECK(seen == std::vector<size_t>{10, 4, 10});
+
+  // Encoder-decoder: BOS is never in the output; max_new_tokens bounds it.
+  Transformer<double> seq2seq(seq2seq_config(), init);
+  GenerateOptions s = sampling_options();
+  s.max_new_tokens = 5;
+  Rng r3(2);
+  const GenerateResult t = generate(seq2seq, padded_source(), s, r3);
+  for (const auto& tokens : t.tokens) CHECK(tokens.size() == 5);
+}
+
+TEST_CASE("generate rejects bad options and arguments, naming them and the value, and changes "
+          "nothing") {
+  using eftest::check_throws_with;
+  Rng init(91);
+  DecoderOnlyLM<float> lm(lm_config(), init);
+  Transformer<float> seq2seq(seq2seq_config(), init);
+  lm.train();
+  const std::vector<bool> lm_flags = dropout_flags(lm), s2s_flags = dropout_flags(seq2seq);
+  const std::vector<std::vector<Index>> prompts{{1, 2}};
+  Rng rng(5), copy(5);
+  auto lm_fails = [&](const GenerateOptions& o, const std::vector<std::string>& frags) {
+    check_throws_with([&] { generate(lm, prompts, o, rng); }, frags);
+  };
+  auto s2s_fails = [&](const GenerateOptions& o, const IdMatrix& src,
+                       const std::vector<std::string>& frags) {
+    check_throws_with([&] { generate(seq2seq, src, o, rng); }, frags);
+  };
+  GenerateOptions o = sampling_options();
+  o.top_k = -1;
+  lm_fails(o, {"generate", "'options.top_k'", "-1"});
+  o = sampling_options(), o.top_p = 0.0;
+  lm_fails(o, {"generate", "'options.top_p'", "is 0,"});
+  o.top_p = 1.25;
+  s2s_fails(o, padded_source(), {"generate", "'options.top_p'", "1.25"});
+  o = sampling_options(), o.temperature = 0.0;
+  lm_fails(o, {"generate", "'options.temperature'", "is 0,"});
+  o.temperature = -1.0;
+  lm_fails(o, {"generate", "'options.temperature'", "-1"});
+  o = sampling_options(), o.repetition_penalty = 0.0;
+  lm_fails(o, {"generate", "'options.repetition_penalty'", "is 0,"});
+  o = sampling_options(), o.max_new_tokens = 0;
+  lm_fails(o, {"generate", "'options.max_new_tokens'", "is 0,"});
+  o.max_new_tokens = 23;  // 2 + 23 > max_len 24
+  lm_fails(o, {"generate", "'options.max_new_tokens'", "23", "max_len 24"});
+  o.max_new_tokens = 21;  // > max_len 20
+  s2s_fails(o, padded_source(), {"generate", "'options.max_new_tokens'", "21"});
+  o = sampling_options(), o.stop_tokens = {2, 13};
+  lm_fails(o, {"generate", "'options.stop_tokens'", "id 13"});
+  o.stop_tokens = {-1};
+  s2s_fails(o, padded_source(), {"generate", "'options.stop_tokens'", "id -1"});
+  o = sampling_options(), o.bos = 13;
+  s2s_fails(o, padded_source(), {"generate", "'options.bos'", "13"});
+  o = sampling_options();
+  check_throws_with([&] { generate(lm, {{1, 13}}, o, rng); },
+                    {"generate", "'prompts'", "id 13", "row 0, position 1"});
+  check_throws_with([&] { generate(lm, {{1}, {}}, o, rng); },
+                    {"generate", "'prompts'", "empty prompt at row 1"});
+  check_throws_with([&] { generate(lm, std::vector<std::vector<Index>>{}, o, rng); },
+                    {"generate", "'prompts'", "empty"});
+  IdMatrix bad_src = padded_source();
+  bad_src(1, 0) = 11;
+  s2s_fails(o, bad_src, {"generate", "'src'", "id 11"});
+  s2s_fails(o, IdMatrix(0, 3), {"generate", "'src'", "(0, 3)"});
+  CHECK(rng.next_u64() == copy.next_u64());
+  CHECK(dropout_flags(lm) == lm_flags);
+  CHECK(dropout_flags(seq2seq) == s2s_flags);
 }

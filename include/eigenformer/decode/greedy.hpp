@@ -1,8 +1,8 @@
 // Greedy decoding: at each step take the most likely next token.
 //
 // Encoder-decoder: encode the source once, then grow the target from BOS one token at a time until
-// every sequence has produced EOS or max_len tokens. Batched and deterministic. Call
-// model.eval() first so that dropout is off. Each step runs the decoder on the new token only,
+// every sequence has produced EOS or max_len tokens. Batched and deterministic. Runs with dropout
+// off whatever the model's train flag, which it restores (model/eval_mode.hpp). Each step runs the decoder on the new token only,
 // over key/value caches of the earlier positions and of the source (layers/kv_cache.hpp), so the
 // cost grows linearly with the output length.
 #pragma once
@@ -12,6 +12,7 @@
 
 #include "../core/precompiled.hpp"
 #include "../model/decode_state.hpp"
+#include "../model/eval_mode.hpp"
 #include "../model/language_models.hpp"
 #include "../model/transformer.hpp"
 
@@ -60,6 +61,7 @@ IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const Gr
                        typename Transformer<Scalar>::Cache* last = nullptr) {
   detail::check_greedy_options("greedy_decode", opt, model.config().tgt_vocab,
                                model.config().max_len);
+  ScopedEval eval(model);
   typename Encoder<Scalar>::Cache encoder_cache;
   typename Encoder<Scalar>::Cache& enc = last ? last->encoder : encoder_cache;
   const Matrix<Scalar> memory = model.encode(src, enc);  // (B*S, d)
@@ -85,7 +87,8 @@ IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const Gr
 }
 
 /// Decoder-only: extends prompt (B, P) by up to n_new greedy tokens, stopping a sequence at
-/// eos (pass -1 for none). Returns (B, P + generated).
+/// eos (pass -1 for none). Returns (B, P + generated). Runs with dropout off, as greedy_decode.
+/// decode/generate.hpp's generate() does this and more (sampling, prompts of different lengths).
 template <class Scalar>
 IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, Index n_new,
                          Index eos = -1) {
@@ -107,6 +110,7 @@ IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, I
   detail::require(prompt.rows() > 0 && prompt.cols() > 0, "greedy_generate", "prompt", [&] {
     return "has shape " + detail::shape_of(prompt) + ", expected a non-empty (B, P)";
   });
+  ScopedEval eval(model);
   // The prompt in one step, then one token per step over the caches. The last token is never fed.
   DecodeState<Scalar> state = model.begin_decode(B, prompt.cols() + n_new - 1);
   for (Index step = 0; step < n_new; ++step) {
