@@ -24,7 +24,9 @@
 // feeds one token per sequence: the next prompt token of a sequence still in its prompt (its
 // logits are not used), or the token it chose last. A sequence that has ended keeps being fed (its
 // last token, outputs ignored) until every sequence has, so each step has one fixed shape; the
-// KV cache holds the longest prompt plus max_new_tokens - 1 positions.
+// KV cache holds the longest prompt plus max_new_tokens - 1 positions. The cost: a prompt's
+// tokens beyond the shortest prompt's length go through one per step, so a batch of prompts of
+// similar lengths runs fastest.
 //
 // Randomness. Each sequence draws from a generator of its own, seeded by one rng.split() per
 // sequence in order at the start of a sampling call (greedy calls draw nothing). So the same seed
