@@ -20,7 +20,8 @@
 // over self-attention KV caches whose rows are first reordered so that each row holds the cache of
 // its prefix's parent (the row whose previous prefix it extends), so the cost grows linearly with
 // the output length. Rows of sources that are done keep being computed, so each step's batch has a
-// fixed shape. Works for every positional scheme and attention scoring. Call model.eval() first.
+// fixed shape. Works for every positional scheme and attention scoring. Runs with dropout off
+// whatever the model's train flag, which it restores (model/eval_mode.hpp).
 #pragma once
 
 #include <algorithm>
@@ -32,6 +33,7 @@
 
 #include "../core/precompiled.hpp"
 #include "../model/decode_state.hpp"
+#include "../model/eval_mode.hpp"
 #include "../model/transformer.hpp"
 
 namespace eigenformer {
@@ -295,7 +297,7 @@ void reorder_decode_state(DecodeState<Scalar>& state, const std::vector<Index>& 
 }  // namespace detail
 
 /// Beam search over an encoder-decoder Transformer: src (B, S) -> every source's best hypotheses.
-/// Requires model.eval() (the token input's dropout is on in training mode). Throws
+/// Runs with dropout off whatever the model's mode (ScopedEval). Throws
 /// ArgumentError naming beam_search for options beam_search_with rejects or opt.max_len not below
 /// the model's max_len; and as Transformer::encode for a bad src.
 template <class Scalar>
@@ -308,6 +310,7 @@ BeamResult beam_search_result(Transformer<Scalar>& model, const IdMatrix& src,
     return "is " + std::to_string(opt.max_len) + ", expected 1.." +
            std::to_string(model.config().max_len - 1) + " (the model's max_len less one for BOS)";
   });
+  ScopedEval eval(model);
   typename Encoder<Scalar>::Cache cache;
   const Matrix<Scalar> memory = model.encode(src, cache);  // (B*S, d); checks src
   const Index B = src.rows(), S = src.cols(), K = opt.beam_width, d = memory.cols();

@@ -1,8 +1,8 @@
 // Greedy decoding: at each step take the most likely next token.
 //
 // Encoder-decoder: encode the source once, then grow the target from BOS one token at a time until
-// every sequence has produced EOS or max_len tokens. Batched and deterministic. Call
-// model.eval() first so that dropout is off. Each step runs the decoder on the new token only,
+// every sequence has produced EOS or max_len tokens. Batched and deterministic. Runs with dropout
+// off whatever the model's train flag, which it restores (model/eval_mode.hpp). Each step runs the decoder on the new token only,
 // over key/value caches of the earlier positions and of the source (layers/kv_cache.hpp), so the
 // cost grows linearly with the output length.
 #pragma once
@@ -12,6 +12,7 @@
 
 #include "../core/precompiled.hpp"
 #include "../model/decode_state.hpp"
+#include "../model/eval_mode.hpp"
 #include "../model/language_models.hpp"
 #include "../model/transformer.hpp"
 
@@ -55,13 +56,14 @@ inline void check_greedy_options(std::string_view func, const GreedyOptions& opt
 /// decoder pass over the decoder input of the last step (BOS and all generated tokens but the
 /// last), as decode() fills them: its cross-attention weights show which source tokens each
 /// output token looked at. That pass costs one full decode; without last, none is run.
-/// Requires model.eval() (the token input's dropout is on in training mode). Throws
+/// Runs with dropout off whatever the model's mode (ScopedEval). Throws
 /// ArgumentError naming greedy_decode unless opt.bos and opt.eos are in [0, tgt_vocab) and
 /// 1 <= opt.max_len < the model's max_len; and as Transformer::encode for a bad src.
 template <class Scalar>
 IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const GreedyOptions& opt,
                        typename Transformer<Scalar>::Cache* last = nullptr) {
   detail::check_greedy_options("greedy_decode", opt, model.vocab_size(), model.config().max_len);
+  ScopedEval eval(model);
   typename Encoder<Scalar>::Cache encoder_cache;
   typename Encoder<Scalar>::Cache& enc = last ? last->encoder : encoder_cache;
   const Matrix<Scalar> memory = model.encode(src, enc);  // (B*S, d)
@@ -89,9 +91,11 @@ IdMatrix greedy_decode(Transformer<Scalar>& model, const IdMatrix& src, const Gr
 /// Decoder-only: extends prompt (B, P) by up to n_new greedy tokens, stopping a sequence at
 /// eos (pass -1 for none). Returns (B, P + generated).
 /// generated <= n_new: it stops when every sequence has produced eos, and fills a finished
-/// sequence with eos until then. Requires model.eval(). Throws ArgumentError naming
-/// greedy_generate unless 0 <= n_new, P + n_new <= max_len, eos is -1 or in [0, vocab), and
-/// (n_new > 0) prompt is non-empty; and as DecoderOnlyLM::decode_step for ids outside [0, vocab).
+/// sequence with eos until then. Runs with dropout off whatever the model's mode, as
+/// greedy_decode; decode/generate.hpp's generate() does this and more (sampling, prompts of
+/// different lengths). Throws ArgumentError naming greedy_generate unless 0 <= n_new,
+/// P + n_new <= max_len, eos is -1 or in [0, vocab), and (n_new > 0) prompt is non-empty; and as
+/// DecoderOnlyLM::decode_step for ids outside [0, vocab).
 template <class Scalar>
 IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, Index n_new,
                          Index eos = -1) {
@@ -113,6 +117,7 @@ IdMatrix greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix& prompt, I
   detail::require(prompt.rows() > 0 && prompt.cols() > 0, "greedy_generate", "prompt", [&] {
     return "has shape " + detail::shape_of(prompt) + ", expected a non-empty (B, P)";
   });
+  ScopedEval eval(model);
   // The prompt in one step, then one token per step over the caches. The last token is never fed.
   DecodeState<Scalar> state = model.begin_decode(B, prompt.cols() + n_new - 1);
   for (Index step = 0; step < n_new; ++step) {
