@@ -9,6 +9,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -83,6 +84,65 @@ inline eigenformer::Matrix<float> random_matrix(Index rows, Index cols, std::uin
   eigenformer::Matrix<float> m(rows, cols);
   eigenformer::fill_uniform(m, -1.0, 1.0, rng);
   return m;
+}
+
+/// 10 independent chains of Eigen's widest float packet through steps fused multiply-adds each,
+/// enough chains to hide the FMA latency on both pipes of current x86 cores; returns a lane sum
+/// so the work cannot be dropped. 2 * lanes * 10 * steps FLOP.
+inline float fma_chains(long steps) {
+  using Packet = Eigen::internal::packet_traits<float>::type;
+  using Eigen::internal::padd;
+  using Eigen::internal::pmadd;
+  using Eigen::internal::pset1;
+  float factor = 0.999999f;
+  benchmark::DoNotOptimize(factor);  // unknown to the compiler: the loop cannot be hoisted
+  const Packet m = pset1<Packet>(factor), c = pset1<Packet>(1e-7f);
+  Packet a0 = pset1<Packet>(1.0f), a1 = pset1<Packet>(1.1f), a2 = pset1<Packet>(1.2f),
+         a3 = pset1<Packet>(1.3f), a4 = pset1<Packet>(1.4f), a5 = pset1<Packet>(1.5f),
+         a6 = pset1<Packet>(1.6f), a7 = pset1<Packet>(1.7f), a8 = pset1<Packet>(1.8f),
+         a9 = pset1<Packet>(1.9f);
+  for (long s = 0; s < steps; ++s) {
+    a0 = pmadd(a0, m, c), a1 = pmadd(a1, m, c), a2 = pmadd(a2, m, c), a3 = pmadd(a3, m, c);
+    a4 = pmadd(a4, m, c), a5 = pmadd(a5, m, c), a6 = pmadd(a6, m, c), a7 = pmadd(a7, m, c);
+    a8 = pmadd(a8, m, c), a9 = pmadd(a9, m, c);
+  }
+  const Packet sum = padd(padd(padd(a0, a1), padd(a2, a3)),
+                          padd(padd(padd(a4, a5), padd(a6, a7)), padd(a8, a9)));
+  return Eigen::internal::predux(sum);
+}
+
+/// The float multiply-add peak of OMP_NUM_THREADS threads in FLOP/s (bench_peak's measurement):
+/// the best of 5 short runs, measured once per program.
+inline double peak_flops() {
+  static const double peak = [] {
+    constexpr long kSteps = 1 << 20;
+    const int threads = eigenformer::max_threads();
+    const int lanes = Eigen::internal::packet_traits<float>::size;
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+      float sink = 0;
+      const WallTimer timer;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) reduction(+ : sink)
+#endif
+      for (int t = 0; t < threads; ++t) sink += fma_chains(kSteps);
+      benchmark::DoNotOptimize(sink);
+      best = std::max(best, 2.0 * lanes * 10.0 * double(kSteps) * threads / timer.seconds());
+    }
+    return best;
+  }();
+  return peak;
+}
+
+/// Sets the FLOP/s and "peak" (share of peak_flops()) counters of a case that does
+/// flop_per_iteration per iteration.
+inline void set_flop_counters(benchmark::State& state, double flop_per_iteration,
+                              double wall_seconds) {
+  const double rate = wall_seconds > 0 ? flop_per_iteration * double(state.iterations()) /
+                                             wall_seconds
+                                       : 0.0;
+  state.counters["FLOP/s"] = benchmark::Counter(rate);
+  state.counters["peak"] = benchmark::Counter(rate / peak_flops());
 }
 
 /// Token ids reserved by the seq2seq benchmarks; random data uses ids from kFirstWord on.

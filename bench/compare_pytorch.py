@@ -44,6 +44,13 @@ What each side does per case:
     sequences of 32 tokens; zero_grad, forward, mean cross-entropy (ignore_index = pad),
     backward, Adam step. PyTorch: nn.TransformerEncoder/Decoder of nn.Transformer*Layer
     (batch_first), key padding masks from the ids and a causal target mask, as ours makes.
+  BM_gpt_train_step/i
+    Both: a GPT-2-style decoder-only model (pre-norm, learned positions, GELU tanh, output tied
+    to the token embedding, no dropout), AdamW (weight decay 0.1 on weight matrices, none on
+    vectors and the embedding tables), mean cross-entropy over the next token of a random batch;
+    i = 0: GPT-2 124M's shape (12 layers, width 768, 12 heads, vocabulary 50257, batch 4 x 64);
+    i = 1: GPT mini (4 layers, width 256, 4 heads, vocabulary 8192, batch 8 x 128). PyTorch: a
+    nanoGPT-style module (q|k|v in one Linear, as GPT-2 stores it).
   BM_greedy_decode/N
     Both: eval mode, one 32-token source, encode once, then N greedy steps; the output bias of EOS
     is -1e9 so that exactly N tokens are decoded. eigenformer's greedy_decode keeps past keys and
@@ -84,6 +91,8 @@ def all_cases():
     cases.append(("BM_seq2seq_train_step", "model"))
     cases.append(("BM_greedy_decode/64", "model"))
     cases.append(("BM_greedy_decode/256", "model"))
+    cases.append(("BM_gpt_train_step/0", "model"))
+    cases.append(("BM_gpt_train_step/1", "model"))
     return cases
 
 
@@ -346,6 +355,83 @@ def torch_greedy_case(torch, n):
     return decode
 
 
+# BM_gpt_train_step/<i>: (layers, width, heads, vocabulary, batch, tokens), as in bench_model.cpp.
+GPT_SHAPES = [(12, 768, 12, 50257, 4, 64), (4, 256, 4, 8192, 8, 128)]
+
+
+def make_gpt(torch, layers, width, heads, vocab, max_len=1024):
+    """nanoGPT's model (pre-norm blocks, learned positions, GELU tanh, output tied to the token
+    embedding, no dropout): what BM_gpt_train_step builds in eigenformer."""
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(width)
+            self.c_attn = nn.Linear(width, 3 * width)
+            self.c_proj = nn.Linear(width, width)
+            self.ln_2 = nn.LayerNorm(width)
+            self.c_fc = nn.Linear(width, 4 * width)
+            self.mlp_proj = nn.Linear(4 * width, width)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(width, dim=2)
+            q, k, v = (t.view(B, T, heads, C // heads).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True) \
+                if hasattr(F, "scaled_dot_product_attention") else self.attend(q, k, v, T)
+            x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+        @staticmethod
+        def attend(q, k, v, T):  # PyTorch 1.13 has no scaled_dot_product_attention
+            att = (q @ k.transpose(-2, -1)) / (q.shape[-1] ** 0.5)
+            mask = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+            return F.softmax(att.masked_fill(mask, float("-inf")), dim=-1) @ v
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(vocab, width)
+            self.wpe = nn.Embedding(max_len, width)
+            self.h = nn.ModuleList(Block() for _ in range(layers))
+            self.ln_f = nn.LayerNorm(width)
+
+        def forward(self, ids):
+            T = ids.shape[1]
+            x = self.wte(ids) + self.wpe(torch.arange(T))
+            for block in self.h:
+                x = block(x)
+            return self.ln_f(x) @ self.wte.weight.t()  # tied output
+
+    torch.manual_seed(0)
+    return GPT()
+
+
+def torch_gpt_case(torch, index):
+    layers, width, heads, vocab, batch, tokens = GPT_SHAPES[index]
+    model = make_gpt(torch, layers, width, heads, vocab)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n
+             and "wpe" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n
+                                                               and "wpe" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=3e-4)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(FIRST_WORD, vocab, (batch, tokens + 1), generator=gen)
+    x, y = ids[:, :-1], ids[:, 1:]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1))
+        loss.backward()
+        opt.step()
+    return step
+
+
 def torch_case(torch, name):
     if name.startswith("BM_mha_"):
         return torch_attention_case(torch, name)
@@ -353,6 +439,8 @@ def torch_case(torch, name):
         return torch_train_step_case(torch)
     if name.startswith("BM_greedy_decode/"):
         return torch_greedy_case(torch, int(name.split("/")[1]))
+    if name.startswith("BM_gpt_train_step/"):
+        return torch_gpt_case(torch, int(name.split("/")[1]))
     raise ValueError(name)
 
 
