@@ -198,7 +198,8 @@ std::vector<std::string> source_labels(const std::vector<long>& ids) {
   return labels;
 }
 
-/// The value of a Chinese numeral character in ASCII: 五 -> "5", 万 -> "10000".
+/// The value of a Chinese numeral character in ASCII: 五 -> "5", 万 -> "10000" (the heat map's
+/// labels when no CJK font is installed).
 std::string ascii_label(const std::string& token) {
   static const std::vector<std::pair<std::string, std::string>> names = {
       {"零", "0"}, {"一", "1"}, {"二", "2"}, {"三", "3"}, {"四", "4"}, {"五", "5"},
@@ -219,8 +220,8 @@ int write_attention(ef::Transformer<float>& model, const std::string& phrase,
   }
   ef::Transformer<float>::Cache cache;
   const std::vector<long> out_ids = translate_ids(model, ids, &cache);
-  std::vector<std::string> out_labels;  // ASCII, since the PNG font has no Chinese glyphs
-  for (long id : out_ids) out_labels.push_back(ascii_label(translate::target_vocab().token(id)));
+  std::vector<std::string> out_labels;  // the characters themselves
+  for (long id : out_ids) out_labels.push_back(translate::target_vocab().token(id));
   // Cross-attention of the last decoder layer, averaged over heads: (outputs, source words).
   const auto& layer = model.decoder.layers.back().cross_attn;
   const auto& attn = cache.decoder.layers.back().cross_attn;
@@ -228,8 +229,11 @@ int write_attention(ef::Transformer<float>& model, const std::string& phrase,
   for (Index h = 0; h < attn.dims.H; ++h) weights += layer.attention_weights(attn, 0, h);
   weights /= float(attn.dims.H);
   // Rows: each output token, predicted at the position before it (BOS first).
+  const heatmap::Labels labels(ascii_label);
+  if (!labels.has_font())
+    std::fprintf(stderr, "no CJK font found (apt-get install fonts-wqy-zenhei): ASCII labels\n");
   heatmap::write_png(png, weights.topRows(Index(out_labels.size())), out_labels,
-                     source_labels(ids));
+                     source_labels(ids), labels);
   std::printf("%s\n", translate::decode_target(out_ids).c_str());
   std::fprintf(stderr, "wrote %s (%zu output tokens x %zu source words)\n", png.c_str(),
                out_labels.size(), ids.size());
