@@ -234,6 +234,11 @@ TEST_CASE("a truncated or damaged state file is an IoError that changes nothing"
   write_bytes(bad, damaged);
   check_load_fails(bad, {"load_training_state", "bad.state"});
   check_load_fails(temp_path("missing.state"), {"load_training_state", "cannot open"});
+  std::string flipped = bytes;  // one bit of the last weight or moment: the structure is intact
+  flipped.back() = static_cast<char>(flipped.back() ^ 0x10);
+  write_bytes(bad, flipped);
+  check_load_fails(bad, {"load_training_state", "damaged data: its checksum is",
+                         "metadata 'eigenformer.data_fnv1a64'"});
 
   // A damaged metadata value: the generator state of one dropout layer.
   std::string meta = bytes;
@@ -323,4 +328,20 @@ TEST_CASE("Optimizer::load_state checks kind, names and shapes before changing a
   momentum.step();
   CHECK(momentum.state().buffers.size() == 2);
   CHECK(momentum.state().buffers[0].first == "w.momentum_buffer");
+}
+
+TEST_CASE("any model with parameters() works, e.g. a single layer (no dropout to save)") {
+  const std::string path = temp_path("layer.state");
+  Rng rng(4);
+  Linear<double> layer(3, 2, rng), other(3, 2, rng);
+  SGD<double> opt(layer.parameters(), 0.1, 0.9), other_opt(other.parameters(), 0.1, 0.9);
+  for (const auto& p : layer.parameters()) p.param->grad.setConstant(0.5);
+  opt.step();
+  TrainingProgress progress;
+  progress.step = 1;
+  save_training_state(path, layer, opt, progress);
+  CHECK(read_safetensors_metadata(path).at("eigenformer.dropouts") == "0");
+  CHECK(load_training_state(path, other, other_opt).step == 1);
+  CHECK(other.parameters()[0].param->value == layer.parameters()[0].param->value);
+  CHECK(other_opt.state().buffers[0].second == opt.state().buffers[0].second);
 }

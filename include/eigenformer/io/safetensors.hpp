@@ -494,6 +494,15 @@ std::string make_header(const std::vector<NamedTensor<Scalar>>& params,
   return text;
 }
 
+/// buf = v's elements as dtype, little-endian, in row-major order (the file's).
+template <class Scalar>
+void encode_tensor(std::vector<unsigned char>& buf, const Matrix<Scalar>& v, Dtype dtype) {
+  const Index width = dtype == Dtype::F32 ? 4 : 8;
+  buf.resize(static_cast<size_t>(v.size() * width));
+  for (Index i = 0; i < v.size(); ++i)
+    put_float_le(&buf[static_cast<size_t>(i * width)], static_cast<double>(v.data()[i]), dtype);
+}
+
 /// Writes the length, header and every tensor to fd; false (errno set) on failure.
 template <class Scalar>
 bool write_contents(int fd, const std::string& header,
@@ -503,16 +512,54 @@ bool write_contents(int fd, const std::string& header,
   if (!write_all(fd, len, 8)) return false;
   if (!write_all(fd, reinterpret_cast<const unsigned char*>(header.data()), header.size()))
     return false;
-  const Index width = dtype == Dtype::F32 ? 4 : 8;
   std::vector<unsigned char> buf;
   for (const auto& p : params) {
-    const Matrix<Scalar>& v = *p.value;  // row-major: data() is the file's element order
-    buf.resize(static_cast<size_t>(v.size() * width));
-    for (Index i = 0; i < v.size(); ++i)
-      put_float_le(&buf[static_cast<size_t>(i * width)], static_cast<double>(v.data()[i]), dtype);
+    encode_tensor(buf, *p.value, dtype);
     if (!write_all(fd, buf.data(), buf.size())) return false;
   }
   return true;
+}
+
+/// The metadata key of a data checksum (written by save_training_state; checked by every load).
+constexpr const char* kChecksumKey = "eigenformer.data_fnv1a64";
+
+/// FNV-1a (64-bit) of n bytes at p, continuing from hash: catches flipped bits in the data, which
+/// the header's sizes and offsets cannot.
+inline std::uint64_t fnv1a64(const unsigned char* p, std::uint64_t n,
+                             std::uint64_t hash = 0xcbf29ce484222325ull) {
+  for (std::uint64_t i = 0; i < n; ++i) hash = (hash ^ p[i]) * 0x100000001b3ull;
+  return hash;
+}
+
+inline std::string hex64(std::uint64_t v) {
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+/// The checksum of the data section save_tensors writes for tensors.
+template <class Scalar>
+std::string data_checksum(const std::vector<NamedTensor<Scalar>>& tensors, Dtype dtype) {
+  std::uint64_t hash = fnv1a64(nullptr, 0);
+  std::vector<unsigned char> buf;
+  for (const auto& t : tensors) {
+    encode_tensor(buf, *t.value, dtype);
+    hash = fnv1a64(buf.data(), buf.size(), hash);
+  }
+  return hex64(hash);
+}
+
+/// Throws unless the data section matches the checksum in the header's metadata, if it has one.
+inline void check_data_checksum(std::string_view func, const std::string& path,
+                                const SafetensorsHeader& h,
+                                const std::vector<unsigned char>& data) {
+  const auto it = h.metadata.find(kChecksumKey);
+  if (it == h.metadata.end()) return;
+  const std::string got = hex64(fnv1a64(data.data(), data.size()));
+  if (got != it->second)
+    throw_io(func, path,
+             "damaged data: its checksum is " + got + ", the header says " + it->second +
+                 " (metadata '" + kChecksumKey + "')");
 }
 
 /// Makes a finished rename durable; failure here does not undo the save, so it is ignored.
@@ -554,15 +601,18 @@ inline std::map<std::string, std::string> read_safetensors_metadata(const std::s
 
 namespace detail {
 
-/// save_safetensors for any named matrices; errors name func.
+/// save_safetensors for any named matrices; errors name func. With checksum, the metadata also
+/// gets the data section's checksum (kChecksumKey), which every load then checks.
 template <class Scalar>
 void save_tensors(const char* func, const std::string& path,
                   const std::vector<NamedTensor<Scalar>>& tensors,
-                  const std::map<std::string, std::string>& metadata, Dtype dtype) {
+                  const std::map<std::string, std::string>& metadata, Dtype dtype, bool checksum) {
   check_path(func, path);
   check_param_names(func, tensors);
   check_dtype(func, "dtype", dtype);
-  const std::string header = make_header(tensors, metadata, dtype);
+  std::map<std::string, std::string> meta = metadata;
+  if (checksum) meta[kChecksumKey] = data_checksum(tensors, dtype);
+  const std::string header = make_header(tensors, meta, dtype);
   std::string tmp;
   Fd fd(create_temp(path, tmp));
   if (fd.get() < 0) throw_io(func, path, "cannot create a temporary file: " + errno_str());
@@ -602,6 +652,7 @@ void load_tensors(const char* func, const std::string& path,
   if (check) check(h);
   std::vector<unsigned char> data(h.data_size);
   read_exact(func, path, fd.get(), data.data(), h.data_size);
+  check_data_checksum(func, path, h, data);
   check_names_match(func, path, tensors, h);
   for (const auto& p : tensors) check_tensor_fits(func, path, p, h.tensors.at(p.name));
   for (const auto& p : tensors) {
@@ -625,7 +676,8 @@ template <class Scalar>
 void save_safetensors(const std::string& path, const ParamList<Scalar>& params,
                       const std::map<std::string, std::string>& metadata = {},
                       Dtype dtype = native_dtype<Scalar>()) {
-  detail::save_tensors("save_safetensors", path, detail::tensors_of(params), metadata, dtype);
+  detail::save_tensors("save_safetensors", path, detail::tensors_of(params), metadata, dtype,
+                       false);
 }
 
 /// Loads every parameter from path. Strict: the file must hold exactly the names in params, each
@@ -648,7 +700,7 @@ void load_safetensors(const std::string& path, const ParamList<Scalar>& params) 
   EIGENFORMER_FOR(S, void detail::save_tensors<S>(const char* func, const std::string& path,      \
                                                   const std::vector<NamedTensor<S>>& tensors,     \
                                                   const std::map<std::string, std::string>& metadata, \
-                                                  Dtype dtype))                                   \
+                                                  Dtype dtype, bool checksum))                    \
   EIGENFORMER_FOR(S, void detail::load_tensors<S>(const char* func, const std::string& path,      \
                   const std::vector<NamedTensor<S>>& tensors,                                     \
                   const std::function<void(const SafetensorsHeader&)>& check))

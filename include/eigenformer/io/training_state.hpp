@@ -15,7 +15,8 @@
 //    or momentum, OptimizerState), in the model's precision;
 //  - metadata: the optimizer's kind, steps and learning rate; the progress (step, schedule step,
 //    the loop's generator, the data position, the caller's own keys); the state of every dropout
-//    layer's generator, so that the masks after resuming are the ones the run would have drawn.
+//    layer's generator, so that the masks after resuming are the ones the run would have drawn;
+//    a checksum of the data section, so that a flipped bit in the weights is an error too.
 // Saving is atomic (temporary file, fsync, rename): a crash while saving leaves the previous
 // checkpoint. Loading reads and checks the whole file (structure, names, shapes, dtypes, the
 // optimizer's kind, every metadata value) before it changes the model or the optimizer.
@@ -195,7 +196,7 @@ void save_training_state(const std::string& path, Model& model, const Optimizer&
   meta[p + "dropouts"] = std::to_string(rngs.size());
   for (size_t k = 0; k < rngs.size(); ++k)
     meta[p + "dropout." + std::to_string(k) + ".rng"] = rngs[k]->state();
-  detail::save_tensors(func, path, tensors, meta, native_dtype<Scalar>());
+  detail::save_tensors(func, path, tensors, meta, native_dtype<Scalar>(), true);
 }
 
 /// Restores a state written by save_training_state into model and optimizer (constructed as the
@@ -204,8 +205,9 @@ void save_training_state(const std::string& path, Model& model, const Optimizer&
 /// Everything is checked before anything changes: on error the model and the optimizer are as
 /// they were. Throws IoError naming load_training_state, the file and what differs: unreadable,
 /// truncated or damaged (sizes, JSON, offsets), not a training state, a tensor missing,
-/// unexpected, of another shape or of another precision than the model's, an optimizer of
-/// another kind, a dropout count that differs, or a metadata value that does not parse.
+/// unexpected, of another shape or of another precision than the model's, data that does not
+/// match its checksum, an optimizer of another kind, a dropout count that differs, or a metadata
+/// value that does not parse.
 /// ArgumentError for an empty path or a null parameter.
 template <class Model, class Optimizer>
 TrainingProgress load_training_state(const std::string& path, Model& model, Optimizer& optimizer) {
