@@ -292,6 +292,7 @@ int cmd_train(const cli::Flags& f) {
   model.train();
   ef::TrainingProgress state = cli::start_or_resume(state_flags, model, opt, start, settings);
   ef::Rng& data_rng = state.rng;
+  const long first_step = state.step + 1;  // > 1 when resumed: speeds count this process's steps
   cli::Progress progress(steps, log_every);
   progress.resumed_after(state.step);
   ef::StepGuard<Scalar> guard;
@@ -302,7 +303,7 @@ int cmd_train(const cli::Flags& f) {
   const auto saved_ema = state.extra.find("char_lm.loss_ema");  // the progress line's average
   double ema =
       saved_ema == state.extra.end() ? 0.0 : std::strtod(saved_ema->second.c_str(), nullptr);
-  for (long step = state.step + 1; step <= steps; ++step) {
+  for (long step = first_step; step <= steps; ++step) {
     for (Index b = 0; b < batch; ++b) {
       const Index s = data_rng.index(n_starts);
       for (Index j = 0; j < context; ++j) {
@@ -325,11 +326,12 @@ int cmd_train(const cli::Flags& f) {
     char detail[64];
     std::snprintf(detail, sizeof detail, "loss %.3f (%.2f bits/char)  lr %.2e", ema, ema / kLn2,
                   double(lr));
-    progress.update(step, static_cast<double>(step * batch * context), detail);
+    progress.update(step, static_cast<double>((step - first_step + 1) * batch * context), detail);
   }
   const double train_seconds = progress.seconds();
-  const double tokens_per_s = static_cast<double>(steps * batch * context) / train_seconds;
-  std::printf("trained %ld steps in %s (%.1f s, %.0f tokens/s)\n", steps,
+  const long steps_run = steps - first_step + 1;
+  const double tokens_per_s = static_cast<double>(steps_run * batch * context) / train_seconds;
+  std::printf("trained %ld steps in %s (%.1f s, %.0f tokens/s)\n", steps_run,
               cli::format_seconds(train_seconds).c_str(), train_seconds, tokens_per_s);
 
   // Held-out comparison.
