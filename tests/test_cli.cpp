@@ -1,4 +1,5 @@
-// The example programs' command-line helpers: cli::Flags and cli::format_seconds.
+// The example programs' command-line helpers: cli::Flags and cli::format_seconds, and the
+// training-checkpoint flags of examples/common/training.hpp.
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "../examples/common/cli.hpp"
+#include "../examples/common/training.hpp"
 
 namespace {
 
@@ -169,4 +171,33 @@ TEST_CASE("format_seconds: minutes and seconds under an hour, hours and minutes 
   CHECK(cli::format_seconds(std::numeric_limits<double>::quiet_NaN()) == "?");
   CHECK(cli::format_seconds(std::numeric_limits<double>::infinity()) == "?");
   CHECK(cli::format_seconds(1e300) == "?");
+}
+
+TEST_CASE("state flags: --save-every and --resume, and a resumed run must match its settings") {
+  const cli::Flags none({}, {"save-every", "resume"});
+  const cli::StateFlags off = cli::state_flags(none, "m.safetensors");
+  CHECK(off.path == "m.safetensors.state");
+  CHECK(off.every == 0);
+  CHECK(off.resume.empty());
+  const cli::Flags on({"--save-every", "50", "--resume", "m.safetensors.state"},
+                      {"save-every", "resume"});
+  const cli::StateFlags s = cli::state_flags(on, "m.safetensors");
+  CHECK(s.every == 50);
+  CHECK(s.resume == "m.safetensors.state");
+  CHECK(error_of([] {
+          cli::state_flags(cli::Flags({"--save-every", "-1"}, {"save-every"}), "m");
+        }).find("flag --save-every takes a whole number") == 0);
+
+  const std::map<std::string, std::string> saved = {{"run.steps", "600"}, {"run.seed", "1"}};
+  cli::check_same_run("m.state", saved, {{"steps", "600"}, {"seed", "1"}});  // the same: passes
+  CHECK(error_of([&] {
+          cli::check_same_run("m.state", saved, {{"steps", "800"}});
+        }) ==
+        "--resume m.state was saved by a run with steps 600, this run has 800: resume with the "
+        "flags of that run");
+  CHECK(error_of([&] {
+          cli::check_same_run("m.state", saved, {{"lr", "0.002"}});
+        }).find("with lr (none)") != std::string::npos);
+  CHECK(cli::config_settings({{"eigenformer.config.d_model", "64"}}).at("d_model") == "64");
+  CHECK(cli::number_text(0.002) == "0.002");
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs the file I/O tests (the programs test_safetensors and test_checkpoint) of an existing build
-# under valgrind memcheck: any invalid read/write, use of uninitialised memory or leak fails.
+# Runs the file I/O tests (test_safetensors, test_checkpoint, test_training_state) of an existing
+# build under valgrind memcheck: any invalid read/write, use of uninitialised memory or leak fails.
 #
-#   tools/valgrind.sh BUILD_DIR      e.g. build/test; builds the two programs there first
+#   tools/valgrind.sh BUILD_DIR      e.g. build/test; builds the three programs there first
 #
 # One OpenMP thread (OMP_NUM_THREADS=1), so libgomp's thread pool adds no noise. Valgrind 3.19
 # does not decode AVX-512: on an AVX-512 machine a -march=native build (EIGENFORMER_NATIVE, ON by
@@ -15,7 +15,7 @@ if [[ $# -ne 1 ]]; then
   exit 2
 fi
 build="$(cd "$1" && pwd)"
-programs=(test_safetensors test_checkpoint)
+programs=(test_safetensors test_checkpoint test_training_state)
 command -v valgrind >/dev/null || { echo "tools/valgrind.sh: valgrind not installed" >&2; exit 1; }
 
 if ! cmake --build "$build" --target "${programs[@]}" >"$build/valgrind-build.log" 2>&1; then

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../common/cli.hpp"
+#include "../common/training.hpp"
 #include "corpus.hpp"
 
 namespace char_lm {
@@ -45,6 +46,10 @@ constexpr const char* kUsage =
     "      --lr LR           peak learning rate, warm-up then cosine decay (default 4e-3)\n"
     "      --log-every N     progress line every N steps when stderr is not a terminal\n"
     "                        (default 100)\n"
+    "      --save-every K    keep the latest training checkpoint at FILE.state, written every\n"
+    "                        K steps and at the end (default 0: none)\n"
+    "      --resume STATE    continue the run that wrote STATE (give the same options): it ends\n"
+    "                        with the weights it would have had uninterrupted (same threads)\n"
     "  char_lm sample --model FILE [options]\n"
     "      --prompt TEXT     text to continue (default: the start of a new fortune)\n"
     "      --length N        characters to generate (default 400)\n"
@@ -215,6 +220,7 @@ int cmd_train(const cli::Flags& f) {
     throw cli::UsageError("--heads " + std::to_string(heads) + " must divide --d-model " +
                      std::to_string(d_model));
   check_writable(out_path);
+  const cli::StateFlags state_flags = cli::state_flags(f, out_path);
 
   // Data.
   const std::vector<std::string> files = corpus_files(corpus_paths);
@@ -274,15 +280,30 @@ int cmd_train(const cli::Flags& f) {
   const long warmup = std::min<long>(100, std::max<long>(1, steps / 10));
   const ef::CosineSchedule<Scalar> schedule(Scalar(peak_lr), warmup, steps,
                                             Scalar(peak_lr / 10));
-  ef::Rng data_rng(seed ^ 0x9e3779b97f4a7c15ULL);
+  ef::TrainingProgress start;
+  start.rng = ef::Rng(seed ^ 0x9e3779b97f4a7c15ULL);  // the batches' start positions
+  cli::RunSettings settings = cli::config_settings(ef::config_to_metadata(c));
+  settings["steps"] = std::to_string(steps);
+  settings["seed"] = std::to_string(seed);
+  settings["batch"] = std::to_string(batch);
+  settings["lr"] = cli::number_text(peak_lr);
+  settings["vocab"] = vocab.to_hex();
+  settings["train_chars"] = std::to_string(train_ids.size());
+  model.train();
+  ef::TrainingProgress state = cli::start_or_resume(state_flags, model, opt, start, settings);
+  ef::Rng& data_rng = state.rng;
+  const long first_step = state.step + 1;  // > 1 when resumed: speeds count this process's steps
   cli::Progress progress(steps, log_every);
+  progress.resumed_after(state.step);
+  ef::StepGuard<Scalar> guard;
   Model::Cache cache;
   ef::CrossEntropyCache<Scalar> ce;
   ef::IdMatrix x(batch, context), y(batch, context);
   const Index n_starts = static_cast<Index>(train_ids.size()) - context;  // starts 0..n-T-1
-  double ema = 0.0;
-  model.train();
-  for (long step = 1; step <= steps; ++step) {
+  const auto saved_ema = state.extra.find("char_lm.loss_ema");  // the progress line's average
+  double ema =
+      saved_ema == state.extra.end() ? 0.0 : std::strtod(saved_ema->second.c_str(), nullptr);
+  for (long step = first_step; step <= steps; ++step) {
     for (Index b = 0; b < batch; ++b) {
       const Index s = data_rng.index(n_starts);
       for (Index j = 0; j < context; ++j) {
@@ -295,22 +316,22 @@ int cmd_train(const cli::Flags& f) {
     const ef::Matrix<Scalar> logits = model.forward(x, cache);
     const double loss = ef::cross_entropy_forward(ce, logits, y);
     model.backward(ef::cross_entropy_backward(ce), cache);
+    cli::check_step_finite(guard, loss, params, step);
     ef::clip_grad_norm(params, Scalar(1));
-    std::string bad;
-    if (!std::isfinite(loss) || !ef::grads_finite(params, &bad))
-      throw std::runtime_error("training diverged at step " + std::to_string(step) +
-                               " (non-finite loss or gradient" +
-                               (bad.empty() ? "" : " in '" + bad + "'") + "); try a lower --lr");
     opt.step();
     ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
+    state.step = step;
+    state.extra["char_lm.loss_ema"] = cli::number_text(ema);
+    cli::save_state_if_due(state_flags, step, steps, model, opt, state);
     char detail[64];
     std::snprintf(detail, sizeof detail, "loss %.3f (%.2f bits/char)  lr %.2e", ema, ema / kLn2,
                   double(lr));
-    progress.update(step, static_cast<double>(step * batch * context), detail);
+    progress.update(step, static_cast<double>((step - first_step + 1) * batch * context), detail);
   }
   const double train_seconds = progress.seconds();
-  const double tokens_per_s = static_cast<double>(steps * batch * context) / train_seconds;
-  std::printf("trained %ld steps in %s (%.1f s, %.0f tokens/s)\n", steps,
+  const long steps_run = steps - first_step + 1;
+  const double tokens_per_s = static_cast<double>(steps_run * batch * context) / train_seconds;
+  std::printf("trained %ld steps in %s (%.1f s, %.0f tokens/s)\n", steps_run,
               cli::format_seconds(train_seconds).c_str(), train_seconds, tokens_per_s);
 
   // Held-out comparison.
@@ -382,8 +403,8 @@ int run(int argc, char** argv) {
   const std::vector<std::string> args(argv + 2, argv + argc);
   const cli::Flags flags =
       cmd == "train" ? cli::Flags(args,
-                                  {"out", "steps", "seed", "context", "batch", "layers",
-                                   "d-model", "heads", "lr", "log-every"},
+                                  {"out", "steps", "seed", "context", "batch", "layers", "d-model",
+                                   "heads", "lr", "log-every", "save-every", "resume"},
                                   {}, {"corpus"})
                      : cli::Flags(args, {"model", "prompt", "length", "temperature", "seed"});
   if (flags.help()) {

@@ -193,7 +193,8 @@ class Progress {
       return;
     }
     last_print_ = elapsed;
-    const double eta = elapsed / static_cast<double>(step) * static_cast<double>(total_ - step);
+    const double eta = elapsed / static_cast<double>(std::max(1L, step - resumed_after_)) *
+                       static_cast<double>(total_ - step);
     std::fprintf(stderr, "%sstep %ld/%ld  %s  %.0f tok/s  elapsed %s  ETA %s%s",
                  tty_ ? "\r" : "", step, total_, detail.c_str(), tokens / std::max(elapsed, 1e-9),
                  format_seconds(elapsed).c_str(), format_seconds(eta).c_str(),
@@ -204,11 +205,16 @@ class Progress {
   /// Seconds since the progress started.
   double seconds() const { return clock_.seconds(); }
 
+  /// The steps a resumed run had done before this process started: the ETA is then estimated
+  /// from the steps since.
+  void resumed_after(long done) { resumed_after_ = done; }
+
  private:
   long total_, every_;
   bool tty_;
   Stopwatch clock_;
   double last_print_ = -1.0;
+  long resumed_after_ = 0;
 };
 
 }  // namespace cli

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/cli.hpp"
+#include "common/training.hpp"
 #include "translate/heatmap.hpp"
 #include "translate/numbers.hpp"
 
@@ -24,12 +25,16 @@ const char* kUsage =
     "  translate train --out FILE [--steps N] [--batch N] [--lr X] [--seed N] [--eval N]\n"
     "                  [--d-model N] [--heads N] [--layers N] [--d-ff N] [--dropout X]\n"
     "                  [--positional sinusoidal|learned|relative|rotary] [--attention dot|additive]\n"
+    "                  [--save-every K] [--resume FILE.state]\n"
     "  translate run --model FILE [--attention PNG]\n"
     "train: --positional chooses how tokens get positions (default sinusoidal), --attention the\n"
     "attention scores (default dot: scaled dot-product; additive: Bahdanau); the checkpoint keeps\n"
     "both. run reads English number words (0 to 999999) on stdin, one phrase per line, and prints\n"
     "one line per input: the Chinese numeral, or a line starting 'error:'. With --attention it\n"
-    "translates one phrase and writes its cross-attention heat map to PNG.\n";
+    "translates one phrase and writes its cross-attention heat map to PNG.\n"
+    "--save-every K keeps the latest training checkpoint at FILE.state (every K steps and at the\n"
+    "end); --resume FILE.state continues a run from one (same flags), ending with the weights the\n"
+    "run would have had uninterrupted (with the same number of threads).\n";
 
 /// A batch of source phrases and target numerals as padded id matrices.
 struct Batch {
@@ -137,6 +142,18 @@ double held_out_accuracy(ef::Transformer<float>& model, long n, std::uint64_t se
   return static_cast<double>(correct) / static_cast<double>(n);
 }
 
+/// What a resumed run must share with the run that saved its state: the model's config and the
+/// training flags, as resolved (defaults included).
+cli::RunSettings run_settings(const ef::TransformerConfig& c, long steps, long batch, double lr,
+                              std::uint64_t seed) {
+  cli::RunSettings s = cli::config_settings(ef::config_to_metadata(c));
+  s["steps"] = std::to_string(steps);
+  s["batch"] = std::to_string(batch);
+  s["lr"] = cli::number_text(lr);
+  s["seed"] = std::to_string(seed);
+  return s;
+}
+
 int train(const cli::Flags& f) {
   const std::string out = f.required("out");
   const long steps = f.integer("steps", 600, 1, 10000000);
@@ -145,6 +162,7 @@ int train(const cli::Flags& f) {
   const long n_eval = f.integer("eval", 2000, 1, 1000000);
   const std::uint64_t seed = static_cast<std::uint64_t>(f.integer("seed", 1, 0, 1L << 40));
   const ef::TransformerConfig config = model_config(f);
+  const cli::StateFlags state_flags = cli::state_flags(f, out);
 
   ef::Rng rng(seed);
   ef::Transformer<float> model(config, rng);
@@ -159,10 +177,16 @@ int train(const cli::Flags& f) {
                ef::attention_scoring_name(config.attention).c_str(), steps, batch_size,
                ef::max_threads());
 
-  std::uint64_t data_state = seed * 0x9E3779B97F4A7C15ULL + 1;
+  ef::TrainingProgress start;
+  start.data_position = seed * 0x9E3779B97F4A7C15ULL + 1;  // the state of the number stream
+  ef::TrainingProgress state = cli::start_or_resume(
+      state_flags, model, opt, start, run_settings(config, steps, batch_size, lr, seed));
+  std::uint64_t data_state = state.data_position;
   cli::Progress progress(steps, std::max(1L, steps / 20));
+  progress.resumed_after(state.step);
+  ef::StepGuard<float> guard;
   long tokens = 0;
-  for (long step = 1; step <= steps; ++step) {
+  for (long step = state.step + 1; step <= steps; ++step) {
     std::vector<long> numbers;
     for (long i = 0; i < batch_size; ++i)
       numbers.push_back(translate::sample_number(data_state, false));
@@ -174,9 +198,13 @@ int train(const cli::Flags& f) {
     const float loss = ef::cross_entropy_forward(ce, logits, batch.tgt, {translate::Vocab::kPad});
     opt.zero_grad();
     model.backward(ef::cross_entropy_backward(ce), cache);
+    cli::check_step_finite(guard, loss, params, step);
     ef::clip_grad_norm(params, 1.0f);
     ef::apply_schedule(opt, schedule);
     opt.step();
+    state.step = step;
+    state.data_position = data_state;
+    cli::save_state_if_due(state_flags, step, steps, model, opt, state);
     tokens += long(batch.src.size() + batch.tgt.size());
     char detail[32];
     std::snprintf(detail, sizeof detail, "loss %.4f", double(loss));
@@ -275,7 +303,7 @@ int main(int argc, char** argv) {
       const cli::Flags flags =
           command == "train" ? cli::Flags(args, {"out", "steps", "batch", "lr", "seed", "eval",
                                                  "d-model", "heads", "layers", "d-ff", "dropout",
-                                                 "positional", "attention"})
+                                                 "positional", "attention", "save-every", "resume"})
                              : cli::Flags(args, {"model", "attention"});
       if (flags.help()) {
         std::fputs(kUsage, stdout);

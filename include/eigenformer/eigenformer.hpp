@@ -15,6 +15,7 @@
 #include "decode/sampling.hpp"
 #include "io/checkpoint.hpp"
 #include "io/safetensors.hpp"
+#include "io/training_state.hpp"
 #include "layers/activation.hpp"
 #include "layers/attention.hpp"
 #include "layers/attention_positions.hpp"

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <sstream>
 #include <string>
 
 #include "error.hpp"
@@ -70,6 +71,28 @@ class Rng {
 
   /// A seed for a child generator (e.g. one per dropout layer).
   std::uint64_t split() { return engine_(); }
+
+  /// The engine's whole state as text (the standard's portable mt19937_64 format: 313 numbers):
+  /// set_state(state()) continues the stream exactly where it is now.
+  std::string state() const {
+    std::ostringstream out;
+    out << engine_;
+    return out.str();
+  }
+
+  /// Restores a state written by state(). Throws ArgumentError naming Rng::set_state, and leaves
+  /// the generator as it was, when text is not such a state.
+  void set_state(const std::string& text) {
+    std::istringstream in(text);
+    std::mt19937_64 engine;
+    in >> engine;
+    const bool ok = !in.fail() && (in >> std::ws).eof();
+    detail::require(ok, "Rng::set_state", "text", [&] {
+      return "is not a generator state from Rng::state() (" + std::to_string(text.size()) +
+             " characters: '" + text.substr(0, 40) + (text.size() > 40 ? "...'" : "'") + ")";
+    });
+    engine_ = engine;
+  }
 
  private:
   std::mt19937_64 engine_;

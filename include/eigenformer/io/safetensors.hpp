@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -65,6 +66,20 @@ constexpr Dtype native_dtype() {
                 "safetensors I/O supports float and double parameters");
   return std::is_same<Scalar, float>::value ? Dtype::F32 : Dtype::F64;
 }
+
+/// A named matrix to write or read: a parameter's value, or other state such as an optimizer's
+/// moments (io/training_state.hpp). value must outlive the call it is passed to.
+template <class Scalar = float>
+struct NamedTensor {
+  std::string name;
+  Matrix<Scalar>* value = nullptr;
+  bool is_vector = false;  // stored as a 1-D tensor of length cols, as Param::is_vector
+  /// Shape as a tensor file states it: {cols} for a vector, {rows, cols} otherwise.
+  std::vector<Index> shape() const {
+    if (is_vector) return {value->cols()};
+    return {value->rows(), value->cols()};
+  }
+};
 
 /// One header entry, as the file states it.
 struct SafetensorsTensor {
@@ -365,12 +380,12 @@ inline SafetensorsHeader read_header(std::string_view func, const std::string& p
   return parse_header(func, path, text, file_size - 8 - n);
 }
 
-/// Throws ArgumentError if a parameter is null or a name is empty, reserved or repeated.
+/// Throws ArgumentError if a tensor is null or a name is empty, reserved or repeated.
 template <class Scalar>
-void check_param_names(std::string_view func, const ParamList<Scalar>& params) {
+void check_param_names(std::string_view func, const std::vector<NamedTensor<Scalar>>& params) {
   std::set<std::string> seen;
   for (const auto& p : params) {
-    require(p.param != nullptr, func, "params",
+    require(p.value != nullptr, func, "params",
             [&] { return "has a null parameter '" + p.name + "'"; });
     require(!p.name.empty() && p.name != "__metadata__", func, "params",
             [&] { return "has the invalid name '" + p.name + "'"; });
@@ -379,10 +394,19 @@ void check_param_names(std::string_view func, const ParamList<Scalar>& params) {
   }
 }
 
+/// The values of params as tensors to save or load (a null parameter gives a null value).
+template <class Scalar>
+std::vector<NamedTensor<Scalar>> tensors_of(const ParamList<Scalar>& params) {
+  std::vector<NamedTensor<Scalar>> out;
+  for (const auto& p : params)
+    out.push_back({p.name, p.param ? &p.param->value : nullptr, p.param && p.param->is_vector});
+  return out;
+}
+
 /// Names in the model but not in the file, and in the file but not in the model, in one message.
 template <class Scalar>
 void check_names_match(std::string_view func, const std::string& path,
-                       const ParamList<Scalar>& params, const SafetensorsHeader& h) {
+                       const std::vector<NamedTensor<Scalar>>& params, const SafetensorsHeader& h) {
   std::set<std::string> model;
   std::string missing, unexpected;
   for (const auto& p : params) {
@@ -411,10 +435,10 @@ inline Dtype loadable_dtype(std::string_view func, const std::string& path, cons
 }
 
 template <class Scalar>
-void check_tensor_fits(std::string_view func, const std::string& path, const NamedParam<Scalar>& p,
+void check_tensor_fits(std::string_view func, const std::string& path, const NamedTensor<Scalar>& p,
                        const SafetensorsTensor& t) {
   loadable_dtype(func, path, p.name, t);
-  const std::vector<Index> want = p.param->shape();
+  const std::vector<Index> want = p.shape();
   if (t.shape != want)
     throw_io(func, path,
              "tensor '" + p.name + "': shape " + shape_list(t.shape) + " in file, " +
@@ -448,15 +472,14 @@ inline bool write_all(int fd, const unsigned char* p, std::uint64_t n) {
 
 /// The JSON header for params laid out in order, padded with spaces to a multiple of 8 bytes.
 template <class Scalar>
-std::string make_header(const ParamList<Scalar>& params,
+std::string make_header(const std::vector<NamedTensor<Scalar>>& params,
                         const std::map<std::string, std::string>& metadata, Dtype dtype) {
   nlohmann::json j = nlohmann::json::object();
   std::uint64_t pos = 0;
   const std::uint64_t width = dtype == Dtype::F32 ? 4 : 8;
   for (const auto& p : params) {
-    const std::uint64_t end = pos + width * static_cast<std::uint64_t>(p.param->size());
-    j[p.name] = {
-        {"dtype", dtype_name(dtype)}, {"shape", p.param->shape()}, {"data_offsets", {pos, end}}};
+    const std::uint64_t end = pos + width * static_cast<std::uint64_t>(p.value->size());
+    j[p.name] = {{"dtype", dtype_name(dtype)}, {"shape", p.shape()}, {"data_offsets", {pos, end}}};
     pos = end;
   }
   if (!metadata.empty()) j["__metadata__"] = metadata;
@@ -471,25 +494,72 @@ std::string make_header(const ParamList<Scalar>& params,
   return text;
 }
 
+/// buf = v's elements as dtype, little-endian, in row-major order (the file's).
+template <class Scalar>
+void encode_tensor(std::vector<unsigned char>& buf, const Matrix<Scalar>& v, Dtype dtype) {
+  const Index width = dtype == Dtype::F32 ? 4 : 8;
+  buf.resize(static_cast<size_t>(v.size() * width));
+  for (Index i = 0; i < v.size(); ++i)
+    put_float_le(&buf[static_cast<size_t>(i * width)], static_cast<double>(v.data()[i]), dtype);
+}
+
 /// Writes the length, header and every tensor to fd; false (errno set) on failure.
 template <class Scalar>
-bool write_contents(int fd, const std::string& header, const ParamList<Scalar>& params,
-                    Dtype dtype) {
+bool write_contents(int fd, const std::string& header,
+                    const std::vector<NamedTensor<Scalar>>& params, Dtype dtype) {
   unsigned char len[8];
   put_u64_le(len, header.size());
   if (!write_all(fd, len, 8)) return false;
   if (!write_all(fd, reinterpret_cast<const unsigned char*>(header.data()), header.size()))
     return false;
-  const Index width = dtype == Dtype::F32 ? 4 : 8;
   std::vector<unsigned char> buf;
   for (const auto& p : params) {
-    const Matrix<Scalar>& v = p.param->value;  // row-major: data() is the file's element order
-    buf.resize(static_cast<size_t>(v.size() * width));
-    for (Index i = 0; i < v.size(); ++i)
-      put_float_le(&buf[static_cast<size_t>(i * width)], static_cast<double>(v.data()[i]), dtype);
+    encode_tensor(buf, *p.value, dtype);
     if (!write_all(fd, buf.data(), buf.size())) return false;
   }
   return true;
+}
+
+/// The metadata key of a data checksum (written by save_training_state; checked by every load).
+constexpr const char* kChecksumKey = "eigenformer.data_fnv1a64";
+
+/// FNV-1a (64-bit) of n bytes at p, continuing from hash: catches flipped bits in the data, which
+/// the header's sizes and offsets cannot.
+inline std::uint64_t fnv1a64(const unsigned char* p, std::uint64_t n,
+                             std::uint64_t hash = 0xcbf29ce484222325ull) {
+  for (std::uint64_t i = 0; i < n; ++i) hash = (hash ^ p[i]) * 0x100000001b3ull;
+  return hash;
+}
+
+inline std::string hex64(std::uint64_t v) {
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+/// The checksum of the data section save_tensors writes for tensors.
+template <class Scalar>
+std::string data_checksum(const std::vector<NamedTensor<Scalar>>& tensors, Dtype dtype) {
+  std::uint64_t hash = fnv1a64(nullptr, 0);
+  std::vector<unsigned char> buf;
+  for (const auto& t : tensors) {
+    encode_tensor(buf, *t.value, dtype);
+    hash = fnv1a64(buf.data(), buf.size(), hash);
+  }
+  return hex64(hash);
+}
+
+/// Throws unless the data section matches the checksum in the header's metadata, if it has one.
+inline void check_data_checksum(std::string_view func, const std::string& path,
+                                const SafetensorsHeader& h,
+                                const std::vector<unsigned char>& data) {
+  const auto it = h.metadata.find(kChecksumKey);
+  if (it == h.metadata.end()) return;
+  const std::string got = hex64(fnv1a64(data.data(), data.size()));
+  if (got != it->second)
+    throw_io(func, path,
+             "damaged data: its checksum is " + got + ", the header says " + it->second +
+                 " (metadata '" + kChecksumKey + "')");
 }
 
 /// Makes a finished rename durable; failure here does not undo the save, so it is ignored.
@@ -529,25 +599,25 @@ inline std::map<std::string, std::string> read_safetensors_metadata(const std::s
   return detail::read_file_header("read_safetensors_metadata", path).metadata;
 }
 
-/// Writes params (name -> value) to path as dtype, with optional string metadata. Replaces any
-/// existing file atomically; on failure throws IoError and leaves the old file as it was.
-/// Throws ArgumentError for an empty path, a null parameter, an empty, repeated or "__metadata__"
-/// name, or a dtype that is not an enumerator.
+namespace detail {
+
+/// save_safetensors for any named matrices; errors name func. With checksum, the metadata also
+/// gets the data section's checksum (kChecksumKey), which every load then checks.
 template <class Scalar>
-void save_safetensors(const std::string& path, const ParamList<Scalar>& params,
-                      const std::map<std::string, std::string>& metadata = {},
-                      Dtype dtype = native_dtype<Scalar>()) {
-  const char* func = "save_safetensors";
-  detail::check_path(func, path);
-  detail::check_param_names(func, params);
-  detail::check_dtype(func, "dtype", dtype);
-  const std::string header = detail::make_header(params, metadata, dtype);
+void save_tensors(const char* func, const std::string& path,
+                  const std::vector<NamedTensor<Scalar>>& tensors,
+                  const std::map<std::string, std::string>& metadata, Dtype dtype, bool checksum) {
+  check_path(func, path);
+  check_param_names(func, tensors);
+  check_dtype(func, "dtype", dtype);
+  std::map<std::string, std::string> meta = metadata;
+  if (checksum) meta[kChecksumKey] = data_checksum(tensors, dtype);
+  const std::string header = make_header(tensors, meta, dtype);
   std::string tmp;
-  detail::Fd fd(detail::create_temp(path, tmp));
-  if (fd.get() < 0)
-    detail::throw_io(func, path, "cannot create a temporary file: " + detail::errno_str());
+  Fd fd(create_temp(path, tmp));
+  if (fd.get() < 0) throw_io(func, path, "cannot create a temporary file: " + errno_str());
   const char* failed = nullptr;  // the step that failed; errno says why
-  if (!detail::write_contents(fd.get(), header, params, dtype))
+  if (!write_contents(fd.get(), header, tensors, dtype))
     failed = "writing";
   else if (::fsync(fd.get()) != 0)
     failed = "syncing";
@@ -558,11 +628,56 @@ void save_safetensors(const std::string& path, const ParamList<Scalar>& params,
   if (failed) {
     const int err = errno;
     ::unlink(tmp.c_str());
-    detail::throw_io(
+    throw_io(
         func, path,
         std::string(failed) + " failed for temporary file '" + tmp + "': " + std::strerror(err));
   }
-  detail::sync_directory_of(path);
+  sync_directory_of(path);
+}
+
+/// load_safetensors for any named matrices; errors name func. check, when set, sees the checked
+/// header (metadata included) first, before the names and shapes are compared and before any
+/// tensor is written, and may throw to stop the load.
+template <class Scalar>
+void load_tensors(const char* func, const std::string& path,
+                  const std::vector<NamedTensor<Scalar>>& tensors,
+                  const std::function<void(const SafetensorsHeader&)>& check) {
+  static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
+                "safetensors I/O supports float and double parameters");
+  check_path(func, path);
+  check_param_names(func, tensors);
+  std::uint64_t size = 0;
+  Fd fd(open_for_reading(func, path, size));
+  const SafetensorsHeader h = read_header(func, path, fd.get(), size);
+  if (check) check(h);
+  std::vector<unsigned char> data(h.data_size);
+  read_exact(func, path, fd.get(), data.data(), h.data_size);
+  check_data_checksum(func, path, h, data);
+  check_names_match(func, path, tensors, h);
+  for (const auto& p : tensors) check_tensor_fits(func, path, p, h.tensors.at(p.name));
+  for (const auto& p : tensors) {
+    const SafetensorsTensor& t = h.tensors.at(p.name);
+    const Dtype d = loadable_dtype(func, path, p.name, t);
+    const std::uint64_t width = d == Dtype::F32 ? 4 : 8;
+    Scalar* out = p.value->data();
+    for (Index i = 0; i < p.value->size(); ++i)
+      out[i] = static_cast<Scalar>(
+          get_float_le(&data[t.begin + static_cast<std::uint64_t>(i) * width], d));
+  }
+}
+
+}  // namespace detail
+
+/// Writes params (name -> value) to path as dtype, with optional string metadata. Replaces any
+/// existing file atomically; on failure throws IoError and leaves the old file as it was.
+/// Throws ArgumentError for an empty path, a null parameter, an empty, repeated or "__metadata__"
+/// name, or a dtype that is not an enumerator.
+template <class Scalar>
+void save_safetensors(const std::string& path, const ParamList<Scalar>& params,
+                      const std::map<std::string, std::string>& metadata = {},
+                      Dtype dtype = native_dtype<Scalar>()) {
+  detail::save_tensors("save_safetensors", path, detail::tensors_of(params), metadata, dtype,
+                       false);
 }
 
 /// Loads every parameter from path. Strict: the file must hold exactly the names in params, each
@@ -571,27 +686,7 @@ void save_safetensors(const std::string& path, const ParamList<Scalar>& params,
 /// (ArgumentError for an empty path or a bad parameter list).
 template <class Scalar>
 void load_safetensors(const std::string& path, const ParamList<Scalar>& params) {
-  static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
-                "safetensors I/O supports float and double parameters");
-  const char* func = "load_safetensors";
-  detail::check_path(func, path);
-  detail::check_param_names(func, params);
-  std::uint64_t size = 0;
-  detail::Fd fd(detail::open_for_reading(func, path, size));
-  const SafetensorsHeader h = detail::read_header(func, path, fd.get(), size);
-  std::vector<unsigned char> data(h.data_size);
-  detail::read_exact(func, path, fd.get(), data.data(), h.data_size);
-  detail::check_names_match(func, path, params, h);
-  for (const auto& p : params) detail::check_tensor_fits(func, path, p, h.tensors.at(p.name));
-  for (const auto& p : params) {
-    const SafetensorsTensor& t = h.tensors.at(p.name);
-    const Dtype d = detail::loadable_dtype(func, path, p.name, t);
-    const std::uint64_t width = d == Dtype::F32 ? 4 : 8;
-    Scalar* out = p.param->value.data();
-    for (Index i = 0; i < p.param->size(); ++i)
-      out[i] = static_cast<Scalar>(
-          detail::get_float_le(&data[t.begin + static_cast<std::uint64_t>(i) * width], d));
-  }
+  detail::load_tensors("load_safetensors", path, detail::tensors_of(params), {});
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled
@@ -601,7 +696,14 @@ void load_safetensors(const std::string& path, const ParamList<Scalar>& params) 
   EIGENFORMER_FOR(S, void save_safetensors<S>(const std::string& path, const ParamList<S>& params, \
                                               const std::map<std::string, std::string>& metadata,  \
                                               Dtype dtype))                                        \
-  EIGENFORMER_FOR(S, void load_safetensors<S>(const std::string& path, const ParamList<S>& params))
+  EIGENFORMER_FOR(S, void load_safetensors<S>(const std::string& path, const ParamList<S>& params)) \
+  EIGENFORMER_FOR(S, void detail::save_tensors<S>(const char* func, const std::string& path,      \
+                                                  const std::vector<NamedTensor<S>>& tensors,     \
+                                                  const std::map<std::string, std::string>& metadata, \
+                                                  Dtype dtype, bool checksum))                    \
+  EIGENFORMER_FOR(S, void detail::load_tensors<S>(const char* func, const std::string& path,      \
+                  const std::vector<NamedTensor<S>>& tensors,                                     \
+                  const std::function<void(const SafetensorsHeader&)>& check))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_SAFETENSORS_TEMPLATES)
 // clang-format on
 

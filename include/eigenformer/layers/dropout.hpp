@@ -57,6 +57,11 @@ class Dropout {
   void train(bool on = true) { training = on; }
   void eval() { training = false; }
 
+  /// The generator the masks are drawn from, one draw per mask: saving and restoring its state
+  /// (Rng::state, Rng::set_state) lets a resumed training run draw the masks it would have drawn.
+  Rng& rng() { return rng_; }
+  const Rng& rng() const { return rng_; }
+
   /// x (N, C) -> x: inference is the identity.
   Mat forward(ConstRef<Scalar> x) const { return x; }
 

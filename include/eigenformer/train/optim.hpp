@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cmath>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -93,6 +94,21 @@ std::vector<ParamGroup<Scalar>> weight_decay_groups(const ParamList<Scalar>& par
   return out;
 }
 
+/// An optimizer's state as plain data, to save a training run and resume it exactly
+/// (io/training_state.hpp writes it to a file): the kind, the updates applied, the learning rate
+/// and every buffer. The hyperparameters (betas, momentum, weight decay) are not state: the
+/// resuming program constructs its optimizer with the same ones.
+template <class Scalar = float>
+struct OptimizerState {
+  std::string kind;  // the class: "SGD", "Adam", "AdamW" (Optimizer::kind())
+  long steps = 0;    // updates applied (Optimizer::steps())
+  double lr = 0;     // the learning rate (Optimizer::lr())
+  /// One entry per parameter and buffer, in the parameters' order, named "<parameter>.<buffer>"
+  /// with PyTorch's buffer names: exp_avg and exp_avg_sq (Adam, AdamW), momentum_buffer (SGD
+  /// with momentum; none without).
+  std::vector<std::pair<std::string, Matrix<Scalar>>> buffers;
+};
+
 /// What every optimizer shares: the parameters (in groups), the learning rate and the step count.
 /// Every optimizer takes either a ParamList (one group) or groups; hyperparameters are plain
 /// doubles, stored as Scalar.
@@ -121,6 +137,18 @@ class Optimizer {
   long steps() const { return steps_; }
   /// Every parameter of every group, in order.
   const ParamList<Scalar>& params() const { return params_; }
+  /// The class name: "SGD", "Adam", "AdamW".
+  const std::string& kind() const { return name_; }
+
+  /// A copy of the state: kind, steps, learning rate and buffers (see OptimizerState).
+  OptimizerState<Scalar> state() const;
+
+  /// Restores a state taken with state() from an optimizer of the same kind and settings over
+  /// parameters of the same names and shapes; the next step() then does what that optimizer's
+  /// next step would have done. Throws ArgumentError naming <Optimizer>::load_state, changing
+  /// nothing, when the kind differs, a buffer is missing, unexpected or of another shape, steps is
+  /// negative, or lr is not finite and >= 0.
+  void load_state(const OptimizerState<Scalar>& state);
 
  protected:
   /// groups' parameters with weight decay default_decay where a group sets none.
@@ -132,6 +160,12 @@ class Optimizer {
 
   /// Throws, naming the parameter, if a value or gradient differs from its shape at construction.
   void check_shapes() const;
+
+  /// The optimizer's buffers: (buffer name, one matrix per parameter). None by default; a derived
+  /// optimizer with state lists it here so that state() and load_state() cover it.
+  virtual std::vector<std::pair<std::string, std::vector<Matrix<Scalar>>*>> buffer_sets() {
+    return {};
+  }
 
   ParamList<Scalar> params_;
   std::vector<Scalar> decay_;     // per parameter: its group's weight decay
@@ -193,6 +227,57 @@ void Optimizer<Scalar>::check_shapes() const {
   }
 }
 
+template <class Scalar>
+auto Optimizer<Scalar>::state() const -> OptimizerState<Scalar> {
+  OptimizerState<Scalar> s{name_, steps_, static_cast<double>(lr_), {}};
+  // buffer_sets() hands out pointers for load_state too; nothing is written through them here.
+  const auto sets = const_cast<Optimizer*>(this)->buffer_sets();
+  for (size_t i = 0; i < params_.size(); ++i)
+    for (const auto& set : sets)
+      s.buffers.emplace_back(params_[i].name + "." + set.first, (*set.second)[i]);
+  return s;
+}
+
+template <class Scalar>
+void Optimizer<Scalar>::load_state(const OptimizerState<Scalar>& state) {
+  const std::string func = name_ + "::load_state";
+  detail::require(state.kind == name_, func, "state",
+                  [&] { return "is of a " + state.kind + " optimizer, this is " + name_; });
+  detail::require(state.steps >= 0, func, "state.steps",
+                  [&] { return "must be >= 0, got " + std::to_string(state.steps); });
+  detail::check_nonnegative(func, "state.lr", state.lr);
+  std::map<std::string, const Matrix<Scalar>*> given;
+  for (const auto& b : state.buffers) {
+    detail::require(given.emplace(b.first, &b.second).second, func, "state.buffers",
+                    [&] { return "has '" + b.first + "' twice"; });
+  }
+  // Where each buffer goes, checked before any is written.
+  std::vector<std::pair<Matrix<Scalar>*, const Matrix<Scalar>*>> moves;
+  const auto sets = buffer_sets();
+  for (size_t i = 0; i < params_.size(); ++i)
+    for (const auto& set : sets) {
+      const std::string name = params_[i].name + "." + set.first;
+      Matrix<Scalar>& own = (*set.second)[i];
+      const auto it = given.find(name);
+      detail::require(it != given.end(), func, "state.buffers",
+                      [&] { return "has no '" + name + "'"; });
+      detail::require(it->second->rows() == own.rows() && it->second->cols() == own.cols(), func,
+                      "state.buffers", [&] {
+                        return "has '" + name + "' of shape " + detail::shape_of(*it->second) +
+                               ", expected " + detail::shape_of(own);
+                      });
+      moves.emplace_back(&own, it->second);
+      given.erase(it);
+    }
+  detail::require(given.empty(), func, "state.buffers", [&] {
+    return "has '" + given.begin()->first + "', which this optimizer does not have" +
+           (given.size() > 1 ? " (and " + std::to_string(given.size() - 1) + " more)" : "");
+  });
+  for (auto& m : moves) *m.first = *m.second;
+  steps_ = state.steps;
+  lr_ = static_cast<Scalar>(state.lr);
+}
+
 /// torch.optim.SGD without dampening or Nesterov: d = g + wd w; buf = momentum buf + d (buf = d
 /// on the first step); w -= lr buf (w -= lr d without momentum).
 template <class Scalar = float>
@@ -218,6 +303,11 @@ class SGD : public Optimizer<Scalar> {
   Scalar momentum_;
   Scalar weight_decay_;
   std::vector<Matrix<Scalar>> velocity_;  // momentum buffers, one per parameter; empty without
+
+  std::vector<std::pair<std::string, std::vector<Matrix<Scalar>>*>> buffer_sets() override {
+    if (momentum_ == 0) return {};
+    return {{"momentum_buffer", &velocity_}};
+  }
 };
 
 template <class Scalar>
@@ -298,6 +388,10 @@ class Adam : public Optimizer<Scalar> {
   bool decoupled_;
   std::vector<Matrix<Scalar>> m_;  // first moments, one per parameter
   std::vector<Matrix<Scalar>> v_;  // second moments, one per parameter
+
+  std::vector<std::pair<std::string, std::vector<Matrix<Scalar>>*>> buffer_sets() override {
+    return {{"exp_avg", &m_}, {"exp_avg_sq", &v_}};
+  }
 };
 
 template <class Scalar>
