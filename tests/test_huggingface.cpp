@@ -186,6 +186,15 @@ TEST_CASE("GPT-2: F16 and BF16 checkpoints load, each weight the F32 weight roun
     differ += (half.array() != w.array()).count();
   }
   CHECK(differ > 0);  // the conversion did round
+
+  SUBCASE("load_safetensors converts them too") {
+    const auto f32_file = read_all(hf_dir("gpt2") + "/model.safetensors");
+    const auto f16_file = read_all(hf_dir("gpt2_f16") + "/model.safetensors");
+    for (const auto& [name, w] : f32_file) {
+      INFO(name);
+      CHECK(f16_file.at(name) == w.unaryExpr([](float x) { return float(Eigen::half(x)); }));
+    }
+  }
 }
 
 TEST_CASE("GPT-2: save_gpt2 writes Hugging Face's layout, and it loads back exactly") {

@@ -35,10 +35,10 @@ tests/fixtures/hf/ holds:
   gpt2_reference.safetensors  input.ids (B, T) F32, input.mask (B, T) 1 = real token, 0 = padding
                   (right padding with id 0, which the test makes the pad id), expected.logits
                   (B*T, V), expected.hidden (B*T, d) (after ln_f); kv.prompt (B, P), kv.steps
-                  (B, S) and kv.logits (B*(P+S), V): the logits of the prompt, then of each step fed
-                  one token at a time through past keys and values (rows step-major: step s of
-                  sequence b at row (P + s) * B + b ... see the test), expected.loss: mean
-                  cross-entropy of next-token prediction over kv.prompt+steps
+                  (B, S) and kv.logits (B*P + S*B, V): the prompt's logits (row b*P + t), then
+                  those of each step fed one token at a time through the past keys and values
+                  (step s of sequence b at row B*P + s*B + b); expected.loss: the mean next-token
+                  cross-entropy over kv.prompt followed by kv.steps
   bert_reference.safetensors  input.ids, input.token_types, input.mask (B, T), expected.hidden
                   (B*T, d), expected.pooled (B, d)
 """
