@@ -14,6 +14,7 @@
 #include "decode/greedy.hpp"
 #include "decode/sampling.hpp"
 #include "io/checkpoint.hpp"
+#include "io/huggingface.hpp"
 #include "io/safetensors.hpp"
 #include "io/training_state.hpp"
 #include "layers/activation.hpp"

@@ -95,38 +95,44 @@ inline std::string number_text(double v) {
 
 }  // namespace detail
 
-/// The config as metadata entries "eigenformer.config.<field>".
+/// The config as metadata entries "eigenformer.config.<field>". type_vocab and input_norm are
+/// written only when set (BERT-style input), so files of other models stay as they were.
 /// Throws ArgumentError for an enum field (activation, norm, positional, attention) that holds no
 /// enumerator.
 inline std::map<std::string, std::string> config_to_metadata(const TransformerConfig& c) {
   const std::string p = detail::kConfigPrefix;
-  return {{p + "src_vocab", std::to_string(c.src_vocab)},
-          {p + "tgt_vocab", std::to_string(c.tgt_vocab)},
-          {p + "vocab", std::to_string(c.vocab)},
-          {p + "n_layers", std::to_string(c.n_layers)},
-          {p + "d_model", std::to_string(c.d_model)},
-          {p + "n_heads", std::to_string(c.n_heads)},
-          {p + "n_encoder_layers", std::to_string(c.n_encoder_layers)},
-          {p + "n_decoder_layers", std::to_string(c.n_decoder_layers)},
-          {p + "d_ff", std::to_string(c.d_ff)},
-          {p + "dropout", detail::number_text(c.dropout)},
-          {p + "activation", to_string(c.activation)},
-          {p + "norm", to_string(c.norm)},
-          {p + "positional", positional_kind_name(c.positional)},
-          {p + "max_len", std::to_string(c.max_len)},
-          {p + "scale_embeddings", c.scale_embeddings ? "1" : "0"},
-          {p + "tie_output", c.tie_output ? "1" : "0"},
-          {p + "pad_id", std::to_string(c.pad_id)},
-          {p + "eps", detail::number_text(c.eps)},
-          {p + "attention", attention_scoring_name(c.attention)},
-          {p + "additive_dim", std::to_string(c.additive_dim)},
-          {p + "relative_buckets", std::to_string(c.relative_buckets)},
-          {p + "relative_max_distance", std::to_string(c.relative_max_distance)},
-          {p + "rotary_base", detail::number_text(c.rotary_base)}};
+  std::map<std::string, std::string> meta = {
+      {p + "src_vocab", std::to_string(c.src_vocab)},
+      {p + "tgt_vocab", std::to_string(c.tgt_vocab)},
+      {p + "vocab", std::to_string(c.vocab)},
+      {p + "n_layers", std::to_string(c.n_layers)},
+      {p + "d_model", std::to_string(c.d_model)},
+      {p + "n_heads", std::to_string(c.n_heads)},
+      {p + "n_encoder_layers", std::to_string(c.n_encoder_layers)},
+      {p + "n_decoder_layers", std::to_string(c.n_decoder_layers)},
+      {p + "d_ff", std::to_string(c.d_ff)},
+      {p + "dropout", detail::number_text(c.dropout)},
+      {p + "activation", to_string(c.activation)},
+      {p + "norm", to_string(c.norm)},
+      {p + "positional", positional_kind_name(c.positional)},
+      {p + "max_len", std::to_string(c.max_len)},
+      {p + "scale_embeddings", c.scale_embeddings ? "1" : "0"},
+      {p + "tie_output", c.tie_output ? "1" : "0"},
+      {p + "pad_id", std::to_string(c.pad_id)},
+      {p + "eps", detail::number_text(c.eps)},
+      {p + "attention", attention_scoring_name(c.attention)},
+      {p + "additive_dim", std::to_string(c.additive_dim)},
+      {p + "relative_buckets", std::to_string(c.relative_buckets)},
+      {p + "relative_max_distance", std::to_string(c.relative_max_distance)},
+      {p + "rotary_base", detail::number_text(c.rotary_base)}};
+  if (c.type_vocab != 0) meta[p + "type_vocab"] = std::to_string(c.type_vocab);
+  if (c.input_norm) meta[p + "input_norm"] = "1";
+  return meta;
 }
 
 /// Reads a config written by config_to_metadata; IoError naming the file and key if a field is
-/// missing or malformed. The fields of selectable attention may be missing (older files).
+/// missing or malformed. The fields of selectable attention may be missing (older files), and
+/// type_vocab and input_norm (written only when set).
 inline TransformerConfig config_from_metadata(const std::map<std::string, std::string>& meta,
                                               const std::string& path) {
   TransformerConfig c;
@@ -165,6 +171,10 @@ inline TransformerConfig config_from_metadata(const std::map<std::string, std::s
       meta, "relative_max_distance", path, detail::parse_int, defaults.relative_max_distance);
   c.rotary_base = detail::optional_metadata_value(meta, "rotary_base", path, detail::parse_double,
                                                   defaults.rotary_base);
+  c.type_vocab = detail::optional_metadata_value(meta, "type_vocab", path, detail::parse_int,
+                                                 defaults.type_vocab);
+  c.input_norm = detail::optional_metadata_value(meta, "input_norm", path, detail::parse_int,
+                                                 0) != 0;
   return c;
 }
 

@@ -424,20 +424,41 @@ void check_names_match(std::string_view func, const std::string& path,
   throw_io(func, path, what);
 }
 
-/// The loadable dtype of a file tensor, or throws.
-inline Dtype loadable_dtype(std::string_view func, const std::string& path, const std::string& name,
-                            const SafetensorsTensor& t) {
-  if (t.dtype == "F32") return Dtype::F32;
-  if (t.dtype == "F64") return Dtype::F64;
+/// Bytes per element of a dtype that loads into float parameters (F32, F64, and F16 and BF16,
+/// widened on load), or throws IoError naming the tensor.
+inline std::uint64_t loadable_width(std::string_view func, const std::string& path,
+                                    const std::string& name, const SafetensorsTensor& t) {
+  if (t.dtype == "F32" || t.dtype == "F64" || t.dtype == "F16" || t.dtype == "BF16")
+    return st_dtype_bytes(t.dtype);
   throw_io(func, path,
            "tensor '" + name + "': dtype " + t.dtype +
-               " is not supported for loading (only F32 and F64)");
+               " is not supported for loading (only F32, F64, F16 and BF16)");
+}
+
+/// Decodes one little-endian value of a loadable dtype at p (F16 and BF16 exactly, with Eigen's
+/// half and bfloat16 types: every one of their values is a float).
+inline double get_loadable_le(const unsigned char* p, const std::string& dtype) {
+  if (dtype == "F32") return get_float_le(p, Dtype::F32);
+  if (dtype == "F64") return get_float_le(p, Dtype::F64);
+  const auto bits = static_cast<std::uint16_t>(p[0] | (p[1] << 8));
+  if (dtype == "F16") return static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(bits));
+  return static_cast<float>(Eigen::numext::bit_cast<Eigen::bfloat16>(bits));
+}
+
+/// Converts the n elements of file tensor t (a loadable dtype, checked) into out.
+template <class Scalar>
+void decode_tensor(const std::vector<unsigned char>& data, const SafetensorsTensor& t, Scalar* out,
+                   Index n) {
+  const std::uint64_t width = st_dtype_bytes(t.dtype);
+  for (Index i = 0; i < n; ++i)
+    out[i] = static_cast<Scalar>(
+        get_loadable_le(&data[t.begin + static_cast<std::uint64_t>(i) * width], t.dtype));
 }
 
 template <class Scalar>
 void check_tensor_fits(std::string_view func, const std::string& path, const NamedTensor<Scalar>& p,
                        const SafetensorsTensor& t) {
-  loadable_dtype(func, path, p.name, t);
+  loadable_width(func, path, p.name, t);
   const std::vector<Index> want = p.shape();
   if (t.shape != want)
     throw_io(func, path,
@@ -584,6 +605,18 @@ inline SafetensorsHeader read_file_header(std::string_view func, const std::stri
   return read_header(func, path, fd.get(), size);
 }
 
+/// Reads path whole: its checked header, and its data section into data; errors name func.
+inline SafetensorsHeader read_file(std::string_view func, const std::string& path,
+                                   std::vector<unsigned char>& data) {
+  check_path(func, path);
+  std::uint64_t size = 0;
+  Fd fd(open_for_reading(func, path, size));
+  SafetensorsHeader h = read_header(func, path, fd.get(), size);
+  data.resize(h.data_size);
+  read_exact(func, path, fd.get(), data.data(), h.data_size);
+  return h;
+}
+
 }  // namespace detail
 
 /// Reads and checks a file's header without reading the tensor data.
@@ -655,15 +688,8 @@ void load_tensors(const char* func, const std::string& path,
   check_data_checksum(func, path, h, data);
   check_names_match(func, path, tensors, h);
   for (const auto& p : tensors) check_tensor_fits(func, path, p, h.tensors.at(p.name));
-  for (const auto& p : tensors) {
-    const SafetensorsTensor& t = h.tensors.at(p.name);
-    const Dtype d = loadable_dtype(func, path, p.name, t);
-    const std::uint64_t width = d == Dtype::F32 ? 4 : 8;
-    Scalar* out = p.value->data();
-    for (Index i = 0; i < p.value->size(); ++i)
-      out[i] = static_cast<Scalar>(
-          get_float_le(&data[t.begin + static_cast<std::uint64_t>(i) * width], d));
-  }
+  for (const auto& p : tensors)
+    decode_tensor(data, h.tensors.at(p.name), p.value->data(), p.value->size());
 }
 
 }  // namespace detail
@@ -681,7 +707,8 @@ void save_safetensors(const std::string& path, const ParamList<Scalar>& params,
 }
 
 /// Loads every parameter from path. Strict: the file must hold exactly the names in params, each
-/// with the parameter's shape (Param::shape()) and dtype F32 or F64 (converted to Scalar).
+/// with the parameter's shape (Param::shape()) and dtype F32, F64, F16 or BF16 (converted to
+/// Scalar).
 /// Everything is checked before any parameter changes; on error throws IoError and changes none
 /// (ArgumentError for an empty path or a bad parameter list).
 template <class Scalar>

@@ -113,6 +113,11 @@ struct TransformerConfig {
                                        // has its own table, where T5 shares one per stack
   Index relative_max_distance = 128;   // relative: distances beyond share the last bucket
   double rotary_base = 10000.0;        // rotary: RoPE's theta
+  /// Token types (BERT's segment ids): a (type_vocab, d_model) table added to the input
+  /// embeddings, type 0 unless the forward is given types. 0 (the default): no table.
+  Index type_vocab = 0;
+  /// A LayerNorm (eps) on the summed input embeddings, before dropout, as BERT has.
+  bool input_norm = false;
 
   /// The layers' config. causal: the stack's self-attention is causal (decoders, decoder-only
   /// models), which T5's relative buckets distinguish (bidirectional = !causal).
@@ -155,6 +160,9 @@ struct TransformerConfig {
     layer(false).validate(func, names);
     layer(true).validate(func, names);
     detail::check_positive(func, "config.max_len", max_len);
+    detail::require(type_vocab >= 0, func, "config.type_vocab", [&] {
+      return "must be >= 0 (0: no token types), got " + std::to_string(type_vocab);
+    });
     if (encoder_decoder) {
       detail::check_positive(func, "config.src_vocab", src_vocab);
       detail::check_positive(func, "config.tgt_vocab", tgt_vocab);

@@ -44,7 +44,14 @@ class SingleStackModel {
   /// backward; in training mode draws new dropout masks. Throws ArgumentError naming
   /// <Model>::forward for empty ids or an id outside [0, vocab); and from the token input for
   /// start_pos + T beyond max_len.
-  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
+  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
+    return forward(ids, IdMatrix(), cache, start_pos);
+  }
+
+  /// The same with token types (B, T) (BERT's segment ids; empty: all 0), for a model built with
+  /// config.type_vocab > 0. Throws ArgumentError as TokenInput::forward for token types that do
+  /// not fit, before anything changes.
+  Mat forward(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache, Index start_pos = 0);
 
   /// Starts incremental decoding (inference only, causal models only) of B sequences of up to
   /// max_len positions: one empty self-attention cache per layer.
@@ -97,7 +104,8 @@ class SingleStackModel {
 };
 
 template <class Scalar>
-auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index start_pos) -> Mat {
+auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const IdMatrix& token_types,
+                                       Cache& cache, Index start_pos) -> Mat {
   const std::string& func = forward_func_;
   detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
                   [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
@@ -105,7 +113,7 @@ auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index 
   AttentionMask mask;
   mask.causal = causal_;
   mask.key_padding = key_padding_mask(ids, config_.pad_id);
-  const Mat x = input.forward(ids, cache.input, start_pos);
+  const Mat x = input.forward(ids, token_types, cache.input, start_pos);
   const Mat h = stack.forward(x, ids.rows(), mask, cache.stack);
   return head.forward(h, input.embedding, cache.head);
 }

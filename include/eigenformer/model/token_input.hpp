@@ -1,7 +1,8 @@
 // The input stage of every model: token embedding, optional sqrt(d_model) scaling, positional
 // encoding (sinusoidal or learned; nothing for relative and rotary positions, which act inside the
-// self-attention layers, or for none) and dropout.
-//   ids (B, T) -> (B*T, d_model)
+// self-attention layers, or for none), optional token-type embedding and LayerNorm (BERT's), and
+// dropout.
+//   ids (B, T) [, token types (B, T)] -> (B*T, d_model)
 #pragma once
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include "../layers/attention_positions.hpp"
 #include "../layers/dropout.hpp"
 #include "../layers/embedding.hpp"
+#include "../layers/layernorm.hpp"
 #include "../layers/positional.hpp"
 #include "config.hpp"
 
@@ -20,31 +22,47 @@ class TokenInput {
  public:
   using Mat = Matrix<Scalar>;
   struct Cache {
-    IdMatrix ids;  // (B, T)
+    IdMatrix ids;          // (B, T)
+    IdMatrix token_types;  // (B, T), or empty: every token of type 0
     Index start_pos = 0;
+    typename LayerNorm<Scalar>::Cache norm;
     typename Dropout<Scalar>::Cache dropout;
   };
 
   Embedding<Scalar> embedding;
   SinusoidalPositionalEncoding<Scalar> sinusoidal;  // used when kind == sinusoidal
   LearnedPositionalEncoding<Scalar> learned;        // used when kind == learned
+  Embedding<Scalar> token_type;  // (type_vocab, d_model) when config.type_vocab > 0
+  LayerNorm<Scalar> norm;        // on the sum, when config.input_norm
   Dropout<Scalar> dropout;
 
   TokenInput() = default;
   /// Embedding (vocab, c.d_model) with padding id c.pad_id, drawn from N(0, 1/d_model) when
   /// c.scale_embeddings (N(0, 1) otherwise); the table c.positional asks for (sinusoidal, or
-  /// learned drawn from rng); dropout c.dropout seeded by rng.split(). Throws ArgumentError from
+  /// learned drawn from rng); dropout c.dropout seeded by rng.split(); then, when c asks for
+  /// them, the token-type table (N(0, 1) from rng) and the LayerNorm. Throws ArgumentError from
   /// the parts for a setting out of range.
   TokenInput(Index vocab, const TransformerConfig& c, Rng& rng);
 
   /// Longest sequence: the table's length, or the config's max_len without a table.
   Index max_len() const { return max_len_; }
+  /// The number of token types (0: no token-type table).
+  Index type_vocab() const { return token_type.vocab_size(); }
 
   /// ids (B, T) at positions start_pos.. -> (B*T, d_model).
-  /// Embedding, times sqrt(d_model) with scale_embeddings, plus the positional table, then
-  /// dropout (in training mode); fills cache. Throws ArgumentError for an id outside [0, vocab),
-  /// B or T of 0, start_pos < 0 or start_pos + T > max_len().
-  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
+  /// Embedding, times sqrt(d_model) with scale_embeddings, plus the positional table, plus the
+  /// token-type embedding of type 0 (with a table), then the LayerNorm (input_norm) and dropout
+  /// (in training mode); fills cache. Throws ArgumentError for an id outside [0, vocab), B or T
+  /// of 0, start_pos < 0 or start_pos + T > max_len().
+  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
+    return forward(ids, IdMatrix(), cache, start_pos);
+  }
+
+  /// The same with token types (B, T) (BERT's segment ids; empty: all 0).
+  /// Throws ArgumentError naming TokenInput::forward and 'token_types', before anything changes,
+  /// unless token_types is empty or has ids' shape with every type in [0, type_vocab()) (a model
+  /// without a token-type table takes only empty types); and as the other forward.
+  Mat forward(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache, Index start_pos = 0);
 
   /// dy (B*T, d_model): adds into the embedding (and learned position) gradients.
   /// cache comes from forward. Throws ArgumentError for a dy that does not fit the cache.
@@ -53,13 +71,19 @@ class TokenInput {
   /// Dropout on (training) or off.
   void train(bool on) { dropout.training = on; }
 
-  /// "embedding.weight", and "position.weight" with learned positions: pointers into this stage.
+  /// "embedding.weight", "position.weight" with learned positions, "token_type.weight" with token
+  /// types and "input_norm.weight" / ".bias" with input_norm: pointers into this stage.
   ParamList<Scalar> parameters();
 
  private:
   PositionalKind kind_ = PositionalKind::sinusoidal;
   Index max_len_ = 0;
   Scalar scale_ = Scalar(1);
+
+  /// token_types, or zeros of ids' shape when it is empty.
+  static IdMatrix types_or_zeros(const IdMatrix& token_types, const IdMatrix& ids) {
+    return token_types.size() > 0 ? token_types : IdMatrix(IdMatrix::Zero(ids.rows(), ids.cols()));
+  }
 };
 
 template <class Scalar>
@@ -82,10 +106,24 @@ TokenInput<Scalar>::TokenInput(Index vocab, const TransformerConfig& c, Rng& rng
     // sqrt(d_model) scaling): GPT-2's 0.02 next to unit-size embeddings hides the positions (a
     // masked-token task learned 31-34% with it against 100% with sinusoidal positions).
     learned = LearnedPositionalEncoding<Scalar>(c.d_model, c.max_len, rng, /*init_std=*/1.0);
+  if (c.type_vocab > 0) token_type = Embedding<Scalar>(c.type_vocab, c.d_model, rng);
+  if (c.input_norm) norm = LayerNorm<Scalar>(c.d_model, Scalar(c.eps));
 }
 
 template <class Scalar>
-auto TokenInput<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index start_pos) -> Mat {
+auto TokenInput<Scalar>::forward(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache,
+                                 Index start_pos) -> Mat {
+  const char* func = "TokenInput::forward";
+  if (token_types.size() > 0) {
+    detail::require(type_vocab() > 0, func, "token_types",
+                    "is not empty, but the model has no token-type table (config.type_vocab 0)");
+    detail::require(token_types.rows() == ids.rows() && token_types.cols() == ids.cols(), func,
+                    "token_types", [&] {
+                      return "has shape " + detail::shape_of(token_types) + ", expected ids' " +
+                             detail::shape_of(ids);
+                    });
+    detail::check_embedding_ids(func, "token_types", token_types, type_vocab());
+  }
   Mat x = embedding.forward(ids);
   if (scale_ != Scalar(1)) x *= scale_;
   if (kind_ == PositionalKind::sinusoidal)
@@ -93,9 +131,12 @@ auto TokenInput<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index start_
   else if (kind_ == PositionalKind::learned)
     x = learned.forward(x, ids.rows(), ids.cols(), start_pos);
   else  // positions act in the attention; keep the tables' limit all the same
-    detail::check_positions<Scalar>("TokenInput::forward", "x", x, ids.rows(), ids.cols(),
-                                    start_pos, x.cols(), max_len_);
+    detail::check_positions<Scalar>(func, "x", x, ids.rows(), ids.cols(), start_pos, x.cols(),
+                                    max_len_);
+  if (type_vocab() > 0) x += token_type.forward(types_or_zeros(token_types, ids));
+  if (norm.features() > 0) x = norm.forward(x, cache.norm);
   cache.ids = ids;
+  cache.token_types = token_types;
   cache.start_pos = start_pos;
   return dropout.forward(x, cache.dropout);
 }
@@ -103,6 +144,8 @@ auto TokenInput<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index start_
 template <class Scalar>
 void TokenInput<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) {
   Mat d = dropout.backward(dy, cache.dropout);
+  if (norm.features() > 0) d = norm.backward(d, cache.norm);
+  if (type_vocab() > 0) token_type.backward(d, types_or_zeros(cache.token_types, cache.ids));
   if (kind_ == PositionalKind::learned)
     d = learned.backward(d, cache.ids.rows(), cache.ids.cols(), cache.start_pos);
   if (scale_ != Scalar(1)) d *= scale_;
@@ -114,6 +157,8 @@ auto TokenInput<Scalar>::parameters() -> ParamList<Scalar> {
   ParamList<Scalar> out;
   append_params(out, "embedding", embedding.parameters());
   if (kind_ == PositionalKind::learned) append_params(out, "position", learned.parameters());
+  if (type_vocab() > 0) append_params(out, "token_type", token_type.parameters());
+  if (norm.features() > 0) append_params(out, "input_norm", norm.parameters());
   return out;
 }
 
