@@ -311,8 +311,7 @@ int cmd_train(const cli::Flags& f, const cli::Processes& procs) {
     char detail[64];
     std::snprintf(detail, sizeof detail, "loss %.3f (%.2f bits/char)  lr %.2e", ema, ema / kLn2,
                   double(lr));
-    if (procs.is_root())
-      progress.update(step, static_cast<double>(step * batch * context), detail);
+    if (procs.is_root()) progress.update(step, static_cast<double>(step * batch * context), detail);
   }
   if (!procs.is_root()) {  // rank 0 evaluates, writes and samples; the others wait for it
     procs.barrier();

@@ -222,8 +222,8 @@ void Dropout<Scalar>::draw_mask(Cache& cache, Mat& y, ConstRef<Scalar> x) {
   }
   cache.rows = rows;
   cache.cols = cols;
-  const std::uint64_t start = rng_.next_u64() + static_cast<std::uint64_t>(first_row) *
-                                                    0x9E3779B97F4A7C15ull;
+  const std::uint64_t start =
+      rng_.next_u64() + static_cast<std::uint64_t>(first_row) * 0x9E3779B97F4A7C15ull;
   // p < 1, so p * 2^32 < 2^32 fits (rounding up to 2^32 only for p within 2^-33 of 1).
   const auto threshold =
       static_cast<std::uint32_t>(std::min(static_cast<double>(p_) * 4294967296.0, 4294967295.0));
