@@ -16,6 +16,9 @@ if(TARGET eigenformer_tokenizer)
   install(TARGETS eigenformer_tokenizer EXPORT eigenformerTargets)
   install(FILES cmake/FindPCRE2.cmake DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)
 endif()
+if(TARGET eigenformer_mpi)
+  install(TARGETS eigenformer_mpi EXPORT eigenformerTargets)  # eigenformer::mpi
+endif()
 install(EXPORT eigenformerTargets
   NAMESPACE eigenformer::
   DESTINATION ${CMAKE_INSTALL_DATADIR}/eigenformer/cmake)

@@ -219,3 +219,22 @@ TEST_CASE("learned positions start at the scale of the token embeddings") {
     CHECK(rms == doctest::Approx(1.0).epsilon(0.05));
   }
 }
+
+TEST_CASE("single-stack backward reports each parameter to GradReady once, already final") {
+  for (const bool pre_norm : {false, true}) {
+    CAPTURE(pre_norm);
+    TransformerConfig c = lm_config();
+    if (pre_norm) c.norm = NormPlacement::pre;
+    c.tie_output = pre_norm;
+    Rng rng(4);
+    DecoderOnlyLM<float> model(c, rng);
+    IdMatrix ids(2, 4);
+    ids << 1, 2, 3, 4, 5, 6, 1, 2;
+    DecoderOnlyLM<float>::Cache cache;
+    const Matrix<float> dlogits = model.forward(ids, cache);
+    model.zero_grad();
+    eftest::check_grad_ready(model.parameters(), [&](const GradReady<float>& ready) {
+      model.backward(dlogits, cache, ready);
+    });
+  }
+}

@@ -351,3 +351,24 @@ TEST_CASE("a small Transformer learns to reverse sequences and greedy decoding r
   for (Index b = 0; b < B; ++b) exact += out.row(b) == tgt.row(b);
   CHECK(exact >= B - 1);
 }
+
+TEST_CASE("backward reports each parameter to GradReady once, its gradient already final") {
+  for (const bool pre_norm : {false, true}) {
+    CAPTURE(pre_norm);
+    TransformerConfig c = eftest::tiny_config();
+    c.dropout = 0.1;
+    c.tie_output = pre_norm;  // tied: the output weight is the decoder embedding, reported last
+    if (pre_norm) c.norm = NormPlacement::pre;
+    Rng rng(3);
+    Transformer<float> model(c, rng);
+    IdMatrix src(2, 5), tgt(2, 4);
+    src << 1, 2, 3, 0, 0, 4, 5, 6, 1, 2;
+    tgt << 1, 2, 3, 4, 5, 1, 0, 0;
+    Transformer<float>::Cache cache;
+    const Matrix<float> dlogits = model.forward(src, tgt, cache);  // any dlogits will do
+    model.zero_grad();
+    eftest::check_grad_ready(model.parameters(), [&](const GradReady<float>& ready) {
+      model.backward(dlogits, cache, ready);
+    });
+  }
+}

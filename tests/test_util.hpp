@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -91,6 +92,29 @@ void check_throws_with(F&& f, const std::vector<std::string>& fragments) {
     }
   }
   CHECK(threw);
+}
+
+/// Runs backward(ready) with a GradReady callback that records each reported parameter's gradient
+/// at the moment of the report, then checks the callback's contract (core/param.hpp): every
+/// parameter of params is reported exactly once, and its gradient was already final then (equal to
+/// the one backward ends with), so data-parallel training may send it while backward goes on.
+template <class Scalar, class Backward>
+void check_grad_ready(const eigenformer::ParamList<Scalar>& params, Backward&& backward) {
+  std::map<const eigenformer::Param<Scalar>*, eigenformer::Matrix<Scalar>> at_report;
+  int repeats = 0;
+  backward([&](const eigenformer::ParamList<Scalar>& done) {
+    for (const auto& p : done) {
+      repeats += at_report.count(p.param) ? 1 : 0;
+      at_report[p.param] = p.param->grad;
+    }
+  });
+  CHECK(repeats == 0);
+  CHECK(at_report.size() == params.size());
+  for (const auto& p : params) {
+    INFO(p.name);
+    REQUIRE(at_report.count(p.param) == 1);
+    CHECK(at_report[p.param] == p.param->grad);
+  }
 }
 
 }  // namespace eftest

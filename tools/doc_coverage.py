@@ -6,7 +6,7 @@ it requires, guarantees and throws where it is declared.
 
     python3 tools/doc_coverage.py [-q] [header or folder ...]   (default: every floor below)
 
-What it counts, in include/eigenformer/{core,ops,layers,model,train,decode,io,text}: function
+What it counts, in include/eigenformer/{core,ops,layers,model,train,decode,io,text,dist}: function
 declarations (free functions, and the public members of classes, constructors included) outside
 namespace detail, plus the public members of a detail class that a public class derives from
 (detail::SingleStackModel). A declaration is documented when a `///` line is directly above it
@@ -28,7 +28,7 @@ import re
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "include", "eigenformer")
-FLOORS = ["core", "ops", "layers", "model", "train", "decode", "io", "text"]
+FLOORS = ["core", "ops", "layers", "model", "train", "decode", "io", "text", "dist"]
 NOT_NAMES = {"if", "for", "while", "switch", "return", "sizeof", "decltype", "alignof",
              "static_assert", "noexcept", "catch", "throw"}
 

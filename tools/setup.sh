@@ -15,8 +15,10 @@ packages=(g++ cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohm
           libstb-dev libpcre2-dev fonts-wqy-zenhei valgrind clang libclang-rt-14-dev)
 # OpenBLAS for -DEIGENFORMER_USE_BLAS=ON, in its OpenMP build: called from inside the library's
 # OpenMP loops it runs on the calling thread, where the pthread build would start threads of its own.
+# Open MPI (headers and mpirun) for -DEIGENFORMER_MPI=ON: eigenformer::mpi, data-parallel training.
 for arg in "$@"; do
   [ "$arg" = "-DEIGENFORMER_USE_BLAS=ON" ] && packages+=(libopenblas-openmp-dev)
+  [ "$arg" = "-DEIGENFORMER_MPI=ON" ] && packages+=(libopenmpi-dev openmpi-bin)
 done
 missing=()
 for p in "${packages[@]}"; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs every unit test:
 #  1. a Release build with Eigen's own matrix products, portable (-DEIGENFORMER_NATIVE=OFF) so
-#     that valgrind (3.19, which decodes no AVX-512) can run its I/O tests, and its tests;
+#     that valgrind (3.19, which decodes no AVX-512) can run its I/O tests, and its tests, with
+#     MPI (-DEIGENFORMER_MPI=ON: Open MPI, and the data-parallel tests under mpirun);
 #  2. valgrind memcheck on the I/O tests of that build;
 #  3. the fuzz targets for a bounded time;
 #  4. every test again built with -march=native, AddressSanitizer + UndefinedBehaviorSanitizer,
@@ -13,7 +14,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
 echo "== Release build (portable) and tests"
-tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_NATIVE=OFF \
+tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_MPI=ON \
   -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/test --output-on-failure -j "$(nproc)"
 

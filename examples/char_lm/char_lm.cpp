@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../common/cli.hpp"
+#include "../common/parallel.hpp"
 #include "../common/training.hpp"
 #include "corpus.hpp"
 
@@ -204,7 +205,20 @@ void generate(Model& model, const ByteVocab& vocab, std::vector<Index> context_i
 // ---------------------------------------------------------------------------------------------
 // Commands
 
-int cmd_train(const cli::Flags& f) {
+/// The global batch's loss after forward and backward on this process's rows of (x, y) (all of
+/// them without MPI), gradients summed over the processes and clipped.
+template <class Check>
+double train_step(cli::TrainStep<Model>& step, Model& model, ef::Optimizer<Scalar>& opt,
+                  const ef::IdMatrix& x, const ef::IdMatrix& y, Check&& check) {
+  return step(
+      opt, y, {-1, 0.0},
+      [&](Index begin, Index count, Model::Cache& cache) {
+        return model.forward(x.middleRows(begin, count), cache);
+      },
+      check);
+}
+
+int cmd_train(const cli::Flags& f, const cli::Processes& procs) {
   const std::string out_path = f.required("out");
   const std::vector<std::string> corpus_paths = f.all("corpus", {default_corpus_dir()});
   const long steps = f.integer("steps", 2000, 1, 10000000);
@@ -290,14 +304,13 @@ int cmd_train(const cli::Flags& f) {
   settings["vocab"] = vocab.to_hex();
   settings["train_chars"] = std::to_string(train_ids.size());
   model.train();
+  cli::TrainStep<Model> step_on_all(procs, model);  // rank 0's weights on every process
   ef::TrainingProgress state = cli::start_or_resume(state_flags, model, opt, start, settings);
   ef::Rng& data_rng = state.rng;
   const long first_step = state.step + 1;  // > 1 when resumed: speeds count this process's steps
   cli::Progress progress(steps, log_every);
   progress.resumed_after(state.step);
   ef::StepGuard<Scalar> guard;
-  Model::Cache cache;
-  ef::CrossEntropyCache<Scalar> ce;
   ef::IdMatrix x(batch, context), y(batch, context);
   const Index n_starts = static_cast<Index>(train_ids.size()) - context;  // starts 0..n-T-1
   const auto saved_ema = state.extra.find("char_lm.loss_ema");  // the progress line's average
@@ -311,22 +324,24 @@ int cmd_train(const cli::Flags& f) {
         y(b, j) = train_ids[static_cast<size_t>(s + j + 1)];
       }
     }
-    opt.zero_grad();
     const Scalar lr = ef::apply_schedule(opt, schedule);
-    const ef::Matrix<Scalar> logits = model.forward(x, cache);
-    const double loss = ef::cross_entropy_forward(ce, logits, y);
-    model.backward(ef::cross_entropy_backward(ce), cache);
-    cli::check_step_finite(guard, loss, params, step);
-    ef::clip_grad_norm(params, Scalar(1));
+    const double loss = train_step(step_on_all, model, opt, x, y, [&](double batch_loss) {
+      cli::check_step_finite(guard, batch_loss, params, step);
+    });
     opt.step();
     ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
     state.step = step;
     state.extra["char_lm.loss_ema"] = cli::number_text(ema);
-    cli::save_state_if_due(state_flags, step, steps, model, opt, state);
+    cli::save_state_if_due(procs, state_flags, step, steps, model, opt, state);
     char detail[64];
     std::snprintf(detail, sizeof detail, "loss %.3f (%.2f bits/char)  lr %.2e", ema, ema / kLn2,
                   double(lr));
-    progress.update(step, static_cast<double>((step - first_step + 1) * batch * context), detail);
+    if (procs.is_root())
+      progress.update(step, static_cast<double>((step - first_step + 1) * batch * context), detail);
+  }
+  if (!procs.is_root()) {  // rank 0 evaluates, writes and samples; the others wait for it
+    procs.barrier();
+    return 0;
   }
   const double train_seconds = progress.seconds();
   const long steps_run = steps - first_step + 1;
@@ -365,6 +380,7 @@ int cmd_train(const cli::Flags& f) {
   ef::Rng sample_rng(seed);
   generate(model, vocab, vocab.encode("%\n"), 240, 0.8, sample_rng, std::cout);
   std::cout << '\n';
+  procs.barrier();  // the other processes wait here under MPI
   return wins ? 0 : 3;
 }
 
@@ -391,7 +407,7 @@ int cmd_sample(const cli::Flags& f) {
   return 0;
 }
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, const cli::Processes& procs) {
   if (argc < 2) throw cli::UsageError("missing command: train or sample");
   const std::string cmd = argv[1];
   if (cmd == "--help" || cmd == "-h" || cmd == "help") {
@@ -411,21 +427,25 @@ int run(int argc, char** argv) {
     std::cout << kUsage;
     return 0;
   }
-  return cmd == "train" ? cmd_train(flags) : cmd_sample(flags);
+  return cmd == "train" ? cmd_train(flags, procs) : cmd_sample(flags);
 }
 
 }  // namespace char_lm
 
 int main(int argc, char** argv) {
+  const cli::Processes procs(argc, argv);  // MPI, under mpirun, when built with it
   try {
-    return char_lm::run(argc, argv);
+    return char_lm::run(argc, argv, procs);
   } catch (const cli::UsageError& e) {
+    procs.end_all_on_error(std::string("char_lm: ") + e.what());
     std::cerr << "char_lm: " << e.what() << "\n" << char_lm::kUsage;
     return 2;
   } catch (const std::exception& e) {  // eigenformer::ArgumentError / IoError, CorpusError, ...
+    procs.end_all_on_error(std::string("char_lm: ") + e.what());
     std::cerr << "char_lm: " << e.what() << "\n";
     return 1;
   } catch (...) {
+    procs.end_all_on_error("char_lm: unknown error");
     std::cerr << "char_lm: unknown error\n";
     return 1;
   }

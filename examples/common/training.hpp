@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cli.hpp"
+#include "parallel.hpp"
 
 namespace cli {
 
@@ -78,12 +79,14 @@ eigenformer::TrainingProgress start_or_resume(const StateFlags& flags, Model& mo
   return p;
 }
 
-/// Saves the state after step when --save-every asks for it (every K steps and after the last).
+/// Saves the state after step when --save-every asks for it (every K steps and after the last):
+/// rank 0 writes, the other processes wait until the file is whole.
 template <class Model, class Optimizer>
-void save_state_if_due(const StateFlags& flags, long step, long steps, Model& model,
-                       const Optimizer& opt, const eigenformer::TrainingProgress& progress) {
+void save_state_if_due(const Processes& procs, const StateFlags& flags, long step, long steps,
+                       Model& model, const Optimizer& opt,
+                       const eigenformer::TrainingProgress& progress) {
   if (flags.every <= 0 || (step % flags.every != 0 && step != steps)) return;
-  eigenformer::save_training_state(flags.path, model, opt, progress);
+  procs.on_root([&] { eigenformer::save_training_state(flags.path, model, opt, progress); });
 }
 
 /// guard.check on a step's loss and gradients: a non-finite one stops the run with an error that

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/cli.hpp"
+#include "common/parallel.hpp"
 #include "common/training.hpp"
 #include "translate/heatmap.hpp"
 #include "translate/numbers.hpp"
@@ -154,7 +155,36 @@ cli::RunSettings run_settings(const ef::TransformerConfig& c, long steps, long b
   return s;
 }
 
-int train(const cli::Flags& f) {
+/// The global batch's loss after forward and backward on this process's rows of it (all of them
+/// without MPI), gradients summed over the processes, check(loss) run, then clipped.
+template <class Check>
+double train_step(cli::TrainStep<ef::Transformer<float>>& step, ef::Transformer<float>& model,
+                  ef::Optimizer<float>& opt, const Batch& batch, Check&& check) {
+  return step(opt, batch.tgt, {translate::Vocab::kPad},
+              [&](Index begin, Index count, ef::Transformer<float>::Cache& cache) {
+                return model.forward(
+                    batch.src.middleRows(begin, count),
+                    ef::shift_right(batch.tgt.middleRows(begin, count), translate::Vocab::kBos),
+                    cache);
+              },
+              check);
+}
+
+/// Held-out accuracy, printed and saved with the model: rank 0's job, the others wait.
+void evaluate_and_save(const cli::Processes& procs, ef::Transformer<float>& model,
+                       const std::string& out, long n_eval, std::uint64_t seed,
+                       double train_seconds) {
+  procs.on_root([&] {
+    const double accuracy = held_out_accuracy(model, n_eval, seed + 12345);
+    std::printf(
+        "trained in %s; held-out exact match: %.2f%% of %ld numbers never seen in training\n",
+        cli::format_seconds(train_seconds).c_str(), 100.0 * accuracy, n_eval);
+    ef::save_model(out, model, {{"translate.held_out_accuracy", std::to_string(accuracy)}});
+    std::printf("saved %s\n", out.c_str());
+  });
+}
+
+int train(const cli::Flags& f, const cli::Processes& procs) {
   const std::string out = f.required("out");
   const long steps = f.integer("steps", 600, 1, 10000000);
   const long batch_size = f.integer("batch", 64, 1, 4096);
@@ -170,12 +200,15 @@ int train(const cli::Flags& f) {
   ef::AdamW<float> opt(params, float(lr), 0.9f, 0.98f, 1e-9f, 0.01f);
   const ef::CosineSchedule<float> schedule(float(lr), std::min(400L, steps / 10 + 1), steps,
                                            float(lr) / 20);
-  std::fprintf(stderr,
-               "translate: %ld parameters (%s positions, %s attention), %ld steps of %ld phrases, "
-               "%d threads\n",
-               long(ef::count_params(params)), ef::positional_kind_name(config.positional).c_str(),
-               ef::attention_scoring_name(config.attention).c_str(), steps, batch_size,
-               ef::max_threads());
+  cli::TrainStep<ef::Transformer<float>> step_on_all(procs, model);  // rank 0's weights
+  if (procs.is_root())
+    std::fprintf(stderr,
+                 "translate: %ld parameters (%s positions, %s attention), %ld steps of %ld "
+                 "phrases, %d processes x %d threads\n",
+                 long(ef::count_params(params)),
+                 ef::positional_kind_name(config.positional).c_str(),
+                 ef::attention_scoring_name(config.attention).c_str(), steps, batch_size,
+                 procs.size(), ef::max_threads());
 
   ef::TrainingProgress start;
   start.data_position = seed * 0x9E3779B97F4A7C15ULL + 1;  // the state of the number stream
@@ -191,31 +224,20 @@ int train(const cli::Flags& f) {
     for (long i = 0; i < batch_size; ++i)
       numbers.push_back(translate::sample_number(data_state, false));
     const Batch batch = make_batch(numbers);
-    ef::Transformer<float>::Cache cache;
-    ef::CrossEntropyCache<float> ce;
-    const ef::Matrix<float> logits =
-        model.forward(batch.src, ef::shift_right(batch.tgt, translate::Vocab::kBos), cache);
-    const float loss = ef::cross_entropy_forward(ce, logits, batch.tgt, {translate::Vocab::kPad});
-    opt.zero_grad();
-    model.backward(ef::cross_entropy_backward(ce), cache);
-    cli::check_step_finite(guard, loss, params, step);
-    ef::clip_grad_norm(params, 1.0f);
+    const double loss = train_step(step_on_all, model, opt, batch, [&](double batch_loss) {
+      cli::check_step_finite(guard, batch_loss, params, step);
+    });
     ef::apply_schedule(opt, schedule);
     opt.step();
     state.step = step;
     state.data_position = data_state;
-    cli::save_state_if_due(state_flags, step, steps, model, opt, state);
+    cli::save_state_if_due(procs, state_flags, step, steps, model, opt, state);
     tokens += long(batch.src.size() + batch.tgt.size());
     char detail[32];
     std::snprintf(detail, sizeof detail, "loss %.4f", double(loss));
-    progress.update(step, double(tokens), detail);
+    if (procs.is_root()) progress.update(step, double(tokens), detail);
   }
-  const double train_seconds = progress.seconds();
-  const double accuracy = held_out_accuracy(model, n_eval, seed + 12345);
-  std::printf("trained in %s; held-out exact match: %.2f%% of %ld numbers never seen in training\n",
-              cli::format_seconds(train_seconds).c_str(), 100.0 * accuracy, n_eval);
-  ef::save_model(out, model, {{"translate.held_out_accuracy", std::to_string(accuracy)}});
-  std::printf("saved %s\n", out.c_str());
+  evaluate_and_save(procs, model, out, n_eval, seed, progress.seconds());
   return 0;
 }
 
@@ -292,6 +314,7 @@ int run(const cli::Flags& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const cli::Processes procs(argc, argv);  // MPI, under mpirun, when built with it
   const std::vector<std::string> args(argv + std::min(argc, 2), argv + argc);
   const std::string command = argc >= 2 ? argv[1] : "";
   try {
@@ -309,13 +332,15 @@ int main(int argc, char** argv) {
         std::fputs(kUsage, stdout);
         return 0;
       }
-      return command == "train" ? train(flags) : run(flags);
+      return command == "train" ? train(flags, procs) : run(flags);
     }
     throw cli::UsageError(command.empty() ? "no command given" : "unknown command '" + command + "'");
   } catch (const cli::UsageError& e) {
+    procs.end_all_on_error(std::string("translate: ") + e.what());
     std::fprintf(stderr, "translate: %s\n%s", e.what(), kUsage);
     return 2;
   } catch (const std::exception& e) {
+    procs.end_all_on_error(std::string("translate: ") + e.what());
     std::fprintf(stderr, "translate: %s\n", e.what());
     return 1;
   }

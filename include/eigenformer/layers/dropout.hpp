@@ -42,6 +42,13 @@ class Dropout {
   };
 
   bool training = true;  // false: the identity
+  // Keying by global example (data-parallel training, dist/): when examples > 0, the input's rows
+  // are taken as `examples` equal runs, one per example, of the examples first_example.. of a
+  // larger batch, and row i draws the mask of row first_example * (rows / examples) + i of that
+  // batch. So a process holding rows 8..15 of a padded batch drops what one process holding all
+  // of it drops there. 0 (the default): row i is row i.
+  Index first_example = 0;
+  Index examples = 0;
 
   Dropout() = default;
 
@@ -51,6 +58,10 @@ class Dropout {
   Dropout(Scalar p, std::uint64_t seed) : p_(p), rng_(seed) {
     detail::check_dropout_p("Dropout::Dropout", p);
   }
+
+  /// The layer's generator: one draw per mask (data-parallel training copies it between
+  /// processes so that they all draw the same masks).
+  Rng& rng() { return rng_; }
 
   /// The drop probability; train(on) turns training mode on or off, eval() turns it off.
   Scalar p() const { return p_; }
@@ -67,6 +78,8 @@ class Dropout {
 
   /// x (N, C) -> x * mask (N, C); draws a new mask in training (advancing the rng).
   /// In eval mode, or with p = 0, returns x and records an empty mask (no rng draw).
+  /// Throws ArgumentError naming Dropout::forward, before drawing, when examples > 0 does not
+  /// divide N.
   Mat forward(ConstRef<Scalar> x, Cache& cache);
 
   /// forward(x, cache) for a temporary x (e.g. a sublayer's output): drops out in place and
@@ -126,6 +139,16 @@ class Dropout {
 
   /// dy *= the forward's mask; func names the caller in the error for a dy of the wrong shape.
   void mask_in_place(const char* func, Mat& dy, const Cache& cache) const;
+
+  /// The row of the larger batch that row 0 of a rows-row input is (see first_example).
+  Index global_first_row(Index rows) const {
+    if (examples <= 0) return 0;
+    detail::require(rows % examples == 0, "Dropout::forward", "x", [&] {
+      return "has " + std::to_string(rows) + " rows, not a multiple of examples " +
+             std::to_string(examples);
+    });
+    return first_example * (rows / examples);
+  }
 
   /// out = in * mask, row by row; out may be in.
   static void apply_mask(Mat& out, ConstRef<Scalar> in, const Mat& mask);
@@ -194,6 +217,7 @@ void Dropout<Scalar>::apply_mask(Mat& out, ConstRef<Scalar> in, const Mat& mask)
 template <class Scalar>
 void Dropout<Scalar>::draw_mask(Cache& cache, Mat& y, ConstRef<Scalar> x) {
   const Index rows = x.rows(), cols = x.cols();
+  const Index first_row = global_first_row(rows);  // first: it may throw
   Mat& mask = cache.mask;
   if (mask.rows() != rows || mask.cols() != cols) {
     // Allocated aside, then swapped in: if the allocation throws, the cache and the rng are as
@@ -203,7 +227,8 @@ void Dropout<Scalar>::draw_mask(Cache& cache, Mat& y, ConstRef<Scalar> x) {
   }
   cache.rows = rows;
   cache.cols = cols;
-  const std::uint64_t start = rng_.next_u64();
+  const std::uint64_t start =
+      rng_.next_u64() + static_cast<std::uint64_t>(first_row) * 0x9E3779B97F4A7C15ull;
   // p < 1, so p * 2^32 < 2^32 fits (rounding up to 2^32 only for p within 2^-33 of 1).
   const auto threshold =
       static_cast<std::uint32_t>(std::min(static_cast<double>(p_) * 4294967296.0, 4294967295.0));

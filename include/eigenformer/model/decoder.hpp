@@ -169,8 +169,9 @@ class Decoder {
 
   /// dy (B*T, d) -> the memory gradient (B*S, d), fresh.
   /// Empty (0, 0) when the decoder has no layers. Adds every parameter gradient of the decoder.
-  /// cache comes from forward.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
+  /// cache comes from forward. ready, when set, gets the final norm's parameters, each layer's
+  /// (last to first), then the token input's, each as soon as their gradients are final.
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache, const GradReady<Scalar>& ready = nullptr);
 
   /// Starts incremental decoding over memory (B*S, d) with source key padding (B, S) (empty:
   /// none): projects every layer's cross-attention keys and values once and allocates
@@ -223,11 +224,17 @@ auto Decoder<Scalar>::forward(const IdMatrix& ids, ConstRef<Scalar> memory,
 }
 
 template <class Scalar>
-auto Decoder<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+auto Decoder<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache,
+                               const GradReady<Scalar>& ready) -> Mat {
   Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
+  if (ready && pre_norm_) ready(final_norm.parameters());
   Mat dmemory;
-  for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i], dmemory);
+  for (size_t i = layers.size(); i-- > 0;) {
+    d = layers[i].backward(d, cache.layers[i], dmemory);
+    if (ready) ready(layers[i].parameters());
+  }
   input.backward(d, cache.input);
+  if (ready) ready(input.parameters());
   return dmemory;
 }
 

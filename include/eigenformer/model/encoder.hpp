@@ -151,7 +151,8 @@ class EncoderStack {
   Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache);
 
   /// dy (B*T, d) -> dx (B*T, d) fresh; parameter gradients added. cache comes from forward.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
+  /// ready, when set, gets the final norm's parameters, then each layer's, last to first.
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache, const GradReady<Scalar>& ready = nullptr);
 
   /// Empty self-attention caches for B sequences of up to max_len positions, one per layer.
   /// Throws ArgumentError unless B and max_len are positive (when there is a layer).
@@ -193,9 +194,14 @@ auto EncoderStack<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionM
 }
 
 template <class Scalar>
-auto EncoderStack<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+auto EncoderStack<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache,
+                                    const GradReady<Scalar>& ready) -> Mat {
   Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
-  for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i]);
+  if (ready && pre_norm_) ready(final_norm.parameters());
+  for (size_t i = layers.size(); i-- > 0;) {
+    d = layers[i].backward(d, cache.layers[i]);
+    if (ready) ready(layers[i].parameters());
+  }
   return d;
 }
 
@@ -258,9 +264,12 @@ class Encoder {
   Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache);
 
   /// dmemory (B*S, d_model): adds every parameter's gradient (ids have none). cache comes from
-  /// forward.
-  void backward(ConstRef<Scalar> dmemory, const Cache& cache) {
-    input.backward(stack.backward(dmemory, cache.stack), cache.input);
+  /// forward. ready, when set, gets each part's parameters when their gradients are final (the
+  /// stack's as EncoderStack::backward, then the token input's).
+  void backward(ConstRef<Scalar> dmemory, const Cache& cache,
+                const GradReady<Scalar>& ready = nullptr) {
+    input.backward(stack.backward(dmemory, cache.stack, ready), cache.input);
+    if (ready) ready(input.parameters());
   }
 
   /// Dropout on (training) or off in the input and every layer.

@@ -68,10 +68,13 @@ class SingleStackModel {
   /// t more positions fit.
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state);
 
-  /// dlogits (B*T, vocab): adds every parameter's gradient.
+  /// dlogits (B*T, vocab): adds every parameter's gradient. ready, when set, is called with each
+  /// layer's parameters as soon as their gradients are final (output head, layers last to first,
+  /// token input), as Transformer::backward.
   /// cache comes from forward. Throws ArgumentError from the layers for a dlogits or cache that
   /// does not fit (OutputHead::backward checks dlogits before any gradient changes).
-  void backward(ConstRef<Scalar> dlogits, const Cache& cache);
+  void backward(ConstRef<Scalar> dlogits, const Cache& cache,
+                const GradReady<Scalar>& ready = nullptr);
 
   /// Dropout on (training) or off (eval(): inference and decoding).
   void train(bool on = true) {
@@ -153,9 +156,12 @@ auto SingleStackModel<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scal
 }
 
 template <class Scalar>
-void SingleStackModel<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache) {
+void SingleStackModel<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
+                                        const GradReady<Scalar>& ready) {
   const Mat dh = head.backward(dlogits, cache.head, input.embedding);
-  input.backward(stack.backward(dh, cache.stack), cache.input);
+  if (ready) ready(head.parameters());
+  input.backward(stack.backward(dh, cache.stack, ready), cache.input);
+  if (ready) ready(input.parameters());
 }
 
 template <class Scalar>

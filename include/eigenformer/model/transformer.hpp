@@ -82,10 +82,14 @@ class Transformer {
   /// training mode draws new dropout masks. Throws ArgumentError as encode and decode.
   Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache);
 
-  /// dlogits (B*T, tgt_vocab): adds every parameter's gradient.
+  /// dlogits (B*T, tgt_vocab): adds every parameter's gradient. ready, when set, is called with
+  /// each layer's parameters as soon as their gradients are final (output head, decoder layers
+  /// last to first, decoder input, encoder likewise): data-parallel training starts summing them
+  /// across processes while backward goes on (dist/data_parallel.hpp).
   /// cache comes from forward. Throws ArgumentError from the layers for a dlogits or cache that
   /// does not fit (OutputHead::backward checks dlogits before any gradient changes).
-  void backward(ConstRef<Scalar> dlogits, const Cache& cache);
+  void backward(ConstRef<Scalar> dlogits, const Cache& cache,
+                const GradReady<Scalar>& ready = nullptr);
 
   /// Training mode turns dropout on; eval mode (for decoding) turns it off.
   void train(bool on = true) {
@@ -209,10 +213,12 @@ auto Transformer<Scalar>::forward(const IdMatrix& src, const IdMatrix& tgt_in, C
 }
 
 template <class Scalar>
-void Transformer<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache) {
+void Transformer<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
+                                   const GradReady<Scalar>& ready) {
   const Mat dh = head.backward(dlogits, cache.head, decoder.input.embedding);
-  const Mat dmemory = decoder.backward(dh, cache.decoder);
-  encoder.backward(dmemory, cache.encoder);
+  if (ready) ready(head.parameters());
+  const Mat dmemory = decoder.backward(dh, cache.decoder, ready);
+  encoder.backward(dmemory, cache.encoder, ready);
 }
 
 template <class Scalar>

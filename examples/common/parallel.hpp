@@ -1,0 +1,139 @@
+// One process, or data-parallel training over the processes of mpirun when the examples are built
+// with -DEIGENFORMER_MPI=ON (EIGENFORMER_EXAMPLE_MPI): `mpirun -np N translate train ...` trains
+// on the same global batches, each process on its rows (dist/data_parallel.hpp). Rank 0 prints,
+// evaluates and writes; the others wait for it. Without MPI this is the plain training step.
+#pragma once
+
+#include <cstdio>
+#include <eigenformer/eigenformer.hpp>
+#include <memory>
+#include <string>
+#include <utility>
+
+#ifdef EIGENFORMER_EXAMPLE_MPI
+#include <eigenformer/dist/data_parallel.hpp>
+#endif
+
+namespace cli {
+
+/// The processes of this run: MPI's (started here) when built with it, else just this one.
+class Processes {
+ public:
+  /// Starts MPI when built with it (mpirun or not: alone, a process is rank 0 of 1). Only rank 0
+  /// prints: the others' stdout goes to /dev/null (stderr stays, for errors).
+  Processes(int& argc, char**& argv) {
+#ifdef EIGENFORMER_EXAMPLE_MPI
+    env_ = std::make_unique<eigenformer::dist::Environment>(argc, argv);
+    comm_ = std::make_unique<eigenformer::dist::Communicator>();
+    if (!is_root() && !std::freopen("/dev/null", "w", stdout)) std::perror("/dev/null");
+#else
+    (void)argc, (void)argv;
+#endif
+  }
+
+  /// Whether this process prints and writes (rank 0), and how many there are.
+  bool is_root() const { return rank() == 0; }
+  int rank() const {
+#ifdef EIGENFORMER_EXAMPLE_MPI
+    return comm_->rank();
+#else
+    return 0;
+#endif
+  }
+  int size() const {
+#ifdef EIGENFORMER_EXAMPLE_MPI
+    return comm_->size();
+#else
+    return 1;
+#endif
+  }
+
+  /// Runs f on rank 0; the other processes wait until it is done (a file rank 0 writes is whole).
+  template <class F>
+  void on_root(F&& f) const {
+    if (is_root()) std::forward<F>(f)();
+    barrier();
+  }
+
+  /// Waits for every process (nothing to wait for without MPI).
+  void barrier() const {
+#ifdef EIGENFORMER_EXAMPLE_MPI
+    comm_->barrier();
+#endif
+  }
+
+  /// An error that ends the run: with several processes, ends them all (MPI_Abort, naming this
+  /// rank), since the others would wait for this one for ever; alone, returns to the caller.
+  void end_all_on_error(const std::string& message) const {
+#ifdef EIGENFORMER_EXAMPLE_MPI
+    if (comm_->size() > 1) comm_->abort(message);
+#else
+    (void)message;
+#endif
+  }
+
+#ifdef EIGENFORMER_EXAMPLE_MPI
+  const eigenformer::dist::Communicator& comm() const { return *comm_; }
+
+ private:
+  std::unique_ptr<eigenformer::dist::Environment> env_;
+  std::unique_ptr<eigenformer::dist::Communicator> comm_;
+#endif
+};
+
+/// The training step of an example: forward, loss, backward, clipping at 1 (the optimizer step
+/// and schedule stay with the caller). Data-parallel over procs when built with MPI: the global
+/// batch's loss, and every process's gradients summed.
+template <class Model>
+class TrainStep {
+ public:
+  /// model and procs must outlive this object. Under MPI, a collective: copies rank 0's weights
+  /// and dropout generators to every process.
+  TrainStep(const Processes& procs, Model& model) : model_(model) {
+#ifdef EIGENFORMER_EXAMPLE_MPI
+    dp_ = std::make_unique<eigenformer::dist::DataParallel<float>>(procs.comm(), model);
+#else
+    (void)procs;
+#endif
+  }
+
+  /// forward(begin, count, cache) runs the model on rows [begin, begin + count) of the global
+  /// batch whose targets (B, T) are tgt, returning their logits. check(loss) sees the global
+  /// batch's loss after backward, before clipping, with every process's gradients summed (so
+  /// every process decides alike; it throws to stop). Returns the batch's mean loss.
+  template <class Forward, class Check>
+  double operator()(eigenformer::Optimizer<float>& opt, const eigenformer::IdMatrix& tgt,
+                    const eigenformer::CrossEntropyOptions& loss_options, Forward&& forward,
+                    Check&& check) {
+    typename Model::Cache cache;
+    eigenformer::CrossEntropyCache<float> ce;
+    opt.zero_grad();
+#ifdef EIGENFORMER_EXAMPLE_MPI
+    const eigenformer::dist::Shard s = dp_->shard(tgt.rows());
+    eigenformer::dist::key_dropout(model_, s);
+    const eigenformer::Matrix<float> logits = forward(s.begin, s.count, cache);
+    const auto [loss, dlogits] =
+        dp_->cross_entropy(ce, logits, eigenformer::dist::rows(tgt, s), loss_options);
+    model_.backward(dlogits, cache, dp_->begin_backward(model_));
+    dp_->end_backward();
+    check(loss);
+    dp_->clip_grad_norm(1.0f);
+    return loss;
+#else
+    const eigenformer::Matrix<float> logits = forward(eigenformer::Index(0), tgt.rows(), cache);
+    const double loss = eigenformer::cross_entropy_forward(ce, logits, tgt, loss_options);
+    model_.backward(eigenformer::cross_entropy_backward(ce), cache);
+    check(loss);
+    eigenformer::clip_grad_norm(model_.parameters(), 1.0f);
+    return loss;
+#endif
+  }
+
+ private:
+  Model& model_;
+#ifdef EIGENFORMER_EXAMPLE_MPI
+  std::unique_ptr<eigenformer::dist::DataParallel<float>> dp_;
+#endif
+};
+
+}  // namespace cli

@@ -1,0 +1,486 @@
+// Data-parallel training on MPI, as PyTorch's DistributedDataParallel and Horovod: every rank
+// holds the whole model, runs forward and backward on its rows of one global batch, and the
+// gradients are summed across ranks so that every rank takes the same optimizer step.
+//
+//   dist::DataParallel<float> dp(comm, model);          // same model everywhere, rank 0's weights
+//   for (each step) {
+//     const IdMatrix src = ..., tgt = ...;              // the GLOBAL batch, the same on every rank
+//     const dist::Shard s = dp.shard(src.rows());       // this rank's rows
+//     dist::key_dropout(model, s);                      // masks by global example, not by rank
+//     logits = model.forward(rows(src, s), shift_right(rows(tgt, s), bos), cache);
+//     auto [loss, dlogits] = dp.cross_entropy(ce, logits, rows(tgt, s), {pad});
+//     opt.zero_grad();
+//     model.backward(dlogits, cache, dp.begin_backward(model));  // buckets sum meanwhile
+//     dp.end_backward();                                    // every gradient summed
+//     if (dp.check_step(guard, loss)) { dp.clip_grad_norm(1.0f); opt.step(); }
+//   }
+//
+// The result equals one process's on the whole batch up to rounding: the loss and gradients are
+// normalised by the global count of target tokens, clipping uses the norm of the summed
+// gradients (rank 0's figure, so every rank scales alike), the non-finite guard skips on every
+// rank or none, and dropout masks depend on the global example index (key_dropout), not on the
+// number of ranks. See docs/distributed.md.
+#pragma once
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/param.hpp"
+#include "../core/random.hpp"
+#include "../model/eval_mode.hpp"
+#include "../train/guard.hpp"
+#include "../train/loss.hpp"
+#include "communicator.hpp"
+
+namespace eigenformer::dist {
+
+/// The rows [begin, begin + count) of a global batch that one rank works on.
+struct Shard {
+  Index begin = 0;
+  Index count = 0;
+};
+
+/// Rank rank's rows of a global batch of rows rows over size ranks: contiguous, in rank order,
+/// the first rows % size ranks one row more (64 on 3 ranks: 22, 21, 21).
+/// Throws ArgumentError naming shard_of unless 1 <= size <= rows and 0 <= rank < size.
+inline Shard shard_of(Index rows, int rank, int size) {
+  eigenformer::detail::require(size >= 1 && rank >= 0 && rank < size, "shard_of", "rank", [&] {
+    return "is " + std::to_string(rank) + " of " + std::to_string(size) + " ranks";
+  });
+  eigenformer::detail::require(rows >= size, "shard_of", "rows", [&] {
+    return "is " + std::to_string(rows) + ", fewer than the " + std::to_string(size) +
+           " ranks: every rank needs at least one row";
+  });
+  const Index base = rows / size, extra = rows % size;
+  return {rank * base + std::min<Index>(rank, extra), base + (rank < extra ? 1 : 0)};
+}
+
+/// shard's rows of a (B, T) id matrix, all T columns kept (so that every rank sees the global
+/// batch's padding and length). Throws ArgumentError naming rows unless shard lies within B.
+inline IdMatrix rows(const IdMatrix& global, const Shard& shard) {
+  eigenformer::detail::require(
+      shard.begin >= 0 && shard.count >= 0 && shard.begin + shard.count <= global.rows(), "rows",
+      "shard", [&] {
+        return "is rows [" + std::to_string(shard.begin) + ", " +
+               std::to_string(shard.begin + shard.count) + ") of a batch of " +
+               std::to_string(global.rows());
+      });
+  return global.middleRows(shard.begin, shard.count);
+}
+
+/// Keys every dropout mask of model by global example: the forward on shard's rows draws, for
+/// each example, the mask that a forward on the whole global batch would draw for it
+/// (Dropout::first_example). The model's dropouts must draw in step on every rank (DataParallel
+/// copies rank 0's generators), and every rank's inputs must have the global batch's lengths
+/// (rows() keeps them).
+template <class Model>
+void key_dropout(Model& model, const Shard& shard) {
+  eigenformer::detail::for_each_dropout(model, [&](auto& d) {
+    d.first_example = shard.begin;
+    d.examples = shard.count;
+  });
+}
+
+namespace detail {
+
+template <class Scalar>
+MPI_Datatype mpi_type() {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                "eigenformer::dist supports float and double parameters");
+  return std::is_same_v<Scalar, float> ? MPI_FLOAT : MPI_DOUBLE;
+}
+
+/// One line per parameter: "name (rows, cols)".
+template <class Scalar>
+std::vector<std::string> describe(const ParamList<Scalar>& params) {
+  std::vector<std::string> out;
+  for (const auto& p : params)
+    out.push_back(p.name + " " + eigenformer::detail::shape_of(p.param->value));
+  return out;
+}
+
+/// The first difference between two descriptions, or "" when they agree.
+inline std::string first_difference(const std::vector<std::string>& mine,
+                                    const std::vector<std::string>& root) {
+  const std::size_t n = std::min(mine.size(), root.size());
+  for (std::size_t i = 0; i < n; ++i)
+    if (mine[i] != root[i])
+      return "parameter " + std::to_string(i) + " is '" + mine[i] + "' where rank 0 has '" +
+             root[i] + "'";
+  if (mine.size() != root.size())
+    return "has " + std::to_string(mine.size()) + " parameters where rank 0 has " +
+           std::to_string(root.size()) +
+           (mine.size() > n ? ", the first extra '" + mine[n] + "'"
+                            : ", the first missing '" + root[n] + "'");
+  return "";
+}
+
+inline std::string join_lines(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) out += l + "\n";
+  return out;
+}
+
+inline std::vector<std::string> split_lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+
+}  // namespace detail
+
+/// Checks, on every rank at once, that params has the same names, shapes and count as on rank 0.
+/// A collective: every rank calls it. Throws ArgumentError naming func and 'params' on EVERY rank
+/// when some rank differs, with the lowest such rank's first difference, e.g. "rank 2: parameter
+/// 5 is 'encoder.layers.0.linear1.weight (16, 8)' where rank 0 has '... (12, 8)'".
+template <class Scalar>
+void check_same_parameters(const Communicator& comm, const ParamList<Scalar>& params,
+                           std::string_view func = "check_same_parameters") {
+  eigenformer::detail::check_no_null_params("check_same_parameters", params);
+  const auto mine = detail::describe(params);
+  const auto root = detail::split_lines(comm.broadcast(detail::join_lines(mine)));
+  const std::string diff = detail::first_difference(mine, root);
+  // The lowest differing rank tells everyone, so that all ranks throw together.
+  int bad = diff.empty() ? comm.size() : comm.rank(), first_bad = 0;
+  MPI_Allreduce(&bad, &first_bad, 1, MPI_INT, MPI_MIN, comm.get());
+  if (first_bad == comm.size()) return;
+  const std::string message = comm.broadcast(diff, first_bad);
+  eigenformer::detail::throw_argument(
+      func, "params", "differs between ranks: rank " + std::to_string(first_bad) + ": " + message);
+}
+
+/// Copies every parameter value of rank 0 to every rank (a collective). params must have the
+/// same shapes everywhere (check_same_parameters).
+template <class Scalar>
+void broadcast_parameters(const Communicator& comm, const ParamList<Scalar>& params) {
+  for (const auto& p : params)
+    comm.broadcast(p.param->value.data(),
+                   sizeof(Scalar) * static_cast<std::size_t>(p.param->size()));
+}
+
+/// Copies the generator of every dropout of model from rank 0 (a collective), so that all ranks
+/// draw the same masks whatever seed each built its model with.
+template <class Model>
+void broadcast_dropout_state(const Communicator& comm, Model& model) {
+  static_assert(std::is_trivially_copyable_v<Rng>, "Rng is sent as bytes");
+  eigenformer::detail::for_each_dropout(model,
+                                        [&](auto& d) { comm.broadcast(&d.rng(), sizeof(Rng)); });
+}
+
+/// Sums gradients across ranks in flat buckets, each started (MPI_Iallreduce, non-blocking) as
+/// soon as backward has reported all of its parameters final, so that the communication of the
+/// last layers overlaps the backward of the first ones. Buckets hold parameters in the reverse
+/// of the list's order (the order backward finishes them), up to bucket_bytes each (a larger
+/// parameter gets a bucket of its own).
+template <class Scalar = float>
+class GradientReducer {
+ public:
+  static constexpr std::size_t kDefaultBucketBytes = std::size_t(25) << 20;  // as PyTorch DDP
+
+  /// params: every parameter to sum, the same list on every rank (check_same_parameters).
+  /// Throws ArgumentError naming GradientReducer::GradientReducer for a bucket_bytes of 0, an
+  /// empty list or a null pointer.
+  GradientReducer(const Communicator& comm, const ParamList<Scalar>& params,
+                  std::size_t bucket_bytes = kDefaultBucketBytes);
+
+  /// Starts a step's backward: checks that params is still the list of construction (names,
+  /// objects and shapes) and forgets the last step's progress. Returns the callback to pass to
+  /// the model's backward. Throws ArgumentError naming GradientReducer::begin, changing nothing,
+  /// at the first difference; and when the last step was not finished.
+  GradReady<Scalar> begin(const ParamList<Scalar>& params);
+
+  /// backward's report: these parameters' gradients are final. Starts every bucket it completes,
+  /// and lets MPI progress the buckets in flight. Parameters not in the list are ignored, and a
+  /// parameter reported twice counts once.
+  void ready(const ParamList<Scalar>& params);
+
+  /// Starts the buckets backward did not complete, waits for all, and writes the sums into the
+  /// gradients. Returns the seconds spent waiting (communication that backward did not hide).
+  /// Throws ArgumentError naming GradientReducer::finish when begin() was not called.
+  double finish();
+
+  /// The number of buckets, and the parameters of each (indices into the list), for tests.
+  std::size_t buckets() const { return buckets_.size(); }
+  const std::vector<std::size_t>& bucket_params(std::size_t b) const {
+    return buckets_.at(b).params;
+  }
+
+ private:
+  struct Bucket {
+    std::vector<std::size_t> params;  // indices into entries_
+    std::vector<Scalar> flat;         // (sum of their sizes) the gradients, then their sums
+    std::size_t pending = 0;          // parameters not yet reported this step
+    bool started = false;
+    MPI_Request request = MPI_REQUEST_NULL;
+  };
+  struct Entry {
+    std::string name;
+    Param<Scalar>* param;
+    Index rows, cols;
+    std::size_t bucket;
+    bool ready = false;
+  };
+
+  const Communicator* comm_;
+  std::vector<Entry> entries_;
+  std::vector<Bucket> buckets_;
+  std::unordered_map<const Param<Scalar>*, std::size_t> index_;
+  bool in_step_ = false;
+
+  void check_unchanged(const ParamList<Scalar>& params) const;
+  void start(Bucket& b);
+  void progress();
+};
+
+template <class Scalar>
+GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamList<Scalar>& params,
+                                         std::size_t bucket_bytes)
+    : comm_(&comm) {
+  const char* func = "GradientReducer::GradientReducer";
+  eigenformer::detail::require(bucket_bytes > 0, func, "bucket_bytes", "must be positive, got 0");
+  eigenformer::detail::require(!params.empty(), func, "params", "is empty");
+  eigenformer::detail::check_no_null_params(func, params);
+  const std::size_t capacity = std::max<std::size_t>(1, bucket_bytes / sizeof(Scalar));
+  std::size_t filled = capacity;                   // forces a first bucket
+  for (std::size_t k = params.size(); k-- > 0;) {  // reverse: the order backward finishes them
+    Param<Scalar>* p = params[k].param;
+    if (index_.count(p)) continue;  // listed twice: summed once
+    const auto n = static_cast<std::size_t>(p->size());
+    if (filled + n > capacity && filled > 0) {
+      buckets_.emplace_back();
+      filled = 0;
+    }
+    index_[p] = entries_.size();
+    entries_.push_back({params[k].name, p, p->value.rows(), p->value.cols(), buckets_.size() - 1});
+    buckets_.back().params.push_back(entries_.size() - 1);
+    filled += n;
+  }
+  for (auto& b : buckets_) {
+    std::size_t n = 0;
+    for (std::size_t e : b.params) n += static_cast<std::size_t>(entries_[e].param->size());
+    b.flat.resize(n);
+  }
+}
+
+template <class Scalar>
+void GradientReducer<Scalar>::check_unchanged(const ParamList<Scalar>& params) const {
+  const char* func = "GradientReducer::begin";
+  eigenformer::detail::check_no_null_params(func, params);
+  std::size_t known = 0;
+  for (const auto& p : params) {
+    const auto it = index_.find(p.param);
+    eigenformer::detail::require(it != index_.end(), func, "params", [&] {
+      return "has '" + p.name + "', which was not in the list at construction";
+    });
+    const Entry& e = entries_[it->second];
+    eigenformer::detail::require(
+        p.param->value.rows() == e.rows && p.param->value.cols() == e.cols &&
+            p.param->grad.rows() == e.rows && p.param->grad.cols() == e.cols,
+        func, "params", [&] {
+          return "'" + p.name + "' has shape " + eigenformer::detail::shape_of(p.param->value) +
+                 ", " + eigenformer::detail::shape_str(e.rows, e.cols) + " at construction";
+        });
+    ++known;
+  }
+  eigenformer::detail::require(known >= entries_.size(), func, "params", [&] {
+    return "has " + std::to_string(params.size()) + " entries, " + std::to_string(entries_.size()) +
+           " parameters at construction";
+  });
+}
+
+template <class Scalar>
+auto GradientReducer<Scalar>::begin(const ParamList<Scalar>& params) -> GradReady<Scalar> {
+  eigenformer::detail::require(!in_step_, "GradientReducer::begin", "this",
+                               "the last step was not finished (call finish())");
+  check_unchanged(params);
+  for (auto& e : entries_) e.ready = false;
+  for (auto& b : buckets_) {
+    b.pending = b.params.size();
+    b.started = false;
+  }
+  in_step_ = true;
+  return [this](const ParamList<Scalar>& done) { ready(done); };
+}
+
+template <class Scalar>
+void GradientReducer<Scalar>::ready(const ParamList<Scalar>& params) {
+  if (!in_step_) return;
+  for (const auto& p : params) {
+    const auto it = index_.find(p.param);
+    if (it == index_.end()) continue;
+    Entry& e = entries_[it->second];
+    if (e.ready) continue;
+    e.ready = true;
+    Bucket& b = buckets_[e.bucket];
+    if (--b.pending == 0) start(b);
+  }
+  progress();
+}
+
+template <class Scalar>
+void GradientReducer<Scalar>::start(Bucket& b) {
+  Scalar* out = b.flat.data();
+  for (std::size_t k : b.params) {
+    const Param<Scalar>& p = *entries_[k].param;
+    std::memcpy(out, p.grad.data(), sizeof(Scalar) * static_cast<std::size_t>(p.size()));
+    out += p.size();
+  }
+  MPI_Iallreduce(MPI_IN_PLACE, b.flat.data(), static_cast<int>(b.flat.size()),
+                 detail::mpi_type<Scalar>(), MPI_SUM, comm_->get(), &b.request);
+  b.started = true;
+}
+
+template <class Scalar>
+void GradientReducer<Scalar>::progress() {
+  // Open MPI moves a non-blocking collective on only inside MPI calls: a test per layer keeps
+  // the buckets in flight moving while backward computes.
+  for (auto& b : buckets_) {
+    if (!b.started || b.request == MPI_REQUEST_NULL) continue;
+    int done = 0;
+    MPI_Test(&b.request, &done, MPI_STATUS_IGNORE);
+  }
+}
+
+template <class Scalar>
+double GradientReducer<Scalar>::finish() {
+  eigenformer::detail::require(in_step_, "GradientReducer::finish", "this",
+                               "no step begun (call begin() before backward)");
+  // Buckets backward did not complete (parameters it never reported), in bucket order: the same
+  // order on every rank, as MPI needs.
+  for (auto& b : buckets_)
+    if (!b.started) start(b);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto& b : buckets_) MPI_Wait(&b.request, MPI_STATUS_IGNORE);
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (auto& b : buckets_) {
+    const Scalar* in = b.flat.data();
+    for (std::size_t k : b.params) {
+      Param<Scalar>& p = *entries_[k].param;
+      std::memcpy(p.grad.data(), in, sizeof(Scalar) * static_cast<std::size_t>(p.size()));
+      in += p.size();
+    }
+  }
+  in_step_ = false;
+  return waited;
+}
+
+/// Options of DataParallel.
+struct DataParallelOptions {
+  std::size_t bucket_bytes = std::size_t(25) << 20;  // gradient bucket size (> 0)
+};
+
+/// The pieces of a data-parallel step over one model's parameters: shards, the global loss,
+/// the gradient reducer, global clipping and a global non-finite guard (see the top of the file).
+template <class Scalar = float>
+class DataParallel {
+ public:
+  /// A collective: checks that model has the same parameters on every rank (ArgumentError naming
+  /// DataParallel::DataParallel on every rank, with the first difference), then copies rank 0's
+  /// parameter values and dropout generators to every rank. comm must outlive this object, model
+  /// too (its parameters are kept). Throws ArgumentError for a bucket_bytes of 0.
+  template <class Model>
+  DataParallel(const Communicator& comm, Model& model, DataParallelOptions options = {})
+      : comm_(&comm),
+        params_(model.parameters()),
+        reducer_(comm, checked(comm, params_), options.bucket_bytes) {
+    broadcast_parameters(comm, params_);
+    broadcast_dropout_state(comm, model);
+  }
+
+  /// The communicator; this rank's rows of a global batch of global_rows rows (shard_of).
+  const Communicator& comm() const { return *comm_; }
+  Shard shard(Index global_rows) const {
+    return shard_of(global_rows, comm_->rank(), comm_->size());
+  }
+
+  /// Cross-entropy of this rank's logits (N, V) and targets, normalised by the GLOBAL number of
+  /// counted targets (a collective): returns the global mean loss (the same on every rank) and
+  /// this rank's dlogits, whose sum over ranks is the gradient of that mean. Fills cache as
+  /// cross_entropy_forward (cache.count: this rank's count). Throws as cross_entropy_forward.
+  std::pair<double, Matrix<Scalar>> cross_entropy(CrossEntropyCache<Scalar>& cache,
+                                                  ConstRef<Scalar> logits, const IdMatrix& targets,
+                                                  const CrossEntropyOptions& options = {}) {
+    const Scalar local = cross_entropy_forward(cache, logits, targets, options);
+    const Index global = comm_->sum(cache.count);
+    const double loss = comm_->sum(static_cast<double>(local) * static_cast<double>(cache.count));
+    if (global == 0) return {0.0, cross_entropy_backward(cache, Scalar(0))};
+    // dlogits = (probs - onehot) / global: dloss / count with dloss = count / global (exactly
+    // 1 on one rank, so that one process gives what it gives without MPI).
+    const Scalar dloss = cache.count == global
+                             ? Scalar(1)
+                             : static_cast<Scalar>(cache.count) / static_cast<Scalar>(global);
+    return {loss / static_cast<double>(global), cross_entropy_backward(cache, dloss)};
+  }
+
+  /// Starts the reducer for this step's backward and returns the callback to pass to the model's
+  /// backward. Throws ArgumentError (GradientReducer::begin) if the model's parameter list is no
+  /// longer the one of construction.
+  template <class Model>
+  GradReady<Scalar> begin_backward(Model& model) {
+    return reducer_.begin(model.parameters());
+  }
+  /// After backward: every gradient holds the sum over ranks. Returns the seconds spent waiting
+  /// for communication that backward did not hide.
+  double end_backward() { return reducer_.finish(); }
+
+  /// true, on every rank, when the global step may go ahead: guard.check on this rank's (summed)
+  /// gradients, the verdict combined over ranks so that every rank skips, or stops, together. A
+  /// rank whose own check passed while another's failed sees a NaN loss (the other rank's
+  /// message is in its own exception). Throws as StepGuard::check.
+  bool check_step(StepGuard<Scalar>& guard, double loss) {
+    const bool mine = eigenformer::check_step(loss, params_).ok;
+    const bool everywhere = comm_->all(mine);
+    return guard.check(everywhere || !mine ? loss : std::nan(""), params_);
+  }
+
+  /// clip_grad_norm with rank 0's norm of the summed gradients, so that every rank scales by the
+  /// same factor (as torch.nn.utils.clip_grad_norm_; the gradients are left alone for a
+  /// non-finite norm). Returns the norm. Throws ArgumentError naming DataParallel::clip_grad_norm
+  /// unless max_norm is positive and finite.
+  Scalar clip_grad_norm(Scalar max_norm);
+
+  /// The parameters the reducer sums (the model's, at construction).
+  const ParamList<Scalar>& parameters() const { return params_; }
+
+ private:
+  const Communicator* comm_;
+  ParamList<Scalar> params_;
+  GradientReducer<Scalar> reducer_;
+
+  static const ParamList<Scalar>& checked(const Communicator& comm, const ParamList<Scalar>& p) {
+    check_same_parameters(comm, p, "DataParallel::DataParallel");
+    return p;
+  }
+};
+
+template <class Scalar>
+Scalar DataParallel<Scalar>::clip_grad_norm(Scalar max_norm) {
+  eigenformer::detail::require(
+      max_norm > 0 && std::isfinite(static_cast<double>(max_norm)), "DataParallel::clip_grad_norm",
+      "max_norm", [&] { return "must be positive and finite, got " + std::to_string(max_norm); });
+  double sum = 0.0;  // as eigenformer::clip_grad_norm, in double
+  for (const auto& p : params_) sum += p.param->grad.template cast<double>().squaredNorm();
+  double norm = std::sqrt(sum);
+  comm_->broadcast(&norm, sizeof norm);
+  const double coef = static_cast<double>(max_norm) / (norm + 1e-6);
+  if (std::isfinite(norm) && coef < 1.0)
+    for (const auto& p : params_) p.param->grad *= static_cast<Scalar>(coef);
+  return static_cast<Scalar>(norm);
+}
+
+}  // namespace eigenformer::dist

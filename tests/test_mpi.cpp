@@ -1,0 +1,270 @@
+// Data-parallel training on MPI (dist/): run under mpirun on 1, 2 and 3 processes (ctest
+// mpi_data_parallel_np<N>). Every rank runs every case; a case's collectives pair up because
+// every rank runs the same cases in the same order. The fault cases are skipped unless asked for
+// by name (ctest mpi_rank_throws, mpi_rank_killed): they end the job on purpose.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <csignal>
+#include <eigenformer/dist/data_parallel.hpp>
+#include <eigenformer/eigenformer.hpp>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "model_cases.hpp"
+
+namespace ef = eigenformer;
+namespace dist = eigenformer::dist;
+using ef::IdMatrix;
+using ef::Index;
+
+namespace {
+
+const dist::Communicator* world = nullptr;
+const dist::Communicator& comm() { return *world; }
+
+constexpr int kSteps = 20;
+constexpr Index kBatch = 11;  // uneven on 2 and 3 ranks (6 + 5, 4 + 4 + 3)
+constexpr Index kBos = 1;
+constexpr std::uint64_t kSeed = 7;
+
+/// The tiny translate-shaped model with dropout on: encoder-decoder, padded sources and targets.
+ef::TransformerConfig config() {
+  ef::TransformerConfig c = eftest::tiny_config();
+  c.dropout = 0.1;
+  return c;
+}
+
+/// Global batch of step: kBatch padded rows of ids >= 2 (0 pads, 1 is BOS), lengths 2..7 / 2..6.
+std::pair<IdMatrix, IdMatrix> global_batch(int step) {
+  ef::Rng rng(1000 + static_cast<std::uint64_t>(step));
+  const ef::TransformerConfig c = config();
+  IdMatrix src = IdMatrix::Zero(kBatch, 7), tgt = IdMatrix::Zero(kBatch, 6);
+  for (Index b = 0; b < kBatch; ++b) {
+    const Index s_len = 2 + rng.index(6), t_len = 2 + rng.index(5);
+    for (Index j = 0; j < s_len; ++j) src(b, j) = 2 + rng.index(c.src_vocab - 2);
+    for (Index j = 0; j < t_len; ++j) tgt(b, j) = 2 + rng.index(c.tgt_vocab - 2);
+  }
+  return {src, tgt};
+}
+
+struct Result {
+  std::vector<double> losses;
+  std::vector<ef::Matrix<float>> weights;
+};
+
+/// AdamW as the translate example has it, or SGD with momentum (see check_same).
+enum class Optim { adamw, sgd };
+
+/// The optimizer, the translate example's schedule, a skipping guard.
+struct Training {
+  std::unique_ptr<ef::Optimizer<float>> opt;
+  ef::CosineSchedule<float> schedule{2e-3f, 3, kSteps, 1e-4f};
+  ef::StepGuard<float> guard{ef::NonFinitePolicy::skip};
+  Training(const ef::ParamList<float>& params, Optim kind) {
+    if (kind == Optim::adamw)
+      opt = std::make_unique<ef::AdamW<float>>(params, 2e-3, 0.9, 0.98, 1e-9, 0.01);
+    else
+      opt = std::make_unique<ef::SGD<float>>(params, 2e-3, 0.9);
+  }
+};
+
+Result weights_of(ef::Transformer<float>& model, std::vector<double> losses) {
+  Result r{std::move(losses), {}};
+  for (const auto& p : model.parameters()) r.weights.push_back(p.param->value);
+  return r;
+}
+
+/// One process on the whole batch, without MPI: the reference.
+Result train_alone(Optim kind) {
+  ef::Rng rng(kSeed);
+  ef::Transformer<float> model(config(), rng);
+  const auto params = model.parameters();
+  Training t(params, kind);
+  std::vector<double> losses;
+  for (int step = 0; step < kSteps; ++step) {
+    const auto [src, tgt] = global_batch(step);
+    ef::Transformer<float>::Cache cache;
+    ef::CrossEntropyCache<float> ce;
+    const auto logits = model.forward(src, ef::shift_right(tgt, kBos), cache);
+    const float loss = ef::cross_entropy_forward(ce, logits, tgt, {0});
+    t.opt->zero_grad();
+    model.backward(ef::cross_entropy_backward(ce), cache);
+    losses.push_back(loss);
+    if (!t.guard.check(loss, params)) continue;
+    ef::clip_grad_norm(params, 1.0f);
+    ef::apply_schedule(*t.opt, t.schedule);
+    t.opt->step();
+  }
+  return weights_of(model, losses);
+}
+
+/// The same run, data-parallel over comm's ranks. Each rank builds its model from its own seed:
+/// DataParallel copies rank 0's weights and dropout generators.
+Result train_data_parallel(Optim kind, std::size_t bucket_bytes) {
+  ef::Rng rng(kSeed + 1000 * static_cast<std::uint64_t>(comm().rank()));
+  ef::Transformer<float> model(config(), rng);
+  dist::DataParallel<float> dp(comm(), model, {bucket_bytes});
+  Training t(model.parameters(), kind);
+  std::vector<double> losses;
+  for (int step = 0; step < kSteps; ++step) {
+    const auto [src, tgt] = global_batch(step);
+    const dist::Shard s = dp.shard(src.rows());
+    dist::key_dropout(model, s);
+    ef::Transformer<float>::Cache cache;
+    ef::CrossEntropyCache<float> ce;
+    const IdMatrix my_tgt = dist::rows(tgt, s);
+    const auto logits = model.forward(dist::rows(src, s), ef::shift_right(my_tgt, kBos), cache);
+    const auto [loss, dlogits] = dp.cross_entropy(ce, logits, my_tgt, {0});
+    t.opt->zero_grad();
+    model.backward(dlogits, cache, dp.begin_backward(model));
+    dp.end_backward();
+    losses.push_back(loss);
+    if (!dp.check_step(t.guard, loss)) continue;
+    dp.clip_grad_norm(1.0f);
+    ef::apply_schedule(*t.opt, t.schedule);
+    t.opt->step();
+  }
+  return weights_of(model, losses);
+}
+
+/// |a - b| <= 1e-5 |a| for the losses, and per parameter in the Frobenius norm (plus 1e-7 for
+/// parameters that stay near 0).
+/// Except, under AdamW, the key projections' biases: their exact gradient is 0 (adding a constant
+/// to every key of a query shifts its scores alike, which softmax ignores), so what backward
+/// computes is rounding noise, which differs with the order of summation; Adam divides it by its
+/// own size and moves the bias by about lr a step whatever the noise: the bias is noise in every
+/// run. SGD moves it by lr times the noise, and checks it with the rest.
+void check_same(const Result& got, const Result& want, Optim kind,
+                const ef::ParamList<float>& names) {
+  REQUIRE(got.losses.size() == want.losses.size());
+  for (std::size_t i = 0; i < got.losses.size(); ++i) {
+    INFO("step " << i << " on " << comm().size() << " ranks");
+    CHECK(std::abs(got.losses[i] - want.losses[i]) <= 1e-5 * std::abs(want.losses[i]));
+  }
+  REQUIRE(got.weights.size() == want.weights.size());
+  for (std::size_t i = 0; i < got.weights.size(); ++i) {
+    const std::string& name = names[i].name;
+    if (kind == Optim::adamw && name.find("k_proj.bias") != std::string::npos) continue;
+    INFO(name << " on " << comm().size() << " ranks");
+    CHECK((got.weights[i] - want.weights[i]).norm() <= 1e-5 * want.weights[i].norm() + 1e-7);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("20 steps on N ranks give one process's losses and weights, dropout on") {
+  ef::Rng rng(0);
+  ef::Transformer<float> model(config(), rng);
+  const ef::ParamList<float> names = model.parameters();
+  for (const Optim kind : {Optim::adamw, Optim::sgd}) {
+    CAPTURE(kind == Optim::adamw ? "AdamW" : "SGD");
+    const Result alone = train_alone(kind);
+    // One bucket (the default 25 MB), then many of 256 bytes, started during backward.
+    check_same(train_data_parallel(kind, 25 << 20), alone, kind, names);
+    check_same(train_data_parallel(kind, 256), alone, kind, names);
+  }
+}
+
+TEST_CASE("the dropout masks do not depend on the number of ranks") {
+  // The run above would pass with dropout off too; here a forward's output rows are compared
+  // directly: the rows of a shard, keyed by global example, equal the whole batch's.
+  ef::Rng rng(kSeed);
+  ef::Transformer<float> whole(config(), rng);
+  ef::Transformer<float> keyed = whole, unkeyed = whole;  // the same dropout generators
+  const auto [src, tgt] = global_batch(0);
+  const dist::Shard s = dist::shard_of(kBatch, comm().rank(), comm().size());
+  const IdMatrix my_src = dist::rows(src, s), my_tgt_in = ef::shift_right(dist::rows(tgt, s), kBos);
+  ef::Transformer<float>::Cache cache;
+  const ef::Matrix<float> all = whole.forward(src, ef::shift_right(tgt, kBos), cache);
+  const Index T = tgt.cols();
+  const ef::Matrix<float> want = all.middleRows(s.begin * T, s.count * T);
+  dist::key_dropout(keyed, s);
+  CHECK(keyed.forward(my_src, my_tgt_in, cache).isApprox(want, 1e-6f));
+  // Without the keying a shard past row 0 would draw row 0's masks.
+  if (s.begin > 0) CHECK_FALSE(unkeyed.forward(my_src, my_tgt_in, cache).isApprox(want, 1e-6f));
+}
+
+TEST_CASE("shard_of hands out every row once, the first ranks one more when uneven") {
+  const std::vector<Index> sizes = {dist::shard_of(64, 0, 3).count, dist::shard_of(64, 1, 3).count,
+                                    dist::shard_of(64, 2, 3).count};
+  CHECK(sizes == std::vector<Index>{22, 21, 21});
+  CHECK(dist::shard_of(64, 1, 3).begin == 22);
+  CHECK(dist::shard_of(64, 2, 3).begin == 43);
+  CHECK(dist::shard_of(10, 1, 2).begin == 5);
+  CHECK_THROWS_WITH_AS(dist::shard_of(2, 0, 3), doctest::Contains("fewer than the 3 ranks"),
+                       ef::ArgumentError);
+  CHECK_THROWS_AS(dist::shard_of(8, 3, 3), ef::ArgumentError);
+  CHECK_THROWS_AS(dist::rows(IdMatrix::Zero(4, 2), {3, 2}), ef::ArgumentError);
+}
+
+TEST_CASE("ranks whose models differ are stopped before the first step, naming the difference") {
+  if (comm().size() < 2) return;
+  ef::TransformerConfig c = config();
+  if (comm().rank() == 1) c.d_ff = 16;  // every linear1/linear2 of rank 1 differs
+  ef::Rng rng(kSeed);
+  ef::Transformer<float> model(c, rng);
+  CHECK_THROWS_WITH_AS(dist::DataParallel<float>(comm(), model),
+                       doctest::Contains("differs between ranks: rank 1: parameter"),
+                       ef::ArgumentError);
+}
+
+TEST_CASE("bad input to the dist API is an ArgumentError") {
+  ef::Rng rng(kSeed);
+  ef::Transformer<float> model(config(), rng);
+  CHECK_THROWS_WITH_AS(dist::DataParallel<float>(comm(), model, {0}),
+                       doctest::Contains("bucket_bytes"), ef::ArgumentError);
+  CHECK_THROWS_AS(dist::GradientReducer<float>(comm(), {}), ef::ArgumentError);
+
+  dist::DataParallel<float> dp(comm(), model);
+  // A parameter replaced by one of another shape after construction.
+  ef::Param<float>& w = ef::param_named(model.parameters(), "output.weight");
+  const ef::Param<float> saved = w;
+  w = ef::Param<float>(w.value.rows() + 1, w.value.cols());
+  CHECK_THROWS_WITH_AS(dp.begin_backward(model), doctest::Contains("output.weight' has shape"),
+                       ef::ArgumentError);
+  w = saved;
+  CHECK_THROWS_AS(dp.end_backward(), ef::ArgumentError);  // no step begun
+  CHECK_THROWS_AS(dp.clip_grad_norm(0.0f), ef::ArgumentError);
+}
+
+TEST_CASE("a non-finite gradient on one rank skips the step on every rank") {
+  ef::Rng rng(kSeed);
+  ef::Transformer<float> model(config(), rng);
+  dist::DataParallel<float> dp(comm(), model);
+  ef::StepGuard<float> guard(ef::NonFinitePolicy::skip);
+  model.zero_grad();
+  (void)dp.begin_backward(model);
+  dp.end_backward();
+  if (comm().rank() == comm().size() - 1)  // after the sum: only this rank sees it
+    ef::param_named(model.parameters(), "output.bias").grad(0, 0) = std::nanf("");
+  CHECK_FALSE(dp.check_step(guard, 1.0));
+  CHECK(guard.skipped() == 1);
+}
+
+TEST_CASE("a rank that throws ends the whole job" * doctest::skip()) {
+  dist::run_or_abort(comm(), [] {
+    if (comm().rank() == 1) throw std::runtime_error("deliberate failure");
+    comm().barrier();  // the others would wait here for ever without the abort
+    return 0;
+  });
+}
+
+TEST_CASE("a killed rank ends the whole job" * doctest::skip()) {
+  if (comm().rank() == 1) std::raise(SIGKILL);
+  comm().barrier();
+}
+
+int main(int argc, char** argv) {
+  dist::Environment env(argc, argv);
+  const dist::Communicator c;
+  world = &c;
+  return dist::run_or_abort(c, [&] {
+    doctest::Context context(argc, argv);
+    const int failed = context.run();
+    return c.all(failed == 0) ? 0 : 1;  // every rank's verdict
+  });
+}
