@@ -6,10 +6,12 @@
 
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/cli.hpp"
+#include "common/curves.hpp"
 #include "translate/heatmap.hpp"
 #include "translate/numbers.hpp"
 
@@ -24,10 +26,12 @@ const char* kUsage =
     "  translate train --out FILE [--steps N] [--batch N] [--lr X] [--seed N] [--eval N]\n"
     "                  [--d-model N] [--heads N] [--layers N] [--d-ff N] [--dropout X]\n"
     "                  [--positional sinusoidal|learned|relative|rotary] [--attention dot|additive]\n"
+    "                  [--plot PNG]\n"
     "  translate run --model FILE [--attention PNG]\n"
     "train: --positional chooses how tokens get positions (default sinusoidal), --attention the\n"
     "attention scores (default dot: scaled dot-product; additive: Bahdanau); the checkpoint keeps\n"
-    "both. run reads English number words (0 to 999999) on stdin, one phrase per line, and prints\n"
+    "both. --plot writes the training and validation loss and the held-out accuracy during training\n"
+    "to PNG. run reads English number words (0 to 999999) on stdin, one phrase per line, and prints\n"
     "one line per input: the Chinese numeral, or a line starting 'error:'. With --attention it\n"
     "translates one phrase and writes its cross-attention heat map to PNG.\n";
 
@@ -137,6 +141,70 @@ double held_out_accuracy(ef::Transformer<float>& model, long n, std::uint64_t se
   return static_cast<double>(correct) / static_cast<double>(n);
 }
 
+/// Teacher-forced cross-entropy per target token of batch; cache and ce keep what backward needs.
+float batch_loss(ef::Transformer<float>& model, const Batch& batch,
+                 ef::Transformer<float>::Cache& cache, ef::CrossEntropyCache<float>& ce) {
+  const ef::Matrix<float> logits =
+      model.forward(batch.src, ef::shift_right(batch.tgt, translate::Vocab::kBos), cache);
+  return ef::cross_entropy_forward(ce, logits, batch.tgt, {translate::Vocab::kPad});
+}
+
+/// --plot: at about 20 points of training, the mean training loss since the last point, the loss
+/// on 512 held-out phrases and the exact match on 500 held-out numbers; drawn as a PNG at the end.
+class TrainingCurves {
+ public:
+  TrainingCurves(long steps, std::uint64_t seed) : curves_(steps), seed_(seed) {
+    std::uint64_t state = seed + 54321;
+    std::vector<long> numbers;
+    for (int i = 0; i < 512; ++i) numbers.push_back(translate::sample_number(state, true));
+    valid_ = make_batch(numbers);
+  }
+
+  /// Takes a step's training loss; at a point, evaluates the model and returns what to add to the
+  /// progress line.
+  std::string after_step(ef::Transformer<float>& model, long step, double loss) {
+    curves_.add_step_loss(loss);
+    if (!curves_.due(step)) return last_;
+    curves_.record_train(step);
+    const double valid = validation_loss(model);
+    const double accuracy = 100.0 * held_out_accuracy(model, 500, seed_ + 12345);
+    curves_.record("validation", step, valid);
+    curves_.record("accuracy", step, accuracy);
+    char text[64];
+    std::snprintf(text, sizeof text, "  valid %.4f  held-out %.1f%%", valid, accuracy);
+    return last_ = text;
+  }
+
+  /// Losses above (log scale once they span a decade), accuracy below, 900 x 720 pixels.
+  void write(const std::string& path) const {
+    plot::write_png(path,
+                    {{"translate: loss", "step", "cross-entropy per token",
+                      curves_.series({{"training", "training (mean since last point)"},
+                                      {"validation", "validation (512 held-out phrases)"}}),
+                      true},
+                     {"translate: held-out exact match", "step", "exact match (%)",
+                      curves_.series({{"accuracy", "500 held-out numbers, greedy"}}), false, 0,
+                      100}},
+                    900, 720);
+  }
+
+ private:
+  /// Teacher-forced cross-entropy per target token of the held-out phrases, in eval mode.
+  double validation_loss(ef::Transformer<float>& model) const {
+    model.eval();
+    ef::Transformer<float>::Cache cache;
+    ef::CrossEntropyCache<float> ce;
+    const float loss = batch_loss(model, valid_, cache, ce);
+    model.train();
+    return loss;
+  }
+
+  plot::Curves curves_;
+  std::uint64_t seed_;
+  Batch valid_;
+  std::string last_;
+};
+
 int train(const cli::Flags& f) {
   const std::string out = f.required("out");
   const long steps = f.integer("steps", 600, 1, 10000000);
@@ -145,6 +213,11 @@ int train(const cli::Flags& f) {
   const long n_eval = f.integer("eval", 2000, 1, 1000000);
   const std::uint64_t seed = static_cast<std::uint64_t>(f.integer("seed", 1, 0, 1L << 40));
   const ef::TransformerConfig config = model_config(f);
+  std::optional<TrainingCurves> curves;
+  if (f.has("plot")) {
+    plot::check_ready(f.text("plot"));
+    curves.emplace(steps, seed);
+  }
 
   ef::Rng rng(seed);
   ef::Transformer<float> model(config, rng);
@@ -169,9 +242,7 @@ int train(const cli::Flags& f) {
     const Batch batch = make_batch(numbers);
     ef::Transformer<float>::Cache cache;
     ef::CrossEntropyCache<float> ce;
-    const ef::Matrix<float> logits =
-        model.forward(batch.src, ef::shift_right(batch.tgt, translate::Vocab::kBos), cache);
-    const float loss = ef::cross_entropy_forward(ce, logits, batch.tgt, {translate::Vocab::kPad});
+    const float loss = batch_loss(model, batch, cache, ce);
     opt.zero_grad();
     model.backward(ef::cross_entropy_backward(ce), cache);
     ef::clip_grad_norm(params, 1.0f);
@@ -180,7 +251,8 @@ int train(const cli::Flags& f) {
     tokens += long(batch.src.size() + batch.tgt.size());
     char detail[32];
     std::snprintf(detail, sizeof detail, "loss %.4f", double(loss));
-    progress.update(step, double(tokens), detail);
+    progress.update(step, double(tokens),
+                    detail + (curves ? curves->after_step(model, step, loss) : ""));
   }
   const double train_seconds = progress.seconds();
   const double accuracy = held_out_accuracy(model, n_eval, seed + 12345);
@@ -188,6 +260,10 @@ int train(const cli::Flags& f) {
               cli::format_seconds(train_seconds).c_str(), 100.0 * accuracy, n_eval);
   ef::save_model(out, model, {{"translate.held_out_accuracy", std::to_string(accuracy)}});
   std::printf("saved %s\n", out.c_str());
+  if (curves) {
+    curves->write(f.text("plot"));
+    std::printf("plotted the training curves to %s\n", f.text("plot").c_str());
+  }
   return 0;
 }
 
@@ -275,7 +351,7 @@ int main(int argc, char** argv) {
       const cli::Flags flags =
           command == "train" ? cli::Flags(args, {"out", "steps", "batch", "lr", "seed", "eval",
                                                  "d-model", "heads", "layers", "d-ff", "dropout",
-                                                 "positional", "attention"})
+                                                 "positional", "attention", "plot"})
                              : cli::Flags(args, {"model", "attention"});
       if (flags.help()) {
         std::fputs(kUsage, stdout);
