@@ -1,10 +1,14 @@
 // The training curves behind the examples' --plot flag: when to evaluate, the mean training loss
 // between evaluations, and the named series the points go to (plot.hpp draws them).
 //   plot::Curves curves(steps);
-//   ... each step: curves.add_step_loss(loss);
-//       if (curves.due(step)) { curves.record_train(step); curves.record("validation", step, v); }
-//   plot::write_png(path, {{"title", "step", "loss", curves.series({"training", "validation"})}},
-//                   900, 500);
+//   each step:  curves.add_step_loss(loss);
+//               if (curves.due(step)) {
+//                 curves.record_train(step);
+//                 curves.record("validation", step, validation_loss());
+//               }
+//   at the end: plot::write_png(path, "title", "step", "loss",
+//                               curves.series({{"training", "training loss"},
+//                                              {"validation", "validation loss"}}));
 #pragma once
 
 #include <algorithm>
