@@ -93,9 +93,9 @@ TEST_CASE("write_png: a PNG of the requested size through a temporary file; bad 
   const plot::Series loss{"loss", {1, 2, 3, 4}, {3.0, 0.5, 0.02, 0.001}};
   const plot::Series acc{"accuracy", {1, 2, 3, 4}, {0, 40, 90, 100}};
   const std::string two = (dir / "two.png").string();
-  plot::write_png(two, {{"loss", "step", "nats", {loss}, true}, {"acc", "step", "%", {acc}, false,
-                                                                  0, 100}},
-                  640, 720);
+  plot::write_png(
+      two, {{"loss", "step", "nats", {loss}, true}, {"acc", "step", "%", {acc}, false, 0, 100}},
+      640, 720);
   PngHeader h = png_header(two);
   CHECK(h.valid);
   CHECK(h.width == 640);
@@ -135,10 +135,11 @@ TEST_CASE("translate train --plot and char_lm train --plot write their training 
   std::ofstream corpus(dir / "fortunes");
   for (int i = 0; i < 20; ++i) corpus << "fortune number " << i << " says hello\n%\n";
   corpus.close();
-  const int status = run(std::string(EIGENFORMER_CHAR_LM_EXE) + " train --corpus " + d +
-                         "/fortunes --out " + d + "/lm.safetensors --steps 6 --context 8 "
-                         "--batch 2 --layers 1 --d-model 16 --heads 2 --plot " + d +
-                         "/char_lm.png > " + d + "/char_lm.log 2>&1");
+  const int status =
+      run(std::string(EIGENFORMER_CHAR_LM_EXE) + " train --corpus " + d + "/fortunes --out " + d +
+          "/lm.safetensors --steps 6 --context 8 "
+          "--batch 2 --layers 1 --d-model 16 --heads 2 --plot " +
+          d + "/char_lm.png > " + d + "/char_lm.log 2>&1");
   CHECK((status == 0 || status == 3));  // 3: trained, but (in 6 steps) did not beat the bigram
   h = png_header(dir / "char_lm.png");
   CHECK(h.valid);

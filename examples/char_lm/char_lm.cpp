@@ -225,12 +225,12 @@ class TrainingCurves {
 
   /// Both losses on one pair of axes, 900 x 500 pixels.
   void write(const std::string& path) const {
-    const std::string valid = "validation (first " + std::to_string(valid_.size()) +
-                              " held-out characters)";
-    plot::write_png(path, "char_lm: loss", "step", "bits per character",
-                    curves_.series({{"training", "training (mean since last point)"},
-                                    {"validation", valid}}),
-                    900, 500);
+    const std::string valid =
+        "validation (first " + std::to_string(valid_.size()) + " held-out characters)";
+    plot::write_png(
+        path, "char_lm: loss", "step", "bits per character",
+        curves_.series({{"training", "training (mean since last point)"}, {"validation", valid}}),
+        900, 500);
   }
 
  private:
@@ -434,8 +434,8 @@ int run(int argc, char** argv) {
   const std::vector<std::string> args(argv + 2, argv + argc);
   const cli::Flags flags =
       cmd == "train" ? cli::Flags(args,
-                                  {"out", "steps", "seed", "context", "batch", "layers",
-                                   "d-model", "heads", "lr", "log-every", "plot"},
+                                  {"out", "steps", "seed", "context", "batch", "layers", "d-model",
+                                   "heads", "lr", "log-every", "plot"},
                                   {}, {"corpus"})
                      : cli::Flags(args, {"model", "prompt", "length", "temperature", "seed"});
   if (flags.help()) {

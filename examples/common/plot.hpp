@@ -117,10 +117,10 @@ inline void draw(const Panel& panel) {
   std::vector<PLFLT> unit(lines.size(), 1.0);
   std::vector<const char*> empty(lines.size(), "");
   pllegend(&legend_w, &legend_h, PL_LEGEND_BACKGROUND | PL_LEGEND_BOUNDING_BOX,
-           legend_side(lines, y0, y1) | PL_POSITION_RIGHT | PL_POSITION_INSIDE, 0.02, 0.02, 0.1,
-           0, 1, 1, 0, 0, n, opt.data(), 1.0, 1.0, 2.0, 0.0, one.data(), names.data(), none.data(), none.data(), unit.data(),
-           unit.data(), colour.data(), style.data(), width_px.data(), none.data(), unit.data(),
-           one.data(), empty.data());
+           legend_side(lines, y0, y1) | PL_POSITION_RIGHT | PL_POSITION_INSIDE, 0.02, 0.02, 0.1, 0,
+           1, 1, 0, 0, n, opt.data(), 1.0, 1.0, 2.0, 0.0, one.data(), names.data(), none.data(),
+           none.data(), unit.data(), unit.data(), colour.data(), style.data(), width_px.data(),
+           none.data(), unit.data(), one.data(), empty.data());
 }
 
 }  // namespace detail
@@ -137,7 +137,8 @@ inline void check_ready(const std::string& path) {
   bool found = false;
   for (int i = 0; i < n; ++i) found = found || std::string(names[size_t(i)]) == "pngcairo";
   if (!found)
-    throw std::runtime_error("cannot plot to '" + path + "': PLplot has no pngcairo driver "
+    throw std::runtime_error("cannot plot to '" + path +
+                             "': PLplot has no pngcairo driver "
                              "(sudo apt-get install plplot-driver-cairo)");
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
   std::error_code ec;

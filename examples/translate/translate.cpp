@@ -30,8 +30,8 @@ const char* kUsage =
     "  translate run --model FILE [--attention PNG]\n"
     "train: --positional chooses how tokens get positions (default sinusoidal), --attention the\n"
     "attention scores (default dot: scaled dot-product; additive: Bahdanau); the checkpoint keeps\n"
-    "both. --plot writes the training and validation loss and the held-out accuracy during training\n"
-    "to PNG. run reads English number words (0 to 999999) on stdin, one phrase per line, and prints\n"
+    "both; --plot draws the training and validation loss and the held-out accuracy to PNG.\n"
+    "run reads English number words (0 to 999999) on stdin, one phrase per line, and prints\n"
     "one line per input: the Chinese numeral, or a line starting 'error:'. With --attention it\n"
     "translates one phrase and writes its cross-attention heat map to PNG.\n";
 
