@@ -17,12 +17,14 @@
 #include <iostream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "../common/cli.hpp"
 #include "../common/parallel.hpp"
 #include "../common/training.hpp"
+#include "../common/curves.hpp"
 #include "corpus.hpp"
 
 namespace char_lm {
@@ -51,6 +53,8 @@ constexpr const char* kUsage =
     "                        K steps and at the end (default 0: none)\n"
     "      --resume STATE    continue the run that wrote STATE (give the same options): it ends\n"
     "                        with the weights it would have had uninterrupted (same threads)\n"
+    "      --plot PNG        also evaluate on held-out text at 20 points of training and\n"
+    "                        write the training and validation loss curves to PNG\n"
     "  char_lm sample --model FILE [options]\n"
     "      --prompt TEXT     text to continue (default: the start of a new fortune)\n"
     "      --length N        characters to generate (default 400)\n"
@@ -202,6 +206,46 @@ void generate(Model& model, const ByteVocab& vocab, std::vector<Index> context_i
   out.flush();
 }
 
+/// --plot: at about 20 points of training, the mean training loss since the last point and the
+/// loss on the first 16,384 held-out characters, in bits per character; drawn as a PNG at the end.
+class TrainingCurves {
+ public:
+  TrainingCurves(long steps, const std::vector<Index>& held_ids, Index context)
+      : curves_(steps),
+        valid_(held_ids.begin(), held_ids.begin() + std::min<size_t>(held_ids.size(), 16384)),
+        context_(context) {}
+
+  /// Takes a step's training loss (nats); at a point, evaluates the model and returns what to add
+  /// to the progress line.
+  std::string after_step(Model& model, long step, double loss) {
+    curves_.add_step_loss(loss);
+    if (!curves_.due(step)) return last_;
+    curves_.record_train(step, 1.0 / kLn2);
+    const double valid = model_bits_per_char(model, valid_, context_, 32);
+    model.train();
+    curves_.record("validation", step, valid);
+    char text[48];
+    std::snprintf(text, sizeof text, "  valid %.3f bits/char", valid);
+    return last_ = text;
+  }
+
+  /// Both losses on one pair of axes, 900 x 500 pixels.
+  void write(const std::string& path) const {
+    const std::string valid =
+        "validation (first " + std::to_string(valid_.size()) + " held-out characters)";
+    plot::write_png(
+        path, "char_lm: loss", "step", "bits per character",
+        curves_.series({{"training", "training (mean since last point)"}, {"validation", valid}}),
+        900, 500);
+  }
+
+ private:
+  plot::Curves curves_;
+  std::vector<Index> valid_;
+  Index context_;
+  std::string last_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Commands
 
@@ -235,6 +279,7 @@ int cmd_train(const cli::Flags& f, const cli::Processes& procs) {
                      std::to_string(d_model));
   check_writable(out_path);
   const cli::StateFlags state_flags = cli::state_flags(f, out_path);
+  if (f.has("plot")) plot::check_ready(f.text("plot"));
 
   // Data.
   const std::vector<std::string> files = corpus_files(corpus_paths);
@@ -289,6 +334,8 @@ int cmd_train(const cli::Flags& f, const cli::Processes& procs) {
   std::fflush(stdout);
 
   // Training.
+  std::optional<TrainingCurves> curves;
+  if (f.has("plot")) curves.emplace(steps, held_ids, context);
   ef::AdamW<Scalar> opt(params, Scalar(peak_lr), Scalar(0.9), Scalar(0.95), Scalar(1e-8),
                         Scalar(0.01));
   const long warmup = std::min<long>(100, std::max<long>(1, steps / 10));
@@ -337,7 +384,8 @@ int cmd_train(const cli::Flags& f, const cli::Processes& procs) {
     std::snprintf(detail, sizeof detail, "loss %.3f (%.2f bits/char)  lr %.2e", ema, ema / kLn2,
                   double(lr));
     if (procs.is_root())
-      progress.update(step, static_cast<double>((step - first_step + 1) * batch * context), detail);
+      progress.update(step, static_cast<double>((step - first_step + 1) * batch * context),
+                      detail + (curves ? curves->after_step(model, step, loss) : ""));
   }
   if (!procs.is_root()) {  // rank 0 evaluates, writes and samples; the others wait for it
     procs.barrier();
@@ -366,6 +414,10 @@ int cmd_train(const cli::Flags& f, const cli::Processes& procs) {
   else
     std::printf("verdict: FAIL, the transformer does not beat the bigram (train longer: --steps)\n");
 
+  if (curves) {
+    curves->write(f.text("plot"));
+    std::printf("plotted the training curves to %s\n", f.text("plot").c_str());
+  }
   std::map<std::string, std::string> meta;
   meta["char_lm.vocab"] = vocab.to_hex();
   meta["char_lm.steps"] = std::to_string(steps);
@@ -420,7 +472,8 @@ int run(int argc, char** argv, const cli::Processes& procs) {
   const cli::Flags flags =
       cmd == "train" ? cli::Flags(args,
                                   {"out", "steps", "seed", "context", "batch", "layers", "d-model",
-                                   "heads", "lr", "log-every", "save-every", "resume"},
+                                   "heads", "lr", "log-every", "save-every", "resume",
+                                   "plot"},
                                   {}, {"corpus"})
                      : cli::Flags(args, {"model", "prompt", "length", "temperature", "seed"});
   if (flags.help()) {

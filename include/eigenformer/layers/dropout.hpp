@@ -59,17 +59,14 @@ class Dropout {
     detail::check_dropout_p("Dropout::Dropout", p);
   }
 
-  /// The layer's generator: one draw per mask (data-parallel training copies it between
-  /// processes so that they all draw the same masks).
-  Rng& rng() { return rng_; }
-
   /// The drop probability; train(on) turns training mode on or off, eval() turns it off.
   Scalar p() const { return p_; }
   void train(bool on = true) { training = on; }
   void eval() { training = false; }
 
   /// The generator the masks are drawn from, one draw per mask: saving and restoring its state
-  /// (Rng::state, Rng::set_state) lets a resumed training run draw the masks it would have drawn.
+  /// (Rng::state, Rng::set_state) lets a resumed training run draw the masks it would have drawn,
+  /// and data-parallel training copies it between processes so that they all draw alike.
   Rng& rng() { return rng_; }
   const Rng& rng() const { return rng_; }
 
