@@ -46,6 +46,18 @@ class SingleStackModel {
   /// start_pos + T beyond max_len.
   Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
 
+  /// forward without the output head: ids (B, T) -> the last layer's hidden states (B*T, d_model)
+  /// (after the final LayerNorm with pre-norm), for a task head of your own (model/heads.hpp).
+  /// Fills cache.input and cache.stack for backward_hidden; throws as forward.
+  Mat hidden(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
+
+  /// dhidden (B*T, d_model), the gradient of hidden()'s output: adds the gradients of the token
+  /// input's and the stack's parameters (not the output head's). cache comes from hidden or
+  /// forward. Throws ArgumentError from the layers for a dhidden or cache that does not fit.
+  void backward_hidden(ConstRef<Scalar> dhidden, const Cache& cache) {
+    input.backward(stack.backward(dhidden, cache.stack), cache.input);
+  }
+
   /// Starts incremental decoding (inference only, causal models only) of B sequences of up to
   /// max_len positions: one empty self-attention cache per layer.
   /// Throws ArgumentError naming <Model>::begin_decode for an EncoderOnlyModel (not causal),
@@ -75,6 +87,7 @@ class SingleStackModel {
 
   // Token ids of another type (Eigen::MatrixXi, std::vector): a short compile error naming to_ids.
   EIGENFORMER_REJECT_FOREIGN_IDS(forward)
+  EIGENFORMER_REJECT_FOREIGN_IDS(hidden)
   EIGENFORMER_REJECT_FOREIGN_IDS(decode_step)
 
   /// "embedding.weight" ("position.weight" when learned), "layers.<i>.*", "norm.*" (pre-norm), and
@@ -98,6 +111,12 @@ class SingleStackModel {
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index start_pos) -> Mat {
+  const Mat h = hidden(ids, cache, start_pos);
+  return head.forward(h, input.embedding, cache.head);
+}
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::hidden(const IdMatrix& ids, Cache& cache, Index start_pos) -> Mat {
   const std::string& func = forward_func_;
   detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
                   [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
@@ -106,8 +125,7 @@ auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index 
   mask.causal = causal_;
   mask.key_padding = key_padding_mask(ids, config_.pad_id);
   const Mat x = input.forward(ids, cache.input, start_pos);
-  const Mat h = stack.forward(x, ids.rows(), mask, cache.stack);
-  return head.forward(h, input.embedding, cache.head);
+  return stack.forward(x, ids.rows(), mask, cache.stack);
 }
 
 template <class Scalar>
@@ -146,8 +164,7 @@ auto SingleStackModel<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scal
 
 template <class Scalar>
 void SingleStackModel<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache) {
-  const Mat dh = head.backward(dlogits, cache.head, input.embedding);
-  input.backward(stack.backward(dh, cache.stack), cache.input);
+  backward_hidden(head.backward(dlogits, cache.head, input.embedding), cache);
 }
 
 template <class Scalar>
@@ -178,9 +195,10 @@ template <class Scalar = float>
 class DecoderOnlyLM : public detail::SingleStackModel<Scalar> {
  public:
   DecoderOnlyLM() = default;
-  /// c.n_decoder_layers causal layers over c.tgt_vocab (c.src_vocab and n_encoder_layers are
-  /// ignored), weights drawn from rng. Throws ArgumentError naming DecoderOnlyLM::DecoderOnlyLM
-  /// and the field unless c is valid (TransformerConfig::validate, without a source).
+  /// c.n_layers causal layers over c.vocab (src_vocab, tgt_vocab and n_*_layers are the
+  /// encoder-decoder's, ignored here), weights drawn from rng. Throws ArgumentError naming
+  /// DecoderOnlyLM::DecoderOnlyLM and the field unless c is valid (TransformerConfig::validate,
+  /// without a source).
   DecoderOnlyLM(const TransformerConfig& c, Rng& rng)
       : detail::SingleStackModel<Scalar>(c, c.n_layers, true, "DecoderOnlyLM", rng) {}
 };
@@ -189,8 +207,8 @@ template <class Scalar = float>
 class EncoderOnlyModel : public detail::SingleStackModel<Scalar> {
  public:
   EncoderOnlyModel() = default;
-  /// c.n_encoder_layers bidirectional layers over c.tgt_vocab (c.src_vocab and n_decoder_layers
-  /// are ignored), weights drawn from rng. Throws ArgumentError naming
+  /// c.n_layers bidirectional layers over c.vocab (src_vocab, tgt_vocab and n_*_layers are the
+  /// encoder-decoder's, ignored here), weights drawn from rng. Throws ArgumentError naming
   /// EncoderOnlyModel::EncoderOnlyModel and the field unless c is valid (without a source).
   EncoderOnlyModel(const TransformerConfig& c, Rng& rng)
       : detail::SingleStackModel<Scalar>(c, c.n_layers, false, "EncoderOnlyModel", rng) {}
