@@ -73,6 +73,14 @@ class SingleStackModel {
   /// t more positions fit.
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state);
 
+  /// Sliding window for decoding past max_len: forgets the n oldest positions of every
+  /// self-attention cache (KVCache::drop_front), making room for n more; later tokens attend to
+  /// the positions left. Rotary and relative positions (and none) allow it: their positions act in
+  /// the attention and need no table. Throws ArgumentError naming <Model>::slide_window, with
+  /// state unchanged, for learned or sinusoidal positions (a table of max_len rows), or unless
+  /// 0 <= n <= the positions cached.
+  void slide_window(DecodeState<Scalar>& state, Index n) const;
+
   /// dlogits (B*T, vocab): adds every parameter's gradient.
   /// cache comes from forward. Throws ArgumentError from the layers for a dlogits or cache that
   /// does not fit (OutputHead::backward checks dlogits before any gradient changes).
@@ -156,10 +164,31 @@ auto SingleStackModel<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scal
   check_embedding_ids(func, "ids", ids, config_.vocab);
   for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
   typename TokenInput<Scalar>::Cache scratch;
-  const Mat x = input.forward(ids, scratch, state.position);
+  // Past a sliding window's drops the input sees window positions (only attention positions
+  // allow a window, and the input adds no table for them).
+  const Mat x = input.forward(ids, scratch, state.position - state.dropped);
   const Mat h = stack.decode_step(x, ids.rows(), state.self, key_padding_mask(ids, config_.pad_id));
   state.position += ids.cols();
   return head.forward(h, input.embedding);
+}
+
+template <class Scalar>
+void SingleStackModel<Scalar>::slide_window(DecodeState<Scalar>& state, Index n) const {
+  const std::string func = name_ + "::slide_window";
+  detail::require(config_.attention_positions() || config_.positional == PositionalKind::none,
+                  func, "config.positional", [&] {
+                    return "is " + positional_kind_name(config_.positional) +
+                           ": a table of max_len = " + std::to_string(config_.max_len) +
+                           " positions, so decoding cannot go past max_len (rotary or relative "
+                           "positions can: they act inside the attention)";
+                  });
+  const Index cached = state.position - state.dropped;
+  detail::require(n >= 0 && n <= cached, func, "n", [&] {
+    return "is " + std::to_string(n) + ", expected 0 <= n <= " + std::to_string(cached) +
+           " (the positions cached)";
+  });
+  for (auto& c : state.self) c.drop_front(n);
+  state.dropped += n;
 }
 
 template <class Scalar>
