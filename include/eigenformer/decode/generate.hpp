@@ -268,6 +268,19 @@ GenerateResult generate(DecoderOnlyLM<Scalar>& model, const Ids& prompts,
   return generate(model, rows, options, rng, on_token);
 }
 
+/// Token ids of another type (Eigen::MatrixXi, std::vector<std::vector<int>>) as prompts or
+/// source: a short compile error that names eigenformer::to_ids, instead of a list of candidates.
+template <class Model, class Ids, class... Rest,
+          std::enable_if_t<detail::foreign_ids<Ids> &&
+                               !std::is_same_v<Ids, std::vector<std::vector<Index>>>,
+                           int> = 0>
+GenerateResult generate(Model&, const Ids&, const Rest&...) {
+  static_assert(detail::always_false<Ids>,
+                "eigenformer: token ids are an eigenformer::IdMatrix (row-major, Eigen::Index) or "
+                "std::vector<std::vector<Index>> prompts; convert yours with eigenformer::to_ids");
+  return {};
+}
+
 /// Encoder-decoder generation: translates each source (src (B, S), padded with config.pad_id,
 /// which masks it) from options.bos by up to options.max_new_tokens tokens, chosen as options say
 /// (the repetition penalty sees BOS and the generated tokens), calling on_token (if set) for each.
