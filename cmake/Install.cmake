@@ -5,9 +5,10 @@ include(CMakePackageConfigHelpers)
 
 install(DIRECTORY include/eigenformer DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS eigenformer EXPORT eigenformerTargets)
-# eigenformer::precompiled when it is built (not from a sanitizer build: its objects need the
-# sanitizer runtime).
-if(TARGET eigenformer_precompiled AND NOT EIGENFORMER_SANITIZE)
+# eigenformer::precompiled when asked for (EIGENFORMER_BUILD_PRECOMPILED; build before installing),
+# not merely built for the project's own tests and examples, so that installing the headers needs
+# no build; and not from a sanitizer build: its objects need the sanitizer runtime.
+if(EIGENFORMER_BUILD_PRECOMPILED AND NOT EIGENFORMER_SANITIZE)
   install(TARGETS eigenformer_precompiled EXPORT eigenformerTargets
           ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 endif()

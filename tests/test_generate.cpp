@@ -114,12 +114,14 @@ GenerateOptions sampling_options() {
 /// (the first rng.split()); stops at max_new_tokens or a stop token.
 template <class Scalar>
 std::vector<Index> reference_generate(DecoderOnlyLM<Scalar>& lm, std::vector<Index> seq,
-                                      const GenerateOptions& opt, Rng& rng) {
+                                      const GenerateOptions& opt, Rng& rng, size_t window = 0) {
   Rng own(rng.split());
   const size_t P = seq.size();
   for (Index n = 0; n < opt.max_new_tokens; ++n) {
-    IdMatrix ids(1, static_cast<Index>(seq.size()));
-    for (size_t t = 0; t < seq.size(); ++t) ids(0, Index(t)) = seq[t];
+    // With a window: the last `window` tokens only, at positions 0 .. window - 1.
+    const size_t first = window > 0 && seq.size() > window ? seq.size() - window : 0;
+    IdMatrix ids(1, static_cast<Index>(seq.size() - first));
+    for (size_t t = first; t < seq.size(); ++t) ids(0, Index(t - first)) = seq[t];
     typename DecoderOnlyLM<Scalar>::Cache cache;
     const Matrix<Scalar> logits = lm.forward(ids, cache);
     const Index token = choose_token(RowVector<Scalar>(logits.row(ids.cols() - 1)), opt, seq, own);
@@ -680,4 +682,62 @@ TEST_CASE("generate rejects bad options and arguments, naming them and the value
   CHECK(rng.next_u64() == copy.next_u64());
   CHECK(dropout_flags(lm) == lm_flags);
   CHECK(dropout_flags(seq2seq) == s2s_flags);
+}
+
+TEST_CASE("generate goes past max_len with a sliding window for rotary and relative positions, "
+          "and says why learned and sinusoidal tables cannot") {
+  const std::vector<Index> prompt{3, 8, 8, 1};
+  GenerateOptions opt = sampling_options();
+  opt.max_new_tokens = 20;  // 4 + 20 > max_len 8
+  for (const PositionalKind kind :
+       {PositionalKind::rotary, PositionalKind::relative, PositionalKind::none}) {
+    INFO("positions " << positional_kind_name(kind));
+    TransformerConfig c = lm_config(kind);
+    c.max_len = 8;
+    {
+      // One layer: its cached keys and values depend on their own token only, so the window's
+      // cache equals a forward pass over the last max_len tokens.
+      c.n_layers = 1;
+      Rng init(61);
+      DecoderOnlyLM<double> lm(c, init);
+      lm.eval();
+      Rng a(7), b(7);
+      const GenerateResult r = generate(lm, {prompt}, opt, a);
+      CHECK(r.tokens[0].size() == 20);
+      CHECK(r.tokens[0] == reference_generate(lm, prompt, opt, b, size_t(c.max_len)));
+    }
+    // Deeper: a batch of prompts of different lengths gives what each alone gives.
+    c.n_layers = 2;
+    Rng init(62);
+    DecoderOnlyLM<double> lm(c, init);
+    const std::vector<std::vector<Index>> prompts{prompt, {5}, {2, 9, 4, 4, 6, 7, 1, 3}};
+    Rng batch_rng(9), single_rng(9);
+    const GenerateResult batch = generate(lm, prompts, opt, batch_rng);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      CHECK(batch.tokens[i].size() == 20);
+      CHECK(generate(lm, {prompts[i]}, opt, single_rng).tokens[0] == batch.tokens[i]);
+    }
+  }
+  for (const PositionalKind kind : {PositionalKind::learned, PositionalKind::sinusoidal}) {
+    TransformerConfig c = lm_config(kind);
+    c.max_len = 8;
+    Rng init(63), rng(1);
+    DecoderOnlyLM<float> lm(c, init);
+    eftest::check_throws_with([&] { generate(lm, {prompt}, opt, rng); },
+                              {"generate", "'options.max_new_tokens'", "max_len 8",
+                               positional_kind_name(kind), "table", "rotary or relative"});
+    DecodeState<float> state = lm.begin_decode(1, 8);
+    eftest::check_throws_with([&] { lm.slide_window(state, 1); },
+                              {"DecoderOnlyLM::slide_window", "config.positional",
+                               positional_kind_name(kind), "max_len"});
+  }
+  TransformerConfig c = lm_config(PositionalKind::rotary);
+  c.max_len = 8;
+  Rng init(64), rng(1);
+  DecoderOnlyLM<float> lm(c, init);
+  eftest::check_throws_with([&] { generate(lm, {{1, 2, 3, 4, 5, 6, 7, 8, 9}}, opt, rng); },
+                            {"generate", "'prompts'", "9 tokens", "max_len 8"});
+  DecodeState<float> state = lm.begin_decode(1, 8);
+  eftest::check_throws_with([&] { lm.slide_window(state, 1); },
+                            {"DecoderOnlyLM::slide_window", "'n'", "is 1", "0 <= n <= 0"});
 }

@@ -387,3 +387,24 @@ TEST_CASE("the KV cache rejects positions beyond its max_len") {
   eftest::check_throws_with([&] { KVCache<float>().append(kv_rows, kv_rows, BoolMatrix()); },
                             {"KVCache::append", "'cache'", "not allocated"});
 }
+
+TEST_CASE("KVCache::drop_front keeps the newest positions at the front and counts the dropped") {
+  KVCache<double> cache(2, 4, 3, 2);
+  Matrix<double> k(2 * 3, 3), v(2 * 3, 2);
+  for (Index i = 0; i < k.rows(); ++i) k.row(i).setConstant(double(i)), v.row(i).setConstant(-i);
+  BoolMatrix pad = BoolMatrix::Zero(2, 3);
+  pad(1, 1) = true;
+  cache.append(k, v, pad);
+  cache.drop_front(2);
+  CHECK(cache.len == 1);
+  CHECK(cache.offset == 2);
+  CHECK(cache.room() == 3);
+  CHECK(cache.keys(0)(0, 0) == 2.0);   // sequence 0's third position
+  CHECK(cache.values(1)(0, 0) == -5.0);  // sequence 1's third position
+  CHECK(!cache.any_padding(1));        // its padded second position is gone
+  eftest::check_throws_with([&] { cache.drop_front(2); },
+                            {"KVCache::drop_front", "'n'", "is 2", "len = 1"});
+  CHECK(cache.len == 1);
+  cache.clear();
+  CHECK(cache.offset == 0);
+}

@@ -81,7 +81,8 @@ def layer_params(module, grads=False):
     return {k.lstrip("."): v for k, v in out.items()}
 
 
-def save_case(out_dir, case, weights, inputs, R, expected, grads, meta):
+def save_case(out_dir, case, weights, inputs, R, expected, grads, meta,
+              generator="tools/make_fixtures.py"):
     tensors = {}
     for k, v in weights.items():
         tensors[k] = v
@@ -92,7 +93,7 @@ def save_case(out_dir, case, weights, inputs, R, expected, grads, meta):
         tensors["expected." + k] = flat(v)
     for k, v in grads.items():
         tensors["grad." + k] = flat(v)
-    meta = dict(meta, case=case, generator="tools/make_fixtures.py",
+    meta = dict(meta, case=case, generator=generator,
                 torch=torch.__version__.split("+")[0])
     write_safetensors(os.path.join(out_dir, case + ".safetensors"), tensors, meta)
 

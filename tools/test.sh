@@ -15,6 +15,7 @@ cd "$here"
 
 echo "== Release build (portable) and tests"
 tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_MPI=ON \
+  -DEIGENFORMER_BUILD_PRECOMPILED=ON \
   -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/test --output-on-failure -j "$(nproc)"
 

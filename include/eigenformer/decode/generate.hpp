@@ -24,9 +24,10 @@
 // feeds one token per sequence: the next prompt token of a sequence still in its prompt (its
 // logits are not used), or the token it chose last. A sequence that has ended keeps being fed (its
 // last token, outputs ignored) until every sequence has, so each step has one fixed shape; the
-// KV cache holds the longest prompt plus max_new_tokens - 1 positions. The cost: a prompt's
-// tokens beyond the shortest prompt's length go through one per step, so a batch of prompts of
-// similar lengths runs fastest.
+// KV cache holds the longest prompt plus max_new_tokens - 1 positions, at most max_len: beyond it
+// rotary and relative positions slide a window over the cache (DecoderOnlyLM::slide_window). The
+// cost: a prompt's tokens beyond the shortest prompt's length go through one per step, so a batch
+// of prompts of similar lengths runs fastest.
 //
 // Randomness. Each sequence draws from a generator of its own, seeded by one rng.split() per
 // sequence in order at the start of a sampling call (greedy calls draw nothing). So the same seed
@@ -178,8 +179,12 @@ void Generation::choose(Index b, const RowVector<Scalar>& logits) {
 /// Decoder-only generation: continues each prompt (prompts[b], B >= 1 of them, each non-empty, of
 /// any lengths) by up to options.max_new_tokens tokens, chosen as options say, calling on_token
 /// (if set) for each. Returns per prompt the new tokens and why it stopped. Requires options in
-/// range (GenerateOptions, SamplingOptions; bos unused), prompt ids in [0, vocab), and the longest
-/// prompt plus max_new_tokens within the model's max_len. Throws ArgumentError naming "generate"
+/// range (GenerateOptions, SamplingOptions; bos unused), prompt ids in [0, vocab), prompts of at
+/// most max_len tokens, and, for learned or sinusoidal positions, the longest prompt plus
+/// max_new_tokens within max_len. Rotary and relative positions (and none) go on past max_len
+/// with a sliding window: once a sequence fills max_len positions, each step drops its oldest
+/// cached positions (DecoderOnlyLM::slide_window), so a token attends to the max_len positions
+/// before it, itself included. Throws ArgumentError naming "generate"
 /// and the argument otherwise, before it changes anything (rng included). Runs with dropout off
 /// (model/eval_mode.hpp). Prompts are not padded (the header says how the batch runs), so
 /// config.pad_id masks only prompt tokens that equal it, as a forward pass would.
@@ -206,22 +211,34 @@ GenerateResult generate(DecoderOnlyLM<Scalar>& model, const std::vector<std::vec
     shortest = b == 0 ? P : std::min(shortest, P);
     longest = std::max(longest, P);
   }
-  detail::require(options.max_new_tokens <= model.config().max_len - longest, func,
+  const TransformerConfig& c = model.config();
+  detail::require(longest <= c.max_len, func, "prompts", [&] {
+    return "has a prompt of " + std::to_string(longest) +
+           " tokens, more than the model's max_len " + std::to_string(c.max_len);
+  });
+  const bool window = options.max_new_tokens > c.max_len - longest;
+  detail::require(!window || c.attention_positions() || c.positional == PositionalKind::none, func,
                   "options.max_new_tokens", [&] {
                     return "is " + std::to_string(options.max_new_tokens) +
                            ": with the longest prompt (" + std::to_string(longest) +
                            " tokens) that exceeds the model's max_len " +
-                           std::to_string(model.config().max_len);
+                           std::to_string(c.max_len) + ", and its " +
+                           positional_kind_name(c.positional) +
+                           " positions are a table of max_len rows (rotary or relative positions "
+                           "go on past max_len with a sliding window)";
                   });
 
   ScopedEval eval(model);
-  DecodeState<Scalar> state = model.begin_decode(B, longest + options.max_new_tokens - 1);
+  DecodeState<Scalar> state =
+      model.begin_decode(B, std::min(longest + options.max_new_tokens - 1, c.max_len));
   detail::Generation gen(options, on_token, prompts, rng);
   IdMatrix input(B, shortest);  // the first step: the shortest prompt's length of every prompt
   for (Index b = 0; b < B; ++b)
     for (Index t = 0; t < shortest; ++t) input(b, t) = prompts[size_t(b)][size_t(t)];
   for (;;) {
     const Index fed = state.position + input.cols();  // tokens per sequence after this step
+    const Index overflow = fed - state.dropped - state.max_len;
+    if (overflow > 0) model.slide_window(state, overflow);  // past max_len (window is true)
     const Matrix<Scalar> logits = model.decode_step(input, state);  // (B*input.cols(), V)
     for (Index b = 0; b < B; ++b) {
       const Index P = static_cast<Index>(prompts[size_t(b)].size());
@@ -249,6 +266,19 @@ GenerateResult generate(DecoderOnlyLM<Scalar>& model, const Ids& prompts,
   for (Index b = 0; b < prompts.rows(); ++b)
     rows[size_t(b)].assign(prompts.row(b).data(), prompts.row(b).data() + prompts.cols());
   return generate(model, rows, options, rng, on_token);
+}
+
+/// Token ids of another type (Eigen::MatrixXi, std::vector<std::vector<int>>) as prompts or
+/// source: a short compile error that names eigenformer::to_ids, instead of a list of candidates.
+template <class Model, class Ids, class... Rest,
+          std::enable_if_t<detail::foreign_ids<Ids> &&
+                               !std::is_same_v<Ids, std::vector<std::vector<Index>>>,
+                           int> = 0>
+GenerateResult generate(Model&, const Ids&, const Rest&...) {
+  static_assert(detail::always_false<Ids>,
+                "eigenformer: token ids are an eigenformer::IdMatrix (row-major, Eigen::Index) or "
+                "std::vector<std::vector<Index>> prompts; convert yours with eigenformer::to_ids");
+  return {};
 }
 
 /// Encoder-decoder generation: translates each source (src (B, S), padded with config.pad_id,

@@ -2,8 +2,10 @@
 // TransformerConfig in the file's metadata, so a model can be rebuilt from the file alone.
 //   save_model(path, model, extra)       writes atomically (temporary file + rename)
 //   load_model<Model>(path)              rebuilds the model and loads its parameters
-// Metadata keys: "eigenformer.model" (transformer | decoder_only | encoder_only) and
-// "eigenformer.config.<field>"; callers may add their own keys (e.g. a vocabulary). The fields
+// Metadata keys: "eigenformer.model" (transformer | decoder_only | encoder_only |
+// encoder_classifier | masked_lm), "eigenformer.config.<field>", and for the models with a task
+// head (model/task_models.hpp) "eigenformer.head.<field>"; callers may add their own keys (e.g. a
+// vocabulary). The fields
 // added with selectable attention (attention, additive_dim, relative_buckets,
 // relative_max_distance, rotary_base) are optional when loading: files written before them hold
 // dot-product models, and get those fields' defaults.
@@ -16,6 +18,7 @@
 
 #include "../core/precompiled.hpp"
 #include "../model/language_models.hpp"
+#include "../model/task_models.hpp"
 #include "../model/transformer.hpp"
 #include "safetensors.hpp"
 
@@ -38,7 +41,17 @@ struct ModelKind<EncoderOnlyModel<S>> {
   static constexpr const char* name = "encoder_only";
 };
 
+template <class S>
+struct ModelKind<EncoderClassifier<S>> {
+  static constexpr const char* name = "encoder_classifier";
+};
+template <class S>
+struct ModelKind<MaskedLM<S>> {
+  static constexpr const char* name = "masked_lm";
+};
+
 constexpr const char* kConfigPrefix = "eigenformer.config.";
+constexpr const char* kHeadPrefix = "eigenformer.head.";
 
 inline const std::string& metadata_field(const std::map<std::string, std::string>& meta,
                                          const std::string& key, const std::string& path) {
@@ -49,12 +62,12 @@ inline const std::string& metadata_field(const std::map<std::string, std::string
   return it->second;
 }
 
-/// parse(text) of metadata "eigenformer.config.<field>"; any failure becomes an IoError naming the
-/// file, the key and the text.
+/// parse(text) of metadata "<prefix><field>" (prefix: "eigenformer.config." unless given); any
+/// failure becomes an IoError naming the file, the key and the text.
 template <class Parse>
 auto metadata_value(const std::map<std::string, std::string>& meta, const std::string& field,
-                    const std::string& path, Parse&& parse) {
-  const std::string key = kConfigPrefix + field;
+                    const std::string& path, Parse&& parse, const char* prefix = kConfigPrefix) {
+  const std::string key = prefix + field;
   const std::string& text = metadata_field(meta, key, path);
   try {
     return parse(text);
@@ -92,6 +105,65 @@ inline std::string number_text(double v) {
   s << v;
   return s.str();
 }
+
+/// The task head's settings as metadata "eigenformer.head.<field>": none for a model without one.
+template <class Model>
+std::map<std::string, std::string> head_metadata(const Model&) {
+  return {};
+}
+template <class S>
+std::map<std::string, std::string> head_metadata(const EncoderClassifier<S>& m) {
+  const ClassifierConfig& h = m.head_config();
+  const std::string p = kHeadPrefix;
+  return {{p + "n_classes", std::to_string(h.n_classes)},
+          {p + "pooling", pooling_name(h.pooling)},
+          {p + "pooler", h.pooler ? "1" : "0"},
+          {p + "dropout", number_text(h.dropout)}};
+}
+template <class S>
+std::map<std::string, std::string> head_metadata(const MaskedLM<S>& m) {
+  return {{std::string(kHeadPrefix) + "transform", m.head_config().transform ? "1" : "0"}};
+}
+
+/// metadata_value of "eigenformer.head.<field>".
+template <class Parse>
+auto head_value(const std::map<std::string, std::string>& meta, const std::string& field,
+                const std::string& path, Parse&& parse) {
+  return metadata_value(meta, field, path, parse, kHeadPrefix);
+}
+
+/// Builds the model a checkpoint describes (its weights then loaded): Model(config, rng), or with
+/// the head's settings read from meta.
+template <class Model>
+struct ModelBuilder {
+  static Model build(const TransformerConfig& c, const std::map<std::string, std::string>&,
+                     const std::string&, Rng& rng) {
+    return Model(c, rng);
+  }
+};
+template <class S>
+struct ModelBuilder<EncoderClassifier<S>> {
+  static EncoderClassifier<S> build(const TransformerConfig& c,
+                                    const std::map<std::string, std::string>& meta,
+                                    const std::string& path, Rng& rng) {
+    ClassifierConfig h;
+    h.n_classes = head_value(meta, "n_classes", path, parse_int);
+    h.pooling = head_value(meta, "pooling", path, parse_pooling);
+    h.pooler = head_value(meta, "pooler", path, parse_int) != 0;
+    h.dropout = head_value(meta, "dropout", path, parse_double);
+    return EncoderClassifier<S>(c, h, rng);
+  }
+};
+template <class S>
+struct ModelBuilder<MaskedLM<S>> {
+  static MaskedLM<S> build(const TransformerConfig& c,
+                           const std::map<std::string, std::string>& meta, const std::string& path,
+                           Rng& rng) {
+    MaskedLMConfig h;
+    h.transform = head_value(meta, "transform", path, parse_int) != 0;
+    return MaskedLM<S>(c, h, rng);
+  }
+};
 
 }  // namespace detail
 
@@ -178,14 +250,17 @@ inline TransformerConfig config_from_metadata(const std::map<std::string, std::s
   return c;
 }
 
-/// Saves the model's parameters, its kind and config, and the caller's extra metadata.
-/// Throws ArgumentError naming save_model if extra uses a key that it writes itself
-/// ("eigenformer.model", "eigenformer.config.<field>"), and as save_safetensors: IoError when the
+/// Saves the model's parameters, its kind and config (and its task head's settings), and the
+/// caller's extra metadata. Model: Transformer, DecoderOnlyLM, EncoderOnlyModel,
+/// EncoderClassifier or MaskedLM. Throws ArgumentError naming save_model if extra uses a key that
+/// it writes itself ("eigenformer.model", "eigenformer.config.<field>", "eigenformer.head.<field>"),
+/// and as save_safetensors: IoError when the
 /// file cannot be written, an existing file then left as it was.
 template <class Model>
 void save_model(const std::string& path, Model& model,
                 const std::map<std::string, std::string>& extra = {}) {
   std::map<std::string, std::string> meta = config_to_metadata(model.config());
+  meta.merge(detail::head_metadata(model));
   meta["eigenformer.model"] = detail::ModelKind<Model>::name;
   for (const auto& kv : extra) {
     detail::require(meta.count(kv.first) == 0, "save_model", "extra",
@@ -219,7 +294,7 @@ Model load_model(const std::string& path, std::map<std::string, std::string>* me
   Rng rng(0);  // the initial values are all overwritten
   Model model = [&] {
     try {
-      return Model(config, rng);
+      return detail::ModelBuilder<Model>::build(config, meta, path, rng);
     } catch (const ArgumentError& e) {
       throw IoError("eigenformer::load_model: file '" + path + "': bad config: " + e.what());
     }
@@ -243,9 +318,11 @@ Model load_model(const std::string& path, std::map<std::string, std::string>* me
                                                const std::map<std::string, std::string>& extra)) \
   EIGENFORMER_FOR(S, Model<S> load_model<Model<S>>(const std::string& path,                      \
                                                    std::map<std::string, std::string>* metadata, const LoadOptions& options))
-#define EIGENFORMER_CHECKPOINT_TEMPLATES(S)     \
-  EIGENFORMER_CHECKPOINT_MODEL_(S, Transformer) \
-  EIGENFORMER_CHECKPOINT_MODEL_(S, DecoderOnlyLM) EIGENFORMER_CHECKPOINT_MODEL_(S, EncoderOnlyModel)
+#define EIGENFORMER_CHECKPOINT_TEMPLATES(S)          \
+  EIGENFORMER_CHECKPOINT_MODEL_(S, Transformer)      \
+  EIGENFORMER_CHECKPOINT_MODEL_(S, DecoderOnlyLM)    \
+  EIGENFORMER_CHECKPOINT_MODEL_(S, EncoderOnlyModel) \
+  EIGENFORMER_CHECKPOINT_MODEL_(S, EncoderClassifier) EIGENFORMER_CHECKPOINT_MODEL_(S, MaskedLM)
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_CHECKPOINT_TEMPLATES)
 // clang-format on
 

@@ -130,7 +130,9 @@ class Attention {
   /// their keys and values to cache (from make_cache), and attends over every cached position,
   /// causally (new position i sees the cached prefix and new positions <= i). new_key_padding
   /// (B, t), when not empty, marks padded new positions; padded keys of earlier steps stay
-  /// masked. The new tokens have positions cache.len .. cache.len + t - 1. Returns (B*t, d),
+  /// masked. The new tokens have positions cache.offset + cache.len .. (offset: the positions
+  /// KVCache::drop_front dropped; rotary positions use it, relative ones need only distances,
+  /// which stay those among the cached positions). Returns (B*t, d),
   /// equal (up to rounding) to the last t rows of each sequence of a full causal forward.
   /// Throws ArgumentError naming Attention::forward_step, with cache unchanged, unless x_new is
   /// (B*t, d_model), cache was made by make_cache for B sequences, new_key_padding is (B, t) or
@@ -321,7 +323,10 @@ auto Attention<Scalar>::forward_step(ConstRef<Scalar> x_new, Index B, KVCache<Sc
   project(k, k_proj, x_new);
   project(v, v_proj, x_new);
   PositionCache<Scalar> positions;
-  if (scheme_) scheme_->forward(q, k, d.H, d.Tq, cache.len + d.Tq, positions);
+  // Rotary turns each new key once, by its absolute position (offset + len ..: past a sliding
+  // window's drops); relative biases depend only on the len + Tq keys the new queries see.
+  const Index dropped = positions_.kind == PositionalKind::rotary ? cache.offset : 0;
+  if (scheme_) scheme_->forward(q, k, d.H, d.Tq, dropped + cache.len + d.Tq, positions);
   score_->query_features(q_features, q, d.H);
   score_->key_features(k_features, k, d.H);
   cache.append(k_features, v, new_key_padding);

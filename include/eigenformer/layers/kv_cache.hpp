@@ -35,6 +35,9 @@ struct KVCache {
   Mat v;                   // (B*max_len, value_width)
   BoolMatrix key_padding;  // (B, max_len), true = masked key
   Index B = 0, max_len = 0, len = 0;
+  /// Positions dropped from the front by drop_front (a sliding window): cached row t holds
+  /// position offset + t. Rotary positions rotate new keys by their absolute position.
+  Index offset = 0;
 
   KVCache() = default;
   /// Keys and values of width d_model.
@@ -54,7 +57,12 @@ struct KVCache {
   }
 
   /// Forgets the cached positions, keeping the buffers.
-  void clear() { len = 0; }
+  void clear() { len = 0, offset = 0; }
+
+  /// Sliding window: forgets the n oldest cached positions of every sequence (the rest move to the
+  /// front), making room for n more; offset grows by n. Throws ArgumentError naming
+  /// KVCache::drop_front, changing nothing, unless 0 <= n <= len.
+  void drop_front(Index n);
 
   /// The width of a cached key row and of a value row, and the positions that still fit
   /// (max_len - len).
@@ -101,6 +109,7 @@ void KVCache<Scalar>::reset(Index batch, Index capacity, Index key_width, Index 
   B = batch;
   max_len = capacity;
   len = 0;
+  offset = 0;
   k.resize(B * max_len, key_width);
   v.resize(B * max_len, value_width);
   key_padding = BoolMatrix::Constant(B, max_len, false);
@@ -137,6 +146,23 @@ void KVCache<Scalar>::append(ConstRef<Scalar> k_new, ConstRef<Scalar> v_new,
   else
     key_padding.block(0, len, B, t).setConstant(false);
   len += t;
+}
+
+template <class Scalar>
+void KVCache<Scalar>::drop_front(Index n) {
+  detail::require(n >= 0 && n <= len, "KVCache::drop_front", "n", [&] {
+    return "is " + std::to_string(n) + ", expected 0 <= n <= len = " + std::to_string(len);
+  });
+  const Index kept = len - n;
+  for (Index b = 0; b < B; ++b) {  // rows move up within the sequence's block: no overlap issue
+    for (Index t = 0; t < kept; ++t) {
+      k.row(b * max_len + t) = k.row(b * max_len + n + t);
+      v.row(b * max_len + t) = v.row(b * max_len + n + t);
+    }
+    for (Index t = 0; t < kept; ++t) key_padding(b, t) = key_padding(b, n + t);
+  }
+  len = kept;
+  offset += n;
 }
 
 template <class Scalar>

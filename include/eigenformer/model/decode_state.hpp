@@ -17,6 +17,7 @@ struct DecodeState {
   Index B = 0;                          // sequences
   Index position = 0;                   // position of the next decode_step's first token
   Index max_len = 0;                    // positions the self-attention caches hold
+  Index dropped = 0;                    // positions a sliding window dropped (slide_window)
 };
 
 }  // namespace eigenformer

@@ -53,6 +53,25 @@ class SingleStackModel {
   /// not fit, before anything changes.
   Mat forward(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache, Index start_pos = 0);
 
+  /// forward without the output head: ids (B, T) -> the last layer's hidden states (B*T, d_model)
+  /// (after the final LayerNorm with pre-norm), for a task head of your own (model/heads.hpp).
+  /// Fills cache.input and cache.stack for backward_hidden; throws as forward.
+  Mat hidden(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
+    return hidden(ids, IdMatrix(), cache, start_pos);
+  }
+  /// The same with token types (B, T), as forward.
+  Mat hidden(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache, Index start_pos = 0);
+
+  /// dhidden (B*T, d_model), the gradient of hidden()'s output: adds the gradients of the token
+  /// input's and the stack's parameters (not the output head's). cache comes from hidden or
+  /// forward. ready, when set, is called as in backward (layers last to first, token input).
+  /// Throws ArgumentError from the layers for a dhidden or cache that does not fit.
+  void backward_hidden(ConstRef<Scalar> dhidden, const Cache& cache,
+                       const GradReady<Scalar>& ready = nullptr) {
+    input.backward(stack.backward(dhidden, cache.stack, ready), cache.input);
+    if (ready) ready(input.parameters());
+  }
+
   /// Starts incremental decoding (inference only, causal models only) of B sequences of up to
   /// max_len positions: one empty self-attention cache per layer.
   /// Throws ArgumentError naming <Model>::begin_decode for an EncoderOnlyModel (not causal),
@@ -67,6 +86,14 @@ class SingleStackModel {
   /// (state.B, t > 0) with every id in [0, vocab), state comes from begin_decode of this model and
   /// t more positions fit.
   Mat decode_step(const IdMatrix& ids, DecodeState<Scalar>& state);
+
+  /// Sliding window for decoding past max_len: forgets the n oldest positions of every
+  /// self-attention cache (KVCache::drop_front), making room for n more; later tokens attend to
+  /// the positions left. Rotary and relative positions (and none) allow it: their positions act in
+  /// the attention and need no table. Throws ArgumentError naming <Model>::slide_window, with
+  /// state unchanged, for learned or sinusoidal positions (a table of max_len rows), or unless
+  /// 0 <= n <= the positions cached.
+  void slide_window(DecodeState<Scalar>& state, Index n) const;
 
   /// dlogits (B*T, vocab): adds every parameter's gradient. ready, when set, is called with each
   /// layer's parameters as soon as their gradients are final (output head, layers last to first,
@@ -85,6 +112,7 @@ class SingleStackModel {
 
   // Token ids of another type (Eigen::MatrixXi, std::vector): a short compile error naming to_ids.
   EIGENFORMER_REJECT_FOREIGN_IDS(forward)
+  EIGENFORMER_REJECT_FOREIGN_IDS(hidden)
   EIGENFORMER_REJECT_FOREIGN_IDS(decode_step)
 
   /// "embedding.weight" ("position.weight" when learned), "layers.<i>.*", "norm.*" (pre-norm), and
@@ -109,6 +137,13 @@ class SingleStackModel {
 template <class Scalar>
 auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const IdMatrix& token_types,
                                        Cache& cache, Index start_pos) -> Mat {
+  const Mat h = hidden(ids, token_types, cache, start_pos);
+  return head.forward(h, input.embedding, cache.head);
+}
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::hidden(const IdMatrix& ids, const IdMatrix& token_types,
+                                      Cache& cache, Index start_pos) -> Mat {
   const std::string& func = forward_func_;
   detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
                   [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
@@ -117,8 +152,7 @@ auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const IdMatrix& toke
   mask.causal = causal_;
   mask.key_padding = key_padding_mask(ids, config_.pad_id);
   const Mat x = input.forward(ids, token_types, cache.input, start_pos);
-  const Mat h = stack.forward(x, ids.rows(), mask, cache.stack);
-  return head.forward(h, input.embedding, cache.head);
+  return stack.forward(x, ids.rows(), mask, cache.stack);
 }
 
 template <class Scalar>
@@ -149,10 +183,31 @@ auto SingleStackModel<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scal
   check_embedding_ids(func, "ids", ids, config_.vocab);
   for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
   typename TokenInput<Scalar>::Cache scratch;
-  const Mat x = input.forward(ids, scratch, state.position);
+  // Past a sliding window's drops the input sees window positions (only attention positions
+  // allow a window, and the input adds no table for them).
+  const Mat x = input.forward(ids, scratch, state.position - state.dropped);
   const Mat h = stack.decode_step(x, ids.rows(), state.self, key_padding_mask(ids, config_.pad_id));
   state.position += ids.cols();
   return head.forward(h, input.embedding);
+}
+
+template <class Scalar>
+void SingleStackModel<Scalar>::slide_window(DecodeState<Scalar>& state, Index n) const {
+  const std::string func = name_ + "::slide_window";
+  detail::require(config_.attention_positions() || config_.positional == PositionalKind::none,
+                  func, "config.positional", [&] {
+                    return "is " + positional_kind_name(config_.positional) +
+                           ": a table of max_len = " + std::to_string(config_.max_len) +
+                           " positions, so decoding cannot go past max_len (rotary or relative "
+                           "positions can: they act inside the attention)";
+                  });
+  const Index cached = state.position - state.dropped;
+  detail::require(n >= 0 && n <= cached, func, "n", [&] {
+    return "is " + std::to_string(n) + ", expected 0 <= n <= " + std::to_string(cached) +
+           " (the positions cached)";
+  });
+  for (auto& c : state.self) c.drop_front(n);
+  state.dropped += n;
 }
 
 template <class Scalar>
@@ -160,8 +215,7 @@ void SingleStackModel<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& c
                                         const GradReady<Scalar>& ready) {
   const Mat dh = head.backward(dlogits, cache.head, input.embedding);
   if (ready) ready(head.parameters());
-  input.backward(stack.backward(dh, cache.stack, ready), cache.input);
-  if (ready) ready(input.parameters());
+  backward_hidden(dh, cache, ready);
 }
 
 template <class Scalar>
@@ -192,9 +246,10 @@ template <class Scalar = float>
 class DecoderOnlyLM : public detail::SingleStackModel<Scalar> {
  public:
   DecoderOnlyLM() = default;
-  /// c.n_decoder_layers causal layers over c.tgt_vocab (c.src_vocab and n_encoder_layers are
-  /// ignored), weights drawn from rng. Throws ArgumentError naming DecoderOnlyLM::DecoderOnlyLM
-  /// and the field unless c is valid (TransformerConfig::validate, without a source).
+  /// c.n_layers causal layers over c.vocab (src_vocab, tgt_vocab and n_*_layers are the
+  /// encoder-decoder's, ignored here), weights drawn from rng. Throws ArgumentError naming
+  /// DecoderOnlyLM::DecoderOnlyLM and the field unless c is valid (TransformerConfig::validate,
+  /// without a source).
   DecoderOnlyLM(const TransformerConfig& c, Rng& rng)
       : detail::SingleStackModel<Scalar>(c, c.n_layers, true, "DecoderOnlyLM", rng) {}
 };
@@ -203,8 +258,8 @@ template <class Scalar = float>
 class EncoderOnlyModel : public detail::SingleStackModel<Scalar> {
  public:
   EncoderOnlyModel() = default;
-  /// c.n_encoder_layers bidirectional layers over c.tgt_vocab (c.src_vocab and n_decoder_layers
-  /// are ignored), weights drawn from rng. Throws ArgumentError naming
+  /// c.n_layers bidirectional layers over c.vocab (src_vocab, tgt_vocab and n_*_layers are the
+  /// encoder-decoder's, ignored here), weights drawn from rng. Throws ArgumentError naming
   /// EncoderOnlyModel::EncoderOnlyModel and the field unless c is valid (without a source).
   EncoderOnlyModel(const TransformerConfig& c, Rng& rng)
       : detail::SingleStackModel<Scalar>(c, c.n_layers, false, "EncoderOnlyModel", rng) {}

@@ -4,7 +4,7 @@
 //   for (...) {
 //     opt.zero_grad();
 //     ... forward, loss, backward ...
-//     clip_grad_norm(model.parameters(), 1.0f);
+//     clip_grad_norm(model.parameters(), 1.0);
 //     opt.step();
 //   }
 //
@@ -470,17 +470,17 @@ class AdamW : public Adam<Scalar> {
 /// norm before clipping. A non-finite norm is returned with the gradients left unchanged (PyTorch
 /// would fill them with NaN); check grads_finite() and skip the step.
 /// Throws ArgumentError naming clip_grad_norm, changing nothing, for a null parameter, a gradient
-/// not shaped as its value, or a max_norm that is not positive and finite.
+/// not shaped as its value, or a max_norm that is not positive and finite. max_norm is a plain
+/// double, as the optimizers' settings are, so 1.0 works for float and double models alike.
 template <class Scalar>
-Scalar clip_grad_norm(const ParamList<Scalar>& params, Scalar max_norm) {
+Scalar clip_grad_norm(const ParamList<Scalar>& params, double max_norm) {
   detail::check_param_list("clip_grad_norm", params);
-  detail::require(max_norm > 0 && std::isfinite(static_cast<double>(max_norm)), "clip_grad_norm",
-                  "max_norm",
+  detail::require(max_norm > 0 && std::isfinite(max_norm), "clip_grad_norm", "max_norm",
                   [&] { return "must be positive and finite, got " + std::to_string(max_norm); });
   double sum = 0.0;
   for (const auto& p : params) sum += p.param->grad.template cast<double>().squaredNorm();
   const double norm = std::sqrt(sum);
-  const double coef = static_cast<double>(max_norm) / (norm + 1e-6);
+  const double coef = max_norm / (norm + 1e-6);
   if (std::isfinite(norm) && coef < 1.0)
     for (const auto& p : params) p.param->grad *= static_cast<Scalar>(coef);
   return static_cast<Scalar>(norm);
@@ -505,7 +505,7 @@ bool grads_finite(const ParamList<Scalar>& params, std::string* bad_name = nullp
 // (core/precompiled.hpp).
 // clang-format off
 #define EIGENFORMER_OPTIM_TEMPLATES(S)                                            \
-  EIGENFORMER_FOR(S, S clip_grad_norm<S>(const ParamList<S>& params, S max_norm)) \
+  EIGENFORMER_FOR(S, S clip_grad_norm<S>(const ParamList<S>& params, double max_norm)) \
   EIGENFORMER_FOR(S, bool grads_finite<S>(const ParamList<S>& params, std::string* bad_name)) \
   EIGENFORMER_FOR(S, std::vector<ParamGroup<S>> weight_decay_groups<S>(const ParamList<S>& params, double weight_decay))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_OPTIM_TEMPLATES)
