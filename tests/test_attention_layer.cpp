@@ -1,9 +1,9 @@
 // The attention layer (layers/attention.hpp) with dot-product scores and each position scheme
 // (layers/attention_positions.hpp): gradients, the contract, properties, the definition with
 // positions, and bad input. The additive scoring has its own file (test_additive_attention.cpp).
-#include <eigenformer/layers/attention.hpp>
-
 #include <cmath>
+#include <eigenformer/layers/attention.hpp>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -125,6 +125,43 @@ TEST_CASE("self-attention gradients match finite differences with each mask kind
     m.attn_mask.row(0).setConstant(true);
     m.attn_mask(2, 1) = true;
     check_self_attention_grads(m, 2, 4);
+  }
+  // PyTorch's 3-D attn_mask (B*H, Tq, Tk) and float masks (ALiBi), through both kernels.
+  for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+    CAPTURE(int(impl));
+    SUBCASE("per-head mask, with a fully masked query of one head") {
+      AttentionMask m;
+      m.attn_mask = BoolMatrix::Zero(2 * 2 * 4, 4);
+      m.attn_mask.row(5).setConstant(true);
+      m.attn_mask(9, 2) = m.attn_mask(14, 0) = true;
+      check_self_attention_grads(m, 2, 4, {}, impl);
+    }
+    SUBCASE("causal with ALiBi, and a per-sequence float mask with -inf entries") {
+      AttentionMask m;
+      m.causal = true;
+      m.attn_bias = eftest::alibi_bias({2, 4, 4, 2, 4});
+      check_self_attention_grads(m, 2, 4, {}, impl);
+      AttentionMask f;
+      Rng rng(5);
+      f.attn_bias = eftest::random_matrix(2 * 4, 4, rng);
+      f.attn_bias(1, 3) = f.attn_bias(6, 0) = -std::numeric_limits<double>::infinity();
+      check_self_attention_grads(f, 2, 4, {}, impl);
+    }
+  }
+}
+
+TEST_CASE("cross-attention with a per-head mask and a float bias: gradients, both kernels") {
+  for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+    CAPTURE(int(impl));
+    Rng rng(14);
+    const Index B = 2, Tq = 3, Tk = 5;
+    MHA attn(8, 2, rng);
+    attn.impl = impl;
+    AttentionMask mask;
+    mask.attn_mask = BoolMatrix::Zero(B * 2 * Tq, Tk);
+    mask.attn_mask(0, 4) = mask.attn_mask(7, 1) = true;
+    mask.attn_bias = eftest::random_matrix(Tq, Tk, rng);
+    eftest::check_cross_attention_grads(attn, mask, B, Tq, Tk, rng);
   }
 }
 

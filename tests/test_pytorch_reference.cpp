@@ -231,40 +231,66 @@ TEST_CASE("PyTorch reference: Embedding with padding_idx") {
   CHECK(emb.weight.grad.row(0).isZero());
 }
 
+/// One nn.MultiheadAttention fixture (tools/make_fixtures.py, tools/make_parity_fixtures.py):
+/// output and every gradient with the fixture's masks (causal, key padding, a bool attn_mask, a
+/// float one as attn_bias), with the given kernel. Returns the layer and the fixture's mask.
+std::pair<Attention<float>, AttentionMask> check_mha_fixture(const Fixture& fx, AttentionImpl impl,
+                                                             Attention<float> mha) {
+  mha.impl = impl;
+  REQUIRE(fx.meta_int("n_heads") == mha.n_heads());
+  const bool cross = fx.meta_bool("cross");
+  const Index B = fx.meta_int("B");
+  AttentionMask mask;
+  mask.causal = fx.meta_bool("causal");
+  if (fx.has("input.key_padding_mask")) mask.key_padding = fx.mask("input.key_padding_mask");
+  if (fx.has("input.attn_mask")) mask.attn_mask = fx.mask("input.attn_mask");
+  if (fx.has("input.attn_bias")) mask.attn_bias = fx["input.attn_bias"].cast<double>();
+  const Mat& x = fx["input.x"];
+  Attention<float>::Cache cache;
+  mha.zero_grad();
+  const Mat y =
+      cross ? mha.forward(x, fx["input.memory"], B, mask, cache) : mha.forward(x, B, mask, cache);
+  check_close(y, fx["expected.y"], fx.name() + ": y");
+  Mat dmemory;
+  const Mat dx = mha.backward(fx["R"], cache, cross ? &dmemory : nullptr);
+  std::vector<std::pair<std::string, Mat>> input_grads{{"x", dx}};
+  if (cross) input_grads.push_back({"memory", dmemory});
+  check_grads(fx, mha.parameters(), input_grads);
+  return {mha, mask};
+}
+
 TEST_CASE("PyTorch reference: nn.MultiheadAttention") {
   for (const char* name : {"mha_self", "mha_cross", "mha_causal", "mha_key_padding"}) {
     CAPTURE(name);
     Rng rng(3);
-    Attention<float> mha(16, 2, rng);
-    Fixture fx(name, mha.parameters());
-    REQUIRE(fx.meta_int("n_heads") == mha.n_heads());
-    const bool cross = fx.meta_bool("cross");
-    const Index B = fx.meta_int("B");
-    AttentionMask mask;
-    mask.causal = fx.meta_bool("causal");
-    if (fx.has("input.key_padding_mask")) mask.key_padding = fx.mask("input.key_padding_mask");
-    const Mat& x = fx["input.x"];
-    Attention<float>::Cache cache;
-    mha.zero_grad();
-    const Mat y = cross ? mha.forward(x, fx["input.memory"], B, mask, cache)
-                        : mha.forward(x, B, mask, cache);
-    check_close(y, fx["expected.y"], fx.name() + ": y");
-    Mat dmemory;
-    const Mat dx = mha.backward(fx["R"], cache, cross ? &dmemory : nullptr);
-    std::vector<std::pair<std::string, Mat>> input_grads{{"x", dx}};
-    if (cross) input_grads.push_back({"memory", dmemory});
-    check_grads(fx, mha.parameters(), input_grads);
-
+    Attention<float> layer(16, 2, rng);
+    Fixture fx(name, layer.parameters());
+    auto [mha, mask] = check_mha_fixture(fx, AttentionImpl::automatic, layer);
     if (mask.causal) {  // PyTorch's attn_mask form of the same mask gives the same output
       AttentionMask explicit_mask;
       const Index T = fx.meta_int("Tq");
       explicit_mask.attn_mask = BoolMatrix::Zero(T, T);
       for (Index i = 0; i < T; ++i)
         for (Index j = i + 1; j < T; ++j) explicit_mask.attn_mask(i, j) = true;
-      check_close(mha.forward(x, B, explicit_mask, cache), fx["expected.y"],
-                  fx.name() + ": y with attn_mask");
+      Attention<float>::Cache cache;
+      check_close(mha.forward(fx["input.x"], fx.meta_int("B"), explicit_mask, cache),
+                  fx["expected.y"], fx.name() + ": y with attn_mask");
     }
   }
+}
+
+TEST_CASE("PyTorch reference: nn.MultiheadAttention with per-head and float attn_masks") {
+  // tools/make_parity_fixtures.py: a 3-D bool attn_mask (B*H, Tq, Tk) with key padding, a 3-D
+  // float mask (ALiBi plus noise, -inf entries) in cross-attention, a 2-D float mask; both kernels.
+  for (const char* name : {"mha_per_head_mask", "mha_float_mask", "mha_float_mask_shared"})
+    for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+      CAPTURE(name);
+      CAPTURE(int(impl));
+      Rng rng(3);
+      Attention<float> layer(16, 2, rng);
+      Fixture fx(name, layer.parameters());
+      check_mha_fixture(fx, impl, layer);
+    }
 }
 
 TEST_CASE("PyTorch reference: self-attention with RoPE (causal) and T5's relative bias (padding)") {
