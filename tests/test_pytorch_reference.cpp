@@ -462,3 +462,34 @@ TEST_CASE("PyTorch reference: 10 steps of cross-entropy + Adam follow PyTorch's 
   INFO("torch " << expected);
   check_close(losses, expected, "training losses");
 }
+
+TEST_CASE("PyTorch reference: F.cross_entropy reductions, class weights, ignore_index, smoothing") {
+  // tools/make_parity_fixtures.py: every reduction, with and without weight= and label_smoothing.
+  Fixture fx("cross_entropy_options", {});
+  const Mat& logits = fx["input.logits"];
+  const IdMatrix targets = fx.ids("input.targets");
+  const Eigen::VectorXd weight = fx["input.weight"].row(0).transpose().cast<double>();
+  const std::map<std::string, LossReduction> reductions = {
+      {"mean", LossReduction::mean}, {"sum", LossReduction::sum}, {"none", LossReduction::none}};
+  std::string configs = fx.meta("configs") + ";";
+  for (size_t end; (end = configs.find(';')) != std::string::npos; configs.erase(0, end + 1)) {
+    const std::string name = configs.substr(0, end);
+    CAPTURE(name);
+    const size_t a = name.find('_'), b = name.rfind('_');
+    CrossEntropyOptions o{fx.meta_int("ignore_index"), std::stod(name.substr(b + 1)),
+                          reductions.at(name.substr(0, a)),
+                          name.substr(a + 1, b - a - 1) == "weighted" ? weight : Eigen::VectorXd()};
+    CrossEntropyCache<float> cache;
+    const float loss = cross_entropy_forward(cache, logits, targets, o);
+    const Mat& R = fx["R." + name];  // (1, N) for none, (1, 1) otherwise
+    Mat dlogits;
+    if (o.reduction == LossReduction::none) {
+      check_close(Mat(cache.losses.transpose()), fx["expected." + name], name + ": losses");
+      dlogits = cross_entropy_backward(cache, Eigen::VectorXf(R.row(0).transpose()));
+    } else {
+      check_close(Mat::Constant(1, 1, loss), fx["expected." + name], name + ": loss");
+      dlogits = cross_entropy_backward(cache, R(0, 0));
+    }
+    check_close(dlogits, fx["grad." + name], name + ": grad of logits");
+  }
+}
