@@ -407,7 +407,7 @@ template <class Scalar>
 void Attention<Scalar>::check_forward_cache(std::string_view func, const Cache& cache) const {
   detail::require(score_.get() != nullptr, func, "this", "is an empty (default-constructed) layer");
   const AttentionDims& d = cache.dims;
-  detail::require(d.B > 0, func, "cache", "is empty: no forward filled it");
+  detail::require_filled_cache(func, d.B > 0);
   const bool fits = d.H == n_heads_ && d.dh == head_dim() && cache.q.rows() == d.B * d.Tq &&
                     cache.q.cols() == d_model() && cache.context.rows() == d.B * d.Tq &&
                     cache.k.rows() == d.B * d.Tk && cache.v.rows() == d.B * d.Tk &&

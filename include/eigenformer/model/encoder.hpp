@@ -99,6 +99,7 @@ auto EncoderLayer<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionM
 
 template <class Scalar>
 auto EncoderLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+  detail::require_filled_cache("EncoderLayer::backward", cache.attn.dims.B > 0);
   const Mat dh = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
     return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
   });
@@ -194,6 +195,7 @@ auto EncoderStack<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionM
 
 template <class Scalar>
 auto EncoderStack<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+  detail::require_filled_cache("EncoderStack::backward", cache.layers.size() == layers.size());
   Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
   for (size_t i = layers.size(); i-- > 0;) d = layers[i].backward(d, cache.layers[i]);
   return d;
@@ -260,6 +262,7 @@ class Encoder {
   /// dmemory (B*S, d_model): adds every parameter's gradient (ids have none). cache comes from
   /// forward.
   void backward(ConstRef<Scalar> dmemory, const Cache& cache) {
+    detail::require_filled_cache("Encoder::backward", cache.input.ids.size() != 0);
     input.backward(stack.backward(dmemory, cache.stack), cache.input);
   }
 

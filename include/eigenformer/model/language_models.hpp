@@ -146,6 +146,7 @@ auto SingleStackModel<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scal
 
 template <class Scalar>
 void SingleStackModel<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache) {
+  detail::require_filled_cache(name_ + "::backward", cache.head.h.cols() != 0);
   const Mat dh = head.backward(dlogits, cache.head, input.embedding);
   input.backward(stack.backward(dh, cache.stack), cache.input);
 }

@@ -102,6 +102,7 @@ auto TokenInput<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index start_
 
 template <class Scalar>
 void TokenInput<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) {
+  detail::require_filled_cache("TokenInput::backward", cache.ids.size() != 0);
   Mat d = dropout.backward(dy, cache.dropout);
   if (kind_ == PositionalKind::learned)
     d = learned.backward(d, cache.ids.rows(), cache.ids.cols(), cache.start_pos);

@@ -210,6 +210,7 @@ auto Transformer<Scalar>::forward(const IdMatrix& src, const IdMatrix& tgt_in, C
 
 template <class Scalar>
 void Transformer<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache) {
+  detail::require_filled_cache("Transformer::backward", cache.head.h.cols() != 0);
   const Mat dh = head.backward(dlogits, cache.head, decoder.input.embedding);
   const Mat dmemory = decoder.backward(dh, cache.decoder);
   encoder.backward(dmemory, cache.encoder);
