@@ -6,10 +6,11 @@
 #pragma once
 
 #include <cmath>
-#include <eigenformer/layers/attention.hpp>
-#include <eigenformer/ops/attention.hpp>
 #include <limits>
 #include <vector>
+
+#include <eigenformer/layers/attention.hpp>
+#include <eigenformer/ops/attention.hpp>
 
 #include "test_util.hpp"
 

@@ -293,6 +293,33 @@ TEST_CASE("PyTorch reference: nn.MultiheadAttention with per-head and float attn
     }
 }
 
+TEST_CASE("PyTorch reference: nn.MultiheadAttention with kdim and vdim") {
+  // tools/make_parity_fixtures.py: cross-attention over keys of width 6 and values of width 10,
+  // with key padding; both kernels.
+  for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+    CAPTURE(int(impl));
+    Rng rng(3);
+    AttentionOptions o;
+    o.kdim = 6;
+    o.vdim = 10;
+    Attention<float> mha(16, 2, rng, o);
+    mha.impl = impl;
+    Fixture fx("mha_kdim_vdim", mha.parameters());
+    REQUIRE(fx.meta_int("kdim") == 6);
+    REQUIRE(fx.meta_int("vdim") == 10);
+    AttentionMask mask;
+    mask.key_padding = fx.mask("input.key_padding_mask");
+    Attention<float>::Cache cache;
+    mha.zero_grad();
+    check_close(mha.forward(fx["input.x"], fx["input.key"], fx["input.value"], fx.meta_int("B"),
+                            mask, cache),
+                fx["expected.y"], "y");
+    Mat dkey, dvalue;
+    const Mat dx = mha.backward(fx["R"], cache, &dkey, &dvalue);
+    check_grads(fx, mha.parameters(), {{"x", dx}, {"key", dkey}, {"value", dvalue}});
+  }
+}
+
 TEST_CASE("PyTorch reference: self-attention with RoPE (causal) and T5's relative bias (padding)") {
   for (const char* name : {"mha_rotary", "mha_relative"}) {
     CAPTURE(name);
