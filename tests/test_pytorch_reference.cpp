@@ -520,3 +520,25 @@ TEST_CASE("PyTorch reference: F.cross_entropy reductions, class weights, ignore_
     check_close(dlogits, fx["grad." + name], name + ": grad of logits");
   }
 }
+
+TEST_CASE("PyTorch reference: nn.Transformer's src_mask, tgt_mask (a prefix LM) and memory_mask") {
+  // tools/make_parity_fixtures.py: a per-head bool src_mask, a float tgt_mask (-inf above the
+  // prefix-LM pattern), a per-head float memory_mask, with the padding masks of the ids.
+  const char* name = "transformer_masks";
+  Rng rng(6);
+  Transformer<float> model(transformer_config(metadata_of(name)), rng);
+  Fixture fx(name, model.parameters());
+  TransformerMasks masks;
+  masks.src = AttentionMask();
+  masks.src->attn_mask = fx.mask("input.src_mask");
+  masks.tgt = AttentionMask();
+  masks.tgt->attn_bias = fx["input.tgt_mask"].cast<double>();
+  masks.memory = AttentionMask();
+  masks.memory->attn_bias = fx["input.memory_mask"].cast<double>();
+  Transformer<float>::Cache cache;
+  model.zero_grad();
+  check_close(model.forward(fx.ids("input.src"), fx.ids("input.tgt_in"), masks, cache),
+              fx["expected.logits"], "logits");
+  model.backward(fx["R"], cache);
+  check_grads(fx, model.parameters(), {});
+}

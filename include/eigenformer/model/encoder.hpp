@@ -10,7 +10,9 @@
 //   ids (B, S) -> memory (B*S, d_model)
 #pragma once
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../core/precompiled.hpp"
@@ -293,6 +295,26 @@ auto Encoder<Scalar>::parameters() -> ParamList<Scalar> {
 inline BoolMatrix key_padding_mask(const IdMatrix& ids, Index pad_id) {
   if (pad_id < 0) return BoolMatrix();
   return (ids.array() == pad_id).matrix();
+}
+
+/// The mask of one attention of a model: the model's own (causal as default_causal, key padding
+/// pad (B, Tk) or empty) without a custom mask; else *custom (its causal flag replacing the
+/// default) with pad or-ed into its key padding. d holds the attention's sizes, heads included.
+/// Throws ArgumentError naming func unless custom fits d (ops/attention.hpp's shapes).
+inline AttentionMask model_mask(std::string_view func, const std::optional<AttentionMask>& custom,
+                                bool default_causal, const BoolMatrix& pad,
+                                const AttentionDims& d) {
+  AttentionMask m;
+  m.causal = default_causal;
+  if (custom) {
+    detail::check_mask(func, *custom, d);
+    m = *custom;
+  }
+  if (m.key_padding.size() == 0)
+    m.key_padding = pad;
+  else if (pad.size() != 0)
+    m.key_padding = (m.key_padding.array() || pad.array()).matrix();
+  return m;
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled

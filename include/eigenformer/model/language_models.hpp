@@ -7,6 +7,7 @@
 // Both take their vocabulary from config.vocab and their depth from config.n_layers.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "../core/precompiled.hpp"
@@ -45,6 +46,14 @@ class SingleStackModel {
   /// <Model>::forward for empty ids or an id outside [0, vocab); and from the token input for
   /// start_pos + T beyond max_len.
   Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0);
+
+  /// The same with a custom self-attention mask for every layer (nn.TransformerEncoder's mask):
+  /// attn_mask / attn_bias of shape (T, T), (B*T, T) or (B*H*T, T) (ops/attention.hpp), e.g. a
+  /// prefix LM or ALiBi. mask.causal replaces the model's default (set it for a GPT with extra
+  /// masks; leave it false for a prefix LM's own attn_mask); pad_id's key padding still applies.
+  /// decode_step stays causal. Throws as the other forward, and naming <Model>::forward for a
+  /// mask that does not fit.
+  Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache, Index start_pos = 0);
 
   /// Starts incremental decoding (inference only, causal models only) of B sequences of up to
   /// max_len positions: one empty self-attention cache per layer.
@@ -92,19 +101,36 @@ class SingleStackModel {
  private:
   TransformerConfig config_;
   bool causal_ = true;
+
+  Mat run_forward(const IdMatrix& ids, const std::optional<AttentionMask>& custom, Cache& cache,
+                  Index start_pos);
   std::string name_;
   std::string forward_func_, decode_step_func_;  // built once: messages name them on failure
 };
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, Cache& cache, Index start_pos) -> Mat {
+  return run_forward(ids, std::nullopt, cache, start_pos);
+}
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache,
+                                       Index start_pos) -> Mat {
+  return run_forward(ids, mask, cache, start_pos);
+}
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::run_forward(const IdMatrix& ids,
+                                           const std::optional<AttentionMask>& custom, Cache& cache,
+                                           Index start_pos) -> Mat {
   const std::string& func = forward_func_;
   detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
                   [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
   check_embedding_ids(func, "ids", ids, config_.vocab);
-  AttentionMask mask;
-  mask.causal = causal_;
-  mask.key_padding = key_padding_mask(ids, config_.pad_id);
+  const Index B = ids.rows(), T = ids.cols(), H = config_.n_heads;
+  const AttentionMask mask =
+      model_mask(func, custom, causal_, key_padding_mask(ids, config_.pad_id),
+                 {B, T, T, H, config_.d_model / H});
   const Mat x = input.forward(ids, cache.input, start_pos);
   const Mat h = stack.forward(x, ids.rows(), mask, cache.stack);
   return head.forward(h, input.embedding, cache.head);
