@@ -29,16 +29,6 @@ Attention<Scalar> additive(Index d_model, Index d_attn, Index n_heads, Rng& rng,
   return Attention<Scalar>(d_model, n_heads, rng, o);
 }
 
-bool masked_at(const AttentionMask& m, const AttentionDims& d, Index b, Index i, Index j) {
-  bool masked = m.causal && j > i + (d.Tk - d.Tq);
-  if (m.key_padding.size() && m.key_padding(b, j)) masked = true;
-  if (m.attn_mask.size()) {
-    const Index r = m.attn_mask.rows() == d.Tq ? i : b * d.Tq + i;
-    if (m.attn_mask(r, j)) masked = true;
-  }
-  return masked;
-}
-
 // Plain loops, one (b, h, i, j, l) at a time: the definition. pos_bias (H, Tq + Tk - 1) or null.
 MatD reference(const MatD& q, const MatD& k, const MatD& v, const MatD& wq, const MatD& wk,
                const MatD* bias, const MatD& w, const AttentionDims& d, const AttentionMask& m,
@@ -49,6 +39,7 @@ MatD reference(const MatD& q, const MatD& k, const MatD& v, const MatD& wq, cons
     for (Index h = 0; h < d.H; ++h)
       for (Index i = 0; i < d.Tq; ++i) {
         std::vector<double> s(size_t(d.Tk), 0.0);
+        std::vector<bool> visible(size_t(d.Tk), true);
         double max = -std::numeric_limits<double>::infinity();
         for (Index j = 0; j < d.Tk; ++j) {
           double score = 0;
@@ -60,12 +51,13 @@ MatD reference(const MatD& q, const MatD& k, const MatD& v, const MatD& wq, cons
             score += w(h, l) * std::tanh(pre);
           }
           if (pos_bias) score += (*pos_bias)(h, j - i + d.Tq - 1);
+          visible[size_t(j)] = !eftest::reference_mask(m, d, b, h, i, j, score);
           s[size_t(j)] = score;
-          if (!masked_at(m, d, b, i, j)) max = std::max(max, score);
+          if (visible[size_t(j)]) max = std::max(max, score);
         }
         double sum = 0;
         for (Index j = 0; j < d.Tk; ++j) {
-          s[size_t(j)] = masked_at(m, d, b, i, j) ? 0.0 : std::exp(s[size_t(j)] - max);
+          s[size_t(j)] = visible[size_t(j)] ? std::exp(s[size_t(j)] - max) : 0.0;
           sum += s[size_t(j)];
         }
         if (sum == 0) continue;

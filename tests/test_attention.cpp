@@ -24,16 +24,13 @@ MatD reference_attention(const MatD& q, const MatD& k, const MatD& v, const Atte
         double max = -std::numeric_limits<double>::infinity();
         std::vector<bool> visible(static_cast<size_t>(d.Tk), true);
         for (Index j = 0; j < d.Tk; ++j) {
-          bool masked = m.causal && j > i + (d.Tk - d.Tq);
-          if (m.key_padding.size() && m.key_padding(b, j)) masked = true;
-          if (m.attn_mask.size()) {
-            const Index r = m.attn_mask.rows() == d.Tq ? i : b * d.Tq + i;
-            if (m.attn_mask(r, j)) masked = true;
-          }
+          double bias = 0;
+          const bool masked = eftest::reference_mask(m, d, b, h, i, j, bias);
           visible[size_t(j)] = !masked;
           double s = 0;
           for (Index c = 0; c < d.dh; ++c) s += q(b * d.Tq + i, h * d.dh + c) * k(b * d.Tk + j, h * d.dh + c);
           w[size_t(j)] = s / std::sqrt(double(d.dh));
+          w[size_t(j)] += bias;
           if (pos_bias.size()) w[size_t(j)] += pos_bias(h, j - i + d.Tq - 1);
           if (!masked) max = std::max(max, w[size_t(j)]);
         }
@@ -47,6 +44,18 @@ MatD reference_attention(const MatD& q, const MatD& k, const MatD& v, const Atte
           for (Index c = 0; c < d.dh; ++c)
             out(b * d.Tq + i, h * d.dh + c) += w[size_t(j)] / sum * v(b * d.Tk + j, h * d.dh + c);
       }
+  return out;
+}
+
+/// Random q (B*Tq, H*dh), k and v (B*Tk, H*dh) for dims d.
+struct QKV {
+  MatD q, k, v;
+};
+QKV random_qkv(const AttentionDims& d, Rng& rng) {
+  QKV out;
+  out.q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+  out.k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  out.v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
   return out;
 }
 
@@ -171,6 +180,37 @@ TEST_CASE("attention masks of the wrong shape are rejected") {
   m.attn_mask = BoolMatrix::Zero(5, 4);
   eftest::check_throws_with([&] { detail::check_mask("f", m, d); },
                             {"mask.attn_mask", "(5, 4)", "(3, 4) or (6, 4)"});
+  m.attn_mask.resize(0, 0);
+  m.attn_bias = MatD::Zero(3, 5);
+  eftest::check_throws_with([&] { detail::check_mask("f", m, d); },
+                            {"mask.attn_bias", "(3, 5)", "(3, 4) or (6, 4)"});
+  const AttentionDims heads{2, 3, 4, 2, 2};  // per sequence and head: (B*H*Tq, Tk) = (12, 4)
+  m.attn_bias = MatD::Zero(12, 4);
+  detail::check_mask("f", m, heads);
+  m.attn_bias = MatD::Zero(9, 4);
+  eftest::check_throws_with([&] { detail::check_mask("f", m, heads); },
+                            {"mask.attn_bias", "(9, 4)", "(12, 4) (per sequence and head)"});
+}
+
+TEST_CASE("a score bias equals adding it to the scores; a row shift of it changes nothing") {
+  const AttentionDims d{2, 3, 4, 2, 2};
+  Rng rng(8);
+  const auto [q, k, v] = random_qkv(d, rng);
+  AttentionMask m;
+  m.attn_bias = eftest::random_matrix(d.B * d.H * d.Tq, d.Tk, rng);
+  MatD out, probs, out_shift, probs_shift;
+  attention_forward<double>(out, probs, q, k, v, d, m);
+  // probs = softmax(scores + bias), checked against the unbiased scores of the plain kernel.
+  MatD out0, probs0;
+  attention_forward<double>(out0, probs0, q, k, v, d, {});
+  for (Index r = 0; r < probs.rows(); ++r) {
+    const auto expected = (probs0.row(r).array().log() + m.attn_bias.row(r).array()).exp();
+    CHECK((probs.row(r).array() - expected / expected.sum()).abs().maxCoeff() < 1e-12);
+  }
+  m.attn_bias.array().colwise() +=
+      Eigen::VectorXd::LinSpaced(m.attn_bias.rows(), -3.0, 5.0).array();
+  attention_forward<double>(out_shift, probs_shift, q, k, v, d, m);
+  CHECK((out_shift - out).cwiseAbs().maxCoeff() < 1e-12);
 }
 
 TEST_CASE("attention ops reject inputs that do not fit their dims, the position bias included") {
@@ -210,9 +250,7 @@ TEST_CASE("attention large enough to be threaded gives the single-threaded resul
   // 16 (batch x head) items of 4*32*32*16 = 65536 operations each: above the threading threshold.
   const AttentionDims d{4, 32, 32, 4, 16};
   Rng rng(4);
-  const MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
-  const MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
-  const MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  const auto [q, k, v] = random_qkv(d, rng);
   const MatD dout = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
   AttentionMask mask;
   mask.causal = true;

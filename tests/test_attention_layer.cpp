@@ -4,6 +4,8 @@
 #include <eigenformer/layers/attention.hpp>
 
 #include <cmath>
+#include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -125,6 +127,43 @@ TEST_CASE("self-attention gradients match finite differences with each mask kind
     m.attn_mask.row(0).setConstant(true);
     m.attn_mask(2, 1) = true;
     check_self_attention_grads(m, 2, 4);
+  }
+  // PyTorch's 3-D attn_mask (B*H, Tq, Tk) and float masks (ALiBi), through both kernels.
+  for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+    CAPTURE(int(impl));
+    SUBCASE("per-head mask, with a fully masked query of one head") {
+      AttentionMask m;
+      m.attn_mask = BoolMatrix::Zero(2 * 2 * 4, 4);
+      m.attn_mask.row(5).setConstant(true);
+      m.attn_mask(9, 2) = m.attn_mask(14, 0) = true;
+      check_self_attention_grads(m, 2, 4, {}, impl);
+    }
+    SUBCASE("causal with ALiBi, and a per-sequence float mask with -inf entries") {
+      AttentionMask m;
+      m.causal = true;
+      m.attn_bias = eftest::alibi_bias({2, 4, 4, 2, 4});
+      check_self_attention_grads(m, 2, 4, {}, impl);
+      AttentionMask f;
+      Rng rng(5);
+      f.attn_bias = eftest::random_matrix(2 * 4, 4, rng);
+      f.attn_bias(1, 3) = f.attn_bias(6, 0) = -std::numeric_limits<double>::infinity();
+      check_self_attention_grads(f, 2, 4, {}, impl);
+    }
+  }
+}
+
+TEST_CASE("cross-attention with a per-head mask and a float bias: gradients, both kernels") {
+  for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+    CAPTURE(int(impl));
+    Rng rng(14);
+    const Index B = 2, Tq = 3, Tk = 5;
+    MHA attn(8, 2, rng);
+    attn.impl = impl;
+    AttentionMask mask;
+    mask.attn_mask = BoolMatrix::Zero(B * 2 * Tq, Tk);
+    mask.attn_mask(0, 4) = mask.attn_mask(7, 1) = true;
+    mask.attn_bias = eftest::random_matrix(Tq, Tk, rng);
+    eftest::check_cross_attention_grads(attn, mask, B, Tq, Tk, rng);
   }
 }
 
@@ -411,4 +450,88 @@ TEST_CASE("positions: bad settings and cross-attention are rejected by name") {
         {"Attention::forward_cached_memory", "positions apply to self-attention only"});
     CHECK(kv.len == 0);
   }
+}
+
+TEST_CASE("cross-attention with kdim/vdim: gradients of query, key, value and every parameter") {
+  for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+    CAPTURE(int(impl));
+    Rng rng(31);
+    AttentionOptions o;
+    o.kdim = 6;
+    o.vdim = 10;
+    MHA attn(8, 2, rng, o);
+    attn.impl = impl;
+    CHECK(attn.kdim() == 6);
+    CHECK(attn.vdim() == 10);
+    CHECK(attn.k_proj.weight.value.rows() == 8);
+    CHECK(attn.k_proj.weight.value.cols() == 6);
+    CHECK(attn.v_proj.weight.value.cols() == 10);
+    const Index B = 2, Tq = 3, Tk = 4;
+    MatD query = eftest::random_matrix(B * Tq, 8, rng);
+    MatD key = eftest::random_matrix(B * Tk, 6, rng);
+    MatD value = eftest::random_matrix(B * Tk, 10, rng);
+    const MatD R = eftest::random_matrix(B * Tq, 8, rng);
+    AttentionMask mask;
+    mask.key_padding = BoolMatrix::Zero(B, Tk);
+    mask.key_padding(1, 3) = true;
+    auto loss = [&] {
+      MHA::Cache c;
+      return projection(attn.forward(query, key, value, B, mask, c), R);
+    };
+    attn.zero_grad();
+    MHA::Cache cache;
+    attn.forward(query, key, value, B, mask, cache);
+    MatD dkey, dvalue;
+    const MatD dquery = attn.backward(R, cache, &dkey, &dvalue);
+    eftest::check_grad(query, dquery, loss, "query");
+    eftest::check_grad(key, dkey, loss, "key");
+    eftest::check_grad(value, dvalue, loss, "value");
+    CHECK(dvalue.row(7).isZero());  // the padded key of sequence 1
+    eftest::check_param_grads(attn.parameters(), loss, [&] {
+      MHA::Cache c;
+      attn.forward(query, key, value, B, mask, c);
+      attn.backward(R, c, nullptr, nullptr);
+    });
+  }
+}
+
+TEST_CASE(
+    "kdim/vdim: the same parameter names; key = value = memory equals forward(query, "
+    "memory); misuse is named") {
+  Rng rng(32);
+  AttentionOptions o;
+  o.kdim = o.vdim = 6;
+  MHA attn(8, 2, rng, o);
+  std::vector<std::string> names;
+  for (const auto& p : attn.parameters()) names.push_back(p.name);
+  CHECK(names == std::vector<std::string>{"q_proj.weight", "q_proj.bias", "k_proj.weight",
+                                          "k_proj.bias", "v_proj.weight", "v_proj.bias",
+                                          "out_proj.weight", "out_proj.bias"});
+  const MatD query = eftest::random_matrix(2 * 3, 8, rng);
+  const MatD memory = eftest::random_matrix(2 * 4, 6, rng);
+  MHA::Cache c1, c2;
+  const MatD y1 = attn.forward(query, memory, 2, {}, c1);
+  const MatD y2 = attn.forward(query, memory, memory, 2, {}, c2);
+  CHECK((y1 - y2).cwiseAbs().maxCoeff() < 1e-14);
+  MatD dmemory, dkey, dvalue;
+  attn.backward(y1, c1, &dmemory);
+  attn.backward(y1, c2, &dkey, &dvalue);
+  CHECK((dmemory - dkey - dvalue).cwiseAbs().maxCoeff() < 1e-13);
+  eftest::check_throws_with(
+      [&] { attn.backward(y1, c2, &dmemory); },
+      {"Attention::backward", "'cache'", "backward(dy, cache, dkey, dvalue)"});
+  eftest::check_throws_with([&] { attn.backward(y1, c1, &dkey, &dvalue); },
+                            {"Attention::backward", "'cache'", "is not from forward(query, key"});
+  eftest::check_throws_with([&] { attn.forward(query, 2, {}, c1); },
+                            {"Attention::forward", "kdim 6 and vdim 6", "d_model 8"});
+  eftest::check_throws_with([&] { attn.forward(query, memory, MatD::Ones(8, 5), 2, {}, c1); },
+                            {"Attention::forward", "'value'", "(8, 5)", "(8, 6)"});
+  o.vdim = 10;
+  MHA apart(8, 2, rng, o);
+  eftest::check_throws_with(
+      [&] { apart.forward(query, memory, 2, {}, c1); },
+      {"Attention::forward", "kdim 6 and vdim 10", "forward(query, key, value"});
+  o.kdim = -1;
+  eftest::check_throws_with([&] { MHA(8, 2, rng, o); },
+                            {"Attention::Attention", "options.kdim", ">= 0"});
 }

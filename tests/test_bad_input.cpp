@@ -11,6 +11,7 @@
 #include <eigenformer/core/tensor.hpp>
 #include <eigenformer/decode/greedy.hpp>
 #include <eigenformer/io/checkpoint.hpp>
+#include <eigenformer/layers/activation.hpp>
 #include <eigenformer/layers/attention.hpp>
 #include <eigenformer/layers/kv_cache.hpp>
 #include <eigenformer/layers/linear.hpp>
@@ -292,6 +293,57 @@ TEST_CASE("Transformer: decode_step ids, backward's dlogits; nothing changes") {
   // The check is OutputHead::backward's, which runs first.
   check_throws_unchanged(model.parameters(), [&] { model.backward(Mat::Ones(4, 8), cache); },
                          {"OutputHead::backward", "'dlogits'", "(4, 8)", "(4, 9)"});
+}
+
+TEST_CASE("every backward names a cache that no forward filled, changing nothing") {
+  // A newcomer's mistake: backward with a fresh cache reported "argument 'dlogits' has shape
+  // (16, 10), expected (0, 10)". Every layer and model now says that the cache is empty.
+  Rng rng(12);
+  const TransformerConfig c = tiny_config();
+  const std::vector<std::string> empty = {"'cache'", "is empty: no forward pass has filled it"};
+  auto expect = [&](const char* func) {
+    std::vector<std::string> out = empty;
+    out.push_back(func);
+    return out;
+  };
+  Transformer<float> transformer(c, rng);
+  check_throws_unchanged(
+      transformer.parameters(), [&] { transformer.backward(Mat::Ones(4, 9), {}); },
+      expect("Transformer::backward"));
+  DecoderOnlyLM<float> lm(c, rng);
+  check_throws_unchanged(
+      lm.parameters(), [&] { lm.backward(Mat::Ones(4, 9), {}); },
+      expect("DecoderOnlyLM::backward"));
+  EncoderOnlyModel<float> bert(c, rng);
+  check_throws_unchanged(
+      bert.parameters(), [&] { bert.backward(Mat::Ones(4, 9), {}); },
+      expect("EncoderOnlyModel::backward"));
+  const Mat dy = Mat::Ones(4, c.d_model);
+  check_throws_with([&] { transformer.encoder.backward(dy, {}); }, expect("Encoder::backward"));
+  check_throws_with([&] { transformer.decoder.backward(dy, {}); }, expect("Decoder::backward"));
+  check_throws_with([&] { lm.stack.backward(dy, {}); }, expect("EncoderStack::backward"));
+  check_throws_with([&] { lm.stack.layers[0].backward(dy, {}); }, expect("EncoderLayer::backward"));
+  Mat dmemory;
+  check_throws_with([&] { transformer.decoder.layers[0].backward(dy, {}, dmemory); },
+                    expect("DecoderLayer::backward"));
+  check_throws_with([&] { lm.input.backward(dy, {}); }, expect("TokenInput::backward"));
+  check_throws_with([&] { lm.head.backward(Mat::Ones(4, 9), {}, lm.input.embedding); },
+                    expect("OutputHead::backward"));
+  check_throws_with([&] { lm.stack.layers[0].self_attn.backward(dy, {}); },
+                    expect("Attention::backward"));
+  check_throws_with([&] { lm.stack.layers[0].ffn.backward(dy, {}); },
+                    expect("FeedForward::backward"));
+  check_throws_with([&] { lm.stack.layers[0].ffn.linear1.backward(dy, {}); },
+                    expect("Linear::backward"));
+  check_throws_with([&] { lm.stack.layers[0].attn_block.norm.backward(dy, {}); },
+                    expect("LayerNorm::backward"));
+  check_throws_with(
+      [&] { lm.stack.layers[0].attn_block.backward(dy, {}, [](const Mat& d) { return d; }); },
+      expect("Residual::backward"));
+  check_throws_with([&] { lm.stack.layers[0].attn_drop.backward(dy, {}); },
+                    expect("Dropout::backward"));
+  check_throws_with([&] { ActivationLayer<float>(Activation::gelu).backward(dy, {}); },
+                    expect("ActivationLayer::backward"));
 }
 
 TEST_CASE("model building blocks name their own bad arguments") {

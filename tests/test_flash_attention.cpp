@@ -56,6 +56,18 @@ std::vector<Case> cases() {
   all.attn_mask = BoolMatrix::Zero(20, 10);
   all.attn_mask(2, 1) = all.attn_mask(17, 2) = all.attn_mask(9, 5) = true;
   out.push_back({"causal + padding + per-sequence mask", {2, 10, 10, 2, 2}, all});
+  AttentionMask per_head;  // PyTorch's 3-D attn_mask (B*H, Tq, Tk), and a per-sequence float bias
+  per_head.attn_mask = BoolMatrix::Zero(2 * 2 * 7, 11);
+  per_head.attn_mask(0, 3) = per_head.attn_mask(9, 10) = per_head.attn_mask(20, 0) = true;
+  per_head.attn_mask.row(15).setConstant(true);  // sequence 1, head 0, query 1 sees nothing
+  Rng bias_rng(11);
+  per_head.attn_bias = eftest::random_matrix(2 * 7, 11, bias_rng, 2.0);
+  per_head.attn_bias(3, 4) = -std::numeric_limits<double>::infinity();
+  out.push_back({"per-head attn_mask + per-sequence float bias", {2, 7, 11, 2, 3}, per_head});
+  AttentionMask alibi;
+  alibi.causal = true;
+  alibi.attn_bias = eftest::alibi_bias({2, 13, 13, 2, 4});
+  out.push_back({"causal + ALiBi bias per head", {2, 13, 13, 2, 4}, alibi});
   AttentionMask none;
   none.key_padding = BoolMatrix::Constant(1, 6, true);
   out.push_back({"every key padded", {1, 5, 6, 2, 3}, none});

@@ -4,6 +4,10 @@
 #include <eigenformer/train/loss.hpp>
 #include <eigenformer/train/optim.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
 #include "model_cases.hpp"
 #include "test_util.hpp"
 
@@ -237,4 +241,59 @@ TEST_CASE("single-stack backward reports each parameter to GradReady once, alrea
       model.backward(dlogits, cache, ready);
     });
   }
+}
+
+TEST_CASE("single-stack models take a custom mask: a prefix LM, ALiBi; gradients match") {
+  Rng rng(3);
+  IdMatrix ids(2, 4);
+  ids << 1, 2, 3, 4, 6, 5, 4, 2;
+  TransformerConfig c = lm_config();
+  DecoderOnlyLM<double> lm(c, rng);
+  DecoderOnlyLM<double>::Cache cache;
+  const MatD plain = lm.forward(ids, cache);
+  AttentionMask causal;
+  causal.causal = true;
+  CHECK((lm.forward(ids, causal, cache) - plain).cwiseAbs().maxCoeff() < 1e-14);
+  // A prefix LM: the first 2 positions see each other, the rest is causal.
+  AttentionMask prefix;
+  prefix.attn_mask = BoolMatrix::Zero(4, 4);
+  for (Index i = 0; i < 4; ++i)
+    for (Index j = std::max<Index>(i, 1) + 1; j < 4; ++j) prefix.attn_mask(i, j) = true;
+  const MatD with_prefix = lm.forward(ids, prefix, cache);
+  CHECK((with_prefix.bottomRows(4) - plain.bottomRows(4)).cwiseAbs().maxCoeff() > 1e-6);
+  IdMatrix changed = ids;
+  changed(0, 3) = 5;  // after the prefix: earlier positions must not see it
+  const MatD after = lm.forward(changed, prefix, cache);
+  CHECK((after.topRows(3) - with_prefix.topRows(3)).cwiseAbs().maxCoeff() < 1e-14);
+  changed = ids;
+  changed(0, 1) = 5;  // inside the prefix: position 0 sees it
+  CHECK((lm.forward(changed, prefix, cache).row(0) - with_prefix.row(0)).cwiseAbs().maxCoeff() >
+        1e-6);
+  auto check_grads = [&](auto& model, const AttentionMask& mask) {
+    using Model = std::decay_t<decltype(model)>;
+    const MatD R = eftest::random_matrix(ids.size(), c.vocab, rng);
+    auto loss = [&] {
+      typename Model::Cache cc;
+      return projection(model.forward(ids, mask, cc), R);
+    };
+    eftest::check_param_grads(model.parameters(), loss, [&] {
+      typename Model::Cache cc;
+      model.forward(ids, mask, cc);
+      model.backward(R, cc);
+    });
+  };
+  check_grads(lm, prefix);
+  EncoderOnlyModel<double> bert(c, rng);
+  AttentionMask alibi;
+  alibi.attn_bias = MatD::Zero(2 * c.n_heads * 4, 4);
+  for (Index r = 0; r < alibi.attn_bias.rows(); ++r)
+    for (Index j = 0; j < 4; ++j)
+      alibi.attn_bias(r, j) = -0.5 * double((r / 4) % c.n_heads + 1) * std::abs(double(r % 4 - j));
+  alibi.key_padding = BoolMatrix::Zero(2, 4);
+  alibi.key_padding(1, 3) = true;
+  check_grads(bert, alibi);
+  AttentionMask bad;
+  bad.attn_mask = BoolMatrix::Zero(3, 4);
+  eftest::check_throws_with([&] { lm.forward(ids, bad, cache); },
+                            {"DecoderOnlyLM::forward", "mask.attn_mask", "(3, 4)", "(4, 4)"});
 }

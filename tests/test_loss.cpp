@@ -276,3 +276,133 @@ TEST_CASE("cross_entropy rejects bad targets and options and leaves the cache un
       [&] { cross_entropy_backward(good, std::numeric_limits<float>::quiet_NaN()); },
       {"cross_entropy_backward", "'dloss'", "must be finite", "got nan"});
 }
+
+namespace {
+
+/// Row i's loss from the definition with class weights w: (1 - eps) w_t (-log p_t) +
+/// eps / V sum_j w_j (-log p_j).
+double reference_weighted_row(const MatD& logits, Index i, Index t, double eps,
+                              const Eigen::VectorXd& w) {
+  const Index V = logits.cols();
+  double z = 0.0;
+  for (Index j = 0; j < V; ++j) z += std::exp(logits(i, j));
+  double loss = 0.0;
+  for (Index j = 0; j < V; ++j) {
+    const double q = (j == t ? (1.0 - eps) : 0.0) + eps / static_cast<double>(V);
+    loss -= q * w(j) * std::log(std::exp(logits(i, j)) / z);
+  }
+  return loss;
+}
+
+}  // namespace
+
+TEST_CASE("cross_entropy reductions and class weights follow the definition") {
+  Rng rng(16);
+  const MatD logits = eftest::random_matrix(6, 5, rng, 2.0);
+  const IdMatrix targets = ids({4, 0, 7, 2, 7, 1});
+  Eigen::VectorXd w(5);
+  w << 0.5, 2.0, 1.0, 0.0, 3.0;
+  for (double eps : {0.0, 0.2}) {
+    CAPTURE(eps);
+    double sum = 0.0, weight_sum = 0.0;
+    Eigen::VectorXd rows = Eigen::VectorXd::Zero(6);
+    for (Index i = 0; i < 6; ++i) {
+      const Index t = targets(i, 0);
+      if (t == 7) continue;
+      rows(i) = reference_weighted_row(logits, i, t, eps, w);
+      sum += rows(i);
+      weight_sum += w(t);
+    }
+    CrossEntropyOptions o{7, eps, LossReduction::mean, w};
+    CrossEntropyCache<double> cache;
+    CHECK(cross_entropy_forward(cache, logits, targets, o) ==
+          doctest::Approx(sum / weight_sum).epsilon(1e-12));
+    CHECK(cache.divisor == doctest::Approx(weight_sum));
+    o.reduction = LossReduction::sum;
+    CHECK(cross_entropy_forward(cache, logits, targets, o) == doctest::Approx(sum).epsilon(1e-12));
+    o.reduction = LossReduction::none;
+    CHECK(cross_entropy_forward(cache, logits, targets, o) == doctest::Approx(sum).epsilon(1e-12));
+    CHECK((cache.losses - rows).cwiseAbs().maxCoeff() < 1e-12);
+    CHECK(cache.count == 4);
+    // Weights of 1 are no weights.
+    CrossEntropyCache<double> plain, ones;
+    const double a = cross_entropy_forward(plain, logits, targets, {7, eps});
+    const double b = cross_entropy_forward(ones, logits, targets,
+                                           {7, eps, LossReduction::mean, Eigen::VectorXd::Ones(5)});
+    CHECK(a == doctest::Approx(b).epsilon(1e-14));
+    CHECK((cross_entropy_backward(plain) - cross_entropy_backward(ones)).cwiseAbs().maxCoeff() <
+          1e-15);
+  }
+}
+
+TEST_CASE("cross_entropy gradients match finite differences for every reduction, with weights") {
+  Rng rng(17);
+  const IdMatrix targets = ids({3, -1, 0, 6, 2, -1, 5});
+  Eigen::VectorXd w(7);
+  w << 0.3, 1.2, 0.0, 2.5, 0.8, 1.0, 1.7;
+  for (LossReduction r : {LossReduction::mean, LossReduction::sum, LossReduction::none})
+    for (bool weighted : {false, true})
+      for (double eps : {0.0, 0.15}) {
+        CAPTURE(int(r));
+        CAPTURE(weighted);
+        CAPTURE(eps);
+        const CrossEntropyOptions o{-1, eps, r, weighted ? w : Eigen::VectorXd()};
+        MatD logits = eftest::random_matrix(7, 7, rng);
+        const double dloss = 0.7;
+        auto loss = [&] {
+          CrossEntropyCache<double> c;
+          return dloss * cross_entropy_forward(c, logits, targets, o);
+        };
+        CrossEntropyCache<double> cache;
+        cross_entropy_forward(cache, logits, targets, o);
+        const MatD d = cross_entropy_backward(cache, dloss);
+        CHECK(d.row(1).isZero());
+        eftest::check_grad(logits, d, loss, "logits");
+        if (r != LossReduction::none) continue;
+        // Per-row upstream gradients: the gradient of sum_i dlosses_i l_i.
+        const Eigen::VectorXd dlosses = Eigen::VectorXd::LinSpaced(7, -1.0, 2.0);
+        auto weighted_loss = [&] {
+          CrossEntropyCache<double> c;
+          cross_entropy_forward(c, logits, targets, o);
+          return c.losses.dot(dlosses);
+        };
+        eftest::check_grad(logits, cross_entropy_backward(cache, dlosses), weighted_loss,
+                           "logits, per-row dlosses");
+      }
+}
+
+TEST_CASE("cross_entropy rejects bad class weights, reductions and per-row gradients") {
+  const Matrix<float> logits = Matrix<float>::Zero(3, 4);
+  CrossEntropyCache<float> cache;
+  eftest::check_throws_with(
+      [&] {
+        cross_entropy_forward(cache, logits, ids({0, 1, 2}),
+                              {-1, 0.0, LossReduction::mean, Eigen::VectorXd::Ones(3)});
+      },
+      {"cross_entropy_forward", "'class_weights'", "3 entries", "V = 4"});
+  Eigen::VectorXd negative = Eigen::VectorXd::Ones(4);
+  negative(2) = -1.0;
+  eftest::check_throws_with(
+      [&] {
+        cross_entropy_forward(cache, logits, ids({0, 1, 2}),
+                              {-1, 0.0, LossReduction::mean, negative});
+      },
+      {"cross_entropy_forward", "'class_weights'", "finite and >= 0"});
+  eftest::check_throws_with(
+      [&] {
+        cross_entropy_forward(cache, logits, ids({0, 1, 2}), {-1, 0.0, LossReduction(7)});
+      },
+      {"cross_entropy_forward", "'reduction'", "is 7"});
+  CHECK(cache.probs.size() == 0);  // unchanged
+  eftest::check_throws_with(
+      [&] { cross_entropy_backward(cache); },
+      {"cross_entropy_backward", "'cache'", "is empty", "no cross_entropy_forward"});
+  cross_entropy_forward(cache, logits, ids({0, 1, 2}));
+  const Eigen::VectorXf dlosses = Eigen::VectorXf::Ones(3);
+  eftest::check_throws_with([&] { cross_entropy_backward(cache, dlosses); },
+                            {"cross_entropy_backward", "'dlosses'", "reduction none"});
+  cross_entropy_forward(cache, logits, ids({0, 1, 2}), {-1, 0.0, LossReduction::none});
+  eftest::check_throws_with(
+      [&] { cross_entropy_backward(cache, Eigen::VectorXf(Eigen::VectorXf::Ones(2))); },
+      {"cross_entropy_backward", "'dlosses'", "2 entries", "3"});
+}

@@ -231,39 +231,92 @@ TEST_CASE("PyTorch reference: Embedding with padding_idx") {
   CHECK(emb.weight.grad.row(0).isZero());
 }
 
+/// One nn.MultiheadAttention fixture (tools/make_fixtures.py, tools/make_parity_fixtures.py):
+/// output and every gradient with the fixture's masks (causal, key padding, a bool attn_mask, a
+/// float one as attn_bias), with the given kernel. Returns the layer and the fixture's mask.
+std::pair<Attention<float>, AttentionMask> check_mha_fixture(const Fixture& fx, AttentionImpl impl,
+                                                             Attention<float> mha) {
+  mha.impl = impl;
+  REQUIRE(fx.meta_int("n_heads") == mha.n_heads());
+  const bool cross = fx.meta_bool("cross");
+  const Index B = fx.meta_int("B");
+  AttentionMask mask;
+  mask.causal = fx.meta_bool("causal");
+  if (fx.has("input.key_padding_mask")) mask.key_padding = fx.mask("input.key_padding_mask");
+  if (fx.has("input.attn_mask")) mask.attn_mask = fx.mask("input.attn_mask");
+  if (fx.has("input.attn_bias")) mask.attn_bias = fx["input.attn_bias"].cast<double>();
+  const Mat& x = fx["input.x"];
+  Attention<float>::Cache cache;
+  mha.zero_grad();
+  const Mat y =
+      cross ? mha.forward(x, fx["input.memory"], B, mask, cache) : mha.forward(x, B, mask, cache);
+  check_close(y, fx["expected.y"], fx.name() + ": y");
+  Mat dmemory;
+  const Mat dx = mha.backward(fx["R"], cache, cross ? &dmemory : nullptr);
+  std::vector<std::pair<std::string, Mat>> input_grads{{"x", dx}};
+  if (cross) input_grads.push_back({"memory", dmemory});
+  check_grads(fx, mha.parameters(), input_grads);
+  return {mha, mask};
+}
+
 TEST_CASE("PyTorch reference: nn.MultiheadAttention") {
   for (const char* name : {"mha_self", "mha_cross", "mha_causal", "mha_key_padding"}) {
     CAPTURE(name);
     Rng rng(3);
-    Attention<float> mha(16, 2, rng);
-    Fixture fx(name, mha.parameters());
-    REQUIRE(fx.meta_int("n_heads") == mha.n_heads());
-    const bool cross = fx.meta_bool("cross");
-    const Index B = fx.meta_int("B");
-    AttentionMask mask;
-    mask.causal = fx.meta_bool("causal");
-    if (fx.has("input.key_padding_mask")) mask.key_padding = fx.mask("input.key_padding_mask");
-    const Mat& x = fx["input.x"];
-    Attention<float>::Cache cache;
-    mha.zero_grad();
-    const Mat y = cross ? mha.forward(x, fx["input.memory"], B, mask, cache)
-                        : mha.forward(x, B, mask, cache);
-    check_close(y, fx["expected.y"], fx.name() + ": y");
-    Mat dmemory;
-    const Mat dx = mha.backward(fx["R"], cache, cross ? &dmemory : nullptr);
-    std::vector<std::pair<std::string, Mat>> input_grads{{"x", dx}};
-    if (cross) input_grads.push_back({"memory", dmemory});
-    check_grads(fx, mha.parameters(), input_grads);
-
+    Attention<float> layer(16, 2, rng);
+    Fixture fx(name, layer.parameters());
+    auto [mha, mask] = check_mha_fixture(fx, AttentionImpl::automatic, layer);
     if (mask.causal) {  // PyTorch's attn_mask form of the same mask gives the same output
       AttentionMask explicit_mask;
       const Index T = fx.meta_int("Tq");
       explicit_mask.attn_mask = BoolMatrix::Zero(T, T);
       for (Index i = 0; i < T; ++i)
         for (Index j = i + 1; j < T; ++j) explicit_mask.attn_mask(i, j) = true;
-      check_close(mha.forward(x, B, explicit_mask, cache), fx["expected.y"],
-                  fx.name() + ": y with attn_mask");
+      Attention<float>::Cache cache;
+      check_close(mha.forward(fx["input.x"], fx.meta_int("B"), explicit_mask, cache),
+                  fx["expected.y"], fx.name() + ": y with attn_mask");
     }
+  }
+}
+
+TEST_CASE("PyTorch reference: nn.MultiheadAttention with per-head and float attn_masks") {
+  // tools/make_parity_fixtures.py: a 3-D bool attn_mask (B*H, Tq, Tk) with key padding, a 3-D
+  // float mask (ALiBi plus noise, -inf entries) in cross-attention, a 2-D float mask; both kernels.
+  for (const char* name : {"mha_per_head_mask", "mha_float_mask", "mha_float_mask_shared"})
+    for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+      CAPTURE(name);
+      CAPTURE(int(impl));
+      Rng rng(3);
+      Attention<float> layer(16, 2, rng);
+      Fixture fx(name, layer.parameters());
+      check_mha_fixture(fx, impl, layer);
+    }
+}
+
+TEST_CASE("PyTorch reference: nn.MultiheadAttention with kdim and vdim") {
+  // tools/make_parity_fixtures.py: cross-attention over keys of width 6 and values of width 10,
+  // with key padding; both kernels.
+  for (AttentionImpl impl : {AttentionImpl::plain, AttentionImpl::tiled}) {
+    CAPTURE(int(impl));
+    Rng rng(3);
+    AttentionOptions o;
+    o.kdim = 6;
+    o.vdim = 10;
+    Attention<float> mha(16, 2, rng, o);
+    mha.impl = impl;
+    Fixture fx("mha_kdim_vdim", mha.parameters());
+    REQUIRE(fx.meta_int("kdim") == 6);
+    REQUIRE(fx.meta_int("vdim") == 10);
+    AttentionMask mask;
+    mask.key_padding = fx.mask("input.key_padding_mask");
+    Attention<float>::Cache cache;
+    mha.zero_grad();
+    check_close(mha.forward(fx["input.x"], fx["input.key"], fx["input.value"], fx.meta_int("B"),
+                            mask, cache),
+                fx["expected.y"], "y");
+    Mat dkey, dvalue;
+    const Mat dx = mha.backward(fx["R"], cache, &dkey, &dvalue);
+    check_grads(fx, mha.parameters(), {{"x", dx}, {"key", dkey}, {"value", dvalue}});
   }
 }
 
@@ -435,4 +488,57 @@ TEST_CASE("PyTorch reference: 10 steps of cross-entropy + Adam follow PyTorch's 
   INFO("ours  " << losses);
   INFO("torch " << expected);
   check_close(losses, expected, "training losses");
+}
+
+TEST_CASE("PyTorch reference: F.cross_entropy reductions, class weights, ignore_index, smoothing") {
+  // tools/make_parity_fixtures.py: every reduction, with and without weight= and label_smoothing.
+  Fixture fx("cross_entropy_options", {});
+  const Mat& logits = fx["input.logits"];
+  const IdMatrix targets = fx.ids("input.targets");
+  const Eigen::VectorXd weight = fx["input.weight"].row(0).transpose().cast<double>();
+  const std::map<std::string, LossReduction> reductions = {
+      {"mean", LossReduction::mean}, {"sum", LossReduction::sum}, {"none", LossReduction::none}};
+  std::string configs = fx.meta("configs") + ";";
+  for (size_t end; (end = configs.find(';')) != std::string::npos; configs.erase(0, end + 1)) {
+    const std::string name = configs.substr(0, end);
+    CAPTURE(name);
+    const size_t a = name.find('_'), b = name.rfind('_');
+    CrossEntropyOptions o{fx.meta_int("ignore_index"), std::stod(name.substr(b + 1)),
+                          reductions.at(name.substr(0, a)),
+                          name.substr(a + 1, b - a - 1) == "weighted" ? weight : Eigen::VectorXd()};
+    CrossEntropyCache<float> cache;
+    const float loss = cross_entropy_forward(cache, logits, targets, o);
+    const Mat& R = fx["R." + name];  // (1, N) for none, (1, 1) otherwise
+    Mat dlogits;
+    if (o.reduction == LossReduction::none) {
+      check_close(Mat(cache.losses.transpose()), fx["expected." + name], name + ": losses");
+      dlogits = cross_entropy_backward(cache, Eigen::VectorXf(R.row(0).transpose()));
+    } else {
+      check_close(Mat::Constant(1, 1, loss), fx["expected." + name], name + ": loss");
+      dlogits = cross_entropy_backward(cache, R(0, 0));
+    }
+    check_close(dlogits, fx["grad." + name], name + ": grad of logits");
+  }
+}
+
+TEST_CASE("PyTorch reference: nn.Transformer's src_mask, tgt_mask (a prefix LM) and memory_mask") {
+  // tools/make_parity_fixtures.py: a per-head bool src_mask, a float tgt_mask (-inf above the
+  // prefix-LM pattern), a per-head float memory_mask, with the padding masks of the ids.
+  const char* name = "transformer_masks";
+  Rng rng(6);
+  Transformer<float> model(transformer_config(metadata_of(name)), rng);
+  Fixture fx(name, model.parameters());
+  TransformerMasks masks;
+  masks.src = AttentionMask();
+  masks.src->attn_mask = fx.mask("input.src_mask");
+  masks.tgt = AttentionMask();
+  masks.tgt->attn_bias = fx["input.tgt_mask"].cast<double>();
+  masks.memory = AttentionMask();
+  masks.memory->attn_bias = fx["input.memory_mask"].cast<double>();
+  Transformer<float>::Cache cache;
+  model.zero_grad();
+  check_close(model.forward(fx.ids("input.src"), fx.ids("input.tgt_in"), masks, cache),
+              fx["expected.logits"], "logits");
+  model.backward(fx["R"], cache);
+  check_grads(fx, model.parameters(), {});
 }

@@ -5,6 +5,7 @@
 #include <eigenformer/train/loss.hpp>
 #include <eigenformer/train/optim.hpp>
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
@@ -371,4 +372,45 @@ TEST_CASE("backward reports each parameter to GradReady once, its gradient alrea
       model.backward(dlogits, cache, ready);
     });
   }
+}
+
+TEST_CASE("Transformer takes src, tgt and memory masks; gradients match finite differences") {
+  Rng rng(41);
+  TransformerConfig c = eftest::tiny_config();
+  c.n_encoder_layers = c.n_decoder_layers = 1;
+  Transformer<double> model(c, rng);
+  IdMatrix src(2, 3), tgt(2, 4);
+  src << 1, 2, 3, 4, 5, 0;
+  tgt << 1, 2, 3, 4, 5, 4, 3, 2;  // no target padding: the padding row of an embedding is frozen
+  Transformer<double>::Cache cache;
+  const MatD plain = model.forward(src, tgt, cache);
+  TransformerMasks same;  // the defaults written out
+  same.tgt = AttentionMask();
+  same.tgt->causal = true;
+  CHECK((model.forward(src, tgt, same, cache) - plain).cwiseAbs().maxCoeff() < 1e-14);
+  TransformerMasks masks;
+  masks.src = AttentionMask();
+  masks.src->attn_mask = BoolMatrix::Zero(2 * 2 * 3, 3);
+  masks.src->attn_mask(1, 2) = masks.src->attn_mask(8, 0) = true;
+  masks.tgt = AttentionMask();  // a prefix LM over the first 2 target positions
+  masks.tgt->attn_mask = BoolMatrix::Zero(4, 4);
+  for (Index i = 0; i < 4; ++i)
+    for (Index j = std::max<Index>(i, 1) + 1; j < 4; ++j) masks.tgt->attn_mask(i, j) = true;
+  masks.memory = AttentionMask();
+  masks.memory->attn_bias = eftest::random_matrix(2 * 4, 3, rng);
+  const MatD R = eftest::random_matrix(8, c.tgt_vocab, rng);
+  auto loss = [&] {
+    Transformer<double>::Cache cc;
+    return projection(model.forward(src, tgt, masks, cc), R);
+  };
+  eftest::check_param_grads(model.parameters(), loss, [&] {
+    Transformer<double>::Cache cc;
+    model.forward(src, tgt, masks, cc);
+    model.backward(R, cc);
+  });
+  TransformerMasks bad;
+  bad.memory = AttentionMask();
+  bad.memory->attn_bias = MatD::Zero(4, 4);
+  eftest::check_throws_with([&] { model.forward(src, tgt, bad, cache); },
+                            {"Transformer::forward", "mask.attn_bias", "(4, 4)", "(4, 3)"});
 }

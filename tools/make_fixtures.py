@@ -155,14 +155,20 @@ def padding_mask(T, key_padding):
     return kpm
 
 
-def mha_case(out_dir, case, seed, Tq, Tk, cross, causal=False, key_padding=None):
+def mha_case(out_dir, case, seed, Tq, Tk, cross, causal=False, key_padding=None, attn_mask=None):
+    """nn.MultiheadAttention; attn_mask, when given (bool or float, (Tq, Tk) or (B*H, Tq, Tk)), is
+    stored as input.attn_mask (bool) or input.attn_bias (float), 3-D ones as (B*H*Tq, Tk)."""
     torch.manual_seed(seed)
     m = nn.MultiheadAttention(D, H, dropout=0.0, batch_first=True)
     randomize_(m)
     inputs = {"x": torch.randn(B, Tq, D)}
     if cross:
         inputs["memory"] = torch.randn(B, Tk, D)
-    attn_mask = torch.triu(torch.ones(Tq, Tk, dtype=torch.bool), diagonal=1) if causal else None
+    if attn_mask is not None:
+        name = "attn_mask" if attn_mask.dtype == torch.bool else "attn_bias"
+        inputs[name] = attn_mask.reshape(-1, Tk).float()
+    elif causal:
+        attn_mask = torch.triu(torch.ones(Tq, Tk, dtype=torch.bool), diagonal=1)
     kpm = padding_mask(Tk, key_padding)
     if kpm is not None:
         inputs["key_padding_mask"] = kpm.float()

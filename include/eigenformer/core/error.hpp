@@ -61,6 +61,13 @@ void require(bool ok, std::string_view func, std::string_view arg, What&& what) 
     throw_argument(func, arg, std::string(what));
 }
 
+/// Throws ArgumentError "func: argument 'cache' is empty: no forward pass has filled it" unless
+/// filled: what every backward checks first, so that a cache no forward filled is named as such
+/// rather than reported as a shape mismatch of the upstream gradient.
+inline void require_filled_cache(std::string_view func, bool filled) {
+  require(filled, func, "cache", "is empty: no forward pass has filled it");
+}
+
 /// Throws unless m is (rows, cols); a negative expectation means "any".
 template <class M>
 void check_shape(std::string_view func, std::string_view arg, const M& m, Eigen::Index rows,

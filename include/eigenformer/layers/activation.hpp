@@ -58,6 +58,7 @@ class ActivationLayer {
 
 template <class Scalar>
 auto ActivationLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) const -> Mat {
+  detail::require_filled_cache("ActivationLayer::backward", cache.x.cols() != 0);
   detail::check_shape("ActivationLayer::backward", "dy", dy, cache.x.rows(), cache.x.cols());
   Mat dx;
   activation_backward<Scalar>(dx, dy, cache.x, kind_);

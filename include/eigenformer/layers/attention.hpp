@@ -6,6 +6,9 @@
 //   y = context Wo^T + bo                                                    (B*Tq, d_model)
 // Self-attention takes memory = query; cross-attention takes queries from one sequence and keys
 // and values from another (e.g. the encoder output) of a different length; gradients reach both.
+// As nn.MultiheadAttention's kdim/vdim, the key and value inputs of cross-attention may have their
+// own widths (AttentionOptions::kdim, vdim): k_proj is then (d_model, kdim), v_proj (d_model,
+// vdim), and forward(query, key, value, ...) takes them apart.
 //
 // The scoring (dot product, additive) and the position scheme (none, rotary, relative) are
 // components chosen at run time from AttentionOptions, so every model type compiles once whatever
@@ -43,6 +46,8 @@ struct AttentionOptions {
   AttentionScoring scoring = AttentionScoring::dot_product;
   Index additive_dim = 0;        // additive: the score network's width d_attn; 0: head_dim
   bool bias = true;              // biases in the projections (and the additive score network)
+  Index kdim = 0;                // cross-attention's key input width (PyTorch's kdim); 0: d_model
+  Index vdim = 0;                // its value input width (PyTorch's vdim); 0: d_model
   AttentionPositions positions;  // acting inside self-attention (relative, rotary) or none
 };
 
@@ -55,7 +60,8 @@ class Attention {
     AttentionDims dims;  // B == 0: no forward filled this cache
     bool self = true;
     Mat query;    // (B*Tq, d) the query input
-    Mat memory;   // (B*Tk, d) the key/value input; empty for self-attention
+    Mat memory;   // (B*Tk, kdim) the key/value input (the key input); empty for self-attention
+    Mat value;    // (B*Tk, vdim) the value input of forward(query, key, value); else empty
     Mat q, k, v;  // (B*Tq, d), (B*Tk, d), (B*Tk, d) projections, after the positions (rotary)
     Mat context;  // (B*Tq, d) attention output before the output projection
     ScoreCache<Scalar> score;
@@ -83,6 +89,9 @@ class Attention {
   Index d_model() const { return q_proj.in_features(); }
   Index n_heads() const { return n_heads_; }
   Index head_dim() const { return d_model() / n_heads_; }
+  /// The widths of the key and value inputs (kdim, vdim of the options; d_model by default).
+  Index kdim() const { return k_proj.in_features(); }
+  Index vdim() const { return v_proj.in_features(); }
   AttentionScoring scoring() const { return score().kind(); }
   const AttentionPositions& positions() const { return positions_; }
   /// The scoring component (its own parameters, e.g. AdditiveScore's, are reachable by downcast
@@ -98,18 +107,31 @@ class Attention {
   /// (B*T, d_model) with T >= 1, or the mask does not fit.
   Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) const;
 
-  /// Cross-attention: queries from query (B*Tq, d), keys and values from memory (B*Tk, d).
-  /// Throws when the layer has positions (they apply to self-attention only).
+  /// Cross-attention: queries from query (B*Tq, d), keys and values from memory (B*Tk, kdim).
+  /// Throws when the layer has positions (they apply to self-attention only) or kdim != vdim.
   /// Also throws, before writing cache, as forward(x, ...) does for query (B*Tq, d), memory
   /// (B*Tk, d) and a mask of Tq queries over Tk keys.
   Mat forward(ConstRef<Scalar> query, ConstRef<Scalar> memory, Index B, const AttentionMask& mask,
               Cache& cache) const;
 
+  /// Cross-attention with keys and values of their own widths (nn.MultiheadAttention's kdim and
+  /// vdim): queries from query (B*Tq, d), keys from key (B*Tk, kdim), values from value (B*Tk,
+  /// vdim). Throws, before writing cache, as forward(query, memory, ...) does, and unless value
+  /// is (key rows, vdim). Its backward is backward(dy, cache, dkey, dvalue).
+  Mat forward(ConstRef<Scalar> query, ConstRef<Scalar> key, ConstRef<Scalar> value, Index B,
+              const AttentionMask& mask, Cache& cache) const;
+
   /// dy (B*Tq, d) -> gradient with respect to the query input, fresh; parameter gradients are
   /// added. For self-attention that is the whole input gradient (dmemory must be null). For
   /// cross-attention the memory gradient is assigned to *dmemory when it is not null. Throws,
-  /// changing nothing, unless cache comes from a forward of a layer of this shape.
+  /// changing nothing, unless cache comes from a forward of a layer of this shape (and not from
+  /// forward(query, key, value, ...)).
   Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory = nullptr);
+
+  /// The backward of forward(query, key, value, ...): returns the query gradient; the key and
+  /// value gradients are assigned to *dkey (B*Tk, kdim) and *dvalue (B*Tk, vdim) when not null.
+  /// Throws, changing nothing, unless cache comes from such a forward of a layer of this shape.
+  Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dkey, Mat* dvalue);
 
   /// Attention weights (Tq, Tk) of head h for sequence b from a forward's cache (recomputed for
   /// that head when the tiled kernel ran).
@@ -178,11 +200,16 @@ class Attention {
   }
 
   void require_no_positions(std::string_view func, std::string_view arg) const;
+  /// Throws unless kdim == vdim == d_model (self-attention) or, with self false, kdim == vdim.
+  void require_widths(std::string_view func, bool self) const;
+  Mat backward_impl(const char* func, ConstRef<Scalar> dy, const Cache& cache, Mat* dkey,
+                    Mat* dvalue, bool separate);
 
-  /// The dims of query (B*Tq, d) attending over memory (B*Tk, d); throws unless they and the mask
-  /// fit this layer.
+  /// The dims of query (B*Tq, query_width) attending over memory (B*Tk, memory_width); throws
+  /// unless they and the mask fit this layer.
   AttentionDims check_inputs(std::string_view func, ConstRef<Scalar> query, ConstRef<Scalar> memory,
-                             Index B, const AttentionMask& mask) const;
+                             Index B, const AttentionMask& mask, Index query_width,
+                             Index memory_width) const;
 
   /// Throws unless cache was filled by a forward of a layer of this shape.
   void check_forward_cache(std::string_view func, const Cache& cache) const;
@@ -192,8 +219,8 @@ class Attention {
   void check_kv_cache(std::string_view func, const KVCache<Scalar>& cache, Index B,
                       bool non_empty) const;
 
-  Mat run(const Mat& query, const Mat& memory, const AttentionDims& d, const AttentionMask& mask,
-          Cache& cache) const;
+  Mat run(const Mat& query, const Mat& memory, const Mat& value, const AttentionDims& d,
+          const AttentionMask& mask, Cache& cache) const;
 
   /// Query features (B*Tq, *) over the cached keys and values -> output projection (B*Tq, d).
   /// Sequences are attended one at a time: the cache's rows of sequence b are a (len, *) block.
@@ -214,6 +241,10 @@ Attention<Scalar>::Attention(Index d_model, Index n_heads, Rng& rng,
     return "must divide d_model: d_model " + std::to_string(d_model) + ", n_heads " +
            std::to_string(n_heads);
   });
+  detail::require(options.kdim >= 0 && options.vdim >= 0, func, "options.kdim", [&] {
+    return "and options.vdim must be >= 0 (0: d_model), got " + std::to_string(options.kdim) +
+           " and " + std::to_string(options.vdim);
+  });
   detail::require(options.additive_dim >= 0, func, "options.additive_dim", [&] {
     return "must be >= 0 (0: head_dim), got " + std::to_string(options.additive_dim);
   });
@@ -224,9 +255,12 @@ Attention<Scalar>::Attention(Index d_model, Index n_heads, Rng& rng,
                            ", not an AttentionScoring";
                   });
   options.positions.validate(func, d_model / n_heads);
-  for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj, &out_proj}) {
-    *p = Linear<Scalar>(d_model, d_model, rng, options.bias);
-    if (options.bias) p->bias.value.setZero();
+  const Index in[] = {d_model, options.kdim > 0 ? options.kdim : d_model,
+                      options.vdim > 0 ? options.vdim : d_model, d_model};
+  Linear<Scalar>* const projections[] = {&q_proj, &k_proj, &v_proj, &out_proj};
+  for (int i = 0; i < 4; ++i) {
+    *projections[i] = Linear<Scalar>(in[i], d_model, rng, options.bias);
+    if (options.bias) projections[i]->bias.value.setZero();
   }
   for (Linear<Scalar>* p : {&q_proj, &k_proj, &v_proj}) fill_xavier_uniform(p->weight.value, rng);
   score_ = detail::ClonePtr<AttentionScore<Scalar>>(make_attention_score<Scalar>(
@@ -244,28 +278,64 @@ auto Attention<Scalar>::score() const -> const AttentionScore<Scalar>& {
 template <class Scalar>
 auto Attention<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask,
                                 Cache& cache) const -> Mat {
-  const AttentionDims d = check_inputs("Attention::forward", x, x, B, mask);
+  require_widths("Attention::forward", true);
+  const AttentionDims d = check_inputs("Attention::forward", x, x, B, mask, d_model(), d_model());
   cache.self = true;
   cache.memory.resize(0, 0);
+  cache.value.resize(0, 0);
   cache.query = x;
-  return run(cache.query, cache.query, d, mask, cache);
+  return run(cache.query, cache.query, cache.query, d, mask, cache);
 }
 
 template <class Scalar>
 auto Attention<Scalar>::forward(ConstRef<Scalar> query, ConstRef<Scalar> memory, Index B,
                                 const AttentionMask& mask, Cache& cache) const -> Mat {
   require_no_positions("Attention::forward", "memory");
-  const AttentionDims d = check_inputs("Attention::forward", query, memory, B, mask);
+  require_widths("Attention::forward", false);
+  const AttentionDims d =
+      check_inputs("Attention::forward", query, memory, B, mask, d_model(), kdim());
   cache.self = false;
   cache.query = query;
   cache.memory = memory;
-  return run(cache.query, cache.memory, d, mask, cache);
+  cache.value.resize(0, 0);
+  return run(cache.query, cache.memory, cache.memory, d, mask, cache);
+}
+
+template <class Scalar>
+auto Attention<Scalar>::forward(ConstRef<Scalar> query, ConstRef<Scalar> key,
+                                ConstRef<Scalar> value, Index B, const AttentionMask& mask,
+                                Cache& cache) const -> Mat {
+  const char* func = "Attention::forward";
+  require_no_positions(func, "key");
+  const AttentionDims d = check_inputs(func, query, key, B, mask, d_model(), kdim());
+  detail::check_shape(func, "value", value, key.rows(), vdim());
+  cache.self = false;
+  cache.query = query;
+  cache.memory = key;
+  cache.value = value;
+  return run(cache.query, cache.memory, cache.value, d, mask, cache);
 }
 
 template <class Scalar>
 auto Attention<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory) -> Mat {
-  const char* func = "Attention::backward";
+  return backward_impl("Attention::backward", dy, cache, dmemory, nullptr, false);
+}
+
+template <class Scalar>
+auto Attention<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dkey, Mat* dvalue)
+    -> Mat {
+  return backward_impl("Attention::backward", dy, cache, dkey, dvalue, true);
+}
+
+template <class Scalar>
+auto Attention<Scalar>::backward_impl(const char* func, ConstRef<Scalar> dy, const Cache& cache,
+                                      Mat* dmemory, Mat* dvalue, bool separate) -> Mat {
   check_forward_cache(func, cache);
+  detail::require(separate == (cache.value.size() != 0), func, "cache",
+                  separate ? "is not from forward(query, key, value): use backward(dy, cache, "
+                             "dmemory)"
+                           : "is from forward(query, key, value): use backward(dy, cache, dkey, "
+                             "dvalue)");
   const AttentionDims& d = cache.dims;
   detail::check_shape(func, "dy", dy, d.B * d.Tq, d_model());
   detail::require(!(cache.self && dmemory), func, "dmemory",
@@ -284,8 +354,13 @@ auto Attention<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat* d
                           q_proj.weight.value);
   linear_backward<Scalar>(dmem, &k_proj.weight.grad, bias_grad(k_proj), dk, memory,
                           k_proj.weight.value);
-  linear_backward<Scalar>(tmp, &v_proj.weight.grad, bias_grad(v_proj), dv, memory,
-                          v_proj.weight.value);
+  linear_backward<Scalar>(tmp, &v_proj.weight.grad, bias_grad(v_proj), dv,
+                          separate ? cache.value : memory, v_proj.weight.value);
+  if (separate) {  // copies, so that the buffers stay for the next call
+    if (dmemory) *dmemory = dmem;
+    if (dvalue) *dvalue = tmp;
+    return dquery;
+  }
   dmem += tmp;
   if (cache.self)
     dquery += dmem;
@@ -313,7 +388,9 @@ template <class Scalar>
 auto Attention<Scalar>::forward_step(ConstRef<Scalar> x_new, Index B, KVCache<Scalar>& cache,
                                      const BoolMatrix& new_key_padding) const -> Mat {
   const char* func = "Attention::forward_step";
-  const AttentionDims d = check_inputs(func, x_new, x_new, B, AttentionMask());
+  require_widths(func, true);
+  const AttentionDims d =
+      check_inputs(func, x_new, x_new, B, AttentionMask(), d_model(), d_model());
   check_kv_cache(func, cache, B, false);
   if (new_key_padding.size() != 0)
     detail::check_shape(func, "new_key_padding", new_key_padding, B, d.Tq);
@@ -338,7 +415,8 @@ void Attention<Scalar>::cache_memory(ConstRef<Scalar> memory, Index B,
                                      const BoolMatrix& key_padding, KVCache<Scalar>& cache) const {
   const char* func = "Attention::cache_memory";
   require_no_positions(func, "memory");
-  const AttentionDims d = check_inputs(func, memory, memory, B, AttentionMask());
+  require_widths(func, false);
+  const AttentionDims d = check_inputs(func, memory, memory, B, AttentionMask(), kdim(), kdim());
   if (key_padding.size() != 0) detail::check_shape(func, "key_padding", key_padding, B, d.Tk);
   cache.reset(B, d.Tk, score_->key_width(d_model()), d_model());
   Mat k, v, k_features;
@@ -353,7 +431,8 @@ auto Attention<Scalar>::forward_cached_memory(ConstRef<Scalar> query, Index B,
                                               const KVCache<Scalar>& cache) const -> Mat {
   const char* func = "Attention::forward_cached_memory";
   require_no_positions(func, "query");
-  const AttentionDims d = check_inputs(func, query, query, B, AttentionMask());
+  const AttentionDims d =
+      check_inputs(func, query, query, B, AttentionMask(), d_model(), d_model());
   check_kv_cache(func, cache, B, true);
   Mat q, q_features;
   project(q, q_proj, query);
@@ -383,13 +462,24 @@ void Attention<Scalar>::require_no_positions(std::string_view func, std::string_
 }
 
 template <class Scalar>
+void Attention<Scalar>::require_widths(std::string_view func, bool self) const {
+  detail::require(score_.get() != nullptr, func, "this", "is an empty (default-constructed) layer");
+  const bool ok = kdim() == vdim() && (!self || kdim() == d_model());
+  detail::require(ok, func, "this", [&] {
+    return "has kdim " + std::to_string(kdim()) + " and vdim " + std::to_string(vdim()) +
+           (self ? ": self-attention needs both equal to d_model " + std::to_string(d_model())
+                 : ": pass keys and values apart, forward(query, key, value, ...)");
+  });
+}
+
+template <class Scalar>
 auto Attention<Scalar>::check_inputs(std::string_view func, ConstRef<Scalar> query,
-                                     ConstRef<Scalar> memory, Index B,
-                                     const AttentionMask& mask) const -> AttentionDims {
+                                     ConstRef<Scalar> memory, Index B, const AttentionMask& mask,
+                                     Index query_width, Index memory_width) const -> AttentionDims {
   detail::require(score_.get() != nullptr, func, "this", "is an empty (default-constructed) layer");
   detail::check_positive(func, "B", B);
-  detail::check_shape(func, "query", query, -1, d_model());
-  detail::check_shape(func, "memory", memory, -1, d_model());
+  detail::check_shape(func, "query", query, -1, query_width);
+  detail::check_shape(func, "memory", memory, -1, memory_width);
   detail::require(query.rows() % B == 0 && query.rows() > 0, func, "query", [&] {
     return "has " + std::to_string(query.rows()) +
            " rows, not a positive multiple of B = " + std::to_string(B);
@@ -412,12 +502,14 @@ template <class Scalar>
 void Attention<Scalar>::check_forward_cache(std::string_view func, const Cache& cache) const {
   detail::require(score_.get() != nullptr, func, "this", "is an empty (default-constructed) layer");
   const AttentionDims& d = cache.dims;
-  detail::require(d.B > 0, func, "cache", "is empty: no forward filled it");
+  detail::require_filled_cache(func, d.B > 0);
   const bool fits = d.H == n_heads_ && d.dh == head_dim() && cache.q.rows() == d.B * d.Tq &&
                     cache.q.cols() == d_model() && cache.context.rows() == d.B * d.Tq &&
                     cache.k.rows() == d.B * d.Tk && cache.v.rows() == d.B * d.Tk &&
                     cache.query.rows() == d.B * d.Tq &&
-                    (cache.self || cache.memory.rows() == d.B * d.Tk);
+                    (cache.self || cache.memory.rows() == d.B * d.Tk) &&
+                    (cache.value.size() == 0 ||
+                     (cache.value.rows() == d.B * d.Tk && cache.value.cols() == vdim()));
   detail::require(fits, func, "cache", [&] {
     return "holds " + std::to_string(d.H) + " heads of width " + std::to_string(d.dh) +
            " and projections " + detail::shape_of(cache.q) + ", expected " +
@@ -445,12 +537,13 @@ void Attention<Scalar>::check_kv_cache(std::string_view func, const KVCache<Scal
 }
 
 template <class Scalar>
-auto Attention<Scalar>::run(const Mat& query, const Mat& memory, const AttentionDims& d,
-                            const AttentionMask& mask, Cache& cache) const -> Mat {
+auto Attention<Scalar>::run(const Mat& query, const Mat& memory, const Mat& value,
+                            const AttentionDims& d, const AttentionMask& mask, Cache& cache) const
+    -> Mat {
   cache.dims = d;
   project(cache.q, q_proj, query);
   project(cache.k, k_proj, memory);
-  project(cache.v, v_proj, memory);
+  project(cache.v, v_proj, value);
   cache.positions.bias.resize(0, 0);
   cache.positions.buckets.clear();
   cache.positions.rotary = RotaryTable<Scalar>();

@@ -130,6 +130,7 @@ class Dropout {
 
   /// Throws unless dy has the forward's shape and cache's mask fits it.
   static void check_backward(std::string_view func, ConstRef<Scalar> dy, const Cache& cache) {
+    detail::require_filled_cache(func, cache.cols != 0);
     detail::check_shape(func, "dy", dy, cache.rows, cache.cols);
     check_mask(func, cache);
   }

@@ -139,6 +139,7 @@ auto FeedForward<Scalar>::parameters() -> ParamList<Scalar> {
 template <class Scalar>
 void FeedForward<Scalar>::check_cache(std::string_view func, const Cache& cache) const {
   const Index n = cache.linear1.x.rows();
+  detail::require_filled_cache(func, cache.linear1.x.cols() != 0);
   detail::check_shape(func, "cache.linear1.x", cache.linear1.x, -1, d_model());
   detail::check_shape(func, "cache.activation.x", cache.activation.x, n, d_ff());
   detail::check_shape(func, "cache.linear2.x", cache.linear2.x, n, d_ff());

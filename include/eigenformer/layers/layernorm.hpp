@@ -76,6 +76,7 @@ LayerNorm<Scalar>::LayerNorm(Index d, Scalar eps) : eps_(eps) {
 template <class Scalar>
 auto LayerNorm<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
   // The cache first, so that an empty or foreign cache is named as such (not as a bad dy).
+  detail::require_filled_cache("LayerNorm::backward", cache.x.cols() != 0);
   detail::check_shape("LayerNorm::backward", "cache.x", cache.x, -1, features());
   detail::check_shape("LayerNorm::backward", "cache.mean", cache.mean, cache.x.rows(), 1);
   detail::check_shape("LayerNorm::backward", "cache.rstd", cache.rstd, cache.x.rows(), 1);

@@ -97,6 +97,7 @@ void Linear<Scalar>::forward_into(Mat& y, ConstRef<Scalar> x) const {
 
 template <class Scalar>
 void Linear<Scalar>::backward_into(Mat& dx, ConstRef<Scalar> dy, ConstRef<Scalar> x) {
+  detail::require_filled_cache("Linear::backward", x.cols() != 0);
   detail::check_shape("Linear::backward", "cache.x", x, -1, in_features());
   detail::check_shape("Linear::backward", "dy", dy, x.rows(), out_features());
   linear_backward<Scalar>(dx, &weight.grad, has_bias() ? &bias.grad : nullptr, dy, x, weight.value);

@@ -92,6 +92,7 @@ class Residual {
   /// (N, d_model). Post-norm adds the norm's gradients only once sublayer_backward has returned.
   template <class G>
   Mat backward(ConstRef<Scalar> dy, const Cache& cache, G&& sublayer_backward) {
+    detail::require_filled_cache("Residual::backward", cache.norm.x.cols() != 0);
     detail::check_shape("Residual::backward", "dy", dy, cache.norm.x.rows(), d_model());
     const Index N = dy.rows();
     if (placement_ == NormPlacement::pre) {

@@ -102,6 +102,7 @@ auto DecoderLayer<Scalar>::forward(ConstRef<Scalar> x, ConstRef<Scalar> memory, 
 
 template <class Scalar>
 auto DecoderLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat& dmemory) -> Mat {
+  detail::require_filled_cache("DecoderLayer::backward", cache.self_attn.dims.B > 0);
   const Mat dh2 = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
     return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
   });
@@ -226,6 +227,8 @@ auto Decoder<Scalar>::forward(const IdMatrix& ids, ConstRef<Scalar> memory,
 template <class Scalar>
 auto Decoder<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache,
                                const GradReady<Scalar>& ready) -> Mat {
+  detail::require_filled_cache("Decoder::backward",
+                               cache.input.ids.size() != 0 && cache.layers.size() == layers.size());
   Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
   if (ready && pre_norm_) ready(final_norm.parameters());
   Mat dmemory;

@@ -10,7 +10,9 @@
 //   ids (B, S) -> memory (B*S, d_model)
 #pragma once
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../core/precompiled.hpp"
@@ -99,6 +101,7 @@ auto EncoderLayer<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionM
 
 template <class Scalar>
 auto EncoderLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+  detail::require_filled_cache("EncoderLayer::backward", cache.attn.dims.B > 0);
   const Mat dh = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
     return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
   });
@@ -196,6 +199,7 @@ auto EncoderStack<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionM
 template <class Scalar>
 auto EncoderStack<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache,
                                     const GradReady<Scalar>& ready) -> Mat {
+  detail::require_filled_cache("EncoderStack::backward", cache.layers.size() == layers.size());
   Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
   if (ready && pre_norm_) ready(final_norm.parameters());
   for (size_t i = layers.size(); i-- > 0;) {
@@ -268,6 +272,7 @@ class Encoder {
   /// stack's as EncoderStack::backward, then the token input's).
   void backward(ConstRef<Scalar> dmemory, const Cache& cache,
                 const GradReady<Scalar>& ready = nullptr) {
+    detail::require_filled_cache("Encoder::backward", cache.input.ids.size() != 0);
     input.backward(stack.backward(dmemory, cache.stack, ready), cache.input);
     if (ready) ready(input.parameters());
   }
@@ -299,6 +304,26 @@ auto Encoder<Scalar>::parameters() -> ParamList<Scalar> {
 inline BoolMatrix key_padding_mask(const IdMatrix& ids, Index pad_id) {
   if (pad_id < 0) return BoolMatrix();
   return (ids.array() == pad_id).matrix();
+}
+
+/// The mask of one attention of a model: the model's own (causal as default_causal, key padding
+/// pad (B, Tk) or empty) without a custom mask; else *custom (its causal flag replacing the
+/// default) with pad or-ed into its key padding. d holds the attention's sizes, heads included.
+/// Throws ArgumentError naming func unless custom fits d (ops/attention.hpp's shapes).
+inline AttentionMask model_mask(std::string_view func, const std::optional<AttentionMask>& custom,
+                                bool default_causal, const BoolMatrix& pad,
+                                const AttentionDims& d) {
+  AttentionMask m;
+  m.causal = default_causal;
+  if (custom) {
+    detail::check_mask(func, *custom, d);
+    m = *custom;
+  }
+  if (m.key_padding.size() == 0)
+    m.key_padding = pad;
+  else if (pad.size() != 0)
+    m.key_padding = (m.key_padding.array() || pad.array()).matrix();
+  return m;
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled

@@ -7,6 +7,7 @@
 // Both take their vocabulary from config.vocab and their depth from config.n_layers.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "../core/precompiled.hpp"
@@ -72,6 +73,14 @@ class SingleStackModel {
     if (ready) ready(input.parameters());
   }
 
+  /// The same with a custom self-attention mask for every layer (nn.TransformerEncoder's mask):
+  /// attn_mask / attn_bias of shape (T, T), (B*T, T) or (B*H*T, T) (ops/attention.hpp), e.g. a
+  /// prefix LM or ALiBi. mask.causal replaces the model's default (set it for a GPT with extra
+  /// masks; leave it false for a prefix LM's own attn_mask); pad_id's key padding still applies.
+  /// decode_step stays causal. Throws as the other forward, and naming <Model>::forward for a
+  /// mask that does not fit.
+  Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache, Index start_pos = 0);
+
   /// Starts incremental decoding (inference only, causal models only) of B sequences of up to
   /// max_len positions: one empty self-attention cache per layer.
   /// Throws ArgumentError naming <Model>::begin_decode for an EncoderOnlyModel (not causal),
@@ -130,6 +139,10 @@ class SingleStackModel {
  private:
   TransformerConfig config_;
   bool causal_ = true;
+
+  // hidden() with token types (empty: none) and a custom mask (none: the model's own).
+  Mat run_hidden(const IdMatrix& ids, const IdMatrix& token_types,
+                 const std::optional<AttentionMask>& custom, Cache& cache, Index start_pos);
   std::string name_;
   std::string forward_func_, decode_step_func_;  // built once: messages name them on failure
 };
@@ -137,20 +150,35 @@ class SingleStackModel {
 template <class Scalar>
 auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const IdMatrix& token_types,
                                        Cache& cache, Index start_pos) -> Mat {
-  const Mat h = hidden(ids, token_types, cache, start_pos);
+  const Mat h = run_hidden(ids, token_types, std::nullopt, cache, start_pos);
+  return head.forward(h, input.embedding, cache.head);
+}
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache,
+                                       Index start_pos) -> Mat {
+  const Mat h = run_hidden(ids, IdMatrix(), mask, cache, start_pos);
   return head.forward(h, input.embedding, cache.head);
 }
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::hidden(const IdMatrix& ids, const IdMatrix& token_types,
                                       Cache& cache, Index start_pos) -> Mat {
+  return run_hidden(ids, token_types, std::nullopt, cache, start_pos);
+}
+
+template <class Scalar>
+auto SingleStackModel<Scalar>::run_hidden(const IdMatrix& ids, const IdMatrix& token_types,
+                                          const std::optional<AttentionMask>& custom, Cache& cache,
+                                          Index start_pos) -> Mat {
   const std::string& func = forward_func_;
   detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
                   [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
   check_embedding_ids(func, "ids", ids, config_.vocab);
-  AttentionMask mask;
-  mask.causal = causal_;
-  mask.key_padding = key_padding_mask(ids, config_.pad_id);
+  const Index B = ids.rows(), T = ids.cols(), H = config_.n_heads;
+  const AttentionMask mask =
+      model_mask(func, custom, causal_, key_padding_mask(ids, config_.pad_id),
+                 {B, T, T, H, config_.d_model / H});
   const Mat x = input.forward(ids, token_types, cache.input, start_pos);
   return stack.forward(x, ids.rows(), mask, cache.stack);
 }
@@ -213,6 +241,7 @@ void SingleStackModel<Scalar>::slide_window(DecodeState<Scalar>& state, Index n)
 template <class Scalar>
 void SingleStackModel<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
                                         const GradReady<Scalar>& ready) {
+  detail::require_filled_cache(name_ + "::backward", cache.head.h.cols() != 0);
   const Mat dh = head.backward(dlogits, cache.head, input.embedding);
   if (ready) ready(head.parameters());
   backward_hidden(dh, cache, ready);

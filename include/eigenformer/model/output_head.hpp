@@ -74,6 +74,7 @@ template <class Scalar>
 auto OutputHead<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
                                   Embedding<Scalar>& embedding) -> Mat {
   Param<Scalar>& w = weight(embedding);
+  detail::require_filled_cache("OutputHead::backward", cache.h.cols() != 0);
   detail::check_shape("OutputHead::backward", "dlogits", dlogits, cache.h.rows(), w.value.rows());
   Mat dh;
   linear_backward<Scalar>(dh, &w.grad, tied_ ? nullptr : &proj.bias.grad, dlogits, cache.h,

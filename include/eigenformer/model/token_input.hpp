@@ -143,6 +143,7 @@ auto TokenInput<Scalar>::forward(const IdMatrix& ids, const IdMatrix& token_type
 
 template <class Scalar>
 void TokenInput<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) {
+  detail::require_filled_cache("TokenInput::backward", cache.ids.size() != 0);
   Mat d = dropout.backward(dy, cache.dropout);
   if (norm.features() > 0) d = norm.backward(d, cache.norm);
   if (type_vocab() > 0) token_type.backward(d, types_or_zeros(cache.token_types, cache.ids));

@@ -1,10 +1,13 @@
 // The encoder-decoder Transformer ("Attention Is All You Need").
 //   source ids (B, S), decoder input ids (B, T) -> logits (B*T, tgt_vocab)
 // Masks come from the ids: source padding masks the encoder's keys and the cross-attention keys;
-// the decoder's self-attention is causal and masks target padding.
+// the decoder's self-attention is causal and masks target padding. forward also takes custom
+// masks as nn.Transformer does (TransformerMasks: src_mask, tgt_mask, memory_mask), e.g. a
+// prefix LM's target mask, per-head masks or additive biases.
 // Teacher forcing: the decoder input is the target shifted right behind BOS (shift_right()).
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "../core/precompiled.hpp"
@@ -14,6 +17,16 @@
 #include "output_head.hpp"
 
 namespace eigenformer {
+
+/// Masks a caller gives Transformer::forward, as nn.Transformer's src_mask (the encoder's
+/// self-attention, (S, S) shapes), tgt_mask (the decoder's self-attention, (T, T)) and memory_mask
+/// (the cross-attention, (T, S)); shapes as in ops/attention.hpp: shared, per sequence (B*Tq rows)
+/// or per sequence and head (B*H*Tq rows), attn_mask boolean and attn_bias additive. A given
+/// mask's causal flag replaces the model's default (causal for tgt only), so a prefix LM sets
+/// tgt->causal = false with its own attn_mask; the padding masks of the ids always apply too.
+struct TransformerMasks {
+  std::optional<AttentionMask> src, tgt, memory;
+};
 
 template <class Scalar = float>
 class Transformer {
@@ -81,6 +94,12 @@ class Transformer {
   /// Teacher forcing: tgt_in is usually shift_right(targets, bos). Fills cache for backward; in
   /// training mode draws new dropout masks. Throws ArgumentError as encode and decode.
   Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache);
+
+  /// The same with custom masks (see TransformerMasks), which backward needs no more of.
+  /// Throws ArgumentError as the other forward, and naming Transformer::forward for a mask that
+  /// does not fit.
+  Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, const TransformerMasks& masks,
+              Cache& cache);
 
   /// dlogits (B*T, tgt_vocab): adds every parameter's gradient. ready, when set, is called with
   /// each layer's parameters as soon as their gradients are final (output head, decoder layers
@@ -205,16 +224,33 @@ auto Transformer<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scalar>& 
 template <class Scalar>
 auto Transformer<Scalar>::forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache)
     -> Mat {
-  check_ids("Transformer::forward", "src", src, config_.src_vocab);
-  check_ids("Transformer::forward", "tgt_in", tgt_in, config_.tgt_vocab);
-  check_same_batch("Transformer::forward", tgt_in, src);
-  const Mat memory = run_encode(src, cache.encoder);
-  return run_decode(tgt_in, src, memory, cache, 0);
+  return forward(src, tgt_in, TransformerMasks(), cache);
+}
+
+template <class Scalar>
+auto Transformer<Scalar>::forward(const IdMatrix& src, const IdMatrix& tgt_in,
+                                  const TransformerMasks& masks, Cache& cache) -> Mat {
+  const char* func = "Transformer::forward";
+  check_ids(func, "src", src, config_.src_vocab);
+  check_ids(func, "tgt_in", tgt_in, config_.tgt_vocab);
+  check_same_batch(func, tgt_in, src);
+  const Index B = src.rows(), S = src.cols(), T = tgt_in.cols();
+  const Index H = config_.n_heads, dh = config_.d_model / config_.n_heads;
+  const BoolMatrix src_pad = key_padding_mask(src, config_.pad_id);
+  const AttentionMask src_mask = model_mask(func, masks.src, false, src_pad, {B, S, S, H, dh});
+  const AttentionMask tgt_mask =
+      model_mask(func, masks.tgt, true, key_padding_mask(tgt_in, config_.pad_id), {B, T, T, H, dh});
+  const AttentionMask memory_mask =
+      model_mask(func, masks.memory, false, src_pad, {B, T, S, H, dh});
+  const Mat memory = encoder.forward(src, src_mask, cache.encoder);
+  const Mat h = decoder.forward(tgt_in, memory, tgt_mask, memory_mask, cache.decoder, 0);
+  return head.forward(h, decoder.input.embedding, cache.head);
 }
 
 template <class Scalar>
 void Transformer<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
                                    const GradReady<Scalar>& ready) {
+  detail::require_filled_cache("Transformer::backward", cache.head.h.cols() != 0);
   const Mat dh = head.backward(dlogits, cache.head, decoder.input.embedding);
   if (ready) ready(head.parameters());
   const Mat dmemory = decoder.backward(dh, cache.decoder, ready);

@@ -20,8 +20,9 @@
 // and the backward returns its gradient in the same form.
 //
 // Masks are AttentionMask with the semantics of ops/attention.hpp (causal aligned at the end, key
-// padding (B, Tk), attn_mask (Tq, Tk) or (B*Tq, Tk), true = masked); a query whose keys are all
-// masked gets a zero output and zero gradients, never NaN.
+// padding (B, Tk), attn_mask (Tq, Tk), (B*Tq, Tk) or (B*H*Tq, Tk), true = masked, and attn_bias
+// added to the scores); a query whose keys are all masked gets a zero output and zero gradients,
+// never NaN.
 #pragma once
 
 #include <string>
@@ -141,7 +142,7 @@ void additive_attention_attend(Matrix<Scalar>& out, Matrix<Scalar>& probs, Const
       s.row(i).noalias() = wh * e.transpose();
     }
     if (pos_bias) detail::add_position_bias(s, *pos_bias, h, d.Tq, 0, 0);
-    if (!mask.empty()) detail::apply_mask_tile(s, mask, d, b, 0, 0);
+    if (!mask.empty()) detail::apply_mask_tile(s, mask, d, b, h, 0, 0);
     for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(s.row(i));
     out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
         s * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh);  // (Tq, dh)

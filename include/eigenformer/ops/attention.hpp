@@ -8,8 +8,15 @@
 //  - causal: query i sees key j only if j <= i + (Tk - Tq) (aligned at the end, so a step that
 //    decodes the last Tq positions against Tk cached keys is causal too; Tq == Tk is the usual case);
 //  - key_padding (B, Tk): true marks a padded key of sequence b, as PyTorch's key_padding_mask;
-//  - attn_mask (Tq, Tk) shared by the batch, or (B*Tq, Tk) per sequence: true marks a masked pair.
+//  - attn_mask (Tq, Tk) shared by the batch, (B*Tq, Tk) per sequence, or (B*H*Tq, Tk) per sequence
+//    and head (PyTorch's 3-D attn_mask (B*H, Tq, Tk) flattened: rows (b*H + h)*Tq + i): true marks
+//    a masked pair.
 // A query whose keys are all masked gets a zero output and zero gradients, never NaN.
+//
+// Score bias (optional, PyTorch's float attn_mask, e.g. ALiBi's slopes times distances): attn_bias
+// in one of the attn_mask shapes is added to the scores after the 1/sqrt(dh) scaling, before the
+// masks and the softmax; -inf entries mask. It is an input without a gradient. It is stored in
+// double whatever the kernel's Scalar, so a float bias passes through unchanged.
 //
 // Position bias (optional, e.g. T5's relative bias from ops/relative_position.hpp): pos_bias
 // (H, Tq + Tk - 1) holds one value per head and distance; query i and key j of every sequence get
@@ -32,11 +39,14 @@ namespace eigenformer {
 
 struct AttentionMask {
   bool causal = false;
-  BoolMatrix key_padding;  // (B, Tk) or empty
-  BoolMatrix attn_mask;    // (Tq, Tk), (B*Tq, Tk) or empty
+  BoolMatrix key_padding;    // (B, Tk) or empty
+  BoolMatrix attn_mask;      // (Tq, Tk), (B*Tq, Tk), (B*H*Tq, Tk) or empty
+  Matrix<double> attn_bias;  // added to the scores: a shape of attn_mask, or empty
 
-  /// True when nothing is masked: not causal, no key padding, no attn_mask.
-  bool empty() const { return !causal && key_padding.size() == 0 && attn_mask.size() == 0; }
+  /// True when nothing is masked or biased: not causal, no key padding, attn_mask nor attn_bias.
+  bool empty() const {
+    return !causal && key_padding.size() == 0 && attn_mask.size() == 0 && attn_bias.size() == 0;
+  }
 };
 
 /// Sizes of one attention call.
@@ -46,18 +56,34 @@ struct AttentionDims {
 
 namespace detail {
 
+/// Throws unless a (rows, Tk) attn_mask or attn_bias fits dims: (Tq, Tk), (B*Tq, Tk) or
+/// (B*H*Tq, Tk).
+inline void check_mask_rows(std::string_view func, std::string_view arg, Index rows, Index cols,
+                            const AttentionDims& d) {
+  const bool rows_fit = rows == d.Tq || rows == d.B * d.Tq || rows == d.B * d.H * d.Tq;
+  require(rows_fit && cols == d.Tk, func, arg, [&] {
+    return "has shape " + shape_str(rows, cols) + ", expected " + shape_str(d.Tq, d.Tk) + " or " +
+           shape_str(d.B * d.Tq, d.Tk) + " (per sequence) or " + shape_str(d.B * d.H * d.Tq, d.Tk) +
+           " (per sequence and head)";
+  });
+}
+
 /// Throws unless mask fits dims (function names the caller in the message).
 inline void check_mask(std::string_view func, const AttentionMask& mask, const AttentionDims& d) {
   if (mask.key_padding.size() != 0)
     check_shape(func, "mask.key_padding", mask.key_padding, d.B, d.Tk);
-  if (mask.attn_mask.size() != 0) {
-    const bool shared = mask.attn_mask.rows() == d.Tq;
-    const bool per_batch = mask.attn_mask.rows() == d.B * d.Tq;
-    if (!(shared || per_batch) || mask.attn_mask.cols() != d.Tk)
-      throw_argument(func, "mask.attn_mask",
-                     "has shape " + shape_of(mask.attn_mask) + ", expected " +
-                         shape_str(d.Tq, d.Tk) + " or " + shape_str(d.B * d.Tq, d.Tk));
-  }
+  if (mask.attn_mask.size() != 0)
+    check_mask_rows(func, "mask.attn_mask", mask.attn_mask.rows(), mask.attn_mask.cols(), d);
+  if (mask.attn_bias.size() != 0)
+    check_mask_rows(func, "mask.attn_bias", mask.attn_bias.rows(), mask.attn_bias.cols(), d);
+}
+
+/// The row of a (rows, Tk) attn_mask or attn_bias that holds query i of head h of sequence b.
+/// Per head takes precedence; when shapes coincide (B == 1 or H == 1) the layouts agree.
+inline Index mask_row(Index rows, const AttentionDims& d, Index b, Index h, Index i) {
+  if (rows == d.B * d.H * d.Tq) return (b * d.H + h) * d.Tq + i;
+  if (rows == d.B * d.Tq) return b * d.Tq + i;
+  return i;
 }
 
 /// Throws unless q (B*Tq, H*dh), k and v (B*Tk, H*dh), the mask and pos_bias (H, Tq + Tk - 1,
@@ -78,16 +104,20 @@ void check_attention_inputs(std::string_view func, ConstRef<Scalar> q, ConstRef<
   if (pos_bias) check_shape(func, "pos_bias", *pos_bias, d.H, d.Tq + d.Tk - 1);
 }
 
-/// Sets the masked entries of a score tile to -inf: rows are queries i0.., columns keys j0.. of
-/// sequence b (the whole (Tq, Tk) block of sequence b with i0 = j0 = 0). The plain, tiled and
-/// additive kernels all mask through it.
+/// Adds attn_bias and sets the masked entries of a score tile to -inf: rows are queries i0..,
+/// columns keys j0.. of head h of sequence b (the whole (Tq, Tk) block with i0 = j0 = 0). The
+/// plain, tiled and additive kernels all mask through it.
 template <class Tile>
-void apply_mask_tile(Tile&& s, const AttentionMask& mask, const AttentionDims& d, Index b, Index i0,
-                     Index j0) {
+void apply_mask_tile(Tile&& s, const AttentionMask& mask, const AttentionDims& d, Index b, Index h,
+                     Index i0, Index j0) {
   using Scalar = typename std::decay_t<Tile>::Scalar;
   const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
   const Index nq = s.rows(), nk = s.cols();
-  const bool per_batch = mask.attn_mask.rows() == d.B * d.Tq && d.B > 1;
+  if (mask.attn_bias.size() != 0)
+    for (Index r = 0; r < nq; ++r)
+      s.row(r) += mask.attn_bias.row(mask_row(mask.attn_bias.rows(), d, b, h, i0 + r))
+                      .segment(j0, nk)
+                      .template cast<Scalar>();
   if (mask.key_padding.size() != 0)
     for (Index c = 0; c < nk; ++c)
       if (mask.key_padding(b, j0 + c)) s.col(c).setConstant(neg_inf);
@@ -101,7 +131,7 @@ void apply_mask_tile(Tile&& s, const AttentionMask& mask, const AttentionDims& d
       }
     }
     if (mask.attn_mask.size() != 0) {
-      const Index row = per_batch ? b * d.Tq + i : i;
+      const Index row = mask_row(mask.attn_mask.rows(), d, b, h, i);
       for (Index c = 0; c < nk; ++c)
         if (mask.attn_mask(row, j0 + c)) s(r, c) = neg_inf;
     }
@@ -153,7 +183,7 @@ void attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scal
     p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
                   k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();
     if (pos_bias) detail::add_position_bias(p, *pos_bias, h, d.Tq, 0, 0);
-    if (!mask.empty()) detail::apply_mask_tile(p, mask, d, b, 0, 0);
+    if (!mask.empty()) detail::apply_mask_tile(p, mask, d, b, h, 0, 0);
     for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(p.row(i));
     out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
         p * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh);  // (Tq, dh)

@@ -2,8 +2,9 @@
 // ops/attention.hpp without ever holding the (Tq, Tk) probabilities.
 //
 // Layout, masks and semantics are those of ops/attention.hpp: Q (B*Tq, H*dh), K and V (B*Tk, H*dh),
-// causal aligned at the end, key padding (B, Tk), attn_mask (Tq, Tk) or (B*Tq, Tk); a query whose
-// keys are all masked gets a zero output, zero gradients and a log-sum-exp of -inf (never NaN).
+// causal aligned at the end, key padding (B, Tk), attn_mask and attn_bias (Tq, Tk), (B*Tq, Tk) or
+// (B*H*Tq, Tk); a query whose keys are all masked gets a zero output, zero gradients and a
+// log-sum-exp of -inf (never NaN).
 //
 // Forward: for each (sequence, head, block of block.q queries) the keys are visited in blocks of
 // block.k; a running row maximum m and sum l rescale the partial output, so only a (block.q,
@@ -70,7 +71,8 @@ namespace detail {
 /// Whether the tile of queries [i0, i0 + nq) and keys [j0, j0 + nk) has masked entries to set.
 inline bool tile_needs_mask(const AttentionMask& mask, const AttentionDims& d, Index i0, Index j0,
                             Index nk) {
-  if (mask.key_padding.size() != 0 || mask.attn_mask.size() != 0) return true;
+  if (mask.key_padding.size() != 0 || mask.attn_mask.size() != 0 || mask.attn_bias.size() != 0)
+    return true;
   return mask.causal && j0 + nk - 1 > i0 + (d.Tk - d.Tq);  // the first row hides some keys
 }
 
@@ -115,7 +117,7 @@ void flash_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& lse, ConstRef<
       st.noalias() = scale * qt * k.block(b * d.Tk + j0, h * d.dh, nk, d.dh).transpose();
       if (pos_bias) detail::add_position_bias(st, *pos_bias, h, d.Tq, i0, j0);
       if (detail::tile_needs_mask(mask, d, i0, j0, nk))
-        detail::apply_mask_tile(st, mask, d, b, i0, j0);
+        detail::apply_mask_tile(st, mask, d, b, h, i0, j0);
       for (Index r = 0; r < nq; ++r) {
         const Scalar m_new = std::max(m(r), st.row(r).maxCoeff());
         if (m_new == neg_inf) {  // nothing visible in this row yet
@@ -197,7 +199,7 @@ void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Sca
         pt.noalias() = scale * qt * kt.transpose();
         if (pos_bias) detail::add_position_bias(pt, *pos_bias, h, d.Tq, i0, j0);
         if (detail::tile_needs_mask(mask, d, i0, j0, nk))
-          detail::apply_mask_tile(pt, mask, d, b, i0, j0);
+          detail::apply_mask_tile(pt, mask, d, b, h, i0, j0);
         for (Index r = 0; r < nq; ++r) {
           const Scalar row_lse = lse(bh, i0 + r);
           if (row_lse == neg_inf)
@@ -240,7 +242,7 @@ Matrix<Scalar> flash_attention_weights(ConstRef<Scalar> q, ConstRef<Scalar> k, C
   p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
                 k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();
   if (pos_bias) detail::add_position_bias(p, *pos_bias, h, d.Tq, 0, 0);
-  if (!mask.empty()) detail::apply_mask_tile(p, mask, d, b, 0, 0);
+  if (!mask.empty()) detail::apply_mask_tile(p, mask, d, b, h, 0, 0);
   for (Index i = 0; i < d.Tq; ++i) {
     const Scalar row_lse = lse(b * d.H + h, i);
     if (row_lse == -std::numeric_limits<Scalar>::infinity())

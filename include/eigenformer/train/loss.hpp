@@ -1,9 +1,13 @@
 // Softmax cross-entropy over logits, with the softmax and the loss fused in one backward.
 //
-// Semantics equal PyTorch's F.cross_entropy(logits, target, ignore_index=ignore_id,
-// label_smoothing=eps, reduction='mean'): the target distribution of a row is
-// (1 - eps) one_hot(target) + eps / V, and the loss is the mean over the rows whose target is not
-// ignore_id. When every row is ignored the loss is 0 and the gradient is zero (PyTorch gives NaN).
+// Semantics equal PyTorch's F.cross_entropy(logits, target, weight=class_weights,
+// ignore_index=ignore_id, label_smoothing=eps, reduction=...): the target distribution of a row is
+// (1 - eps) one_hot(target) + eps / V, so row i's loss is
+//   l_i = (1 - eps) w[t_i] (-log p_i[t_i]) + eps / V * sum_c w[c] (-log p_i[c])
+// (w = 1 without class weights), 0 for a row whose target is ignore_id. reduction mean gives
+// sum_i l_i / sum_i w[t_i] over the counted rows (the row count without weights), sum gives
+// sum_i l_i, none keeps every l_i (in cache.losses). When every row is ignored (or the counted
+// weights sum to 0) the mean is 0 and the gradient is zero (PyTorch gives NaN).
 //
 //   CrossEntropyCache<float> cache;
 //   float loss = cross_entropy_forward(cache, logits /* (B*T, V) */, targets /* (B, T) */,
@@ -13,6 +17,7 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../core/parallel.hpp"
@@ -21,9 +26,28 @@
 
 namespace eigenformer {
 
+/// How a loss combines its rows (PyTorch's reduction).
+enum class LossReduction {
+  mean,  // the (weighted) mean over the counted rows
+  sum,   // the sum over the rows
+  none,  // every row's loss kept (CrossEntropyCache::losses); forward returns their sum
+};
+
 struct CrossEntropyOptions {
   Index ignore_id = -1;          // rows with this target count neither in the loss nor the mean
   double label_smoothing = 0.0;  // eps in [0, 1]
+  LossReduction reduction = LossReduction::mean;
+  Eigen::VectorXd class_weights;  // (V) a finite weight >= 0 per class (PyTorch's weight), or empty
+
+  /// The fields in order, so that {pad_id, 0.1} and {pad_id, 0.0, LossReduction::sum} read as
+  /// before (a constructor rather than aggregate initialisation: no warning for omitted fields).
+  CrossEntropyOptions(Index ignore = -1, double smoothing = 0.0,
+                      LossReduction reduce = LossReduction::mean,
+                      Eigen::VectorXd weights = Eigen::VectorXd())
+      : ignore_id(ignore),
+        label_smoothing(smoothing),
+        reduction(reduce),
+        class_weights(std::move(weights)) {}
 };
 
 template <class Scalar = float>
@@ -31,12 +55,16 @@ struct CrossEntropyCache {
   // Named here so that the functions below deduce Scalar from the cache alone.
   using LogitsRef = ConstRef<Scalar>;
   using TargetsRef = Eigen::Ref<const IdMatrix>;
+  using LossesRef = Eigen::Ref<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>;
 
   Matrix<Scalar> probs;                             // (N, V) softmax of the logits
   Eigen::Matrix<Index, Eigen::Dynamic, 1> targets;  // (N) the targets, flattened row-major
   CrossEntropyOptions options;
-  Index count = 0;    // rows whose target is not ignore_id: the divisor of the mean
+  Index count = 0;    // rows whose target is not ignore_id
   Index correct = 0;  // counted rows whose arg max logit (first one on ties) is the target
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> losses;  // (N) each row's loss l_i, 0 if ignored
+  RowVector<Scalar> weights;  // (1, V) options.class_weights in Scalar, or empty
+  Scalar divisor = 1;         // mean: sum of w[t_i] over counted rows (count unweighted); else 1
 };
 
 namespace detail {
@@ -54,6 +82,21 @@ void check_cross_entropy_args(std::string_view func, ConstRef<Scalar> logits,
   });
   require(opt.label_smoothing >= 0.0 && opt.label_smoothing <= 1.0, func, "label_smoothing",
           [&] { return "must be in [0, 1], got " + std::to_string(opt.label_smoothing); });
+  require(opt.reduction == LossReduction::mean || opt.reduction == LossReduction::sum ||
+              opt.reduction == LossReduction::none,
+          func, "reduction", [&] {
+            return "is " + std::to_string(static_cast<int>(opt.reduction)) +
+                   ", not a LossReduction";
+          });
+  if (opt.class_weights.size() != 0) {
+    require(opt.class_weights.size() == V, func, "class_weights", [&] {
+      return "has " + std::to_string(opt.class_weights.size()) +
+             " entries, expected V = " + std::to_string(V) +
+             " (one per column of 'logits') or none";
+    });
+    require(opt.class_weights.allFinite() && (opt.class_weights.array() >= 0.0).all(), func,
+            "class_weights", "must be finite and >= 0");
+  }
   for (Index i = 0; i < targets.size(); ++i) {
     const Index t = targets(i / targets.cols(), i % targets.cols());
     require(t == opt.ignore_id || (t >= 0 && t < V), func, "targets", [&] {
@@ -64,27 +107,76 @@ void check_cross_entropy_args(std::string_view func, ConstRef<Scalar> logits,
   }
 }
 
-/// One row: fills probs with its softmax and returns its loss (target t, smoothing eps).
-/// Differences are taken before adding the log-sum so that logits of +-1e4 lose no precision.
+/// One row: fills probs with its softmax and returns its loss (target t, smoothing eps, class
+/// weights w (1, V) or empty). Differences are taken before adding the log-sum so that logits of
+/// +-1e4 lose no precision.
 template <class Scalar>
 Scalar cross_entropy_row(Eigen::Ref<RowVector<Scalar>> probs,
-                         const Eigen::Ref<const RowVector<Scalar>>& logits, Index t, Scalar eps) {
+                         const Eigen::Ref<const RowVector<Scalar>>& logits, Index t, Scalar eps,
+                         const RowVector<Scalar>& w) {
   const Scalar max = logits.maxCoeff();
   probs = (logits.array() - max).exp();
   const Scalar sum = probs.sum();
   probs /= sum;
   const Scalar log_sum = std::log(sum);
-  const Scalar nll = (max - logits(t)) + log_sum;          // -log p_t
-  const Scalar uniform = (max - logits.mean()) + log_sum;  // mean_j -log p_j
-  return (Scalar(1) - eps) * nll + eps * uniform;
+  const Scalar nll = (max - logits(t)) + log_sum;  // -log p_t
+  if (w.size() == 0) {
+    const Scalar uniform = (max - logits.mean()) + log_sum;  // mean_j -log p_j
+    return (Scalar(1) - eps) * nll + eps * uniform;
+  }
+  const Scalar uniform =  // mean_j w_j (-log p_j)
+      (w.array() * ((max - logits.array()) + log_sum)).mean();
+  return (Scalar(1) - eps) * w(t) * nll + eps * uniform;
+}
+
+/// dlogits (N, V), fresh: scale(i) times the gradient of row i's loss l_i, zero on ignored rows.
+template <class Scalar, class RowScale>
+Matrix<Scalar> cross_entropy_grad(const CrossEntropyCache<Scalar>& cache, RowScale&& scale) {
+  const Index N = cache.probs.rows(), V = cache.probs.cols();
+  Matrix<Scalar> dlogits = Matrix<Scalar>::Zero(N, V);  // (N, V)
+  const Scalar eps = static_cast<Scalar>(cache.options.label_smoothing);
+  const Scalar uniform = eps / static_cast<Scalar>(V);
+  const RowVector<Scalar>& w = cache.weights;
+  const Scalar w_sum = w.size() == 0 ? static_cast<Scalar>(V) : w.sum();
+  detail::parallel_for(N, 2.0 * static_cast<double>(V), [&](Index i) {
+    const Index t = cache.targets(i);
+    if (t == cache.options.ignore_id) return;
+    const Scalar s = scale(i);
+    if (w.size() == 0) {  // (1 - eps)(p - e_t) + eps/V (V p - 1)
+      dlogits.row(i) = (cache.probs.row(i).array() - uniform) * s;
+      dlogits(i, t) -= (Scalar(1) - eps) * s;
+      return;
+    }
+    // (1 - eps) w_t (p - e_t) + eps/V (sum(w) p - w)
+    const Scalar wt = (Scalar(1) - eps) * w(t);
+    dlogits.row(i) =
+        ((wt + uniform * w_sum) * cache.probs.row(i).array() - uniform * w.array()) * s;
+    dlogits(i, t) -= wt * s;
+  });
+  return dlogits;
+}
+
+/// Throws unless cache was filled by cross_entropy_forward (as many targets as rows of probs).
+template <class Scalar>
+void check_cross_entropy_cache(std::string_view func, const CrossEntropyCache<Scalar>& cache) {
+  require(cache.probs.cols() > 0, func, "cache",
+          "is empty: no cross_entropy_forward has filled it");
+  require(cache.targets.size() == cache.probs.rows() && cache.losses.size() == cache.probs.rows(),
+          func, "cache", [&] {
+            return "holds " + std::to_string(cache.targets.size()) +
+                   " targets for probs of shape " + shape_of(cache.probs) +
+                   "; fill it with cross_entropy_forward";
+          });
 }
 
 }  // namespace detail
 
-/// Returns the mean loss over the counted rows of logits (N, V) against targets (N ids in any
-/// shape, read row-major: a (B, T) id matrix matches (B*T, V) logits). Fills cache for backward,
-/// including cache.count and cache.correct. Throws ArgumentError, before touching cache, on a
-/// target outside [0, V) other than ignore_id or a label_smoothing outside [0, 1].
+/// Returns the loss of logits (N, V) against targets (N ids in any shape, read row-major: a (B, T)
+/// id matrix matches (B*T, V) logits) reduced as options.reduction says (none: the sum of the
+/// rows' losses, which cache.losses holds one by one). Fills cache for backward, including
+/// cache.count and cache.correct. Throws ArgumentError, before touching cache, on a target
+/// outside [0, V) other than ignore_id, a label_smoothing outside [0, 1], a reduction that is no
+/// LossReduction, or class_weights that are not V finite values >= 0.
 template <class Scalar>
 Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
                              typename CrossEntropyCache<Scalar>::LogitsRef logits,
@@ -96,18 +188,18 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
   cache.targets.resize(N);
   for (Index i = 0; i < N; ++i) cache.targets(i) = targets(i / targets.cols(), i % targets.cols());
   cache.probs.resize(N, V);
-  Eigen::Array<Scalar, Eigen::Dynamic, 1> row_loss =
-      Eigen::Array<Scalar, Eigen::Dynamic, 1>::Zero(N);      // (N)
+  cache.weights = options.class_weights.transpose().template cast<Scalar>();
+  cache.losses.setZero(N);                                   // (N)
   std::vector<char> row_correct(static_cast<size_t>(N), 0);  // (N)
   const Scalar eps = static_cast<Scalar>(options.label_smoothing);
   detail::parallel_for(N, 6.0 * static_cast<double>(V), [&](Index i) {
     const Index t = cache.targets(i);
     const bool counted = t != options.ignore_id;
     // An ignored row still gets probabilities; its loss term uses column 0 and is discarded.
-    const Scalar loss =
-        detail::cross_entropy_row<Scalar>(cache.probs.row(i), logits.row(i), counted ? t : 0, eps);
+    const Scalar loss = detail::cross_entropy_row<Scalar>(cache.probs.row(i), logits.row(i),
+                                                          counted ? t : 0, eps, cache.weights);
     if (!counted) return;
-    row_loss(i) = loss;
+    cache.losses(i) = loss;
     Index argmax = 0;
     logits.row(i).maxCoeff(&argmax);
     row_correct[static_cast<size_t>(i)] = argmax == t;
@@ -115,36 +207,56 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
   cache.count = (cache.targets.array() != options.ignore_id).count();
   cache.correct = 0;
   for (char c : row_correct) cache.correct += c;
-  if (cache.count == 0) return Scalar(0);
-  return row_loss.sum() / static_cast<Scalar>(cache.count);
+  cache.divisor = Scalar(1);
+  if (options.reduction == LossReduction::mean) {
+    cache.divisor = static_cast<Scalar>(cache.count);
+    if (cache.weights.size() != 0) {
+      cache.divisor = Scalar(0);
+      for (Index i = 0; i < N; ++i)
+        if (cache.targets(i) != options.ignore_id) cache.divisor += cache.weights(cache.targets(i));
+    }
+  }
+  if (cache.divisor == Scalar(0)) return Scalar(0);
+  return cache.losses.sum() / cache.divisor;
 }
 
-/// dlogits (N, V), fresh: dloss * (probs - smoothed one-hot) / count on counted rows, zero on
-/// ignored rows (and everywhere when no row counted). dloss must be finite.
+/// dlogits (N, V), fresh: the gradient of the forward's return value times dloss (mean: each
+/// counted row's loss gradient / divisor; sum and none: each counted row's); zero on ignored rows
+/// (and everywhere when the mean has nothing to divide by).
 /// Throws ArgumentError naming cross_entropy_backward unless dloss is finite and cache was
-/// filled by cross_entropy_forward (as many targets as rows of probs).
+/// filled by cross_entropy_forward.
 template <class Scalar>
 Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache, Scalar dloss = 1) {
-  const Index N = cache.probs.rows(), V = cache.probs.cols();
-  detail::require(cache.targets.size() == N, "cross_entropy_backward", "cache", [&] {
-    return "holds " + std::to_string(cache.targets.size()) + " targets for probs of shape " +
-           detail::shape_of(cache.probs) + "; fill it with cross_entropy_forward";
+  const char* func = "cross_entropy_backward";
+  detail::check_cross_entropy_cache(func, cache);
+  detail::require(std::isfinite(static_cast<double>(dloss)), func, "dloss", [&] {
+    return "must be finite, got " + std::to_string(static_cast<double>(dloss));
   });
-  detail::require(
-      std::isfinite(static_cast<double>(dloss)), "cross_entropy_backward", "dloss",
-      [&] { return "must be finite, got " + std::to_string(static_cast<double>(dloss)); });
-  Matrix<Scalar> dlogits = Matrix<Scalar>::Zero(N, V);  // (N, V)
-  if (cache.count == 0) return dlogits;
-  const Scalar scale = dloss / static_cast<Scalar>(cache.count);
-  const Scalar eps = static_cast<Scalar>(cache.options.label_smoothing);
-  const Scalar uniform = eps / static_cast<Scalar>(V);
-  detail::parallel_for(N, 2.0 * static_cast<double>(V), [&](Index i) {
-    const Index t = cache.targets(i);
-    if (t == cache.options.ignore_id) return;
-    dlogits.row(i) = (cache.probs.row(i).array() - uniform) * scale;
-    dlogits(i, t) -= (Scalar(1) - eps) * scale;
+  if (cache.divisor == Scalar(0))
+    return Matrix<Scalar>::Zero(cache.probs.rows(), cache.probs.cols());
+  const Scalar scale = dloss / cache.divisor;
+  return detail::cross_entropy_grad(cache, [&](Index) { return scale; });
+}
+
+/// reduction none: dlogits (N, V), fresh, from each row's upstream gradient dlosses (N) (PyTorch's
+/// loss.backward(dlosses)); zero on ignored rows. Throws ArgumentError naming
+/// cross_entropy_backward unless cache was filled by cross_entropy_forward with reduction none and
+/// dlosses holds N finite values.
+template <class Scalar>
+Matrix<Scalar> cross_entropy_backward(
+    const CrossEntropyCache<Scalar>& cache,
+    const typename CrossEntropyCache<Scalar>::LossesRef& dlosses) {
+  const char* func = "cross_entropy_backward";
+  detail::check_cross_entropy_cache(func, cache);
+  detail::require(cache.options.reduction == LossReduction::none, func, "dlosses",
+                  "is one gradient per row: it needs a forward with reduction none (pass a "
+                  "scalar dloss for mean and sum)");
+  detail::require(dlosses.size() == cache.probs.rows(), func, "dlosses", [&] {
+    return "has " + std::to_string(dlosses.size()) + " entries, expected one per row, " +
+           std::to_string(cache.probs.rows());
   });
-  return dlogits;
+  detail::require(dlosses.allFinite(), func, "dlosses", "must be finite");
+  return detail::cross_entropy_grad(cache, [&](Index i) { return dlosses(i); });
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled
@@ -157,7 +269,10 @@ Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache, Sc
                                     const typename CrossEntropyCache<S>::TargetsRef& targets, \
                                     const CrossEntropyOptions& options))                      \
   EIGENFORMER_FOR(S,                                                                          \
-                  Matrix<S> cross_entropy_backward<S>(const CrossEntropyCache<S>& cache, S dloss))
+                  Matrix<S> cross_entropy_backward<S>(const CrossEntropyCache<S>& cache, S dloss)) \
+  EIGENFORMER_FOR(S, Matrix<S> cross_entropy_backward<S>(                                     \
+                         const CrossEntropyCache<S>& cache,                                   \
+                         const typename CrossEntropyCache<S>::LossesRef& dlosses))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_LOSS_TEMPLATES)
 EIGENFORMER_CLASS_TEMPLATES(CrossEntropyCache)
 // clang-format on
