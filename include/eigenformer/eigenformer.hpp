@@ -4,6 +4,7 @@
 
 #include "core/clone_ptr.hpp"
 #include "core/error.hpp"
+#include "core/gemm.hpp"
 #include "core/parallel.hpp"
 #include "core/param.hpp"
 #include "core/precompiled.hpp"

@@ -4,9 +4,12 @@
 // rows of dweight for the weight gradient), each block a single-threaded Eigen GEMM. On the
 // model's shapes this scales better than Eigen's own threaded GEMM, which synchronises its
 // threads between panels (measured 95-120 GFLOP/s on 2 cores where Eigen's ranged 26-120).
+// A forward on fewer rows than two blocks (decoding: one token per sequence) is cut by output
+// features instead, so that a large projection (the vocabulary) still uses every thread.
 #pragma once
 
 #include "../core/error.hpp"
+#include "../core/gemm.hpp"
 #include "../core/parallel.hpp"
 #include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
@@ -29,12 +32,24 @@ void linear_forward(Matrix<Scalar>& out, ConstRef<Scalar> inp, ConstRef<Scalar> 
   if (bias) detail::check_shape("linear_forward", "bias", *bias, 1, weight.rows());
   out.resize(inp.rows(), weight.rows());
   const double work = double(inp.rows()) * double(inp.cols()) * double(weight.rows());
-  detail::parallel_ranges(inp.rows(), detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
-                          [&](Index begin, Index end) {
-                            auto rows = out.middleRows(begin, end - begin);  // (n, out)
-                            rows.noalias() = inp.middleRows(begin, end - begin) * weight.transpose();
-                            if (bias) rows.rowwise() += bias->row(0);
-                          });
+  // Block (rows, cols) of out: the bias (or zeros), then the product added in place. Eigen's
+  // `out = a * b` zeroes out before adding the product into it, so adding the bias afterwards
+  // would write every element twice more. (gemm_add: Eigen's GEMM without fresh packing buffers.)
+  auto block = [&](Index row, Index rows, Index col, Index cols) {
+    auto dst = out.block(row, col, rows, cols);  // (rows, cols)
+    if (bias)
+      dst.rowwise() = bias->row(0).segment(col, cols);
+    else
+      dst.setZero();
+    detail::gemm_add(dst, inp.middleRows(row, rows), weight.middleRows(col, cols).transpose());
+  };
+  const Index N = inp.rows(), F = weight.rows();
+  if (N >= 2 * detail::kGemmRowAlign)
+    detail::parallel_ranges(N, detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
+                            [&](Index begin, Index end) { block(begin, end - begin, 0, F); });
+  else
+    detail::parallel_ranges(F, detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
+                            [&](Index begin, Index end) { block(0, N, begin, end - begin); });
 }
 
 /// dinp (N, in) = dout W (fresh); dweight (out, in) += dout^T inp; dbias (1, out) += sum of dout
@@ -51,8 +66,9 @@ void linear_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scala
   dinp.resize(dout.rows(), weight.cols());
   detail::parallel_ranges(dout.rows(), detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
                           [&](Index begin, Index end) {
-                            dinp.middleRows(begin, end - begin).noalias() =
-                                dout.middleRows(begin, end - begin) * weight;
+                            auto rows = dinp.middleRows(begin, end - begin);  // (n, in)
+                            rows.setZero();  // as Eigen's `rows = a * b` does
+                            detail::gemm_add(rows, dout.middleRows(begin, end - begin), weight);
                           });
   // Row block [begin, end) of dweight, and the same entries of dbias, need only those columns
   // of dout.
@@ -61,8 +77,8 @@ void linear_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scala
                           [&](Index begin, Index end) {
                             const Index n = end - begin;
                             if (dweight)
-                              dweight->middleRows(begin, n).noalias() +=
-                                  dout.middleCols(begin, n).transpose() * inp;
+                              detail::gemm_add(dweight->middleRows(begin, n),
+                                               dout.middleCols(begin, n).transpose(), inp);
                             if (dbias)
                               dbias->middleCols(begin, n) += dout.middleCols(begin, n).colwise().sum();
                           });
