@@ -89,10 +89,12 @@ void for_each_dropout(Transformer<Scalar>& model, F&& f) {
 template <class Model>
 class ScopedEval {
  public:
+  /// Saves every dropout's mode of model, then turns each off.
   explicit ScopedEval(Model& model) {
     detail::for_each_dropout(model, [&](auto& d) { saved_.emplace_back(&d.training, d.training); });
     for (auto& entry : saved_) *entry.first = false;  // after every allocation: nothing throws now
   }
+  /// Restores every dropout's saved mode.
   ~ScopedEval() {
     for (auto& [flag, was] : saved_) *flag = was;
   }
