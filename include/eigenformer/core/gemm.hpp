@@ -80,6 +80,9 @@ void gemm_add(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
   const Index M = dst.rows(), N = dst.cols(), K = lhs.cols();
   eigen_assert(lhs.rows() == M && rhs.rows() == K && rhs.cols() == N);
   if (M == 0 || N == 0 || K == 0) return;
+#ifdef EIGEN_USE_BLAS  // Eigen hands the product to the BLAS, which packs into buffers of its own
+  dst.noalias() += lhs * rhs;
+#else
   if (M == 1 || N == 1 || M + N + K < 20) {  // GEMV or coefficient-based, as Eigen would
     dst.noalias() += lhs * rhs;
     return;
@@ -98,6 +101,7 @@ void gemm_add(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
     gemm_run<Scalar, C, R>(N, M, K, a, b, res, stride);
   else
     gemm_run<Scalar, C, C>(N, M, K, a, b, res, stride);
+#endif
 }
 
 }  // namespace detail
