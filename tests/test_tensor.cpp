@@ -1,5 +1,7 @@
 // core/tensor.hpp: the batch layout and the conversions of token ids from other containers.
 #include <eigenformer/core/tensor.hpp>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "test_util.hpp"
@@ -29,4 +31,19 @@ TEST_CASE("Batch views sequences and heads of the (B*T, C) layout without copies
   CHECK(x.seq(1).rows() == 3);
   CHECK(&x.seq(1)(0, 0) == &x.data()(3, 0));
   CHECK(&x.head(1, 1, 2)(0, 0) == &x.data()(3, 2));
+}
+
+TEST_CASE("detail::all_finite agrees with Eigen's allFinite, whatever the values around a NaN") {
+  const float big = std::numeric_limits<float>::max(), tiny = std::numeric_limits<float>::denorm_min();
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  CHECK(detail::all_finite(Matrix<float>(0, 3)));
+  for (int trial = 0; trial < 200; ++trial) {
+    Matrix<float> m = Matrix<float>::Random(1 + trial % 7, 1 + trial % 37);  // (r, c)
+    m(0, 0) = trial % 2 ? big : -big;  // a plain sum of the entries would overflow
+    m(m.rows() - 1, m.cols() - 1) = tiny;
+    if (trial % 3 == 1) m(trial % m.rows(), trial % m.cols()) = trial % 2 ? inf : -inf;
+    if (trial % 3 == 2) m(trial % m.rows(), (trial / 3) % m.cols()) = nan;
+    CHECK(detail::all_finite(m) == m.allFinite());
+    CHECK(detail::all_finite(m.cast<double>()) == m.allFinite());
+  }
 }

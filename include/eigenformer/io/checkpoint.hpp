@@ -302,7 +302,7 @@ Model load_model(const std::string& path, std::map<std::string, std::string>* me
   load_safetensors(path, model.parameters());
   if (options.check_finite)
     for (const auto& p : model.parameters())
-      if (!p.param->value.allFinite())
+      if (!detail::all_finite(p.param->value))
         throw IoError("eigenformer::load_model: file '" + path + "': tensor '" + p.name +
                       "' holds a NaN or an infinity");
   model.eval();

@@ -376,7 +376,7 @@ void load_hf_table(std::string_view func, const std::string& path, const HfTable
     const Index rows = e.shape.size() == 2 ? e.shape[0] : 1;
     Matrix<Scalar> m(rows, e.shape.back());
     decode_tensor(data, h.tensors.at(name), m.data(), m.size());
-    if (check_finite && !m.allFinite())
+    if (check_finite && !detail::all_finite(m))
       throw_io(func, path, "tensor '" + name + "' holds a NaN or an infinity");
     values.push_back(std::move(m));
   }

@@ -88,7 +88,7 @@ StepCheck check_step(double loss, const ParamList<Scalar>& params) {
   StepCheck c;
   for (const auto& p : params) {
     const Matrix<Scalar>& g = p.param->grad;
-    if (g.allFinite()) continue;
+    if (detail::all_finite(g)) continue;
     ++c.bad_params;
     if (c.bad_params > 1) continue;
     const Index nan = g.array().isNaN().count();

@@ -220,6 +220,17 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
   return cache.losses.sum() / cache.divisor;
 }
 
+/// Targets of another type (Eigen::MatrixXi, std::vector): a compile error naming to_ids.
+template <class Scalar, class Logits, class Ids,
+          std::enable_if_t<detail::foreign_ids<Ids>, int> = 0>
+Scalar cross_entropy_forward(CrossEntropyCache<Scalar>&, const Logits&, const Ids&,
+                             const CrossEntropyOptions& = {}) {
+  static_assert(detail::always_false<Ids>,
+                "eigenformer: targets are an eigenformer::IdMatrix (row-major, Eigen::Index); "
+                "convert yours with eigenformer::to_ids(ids)");
+  return Scalar(0);
+}
+
 /// dlogits (N, V), fresh: the gradient of the forward's return value times dloss (mean: each
 /// counted row's loss gradient / divisor; sum and none: each counted row's); zero on ignored rows
 /// (and everywhere when the mean has nothing to divide by).

@@ -494,7 +494,7 @@ template <class Scalar>
 bool grads_finite(const ParamList<Scalar>& params, std::string* bad_name = nullptr) {
   detail::check_param_list("grads_finite", params);
   for (const auto& p : params) {
-    if (p.param->grad.allFinite()) continue;
+    if (detail::all_finite(p.param->grad)) continue;
     if (bad_name) *bad_name = p.name;
     return false;
   }
