@@ -47,3 +47,11 @@ TEST_CASE("detail::all_finite agrees with Eigen's allFinite, whatever the values
     CHECK(detail::all_finite(m.cast<double>()) == m.allFinite());
   }
 }
+
+TEST_CASE("detail::squared_norm_double is the double sum of squares, without float overflow") {
+  Matrix<float> m = Matrix<float>::Random(13, 301);  // (r, c): no multiple of a SIMD width
+  m(3, 7) = 3e30f;  // its square overflows float
+  const double expected = m.cast<double>().squaredNorm();
+  CHECK(detail::squared_norm_double(m) == doctest::Approx(expected).epsilon(1e-14));
+  CHECK(detail::squared_norm_double(Matrix<double>(0, 4)) == 0.0);
+}

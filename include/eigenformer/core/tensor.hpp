@@ -174,6 +174,21 @@ bool all_finite(const Eigen::DenseBase<Derived>& m) {
   return (m.derived().array() * S(0)).sum() == S(0);
 }
 
+/// The sum of the squares of m's entries, accumulated in double (no overflow or loss for float
+/// gradients). Written as a loop that OpenMP's simd directive vectorises: Eigen's
+/// m.cast<double>().squaredNorm() converts entry by entry, ~6x slower on a model's gradients.
+template <class Scalar>
+double squared_norm_double(const Matrix<Scalar>& m) {
+  const Scalar* p = m.data();
+  const Index n = m.size();
+  double sum = 0.0;
+#if defined(_OPENMP)
+#pragma omp simd reduction(+ : sum)
+#endif
+  for (Index i = 0; i < n; ++i) sum += static_cast<double>(p[i]) * static_cast<double>(p[i]);
+  return sum;
+}
+
 /// Temporaries a layer keeps from one call to the next, so that a training loop does not allocate
 /// (and, for blocks glibc hands back to the kernel, fault in and zero) them afresh every step.
 /// They are not part of the layer's state: a copy of the layer starts with empty buffers.

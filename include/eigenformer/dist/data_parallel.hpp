@@ -474,7 +474,7 @@ Scalar DataParallel<Scalar>::clip_grad_norm(Scalar max_norm) {
       max_norm > 0 && std::isfinite(static_cast<double>(max_norm)), "DataParallel::clip_grad_norm",
       "max_norm", [&] { return "must be positive and finite, got " + std::to_string(max_norm); });
   double sum = 0.0;  // as eigenformer::clip_grad_norm, in double
-  for (const auto& p : params_) sum += p.param->grad.template cast<double>().squaredNorm();
+  for (const auto& p : params_) sum += eigenformer::detail::squared_norm_double(p.param->grad);
   double norm = std::sqrt(sum);
   comm_->broadcast(&norm, sizeof norm);
   const double coef = static_cast<double>(max_norm) / (norm + 1e-6);

@@ -478,7 +478,7 @@ Scalar clip_grad_norm(const ParamList<Scalar>& params, double max_norm) {
   detail::require(max_norm > 0 && std::isfinite(max_norm), "clip_grad_norm", "max_norm",
                   [&] { return "must be positive and finite, got " + std::to_string(max_norm); });
   double sum = 0.0;
-  for (const auto& p : params) sum += p.param->grad.template cast<double>().squaredNorm();
+  for (const auto& p : params) sum += detail::squared_norm_double(p.param->grad);
   const double norm = std::sqrt(sum);
   const double coef = max_norm / (norm + 1e-6);
   if (std::isfinite(norm) && coef < 1.0)
