@@ -1,6 +1,7 @@
 // Steady-state training allocates nothing (issue 18): after the first steps, a training step of
-// each model kind (encoder-decoder, decoder-only, encoder-only) makes no heap allocation above
-// 64 KB and takes fewer than 200 minor page faults.
+// each model kind (encoder-decoder, decoder-only, encoder-only, and the encoder's task models:
+// classifier and masked LM) makes no heap allocation above 64 KB and takes fewer than 200 minor
+// page faults.
 //
 // Allocations are counted at malloc itself, which this program replaces by forwarding to glibc's
 // own (__libc_malloc & co.): that catches Eigen's matrices (Eigen::internal::aligned_malloc calls
@@ -219,4 +220,39 @@ TEST_CASE("a steady-state training step of an EncoderOnlyModel allocates nothing
   eigenformer::Rng rng(1);
   eigenformer::EncoderOnlyModel<float> model(c, rng);
   check_steady("EncoderOnlyModel", single_stack_cost(model, false));
+}
+
+TEST_CASE("a steady-state training step of a BERT-style MaskedLM allocates nothing large") {
+  eigenformer::TransformerConfig c = steady_config();
+  c.type_vocab = 2;  // token type 0 everywhere, and BERT's input LayerNorm
+  c.input_norm = true;
+  c.tie_output = true;
+  eigenformer::Rng rng(1);
+  eigenformer::MaskedLM<float> model(c, rng);
+  check_steady("MaskedLM", single_stack_cost(model, false));
+}
+
+TEST_CASE("a steady-state training step of an EncoderClassifier allocates nothing large") {
+  eigenformer::TransformerConfig c = steady_config();
+  eigenformer::ClassifierConfig hc;
+  hc.n_classes = 3;
+  hc.pooling = eigenformer::Pooling::mean;
+  eigenformer::Rng rng(1);
+  eigenformer::EncoderClassifier<float> model(c, hc, rng);
+  model.train();
+  eigenformer::AdamW<float> opt(model.parameters(), 1e-3);
+  const IdMatrix ids = padded_ids(c.vocab, 7);
+  IdMatrix labels(kB, 1);  // (B, 1): one class per sequence
+  for (Index b = 0; b < kB; ++b) labels(b, 0) = b % hc.n_classes;
+  eigenformer::EncoderClassifier<float>::Cache cache;
+  eigenformer::CrossEntropyCache<float> ce;
+  Matrix<float> dlogits;  // (B, n_classes)
+  check_steady("EncoderClassifier", worst_steady_step([&] {
+                 opt.zero_grad();
+                 const Matrix<float> logits = model.forward(ids, cache);  // (B, n_classes)
+                 eigenformer::cross_entropy_forward(ce, logits, labels);
+                 eigenformer::cross_entropy_backward(dlogits, ce);
+                 model.backward(dlogits, cache);
+                 opt.step();
+               }));
 }
