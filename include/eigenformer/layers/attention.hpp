@@ -355,23 +355,27 @@ auto Attention<Scalar>::backward_impl(const char* func, ConstRef<Scalar> dy, con
   score_->backward(dq, dk, dv, bias ? &dbias : nullptr, dcontext, cache.score, cache.q, cache.k,
                    cache.v, cache.context, d, bias);
   if (scheme_ && cache.self) scheme_->backward(dq, dk, bias ? &dbias : nullptr, cache.positions);
-  const Mat& memory = cache.self ? cache.query : cache.memory;
   linear_backward<Scalar>(dquery, &q_proj.weight.grad, bias_grad(q_proj), dq, cache.query,
                           q_proj.weight.value);
-  linear_backward<Scalar>(dmem, &k_proj.weight.grad, bias_grad(k_proj), dk, memory,
+  if (cache.self) {  // x fed all three projections: their products add straight into dquery
+    linear_backward_add<Scalar>(dquery, &k_proj.weight.grad, bias_grad(k_proj), dk, cache.query,
+                                k_proj.weight.value);
+    linear_backward_add<Scalar>(dquery, &v_proj.weight.grad, bias_grad(v_proj), dv, cache.query,
+                                v_proj.weight.value);
+    return dquery;
+  }
+  linear_backward<Scalar>(dmem, &k_proj.weight.grad, bias_grad(k_proj), dk, cache.memory,
                           k_proj.weight.value);
-  linear_backward<Scalar>(tmp, &v_proj.weight.grad, bias_grad(v_proj), dv,
-                          separate ? cache.value : memory, v_proj.weight.value);
   if (separate) {  // copies, so that the buffers stay for the next call
+    linear_backward<Scalar>(tmp, &v_proj.weight.grad, bias_grad(v_proj), dv, cache.value,
+                            v_proj.weight.value);
     if (dmemory) *dmemory = dmem;
     if (dvalue) *dvalue = tmp;
     return dquery;
   }
-  dmem += tmp;
-  if (cache.self)
-    dquery += dmem;
-  else if (dmemory)
-    *dmemory = dmem;  // a copy, so the buffer stays for the next call
+  linear_backward_add<Scalar>(dmem, &v_proj.weight.grad, bias_grad(v_proj), dv, cache.memory,
+                              v_proj.weight.value);
+  if (dmemory) *dmemory = dmem;  // a copy, so the buffer stays for the next call
   return dquery;
 }
 
