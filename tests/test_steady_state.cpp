@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstddef>
 #include <cstdio>
 #include <eigenformer/eigenformer.hpp>
@@ -251,6 +252,37 @@ TEST_CASE("a steady-state training step of an EncoderClassifier allocates nothin
                  opt.zero_grad();
                  const Matrix<float> logits = model.forward(ids, cache);  // (B, n_classes)
                  eigenformer::cross_entropy_forward(ce, logits, labels);
+                 eigenformer::cross_entropy_backward(dlogits, ce);
+                 model.backward(dlogits, cache);
+                 opt.step();
+               }));
+}
+
+TEST_CASE("a steady-state step of a DecoderOnlyLM with per-head ALiBi biases allocates nothing") {
+  eigenformer::TransformerConfig c = steady_config();
+  c.positional = eigenformer::PositionalKind::none;
+  eigenformer::Rng rng(1);
+  eigenformer::DecoderOnlyLM<float> model(c, rng);
+  model.train();
+  eigenformer::AdamW<float> opt(model.parameters(), 1e-3);
+  const IdMatrix ids = padded_ids(c.vocab, 7);
+  const IdMatrix input = ids.leftCols(kT - 1), target = ids.rightCols(kT - 1);
+  const Index T = kT - 1, H = c.n_heads;
+  eigenformer::AttentionMask alibi;  // causal, with a bias (B*H*T, T) of -slope_h * distance
+  alibi.causal = true;
+  alibi.attn_bias.resize(kB * H * T, T);
+  for (Index b = 0; b < kB; ++b)
+    for (Index h = 0; h < H; ++h)
+      for (Index i = 0; i < T; ++i)
+        for (Index j = 0; j < T; ++j)
+          alibi.attn_bias((b * H + h) * T + i, j) = -std::pow(0.5, h + 1) * double(i - j);
+  eigenformer::DecoderOnlyLM<float>::Cache cache;
+  eigenformer::CrossEntropyCache<float> ce;
+  Matrix<float> dlogits;  // (B*T, V)
+  check_steady("DecoderOnlyLM with ALiBi", worst_steady_step([&] {
+                 opt.zero_grad();
+                 const Matrix<float>& logits = model.forward(input, alibi, cache);
+                 eigenformer::cross_entropy_forward(ce, logits, target);
                  eigenformer::cross_entropy_backward(dlogits, ce);
                  model.backward(dlogits, cache);
                  opt.step();

@@ -10,7 +10,6 @@
 //   ids (B, S) -> memory (B*S, d_model)
 #pragma once
 
-#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -330,24 +329,32 @@ inline BoolMatrix key_padding_mask(const IdMatrix& ids, Index pad_id) {
   return (ids.array() == pad_id).matrix();
 }
 
-/// The mask of one attention of a model: the model's own (causal as default_causal, key padding
-/// pad (B, Tk) or empty) without a custom mask; else *custom (its causal flag replacing the
-/// default) with pad or-ed into its key padding. d holds the attention's sizes, heads included.
-/// Throws ArgumentError naming func unless custom fits d (ops/attention.hpp's shapes).
-inline AttentionMask model_mask(std::string_view func, const std::optional<AttentionMask>& custom,
-                                bool default_causal, const BoolMatrix& pad,
-                                const AttentionDims& d) {
-  AttentionMask m;
-  m.causal = default_causal;
+/// Throws ArgumentError naming func unless custom is null or fits d, the attention's sizes with
+/// its heads (ops/attention.hpp's shapes).
+inline void check_model_mask(std::string_view func, const AttentionMask* custom,
+                             const AttentionDims& d) {
+  if (custom) detail::check_mask(func, *custom, d);
+}
+
+/// The mask of one attention of a model, written into out: the model's own (causal as
+/// default_causal, key padding pad (B, Tk) or empty) without a custom mask (null); else *custom
+/// (its causal flag replacing the default) with pad or-ed into its key padding. custom must have
+/// passed check_model_mask. out's buffers are reused when it held masks of the same shapes (a
+/// model keeps it in its cache, so that a per-head bias is not allocated every step).
+inline void model_mask(AttentionMask& out, const AttentionMask* custom, bool default_causal,
+                       const BoolMatrix& pad) {
   if (custom) {
-    detail::check_mask(func, *custom, d);
-    m = *custom;
+    out = *custom;
+  } else {
+    out.causal = default_causal;
+    out.key_padding.resize(0, 0);
+    out.attn_mask.resize(0, 0);
+    out.attn_bias.resize(0, 0);
   }
-  if (m.key_padding.size() == 0)
-    m.key_padding = pad;
+  if (out.key_padding.size() == 0)
+    out.key_padding = pad;
   else if (pad.size() != 0)
-    m.key_padding = (m.key_padding.array() || pad.array()).matrix();
-  return m;
+    out.key_padding = (out.key_padding.array() || pad.array()).matrix();
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled

@@ -7,7 +7,6 @@
 // Both take their vocabulary from config.vocab and their depth from config.n_layers.
 #pragma once
 
-#include <optional>
 #include <string>
 
 #include "../core/precompiled.hpp"
@@ -29,6 +28,7 @@ class SingleStackModel {
     typename TokenInput<Scalar>::Cache input;
     typename EncoderStack<Scalar>::Cache stack;
     typename OutputHead<Scalar>::Cache head;
+    AttentionMask mask;  // the self-attention's, kept so that its buffers serve the next forward
   };
 
   TokenInput<Scalar> input;
@@ -147,7 +147,7 @@ class SingleStackModel {
 
   // hidden() with token types (empty: none) and a custom mask (none: the model's own).
   const Mat& run_hidden(const IdMatrix& ids, const IdMatrix& token_types,
-                        const std::optional<AttentionMask>& custom, Cache& cache, Index start_pos);
+                        const AttentionMask* custom, Cache& cache, Index start_pos);
   std::string name_;
   std::string forward_func_, decode_step_func_;  // built once: messages name them on failure
 };
@@ -155,37 +155,36 @@ class SingleStackModel {
 template <class Scalar>
 auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const IdMatrix& token_types,
                                        Cache& cache, Index start_pos) -> const Mat& {
-  const Mat& h = run_hidden(ids, token_types, std::nullopt, cache, start_pos);
+  const Mat& h = run_hidden(ids, token_types, nullptr, cache, start_pos);
   return head.forward(h, input.embedding, cache.head);
 }
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache,
                                        Index start_pos) -> const Mat& {
-  const Mat& h = run_hidden(ids, IdMatrix(), mask, cache, start_pos);
+  const Mat& h = run_hidden(ids, IdMatrix(), &mask, cache, start_pos);
   return head.forward(h, input.embedding, cache.head);
 }
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::hidden(const IdMatrix& ids, const IdMatrix& token_types,
                                       Cache& cache, Index start_pos) -> const Mat& {
-  return run_hidden(ids, token_types, std::nullopt, cache, start_pos);
+  return run_hidden(ids, token_types, nullptr, cache, start_pos);
 }
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::run_hidden(const IdMatrix& ids, const IdMatrix& token_types,
-                                          const std::optional<AttentionMask>& custom, Cache& cache,
+                                          const AttentionMask* custom, Cache& cache,
                                           Index start_pos) -> const Mat& {
   const std::string& func = forward_func_;
   detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
                   [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
   check_embedding_ids(func, "ids", ids, config_.vocab);
   const Index B = ids.rows(), T = ids.cols(), H = config_.n_heads;
-  const AttentionMask mask =
-      model_mask(func, custom, causal_, key_padding_mask(ids, config_.pad_id),
-                 {B, T, T, H, config_.d_model / H});
+  check_model_mask(func, custom, {B, T, T, H, config_.d_model / H});
   const Mat& x = input.forward(ids, token_types, cache.input, start_pos);
-  return stack.forward(x, ids.rows(), mask, cache.stack);
+  model_mask(cache.mask, custom, causal_, key_padding_mask(ids, config_.pad_id));
+  return stack.forward(x, ids.rows(), cache.mask, cache.stack);
 }
 
 template <class Scalar>

@@ -28,6 +28,13 @@ struct TransformerMasks {
   std::optional<AttentionMask> src, tgt, memory;
 };
 
+namespace detail {
+/// The mask m holds, or null: passed on without a copy.
+inline const AttentionMask* mask_of(const std::optional<AttentionMask>& m) {
+  return m ? &*m : nullptr;
+}
+}  // namespace detail
+
 template <class Scalar = float>
 class Transformer {
  public:
@@ -36,6 +43,8 @@ class Transformer {
     typename Encoder<Scalar>::Cache encoder;
     typename Decoder<Scalar>::Cache decoder;
     typename OutputHead<Scalar>::Cache head;
+    // The masks of the last forward, kept so that their buffers serve the next one.
+    AttentionMask src_mask, tgt_mask, memory_mask;
   };
 
   Encoder<Scalar> encoder;
@@ -240,14 +249,17 @@ auto Transformer<Scalar>::forward(const IdMatrix& src, const IdMatrix& tgt_in,
   check_same_batch(func, tgt_in, src);
   const Index B = src.rows(), S = src.cols(), T = tgt_in.cols();
   const Index H = config_.n_heads, dh = config_.d_model / config_.n_heads;
+  check_model_mask(func, detail::mask_of(masks.src), {B, S, S, H, dh});
+  check_model_mask(func, detail::mask_of(masks.tgt), {B, T, T, H, dh});
+  check_model_mask(func, detail::mask_of(masks.memory), {B, T, S, H, dh});
   const BoolMatrix src_pad = key_padding_mask(src, config_.pad_id);
-  const AttentionMask src_mask = model_mask(func, masks.src, false, src_pad, {B, S, S, H, dh});
-  const AttentionMask tgt_mask =
-      model_mask(func, masks.tgt, true, key_padding_mask(tgt_in, config_.pad_id), {B, T, T, H, dh});
-  const AttentionMask memory_mask =
-      model_mask(func, masks.memory, false, src_pad, {B, T, S, H, dh});
-  const Mat& memory = encoder.forward(src, src_mask, cache.encoder);
-  const Mat& h = decoder.forward(tgt_in, memory, tgt_mask, memory_mask, cache.decoder, 0);
+  model_mask(cache.src_mask, detail::mask_of(masks.src), false, src_pad);
+  model_mask(cache.tgt_mask, detail::mask_of(masks.tgt), true,
+             key_padding_mask(tgt_in, config_.pad_id));
+  model_mask(cache.memory_mask, detail::mask_of(masks.memory), false, src_pad);
+  const Mat& memory = encoder.forward(src, cache.src_mask, cache.encoder);
+  const Mat& h =
+      decoder.forward(tgt_in, memory, cache.tgt_mask, cache.memory_mask, cache.decoder, 0);
   return head.forward(h, decoder.input.embedding, cache.head);
 }
 
