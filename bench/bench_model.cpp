@@ -52,12 +52,13 @@ void BM_seq2seq_train_step(benchmark::State& state) {
   const eigenformer::CrossEntropyOptions ce_options{bench::kPad, 0.0};
   Transformer<float>::Cache cache;
   eigenformer::CrossEntropyCache<float> ce;
+  Matrix<float> dlogits;  // (B*T, V), reused
   float loss = 0;
   auto step = [&] {
     opt.zero_grad();
-    const Matrix<float> logits = model.forward(src, tgt_in, cache);  // (B*T, V)
+    const Matrix<float>& logits = model.forward(src, tgt_in, cache);  // (B*T, V), in cache
     loss = eigenformer::cross_entropy_forward(ce, logits, tgt, ce_options);
-    const Matrix<float> dlogits = eigenformer::cross_entropy_backward(ce);  // (B*T, V)
+    eigenformer::cross_entropy_backward(dlogits, ce);
     model.backward(dlogits, cache);
     opt.step();
   };
@@ -143,12 +144,14 @@ void BM_gpt_train_step(benchmark::State& state) {
   const IdMatrix input = ids.leftCols(g.tokens), target = ids.rightCols(g.tokens);
   eigenformer::DecoderOnlyLM<float>::Cache cache;
   eigenformer::CrossEntropyCache<float> ce;
+  Matrix<float> dlogits;  // (B*T, V), reused
   float loss = 0;
   auto step = [&] {
     opt.zero_grad();
-    const Matrix<float> logits = model.forward(input, cache);  // (B*T, V)
+    const Matrix<float>& logits = model.forward(input, cache);  // (B*T, V), in cache
     loss = eigenformer::cross_entropy_forward(ce, logits, target);
-    model.backward(eigenformer::cross_entropy_backward(ce), cache);
+    eigenformer::cross_entropy_backward(dlogits, ce);
+    model.backward(dlogits, cache);
     opt.step();
   };
   step();  // warm-up, untimed

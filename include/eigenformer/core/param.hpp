@@ -1,9 +1,9 @@
 // Trainable parameters and the gradient contract.
 //
-// The gradient contract, followed by every layer's backward():
-//  - parameter gradients ACCUMULATE: backward adds into Param::grad, so one layer may run several
-//    times in a step (decoder steps, tied weights); call zero_grad() once per step;
-//  - input gradients are returned FRESH: backward's return value holds only this call's gradient.
+// The gradient contract of every backward(): parameter gradients ACCUMULATE (into Param::grad, as
+// a layer may run several times in a step; call zero_grad() once per step); the input gradient
+// returned holds only this call's, in a buffer of the layer valid until its next backward, as
+// training outputs are buffers of the cache: a loop keeping its caches allocates once (issue 18).
 #pragma once
 
 #include <functional>

@@ -64,6 +64,7 @@ class Attention {
     Mat value;    // (B*Tk, vdim) the value input of forward(query, key, value); else empty
     Mat q, k, v;  // (B*Tq, d), (B*Tk, d), (B*Tk, d) projections, after the positions (rotary)
     Mat context;  // (B*Tq, d) attention output before the output projection
+    Mat out;      // (B*Tq, d) the output (not read by backward: the caller may overwrite it)
     ScoreCache<Scalar> score;
     PositionCache<Scalar> positions;
   };
@@ -102,36 +103,41 @@ class Attention {
 
   /// Self-attention over x (B*T, d) holding B sequences; returns (B*T, d).
   /// mask as in ops/attention.hpp with Tq = Tk = T; token t of each sequence is at position t.
-  /// Fills cache for backward and attention_weights. Throws ArgumentError naming
-  /// Attention::forward, before writing cache, when the layer is empty, B <= 0, x is not
-  /// (B*T, d_model) with T >= 1, or the mask does not fit.
-  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) const;
+  /// Fills cache for backward and attention_weights. The result is cache.out, valid until the
+  /// next forward with cache (x must not be it), which backward does not read: the caller may
+  /// change it in place (e.g. dropout). Throws ArgumentError naming Attention::forward, before
+  /// writing cache, when the layer is empty, B <= 0, x is not (B*T, d_model) with T >= 1, or the
+  /// mask does not fit.
+  Mat& forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache) const;
 
   /// Cross-attention: queries from query (B*Tq, d), keys and values from memory (B*Tk, kdim).
   /// Throws when the layer has positions (they apply to self-attention only) or kdim != vdim.
   /// Also throws, before writing cache, as forward(x, ...) does for query (B*Tq, d), memory
-  /// (B*Tk, d) and a mask of Tq queries over Tk keys.
-  Mat forward(ConstRef<Scalar> query, ConstRef<Scalar> memory, Index B, const AttentionMask& mask,
-              Cache& cache) const;
+  /// (B*Tk, d) and a mask of Tq queries over Tk keys. Returns cache.out as forward(x, ...).
+  Mat& forward(ConstRef<Scalar> query, ConstRef<Scalar> memory, Index B, const AttentionMask& mask,
+               Cache& cache) const;
 
   /// Cross-attention with keys and values of their own widths (nn.MultiheadAttention's kdim and
   /// vdim): queries from query (B*Tq, d), keys from key (B*Tk, kdim), values from value (B*Tk,
   /// vdim). Throws, before writing cache, as forward(query, memory, ...) does, and unless value
-  /// is (key rows, vdim). Its backward is backward(dy, cache, dkey, dvalue).
-  Mat forward(ConstRef<Scalar> query, ConstRef<Scalar> key, ConstRef<Scalar> value, Index B,
-              const AttentionMask& mask, Cache& cache) const;
+  /// is (key rows, vdim). Returns cache.out as forward(x, ...). Its backward is
+  /// backward(dy, cache, dkey, dvalue).
+  Mat& forward(ConstRef<Scalar> query, ConstRef<Scalar> key, ConstRef<Scalar> value, Index B,
+               const AttentionMask& mask, Cache& cache) const;
 
-  /// dy (B*Tq, d) -> gradient with respect to the query input, fresh; parameter gradients are
-  /// added. For self-attention that is the whole input gradient (dmemory must be null). For
-  /// cross-attention the memory gradient is assigned to *dmemory when it is not null. Throws,
-  /// changing nothing, unless cache comes from a forward of a layer of this shape (and not from
-  /// forward(query, key, value, ...)).
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory = nullptr);
+  /// dy (B*Tq, d) -> gradient with respect to the query input, a buffer of this layer valid until
+  /// its next backward (kept between calls, as PyTorch's caching allocator keeps its blocks);
+  /// parameter gradients are added. For self-attention that is the whole input gradient (dmemory
+  /// must be null). For cross-attention the memory gradient is assigned to *dmemory when it is
+  /// not null. Throws, changing nothing, unless cache comes from a forward of a layer of this
+  /// shape (and not from forward(query, key, value, ...)).
+  const Mat& backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory = nullptr);
 
   /// The backward of forward(query, key, value, ...): returns the query gradient; the key and
   /// value gradients are assigned to *dkey (B*Tk, kdim) and *dvalue (B*Tk, vdim) when not null.
-  /// Throws, changing nothing, unless cache comes from such a forward of a layer of this shape.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dkey, Mat* dvalue);
+  /// The query gradient is a buffer of this layer, as backward(dy, cache, dmemory). Throws,
+  /// changing nothing, unless cache comes from such a forward of a layer of this shape.
+  const Mat& backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dkey, Mat* dvalue);
 
   /// Attention weights (Tq, Tk) of head h for sequence b from a forward's cache (recomputed for
   /// that head when the tiled kernel ran).
@@ -185,7 +191,7 @@ class Attention {
 
  private:
   struct BackwardBuffers {
-    Mat dcontext, dq, dk, dv, dmem, tmp, dbias;
+    Mat dcontext, dq, dk, dv, dmem, tmp, dbias, dquery;
   };
 
   Index n_heads_ = 1;
@@ -202,8 +208,8 @@ class Attention {
   void require_no_positions(std::string_view func, std::string_view arg) const;
   /// Throws unless kdim == vdim == d_model (self-attention) or, with self false, kdim == vdim.
   void require_widths(std::string_view func, bool self) const;
-  Mat backward_impl(const char* func, ConstRef<Scalar> dy, const Cache& cache, Mat* dkey,
-                    Mat* dvalue, bool separate);
+  const Mat& backward_impl(const char* func, ConstRef<Scalar> dy, const Cache& cache, Mat* dkey,
+                           Mat* dvalue, bool separate);
 
   /// The dims of query (B*Tq, query_width) attending over memory (B*Tk, memory_width); throws
   /// unless they and the mask fit this layer.
@@ -219,8 +225,8 @@ class Attention {
   void check_kv_cache(std::string_view func, const KVCache<Scalar>& cache, Index B,
                       bool non_empty) const;
 
-  Mat run(const Mat& query, const Mat& memory, const Mat& value, const AttentionDims& d,
-          const AttentionMask& mask, Cache& cache) const;
+  Mat& run(const Mat& query, const Mat& memory, const Mat& value, const AttentionDims& d,
+           const AttentionMask& mask, Cache& cache) const;
 
   /// Query features (B*Tq, *) over the cached keys and values -> output projection (B*Tq, d).
   /// Sequences are attended one at a time: the cache's rows of sequence b are a (len, *) block.
@@ -277,7 +283,7 @@ auto Attention<Scalar>::score() const -> const AttentionScore<Scalar>& {
 
 template <class Scalar>
 auto Attention<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask,
-                                Cache& cache) const -> Mat {
+                                Cache& cache) const -> Mat& {
   require_widths("Attention::forward", true);
   const AttentionDims d = check_inputs("Attention::forward", x, x, B, mask, d_model(), d_model());
   cache.self = true;
@@ -289,7 +295,7 @@ auto Attention<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionMask
 
 template <class Scalar>
 auto Attention<Scalar>::forward(ConstRef<Scalar> query, ConstRef<Scalar> memory, Index B,
-                                const AttentionMask& mask, Cache& cache) const -> Mat {
+                                const AttentionMask& mask, Cache& cache) const -> Mat& {
   require_no_positions("Attention::forward", "memory");
   require_widths("Attention::forward", false);
   const AttentionDims d =
@@ -304,7 +310,7 @@ auto Attention<Scalar>::forward(ConstRef<Scalar> query, ConstRef<Scalar> memory,
 template <class Scalar>
 auto Attention<Scalar>::forward(ConstRef<Scalar> query, ConstRef<Scalar> key,
                                 ConstRef<Scalar> value, Index B, const AttentionMask& mask,
-                                Cache& cache) const -> Mat {
+                                Cache& cache) const -> Mat& {
   const char* func = "Attention::forward";
   require_no_positions(func, "key");
   const AttentionDims d = check_inputs(func, query, key, B, mask, d_model(), kdim());
@@ -317,19 +323,20 @@ auto Attention<Scalar>::forward(ConstRef<Scalar> query, ConstRef<Scalar> key,
 }
 
 template <class Scalar>
-auto Attention<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory) -> Mat {
+auto Attention<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dmemory)
+    -> const Mat& {
   return backward_impl("Attention::backward", dy, cache, dmemory, nullptr, false);
 }
 
 template <class Scalar>
 auto Attention<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat* dkey, Mat* dvalue)
-    -> Mat {
+    -> const Mat& {
   return backward_impl("Attention::backward", dy, cache, dkey, dvalue, true);
 }
 
 template <class Scalar>
 auto Attention<Scalar>::backward_impl(const char* func, ConstRef<Scalar> dy, const Cache& cache,
-                                      Mat* dmemory, Mat* dvalue, bool separate) -> Mat {
+                                      Mat* dmemory, Mat* dvalue, bool separate) -> const Mat& {
   check_forward_cache(func, cache);
   detail::require(separate == (cache.value.size() != 0), func, "cache",
                   separate ? "is not from forward(query, key, value): use backward(dy, cache, "
@@ -342,30 +349,33 @@ auto Attention<Scalar>::backward_impl(const char* func, ConstRef<Scalar> dy, con
                   "must be null for a self-attention cache");
   const Mat* bias = cache.positions.bias.size() != 0 ? &cache.positions.bias : nullptr;
   // (B*Tq, d) and (B*Tk, d) gradients, kept between calls; only dquery is handed out.
-  auto& [dcontext, dq, dk, dv, dmem, tmp, dbias] = scratch_.buffers;
+  auto& [dcontext, dq, dk, dv, dmem, tmp, dbias, dquery] = scratch_.buffers;
   linear_backward<Scalar>(dcontext, &out_proj.weight.grad, bias_grad(out_proj), dy, cache.context,
                           out_proj.weight.value);
   score_->backward(dq, dk, dv, bias ? &dbias : nullptr, dcontext, cache.score, cache.q, cache.k,
                    cache.v, cache.context, d, bias);
   if (scheme_ && cache.self) scheme_->backward(dq, dk, bias ? &dbias : nullptr, cache.positions);
-  const Mat& memory = cache.self ? cache.query : cache.memory;
-  Mat dquery;
   linear_backward<Scalar>(dquery, &q_proj.weight.grad, bias_grad(q_proj), dq, cache.query,
                           q_proj.weight.value);
-  linear_backward<Scalar>(dmem, &k_proj.weight.grad, bias_grad(k_proj), dk, memory,
+  if (cache.self) {  // x fed all three projections: their products add straight into dquery
+    linear_backward_add<Scalar>(dquery, &k_proj.weight.grad, bias_grad(k_proj), dk, cache.query,
+                                k_proj.weight.value);
+    linear_backward_add<Scalar>(dquery, &v_proj.weight.grad, bias_grad(v_proj), dv, cache.query,
+                                v_proj.weight.value);
+    return dquery;
+  }
+  linear_backward<Scalar>(dmem, &k_proj.weight.grad, bias_grad(k_proj), dk, cache.memory,
                           k_proj.weight.value);
-  linear_backward<Scalar>(tmp, &v_proj.weight.grad, bias_grad(v_proj), dv,
-                          separate ? cache.value : memory, v_proj.weight.value);
   if (separate) {  // copies, so that the buffers stay for the next call
+    linear_backward<Scalar>(tmp, &v_proj.weight.grad, bias_grad(v_proj), dv, cache.value,
+                            v_proj.weight.value);
     if (dmemory) *dmemory = dmem;
     if (dvalue) *dvalue = tmp;
     return dquery;
   }
-  dmem += tmp;
-  if (cache.self)
-    dquery += dmem;
-  else if (dmemory)
-    *dmemory = dmem;  // a copy, so the buffer stays for the next call
+  linear_backward_add<Scalar>(dmem, &v_proj.weight.grad, bias_grad(v_proj), dv, cache.memory,
+                              v_proj.weight.value);
+  if (dmemory) *dmemory = dmem;  // a copy, so the buffer stays for the next call
   return dquery;
 }
 
@@ -539,7 +549,7 @@ void Attention<Scalar>::check_kv_cache(std::string_view func, const KVCache<Scal
 template <class Scalar>
 auto Attention<Scalar>::run(const Mat& query, const Mat& memory, const Mat& value,
                             const AttentionDims& d, const AttentionMask& mask, Cache& cache) const
-    -> Mat {
+    -> Mat& {
   cache.dims = d;
   project(cache.q, q_proj, query);
   project(cache.k, k_proj, memory);
@@ -550,9 +560,8 @@ auto Attention<Scalar>::run(const Mat& query, const Mat& memory, const Mat& valu
   if (scheme_) scheme_->forward(cache.q, cache.k, d.H, d.Tq, d.Tk, cache.positions);
   const Mat* bias = cache.positions.bias.size() != 0 ? &cache.positions.bias : nullptr;
   score_->forward(cache.context, cache.score, cache.q, cache.k, cache.v, d, mask, bias, impl);
-  Mat y;
-  project(y, out_proj, cache.context);
-  return y;
+  project(cache.out, out_proj, cache.context);
+  return cache.out;
 }
 
 template <class Scalar>

@@ -37,8 +37,15 @@ class Embedding {
   /// ids (B, T) -> (B*T, d_model), row b*T+t for token (b, t).
   /// Throws ArgumentError naming Embedding::forward and the first id outside [0, vocab_size())
   /// with its (b, t).
-  Mat forward(const IdMatrix& ids) const;
+  Mat forward(const IdMatrix& ids) const {
+    Mat y;
+    forward_into(y, ids);
+    return y;
+  }
 
+  /// forward(ids) written into y, whose buffer is reused when it already has the shape
+  /// (B*T, d_model). Throws as forward(ids), leaving y as it was.
+  void forward_into(Mat& y, const IdMatrix& ids) const;
 
   /// dy (B*T, d_model) for ids (B, T): adds each row of dy into weight.grad[id], except for the
   /// padding id. There is no input gradient.
@@ -69,11 +76,9 @@ Embedding<Scalar>::Embedding(Index vocab, Index d_model, Rng& rng, Index padding
 }
 
 template <class Scalar>
-auto Embedding<Scalar>::forward(const IdMatrix& ids) const -> Mat {
+void Embedding<Scalar>::forward_into(Mat& y, const IdMatrix& ids) const {
   detail::check_embedding_ids("Embedding::forward", "ids", ids, vocab_size());
-  Mat y;
   embedding_forward<Scalar>(y, ids, weight.value);
-  return y;
 }
 
 template <class Scalar>

@@ -24,6 +24,7 @@ class FeedForward {
     typename ActivationLayer<Scalar>::Cache activation;  // linear1's output (N, d_ff)
     typename Dropout<Scalar>::Cache dropout;             // mask (N, d_ff)
     typename Linear<Scalar>::Cache linear2;              // dropout's output (N, d_ff)
+    Mat out;  // (N, d_model) the output (not read by backward: the caller may overwrite it)
   };
 
   Linear<Scalar> linear1;  // (d_ff, d_model)
@@ -54,16 +55,17 @@ class FeedForward {
   /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache; in training, draws a
   /// new dropout mask. The (N, d_ff) activations are written straight into the cache's buffers,
   /// which are reused when the cache held the same shapes (so x must not be a view of them).
-  /// Throws as forward(x), before writing cache.
-  Mat forward(ConstRef<Scalar> x, Cache& cache);
+  /// The result is cache.out, valid until the next forward with cache, which backward does not
+  /// read (the caller may change it in place). Throws as forward(x), before writing cache.
+  Mat& forward(ConstRef<Scalar> x, Cache& cache);
 
   /// dy (N, d_model) -> dx (N, d_model); adds into the linear layers' gradients. The two
   /// (N, d_ff) gradients stay allocated between calls (held after training, as PyTorch's caching
   /// allocator holds its blocks; a copy of the layer starts without them).
-  /// dx is fresh; cache comes from forward(x, cache). Throws ArgumentError naming
-  /// FeedForward::backward, changing nothing, unless cache holds a forward of this layer (every
-  /// piece for the same N rows) and dy is (N, d_model).
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
+  /// dx is such a buffer too, valid until the next backward; cache comes from forward(x, cache).
+  /// Throws ArgumentError naming FeedForward::backward, changing nothing, unless cache holds a
+  /// forward of this layer (every piece for the same N rows) and dy is (N, d_model).
+  const Mat& backward(ConstRef<Scalar> dy, const Cache& cache);
 
   /// "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias" (PyTorch's names):
   /// pointers into this layer.
@@ -77,7 +79,8 @@ class FeedForward {
   void check_cache(std::string_view func, const Cache& cache) const;
 
   struct BackwardBuffers {
-    Mat dh, dpre;
+    Mat dh, dpre;  // (N, d_ff)
+    Mat dx;        // (N, d_model)
   };
   detail::Scratch<BackwardBuffers> backward_scratch_;
 };
@@ -102,7 +105,7 @@ auto FeedForward<Scalar>::forward(ConstRef<Scalar> x) const -> Mat {
 }
 
 template <class Scalar>
-auto FeedForward<Scalar>::forward(ConstRef<Scalar> x, Cache& cache) -> Mat {
+auto FeedForward<Scalar>::forward(ConstRef<Scalar> x, Cache& cache) -> Mat& {
   detail::check_shape("FeedForward::forward", "x", x, -1, d_model());
   cache.linear1.x = x;
   Mat& pre = cache.activation.x;  // (N, d_ff) linear1's output
@@ -110,20 +113,18 @@ auto FeedForward<Scalar>::forward(ConstRef<Scalar> x, Cache& cache) -> Mat {
   linear1.forward_into(pre, x);
   activation_forward<Scalar>(h, pre, activation.kind());
   dropout.forward_in_place(h, cache.dropout);
-  Mat y;
-  linear2.forward_into(y, h);
-  return y;
+  linear2.forward_into(cache.out, h);
+  return cache.out;
 }
 
 template <class Scalar>
-auto FeedForward<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+auto FeedForward<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> const Mat& {
   check_cache("FeedForward::backward", cache);
   detail::check_shape("FeedForward::backward", "dy", dy, cache.linear1.x.rows(), d_model());
-  auto& [dh, dpre] = backward_scratch_.buffers;  // (N, d_ff) each
+  auto& [dh, dpre, dx] = backward_scratch_.buffers;
   linear2.backward_into(dh, dy, cache.linear2.x);
   dropout.backward_in_place(dh, cache.dropout);
   activation_backward<Scalar>(dpre, dh, cache.activation.x, activation.kind());
-  Mat dx;
   linear1.backward_into(dx, dpre, cache.linear1.x);
   return dx;
 }

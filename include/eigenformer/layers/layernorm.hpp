@@ -16,6 +16,7 @@ class LayerNorm {
     Mat x;     // (N, d) the input
     Mat mean;  // (N, 1)
     Mat rstd;  // (N, 1)
+    Mat y;     // (N, d) the output, reused by the next forward of the same shape
   };
 
   Param<Scalar> weight;  // (1, d) gamma, initialised to 1
@@ -35,22 +36,25 @@ class LayerNorm {
   /// Throws ArgumentError naming LayerNorm::forward and 'x' unless x has features() columns.
   Mat forward(ConstRef<Scalar> x) const {
     Cache scratch;
-    return run_forward(x, scratch.mean, scratch.rstd);
+    run_forward(scratch.y, x, scratch.mean, scratch.rstd);
+    return std::move(scratch.y);
   }
 
-  /// x (N, d) -> (N, d), keeping what backward needs in cache.
+  /// x (N, d) -> (N, d), keeping what backward needs in cache. The result is cache.y, valid
+  /// until the next forward with this cache; x must not be cache.y.
   /// Throws as forward(x), before writing cache.
-  Mat forward(ConstRef<Scalar> x, Cache& cache) const {
-    Mat y = run_forward(x, cache.mean, cache.rstd);
+  const Mat& forward(ConstRef<Scalar> x, Cache& cache) const {
+    run_forward(cache.y, x, cache.mean, cache.rstd);
     cache.x = x;
-    return y;
+    return cache.y;
   }
 
   /// dy (N, d) -> dx (N, d); adds into weight.grad and bias.grad.
-  /// dx is fresh; cache comes from forward(x, cache). Throws ArgumentError naming
-  /// LayerNorm::backward, changing nothing, unless cache holds x (N, d), mean and rstd (N, 1)
-  /// and dy is (N, d).
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
+  /// dx is a buffer of this layer, valid until its next backward (kept between calls, so that a
+  /// training step does not allocate it); cache comes from forward(x, cache). Throws
+  /// ArgumentError naming LayerNorm::backward, changing nothing, unless cache holds x (N, d),
+  /// mean and rstd (N, 1) and dy is (N, d).
+  const Mat& backward(ConstRef<Scalar> dy, const Cache& cache);
 
   /// "weight" (gamma) and "bias" (beta): pointers into this layer.
   ParamList<Scalar> parameters() { return {{"weight", &weight}, {"bias", &bias}}; }
@@ -60,8 +64,12 @@ class LayerNorm {
 
  private:
   Scalar eps_ = Scalar(1e-5);
+  struct BackwardBuffers {
+    Mat dx;  // (N, d)
+  };
+  detail::Scratch<BackwardBuffers> scratch_;
 
-  Mat run_forward(ConstRef<Scalar> x, Mat& mean, Mat& rstd) const;
+  void run_forward(Mat& y, ConstRef<Scalar> x, Mat& mean, Mat& rstd) const;
 };
 
 template <class Scalar>
@@ -74,25 +82,23 @@ LayerNorm<Scalar>::LayerNorm(Index d, Scalar eps) : eps_(eps) {
 }
 
 template <class Scalar>
-auto LayerNorm<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+auto LayerNorm<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> const Mat& {
   // The cache first, so that an empty or foreign cache is named as such (not as a bad dy).
   detail::require_filled_cache("LayerNorm::backward", cache.x.cols() != 0);
   detail::check_shape("LayerNorm::backward", "cache.x", cache.x, -1, features());
   detail::check_shape("LayerNorm::backward", "cache.mean", cache.mean, cache.x.rows(), 1);
   detail::check_shape("LayerNorm::backward", "cache.rstd", cache.rstd, cache.x.rows(), 1);
   detail::check_shape("LayerNorm::backward", "dy", dy, cache.x.rows(), features());
-  Mat dx;
+  Mat& dx = scratch_.buffers.dx;
   layernorm_backward<Scalar>(dx, &weight.grad, &bias.grad, dy, cache.x, weight.value, cache.mean,
                              cache.rstd);
   return dx;
 }
 
 template <class Scalar>
-auto LayerNorm<Scalar>::run_forward(ConstRef<Scalar> x, Mat& mean, Mat& rstd) const -> Mat {
+void LayerNorm<Scalar>::run_forward(Mat& y, ConstRef<Scalar> x, Mat& mean, Mat& rstd) const {
   detail::check_shape("LayerNorm::forward", "x", x, -1, features());
-  Mat y;
   layernorm_forward<Scalar>(y, mean, rstd, x, weight.value, bias.value, eps_);
-  return y;
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled

@@ -23,10 +23,9 @@ namespace eigenformer {
 
 namespace detail {
 
-/// Throws unless x is (B*T, d_model) and positions start_pos .. start_pos+T-1 fit in max_len.
-template <class Scalar>
-void check_positions(std::string_view func, std::string_view arg, ConstRef<Scalar> x, Index B,
-                     Index T, Index start_pos, Index d_model, Index max_len) {
+/// Throws unless B and T are positive and positions start_pos .. start_pos+T-1 fit in max_len.
+inline void check_position_range(std::string_view func, Index B, Index T, Index start_pos,
+                                 Index max_len) {
   check_positive(func, "B", B);
   check_positive(func, "T", T);
   require(start_pos >= 0, func, "start_pos",
@@ -36,20 +35,25 @@ void check_positions(std::string_view func, std::string_view arg, ConstRef<Scala
            ": position " + std::to_string(start_pos + T - 1) + " is beyond max_len " +
            std::to_string(max_len);
   });
+}
+
+/// Throws unless x is (B*T, d_model) and positions start_pos .. start_pos+T-1 fit in max_len.
+template <class Scalar>
+void check_positions(std::string_view func, std::string_view arg, ConstRef<Scalar> x, Index B,
+                     Index T, Index start_pos, Index d_model, Index max_len) {
+  check_position_range(func, B, T, start_pos, max_len);
   check_shape(func, arg, x, B * T, d_model);
 }
 
 /// y (B*T, d) = x (B*T, d) * scale + table (max_len, d) rows start_pos .. start_pos+T-1, added
-/// to each of the B sequences.
+/// to each of the B sequences. y has x's shape; it may be x.
 template <class Scalar>
-Matrix<Scalar> add_positions(ConstRef<Scalar> x, Scalar scale, const Matrix<Scalar>& table,
-                             Index B, Index T, Index start_pos) {
+void add_positions(Matrix<Scalar>& y, ConstRef<Scalar> x, Scalar scale, const Matrix<Scalar>& table,
+                   Index B, Index T, Index start_pos) {
   const Index d = x.cols();
-  Matrix<Scalar> y(x.rows(), d);
   parallel_for(B, static_cast<double>(T * d), [&](Index b) {
     y.block(b * T, 0, T, d) = x.block(b * T, 0, T, d) * scale + table.block(start_pos, 0, T, d);
   });
-  return y;
 }
 
 }  // namespace detail
@@ -79,6 +83,8 @@ class SinusoidalPositionalEncoding {
   /// start_pos >= 0, start_pos + T <= max_len() and x is (B*T, d_model).
   Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const;
 
+  /// forward(x, B, T, start_pos) written over x. Throws as forward, leaving x as it was.
+  void forward_in_place(Mat& x, Index B, Index T, Index start_pos = 0) const;
 
   /// dy (N, d_model) -> dx = dy * scale (fresh). There are no parameters.
   /// Throws ArgumentError unless dy has d_model() columns.
@@ -118,7 +124,17 @@ auto SinusoidalPositionalEncoding<Scalar>::forward(ConstRef<Scalar> x, Index B, 
                                                    Index start_pos) const -> Mat {
   detail::check_positions<Scalar>("SinusoidalPositionalEncoding::forward", "x", x, B, T, start_pos,
                                   d_model(), max_len());
-  return detail::add_positions<Scalar>(x, scale_, table_, B, T, start_pos);
+  Mat y(x.rows(), x.cols());
+  detail::add_positions<Scalar>(y, x, scale_, table_, B, T, start_pos);
+  return y;
+}
+
+template <class Scalar>
+void SinusoidalPositionalEncoding<Scalar>::forward_in_place(Mat& x, Index B, Index T,
+                                                            Index start_pos) const {
+  detail::check_positions<Scalar>("SinusoidalPositionalEncoding::forward", "x", x, B, T, start_pos,
+                                  d_model(), max_len());
+  detail::add_positions<Scalar>(x, x, scale_, table_, B, T, start_pos);
 }
 
 template <class Scalar>
@@ -151,6 +167,8 @@ class LearnedPositionalEncoding {
   /// start_pos >= 0, start_pos + T <= max_len() and x is (B*T, d_model).
   Mat forward(ConstRef<Scalar> x, Index B, Index T, Index start_pos = 0) const;
 
+  /// forward(x, B, T, start_pos) written over x. Throws as forward, leaving x as it was.
+  void forward_in_place(Mat& x, Index B, Index T, Index start_pos = 0) const;
 
   /// dy (B*T, d_model) -> dx = dy (fresh); weight.grad rows start_pos .. start_pos+T-1 += the sum
   /// of dy over the B sequences.
@@ -159,6 +177,8 @@ class LearnedPositionalEncoding {
   /// forward's checks.
   Mat backward(ConstRef<Scalar> dy, Index B, Index T, Index start_pos = 0);
 
+  /// backward without the (unchanged) input gradient: only weight.grad changes. Throws as backward.
+  void add_grad(ConstRef<Scalar> dy, Index B, Index T, Index start_pos = 0);
 
   /// "weight", a pointer into this layer; zero_grad sets its gradient to zero.
   ParamList<Scalar> parameters() { return {{"weight", &weight}}; }
@@ -181,17 +201,33 @@ auto LearnedPositionalEncoding<Scalar>::forward(ConstRef<Scalar> x, Index B, Ind
                                                 Index start_pos) const -> Mat {
   detail::check_positions<Scalar>("LearnedPositionalEncoding::forward", "x", x, B, T, start_pos,
                                   d_model(), max_len());
-  return detail::add_positions<Scalar>(x, Scalar(1), weight.value, B, T, start_pos);
+  Mat y(x.rows(), x.cols());
+  detail::add_positions<Scalar>(y, x, Scalar(1), weight.value, B, T, start_pos);
+  return y;
+}
+
+template <class Scalar>
+void LearnedPositionalEncoding<Scalar>::forward_in_place(Mat& x, Index B, Index T,
+                                                         Index start_pos) const {
+  detail::check_positions<Scalar>("LearnedPositionalEncoding::forward", "x", x, B, T, start_pos,
+                                  d_model(), max_len());
+  detail::add_positions<Scalar>(x, x, Scalar(1), weight.value, B, T, start_pos);
 }
 
 template <class Scalar>
 auto LearnedPositionalEncoding<Scalar>::backward(ConstRef<Scalar> dy, Index B, Index T,
                                                  Index start_pos) -> Mat {
+  add_grad(dy, B, T, start_pos);
+  return dy;
+}
+
+template <class Scalar>
+void LearnedPositionalEncoding<Scalar>::add_grad(ConstRef<Scalar> dy, Index B, Index T,
+                                                 Index start_pos) {
   detail::check_positions<Scalar>("LearnedPositionalEncoding::backward", "dy", dy, B, T, start_pos,
                                   d_model(), max_len());
   const Index d = d_model();
   for (Index b = 0; b < B; ++b) weight.grad.block(start_pos, 0, T, d) += dy.block(b * T, 0, T, d);
-  return dy;
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled

@@ -43,6 +43,7 @@ class Residual {
   using Mat = Matrix<Scalar>;
   struct Cache {
     typename LayerNorm<Scalar>::Cache norm;  // the norm's input: x + f(x) (post) or x (pre)
+    Mat out;  // (N, d_model) x + f(x): the output (pre), the norm's input (post)
   };
 
   LayerNorm<Scalar> norm;  // over d_model features
@@ -72,41 +73,56 @@ class Residual {
   }
 
   /// x (N, d_model) -> (N, d_model), keeping what backward needs in cache.
-  /// sublayer(ConstRef<Scalar> in) -> Mat (N, d_model) runs the sublayer's forward, keeping the
-  /// sublayer's own cache.
+  /// sublayer(ConstRef<Scalar> in) -> (N, d_model) runs the sublayer's forward, keeping the
+  /// sublayer's own cache; it may return a Mat or a reference to a buffer of its own. The result
+  /// is a buffer of cache, valid until the next forward with it; x must not be that buffer.
   /// Throws as forward(x, sublayer).
   template <class F>
-  Mat forward(ConstRef<Scalar> x, Cache& cache, F&& sublayer) const {
+  const Mat& forward(ConstRef<Scalar> x, Cache& cache, F&& sublayer) const {
     check_input(x);
-    if (placement_ == NormPlacement::pre)
-      return x + checked(sublayer(norm.forward(x, cache.norm)), x.rows());
-    const Mat s = x + checked(sublayer(x), x.rows());
-    return norm.forward(s, cache.norm);
+    if (placement_ == NormPlacement::pre) {
+      auto&& s = sublayer(norm.forward(x, cache.norm));
+      check_output(s, x.rows());
+      cache.out = x + s;
+      return cache.out;
+    }
+    auto&& s = sublayer(x);
+    check_output(s, x.rows());
+    cache.out = x + s;
+    return norm.forward(cache.out, cache.norm);
   }
 
-  /// dy (N, d_model) -> dx (N, d_model); adds into norm's gradients. sublayer_backward(const Mat&
-  /// d_out) -> Mat (N, d_model) runs the sublayer's backward and returns the gradient with respect
-  /// to the sublayer's input.
-  /// dx is fresh; cache comes from forward(x, cache, sublayer). Throws ArgumentError naming
-  /// Residual::backward unless dy is (N, d_model) for the cache's N and sublayer_backward returns
-  /// (N, d_model). Post-norm adds the norm's gradients only once sublayer_backward has returned.
+  /// dy (N, d_model) -> dx (N, d_model); adds into norm's gradients. sublayer_backward(Mat& d_out)
+  /// -> (N, d_model) runs the sublayer's backward and returns the gradient with respect to the
+  /// sublayer's input (a Mat or a reference to a buffer of its own); it may overwrite d_out, a
+  /// buffer of this layer.
+  /// dx is a buffer of this layer, valid until its next backward; cache comes from
+  /// forward(x, cache, sublayer). Throws ArgumentError naming Residual::backward unless dy is
+  /// (N, d_model) for the cache's N and sublayer_backward returns (N, d_model). Post-norm adds the
+  /// norm's gradients only once sublayer_backward has returned.
   template <class G>
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache, G&& sublayer_backward) {
+  const Mat& backward(ConstRef<Scalar> dy, const Cache& cache, G&& sublayer_backward) {
     detail::require_filled_cache("Residual::backward", cache.norm.x.cols() != 0);
     detail::check_shape("Residual::backward", "dy", dy, cache.norm.x.rows(), d_model());
     const Index N = dy.rows();
+    auto& [d_out, dx, ds, dgamma, dbeta] = scratch_.buffers;
     if (placement_ == NormPlacement::pre) {
-      const Mat dn = checked_grad(sublayer_backward(Mat(dy)), N);
-      Mat dx = norm.backward(dn, cache.norm);
+      d_out = dy;
+      auto&& dn = sublayer_backward(d_out);
+      check_grad(dn, N);
+      dx = norm.backward(dn, cache.norm);
       dx += dy;
       return dx;
     }
     // Post: the norm's gradients are added only once the sublayer's backward has succeeded.
-    Mat ds, dgamma = Mat::Zero(1, d_model()), dbeta = Mat::Zero(1, d_model());
+    dgamma.setZero(1, d_model());
+    dbeta.setZero(1, d_model());
     layernorm_backward<Scalar>(ds, &dgamma, &dbeta, dy, cache.norm.x, norm.weight.value,
                                cache.norm.mean, cache.norm.rstd);
-    Mat dx = checked_grad(sublayer_backward(ds), N);
-    dx += ds;
+    d_out = ds;
+    auto&& dsub = sublayer_backward(d_out);
+    check_grad(dsub, N);
+    dx = dsub + ds;
     norm.weight.grad += dgamma;
     norm.bias.grad += dbeta;
     return dx;
@@ -129,9 +145,24 @@ class Residual {
     detail::check_shape("Residual::forward", "x", x, -1, d_model());
   }
 
-  Mat checked(Mat y, Index rows) const;
+  struct BackwardBuffers {
+    Mat d_out, dx, ds;  // (N, d_model)
+    Mat dgamma, dbeta;  // (1, d_model)
+  };
+  detail::Scratch<BackwardBuffers> scratch_;
 
-  Mat checked_grad(Mat dx, Index rows) const;
+  Mat checked(Mat y, Index rows) const {
+    check_output(y, rows);
+    return y;
+  }
+
+  void check_output(ConstRef<Scalar> y, Index rows) const {
+    detail::check_shape("Residual::forward", "sublayer output", y, rows, d_model());
+  }
+
+  void check_grad(ConstRef<Scalar> dx, Index rows) const {
+    detail::check_shape("Residual::backward", "sublayer_backward output", dx, rows, d_model());
+  }
 };
 
 template <class Scalar>
@@ -145,18 +176,6 @@ Residual<Scalar>::Residual(Index d_model, NormPlacement placement, Scalar eps)
   detail::check_positive("Residual::Residual", "d_model", d_model);
   detail::check_eps("Residual::Residual", eps);
   norm = LayerNorm<Scalar>(d_model, eps);
-}
-
-template <class Scalar>
-auto Residual<Scalar>::checked(Mat y, Index rows) const -> Mat {
-  detail::check_shape("Residual::forward", "sublayer output", y, rows, d_model());
-  return y;
-}
-
-template <class Scalar>
-auto Residual<Scalar>::checked_grad(Mat dx, Index rows) const -> Mat {
-  detail::check_shape("Residual::backward", "sublayer_backward output", dx, rows, d_model());
-  return dx;
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled

@@ -51,17 +51,19 @@ class DecoderLayer {
 
   /// x (B*T, d), memory (B*S, d) -> (B*T, d). self_mask usually causal + target padding;
   /// cross_mask usually the source padding.
-  /// Fills cache; in training mode draws new dropout masks. Throws ArgumentError from the
-  /// sub-layers for a B, x, memory or mask that does not fit.
-  Mat forward(ConstRef<Scalar> x, ConstRef<Scalar> memory, Index B, const AttentionMask& self_mask,
-              const AttentionMask& cross_mask, Cache& cache);
+  /// Fills cache; in training mode draws new dropout masks. The result is a buffer of cache, valid
+  /// until its next forward (x must not be it). Throws ArgumentError from the sub-layers for a B,
+  /// x, memory or mask that does not fit.
+  const Mat& forward(ConstRef<Scalar> x, ConstRef<Scalar> memory, Index B,
+                     const AttentionMask& self_mask, const AttentionMask& cross_mask, Cache& cache);
 
-  /// dy (B*T, d) -> dx (B*T, d) fresh; the memory gradient is ADDED into dmemory (B*S, d).
+  /// dy (B*T, d) -> dx (B*T, d), a buffer of this layer valid until its next backward; the memory
+  /// gradient is ADDED into dmemory (B*S, d).
   /// dmemory must be empty (then set to zeros first) or (B*S, d): a non-empty dmemory of another
   /// shape is not checked. Parameter gradients are added too.
   /// cache comes from forward. Throws ArgumentError from the sub-layers for a dy or cache that
   /// does not fit.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache, Mat& dmemory);
+  const Mat& backward(ConstRef<Scalar> dy, const Cache& cache, Mat& dmemory);
 
   /// Incremental decoding, inference only: x_new (B*t, d), the next t target positions, attends
   /// causally over self_cache (which it extends) and over the memory keys/values of memory_cache
@@ -82,39 +84,57 @@ class DecoderLayer {
 
   /// Sets every parameter gradient to zero: once per step, as backward adds into them.
   void zero_grad() { eigenformer::zero_grad(parameters()); }
+
+ private:
+  struct BackwardBuffers {
+    Mat dmem;  // (B*S, d) the cross-attention's memory gradient
+  };
+  detail::Scratch<BackwardBuffers> scratch_;
 };
 
 template <class Scalar>
 auto DecoderLayer<Scalar>::forward(ConstRef<Scalar> x, ConstRef<Scalar> memory, Index B,
                                    const AttentionMask& self_mask, const AttentionMask& cross_mask,
-                                   Cache& cache) -> Mat {
-  const Mat h1 = self_block.forward(x, cache.self_block, [&](ConstRef<Scalar> in) {
-    return self_drop.forward(self_attn.forward(in, B, self_mask, cache.self_attn), cache.self_drop);
+                                   Cache& cache) -> const Mat& {
+  // Each sub-layer's output is a buffer of its cache, dropped out in place.
+  const Mat& h1 = self_block.forward(x, cache.self_block, [&](ConstRef<Scalar> in) -> const Mat& {
+    Mat& a = self_attn.forward(in, B, self_mask, cache.self_attn);
+    self_drop.forward_in_place(a, cache.self_drop);
+    return a;
   });
-  const Mat h2 = cross_block.forward(h1, cache.cross_block, [&](ConstRef<Scalar> in) {
-    return cross_drop.forward(cross_attn.forward(in, memory, B, cross_mask, cache.cross_attn),
-                              cache.cross_drop);
-  });
-  return ffn_block.forward(h2, cache.ffn_block, [&](ConstRef<Scalar> in) {
-    return ffn_drop.forward(ffn.forward(in, cache.ffn), cache.ffn_drop);
+  const Mat& h2 =
+      cross_block.forward(h1, cache.cross_block, [&](ConstRef<Scalar> in) -> const Mat& {
+        Mat& a = cross_attn.forward(in, memory, B, cross_mask, cache.cross_attn);
+        cross_drop.forward_in_place(a, cache.cross_drop);
+        return a;
+      });
+  return ffn_block.forward(h2, cache.ffn_block, [&](ConstRef<Scalar> in) -> const Mat& {
+    Mat& f = ffn.forward(in, cache.ffn);
+    ffn_drop.forward_in_place(f, cache.ffn_drop);
+    return f;
   });
 }
 
 template <class Scalar>
-auto DecoderLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat& dmemory) -> Mat {
+auto DecoderLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache, Mat& dmemory)
+    -> const Mat& {
   detail::require_filled_cache("DecoderLayer::backward", cache.self_attn.dims.B > 0);
-  const Mat dh2 = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
-    return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
+  // d is the residual block's own copy of the gradient: dropout's backward runs in place on it.
+  const Mat& dh2 = ffn_block.backward(dy, cache.ffn_block, [&](Mat& d) -> const Mat& {
+    ffn_drop.backward_in_place(d, cache.ffn_drop);
+    return ffn.backward(d, cache.ffn);
   });
-  const Mat dh1 = cross_block.backward(dh2, cache.cross_block, [&](const Mat& d) {
-    Mat dmem;
-    Mat dq = cross_attn.backward(cross_drop.backward(d, cache.cross_drop), cache.cross_attn, &dmem);
+  const Mat& dh1 = cross_block.backward(dh2, cache.cross_block, [&](Mat& d) -> const Mat& {
+    Mat& dmem = scratch_.buffers.dmem;
+    cross_drop.backward_in_place(d, cache.cross_drop);
+    const Mat& dq = cross_attn.backward(d, cache.cross_attn, &dmem);
     if (dmemory.size() == 0) dmemory = Mat::Zero(dmem.rows(), dmem.cols());
     dmemory += dmem;
     return dq;
   });
-  return self_block.backward(dh1, cache.self_block, [&](const Mat& d) {
-    return self_attn.backward(self_drop.backward(d, cache.self_drop), cache.self_attn);
+  return self_block.backward(dh1, cache.self_block, [&](Mat& d) -> const Mat& {
+    self_drop.backward_in_place(d, cache.self_drop);
+    return self_attn.backward(d, cache.self_attn);
   });
 }
 
@@ -163,16 +183,18 @@ class Decoder {
   Decoder(Index vocab, Index n_layers, const TransformerConfig& c, Rng& rng);
 
   /// ids (B, T), memory (B*S, d) -> (B*T, d). start_pos: position of ids' first column.
-  /// Fills cache. Throws ArgumentError for an id outside [0, vocab), start_pos + T beyond max_len,
-  /// or a memory or mask that does not fit.
-  Mat forward(const IdMatrix& ids, ConstRef<Scalar> memory, const AttentionMask& self_mask,
-              const AttentionMask& cross_mask, Cache& cache, Index start_pos = 0);
+  /// Fills cache; the result is a buffer of it, valid until its next forward. Throws
+  /// ArgumentError for an id outside [0, vocab), start_pos + T beyond max_len, or a memory or
+  /// mask that does not fit.
+  const Mat& forward(const IdMatrix& ids, ConstRef<Scalar> memory, const AttentionMask& self_mask,
+                     const AttentionMask& cross_mask, Cache& cache, Index start_pos = 0);
 
-  /// dy (B*T, d) -> the memory gradient (B*S, d), fresh.
-  /// Empty (0, 0) when the decoder has no layers. Adds every parameter gradient of the decoder.
-  /// cache comes from forward. ready, when set, gets the final norm's parameters, each layer's
-  /// (last to first), then the token input's, each as soon as their gradients are final.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache, const GradReady<Scalar>& ready = nullptr);
+  /// dy (B*T, d) -> the memory gradient (B*S, d), a buffer of the decoder valid until its next
+  /// backward. Empty (0, 0) when the decoder has no layers. Adds every parameter gradient of the
+  /// decoder. cache comes from forward. ready, when set, gets the final norm's parameters, each
+  /// layer's (last to first), then the token input's, each as soon as their gradients are final.
+  const Mat& backward(ConstRef<Scalar> dy, const Cache& cache,
+                      const GradReady<Scalar>& ready = nullptr);
 
   /// Starts incremental decoding over memory (B*S, d) with source key padding (B, S) (empty:
   /// none): projects every layer's cross-attention keys and values once and allocates
@@ -203,6 +225,10 @@ class Decoder {
 
  private:
   bool pre_norm_ = false;
+  struct BackwardBuffers {
+    Mat dmemory;  // (B*S, d)
+  };
+  detail::Scratch<BackwardBuffers> scratch_;
 };
 
 template <class Scalar>
@@ -215,28 +241,35 @@ Decoder<Scalar>::Decoder(Index vocab, Index n_layers, const TransformerConfig& c
 template <class Scalar>
 auto Decoder<Scalar>::forward(const IdMatrix& ids, ConstRef<Scalar> memory,
                               const AttentionMask& self_mask, const AttentionMask& cross_mask,
-                              Cache& cache, Index start_pos) -> Mat {
-  Mat h = input.forward(ids, cache.input, start_pos);
+                              Cache& cache, Index start_pos) -> const Mat& {
+  const Mat* h = &input.forward(ids, cache.input, start_pos);  // the last output, in cache
   cache.layers.resize(layers.size());
   for (size_t i = 0; i < layers.size(); ++i)
-    h = layers[i].forward(h, memory, ids.rows(), self_mask, cross_mask, cache.layers[i]);
-  if (pre_norm_) h = final_norm.forward(h, cache.final_norm);
-  return h;
+    h = &layers[i].forward(*h, memory, ids.rows(), self_mask, cross_mask, cache.layers[i]);
+  if (pre_norm_) h = &final_norm.forward(*h, cache.final_norm);
+  return *h;
 }
 
 template <class Scalar>
 auto Decoder<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache,
-                               const GradReady<Scalar>& ready) -> Mat {
+                               const GradReady<Scalar>& ready) -> const Mat& {
   detail::require_filled_cache("Decoder::backward",
                                cache.input.ids.size() != 0 && cache.layers.size() == layers.size());
-  Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
+  // d: the last gradient, a buffer of a layer (null: dy itself).
+  const Mat* d = pre_norm_ ? &final_norm.backward(dy, cache.final_norm) : nullptr;
   if (ready && pre_norm_) ready(final_norm.parameters());
-  Mat dmemory;
+  Mat& dmemory = scratch_.buffers.dmemory;  // (B*S, kdim) the layers add into it
+  if (layers.empty()) {
+    dmemory.resize(0, 0);
+  } else {
+    const Mat& memory = cache.layers[0].cross_attn.memory;  // (B*S, kdim) the forward's memory
+    dmemory.setZero(memory.rows(), memory.cols());
+  }
   for (size_t i = layers.size(); i-- > 0;) {
-    d = layers[i].backward(d, cache.layers[i], dmemory);
+    d = &layers[i].backward(d ? ConstRef<Scalar>(*d) : dy, cache.layers[i], dmemory);
     if (ready) ready(layers[i].parameters());
   }
-  input.backward(d, cache.input);
+  input.backward(d ? ConstRef<Scalar>(*d) : dy, cache.input);
   if (ready) ready(input.parameters());
   return dmemory;
 }

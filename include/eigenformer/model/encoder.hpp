@@ -10,7 +10,6 @@
 //   ids (B, S) -> memory (B*S, d_model)
 #pragma once
 
-#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -56,16 +55,16 @@ class EncoderLayer {
         attn_drop(Scalar(c.dropout), rng.split()),
         ffn_drop(Scalar(c.dropout), rng.split()) {}
 
-  /// x (B*T, d) -> (B*T, d).
+  /// x (B*T, d) -> (B*T, d), a buffer of cache valid until its next forward (x must not be it).
   /// mask is the self-attention's (key padding; causal for a GPT block). Fills cache for backward;
   /// in training mode draws new dropout masks. Throws ArgumentError from the sub-layers
   /// (Attention::forward, Residual::forward) for a B, x or mask that does not fit.
-  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache);
+  const Mat& forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache);
 
-  /// dy (B*T, d) -> dx (B*T, d) fresh; parameter gradients added.
-  /// cache comes from forward. Throws ArgumentError from the sub-layers for a dy or cache that
-  /// does not fit.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache);
+  /// dy (B*T, d) -> dx (B*T, d), a buffer of this layer valid until its next backward; parameter
+  /// gradients added. cache comes from forward. Throws ArgumentError from the sub-layers for a dy
+  /// or cache that does not fit.
+  const Mat& backward(ConstRef<Scalar> dy, const Cache& cache);
 
   /// Incremental decoding with causal self-attention (the decoder-only model's block), inference
   /// only: x_new (B*t, d), the next t positions, attends over cache (which it extends) and
@@ -90,23 +89,31 @@ class EncoderLayer {
 
 template <class Scalar>
 auto EncoderLayer<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask,
-                                   Cache& cache) -> Mat {
-  const Mat h = attn_block.forward(x, cache.attn_block, [&](ConstRef<Scalar> in) {
-    return attn_drop.forward(self_attn.forward(in, B, mask, cache.attn), cache.attn_drop);
+                                   Cache& cache) -> const Mat& {
+  // Each sub-layer's output is a buffer of its cache, dropped out in place.
+  const Mat& h = attn_block.forward(x, cache.attn_block, [&](ConstRef<Scalar> in) -> const Mat& {
+    Mat& a = self_attn.forward(in, B, mask, cache.attn);
+    attn_drop.forward_in_place(a, cache.attn_drop);
+    return a;
   });
-  return ffn_block.forward(h, cache.ffn_block, [&](ConstRef<Scalar> in) {
-    return ffn_drop.forward(ffn.forward(in, cache.ffn), cache.ffn_drop);
+  return ffn_block.forward(h, cache.ffn_block, [&](ConstRef<Scalar> in) -> const Mat& {
+    Mat& f = ffn.forward(in, cache.ffn);
+    ffn_drop.forward_in_place(f, cache.ffn_drop);
+    return f;
   });
 }
 
 template <class Scalar>
-auto EncoderLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> Mat {
+auto EncoderLayer<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) -> const Mat& {
   detail::require_filled_cache("EncoderLayer::backward", cache.attn.dims.B > 0);
-  const Mat dh = ffn_block.backward(dy, cache.ffn_block, [&](const Mat& d) {
-    return ffn.backward(ffn_drop.backward(d, cache.ffn_drop), cache.ffn);
+  // d is the residual block's own copy of the gradient: dropout's backward runs in place on it.
+  const Mat& dh = ffn_block.backward(dy, cache.ffn_block, [&](Mat& d) -> const Mat& {
+    ffn_drop.backward_in_place(d, cache.ffn_drop);
+    return ffn.backward(d, cache.ffn);
   });
-  return attn_block.backward(dh, cache.attn_block, [&](const Mat& d) {
-    return self_attn.backward(attn_drop.backward(d, cache.attn_drop), cache.attn);
+  return attn_block.backward(dh, cache.attn_block, [&](Mat& d) -> const Mat& {
+    attn_drop.backward_in_place(d, cache.attn_drop);
+    return self_attn.backward(d, cache.attn);
   });
 }
 
@@ -138,6 +145,7 @@ class EncoderStack {
   struct Cache {
     std::vector<typename EncoderLayer<Scalar>::Cache> layers;
     typename LayerNorm<Scalar>::Cache final_norm;
+    Mat out;  // (B*T, d) the output of a post-norm stack without layers (its input)
   };
 
   std::vector<EncoderLayer<Scalar>> layers;
@@ -150,12 +158,15 @@ class EncoderStack {
   EncoderStack(const LayerConfig& c, Index n_layers, Rng& rng);
 
   /// x (B*T, d) -> (B*T, d) through every layer with the same mask, then the final norm
-  /// (pre-norm); fills cache. Throws as EncoderLayer::forward.
-  Mat forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache);
+  /// (pre-norm); fills cache. The result is a buffer of cache, valid until its next forward (x
+  /// must not be it). Throws as EncoderLayer::forward.
+  const Mat& forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask, Cache& cache);
 
-  /// dy (B*T, d) -> dx (B*T, d) fresh; parameter gradients added. cache comes from forward.
-  /// ready, when set, gets the final norm's parameters, then each layer's, last to first.
-  Mat backward(ConstRef<Scalar> dy, const Cache& cache, const GradReady<Scalar>& ready = nullptr);
+  /// dy (B*T, d) -> dx (B*T, d), a buffer of the stack valid until its next backward; parameter
+  /// gradients added. cache comes from forward. ready, when set, gets the final norm's
+  /// parameters, then each layer's, last to first.
+  const Mat& backward(ConstRef<Scalar> dy, const Cache& cache,
+                      const GradReady<Scalar>& ready = nullptr);
 
   /// Empty self-attention caches for B sequences of up to max_len positions, one per layer.
   /// Throws ArgumentError unless B and max_len are positive (when there is a layer).
@@ -177,6 +188,10 @@ class EncoderStack {
 
  private:
   bool pre_norm_ = false;
+  struct BackwardBuffers {
+    Mat dx;  // (B*T, d) the gradient of a post-norm stack without layers
+  };
+  detail::Scratch<BackwardBuffers> scratch_;
 };
 
 template <class Scalar>
@@ -188,25 +203,32 @@ EncoderStack<Scalar>::EncoderStack(const LayerConfig& c, Index n_layers, Rng& rn
 
 template <class Scalar>
 auto EncoderStack<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionMask& mask,
-                                   Cache& cache) -> Mat {
+                                   Cache& cache) -> const Mat& {
   cache.layers.resize(layers.size());
-  Mat h = x;
-  for (size_t i = 0; i < layers.size(); ++i) h = layers[i].forward(h, B, mask, cache.layers[i]);
-  if (pre_norm_) h = final_norm.forward(h, cache.final_norm);
-  return h;
+  // h: the last output, a buffer of the cache (null: x itself).
+  const Mat* h = nullptr;
+  for (size_t i = 0; i < layers.size(); ++i)
+    h = &layers[i].forward(h ? ConstRef<Scalar>(*h) : x, B, mask, cache.layers[i]);
+  if (pre_norm_) return final_norm.forward(h ? ConstRef<Scalar>(*h) : x, cache.final_norm);
+  if (h) return *h;
+  cache.out = x;
+  return cache.out;
 }
 
 template <class Scalar>
 auto EncoderStack<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache,
-                                    const GradReady<Scalar>& ready) -> Mat {
+                                    const GradReady<Scalar>& ready) -> const Mat& {
   detail::require_filled_cache("EncoderStack::backward", cache.layers.size() == layers.size());
-  Mat d = pre_norm_ ? final_norm.backward(dy, cache.final_norm) : Mat(dy);
+  // d: the last gradient, a buffer of a layer (null: dy itself).
+  const Mat* d = pre_norm_ ? &final_norm.backward(dy, cache.final_norm) : nullptr;
   if (ready && pre_norm_) ready(final_norm.parameters());
   for (size_t i = layers.size(); i-- > 0;) {
-    d = layers[i].backward(d, cache.layers[i]);
+    d = &layers[i].backward(d ? ConstRef<Scalar>(*d) : dy, cache.layers[i]);
     if (ready) ready(layers[i].parameters());
   }
-  return d;
+  if (d) return *d;
+  scratch_.buffers.dx = dy;
+  return scratch_.buffers.dx;
 }
 
 template <class Scalar>
@@ -263,9 +285,10 @@ class Encoder {
       : input(vocab, c, rng), stack(c.layer(/*causal=*/false), n_layers, rng) {}
 
   /// mask: usually key_padding_mask(ids, pad_id).
-  /// ids (B, S) -> memory (B*S, d_model); fills cache. Throws ArgumentError for an id outside
-  /// [0, vocab), an S beyond max_len or a mask that does not fit.
-  Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache);
+  /// ids (B, S) -> memory (B*S, d_model), a buffer of cache valid until its next forward; fills
+  /// cache. Throws ArgumentError for an id outside [0, vocab), an S beyond max_len or a mask that
+  /// does not fit.
+  const Mat& forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache);
 
   /// dmemory (B*S, d_model): adds every parameter's gradient (ids have none). cache comes from
   /// forward. ready, when set, gets each part's parameters when their gradients are final (the
@@ -288,9 +311,9 @@ class Encoder {
 };
 
 template <class Scalar>
-auto Encoder<Scalar>::forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache) -> Mat {
-  const Mat x = input.forward(ids, cache.input);
-  return stack.forward(x, ids.rows(), mask, cache.stack);
+auto Encoder<Scalar>::forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache)
+    -> const Mat& {
+  return stack.forward(input.forward(ids, cache.input), ids.rows(), mask, cache.stack);
 }
 
 template <class Scalar>
@@ -306,24 +329,32 @@ inline BoolMatrix key_padding_mask(const IdMatrix& ids, Index pad_id) {
   return (ids.array() == pad_id).matrix();
 }
 
-/// The mask of one attention of a model: the model's own (causal as default_causal, key padding
-/// pad (B, Tk) or empty) without a custom mask; else *custom (its causal flag replacing the
-/// default) with pad or-ed into its key padding. d holds the attention's sizes, heads included.
-/// Throws ArgumentError naming func unless custom fits d (ops/attention.hpp's shapes).
-inline AttentionMask model_mask(std::string_view func, const std::optional<AttentionMask>& custom,
-                                bool default_causal, const BoolMatrix& pad,
-                                const AttentionDims& d) {
-  AttentionMask m;
-  m.causal = default_causal;
+/// Throws ArgumentError naming func unless custom is null or fits d, the attention's sizes with
+/// its heads (ops/attention.hpp's shapes).
+inline void check_model_mask(std::string_view func, const AttentionMask* custom,
+                             const AttentionDims& d) {
+  if (custom) detail::check_mask(func, *custom, d);
+}
+
+/// The mask of one attention of a model, written into out: the model's own (causal as
+/// default_causal, key padding pad (B, Tk) or empty) without a custom mask (null); else *custom
+/// (its causal flag replacing the default) with pad or-ed into its key padding. custom must have
+/// passed check_model_mask. out's buffers are reused when it held masks of the same shapes (a
+/// model keeps it in its cache, so that a per-head bias is not allocated every step).
+inline void model_mask(AttentionMask& out, const AttentionMask* custom, bool default_causal,
+                       const BoolMatrix& pad) {
   if (custom) {
-    detail::check_mask(func, *custom, d);
-    m = *custom;
+    out = *custom;
+  } else {
+    out.causal = default_causal;
+    out.key_padding.resize(0, 0);
+    out.attn_mask.resize(0, 0);
+    out.attn_bias.resize(0, 0);
   }
-  if (m.key_padding.size() == 0)
-    m.key_padding = pad;
+  if (out.key_padding.size() == 0)
+    out.key_padding = pad;
   else if (pad.size() != 0)
-    m.key_padding = (m.key_padding.array() || pad.array()).matrix();
-  return m;
+    out.key_padding = (out.key_padding.array() || pad.array()).matrix();
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "../core/precompiled.hpp"
 #include "../layers/activation.hpp"
@@ -137,10 +138,11 @@ class ClassificationHead {
   /// columns and key_padding is empty or (B, T).
   Mat forward(ConstRef<Scalar> h, Index B, const BoolMatrix& key_padding, Cache& cache);
 
-  /// dlogits (B, n_classes) -> dh (B*T, d) fresh, for the encoder's backward; adds into the
-  /// head's gradients. Throws ArgumentError naming ClassificationHead::backward, changing nothing,
-  /// unless dlogits is (B, n_classes) for the cache's B.
-  Mat backward(ConstRef<Scalar> dlogits, const Cache& cache);
+  /// dlogits (B, n_classes) -> dh (B*T, d), for the encoder's backward: a buffer of this head,
+  /// valid until its next backward (kept between calls, so that a training step does not allocate
+  /// it); adds into the head's gradients. Throws ArgumentError naming ClassificationHead::backward,
+  /// changing nothing, unless dlogits is (B, n_classes) for the cache's B.
+  const Mat& backward(ConstRef<Scalar> dlogits, const Cache& cache);
 
   /// Dropout on (training) or off.
   void train(bool on = true) { dropout.training = on; }
@@ -153,6 +155,10 @@ class ClassificationHead {
 
  private:
   ClassifierConfig config_;
+  struct BackwardBuffers {
+    Mat dh;  // (B*T, d)
+  };
+  detail::Scratch<BackwardBuffers> scratch_;
 };
 
 /// Masked-token prediction: h (N, d) -> logits (N, vocab), BERT's BertLMPredictionHead.
@@ -165,7 +171,8 @@ class MaskedLMHead {
     typename Linear<Scalar>::Cache dense;
     typename ActivationLayer<Scalar>::Cache act;
     typename LayerNorm<Scalar>::Cache norm;
-    Mat x;  // (N, d) the projection's input
+    Mat x;       // (N, d) the projection's input
+    Mat logits;  // (N, vocab) the output of forward(h, embedding, cache)
   };
 
   Linear<Scalar> dense;  // (d, d), empty without the transform
@@ -191,18 +198,21 @@ class MaskedLMHead {
   /// (and, tied, the embedding is (vocab, d)).
   Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding) const {
     Cache scratch;
-    return run_forward(h, embedding, scratch);
+    run_forward(h, embedding, scratch);
+    return std::move(scratch.logits);
   }
 
-  /// forward(h, embedding), keeping what backward needs in cache.
-  Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding, Cache& cache) const {
-    return run_forward(h, embedding, cache);
+  /// forward(h, embedding), keeping what backward needs in cache. The logits are cache.logits,
+  /// valid until the next forward with cache (h must not be a buffer of cache).
+  const Mat& forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding, Cache& cache) const {
+    run_forward(h, embedding, cache);
+    return cache.logits;
   }
 
-  /// dlogits (N, vocab) -> dh (N, d) fresh; adds into the head's gradients (and the embedding's
-  /// when tied). Throws ArgumentError naming MaskedLMHead::backward, changing nothing, unless
-  /// dlogits is (N, vocab) for the cache's N.
-  Mat backward(ConstRef<Scalar> dlogits, const Cache& cache, Embedding<Scalar>& embedding);
+  /// dlogits (N, vocab) -> dh (N, d), a buffer of this head valid until its next backward; adds
+  /// into the head's gradients (and the embedding's when tied). Throws ArgumentError naming
+  /// MaskedLMHead::backward, changing nothing, unless dlogits is (N, vocab) for the cache's N.
+  const Mat& backward(ConstRef<Scalar> dlogits, const Cache& cache, Embedding<Scalar>& embedding);
 
   /// "transform.dense.*", "transform.LayerNorm.*" (with the transform), "decoder.weight"
   /// (untied), "bias".
@@ -219,7 +229,12 @@ class MaskedLMHead {
   const Param<Scalar>& weight(const Embedding<Scalar>& e) const {
     return tied_ ? e.weight : decoder.weight;
   }
-  Mat run_forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding, Cache& cache) const;
+  void run_forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding, Cache& cache) const;
+
+  struct BackwardBuffers {
+    Mat dx, dpre, dh;  // (N, d) the gradients of the projection's, the activation's, h
+  };
+  detail::Scratch<BackwardBuffers> scratch_;
 };
 
 template <class Scalar>
@@ -283,12 +298,14 @@ auto ClassificationHead<Scalar>::forward(ConstRef<Scalar> h, Index B, const Bool
 }
 
 template <class Scalar>
-auto ClassificationHead<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache) -> Mat {
+auto ClassificationHead<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache)
+    -> const Mat& {
   detail::check_shape("ClassificationHead::backward", "dlogits", dlogits, cache.B,
                       classifier.out_features());
   Mat dpooled = dropout.backward(classifier.backward(dlogits, cache.classifier), cache.dropout);
   if (config_.pooler) dpooled = pooler.backward(dpooled, cache.pooler);
-  Mat dh(cache.B * cache.T, dpooled.cols());  // (B*T, d)
+  Mat& dh = scratch_.buffers.dh;  // (B*T, d), every row written below
+  dh.resize(cache.B * cache.T, dpooled.cols());
   for (Index b = 0; b < cache.B; ++b)
     dh.middleRows(b * cache.T, cache.T).noalias() =
         cache.weights.row(b).transpose() * dpooled.row(b);
@@ -323,35 +340,45 @@ MaskedLMHead<Scalar>::MaskedLMHead(Index d_model, Index vocab, bool tied,
 }
 
 template <class Scalar>
-auto MaskedLMHead<Scalar>::run_forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding,
-                                       Cache& cache) const -> Mat {
+void MaskedLMHead<Scalar>::run_forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding,
+                                       Cache& cache) const {
   const char* func = "MaskedLMHead::forward";
   detail::check_shape(func, "h", h, -1, d_);
   const Param<Scalar>& w = weight(embedding);
   detail::check_shape(func, tied_ ? "embedding.weight" : "decoder.weight", w.value,
                       bias.value.cols(), d_);
-  if (config_.transform)
-    cache.x = norm.forward(act.forward(dense.forward(h, cache.dense), cache.act), cache.norm);
-  else
+  if (config_.transform) {
+    // Each stage into a buffer of the cache: dense's output is the activation's input, and
+    // cache.x carries the activation's output into the norm, whose output is swapped into it.
+    dense.forward_into(cache.act.x, h);
+    cache.dense.x = h;
+    activation_forward<Scalar>(cache.x, cache.act.x, act.kind());
+    norm.forward(cache.x, cache.norm);
+    cache.x.swap(cache.norm.y);
+  } else {
     cache.x = h;
-  Mat logits;
-  linear_forward<Scalar>(logits, cache.x, w.value, &bias.value);
-  return logits;
+  }
+  linear_forward<Scalar>(cache.logits, cache.x, w.value, &bias.value);
 }
 
 template <class Scalar>
 auto MaskedLMHead<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
-                                    Embedding<Scalar>& embedding) -> Mat {
+                                    Embedding<Scalar>& embedding) -> const Mat& {
   const char* func = "MaskedLMHead::backward";
   Param<Scalar>& w = tied_ ? embedding.weight : decoder.weight;
   detail::check_shape(func, "cache.x", cache.x, -1, d_);
   detail::check_shape(func, "dlogits", dlogits, cache.x.rows(), bias.value.cols());
   detail::check_shape(func, tied_ ? "embedding.weight" : "decoder.weight", w.value,
                       bias.value.cols(), d_);
-  Mat dx;
+  auto& [dx, dpre, dh] = scratch_.buffers;
   linear_backward<Scalar>(dx, &w.grad, &bias.grad, dlogits, cache.x, w.value);
   if (!config_.transform) return dx;
-  return dense.backward(act.backward(norm.backward(dx, cache.norm), cache.act), cache.dense);
+  const Mat& dn = norm.backward(dx, cache.norm);
+  detail::check_shape("ActivationLayer::backward", "dy", dn, cache.act.x.rows(),
+                      cache.act.x.cols());
+  activation_backward<Scalar>(dpre, dn, cache.act.x, act.kind());
+  dense.backward_into(dh, dpre, cache.dense.x);
+  return dh;
 }
 
 template <class Scalar>

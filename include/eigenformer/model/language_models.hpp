@@ -7,7 +7,6 @@
 // Both take their vocabulary from config.vocab and their depth from config.n_layers.
 #pragma once
 
-#include <optional>
 #include <string>
 
 #include "../core/precompiled.hpp"
@@ -29,6 +28,7 @@ class SingleStackModel {
     typename TokenInput<Scalar>::Cache input;
     typename EncoderStack<Scalar>::Cache stack;
     typename OutputHead<Scalar>::Cache head;
+    AttentionMask mask;  // the self-attention's, kept so that its buffers serve the next forward
   };
 
   TokenInput<Scalar> input;
@@ -42,26 +42,30 @@ class SingleStackModel {
 
   /// ids (B, T) at positions start_pos.. -> logits (B*T, vocab).
   /// Masks keys whose id is pad_id, and later keys too in DecoderOnlyLM (causal). Fills cache for
-  /// backward; in training mode draws new dropout masks. Throws ArgumentError naming
+  /// backward; in training mode draws new dropout masks. The logits are a buffer of cache, valid
+  /// until its next forward (so a training loop allocates them once). Throws ArgumentError naming
   /// <Model>::forward for empty ids or an id outside [0, vocab); and from the token input for
   /// start_pos + T beyond max_len.
-  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
+  const Mat& forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
     return forward(ids, IdMatrix(), cache, start_pos);
   }
 
   /// The same with token types (B, T) (BERT's segment ids; empty: all 0), for a model built with
   /// config.type_vocab > 0. Throws ArgumentError as TokenInput::forward for token types that do
   /// not fit, before anything changes.
-  Mat forward(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache, Index start_pos = 0);
+  const Mat& forward(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache,
+                     Index start_pos = 0);
 
   /// forward without the output head: ids (B, T) -> the last layer's hidden states (B*T, d_model)
   /// (after the final LayerNorm with pre-norm), for a task head of your own (model/heads.hpp).
-  /// Fills cache.input and cache.stack for backward_hidden; throws as forward.
-  Mat hidden(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
+  /// Fills cache.input and cache.stack for backward_hidden; the result is a buffer of cache.stack,
+  /// valid until its next forward. Throws as forward.
+  const Mat& hidden(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
     return hidden(ids, IdMatrix(), cache, start_pos);
   }
   /// The same with token types (B, T), as forward.
-  Mat hidden(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache, Index start_pos = 0);
+  const Mat& hidden(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache,
+                    Index start_pos = 0);
 
   /// dhidden (B*T, d_model), the gradient of hidden()'s output: adds the gradients of the token
   /// input's and the stack's parameters (not the output head's). cache comes from hidden or
@@ -79,7 +83,8 @@ class SingleStackModel {
   /// masks; leave it false for a prefix LM's own attn_mask); pad_id's key padding still applies.
   /// decode_step stays causal. Throws as the other forward, and naming <Model>::forward for a
   /// mask that does not fit.
-  Mat forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache, Index start_pos = 0);
+  const Mat& forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache,
+                     Index start_pos = 0);
 
   /// Starts incremental decoding (inference only, causal models only) of B sequences of up to
   /// max_len positions: one empty self-attention cache per layer.
@@ -141,46 +146,45 @@ class SingleStackModel {
   bool causal_ = true;
 
   // hidden() with token types (empty: none) and a custom mask (none: the model's own).
-  Mat run_hidden(const IdMatrix& ids, const IdMatrix& token_types,
-                 const std::optional<AttentionMask>& custom, Cache& cache, Index start_pos);
+  const Mat& run_hidden(const IdMatrix& ids, const IdMatrix& token_types,
+                        const AttentionMask* custom, Cache& cache, Index start_pos);
   std::string name_;
   std::string forward_func_, decode_step_func_;  // built once: messages name them on failure
 };
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const IdMatrix& token_types,
-                                       Cache& cache, Index start_pos) -> Mat {
-  const Mat h = run_hidden(ids, token_types, std::nullopt, cache, start_pos);
+                                       Cache& cache, Index start_pos) -> const Mat& {
+  const Mat& h = run_hidden(ids, token_types, nullptr, cache, start_pos);
   return head.forward(h, input.embedding, cache.head);
 }
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::forward(const IdMatrix& ids, const AttentionMask& mask, Cache& cache,
-                                       Index start_pos) -> Mat {
-  const Mat h = run_hidden(ids, IdMatrix(), mask, cache, start_pos);
+                                       Index start_pos) -> const Mat& {
+  const Mat& h = run_hidden(ids, IdMatrix(), &mask, cache, start_pos);
   return head.forward(h, input.embedding, cache.head);
 }
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::hidden(const IdMatrix& ids, const IdMatrix& token_types,
-                                      Cache& cache, Index start_pos) -> Mat {
-  return run_hidden(ids, token_types, std::nullopt, cache, start_pos);
+                                      Cache& cache, Index start_pos) -> const Mat& {
+  return run_hidden(ids, token_types, nullptr, cache, start_pos);
 }
 
 template <class Scalar>
 auto SingleStackModel<Scalar>::run_hidden(const IdMatrix& ids, const IdMatrix& token_types,
-                                          const std::optional<AttentionMask>& custom, Cache& cache,
-                                          Index start_pos) -> Mat {
+                                          const AttentionMask* custom, Cache& cache,
+                                          Index start_pos) -> const Mat& {
   const std::string& func = forward_func_;
   detail::require(ids.rows() > 0 && ids.cols() > 0, func, "ids",
                   [&] { return "has shape " + shape_of(ids) + ", expected a non-empty (B, T)"; });
   check_embedding_ids(func, "ids", ids, config_.vocab);
   const Index B = ids.rows(), T = ids.cols(), H = config_.n_heads;
-  const AttentionMask mask =
-      model_mask(func, custom, causal_, key_padding_mask(ids, config_.pad_id),
-                 {B, T, T, H, config_.d_model / H});
-  const Mat x = input.forward(ids, token_types, cache.input, start_pos);
-  return stack.forward(x, ids.rows(), mask, cache.stack);
+  check_model_mask(func, custom, {B, T, T, H, config_.d_model / H});
+  const Mat& x = input.forward(ids, token_types, cache.input, start_pos);
+  model_mask(cache.mask, custom, causal_, key_padding_mask(ids, config_.pad_id));
+  return stack.forward(x, ids.rows(), cache.mask, cache.stack);
 }
 
 template <class Scalar>
@@ -242,7 +246,7 @@ template <class Scalar>
 void SingleStackModel<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
                                         const GradReady<Scalar>& ready) {
   detail::require_filled_cache(name_ + "::backward", cache.head.h.cols() != 0);
-  const Mat dh = head.backward(dlogits, cache.head, input.embedding);
+  const Mat& dh = head.backward(dlogits, cache.head, input.embedding);
   if (ready) ready(head.parameters());
   backward_hidden(dh, cache, ready);
 }

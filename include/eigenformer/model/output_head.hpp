@@ -16,7 +16,8 @@ class OutputHead {
  public:
   using Mat = Matrix<Scalar>;
   struct Cache {
-    Mat h;  // (N, d) the input
+    Mat h;       // (N, d) the input
+    Mat logits;  // (N, V) the output
   };
 
   Linear<Scalar> proj;  // (V, d) weight and (1, V) bias; empty when tied
@@ -36,23 +37,32 @@ class OutputHead {
   /// Throws ArgumentError naming OutputHead::forward unless h has d columns.
   Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding) const;
 
-  /// forward(h, embedding), keeping h in cache for backward (written only on success).
-  Mat forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding, Cache& cache) const {
-    Mat logits = forward(h, embedding);
+  /// forward(h, embedding), keeping h in cache for backward (written only on success). The
+  /// logits are cache.logits, valid until the next forward with cache (h must not be them).
+  const Mat& forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding, Cache& cache) const {
+    project(cache.logits, h, embedding);
     cache.h = h;
-    return logits;
+    return cache.logits;
   }
 
-  /// dlogits (N, V) -> dh (N, d) fresh; the weight gradient is added (to the embedding if tied).
-  /// cache comes from forward, embedding is the forward's. Throws ArgumentError naming
-  /// OutputHead::backward, changing nothing, unless dlogits is (N, V) for the cache's N.
-  Mat backward(ConstRef<Scalar> dlogits, const Cache& cache, Embedding<Scalar>& embedding);
+  /// dlogits (N, V) -> dh (N, d), a buffer of this head valid until its next backward; the weight
+  /// gradient is added (to the embedding if tied). cache comes from forward, embedding is the
+  /// forward's. Throws ArgumentError naming OutputHead::backward, changing nothing, unless
+  /// dlogits is (N, V) for the cache's N.
+  const Mat& backward(ConstRef<Scalar> dlogits, const Cache& cache, Embedding<Scalar>& embedding);
 
   /// Empty when tied: the shared matrix belongs to the embedding.
   ParamList<Scalar> parameters() { return tied_ ? ParamList<Scalar>{} : proj.parameters(); }
 
  private:
   bool tied_ = false;
+  struct BackwardBuffers {
+    Mat dh;  // (N, d)
+  };
+  detail::Scratch<BackwardBuffers> scratch_;
+
+  /// logits (N, V) = h (N, d) times the projection; throws before writing logits.
+  void project(Mat& logits, ConstRef<Scalar> h, const Embedding<Scalar>& embedding) const;
 
   const Param<Scalar>& weight(const Embedding<Scalar>& e) const {
     return tied_ ? e.weight : proj.weight;
@@ -63,20 +73,26 @@ class OutputHead {
 template <class Scalar>
 auto OutputHead<Scalar>::forward(ConstRef<Scalar> h, const Embedding<Scalar>& embedding) const
     -> Mat {
-  const Param<Scalar>& w = weight(embedding);
-  detail::check_shape("OutputHead::forward", "h", h, -1, w.value.cols());
   Mat logits;
-  linear_forward<Scalar>(logits, h, w.value, tied_ ? nullptr : &proj.bias.value);
+  project(logits, h, embedding);
   return logits;
 }
 
 template <class Scalar>
+void OutputHead<Scalar>::project(Mat& logits, ConstRef<Scalar> h,
+                                 const Embedding<Scalar>& embedding) const {
+  const Param<Scalar>& w = weight(embedding);
+  detail::check_shape("OutputHead::forward", "h", h, -1, w.value.cols());
+  linear_forward<Scalar>(logits, h, w.value, tied_ ? nullptr : &proj.bias.value);
+}
+
+template <class Scalar>
 auto OutputHead<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
-                                  Embedding<Scalar>& embedding) -> Mat {
+                                  Embedding<Scalar>& embedding) -> const Mat& {
   Param<Scalar>& w = weight(embedding);
   detail::require_filled_cache("OutputHead::backward", cache.h.cols() != 0);
   detail::check_shape("OutputHead::backward", "dlogits", dlogits, cache.h.rows(), w.value.rows());
-  Mat dh;
+  Mat& dh = scratch_.buffers.dh;
   linear_backward<Scalar>(dh, &w.grad, tied_ ? nullptr : &proj.bias.grad, dlogits, cache.h,
                           w.value);
   return dh;

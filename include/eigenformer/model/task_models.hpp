@@ -116,8 +116,9 @@ class MaskedLM {
 
   /// ids (B, T) -> logits (B*T, vocab) at every position (the loss picks the masked ones, e.g.
   /// cross_entropy_forward with ignore_id). Fills cache. Throws as EncoderOnlyModel::forward.
-  Mat forward(const IdMatrix& ids, Cache& cache) {
-    const Mat h = encoder.hidden(ids, cache.encoder);
+  /// The logits are a buffer of cache, valid until its next forward.
+  const Mat& forward(const IdMatrix& ids, Cache& cache) {
+    const Mat& h = encoder.hidden(ids, cache.encoder);
     return head.forward(h, encoder.input.embedding, cache.head);
   }
 
@@ -151,7 +152,7 @@ class MaskedLM {
 
 template <class Scalar>
 auto EncoderClassifier<Scalar>::forward(const IdMatrix& ids, Cache& cache) -> Mat {
-  const Mat h = encoder.hidden(ids, cache.encoder);
+  const Mat& h = encoder.hidden(ids, cache.encoder);
   return head.forward(h, ids.rows(), key_padding_mask(ids, config_.pad_id), cache.head);
 }
 

@@ -27,6 +27,7 @@ class TokenInput {
     Index start_pos = 0;
     typename LayerNorm<Scalar>::Cache norm;
     typename Dropout<Scalar>::Cache dropout;
+    Mat out;  // (B*T, d_model) the output
   };
 
   Embedding<Scalar> embedding;
@@ -52,9 +53,10 @@ class TokenInput {
   /// ids (B, T) at positions start_pos.. -> (B*T, d_model).
   /// Embedding, times sqrt(d_model) with scale_embeddings, plus the positional table, plus the
   /// token-type embedding of type 0 (with a table), then the LayerNorm (input_norm) and dropout
-  /// (in training mode); fills cache. Throws ArgumentError for an id outside [0, vocab), B or T
-  /// of 0, start_pos < 0 or start_pos + T > max_len().
-  Mat forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
+  /// (in training mode); fills cache. The result is cache.out, valid until the next forward with
+  /// cache. Throws ArgumentError for an id outside [0, vocab), B or T of 0, start_pos < 0 or
+  /// start_pos + T > max_len(), before anything changes.
+  const Mat& forward(const IdMatrix& ids, Cache& cache, Index start_pos = 0) {
     return forward(ids, IdMatrix(), cache, start_pos);
   }
 
@@ -62,7 +64,8 @@ class TokenInput {
   /// Throws ArgumentError naming TokenInput::forward and 'token_types', before anything changes,
   /// unless token_types is empty or has ids' shape with every type in [0, type_vocab()) (a model
   /// without a token-type table takes only empty types); and as the other forward.
-  Mat forward(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache, Index start_pos = 0);
+  const Mat& forward(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache,
+                     Index start_pos = 0);
 
   /// dy (B*T, d_model): adds into the embedding (and learned position) gradients.
   /// cache comes from forward. Throws ArgumentError for a dy that does not fit the cache.
@@ -79,11 +82,16 @@ class TokenInput {
   PositionalKind kind_ = PositionalKind::sinusoidal;
   Index max_len_ = 0;
   Scalar scale_ = Scalar(1);
+  struct BackwardBuffers {
+    Mat d;  // (B*T, d_model) dy, through dropout (and the norm, and the scaling)
+  };
+  detail::Scratch<BackwardBuffers> scratch_;
 
-  /// token_types, or zeros of ids' shape when it is empty.
-  static IdMatrix types_or_zeros(const IdMatrix& token_types, const IdMatrix& ids) {
-    return token_types.size() > 0 ? token_types : IdMatrix(IdMatrix::Zero(ids.rows(), ids.cols()));
-  }
+  /// The name under which the positions of forward are checked: the positional table's forward,
+  /// or TokenInput::forward without a table.
+  const char* positions_func() const;
+  /// x (B*T, d_model) += the token-type embedding of types (B, T) (empty: type 0 everywhere).
+  void add_token_types(Mat& x, const IdMatrix& types) const;
 };
 
 template <class Scalar>
@@ -112,7 +120,7 @@ TokenInput<Scalar>::TokenInput(Index vocab, const TransformerConfig& c, Rng& rng
 
 template <class Scalar>
 auto TokenInput<Scalar>::forward(const IdMatrix& ids, const IdMatrix& token_types, Cache& cache,
-                                 Index start_pos) -> Mat {
+                                 Index start_pos) -> const Mat& {
   const char* func = "TokenInput::forward";
   if (token_types.size() > 0) {
     detail::require(type_vocab() > 0, func, "token_types",
@@ -124,33 +132,66 @@ auto TokenInput<Scalar>::forward(const IdMatrix& ids, const IdMatrix& token_type
                     });
     detail::check_embedding_ids(func, "token_types", token_types, type_vocab());
   }
-  Mat x = embedding.forward(ids);
+  // Every check before cache.out changes: the ids (Embedding's), then the positions, named as
+  // the positional table names them.
+  detail::check_embedding_ids("Embedding::forward", "ids", ids, embedding.vocab_size());
+  detail::check_position_range(positions_func(), ids.rows(), ids.cols(), start_pos, max_len_);
+  Mat& x = cache.out;  // (B*T, d_model), built in place
+  embedding.forward_into(x, ids);
   if (scale_ != Scalar(1)) x *= scale_;
   if (kind_ == PositionalKind::sinusoidal)
-    x = sinusoidal.forward(x, ids.rows(), ids.cols(), start_pos);
+    sinusoidal.forward_in_place(x, ids.rows(), ids.cols(), start_pos);
   else if (kind_ == PositionalKind::learned)
-    x = learned.forward(x, ids.rows(), ids.cols(), start_pos);
-  else  // positions act in the attention; keep the tables' limit all the same
-    detail::check_positions<Scalar>(func, "x", x, ids.rows(), ids.cols(), start_pos, x.cols(),
-                                    max_len_);
-  if (type_vocab() > 0) x += token_type.forward(types_or_zeros(token_types, ids));
-  if (norm.features() > 0) x = norm.forward(x, cache.norm);
+    learned.forward_in_place(x, ids.rows(), ids.cols(), start_pos);
+  if (type_vocab() > 0) add_token_types(x, token_types);
+  if (norm.features() > 0) {
+    norm.forward(x, cache.norm);  // into cache.norm.y; the norm keeps its input in cache.norm.x
+    x.swap(cache.norm.y);         // the output in cache.out; the old buffer serves the next forward
+  }
   cache.ids = ids;
   cache.token_types = token_types;
   cache.start_pos = start_pos;
-  return dropout.forward(x, cache.dropout);
+  dropout.forward_in_place(x, cache.dropout);
+  return x;
 }
 
 template <class Scalar>
 void TokenInput<Scalar>::backward(ConstRef<Scalar> dy, const Cache& cache) {
   detail::require_filled_cache("TokenInput::backward", cache.ids.size() != 0);
-  Mat d = dropout.backward(dy, cache.dropout);
+  Mat& d = scratch_.buffers.d;  // (B*T, d_model)
+  d = dy;
+  dropout.backward_in_place(d, cache.dropout);
   if (norm.features() > 0) d = norm.backward(d, cache.norm);
-  if (type_vocab() > 0) token_type.backward(d, types_or_zeros(cache.token_types, cache.ids));
+  if (type_vocab() > 0) {
+    if (cache.token_types.size() > 0) {
+      token_type.backward(d, cache.token_types);
+    } else {  // every token of type 0 (the order of Embedding::backward's sum)
+      auto grad0 = token_type.weight.grad.row(0);
+      for (Index n = 0; n < d.rows(); ++n) grad0 += d.row(n);
+    }
+  }
   if (kind_ == PositionalKind::learned)
-    d = learned.backward(d, cache.ids.rows(), cache.ids.cols(), cache.start_pos);
+    learned.add_grad(d, cache.ids.rows(), cache.ids.cols(), cache.start_pos);
   if (scale_ != Scalar(1)) d *= scale_;
   embedding.backward(d, cache.ids);
+}
+
+template <class Scalar>
+const char* TokenInput<Scalar>::positions_func() const {
+  if (kind_ == PositionalKind::sinusoidal) return "SinusoidalPositionalEncoding::forward";
+  if (kind_ == PositionalKind::learned) return "LearnedPositionalEncoding::forward";
+  return "TokenInput::forward";
+}
+
+template <class Scalar>
+void TokenInput<Scalar>::add_token_types(Mat& x, const IdMatrix& types) const {
+  const Mat& table = token_type.weight.value;  // (type_vocab, d_model)
+  if (types.size() == 0) {
+    x.rowwise() += table.row(0);
+    return;
+  }
+  const Index* id = types.data();  // (B*T) row-major: token b*T+t
+  for (Index n = 0; n < x.rows(); ++n) x.row(n) += table.row(id[n]);
 }
 
 template <class Scalar>

@@ -28,6 +28,13 @@ struct TransformerMasks {
   std::optional<AttentionMask> src, tgt, memory;
 };
 
+namespace detail {
+/// The mask m holds, or null: passed on without a copy.
+inline const AttentionMask* mask_of(const std::optional<AttentionMask>& m) {
+  return m ? &*m : nullptr;
+}
+}  // namespace detail
+
 template <class Scalar = float>
 class Transformer {
  public:
@@ -36,6 +43,8 @@ class Transformer {
     typename Encoder<Scalar>::Cache encoder;
     typename Decoder<Scalar>::Cache decoder;
     typename OutputHead<Scalar>::Cache head;
+    // The masks of the last forward, kept so that their buffers serve the next one.
+    AttentionMask src_mask, tgt_mask, memory_mask;
   };
 
   Encoder<Scalar> encoder;
@@ -57,7 +66,8 @@ class Transformer {
   /// Fills cache for Encoder::backward (Transformer::forward keeps it as cache.encoder). Throws
   /// ArgumentError naming Transformer::encode and 'src' unless src is non-empty, S <= max_len and
   /// every id is in [0, src_vocab).
-  Mat encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache);
+  /// The memory is a buffer of cache, valid until its next forward.
+  const Mat& encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache);
 
   /// Decoder input ids (B, T) at positions start_pos.. over memory (B*S, d) of src (B, S)
   /// -> logits (B*T, tgt_vocab).
@@ -66,8 +76,9 @@ class Transformer {
   /// Fills cache.decoder and cache.head. Throws ArgumentError naming Transformer::decode unless
   /// tgt_in is non-empty with T <= max_len and ids in [0, tgt_vocab) and has src's B; and from
   /// the layers for start_pos + T beyond max_len or a memory that does not fit.
-  Mat decode(const IdMatrix& tgt_in, const IdMatrix& src, ConstRef<Scalar> memory, Cache& cache,
-             Index start_pos = 0);
+  /// The logits are a buffer of cache, valid until its next forward.
+  const Mat& decode(const IdMatrix& tgt_in, const IdMatrix& src, ConstRef<Scalar> memory,
+                    Cache& cache, Index start_pos = 0);
 
   /// Starts incremental decoding (inference only) of src (B, S) whose encoder output is memory
   /// (B*S, d), e.g. from encode(): the cross-attention keys and values of every decoder layer are
@@ -92,14 +103,15 @@ class Transformer {
 
   /// Training forward: src (B, S), tgt_in (B, T) -> logits (B*T, tgt_vocab).
   /// Teacher forcing: tgt_in is usually shift_right(targets, bos). Fills cache for backward; in
-  /// training mode draws new dropout masks. Throws ArgumentError as encode and decode.
-  Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache);
+  /// training mode draws new dropout masks. The logits are a buffer of cache, valid until its next
+  /// forward (so a training loop allocates them once). Throws ArgumentError as encode and decode.
+  const Mat& forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache);
 
   /// The same with custom masks (see TransformerMasks), which backward needs no more of.
   /// Throws ArgumentError as the other forward, and naming Transformer::forward for a mask that
   /// does not fit.
-  Mat forward(const IdMatrix& src, const IdMatrix& tgt_in, const TransformerMasks& masks,
-              Cache& cache);
+  const Mat& forward(const IdMatrix& src, const IdMatrix& tgt_in, const TransformerMasks& masks,
+                     Cache& cache);
 
   /// dlogits (B*T, tgt_vocab): adds every parameter's gradient. ready, when set, is called with
   /// each layer's parameters as soon as their gradients are final (output head, decoder layers
@@ -149,9 +161,9 @@ class Transformer {
   void check_max_len(std::string_view func, Index max_len) const;
 
   // encode and decode on arguments the public entry has checked: each is checked once.
-  Mat run_encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache);
-  Mat run_decode(const IdMatrix& tgt_in, const IdMatrix& src, ConstRef<Scalar> memory, Cache& cache,
-                 Index start_pos);
+  const Mat& run_encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache);
+  const Mat& run_decode(const IdMatrix& tgt_in, const IdMatrix& src, ConstRef<Scalar> memory,
+                        Cache& cache, Index start_pos);
 };
 
 template <class Scalar>
@@ -164,20 +176,21 @@ Transformer<Scalar>::Transformer(const TransformerConfig& config, Rng& rng)
 
 template <class Scalar>
 auto Transformer<Scalar>::encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache)
-    -> Mat {
+    -> const Mat& {
   check_ids("Transformer::encode", "src", src, config_.src_vocab);
   return run_encode(src, cache);
 }
 
 template <class Scalar>
 auto Transformer<Scalar>::run_encode(const IdMatrix& src, typename Encoder<Scalar>::Cache& cache)
-    -> Mat {
+    -> const Mat& {
   return encoder.forward(src, source_mask(src), cache);
 }
 
 template <class Scalar>
 auto Transformer<Scalar>::decode(const IdMatrix& tgt_in, const IdMatrix& src,
-                                 ConstRef<Scalar> memory, Cache& cache, Index start_pos) -> Mat {
+                                 ConstRef<Scalar> memory, Cache& cache, Index start_pos)
+    -> const Mat& {
   check_ids("Transformer::decode", "tgt_in", tgt_in, config_.tgt_vocab);
   check_same_batch("Transformer::decode", tgt_in, src);
   return run_decode(tgt_in, src, memory, cache, start_pos);
@@ -186,11 +199,11 @@ auto Transformer<Scalar>::decode(const IdMatrix& tgt_in, const IdMatrix& src,
 template <class Scalar>
 auto Transformer<Scalar>::run_decode(const IdMatrix& tgt_in, const IdMatrix& src,
                                      ConstRef<Scalar> memory, Cache& cache, Index start_pos)
-    -> Mat {
+    -> const Mat& {
   AttentionMask self_mask;
   self_mask.causal = true;
   self_mask.key_padding = key_padding_mask(tgt_in, config_.pad_id);
-  const Mat h =
+  const Mat& h =
       decoder.forward(tgt_in, memory, self_mask, source_mask(src), cache.decoder, start_pos);
   return head.forward(h, decoder.input.embedding, cache.head);
 }
@@ -210,7 +223,7 @@ auto Transformer<Scalar>::begin_decode(const IdMatrix& src, Index max_len) -> De
   check_ids("Transformer::begin_decode", "src", src, config_.src_vocab);
   check_max_len("Transformer::begin_decode", max_len);
   typename Encoder<Scalar>::Cache cache;
-  const Mat memory = run_encode(src, cache);
+  const Mat& memory = run_encode(src, cache);
   return decoder.begin_decode(memory, src.rows(), key_padding_mask(src, config_.pad_id), max_len);
 }
 
@@ -223,27 +236,30 @@ auto Transformer<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scalar>& 
 
 template <class Scalar>
 auto Transformer<Scalar>::forward(const IdMatrix& src, const IdMatrix& tgt_in, Cache& cache)
-    -> Mat {
+    -> const Mat& {
   return forward(src, tgt_in, TransformerMasks(), cache);
 }
 
 template <class Scalar>
 auto Transformer<Scalar>::forward(const IdMatrix& src, const IdMatrix& tgt_in,
-                                  const TransformerMasks& masks, Cache& cache) -> Mat {
+                                  const TransformerMasks& masks, Cache& cache) -> const Mat& {
   const char* func = "Transformer::forward";
   check_ids(func, "src", src, config_.src_vocab);
   check_ids(func, "tgt_in", tgt_in, config_.tgt_vocab);
   check_same_batch(func, tgt_in, src);
   const Index B = src.rows(), S = src.cols(), T = tgt_in.cols();
   const Index H = config_.n_heads, dh = config_.d_model / config_.n_heads;
+  check_model_mask(func, detail::mask_of(masks.src), {B, S, S, H, dh});
+  check_model_mask(func, detail::mask_of(masks.tgt), {B, T, T, H, dh});
+  check_model_mask(func, detail::mask_of(masks.memory), {B, T, S, H, dh});
   const BoolMatrix src_pad = key_padding_mask(src, config_.pad_id);
-  const AttentionMask src_mask = model_mask(func, masks.src, false, src_pad, {B, S, S, H, dh});
-  const AttentionMask tgt_mask =
-      model_mask(func, masks.tgt, true, key_padding_mask(tgt_in, config_.pad_id), {B, T, T, H, dh});
-  const AttentionMask memory_mask =
-      model_mask(func, masks.memory, false, src_pad, {B, T, S, H, dh});
-  const Mat memory = encoder.forward(src, src_mask, cache.encoder);
-  const Mat h = decoder.forward(tgt_in, memory, tgt_mask, memory_mask, cache.decoder, 0);
+  model_mask(cache.src_mask, detail::mask_of(masks.src), false, src_pad);
+  model_mask(cache.tgt_mask, detail::mask_of(masks.tgt), true,
+             key_padding_mask(tgt_in, config_.pad_id));
+  model_mask(cache.memory_mask, detail::mask_of(masks.memory), false, src_pad);
+  const Mat& memory = encoder.forward(src, cache.src_mask, cache.encoder);
+  const Mat& h =
+      decoder.forward(tgt_in, memory, cache.tgt_mask, cache.memory_mask, cache.decoder, 0);
   return head.forward(h, decoder.input.embedding, cache.head);
 }
 
@@ -251,9 +267,9 @@ template <class Scalar>
 void Transformer<Scalar>::backward(ConstRef<Scalar> dlogits, const Cache& cache,
                                    const GradReady<Scalar>& ready) {
   detail::require_filled_cache("Transformer::backward", cache.head.h.cols() != 0);
-  const Mat dh = head.backward(dlogits, cache.head, decoder.input.embedding);
+  const Mat& dh = head.backward(dlogits, cache.head, decoder.input.embedding);
   if (ready) ready(head.parameters());
-  const Mat dmemory = decoder.backward(dh, cache.decoder, ready);
+  const Mat& dmemory = decoder.backward(dh, cache.decoder, ready);
   encoder.backward(dmemory, cache.encoder, ready);
 }
 

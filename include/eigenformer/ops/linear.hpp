@@ -52,47 +52,72 @@ void linear_forward(Matrix<Scalar>& out, ConstRef<Scalar> inp, ConstRef<Scalar> 
                             [&](Index begin, Index end) { block(0, N, begin, end - begin); });
 }
 
+namespace detail {
+
+/// linear_backward, with dinp (N, in) += dout W when add (dinp already of that shape), else
+/// dinp = dout W (resized; each row block zeroed first, as Eigen's `rows = a * b` does).
+template <class Scalar>
+void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweight,
+                          Matrix<Scalar>* dbias, ConstRef<Scalar> dout, ConstRef<Scalar> inp,
+                          ConstRef<Scalar> weight) {
+  const char* func = add ? "linear_backward_add" : "linear_backward";
+  check_shape(func, "inp", inp, -1, weight.cols());
+  check_shape(func, "dout", dout, inp.rows(), weight.rows());
+  if (add) check_shape(func, "dinp", dinp, dout.rows(), weight.cols());
+  if (dweight) check_shape(func, "dweight", *dweight, weight.rows(), weight.cols());
+  if (dbias) check_shape(func, "dbias", *dbias, 1, weight.rows());
+  const double work = double(dout.rows()) * double(dout.cols()) * double(weight.cols());
+  if (!add) dinp.resize(dout.rows(), weight.cols());
+  parallel_ranges(dout.rows(), kGemmRowAlign, work, kParallelMinGemmWork,
+                  [&](Index begin, Index end) {
+                    auto rows = dinp.middleRows(begin, end - begin);  // (n, in)
+                    if (!add) rows.setZero();
+                    gemm_add(rows, dout.middleRows(begin, end - begin), weight);
+                  });
+  // Row block [begin, end) of dweight, and the same entries of dbias, need only those columns
+  // of dout.
+  if (!dweight && !dbias) return;
+  parallel_ranges(
+      dout.cols(), kGemmRowAlign, work, kParallelMinGemmWork, [&](Index begin, Index end) {
+        const Index n = end - begin;
+        if (dweight)
+          gemm_add(dweight->middleRows(begin, n), dout.middleCols(begin, n).transpose(), inp);
+        if (dbias) dbias->middleCols(begin, n) += dout.middleCols(begin, n).colwise().sum();
+      });
+}
+
+}  // namespace detail
+
 /// dinp (N, in) = dout W (fresh); dweight (out, in) += dout^T inp; dbias (1, out) += sum of dout
 /// rows. dweight and dbias may be null (not wanted).
 template <class Scalar>
 void linear_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scalar>* dbias,
                      ConstRef<Scalar> dout, ConstRef<Scalar> inp, ConstRef<Scalar> weight) {
-  const char* func = "linear_backward";
-  detail::check_shape(func, "inp", inp, -1, weight.cols());
-  detail::check_shape(func, "dout", dout, inp.rows(), weight.rows());
-  if (dweight) detail::check_shape(func, "dweight", *dweight, weight.rows(), weight.cols());
-  if (dbias) detail::check_shape(func, "dbias", *dbias, 1, weight.rows());
-  const double work = double(dout.rows()) * double(dout.cols()) * double(weight.cols());
-  dinp.resize(dout.rows(), weight.cols());
-  detail::parallel_ranges(dout.rows(), detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
-                          [&](Index begin, Index end) {
-                            auto rows = dinp.middleRows(begin, end - begin);  // (n, in)
-                            rows.setZero();  // as Eigen's `rows = a * b` does
-                            detail::gemm_add(rows, dout.middleRows(begin, end - begin), weight);
-                          });
-  // Row block [begin, end) of dweight, and the same entries of dbias, need only those columns
-  // of dout.
-  if (!dweight && !dbias) return;
-  detail::parallel_ranges(dout.cols(), detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
-                          [&](Index begin, Index end) {
-                            const Index n = end - begin;
-                            if (dweight)
-                              detail::gemm_add(dweight->middleRows(begin, n),
-                                               dout.middleCols(begin, n).transpose(), inp);
-                            if (dbias)
-                              dbias->middleCols(begin, n) += dout.middleCols(begin, n).colwise().sum();
-                          });
+  detail::linear_backward_impl<Scalar>(dinp, false, dweight, dbias, dout, inp, weight);
+}
+
+/// linear_backward, with the input gradient ADDED: dinp (N, in) += dout W, straight from the
+/// product (no zeroed temporary), for an input that feeds several projections (attention's
+/// q, k, v). Throws ArgumentError naming linear_backward_add unless dinp is (N, in), and as
+/// linear_backward.
+template <class Scalar>
+void linear_backward_add(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scalar>* dbias,
+                         ConstRef<Scalar> dout, ConstRef<Scalar> inp, ConstRef<Scalar> weight) {
+  detail::linear_backward_impl<Scalar>(dinp, true, dweight, dbias, dout, inp, weight);
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled
 // (core/precompiled.hpp).
 // clang-format off
 #define EIGENFORMER_LINEAR_TEMPLATES(S)                                                           \
-  EIGENFORMER_FOR(S, void linear_forward<S>(Matrix<S>& out, ConstRef<S> inp, ConstRef<S> weight, \
+  EIGENFORMER_FOR(S, void linear_forward<S>(Matrix<S>& out, ConstRef<S> inp, ConstRef<S> weight,  \
                                             const Matrix<S>* bias))                               \
   EIGENFORMER_FOR(                                                                                \
-      S, void linear_backward<S>(Matrix<S>& dinp, Matrix<S>* dweight, Matrix<S>* dbias,        \
-                                 ConstRef<S> dout, ConstRef<S> inp, ConstRef<S> weight))
+      S, void linear_backward<S>(Matrix<S>& dinp, Matrix<S>* dweight, Matrix<S>* dbias,           \
+                                 ConstRef<S> dout, ConstRef<S> inp, ConstRef<S> weight))          \
+  EIGENFORMER_FOR(                                                                                \
+      S, void linear_backward_add<S>(Matrix<S>& dinp, Matrix<S>* dweight, Matrix<S>* dbias,       \
+                                     ConstRef<S> dout, ConstRef<S> inp, ConstRef<S> weight))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_LINEAR_TEMPLATES)
 // clang-format on
 

@@ -13,6 +13,7 @@
 //   float loss = cross_entropy_forward(cache, logits /* (B*T, V) */, targets /* (B, T) */,
 //                                      {/*ignore_id=*/pad_id, /*label_smoothing=*/0.1});
 //   Matrix<float> dlogits = cross_entropy_backward(cache);  // (B*T, V), fresh
+//   cross_entropy_backward(dlogits, cache);  // the same into dlogits: no new buffer once sized
 #pragma once
 
 #include <cmath>
@@ -129,18 +130,23 @@ Scalar cross_entropy_row(Eigen::Ref<RowVector<Scalar>> probs,
   return (Scalar(1) - eps) * w(t) * nll + eps * uniform;
 }
 
-/// dlogits (N, V), fresh: scale(i) times the gradient of row i's loss l_i, zero on ignored rows.
+/// dlogits (N, V) = scale(i) times the gradient of row i's loss l_i, zero on ignored rows. Every
+/// row is written, so dlogits's buffer is reused (not cleared first) when it is already (N, V).
 template <class Scalar, class RowScale>
-Matrix<Scalar> cross_entropy_grad(const CrossEntropyCache<Scalar>& cache, RowScale&& scale) {
+void cross_entropy_grad(Matrix<Scalar>& dlogits, const CrossEntropyCache<Scalar>& cache,
+                        RowScale&& scale) {
   const Index N = cache.probs.rows(), V = cache.probs.cols();
-  Matrix<Scalar> dlogits = Matrix<Scalar>::Zero(N, V);  // (N, V)
+  dlogits.resize(N, V);  // (N, V)
   const Scalar eps = static_cast<Scalar>(cache.options.label_smoothing);
   const Scalar uniform = eps / static_cast<Scalar>(V);
   const RowVector<Scalar>& w = cache.weights;
   const Scalar w_sum = w.size() == 0 ? static_cast<Scalar>(V) : w.sum();
   detail::parallel_for(N, 2.0 * static_cast<double>(V), [&](Index i) {
     const Index t = cache.targets(i);
-    if (t == cache.options.ignore_id) return;
+    if (t == cache.options.ignore_id) {
+      dlogits.row(i).setZero();
+      return;
+    }
     const Scalar s = scale(i);
     if (w.size() == 0) {  // (1 - eps)(p - e_t) + eps/V (V p - 1)
       dlogits.row(i) = (cache.probs.row(i).array() - uniform) * s;
@@ -153,7 +159,6 @@ Matrix<Scalar> cross_entropy_grad(const CrossEntropyCache<Scalar>& cache, RowSca
         ((wt + uniform * w_sum) * cache.probs.row(i).array() - uniform * w.array()) * s;
     dlogits(i, t) -= wt * s;
   });
-  return dlogits;
 }
 
 /// Throws unless cache was filled by cross_entropy_forward (as many targets as rows of probs).
@@ -238,15 +243,27 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>&, const Logits&, const Id
 /// filled by cross_entropy_forward.
 template <class Scalar>
 Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache, Scalar dloss = 1) {
+  Matrix<Scalar> dlogits;  // (N, V)
+  cross_entropy_backward(dlogits, cache, dloss);
+  return dlogits;
+}
+
+/// cross_entropy_backward(cache, dloss) written into dlogits, whose buffer is reused when it is
+/// already (N, V). Throws as cross_entropy_backward(cache, dloss), leaving dlogits as it was.
+template <class Scalar>
+void cross_entropy_backward(Matrix<Scalar>& dlogits, const CrossEntropyCache<Scalar>& cache,
+                            Scalar dloss = 1) {
   const char* func = "cross_entropy_backward";
   detail::check_cross_entropy_cache(func, cache);
   detail::require(std::isfinite(static_cast<double>(dloss)), func, "dloss", [&] {
     return "must be finite, got " + std::to_string(static_cast<double>(dloss));
   });
-  if (cache.divisor == Scalar(0))
-    return Matrix<Scalar>::Zero(cache.probs.rows(), cache.probs.cols());
+  if (cache.divisor == Scalar(0)) {
+    dlogits.setZero(cache.probs.rows(), cache.probs.cols());
+    return;
+  }
   const Scalar scale = dloss / cache.divisor;
-  return detail::cross_entropy_grad(cache, [&](Index) { return scale; });
+  detail::cross_entropy_grad(dlogits, cache, [&](Index) { return scale; });
 }
 
 /// reduction none: dlogits (N, V), fresh, from each row's upstream gradient dlosses (N) (PyTorch's
@@ -267,7 +284,9 @@ Matrix<Scalar> cross_entropy_backward(
            std::to_string(cache.probs.rows());
   });
   detail::require(dlosses.allFinite(), func, "dlosses", "must be finite");
-  return detail::cross_entropy_grad(cache, [&](Index i) { return dlosses(i); });
+  Matrix<Scalar> dlogits;  // (N, V)
+  detail::cross_entropy_grad(dlogits, cache, [&](Index i) { return dlosses(i); });
+  return dlogits;
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled
@@ -283,7 +302,9 @@ Matrix<Scalar> cross_entropy_backward(
                   Matrix<S> cross_entropy_backward<S>(const CrossEntropyCache<S>& cache, S dloss)) \
   EIGENFORMER_FOR(S, Matrix<S> cross_entropy_backward<S>(                                     \
                          const CrossEntropyCache<S>& cache,                                   \
-                         const typename CrossEntropyCache<S>::LossesRef& dlosses))
+                         const typename CrossEntropyCache<S>::LossesRef& dlosses))            \
+  EIGENFORMER_FOR(S, void cross_entropy_backward<S>(Matrix<S> & dlogits,                       \
+                                                    const CrossEntropyCache<S>& cache, S dloss))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_LOSS_TEMPLATES)
 EIGENFORMER_CLASS_TEMPLATES(CrossEntropyCache)
 // clang-format on
