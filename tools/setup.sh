@@ -3,6 +3,8 @@
 # and builds into the given directory with the given extra CMake arguments; EIGENFORMER_TARGETS
 # (space-separated) builds only those targets instead of everything.
 #   [EIGENFORMER_TARGETS="a b"] tools/setup.sh BUILD_DIR [cmake args...]
+#   tools/setup.sh --packages-only [cmake args...]   only installs what those arguments need
+#                                                    (tools/test.sh: one apt-get for both builds)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="$1"; shift
@@ -34,6 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+[ "$build_dir" != --packages-only ] || exit 0
 cmake -S "$here" -B "$build_dir" -G Ninja "$@" >/dev/null
 targets=()
 for t in ${EIGENFORMER_TARGETS:-}; do targets+=(--target "$t"); done
