@@ -13,14 +13,26 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
-# The Debian packages of both builds, in one apt-get.
-tools/setup.sh --packages-only -DEIGENFORMER_MPI=ON -DEIGENFORMER_USE_BLAS=ON
+# Debian packages: the Release build's first; valgrind, clang and OpenBLAS, needed only after it,
+# install (download and unpack, little CPU) while it compiles.
+EIGENFORMER_BUILD_ONLY=1 tools/setup.sh --packages-only -DEIGENFORMER_MPI=ON
+mkdir -p build
+tools/setup.sh --packages-only -DEIGENFORMER_MPI=ON -DEIGENFORMER_USE_BLAS=ON \
+  >build/packages.log 2>&1 &
+packages_pid=$!
 
 echo "== Release build (portable) and tests"
-tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_MPI=ON \
-  -DEIGENFORMER_BUILD_PRECOMPILED=ON \
+EIGENFORMER_BUILD_ONLY=1 tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release \
+  -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_MPI=ON -DEIGENFORMER_BUILD_PRECOMPILED=ON \
   -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/test --output-on-failure -j "$(nproc)"
+
+if ! wait "$packages_pid"; then
+  cat build/packages.log >&2
+  echo "!! tools/test.sh: installing valgrind, clang and OpenBLAS failed" >&2
+  exit 1
+fi
+cat build/packages.log
 
 # valgrind (one core) runs while the fuzz targets compile, its report printed after the fuzzing.
 echo "== valgrind memcheck of the I/O tests, beside the libFuzzer targets' build"
