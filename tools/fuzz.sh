@@ -56,38 +56,56 @@ if ! "$cxx" -fsanitize=fuzzer "$probe" -o "$out/probe" 2>/dev/null; then
 fi
 rm -f "$probe" "$out/probe"
 
-# Rebuilds a target only when a source it may include is newer than the binary.
+# Rebuilds a target only when a source it may include is newer than the binary. The targets
+# compile side by side, one per core.
+pids=()
 for t in "${targets[@]}"; do
   if [[ -x "$out/$t" && -z "$(find include examples/translate "fuzz/$t.cpp" tools/fuzz.sh \
         -newer "$out/$t" -type f | head -1)" ]]; then
     echo "== $out/$t is up to date"
     continue
   fi
-  start=$SECONDS
-  "$cxx" "${flags[@]}" "fuzz/$t.cpp" -o "$out/$t"
-  echo "== built $out/$t ($((SECONDS - start)) s)"
+  ( start=$SECONDS
+    "$cxx" "${flags[@]}" "fuzz/$t.cpp" -o "$out/$t"
+    echo "== built $out/$t ($((SECONDS - start)) s)" ) &
+  pids+=($!)
 done
+built=0
+for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid" || built=1; done
+(( built == 0 )) || exit 1
 
 export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=0:abort_on_error=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-status=0
-for t in "${targets[@]}"; do
-  dict="fuzz/${t#fuzz_}.dict"
+# Each target fuzzes single-threaded: they run side by side, one per core, for SECONDS each.
+# A target's report follows once all have ended.
+fuzz_one() {
+  local t="$1" dict="fuzz/${1#fuzz_}.dict"
   [[ "$t" == fuzz_translate_input ]] && dict=fuzz/translate.dict
-  work="$out/corpus/$t"
-  mkdir -p "$work" fuzz/crashes
+  "$out/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
+    -dict="$dict" -artifact_prefix="fuzz/crashes/$t-" -print_final_stats=1 \
+    "$out/corpus/$t" "fuzz/corpus/$t" >"$out/$t.log" 2>&1
+}
+pids=()
+mkdir -p fuzz/crashes
+start=$SECONDS
+for t in "${targets[@]}"; do
+  mkdir -p "$out/corpus/$t"
   echo "== fuzzing $t for $seconds s"
-  start=$SECONDS
-  if ! "$out/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
-      -dict="$dict" -artifact_prefix="fuzz/crashes/$t-" -print_final_stats=1 \
-      "$work" "fuzz/corpus/$t" >"$out/$t.log" 2>&1; then
+  fuzz_one "$t" &
+  pids+=($!)
+done
+status=0
+for i in "${!targets[@]}"; do
+  t="${targets[$i]}"
+  work="$out/corpus/$t"
+  if ! wait "${pids[$i]}"; then
     status=1
     echo "!! $t FAILED; log: $out/$t.log; input(s):" >&2
     ls -1 fuzz/crashes/"$t"-* >&2 || true
     grep -E "ERROR|SUMMARY|runtime error|fuzz_.*:" "$out/$t.log" | head -20 >&2 || true
   else
     grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$out/$t.log" | tr '\n' ' '
-    echo "($((SECONDS - start)) s, $(ls "$work" | wc -l) inputs in $work)"
+    echo "($t: $((SECONDS - start)) s, $(ls "$work" | wc -l) inputs in $work)"
   fi
 done
 rmdir fuzz/crashes 2>/dev/null || true

@@ -3,6 +3,9 @@
 # and builds into the given directory with the given extra CMake arguments; EIGENFORMER_TARGETS
 # (space-separated) builds only those targets instead of everything.
 #   [EIGENFORMER_TARGETS="a b"] tools/setup.sh BUILD_DIR [cmake args...]
+#   tools/setup.sh --packages-only [cmake args...]   only installs what those arguments need
+# EIGENFORMER_BUILD_ONLY=1 leaves out valgrind and clang, which only tools/test.sh needs (it
+# installs them while its first build compiles).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="$1"; shift
@@ -13,8 +16,8 @@ build_dir="$1"; shift
 # PCRE2 (the GPT-2 tokenizer's pattern; its test also needs node and npm), and for tools/test.sh:
 # valgrind, clang with its libFuzzer runtime (tools/fuzz.sh).
 packages=(g++ cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev
-          libstb-dev fonts-wqy-zenhei libplplot-dev plplot-driver-cairo libpcre2-dev valgrind
-          clang libclang-rt-14-dev)
+          libstb-dev fonts-wqy-zenhei libplplot-dev plplot-driver-cairo libpcre2-dev)
+[ "${EIGENFORMER_BUILD_ONLY:-0}" = 1 ] || packages+=(valgrind clang libclang-rt-14-dev)
 # OpenBLAS for -DEIGENFORMER_USE_BLAS=ON, in its OpenMP build: called from inside the library's
 # OpenMP loops it runs on the calling thread, where the pthread build would start threads of its own.
 # Open MPI (headers and mpirun) for -DEIGENFORMER_MPI=ON: eigenformer::mpi, data-parallel training.
@@ -34,6 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+[ "$build_dir" != --packages-only ] || exit 0
 cmake -S "$here" -B "$build_dir" -G Ninja "$@" >/dev/null
 targets=()
 for t in ${EIGENFORMER_TARGETS:-}; do targets+=(--target "$t"); done

@@ -13,17 +13,41 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
+# Debian packages: the Release build's first; valgrind, clang and OpenBLAS, needed only after it,
+# install (download and unpack, little CPU) while it compiles.
+EIGENFORMER_BUILD_ONLY=1 tools/setup.sh --packages-only -DEIGENFORMER_MPI=ON
+mkdir -p build
+tools/setup.sh --packages-only -DEIGENFORMER_MPI=ON -DEIGENFORMER_USE_BLAS=ON \
+  >build/packages.log 2>&1 &
+packages_pid=$!
+
 echo "== Release build (portable) and tests"
-tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_MPI=ON \
-  -DEIGENFORMER_BUILD_PRECOMPILED=ON \
+EIGENFORMER_BUILD_ONLY=1 tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release \
+  -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_MPI=ON -DEIGENFORMER_BUILD_PRECOMPILED=ON \
   -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/test --output-on-failure -j "$(nproc)"
 
-echo "== valgrind memcheck of the I/O tests"
-tools/valgrind.sh build/test
+if ! wait "$packages_pid"; then
+  cat build/packages.log >&2
+  echo "!! tools/test.sh: installing valgrind, clang and OpenBLAS failed" >&2
+  exit 1
+fi
+cat build/packages.log
 
-echo "== libFuzzer: the safetensors reader and the translate input parser, 30 s each"
-tools/fuzz.sh 30
+# valgrind (one core) runs while the fuzz targets compile, its report printed after the fuzzing.
+echo "== valgrind memcheck of the I/O tests, beside the libFuzzer targets' build"
+tools/valgrind.sh build/test >build/test/valgrind.out 2>&1 &
+valgrind_pid=$!
+echo "== libFuzzer: the safetensors reader and the translate input parser, 30 s each, side by side"
+fuzz_status=0
+tools/fuzz.sh 30 || fuzz_status=$?
+valgrind_status=0
+wait "$valgrind_pid" || valgrind_status=$?
+cat build/test/valgrind.out
+if (( fuzz_status != 0 || valgrind_status != 0 )); then
+  echo "!! tools/test.sh: valgrind exit $valgrind_status, fuzzing exit $fuzz_status" >&2
+  exit 1
+fi
 
 echo "== -march=native, AddressSanitizer + UndefinedBehaviorSanitizer, products through OpenBLAS"
 tools/setup.sh build/sanitize -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_SANITIZE=ON \
