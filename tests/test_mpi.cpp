@@ -169,6 +169,36 @@ TEST_CASE("20 steps on N ranks give one process's losses and weights, dropout on
   }
 }
 
+TEST_CASE("buckets follow backward's order, at most bucket_bytes and a quarter of the model") {
+  // Parameters of 1 MB each (262144 floats), listed first to last; backward finishes the last.
+  constexpr Index kMB = 262144;
+  std::vector<ef::Param<float>> store(12, ef::Param<float>(kMB, 1));
+  store.reserve(13);  // the pointers below stay valid
+  ef::ParamList<float> params;
+  for (std::size_t i = 0; i < store.size(); ++i)
+    params.push_back({"p" + std::to_string(i), &store[i]});
+  // 12 MB against 25 MB buckets: a quarter (3 MB) each, so that the first starts early.
+  const dist::GradientReducer<float> quarters(comm(), params);
+  REQUIRE(quarters.buckets() == 4);
+  CHECK(quarters.bucket_params(0) == std::vector<std::size_t>{0, 1, 2});  // p11, p10, p9
+  // 2 MB buckets: below the quarter, so bucket_bytes rules.
+  CHECK(dist::GradientReducer<float>(comm(), params, std::size_t(2) << 20).buckets() == 6);
+  // A parameter larger than a bucket has one of its own; one listed twice counts once.
+  store.emplace_back(5 * kMB, 1);
+  params.insert(params.begin(), {"big", &store.back()});
+  params.insert(params.begin(), params.front());
+  const dist::GradientReducer<float> with_big(comm(), params, std::size_t(3) << 20);
+  REQUIRE(with_big.buckets() == 5);
+  CHECK(with_big.bucket_params(4).size() == 1);
+  // Buckets are never made smaller than 1 MB for the quarter's sake: 3 MB gives 3, and a small
+  // model one.
+  params.assign({{"a", &store[0]}, {"b", &store[1]}, {"c", &store[2]}});
+  CHECK(dist::GradientReducer<float>(comm(), params).buckets() == 3);
+  ef::Param<float> small1(100, 10), small2(10, 1);
+  params.assign({{"a", &small1}, {"b", &small2}});
+  CHECK(dist::GradientReducer<float>(comm(), params).buckets() == 1);
+}
+
 TEST_CASE("the dropout masks do not depend on the number of ranks") {
   // The run above would pass with dropout off too; here a forward's output rows are compared
   // directly: the rows of a shard, keyed by global example, equal the whole batch's.

@@ -75,7 +75,6 @@ void gemm_run(Index rows, Index cols, Index depth, const GemmOperand<Scalar>& a,
 /// (they need no packing buffers).
 template <class Dst, class Lhs, class Rhs>
 void gemm_add(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
-  using Scalar = typename std::decay_t<Dst>::Scalar;
   static_assert(std::decay_t<Dst>::IsRowMajor, "gemm_add writes row-major blocks");
   const Index M = dst.rows(), N = dst.cols(), K = lhs.cols();
   eigen_assert(lhs.rows() == M && rhs.rows() == K && rhs.cols() == N);
@@ -88,6 +87,7 @@ void gemm_add(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
     return;
   }
   // dst^T (N, M) = rhs^T (N, K) * lhs^T (K, M): a column-major product into dst's storage.
+  using Scalar = typename std::decay_t<Dst>::Scalar;
   const GemmOperand<Scalar> a = transposed_operand<Scalar>(rhs), b = transposed_operand<Scalar>(lhs);
   eigen_assert(dst.innerStride() == 1);
   Scalar* res = dst.data();

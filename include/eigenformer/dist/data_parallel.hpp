@@ -34,6 +34,7 @@
 #include <string>
 #include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -184,12 +185,14 @@ void broadcast_dropout_state(const Communicator& comm, Model& model) {
 /// Sums gradients across ranks in flat buckets, each started (MPI_Iallreduce, non-blocking) as
 /// soon as backward has reported all of its parameters final, so that the communication of the
 /// last layers overlaps the backward of the first ones. Buckets hold parameters in the reverse
-/// of the list's order (the order backward finishes them), up to bucket_bytes each (a larger
-/// parameter gets a bucket of its own).
+/// of the list's order (the order backward finishes them), up to bucket_bytes each and up to a
+/// quarter of all the gradients when that is above 1 MB (a larger parameter gets a bucket of its
+/// own). A bucket of one parameter is sent from its gradient; on one rank nothing is sent.
 template <class Scalar = float>
 class GradientReducer {
  public:
   static constexpr std::size_t kDefaultBucketBytes = std::size_t(25) << 20;  // as PyTorch DDP
+  static constexpr std::size_t kMinBuckets = 4;  // gradients above 4 MB make at least this many
 
   /// params: every parameter to sum, the same list on every rank (check_same_parameters).
   /// Throws ArgumentError naming GradientReducer::GradientReducer for a bucket_bytes of 0, an
@@ -220,9 +223,14 @@ class GradientReducer {
   }
 
  private:
+  // MPI_Allreduce reads send and writes sums, not MPI_IN_PLACE: in place, Open MPI's
+  // non-blocking allreduce first copies the buffer into a freshly allocated one on every call
+  // (8% of a rank's step time, most of it page faults, in bench_dist on 2 ranks).
   struct Bucket {
     std::vector<std::size_t> params;  // indices into entries_
-    std::vector<Scalar> flat;         // (sum of their sizes) the gradients, then their sums
+    std::vector<Scalar> packed;       // (sum of their sizes) their gradients; empty for one
+                                      // parameter, which is sent from its gradient
+    std::vector<Scalar> sums;         // (sum of their sizes) the sums over ranks
     std::size_t pending = 0;          // parameters not yet reported this step
     bool started = false;
     MPI_Request request = MPI_REQUEST_NULL;
@@ -241,6 +249,7 @@ class GradientReducer {
   std::unordered_map<const Param<Scalar>*, std::size_t> index_;
   bool in_step_ = false;
 
+  static std::size_t bucket_capacity(const ParamList<Scalar>& params, std::size_t bucket_bytes);
   void check_unchanged(const ParamList<Scalar>& params) const;
   void start(Bucket& b);
   void progress();
@@ -254,7 +263,7 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
   eigenformer::detail::require(bucket_bytes > 0, func, "bucket_bytes", "must be positive, got 0");
   eigenformer::detail::require(!params.empty(), func, "params", "is empty");
   eigenformer::detail::check_no_null_params(func, params);
-  const std::size_t capacity = std::max<std::size_t>(1, bucket_bytes / sizeof(Scalar));
+  const std::size_t capacity = bucket_capacity(params, bucket_bytes);
   std::size_t filled = capacity;                   // forces a first bucket
   for (std::size_t k = params.size(); k-- > 0;) {  // reverse: the order backward finishes them
     Param<Scalar>* p = params[k].param;
@@ -269,11 +278,29 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
     buckets_.back().params.push_back(entries_.size() - 1);
     filled += n;
   }
+  if (comm.size() == 1) return;  // the gradients are the sums: no buffers, nothing sent
   for (auto& b : buckets_) {
     std::size_t n = 0;
     for (std::size_t e : b.params) n += static_cast<std::size_t>(entries_[e].param->size());
-    b.flat.resize(n);
+    if (b.params.size() > 1) b.packed.resize(n);
+    b.sums.resize(n);
   }
+}
+
+template <class Scalar>
+std::size_t GradientReducer<Scalar>::bucket_capacity(const ParamList<Scalar>& params,
+                                                     std::size_t bucket_bytes) {
+  // A quarter of the gradients at most, but not under 1 MB: a model smaller than bucket_bytes
+  // (24 MB of gradients against the 25 MB default) would otherwise make one bucket, which starts
+  // only when backward has ended, so that no communication overlaps it.
+  std::unordered_set<const Param<Scalar>*> seen;
+  std::size_t total = 0;
+  for (const auto& p : params)
+    if (seen.insert(p.param).second) total += static_cast<std::size_t>(p.param->size());
+  const std::size_t floor_bytes = std::size_t(1) << 20;
+  const std::size_t bytes =
+      std::min(bucket_bytes, std::max(floor_bytes, total * sizeof(Scalar) / kMinBuckets));
+  return std::max<std::size_t>(1, bytes / sizeof(Scalar));
 }
 
 template <class Scalar>
@@ -333,15 +360,20 @@ void GradientReducer<Scalar>::ready(const ParamList<Scalar>& params) {
 
 template <class Scalar>
 void GradientReducer<Scalar>::start(Bucket& b) {
-  Scalar* out = b.flat.data();
-  for (std::size_t k : b.params) {
-    const Param<Scalar>& p = *entries_[k].param;
-    std::memcpy(out, p.grad.data(), sizeof(Scalar) * static_cast<std::size_t>(p.size()));
-    out += p.size();
-  }
-  MPI_Iallreduce(MPI_IN_PLACE, b.flat.data(), static_cast<int>(b.flat.size()),
-                 detail::mpi_type<Scalar>(), MPI_SUM, comm_->get(), &b.request);
   b.started = true;
+  if (b.sums.empty()) return;  // one rank
+  const Scalar* send = entries_[b.params.front()].param->grad.data();
+  if (!b.packed.empty()) {
+    Scalar* out = b.packed.data();
+    for (std::size_t k : b.params) {
+      const Param<Scalar>& p = *entries_[k].param;
+      std::memcpy(out, p.grad.data(), sizeof(Scalar) * static_cast<std::size_t>(p.size()));
+      out += p.size();
+    }
+    send = b.packed.data();
+  }
+  MPI_Iallreduce(send, b.sums.data(), static_cast<int>(b.sums.size()),
+                 detail::mpi_type<Scalar>(), MPI_SUM, comm_->get(), &b.request);
 }
 
 template <class Scalar>
@@ -368,7 +400,8 @@ double GradientReducer<Scalar>::finish() {
   const double waited =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (auto& b : buckets_) {
-    const Scalar* in = b.flat.data();
+    if (b.sums.empty()) continue;  // one rank
+    const Scalar* in = b.sums.data();
     for (std::size_t k : b.params) {
       Param<Scalar>& p = *entries_[k].param;
       std::memcpy(p.grad.data(), in, sizeof(Scalar) * static_cast<std::size_t>(p.size()));
@@ -415,16 +448,26 @@ class DataParallel {
   std::pair<double, Matrix<Scalar>> cross_entropy(CrossEntropyCache<Scalar>& cache,
                                                   ConstRef<Scalar> logits, const IdMatrix& targets,
                                                   const CrossEntropyOptions& options = {}) {
+    Matrix<Scalar> dlogits;
+    const double loss = cross_entropy(cache, dlogits, logits, targets, options);
+    return {loss, std::move(dlogits)};
+  }
+  /// The same, with this rank's dlogits written into dlogits, whose buffer is reused once it is
+  /// (N, V): no new buffer per step. Returns the global mean loss.
+  double cross_entropy(CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
+                       ConstRef<Scalar> logits, const IdMatrix& targets,
+                       const CrossEntropyOptions& options = {}) {
     const Scalar local = cross_entropy_forward(cache, logits, targets, options);
     const Index global = comm_->sum(cache.count);
     const double loss = comm_->sum(static_cast<double>(local) * static_cast<double>(cache.count));
-    if (global == 0) return {0.0, cross_entropy_backward(cache, Scalar(0))};
     // dlogits = (probs - onehot) / global: dloss / count with dloss = count / global (exactly
     // 1 on one rank, so that one process gives what it gives without MPI).
-    const Scalar dloss = cache.count == global
-                             ? Scalar(1)
-                             : static_cast<Scalar>(cache.count) / static_cast<Scalar>(global);
-    return {loss / static_cast<double>(global), cross_entropy_backward(cache, dloss)};
+    const Scalar dloss = global == 0             ? Scalar(0)
+                         : cache.count == global ? Scalar(1)
+                                                 : static_cast<Scalar>(cache.count) /
+                                                       static_cast<Scalar>(global);
+    cross_entropy_backward(dlogits, cache, dloss);
+    return global == 0 ? 0.0 : loss / static_cast<double>(global);
   }
 
   /// Starts the reducer for this step's backward and returns the callback to pass to the model's
