@@ -1,5 +1,6 @@
 // Determinism: with the same seed and one thread, training gives the same bits; another seed
 // gives other numbers (so the seed really reaches the initialisation and the dropout masks).
+#include <eigenformer/core/parallel.hpp>
 #include <eigenformer/model/transformer.hpp>
 #include <eigenformer/train/loss.hpp>
 #include <eigenformer/train/optim.hpp>
@@ -121,3 +122,40 @@ TEST_CASE("dropout masks come from the model's seed: train-mode forwards repeat,
   CHECK(train1 == train2);
   CHECK(train1 != eval);
 }
+
+#ifdef _OPENMP
+TEST_CASE("a decode step too small for threads runs on the calling thread, then restores them") {
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(2);
+  {
+    const detail::SerialIfSmall small(1e3);
+    CHECK(omp_get_max_threads() == 1);
+  }
+  CHECK(omp_get_max_threads() == 2);
+  {
+    const detail::SerialIfSmall large(1e9);
+    CHECK(omp_get_max_threads() == 2);
+  }
+  // A tiny model's decode steps (a few thousand multiply-adds): logits bit-identical to a run on
+  // one thread, and the thread count back at 2 after each step.
+  Rng rng(3);
+  Transformer<float> model(eftest::tiny_config(), rng);
+  model.eval();
+  IdMatrix src(2, 4), step(2, 1);
+  src << 4, 5, 6, 2, 3, 5, 2, 0;
+  step << 1, 1;
+  auto decode = [&](int threads) {
+    omp_set_num_threads(threads);
+    DecodeState<float> state = model.begin_decode(src, 3);
+    const Matrix<float> first = model.decode_step(step, state);  // (2, V)
+    CHECK(omp_get_max_threads() == threads);
+    const Matrix<float> second = model.decode_step(step, state);
+    CHECK(omp_get_max_threads() == threads);
+    return std::pair(first, second);
+  };
+  const auto two = decode(2), one = decode(1);
+  omp_set_num_threads(saved);
+  CHECK(two.first == one.first);
+  CHECK(two.second == one.second);
+}
+#endif

@@ -20,4 +20,21 @@ struct DecodeState {
   Index dropped = 0;                    // positions a sliding window dropped (slide_window)
 };
 
+namespace detail {
+
+/// Multiply-adds of one decode step of rows token rows: per layer the self-attention projections
+/// (4 d^2), the cross-attention's query and output projections when memory_keys > 0 (2 d^2; its
+/// keys and values are cached), the feed-forward block (2 d d_ff) and the scores and weighted sums
+/// over the cached keys (2 d each); then the output projection (vocab d). It decides whether the
+/// step is worth threads (SerialIfSmall).
+inline double decode_step_work(Index rows, Index layers, Index d, Index d_ff, Index self_keys,
+                               Index memory_keys, Index vocab) {
+  const double D = static_cast<double>(d);
+  const double cross = memory_keys > 0 ? 2.0 * D * D + 2.0 * D * double(memory_keys) : 0.0;
+  const double layer = 4.0 * D * D + 2.0 * D * double(d_ff) + 2.0 * D * double(self_keys) + cross;
+  return double(rows) * (double(layers) * layer + double(vocab) * D);
+}
+
+}  // namespace detail
+
 }  // namespace eigenformer
