@@ -65,6 +65,21 @@ Scalar normal_cdf(Scalar x) {
   return Scalar(0.5) * std::erfc(-x * GeluConstants<Scalar>::inv_sqrt2);
 }
 
+/// 1 where d > 0, 0 where d <= 0, for d whose positive values are above 1e-30 (the product below
+/// then exceeds 1) or tiny against the caller's terms; vectorized as select() is not.
+template <class Array>
+auto unit_step(const Array& d) {
+  using Scalar = typename Array::Scalar;
+  return (d * Scalar(1e30)).max(Scalar(0)).min(Scalar(1));
+}
+
+/// 1 for x >= 0, e for x < 0: the numerator of sigmoid(2u) = 1 / (1 + e) or e / (1 + e) with
+/// e = exp(-2|u|) in (0, 1]. At x = 0, e is 1; for 0 < x < 1e-30, e is 1 to float precision.
+template <class E, class X>
+auto sigmoid_numerator(const E& e, const X& x) {
+  return e.max(unit_step(x));
+}
+
 /// One row: e = exp(-2|u|), u = k (x + a x^3), set to exactly 0 below the smallest normal number
 /// (Eigen's vectorised exp stops there instead of reaching 0, and x^3 may overflow to inf).
 template <class Out, class In>
@@ -73,7 +88,10 @@ void gelu_tanh_exp(Out&& e, const In& x) {
   using G = GeluConstants<Scalar>;
   const Scalar z_max = -std::log(std::numeric_limits<Scalar>::min());
   e.array() = Scalar(2) * G::k * (x.array() + G::a * x.array().cube()).abs();
-  e.array() = (e.array() < z_max).select((-e.array()).exp(), Scalar(0));
+  // exp(-z) for z < z_max, else exactly 0 (no denormals). Written with min, max and products,
+  // which Eigen 3.4 vectorizes, not select(), which it evaluates (and exp with it) one scalar at
+  // a time: GELU was 7% of a GPT training step.
+  e.array() = (-e.array().min(z_max)).exp() * unit_step(z_max - e.array());
 }
 
 /// One row: out = f(inp).
@@ -88,7 +106,7 @@ void activation_row(Out&& out, const In& inp, Activation kind) {
       // 0.5 (1 + tanh(u)) = sigmoid(2u), written with e = exp(-2|u|) so that nothing overflows
       // and negative x keep their relative precision.
       gelu_tanh_exp(out, inp);
-      out.array() = inp.array() * (inp.array() >= Scalar(0)).select(Scalar(1), out.array()) /
+      out.array() = inp.array() * sigmoid_numerator(out.array(), inp.array()) /
                     (Scalar(1) + out.array());
       break;
     case Activation::gelu_erf:
@@ -110,15 +128,15 @@ void activation_backward_row(Out&& dinp, const Dout& dout, const In& inp, Activa
       // f = x s with s = sigmoid(2u), u = k (x + a x^3), e = exp(-2|u|):
       // f' = s + 2 x s (1 - s) k (1 + 3 a x^2), where s (1 - s) = e / (1 + e)^2; the second term
       // is 0 once e is, so huge |x| (whose x^3 overflows) give f' = 0 or 1.
+      // x is clamped to +-1e4 in the second term, where e is 0 already, so that x^3 stays finite.
       gelu_tanh_exp(dinp, inp);
-      dinp.array() =
-          dout.array() *
-          ((inp.array() >= Scalar(0)).select(Scalar(1), dinp.array()) / (Scalar(1) + dinp.array()) +
-           (dinp.array() > Scalar(0))
-               .select(Scalar(2) * G::k * inp.array() *
-                           (Scalar(1) + Scalar(3) * G::a * inp.array().square()) * dinp.array() /
-                           (Scalar(1) + dinp.array()).square(),
-                       Scalar(0)));
+      {
+        const auto xc = inp.array().min(Scalar(1e4)).max(Scalar(-1e4));
+        dinp.array() = dout.array() *
+                       (sigmoid_numerator(dinp.array(), inp.array()) / (Scalar(1) + dinp.array()) +
+                        Scalar(2) * G::k * xc * (Scalar(1) + Scalar(3) * G::a * xc.square()) *
+                            dinp.array() / (Scalar(1) + dinp.array()).square());
+      }
       break;
     case Activation::gelu_erf:
       // f' = Phi(x) + x phi(x).
