@@ -223,9 +223,9 @@ class GradientReducer {
   }
 
  private:
-  // MPI_Allreduce reads send and writes sums, not MPI_IN_PLACE: in place, Open MPI's
-  // non-blocking allreduce first copies the buffer into a freshly allocated one on every call
-  // (8% of a rank's step time, most of it page faults, in bench_dist on 2 ranks).
+  // MPI_Iallreduce reads the gradient (or packed) and writes sums, rather than MPI_IN_PLACE: in
+  // place, Open MPI's non-blocking allreduce first copies the buffer into one it allocates on
+  // every call (8% of a rank's step time, most of it page faults, in bench_dist on 2 ranks).
   struct Bucket {
     std::vector<std::size_t> params;  // indices into entries_
     std::vector<Scalar> packed;       // (sum of their sizes) their gradients; empty for one
