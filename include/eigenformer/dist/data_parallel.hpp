@@ -192,7 +192,7 @@ template <class Scalar = float>
 class GradientReducer {
  public:
   static constexpr std::size_t kDefaultBucketBytes = std::size_t(25) << 20;  // as PyTorch DDP
-  static constexpr std::size_t kMinBuckets = 4;  // gradients above 4 MB make at least this many
+  static constexpr std::size_t kMinBuckets = 4;  // buckets capped at a quarter of the gradients
 
   /// params: every parameter to sum, the same list on every rank (check_same_parameters).
   /// Throws ArgumentError naming GradientReducer::GradientReducer for a bucket_bytes of 0, an
@@ -208,7 +208,8 @@ class GradientReducer {
 
   /// backward's report: these parameters' gradients are final. Starts every bucket it completes,
   /// and lets MPI progress the buckets in flight. Parameters not in the list are ignored, and a
-  /// parameter reported twice counts once.
+  /// parameter reported twice counts once. A reported gradient must not be written until
+  /// finish(): a bucket of one parameter is sent from it while backward goes on.
   void ready(const ParamList<Scalar>& params);
 
   /// Starts the buckets backward did not complete, waits for all, and writes the sums into the
@@ -269,7 +270,7 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
     Param<Scalar>* p = params[k].param;
     if (index_.count(p)) continue;  // listed twice: summed once
     const auto n = static_cast<std::size_t>(p->size());
-    if (filled + n > capacity && filled > 0) {
+    if (buckets_.empty() || (filled + n > capacity && filled > 0)) {
       buckets_.emplace_back();
       filled = 0;
     }
