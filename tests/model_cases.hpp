@@ -2,6 +2,7 @@
 // about, so that what a test depends on is written in the test.
 #pragma once
 
+#include <eigenformer/core/tensor.hpp>
 #include <eigenformer/model/config.hpp>
 
 namespace eftest {
@@ -25,6 +26,14 @@ inline eigenformer::TransformerConfig tiny_config() {
   c.max_len = 16;
   c.pad_id = 0;
   return c;
+}
+
+/// A source batch of B = 2 with lengths 5 and 3, padded with id 0.
+inline eigenformer::IdMatrix padded_source() {
+  eigenformer::IdMatrix src(2, 5);
+  src << 3, 4, 5, 6, 7,  //
+      8, 9, 10, 0, 0;
+  return src;
 }
 
 }  // namespace eftest

@@ -27,10 +27,8 @@ TransformerConfig tiny() {
   return c;
 }
 
-std::string temp_path(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / "eigenformer_test_checkpoint";
-  fs::create_directories(dir);
-  return (dir / name).string();
+std::string checkpoint_path(const std::string& name) {
+  return eftest::temp_file("eigenformer_test_checkpoint", name);
 }
 
 /// The two models give the same logits on a small batch.
@@ -48,7 +46,7 @@ TEST_CASE("a saved Transformer loads back with its config and gives the same log
   Rng rng(1);
   Transformer<float> model(tiny(), rng);
   model.eval();
-  const std::string path = temp_path("model.safetensors");
+  const std::string path = checkpoint_path("model.safetensors");
   save_model(path, model, {{"vocab", "a b c"}});
 
   std::map<std::string, std::string> meta;
@@ -70,7 +68,7 @@ TEST_CASE("a saved Transformer loads back with its config and gives the same log
 TEST_CASE("a decoder-only model round-trips, and load_model checks the model kind") {
   Rng rng(2);
   DecoderOnlyLM<double> lm(tiny(), rng);
-  const std::string path = temp_path("lm.safetensors");
+  const std::string path = checkpoint_path("lm.safetensors");
   save_model(path, lm);
   DecoderOnlyLM<double> back = load_model<DecoderOnlyLM<double>>(path);
   CHECK(back.parameters().size() == lm.parameters().size());
@@ -101,7 +99,7 @@ TEST_CASE("each positional kind and scoring round-trips, with its fields") {
     Rng rng(4);
     Transformer<float> model(c, rng);
     model.eval();
-    const std::string path = temp_path("kind.safetensors");
+    const std::string path = checkpoint_path("kind.safetensors");
     save_model(path, model);
     Transformer<float> loaded = load_model<Transformer<float>>(path);
     loaded.eval();
@@ -125,7 +123,7 @@ TEST_CASE("a checkpoint written before selectable attention loads as a dot-produ
                             "relative_max_distance", "rotary_base"})
     REQUIRE(meta.erase(std::string("eigenformer.config.") + field) == 1);
   meta["eigenformer.model"] = "transformer";
-  const std::string path = temp_path("old.safetensors");
+  const std::string path = checkpoint_path("old.safetensors");
   save_safetensors(path, model.parameters(), meta);
   const Transformer<float> loaded = load_model<Transformer<float>>(path);
   CHECK(loaded.config().attention == AttentionScoring::dot_product);
@@ -145,7 +143,7 @@ TEST_CASE("a checkpoint written before selectable attention loads as a dot-produ
 TEST_CASE("checkpoints with missing or bad metadata give clear errors") {
   Rng rng(3);
   Linear<float> lin(2, 2, rng);
-  const std::string plain = temp_path("plain.safetensors");
+  const std::string plain = checkpoint_path("plain.safetensors");
   save_safetensors(plain, lin.parameters());
   eftest::check_throws_with<IoError>([&] { load_model<Transformer<float>>(plain); },
                  {"metadata has no 'eigenformer.model'"});
@@ -154,7 +152,7 @@ TEST_CASE("checkpoints with missing or bad metadata give clear errors") {
   std::map<std::string, std::string> meta = config_to_metadata(tiny());
   meta["eigenformer.model"] = "transformer";
   meta["eigenformer.config.d_model"] = "8x";
-  const std::string bad = temp_path("bad.safetensors");
+  const std::string bad = checkpoint_path("bad.safetensors");
   save_safetensors(bad, model.parameters(), meta);
   eftest::check_throws_with<IoError>([&] { load_model<Transformer<float>>(bad); },
                  {"'eigenformer.config.d_model' has an invalid value '8x'"});
@@ -175,7 +173,7 @@ TEST_CASE("checkpoints with missing or bad metadata give clear errors") {
 TEST_CASE("load_model returns a model in eval mode, and check_finite names a damaged tensor") {
   Rng rng(3);
   DecoderOnlyLM<float> lm(tiny(), rng);  // dropout 0.125
-  const std::string path = temp_path("eval.safetensors");
+  const std::string path = checkpoint_path("eval.safetensors");
   save_model(path, lm);
   DecoderOnlyLM<float> back = load_model<DecoderOnlyLM<float>>(path);
   IdMatrix ids(1, 4);
@@ -206,7 +204,7 @@ TEST_CASE(
   meta.erase("eigenformer.config.n_layers");
   meta["eigenformer.config.n_encoder_layers"] = "2";
   meta["eigenformer.model"] = "encoder_only";
-  const std::string path = temp_path("old_encoder.safetensors");
+  const std::string path = checkpoint_path("old_encoder.safetensors");
   save_safetensors(path, bert.parameters(), meta);
   const EncoderOnlyModel<float> back = load_model<EncoderOnlyModel<float>>(path);
   CHECK(back.config().vocab == 7);

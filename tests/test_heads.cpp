@@ -19,10 +19,10 @@ using eftest::MatD;
 
 namespace {
 
-constexpr Index kB = 2, kT = 3, kD = 8;
+constexpr Index kSeqs = 2, kT = 3, kD = 8;
 
 BoolMatrix padding_of_second_sequence() {
-  BoolMatrix pad = BoolMatrix::Zero(kB, kT);
+  BoolMatrix pad = BoolMatrix::Zero(kSeqs, kT);
   pad(1, 2) = true;  // the second sequence's last token is padding
   return pad;
 }
@@ -31,24 +31,24 @@ BoolMatrix padding_of_second_sequence() {
 void check_classifier_head(const ClassifierConfig& hc, const BoolMatrix& pad) {
   Rng rng(3);
   ClassificationHead<double> head(kD, hc, rng);
-  MatD h = eftest::random_matrix(kB * kT, kD, rng);
-  const MatD R = eftest::random_matrix(kB, hc.n_classes, rng);
+  MatD h = eftest::random_matrix(kSeqs * kT, kD, rng);
+  const MatD R = eftest::random_matrix(kSeqs, hc.n_classes, rng);
   auto loss = [&] {
     ClassificationHead<double>::Cache cache;
-    return projection(head.forward(h, kB, pad, cache), R);
+    return projection(head.forward(h, kSeqs, pad, cache), R);
   };
   ClassificationHead<double>::Cache cache;
-  head.forward(h, kB, pad, cache);
+  head.forward(h, kSeqs, pad, cache);
   const MatD dh = head.backward(R, cache);
   eftest::check_grad(h, dh, loss, "h");
   eftest::check_param_grads(head.parameters(), loss, [&] {
     ClassificationHead<double>::Cache c;
-    head.forward(h, kB, pad, c);
+    head.forward(h, kSeqs, pad, c);
     head.backward(R, c);
   });
   eftest::check_gradient_contract(head.parameters(), [&] {
     ClassificationHead<double>::Cache c;
-    head.forward(h, kB, pad, c);
+    head.forward(h, kSeqs, pad, c);
     return head.backward(R, c);
   });
 }
@@ -63,8 +63,8 @@ void check_mlm_head(bool tied, bool transform) {
     fill_normal(head.norm.weight.value, 1.0, 0.2, rng);
     fill_normal(head.norm.bias.value, 0.0, 0.2, rng);
   }
-  MatD h = eftest::random_matrix(kB * kT, kD, rng);
-  const MatD R = eftest::random_matrix(kB * kT, V, rng);
+  MatD h = eftest::random_matrix(kSeqs * kT, kD, rng);
+  const MatD R = eftest::random_matrix(kSeqs * kT, V, rng);
   auto loss = [&] { return projection(head.forward(h, embedding), R); };
   MaskedLMHead<double>::Cache cache;
   head.forward(h, embedding, cache);
@@ -161,8 +161,8 @@ TEST_CASE("mean pooling ignores padding and first-token pooling reads one token"
   ClassifierConfig hc;
   hc.n_classes = 2;
   hc.dropout = 0.0;
-  const MatD h = eftest::random_matrix(kB * kT, kD, rng);
-  const MatD dlogits = eftest::random_matrix(kB, 2, rng);
+  const MatD h = eftest::random_matrix(kSeqs * kT, kD, rng);
+  const MatD dlogits = eftest::random_matrix(kSeqs, 2, rng);
   MatD changed = h;
   changed.row(1 * kT + 2).setConstant(100.0);  // the padded token of sequence 1
   SUBCASE("mean") {
@@ -170,22 +170,22 @@ TEST_CASE("mean pooling ignores padding and first-token pooling reads one token"
     ClassificationHead<double> head(kD, hc, rng);
     const BoolMatrix pad = padding_of_second_sequence();
     ClassificationHead<double>::Cache c1, c2;
-    const MatD y1 = head.forward(h, kB, pad, c1);
-    const MatD y2 = head.forward(changed, kB, pad, c2);
+    const MatD y1 = head.forward(h, kSeqs, pad, c1);
+    const MatD y2 = head.forward(changed, kSeqs, pad, c2);
     CHECK((y1 - y2).cwiseAbs().maxCoeff() == 0.0);
     const MatD dh = head.backward(dlogits, c1);
     CHECK(dh.row(1 * kT + 2).cwiseAbs().maxCoeff() == 0.0);
     CHECK(dh.row(1 * kT + 1).cwiseAbs().maxCoeff() > 0.0);
     // Without a mask every token counts, the padded one too.
     ClassificationHead<double>::Cache c3;
-    CHECK((head.forward(changed, kB, BoolMatrix(), c3) - y1).cwiseAbs().maxCoeff() > 0.0);
+    CHECK((head.forward(changed, kSeqs, BoolMatrix(), c3) - y1).cwiseAbs().maxCoeff() > 0.0);
   }
   SUBCASE("first") {
     ClassificationHead<double> head(kD, hc, rng);
     ClassificationHead<double>::Cache c1;
-    head.forward(h, kB, BoolMatrix(), c1);
+    head.forward(h, kSeqs, BoolMatrix(), c1);
     const MatD dh = head.backward(dlogits, c1);
-    for (Index b = 0; b < kB; ++b) {
+    for (Index b = 0; b < kSeqs; ++b) {
       CHECK(dh.row(b * kT).cwiseAbs().maxCoeff() > 0.0);
       CHECK(dh.middleRows(b * kT + 1, kT - 1).cwiseAbs().maxCoeff() == 0.0);
     }
@@ -272,15 +272,16 @@ TEST_CASE("bad input to the heads names the function, the argument and the shape
   hc.n_classes = 2;
   ClassificationHead<float> head(kD, hc, rng);
   ClassificationHead<float>::Cache cache;
-  const Matrix<float> h = Matrix<float>::Zero(kB * kT, kD);
+  const Matrix<float> h = Matrix<float>::Zero(kSeqs * kT, kD);
   eftest::check_throws_with([&] { head.forward(h, 4, BoolMatrix(), cache); },
                             {"ClassificationHead::forward", "'B'", "divisor"});
-  eftest::check_throws_with([&] { head.forward(h, kB, BoolMatrix::Zero(kB, kT + 1), cache); },
+  eftest::check_throws_with([&] { head.forward(h, kSeqs, BoolMatrix::Zero(kSeqs, kT + 1), cache); },
                             {"ClassificationHead::forward", "key_padding", "(2, 4)"});
-  eftest::check_throws_with([&] { head.forward(Matrix<float>::Zero(kB * kT, 5), kB, {}, cache); },
-                            {"ClassificationHead::forward", "'h'", "(6, 5)"});
-  head.forward(h, kB, BoolMatrix(), cache);
-  eftest::check_throws_with([&] { head.backward(Matrix<float>::Zero(kB, 3), cache); },
+  eftest::check_throws_with(
+      [&] { head.forward(Matrix<float>::Zero(kSeqs * kT, 5), kSeqs, {}, cache); },
+      {"ClassificationHead::forward", "'h'", "(6, 5)"});
+  head.forward(h, kSeqs, BoolMatrix(), cache);
+  eftest::check_throws_with([&] { head.backward(Matrix<float>::Zero(kSeqs, 3), cache); },
                             {"ClassificationHead::backward", "dlogits", "(2, 3)"});
   EncoderClassifier<float> model(encoder_config(), hc, rng);
   EncoderClassifier<float>::Cache mc;

@@ -64,14 +64,6 @@ Matrix<Scalar> rows_of(const Matrix<Scalar>& m, Index B, Index T, Index t0, Inde
   return out;
 }
 
-// Source: B = 2 with lengths 5 and 3 (padded with 0).
-IdMatrix padded_source() {
-  IdMatrix src(2, 5);
-  src << 3, 4, 5, 6, 7,  //
-      8, 9, 10, 0, 0;
-  return src;
-}
-
 // Decoder input: BOS (1), then tokens; sequence 1 holds a padding id at position 3, which the
 // full pass masks as a key: the cache must keep masking it in later steps.
 IdMatrix decoder_input() {
@@ -140,7 +132,7 @@ IdMatrix reference_greedy_generate(DecoderOnlyLM<Scalar>& model, const IdMatrix&
 template <class Scalar>
 void check_seq2seq_steps(Transformer<Scalar>& model, const std::vector<Index>& chunks,
                          double tol) {
-  const IdMatrix src = padded_source(), tgt = decoder_input();
+  const IdMatrix src = eftest::padded_source(), tgt = decoder_input();
   const Index B = src.rows();
   typename Encoder<Scalar>::Cache enc;
   const Matrix<Scalar> memory = model.encode(src, enc);
@@ -304,7 +296,7 @@ TEST_CASE("greedy decoding with the KV cache returns what the full-recompute loo
       GreedyOptions opt;
       opt.max_len = 12;
       if (seed == 2) opt.eos = 5;  // some sequences stop early
-      const IdMatrix src = padded_source();
+      const IdMatrix src = eftest::padded_source();
       typename Transformer<float>::Cache ref_last, last;
       const IdMatrix expected = reference_greedy_decode(model, src, opt, &ref_last);
       CHECK(greedy_decode(model, src, opt) == expected);
@@ -333,7 +325,7 @@ TEST_CASE("the KV cache rejects positions beyond its max_len") {
   const Variant v = kVariants[0];
   Transformer<float> model(small_config(v), rng);
   model.eval();
-  const IdMatrix src = padded_source();
+  const IdMatrix src = eftest::padded_source();
   DecodeState<float> state = model.begin_decode(src, 3);
   const IdMatrix two = IdMatrix::Constant(2, 2, 4), one = IdMatrix::Constant(2, 1, 4);
   model.decode_step(two, state);

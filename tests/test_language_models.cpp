@@ -1,11 +1,10 @@
 // Decoder-only (GPT-style) and encoder-only (BERT-style) models built from the encoder's layers.
+#include <algorithm>
+#include <cmath>
 #include <eigenformer/decode/greedy.hpp>
 #include <eigenformer/model/language_models.hpp>
 #include <eigenformer/train/loss.hpp>
 #include <eigenformer/train/optim.hpp>
-
-#include <algorithm>
-#include <cmath>
 #include <type_traits>
 
 #include "model_cases.hpp"
@@ -16,7 +15,7 @@ using eftest::MatD;
 
 namespace {
 
-TransformerConfig lm_config() {
+TransformerConfig tiny_lm_config() {
   TransformerConfig c = eftest::tiny_config();
   c.vocab = 7;
   c.pad_id = -1;
@@ -43,7 +42,7 @@ TEST_CASE("decoder-only model gradients match finite differences") {
   Rng rng(1);
   IdMatrix ids(2, 4);
   ids << 1, 2, 3, 4, 6, 5, 4, 0;
-  TransformerConfig c = lm_config();
+  TransformerConfig c = tiny_lm_config();
   auto check = [&] {
     DecoderOnlyLM<double> lm(c, rng);
     check_model_gradients(lm, ids, rng);
@@ -76,11 +75,11 @@ TEST_CASE("encoder-only model gradients match finite differences") {
   IdMatrix ids(2, 3);
   ids << 1, 2, 3, 6, 5, 4;
   SUBCASE("sinusoidal") {
-    EncoderOnlyModel<double> model(lm_config(), rng);
+    EncoderOnlyModel<double> model(tiny_lm_config(), rng);
     check_model_gradients(model, ids, rng);
   }
   SUBCASE("one layer, relative (bidirectional buckets)") {
-    TransformerConfig c = lm_config();
+    TransformerConfig c = tiny_lm_config();
     c.n_layers = 1;
     c.positional = PositionalKind::relative;
     c.relative_buckets = 4;
@@ -91,16 +90,17 @@ TEST_CASE("encoder-only model gradients match finite differences") {
   }
 }
 
-// In float, whose decoding code the other tests compile anyway; the additive attention layer's own test
-// checks its steps in double to 1e-12.
-TEST_CASE("decoder-only, every positional kind and scoring: decode_step equals the full "
-          "forward, greedy generation equals greedy by full recompute") {
+// In float, whose decoding code the other tests compile anyway; the additive attention layer's own
+// test checks its steps in double to 1e-12.
+TEST_CASE(
+    "decoder-only, every positional kind and scoring: decode_step equals the full "
+    "forward, greedy generation equals greedy by full recompute") {
   for (PositionalKind positional : {PositionalKind::sinusoidal, PositionalKind::learned,
                                     PositionalKind::relative, PositionalKind::rotary})
     for (AttentionScoring scoring : {AttentionScoring::dot_product, AttentionScoring::additive}) {
       CAPTURE(positional_kind_name(positional));
       CAPTURE(attention_scoring_name(scoring));
-      TransformerConfig c = lm_config();
+      TransformerConfig c = tiny_lm_config();
       c.n_layers = 1;
       c.positional = positional;
       c.attention = scoring;
@@ -140,8 +140,8 @@ TEST_CASE("decoder-only, every positional kind and scoring: decode_step equals t
 
 TEST_CASE("decoder-only logits at t ignore tokens after t; encoder-only logits do not") {
   Rng rng(3);
-  DecoderOnlyLM<double> lm(lm_config(), rng);
-  EncoderOnlyModel<double> bert(lm_config(), rng);
+  DecoderOnlyLM<double> lm(tiny_lm_config(), rng);
+  EncoderOnlyModel<double> bert(tiny_lm_config(), rng);
   IdMatrix a(1, 4), b(1, 4);
   a << 1, 2, 3, 4;
   b << 1, 2, 6, 6;
@@ -155,7 +155,7 @@ TEST_CASE("decoder-only logits at t ignore tokens after t; encoder-only logits d
 }
 
 TEST_CASE("a decoder-only model learns a cycle and greedy generation continues it") {
-  TransformerConfig c = lm_config();
+  TransformerConfig c = tiny_lm_config();
   c.d_model = 16;
   c.d_ff = 32;
   c.n_layers = 1;
@@ -191,7 +191,7 @@ TEST_CASE("a decoder-only model learns a cycle and greedy generation continues i
 }
 
 TEST_CASE("single-stack models take vocab and n_layers, and say so when vocab is missing") {
-  TransformerConfig c = lm_config();
+  TransformerConfig c = tiny_lm_config();
   c.n_layers = 3;
   Rng rng(5);
   DecoderOnlyLM<float> lm(c, rng);
@@ -208,7 +208,7 @@ TEST_CASE("single-stack models take vocab and n_layers, and say so when vocab is
 }
 
 TEST_CASE("learned positions start at the scale of the token embeddings") {
-  TransformerConfig c = lm_config();
+  TransformerConfig c = tiny_lm_config();
   c.d_model = 64;
   c.n_heads = 4;
   c.max_len = 64;
@@ -227,7 +227,7 @@ TEST_CASE("learned positions start at the scale of the token embeddings") {
 TEST_CASE("single-stack backward reports each parameter to GradReady once, already final") {
   for (const bool pre_norm : {false, true}) {
     CAPTURE(pre_norm);
-    TransformerConfig c = lm_config();
+    TransformerConfig c = tiny_lm_config();
     if (pre_norm) c.norm = NormPlacement::pre;
     c.tie_output = pre_norm;
     Rng rng(4);
@@ -247,7 +247,7 @@ TEST_CASE("single-stack models take a custom mask: a prefix LM, ALiBi; gradients
   Rng rng(3);
   IdMatrix ids(2, 4);
   ids << 1, 2, 3, 4, 6, 5, 4, 2;
-  TransformerConfig c = lm_config();
+  TransformerConfig c = tiny_lm_config();
   DecoderOnlyLM<double> lm(c, rng);
   DecoderOnlyLM<double>::Cache cache;
   const MatD plain = lm.forward(ids, cache);

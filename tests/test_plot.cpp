@@ -55,8 +55,9 @@ bool has_temporary(const fs::path& dir) {
   return false;
 }
 
-/// The exit status of a shell command (-1 if it did not exit normally).
-int run(const std::string& command) {
+/// The exit status of a shell command (-1 if it did not exit normally). Unused without the
+/// examples.
+[[maybe_unused]] int run(const std::string& command) {
   const int status = std::system(command.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

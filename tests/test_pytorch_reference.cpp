@@ -12,9 +12,8 @@
 constexpr double kRtol = 1e-4;  // float32 arithmetic in a different order than PyTorch's
 constexpr double kAtol = 1e-5;  // a floor for entries that cancel to ~0 (e.g. k_proj.bias grads)
 
-#include <eigenformer/eigenformer.hpp>
-
 #include <cmath>
+#include <eigenformer/eigenformer.hpp>
 #include <map>
 #include <set>
 #include <string>
@@ -84,7 +83,8 @@ class Fixture {
   std::set<std::string> names_after(const std::string& prefix) const {
     std::set<std::string> out;
     for (const auto& kv : extra_)
-      if (kv.first.compare(0, prefix.size(), prefix) == 0) out.insert(kv.first.substr(prefix.size()));
+      if (kv.first.compare(0, prefix.size(), prefix) == 0)
+        out.insert(kv.first.substr(prefix.size()));
     return out;
   }
 
@@ -106,9 +106,9 @@ class Fixture {
 };
 
 /// Asserts |got - want| <= kRtol * max(|got|, |want|) + kAtol entrywise; reports the worst entry.
-void check_close(const Mat& got, const Mat& want, const std::string& what) {
+void check_torch(const Mat& got, const Mat& want, const std::string& what) {
   INFO(what << ": shape " << eigenformer::detail::shape_of(got) << " vs torch "
-       << eigenformer::detail::shape_of(want));
+            << eigenformer::detail::shape_of(want));
   REQUIRE(got.rows() == want.rows());
   REQUIRE(got.cols() == want.cols());
   double worst = -1.0;  // largest |diff| / allowed
@@ -138,11 +138,11 @@ void check_grads(const Fixture& fx, const ParamList<float>& params,
                  const std::vector<std::pair<std::string, Mat>>& input_grads) {
   std::set<std::string> compared;
   for (const auto& p : params) {
-    check_close(p.param->grad, fx["grad." + p.name], fx.name() + ": grad of " + p.name);
+    check_torch(p.param->grad, fx["grad." + p.name], fx.name() + ": grad of " + p.name);
     compared.insert(p.name);
   }
   for (const auto& [name, g] : input_grads) {
-    check_close(g, fx["grad." + name], fx.name() + ": grad of input " + name);
+    check_torch(g, fx["grad." + name], fx.name() + ": grad of input " + name);
     compared.insert(name);
   }
   CHECK(fx.names_after("grad.") == compared);
@@ -202,7 +202,7 @@ TEST_CASE("PyTorch reference: LayerNorm") {
   REQUIRE(fx.meta_double("eps") == doctest::Approx(ln.eps()));
   LayerNorm<float>::Cache cache;
   ln.zero_grad();
-  check_close(ln.forward(fx["input.x"], cache), fx["expected.y"], "layernorm: y");
+  check_torch(ln.forward(fx["input.x"], cache), fx["expected.y"], "layernorm: y");
   const Mat dx = ln.backward(fx["R"], cache);
   check_grads(fx, ln.parameters(), {{"x", dx}});
 }
@@ -213,7 +213,7 @@ TEST_CASE("PyTorch reference: Linear") {
   Fixture fx("linear", lin.parameters());
   Linear<float>::Cache cache;
   lin.zero_grad();
-  check_close(lin.forward(fx["input.x"], cache), fx["expected.y"], "linear: y");
+  check_torch(lin.forward(fx["input.x"], cache), fx["expected.y"], "linear: y");
   const Mat dx = lin.backward(fx["R"], cache);
   check_grads(fx, lin.parameters(), {{"x", dx}});
 }
@@ -225,7 +225,7 @@ TEST_CASE("PyTorch reference: Embedding with padding_idx") {
   REQUIRE(fx.meta_int("padding_idx") == emb.padding_id);
   const IdMatrix ids = fx.ids("input.ids");
   emb.zero_grad();
-  check_close(emb.forward(ids), fx["expected.y"], "embedding: y");
+  check_torch(emb.forward(ids), fx["expected.y"], "embedding: y");
   emb.backward(fx["R"], ids);
   check_grads(fx, emb.parameters(), {});
   CHECK(emb.weight.grad.row(0).isZero());
@@ -250,7 +250,7 @@ std::pair<Attention<float>, AttentionMask> check_mha_fixture(const Fixture& fx, 
   mha.zero_grad();
   const Mat y =
       cross ? mha.forward(x, fx["input.memory"], B, mask, cache) : mha.forward(x, B, mask, cache);
-  check_close(y, fx["expected.y"], fx.name() + ": y");
+  check_torch(y, fx["expected.y"], fx.name() + ": y");
   Mat dmemory;
   const Mat dx = mha.backward(fx["R"], cache, cross ? &dmemory : nullptr);
   std::vector<std::pair<std::string, Mat>> input_grads{{"x", dx}};
@@ -273,7 +273,7 @@ TEST_CASE("PyTorch reference: nn.MultiheadAttention") {
       for (Index i = 0; i < T; ++i)
         for (Index j = i + 1; j < T; ++j) explicit_mask.attn_mask(i, j) = true;
       Attention<float>::Cache cache;
-      check_close(mha.forward(fx["input.x"], fx.meta_int("B"), explicit_mask, cache),
+      check_torch(mha.forward(fx["input.x"], fx.meta_int("B"), explicit_mask, cache),
                   fx["expected.y"], fx.name() + ": y with attn_mask");
     }
   }
@@ -311,7 +311,7 @@ TEST_CASE("PyTorch reference: nn.MultiheadAttention with kdim and vdim") {
     mask.key_padding = fx.mask("input.key_padding_mask");
     Attention<float>::Cache cache;
     mha.zero_grad();
-    check_close(mha.forward(fx["input.x"], fx["input.key"], fx["input.value"], fx.meta_int("B"),
+    check_torch(mha.forward(fx["input.x"], fx["input.key"], fx["input.value"], fx.meta_int("B"),
                             mask, cache),
                 fx["expected.y"], "y");
     Mat dkey, dvalue;
@@ -349,7 +349,7 @@ TEST_CASE("PyTorch reference: self-attention with RoPE (causal) and T5's relativ
       mha.impl = impl;
       Attention<float>::Cache cache;
       mha.zero_grad();
-      check_close(mha.forward(fx["input.x"], B, mask, cache), fx["expected.y"], fx.name() + ": y");
+      check_torch(mha.forward(fx["input.x"], B, mask, cache), fx["expected.y"], fx.name() + ": y");
       const Mat dx = mha.backward(fx["R"], cache);
       check_grads(fx, mha.parameters(), {{"x", dx}});
     }
@@ -390,7 +390,7 @@ TEST_CASE("PyTorch reference: nn.TransformerEncoderLayer (relu/gelu, post/pre-no
     mask.key_padding = fx.mask("input.key_padding_mask");
     EncoderLayer<float>::Cache cache;
     layer.zero_grad();
-    check_close(layer.forward(fx["input.x"], fx.meta_int("B"), mask, cache), fx["expected.y"],
+    check_torch(layer.forward(fx["input.x"], fx.meta_int("B"), mask, cache), fx["expected.y"],
                 fx.name() + ": y");
     const Mat dx = layer.backward(fx["R"], cache);
     check_grads(fx, layer.parameters(), {{"x", dx}});
@@ -410,7 +410,7 @@ TEST_CASE("PyTorch reference: nn.TransformerDecoderLayer (relu/gelu, post/pre-no
     cross_mask.key_padding = fx.mask("input.memory_key_padding_mask");
     DecoderLayer<float>::Cache cache;
     layer.zero_grad();
-    check_close(layer.forward(fx["input.x"], fx["input.memory"], fx.meta_int("B"), self_mask,
+    check_torch(layer.forward(fx["input.x"], fx["input.memory"], fx.meta_int("B"), self_mask,
                               cross_mask, cache),
                 fx["expected.y"], fx.name() + ": y");
     Mat dmemory;
@@ -428,7 +428,7 @@ TEST_CASE("PyTorch reference: full encoder-decoder, logits and every gradient") 
     const IdMatrix src = fx.ids("input.src"), tgt_in = fx.ids("input.tgt_in");
     Transformer<float>::Cache cache;
     model.zero_grad();
-    check_close(model.forward(src, tgt_in, cache), fx["expected.logits"], fx.name() + ": logits");
+    check_torch(model.forward(src, tgt_in, cache), fx["expected.logits"], fx.name() + ": logits");
     model.backward(fx["R"], cache);
     check_grads(fx, model.parameters(), {});
   }
@@ -453,10 +453,10 @@ TEST_CASE("PyTorch reference: a checkpoint from tools/export_pytorch.py loads an
 
   const IdMatrix src = fx.ids("input.src"), tgt_in = fx.ids("input.tgt_in");
   Transformer<float>::Cache cache;
-  check_close(model.forward(src, tgt_in, cache), fx["expected.logits"], "checkpoint: logits");
+  check_torch(model.forward(src, tgt_in, cache), fx["expected.logits"], "checkpoint: logits");
   // Inference path: encode once, then decode.
   const Mat memory = model.encode(src, cache.encoder);
-  check_close(model.decode(tgt_in, src, memory, cache), fx["expected.logits"],
+  check_torch(model.decode(tgt_in, src, memory, cache), fx["expected.logits"],
               "checkpoint: encode + decode logits");
 }
 
@@ -487,7 +487,7 @@ TEST_CASE("PyTorch reference: 10 steps of cross-entropy + Adam follow PyTorch's 
   }
   INFO("ours  " << losses);
   INFO("torch " << expected);
-  check_close(losses, expected, "training losses");
+  check_torch(losses, expected, "training losses");
 }
 
 TEST_CASE("PyTorch reference: F.cross_entropy reductions, class weights, ignore_index, smoothing") {
@@ -511,13 +511,13 @@ TEST_CASE("PyTorch reference: F.cross_entropy reductions, class weights, ignore_
     const Mat& R = fx["R." + name];  // (1, N) for none, (1, 1) otherwise
     Mat dlogits;
     if (o.reduction == LossReduction::none) {
-      check_close(Mat(cache.losses.transpose()), fx["expected." + name], name + ": losses");
+      check_torch(Mat(cache.losses.transpose()), fx["expected." + name], name + ": losses");
       dlogits = cross_entropy_backward(cache, Eigen::VectorXf(R.row(0).transpose()));
     } else {
-      check_close(Mat::Constant(1, 1, loss), fx["expected." + name], name + ": loss");
+      check_torch(Mat::Constant(1, 1, loss), fx["expected." + name], name + ": loss");
       dlogits = cross_entropy_backward(cache, R(0, 0));
     }
-    check_close(dlogits, fx["grad." + name], name + ": grad of logits");
+    check_torch(dlogits, fx["grad." + name], name + ": grad of logits");
   }
 }
 
@@ -537,7 +537,7 @@ TEST_CASE("PyTorch reference: nn.Transformer's src_mask, tgt_mask (a prefix LM) 
   masks.memory->attn_bias = fx["input.memory_mask"].cast<double>();
   Transformer<float>::Cache cache;
   model.zero_grad();
-  check_close(model.forward(fx.ids("input.src"), fx.ids("input.tgt_in"), masks, cache),
+  check_torch(model.forward(fx.ids("input.src"), fx.ids("input.tgt_in"), masks, cache),
               fx["expected.logits"], "logits");
   model.backward(fx["R"], cache);
   check_grads(fx, model.parameters(), {});

@@ -11,6 +11,8 @@
 
 using namespace eigenformer;
 namespace fs = std::filesystem;
+using eftest::read_bytes;
+using eftest::write_bytes;
 using Json = nlohmann::json;
 
 namespace {
@@ -34,16 +36,6 @@ struct TempDir {
     return false;
   }
 };
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-}
 
 std::string u64_le(std::uint64_t v) {
   std::string s(8, '\0');

@@ -39,7 +39,7 @@ std::atomic<bool> counting{false};
 std::atomic<long> large_allocations{0};
 std::atomic<std::size_t> largest{0};
 
-void note(std::size_t size) {
+[[maybe_unused]] void note(std::size_t size) {  // unused under sanitizers
   if (size <= kLarge || !counting.load(std::memory_order_relaxed)) return;
   large_allocations.fetch_add(1, std::memory_order_relaxed);
   std::size_t seen = largest.load(std::memory_order_relaxed);
@@ -148,14 +148,14 @@ eigenformer::TransformerConfig steady_config() {
   return c;
 }
 
-constexpr Index kB = 4, kT = 40;
+constexpr Index kBatch = 4, kSteps = 40;
 
 /// Random ids in [1, vocab), with the last 5 positions of sequence 0 padded (id 0).
 IdMatrix padded_ids(Index vocab, std::uint64_t seed) {
   eigenformer::Rng rng(seed);
-  IdMatrix ids(kB, kT);
+  IdMatrix ids(kBatch, kSteps);
   for (Index i = 0; i < ids.size(); ++i) ids.data()[i] = 1 + rng.index(vocab - 1);
-  ids.block(0, kT - 5, 1, 5).setZero();
+  ids.block(0, kSteps - 5, 1, 5).setZero();
   return ids;
 }
 
@@ -165,8 +165,8 @@ StepCost single_stack_cost(Model& model, bool next_token) {
   model.train();
   eigenformer::AdamW<float> opt(model.parameters(), 1e-3);
   const IdMatrix ids = padded_ids(model.vocab_size(), 7);
-  const IdMatrix input = next_token ? IdMatrix(ids.leftCols(kT - 1)) : ids;
-  const IdMatrix target = next_token ? IdMatrix(ids.rightCols(kT - 1)) : ids;
+  const IdMatrix input = next_token ? IdMatrix(ids.leftCols(kSteps - 1)) : ids;
+  const IdMatrix target = next_token ? IdMatrix(ids.rightCols(kSteps - 1)) : ids;
   typename Model::Cache cache;
   eigenformer::CrossEntropyCache<float> ce;
   const eigenformer::CrossEntropyOptions options{0, 0.0};
@@ -243,8 +243,8 @@ TEST_CASE("a steady-state training step of an EncoderClassifier allocates nothin
   model.train();
   eigenformer::AdamW<float> opt(model.parameters(), 1e-3);
   const IdMatrix ids = padded_ids(c.vocab, 7);
-  IdMatrix labels(kB, 1);  // (B, 1): one class per sequence
-  for (Index b = 0; b < kB; ++b) labels(b, 0) = b % hc.n_classes;
+  IdMatrix labels(kBatch, 1);  // (B, 1): one class per sequence
+  for (Index b = 0; b < kBatch; ++b) labels(b, 0) = b % hc.n_classes;
   eigenformer::EncoderClassifier<float>::Cache cache;
   eigenformer::CrossEntropyCache<float> ce;
   Matrix<float> dlogits;  // (B, n_classes)
@@ -266,12 +266,12 @@ TEST_CASE("a steady-state step of a DecoderOnlyLM with per-head ALiBi biases all
   model.train();
   eigenformer::AdamW<float> opt(model.parameters(), 1e-3);
   const IdMatrix ids = padded_ids(c.vocab, 7);
-  const IdMatrix input = ids.leftCols(kT - 1), target = ids.rightCols(kT - 1);
-  const Index T = kT - 1, H = c.n_heads;
+  const IdMatrix input = ids.leftCols(kSteps - 1), target = ids.rightCols(kSteps - 1);
+  const Index T = kSteps - 1, H = c.n_heads;
   eigenformer::AttentionMask alibi;  // causal, with a bias (B*H*T, T) of -slope_h * distance
   alibi.causal = true;
-  alibi.attn_bias.resize(kB * H * T, T);
-  for (Index b = 0; b < kB; ++b)
+  alibi.attn_bias.resize(kBatch * H * T, T);
+  for (Index b = 0; b < kBatch; ++b)
     for (Index h = 0; h < H; ++h)
       for (Index i = 0; i < T; ++i)
         for (Index j = 0; j < T; ++j)

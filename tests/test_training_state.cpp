@@ -15,13 +15,13 @@
 
 using namespace eigenformer;
 namespace fs = std::filesystem;
+using eftest::read_bytes;
+using eftest::write_bytes;
 
 namespace {
 
-std::string temp_path(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / "eigenformer_test_training_state";
-  fs::create_directories(dir);
-  return (dir / name).string();
+std::string state_path(const std::string& name) {
+  return eftest::temp_file("eigenformer_test_training_state", name);
 }
 
 TransformerConfig lm_config() {
@@ -104,17 +104,6 @@ struct Run {
   }
 };
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-
 /// A trained Adam run saved to path; returns it.
 std::unique_ptr<Run<float>> saved_adam_run(const std::string& path) {
   auto run = std::make_unique<Run<float>>(Kind::adam, 1);
@@ -124,8 +113,8 @@ std::unique_ptr<Run<float>> saved_adam_run(const std::string& path) {
 }
 
 /// Loading path into a fresh Adam run throws IoError with fragments and changes nothing.
-void check_load_fails(const std::string& path, const std::vector<std::string>& fragments,
-                      Kind kind = Kind::adam, const TransformerConfig& c = lm_config()) {
+void check_state_load_fails(const std::string& path, const std::vector<std::string>& fragments,
+                            Kind kind = Kind::adam, const TransformerConfig& c = lm_config()) {
   Run<float> fresh(kind, 7, c);
   fresh.steps(1);
   const std::vector<Matrix<float>> before = values_of(fresh.model);
@@ -163,7 +152,7 @@ TEST_CASE_TEMPLATE("a run saved and resumed in fresh objects ends bit-identical"
                    double) {
   for (Kind kind : {Kind::sgd, Kind::sgd_momentum, Kind::adam, Kind::adamw}) {
     CAPTURE(static_cast<int>(kind));
-    const std::string path = temp_path("roundtrip.state");
+    const std::string path = state_path("roundtrip.state");
     Run<Scalar> straight(kind, 3);
     straight.steps(3);
     save_training_state(path, straight.model, *straight.opt, straight.progress);
@@ -182,7 +171,7 @@ TEST_CASE_TEMPLATE("a run saved and resumed in fresh objects ends bit-identical"
 }
 
 TEST_CASE("the file holds the weights, optimizer buffers and progress under their names") {
-  const std::string path = temp_path("layout.state");
+  const std::string path = state_path("layout.state");
   Run<float> run(Kind::adamw, 5);
   run.steps(2);
   run.progress.schedule_step = 11;
@@ -207,7 +196,7 @@ TEST_CASE("the file holds the weights, optimizer buffers and progress under thei
 }
 
 TEST_CASE("save_training_state rejects bad progress and reserved keys, writing nothing") {
-  const std::string path = temp_path("bad_save.state");
+  const std::string path = state_path("bad_save.state");
   fs::remove(path);
   Run<float> run(Kind::adam, 1);
   run.progress.step = -1;
@@ -221,24 +210,24 @@ TEST_CASE("save_training_state rejects bad progress and reserved keys, writing n
 }
 
 TEST_CASE("a truncated or damaged state file is an IoError that changes nothing") {
-  const std::string path = temp_path("good.state"), bad = temp_path("bad.state");
+  const std::string path = state_path("good.state"), bad = state_path("bad.state");
   saved_adam_run(path);
   const std::string bytes = read_bytes(path);
 
   write_bytes(bad, bytes.substr(0, bytes.size() - 100));
-  check_load_fails(bad, {"load_training_state", "bad.state", "truncated data"});
+  check_state_load_fails(bad, {"load_training_state", "bad.state", "truncated data"});
   write_bytes(bad, bytes.substr(0, 5));
-  check_load_fails(bad, {"load_training_state", "truncated"});
+  check_state_load_fails(bad, {"load_training_state", "truncated"});
   std::string damaged = bytes;
   damaged[20] = '\x01';  // inside the JSON header
   write_bytes(bad, damaged);
-  check_load_fails(bad, {"load_training_state", "bad.state"});
-  check_load_fails(temp_path("missing.state"), {"load_training_state", "cannot open"});
+  check_state_load_fails(bad, {"load_training_state", "bad.state"});
+  check_state_load_fails(state_path("missing.state"), {"load_training_state", "cannot open"});
   std::string flipped = bytes;  // one bit of the last weight or moment: the structure is intact
   flipped.back() = static_cast<char>(flipped.back() ^ 0x10);
   write_bytes(bad, flipped);
-  check_load_fails(bad, {"load_training_state", "damaged data: its checksum is",
-                         "metadata 'eigenformer.data_fnv1a64'"});
+  check_state_load_fails(bad, {"load_training_state", "damaged data: its checksum is",
+                               "metadata 'eigenformer.data_fnv1a64'"});
 
   // A damaged metadata value: the generator state of one dropout layer.
   std::string meta = bytes;
@@ -246,33 +235,33 @@ TEST_CASE("a truncated or damaged state file is an IoError that changes nothing"
   REQUIRE(at != std::string::npos);
   meta[at + 30] = 'x';
   write_bytes(bad, meta);
-  check_load_fails(bad, {"metadata 'eigenformer.dropout.0.rng' has an invalid value"});
+  check_state_load_fails(bad, {"metadata 'eigenformer.dropout.0.rng' has an invalid value"});
 }
 
 TEST_CASE("a mismatched state file names the tensor or setting that differs") {
-  const std::string path = temp_path("mismatch.state");
+  const std::string path = state_path("mismatch.state");
   saved_adam_run(path);
   // Another optimizer kind.
-  check_load_fails(path, {"holds the state of a Adam optimizer, this one is SGD"},
-                   Kind::sgd_momentum);
+  check_state_load_fails(path, {"holds the state of a Adam optimizer, this one is SGD"},
+                         Kind::sgd_momentum);
   // Another shape: a wider feed-forward layer.
   TransformerConfig wide = lm_config();
   wide.d_ff = 16;
-  check_load_fails(
+  check_state_load_fails(
       path, {"tensor 'model.layers.0.linear1.weight': shape [12, 8] in file, [16, 8] in model"},
       Kind::adam, wide);
   // Another parameter set: one layer fewer.
   TransformerConfig shallow = lm_config();
   shallow.n_layers = 1;
-  check_load_fails(path, {"unexpected tensors", "'model.layers.1."}, Kind::adam, shallow);
+  check_state_load_fails(path, {"unexpected tensors", "'model.layers.1."}, Kind::adam, shallow);
   // Another precision.
   Run<double> d(Kind::adam, 2);
   eftest::check_throws_with<IoError>([&] { load_training_state(path, d.model, *d.opt); },
                                      {"dtype F32 in the file, F64 in the model"});
   // A model checkpoint is not a training state.
-  const std::string model_file = temp_path("model.safetensors");
+  const std::string model_file = state_path("model.safetensors");
   save_model(model_file, d.model);
-  check_load_fails(model_file, {"no 'eigenformer.training_state'"});
+  check_state_load_fails(model_file, {"no 'eigenformer.training_state'"});
 }
 
 TEST_CASE("Optimizer::load_state checks kind, names and shapes before changing anything") {
@@ -331,7 +320,7 @@ TEST_CASE("Optimizer::load_state checks kind, names and shapes before changing a
 }
 
 TEST_CASE("any model with parameters() works, e.g. a single layer (no dropout to save)") {
-  const std::string path = temp_path("layer.state");
+  const std::string path = state_path("layer.state");
   Rng rng(4);
   Linear<double> layer(3, 2, rng), other(3, 2, rng);
   SGD<double> opt(layer.parameters(), 0.1, 0.9), other_opt(other.parameters(), 0.1, 0.9);

@@ -4,7 +4,10 @@
 
 #include <doctest/doctest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
@@ -17,6 +20,25 @@ namespace eftest {
 
 using eigenformer::Index;
 using MatD = eigenformer::Matrix<double>;
+
+/// The whole content of the file at path ("" when it cannot be read).
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+/// The path of name in the directory dir under the system's temporary directory, created if
+/// missing.
+inline std::string temp_file(const std::string& dir, const std::string& name) {
+  const std::filesystem::path d = std::filesystem::temp_directory_path() / dir;
+  std::filesystem::create_directories(d);
+  return (d / name).string();
+}
+
+/// Replaces the file at path by bytes.
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
 
 template <class Scalar = double>
 eigenformer::Matrix<Scalar> random_matrix(Index rows, Index cols, eigenformer::Rng& rng,

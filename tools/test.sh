@@ -8,7 +8,10 @@
 #  4. every test again built with -march=native, AddressSanitizer + UndefinedBehaviorSanitizer,
 #     and OpenBLAS doing the matrix products, so the native and BLAS paths are tested too.
 # Installs missing Debian packages first. Each build compiles the models once, into
-# eigenformer::precompiled; every test file is then a small program of its own.
+# eigenformer::precompiled, and the test files of a label together (-DEIGENFORMER_TEST_GROUPS=ON:
+# Eigen's templates, which every test file instantiates, compiled once per group of files): quick
+# from clean, but an edit recompiles its whole group. For edit-compile-test, build without it:
+# every test file is then a program of its own.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -24,7 +27,8 @@ packages_pid=$!
 echo "== Release build (portable) and tests"
 EIGENFORMER_BUILD_ONLY=1 tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release \
   -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_MPI=ON -DEIGENFORMER_BUILD_PRECOMPILED=ON \
-  -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
+  -DEIGENFORMER_TEST_GROUPS=ON -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=ON \
+  -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/test --output-on-failure -j "$(nproc)"
 
 if ! wait "$packages_pid"; then
@@ -51,6 +55,7 @@ fi
 
 echo "== -march=native, AddressSanitizer + UndefinedBehaviorSanitizer, products through OpenBLAS"
 tools/setup.sh build/sanitize -DCMAKE_BUILD_TYPE=Release -DEIGENFORMER_SANITIZE=ON \
-  -DEIGENFORMER_USE_BLAS=ON -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF \
+  -DEIGENFORMER_USE_BLAS=ON -DEIGENFORMER_TEST_GROUPS=ON -DEIGENFORMER_BUILD_TESTS=ON \
+  -DEIGENFORMER_BUILD_EXAMPLES=OFF \
   -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/sanitize --output-on-failure -j "$(nproc)"

@@ -16,9 +16,17 @@ if [[ $# -ne 1 ]]; then
 fi
 build="$(cd "$1" && pwd)"
 programs=(test_safetensors test_checkpoint test_training_state)
+# A build with -DEIGENFORMER_TEST_GROUPS=ON (tools/test.sh's) has the three in one program,
+# tests_io, which runs one file's cases with doctest's --source-file.
+targets=("${programs[@]}")
+grouped=0
+if grep -q '^EIGENFORMER_TEST_GROUPS:BOOL=ON' "$build/CMakeCache.txt" 2>/dev/null; then
+  grouped=1
+  targets=(tests_io)
+fi
 command -v valgrind >/dev/null || { echo "tools/valgrind.sh: valgrind not installed" >&2; exit 1; }
 
-if ! cmake --build "$build" --target "${programs[@]}" >"$build/valgrind-build.log" 2>&1; then
+if ! cmake --build "$build" --target "${targets[@]}" >"$build/valgrind-build.log" 2>&1; then
   cat "$build/valgrind-build.log" >&2
   exit 1
 fi
@@ -26,6 +34,11 @@ export OMP_NUM_THREADS=1
 status=0
 for program in "${programs[@]}"; do
   exe="$build/tests/$program"
+  select=()
+  if (( grouped )); then
+    exe="$build/tests/tests_io"
+    select=("--source-file=*/$program.cpp")
+  fi
   [[ -x "$exe" ]] || { echo "tools/valgrind.sh: $exe not found" >&2; exit 1; }
   log="$build/valgrind-$program.log"
   start=$SECONDS
@@ -34,7 +47,7 @@ for program in "${programs[@]}"; do
   rc=0
   (cd "$here" && valgrind --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect \
       --errors-for-leak-kinds=definite,indirect --track-origins=yes --quiet --log-file="$log" \
-      "$exe" --no-intro=true --minimal=true) || rc=$?
+      "$exe" "${select[@]}" --no-intro=true --minimal=true) || rc=$?
   if [[ $rc -eq 0 && ! -s "$log" ]]; then
     echo "== valgrind $program: clean ($((SECONDS - start)) s)"
   else
