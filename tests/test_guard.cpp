@@ -189,6 +189,27 @@ TEST_CASE("StepGuard: stop throws with the step number; skip gives up after too 
        "got -1"});
 }
 
+TEST_CASE("StepGuard::apply counts and acts on a verdict made elsewhere, as check() would") {
+  TwoParams p;
+  StepGuard<float> skip(NonFinitePolicy::skip);
+  CHECK(skip.apply(check_step(1.0, p.list()), p.list()));
+  StepCheck bad = check_step(kNaN, p.list());  // e.g. another rank's verdict, gradients fine
+  CHECK_FALSE(skip.apply(bad, p.list()));
+  CHECK(p.a.grad.isZero());  // skipped: gradients zeroed as check() zeroes them
+  CHECK(skip.steps() == 2);
+  CHECK(skip.skipped() == 1);
+  CHECK(skip.last().what == "loss is nan");
+
+  StepGuard<float> stop(NonFinitePolicy::stop);
+  eftest::check_throws_with<NonFiniteError>(
+      [&] { stop.apply(bad, p.list()); }, {"eigenformer::StepGuard::apply: step 1: loss is nan"});
+  ParamList<float> with_null = p.list();
+  with_null.push_back({"gone", nullptr});
+  eftest::check_throws_with([&] { stop.apply(bad, with_null); },
+                            {"eigenformer::StepGuard::apply", "'params'", "'gone'"});
+  CHECK(stop.steps() == 1);  // the bad call counted nothing
+}
+
 TEST_CASE("guard entry points reject a policy that is not an enumerator and null parameters") {
   TwoParams p;
   const auto bogus = static_cast<NonFinitePolicy>(7);

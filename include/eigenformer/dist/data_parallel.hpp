@@ -482,14 +482,15 @@ class DataParallel {
   /// for communication that backward did not hide.
   double end_backward() { return reducer_.finish(); }
 
-  /// true, on every rank, when the global step may go ahead: guard.check on this rank's (summed)
-  /// gradients, the verdict combined over ranks so that every rank skips, or stops, together. A
-  /// rank whose own check passed while another's failed sees a NaN loss (the other rank's
-  /// message is in its own exception). Throws as StepGuard::check.
+  /// true, on every rank, when the global step may go ahead: check_step on this rank's (summed)
+  /// gradients, the verdict combined over ranks and given to guard (StepGuard::apply), so that
+  /// every rank skips, or stops, together. A rank whose own check passed while another's failed
+  /// sees a NaN loss (the other rank's message is in its own exception). Throws as
+  /// StepGuard::check.
   bool check_step(StepGuard<Scalar>& guard, double loss) {
-    const bool mine = eigenformer::check_step(loss, params_).ok;
-    const bool everywhere = comm_->all(mine);
-    return guard.check(everywhere || !mine ? loss : std::nan(""), params_);
+    StepCheck mine = eigenformer::check_step(loss, params_);  // one pass over the gradients
+    if (!comm_->all(mine.ok) && mine.ok) mine = eigenformer::check_step(std::nan(""), params_);
+    return guard.apply(std::move(mine), params_);
   }
 
   /// clip_grad_norm with rank 0's norm of the summed gradients, so that every rank scales by the

@@ -143,6 +143,11 @@ class StepGuard {
   /// Throws ArgumentError for a null parameter, before counting the step.
   bool check(double loss, const ParamList<Scalar>& params);
 
+  /// check() on a verdict already made, e.g. one combined over the ranks of a data-parallel
+  /// run: counts the step and applies the policy to it, without checking the gradients again.
+  /// Returns and throws as check().
+  bool apply(StepCheck verdict, const ParamList<Scalar>& params);
+
   /// The policy; the calls to check() so far, and the steps of those it skipped; the last verdict.
   NonFinitePolicy policy() const { return policy_; }
   long steps() const { return steps_; }      // calls to check()
@@ -154,6 +159,8 @@ class StepGuard {
   long max_consecutive_;
   long steps_ = 0, skipped_ = 0, consecutive_ = 0;
   StepCheck last_;
+
+  bool count(StepCheck verdict, const ParamList<Scalar>& params, const char* func);
 };
 
 template <class Scalar>
@@ -168,14 +175,26 @@ StepGuard<Scalar>::StepGuard(NonFinitePolicy policy, long max_consecutive_skips)
 template <class Scalar>
 auto StepGuard<Scalar>::check(double loss, const ParamList<Scalar>& params) -> bool {
   detail::check_params_not_null("StepGuard::check", params);  // before counting anything
+  return count(check_step(loss, params), params, "StepGuard::check");
+}
+
+template <class Scalar>
+auto StepGuard<Scalar>::apply(StepCheck verdict, const ParamList<Scalar>& params) -> bool {
+  detail::check_params_not_null("StepGuard::apply", params);
+  return count(std::move(verdict), params, "StepGuard::apply");
+}
+
+template <class Scalar>
+auto StepGuard<Scalar>::count(StepCheck verdict, const ParamList<Scalar>& params,
+                              const char* func) -> bool {
   ++steps_;
-  last_ = check_step(loss, params);
+  last_ = std::move(verdict);
   if (last_.ok) {
     consecutive_ = 0;
     return true;
   }
   ++consecutive_;
-  const std::string where = "StepGuard::check: step " + std::to_string(steps_);
+  const std::string where = std::string(func) + ": step " + std::to_string(steps_);
   if (policy_ == NonFinitePolicy::skip && max_consecutive_ > 0 && consecutive_ >= max_consecutive_)
     throw NonFiniteError("eigenformer::" + where + ": " + std::to_string(consecutive_) +
                              " bad steps in a row; last: " + last_.what,
