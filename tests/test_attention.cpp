@@ -257,7 +257,8 @@ TEST_CASE("attention large enough to be threaded gives the single-threaded resul
   mask.key_padding = BoolMatrix::Zero(d.B, d.Tk);
   mask.key_padding(2, 31) = true;
   const MatD bias = eftest::random_matrix(d.H, d.Tq + d.Tk - 1, rng);
-  auto run = [&](MatD& out, MatD& dq, MatD& dk, MatD& dv, MatD& dbias) {
+  // Init-captures: C++17 lambdas cannot capture structured bindings (clang enforces it).
+  auto run = [&, &q = q, &k = k, &v = v](MatD& out, MatD& dq, MatD& dk, MatD& dv, MatD& dbias) {
     MatD probs;
     attention_forward<double>(out, probs, q, k, v, d, mask, &bias);
     attention_backward<double>(dq, dk, dv, dout, probs, q, k, v, d, &dbias);

@@ -275,7 +275,10 @@ TEST_CASE("BPE merges the lowest rank first, and each occurrence of it in one pa
 }
 
 TEST_CASE("a malformed encoder.json or vocab.bpe is an IoError that says what is wrong") {
-  const auto [encoder, bpe] = tiny_files({{"a", "b"}});
+  // Not a structured binding: the lambdas below capture them (C++17 forbids that; clang says so).
+  const auto files = tiny_files({{"a", "b"}});
+  const std::string& encoder = files.first;
+  const std::string& bpe = files.second;
   const auto bad_encoder = [&](const std::string& text, const std::string& what) {
     check_throws_with<IoError>([&] { Gpt2Tokenizer::from_strings(text, bpe); },
                                {"eigenformer::Gpt2Tokenizer::from_strings: argument "

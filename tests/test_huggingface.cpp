@@ -190,7 +190,9 @@ TEST_CASE("GPT-2: F16 and BF16 checkpoints load, each weight the F32 weight roun
   SUBCASE("load_safetensors converts them too") {
     const auto f32_file = read_all(hf_dir("gpt2") + "/model.safetensors");
     const auto f16_file = read_all(hf_dir("gpt2_f16") + "/model.safetensors");
-    for (const auto& [name, w] : f32_file) {
+    for (const auto& entry : f32_file) {  // not [name, w]: INFO's lambda captures name
+      const std::string& name = entry.first;
+      const auto& w = entry.second;
       INFO(name);
       CHECK(f16_file.at(name) == w.unaryExpr([](float x) { return float(Eigen::half(x)); }));
     }
@@ -211,7 +213,9 @@ TEST_CASE("GPT-2: save_gpt2 writes Hugging Face's layout, and it loads back exac
   CHECK(h.metadata.at("format") == "pt");
   const auto saved = read_all((dir / "model.safetensors").string());
   const auto original = read_all(hf_dir("gpt2") + "/model.safetensors");
-  for (const auto& [name, m] : original) {
+  for (const auto& entry : original) {
+    const std::string& name = entry.first;
+    const auto& m = entry.second;
     INFO(name);
     CHECK(saved.at(name) == m);
   }

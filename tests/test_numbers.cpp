@@ -150,7 +150,8 @@ TEST_CASE("chinese_numeral follows the mainland standard") {
       {10110, "一万零一百一十"}, {210000, "二十一万"}, {101000, "十万一千"},
       {500050, "五十万零五十"}, {30003, "三万零三"}};
   // clang-format on
-  for (const auto& [n, expected] : cases) {
+  for (const auto& [number, expected] : cases) {
+    const auto n = number;  // INFO's lambda cannot capture a structured binding
     INFO(n);
     CHECK(chinese_numeral(n) == expected);
   }
@@ -176,7 +177,8 @@ TEST_CASE("english_words spells numbers in American style") {
       {100000, "one hundred thousand"},
       {100001, "one hundred thousand one"},
       {999999, "nine hundred ninety-nine thousand nine hundred ninety-nine"}};
-  for (const auto& [n, expected] : cases) {
+  for (const auto& [number, expected] : cases) {
+    const auto n = number;  // INFO's lambda cannot capture a structured binding
     INFO(n);
     CHECK(english_words(n) == expected);
   }

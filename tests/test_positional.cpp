@@ -269,7 +269,9 @@ TEST_CASE("T5 buckets: exact near 0, log-spaced up to max_distance, clipped beyo
       {0, 0},    {-1, 1},   {-7, 7},   {-8, 8},    {-11, 8},   {-12, 9},   {-16, 10},
       {-22, 10}, {-23, 11}, {-45, 12}, {-46, 13},  {-90, 14},  {-91, 15},  {-1000, 15},
       {1, 17},   {7, 23},   {8, 24},   {15, 25},   {16, 26},   {127, 31},  {100000, 31}};
-  for (const auto& [rel, bucket] : bidirectional) {
+  // rel copied: CAPTURE's lambda cannot capture a structured binding in C++17 (clang enforces it).
+  for (const auto& [r, bucket] : bidirectional) {
+    const Index rel = r;
     CAPTURE(rel);
     CHECK(relative_position_bucket(rel, true, 32, 128) == bucket);
   }
@@ -277,7 +279,8 @@ TEST_CASE("T5 buckets: exact near 0, log-spaced up to max_distance, clipped beyo
   const std::pair<Index, Index> causal[] = {{5, 0},     {0, 0},     {-15, 15}, {-16, 16},
                                             {-18, 16},  {-19, 17},  {-112, 30}, {-113, 31},
                                             {-500, 31}};
-  for (const auto& [rel, bucket] : causal) {
+  for (const auto& [r, bucket] : causal) {
+    const Index rel = r;
     CAPTURE(rel);
     CHECK(relative_position_bucket(rel, false, 32, 128) == bucket);
   }

@@ -44,7 +44,9 @@ class Fixture {
     std::set<std::string> model_names;
     for (const auto& p : model) model_names.insert(p.name);
     ParamList<float> all = model;
-    for (const auto& [name, t] : header.tensors) {
+    for (const auto& entry : header.tensors) {  // not [name, t]: INFO's lambda captures name
+      const std::string& name = entry.first;
+      const SafetensorsTensor& t = entry.second;
       if (model_names.count(name)) continue;
       INFO(case_name << ": tensor " << name);
       REQUIRE((t.shape.size() == 1 || t.shape.size() == 2));

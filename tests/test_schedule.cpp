@@ -91,7 +91,7 @@ TEST_CASE("Schedules reject bad arguments and steps before 1") {
                             {"ConstantSchedule::ConstantSchedule", "'lr'", "must be in [0, inf)",
                              "got -1"});
   eftest::check_throws_with(
-      [] { ConstantSchedule<float>(std::numeric_limits<float>::quiet_NaN()); },
+      [] { ConstantSchedule<float>{std::numeric_limits<float>::quiet_NaN()}; },
       {"ConstantSchedule::ConstantSchedule", "'lr'", "got nan"});
   eftest::check_throws_with([] { ConstantSchedule<float>(1.f, -2); },
                             {"ConstantSchedule::ConstantSchedule", "'warmup'", "must be >= 0",

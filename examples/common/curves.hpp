@@ -59,7 +59,9 @@ class Curves {
   /// "training loss"}, ...}. Throws std::logic_error for a name never recorded.
   std::vector<Series> series(const std::vector<std::pair<std::string, std::string>>& legend) const {
     std::vector<Series> out;
-    for (const auto& [name, text] : legend) {
+    for (const auto& entry : legend) {  // not [name, text]: C++17 lambdas cannot capture those
+      const std::string& name = entry.first;
+      const std::string& text = entry.second;
       const auto it = std::find_if(series_.begin(), series_.end(),
                                    [&](const Series& s) { return s.name == name; });
       if (it == series_.end()) throw std::logic_error("plot::Curves: no series '" + name + "'");

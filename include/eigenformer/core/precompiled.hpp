@@ -43,3 +43,7 @@
 #define EIGENFORMER_CLASS_TEMPLATE_(name, S) EIGENFORMER_FOR(S, class name<S>)
 #define EIGENFORMER_CLASS_TEMPLATES(name) \
   EIGENFORMER_CLASS_TEMPLATE_(name, float) EIGENFORMER_CLASS_TEMPLATE_(name, double)
+// The same for a template declared with `struct` (clang's -Wmismatched-tags: the keyword must match).
+#define EIGENFORMER_STRUCT_TEMPLATE_(name, S) EIGENFORMER_FOR(S, struct name<S>)
+#define EIGENFORMER_STRUCT_TEMPLATES(name) \
+  EIGENFORMER_STRUCT_TEMPLATE_(name, float) EIGENFORMER_STRUCT_TEMPLATE_(name, double)

@@ -260,7 +260,7 @@ std::unique_ptr<PositionScheme<Scalar>> make_position_scheme(const AttentionPosi
   EIGENFORMER_FOR(S, std::unique_ptr<PositionScheme<S>> make_position_scheme<S>( \
                          const AttentionPositions& p, Index d_model, Index n_heads, Rng& rng))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_ATTENTION_POSITIONS_TEMPLATES)
-EIGENFORMER_CLASS_TEMPLATES(PositionCache)
+EIGENFORMER_STRUCT_TEMPLATES(PositionCache)
 EIGENFORMER_CLASS_TEMPLATES(PositionScheme)
 EIGENFORMER_CLASS_TEMPLATES(RotaryPositions)
 EIGENFORMER_CLASS_TEMPLATES(RelativePositions)

@@ -319,7 +319,7 @@ std::unique_ptr<AttentionScore<Scalar>> make_attention_score(AttentionScoring sc
                          AttentionScoring scoring, Index n_heads, Index head_dim, Index d_attn, \
                          bool with_bias, Rng& rng))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_ATTENTION_SCORE_TEMPLATES)
-EIGENFORMER_CLASS_TEMPLATES(ScoreCache)
+EIGENFORMER_STRUCT_TEMPLATES(ScoreCache)
 EIGENFORMER_CLASS_TEMPLATES(AttentionScore)
 EIGENFORMER_CLASS_TEMPLATES(DotProductScore)
 EIGENFORMER_CLASS_TEMPLATES(AdditiveScore)

@@ -174,6 +174,6 @@ void KVCache<Scalar>::check_sequence(const char* func, Index b) const {
 
 // The float and double instantiations, compiled once in eigenformer::precompiled
 // (core/precompiled.hpp).
-EIGENFORMER_CLASS_TEMPLATES(KVCache)
+EIGENFORMER_STRUCT_TEMPLATES(KVCache)
 
 }  // namespace eigenformer

@@ -306,7 +306,7 @@ Matrix<Scalar> cross_entropy_backward(
   EIGENFORMER_FOR(S, void cross_entropy_backward<S>(Matrix<S> & dlogits,                       \
                                                     const CrossEntropyCache<S>& cache, S dloss))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_LOSS_TEMPLATES)
-EIGENFORMER_CLASS_TEMPLATES(CrossEntropyCache)
+EIGENFORMER_STRUCT_TEMPLATES(CrossEntropyCache)
 // clang-format on
 
 }  // namespace eigenformer
