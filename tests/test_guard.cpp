@@ -203,11 +203,13 @@ TEST_CASE("StepGuard::apply counts and acts on a verdict made elsewhere, as chec
   StepGuard<float> stop(NonFinitePolicy::stop);
   eftest::check_throws_with<NonFiniteError>(
       [&] { stop.apply(bad, p.list()); }, {"eigenformer::StepGuard::apply: step 1: loss is nan"});
+  eftest::check_throws_with<NonFiniteError>([&] { stop.apply(bad, p.list(), "Caller::step"); },
+                                            {"eigenformer::Caller::step: step 2: loss is nan"});
   ParamList<float> with_null = p.list();
   with_null.push_back({"gone", nullptr});
   eftest::check_throws_with([&] { stop.apply(bad, with_null); },
                             {"eigenformer::StepGuard::apply", "'params'", "'gone'"});
-  CHECK(stop.steps() == 1);  // the bad call counted nothing
+  CHECK(stop.steps() == 2);  // the bad call counted nothing
 }
 
 TEST_CASE("guard entry points reject a policy that is not an enumerator and null parameters") {

@@ -2,7 +2,7 @@
 # Runs the file I/O tests (test_safetensors, test_checkpoint, test_training_state) of an existing
 # build under valgrind memcheck: any invalid read/write, use of uninitialised memory or leak fails.
 #
-#   tools/valgrind.sh BUILD_DIR      e.g. build/test; builds the three programs there first
+#   tools/valgrind.sh BUILD_DIR      e.g. build/test; builds the programs there first
 #
 # One OpenMP thread (OMP_NUM_THREADS=1), so libgomp's thread pool adds no noise. Valgrind 3.19
 # does not decode AVX-512: on an AVX-512 machine a -march=native build (EIGENFORMER_NATIVE, ON by
@@ -20,7 +20,8 @@ programs=(test_safetensors test_checkpoint test_training_state)
 # tests_io, which runs one file's cases with doctest's --source-file.
 targets=("${programs[@]}")
 grouped=0
-if grep -q '^EIGENFORMER_TEST_GROUPS:BOOL=ON' "$build/CMakeCache.txt" 2>/dev/null; then
+if grep -Eqi '^EIGENFORMER_TEST_GROUPS:BOOL=(ON|1|TRUE|YES|Y)$' "$build/CMakeCache.txt" 2>/dev/null
+then
   grouped=1
   targets=(tests_io)
 fi
@@ -40,6 +41,13 @@ for program in "${programs[@]}"; do
     select=("--source-file=*/$program.cpp")
   fi
   [[ -x "$exe" ]] || { echo "tools/valgrind.sh: $exe not found" >&2; exit 1; }
+  # A filter that selects nothing would pass silently under --minimal: count the cases first.
+  cases=$("$exe" "${select[@]}" --count --no-intro=true 2>&1 | grep -o 'current filters: [0-9]*' |
+          grep -o '[0-9]*$' || true)
+  if [[ -z "$cases" || "$cases" -eq 0 ]]; then
+    echo "!! valgrind $program: no test case selected in $exe" >&2
+    exit 1
+  fi
   log="$build/valgrind-$program.log"
   start=$SECONDS
   # No suppressions: definite and indirect leaks are errors, "still reachable" statics are not.

@@ -15,6 +15,7 @@
 // their class.
 //
 //   EIGENFORMER_CLASS_TEMPLATES(Linear)     extern template class Linear<float>; (and double)
+//   EIGENFORMER_STRUCT_TEMPLATES(KVCache)   the same for a template declared `struct`
 //   EIGENFORMER_FUNCTION_TEMPLATES(LIST)    LIST(float) LIST(double), where LIST(S) writes
 //     EIGENFORMER_FOR(S, void linear_forward<S>(Matrix<S>&, ...))   one per function
 #pragma once

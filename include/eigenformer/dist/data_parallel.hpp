@@ -486,11 +486,11 @@ class DataParallel {
   /// gradients, the verdict combined over ranks and given to guard (StepGuard::apply), so that
   /// every rank skips, or stops, together. A rank whose own check passed while another's failed
   /// sees a NaN loss (the other rank's message is in its own exception). Throws as
-  /// StepGuard::check.
+  /// StepGuard::check, the message naming DataParallel::check_step.
   bool check_step(StepGuard<Scalar>& guard, double loss) {
     StepCheck mine = eigenformer::check_step(loss, params_);  // one pass over the gradients
     if (!comm_->all(mine.ok) && mine.ok) mine = eigenformer::check_step(std::nan(""), params_);
-    return guard.apply(std::move(mine), params_);
+    return guard.apply(std::move(mine), params_, "DataParallel::check_step");
   }
 
   /// clip_grad_norm with rank 0's norm of the summed gradients, so that every rank scales by the

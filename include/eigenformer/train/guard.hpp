@@ -127,8 +127,9 @@ bool apply_policy(const StepCheck& check, NonFinitePolicy policy, const ParamLis
   return false;
 }
 
-/// check_step then apply_policy, counting steps and skips. With skip, a run that keeps failing is
-/// stopped anyway after max_consecutive_skips bad steps in a row (0: never).
+/// check_step then apply_policy (or, through apply(), the policy on a verdict made elsewhere),
+/// counting steps and skips. With skip, a run that keeps failing is stopped anyway after
+/// max_consecutive_skips bad steps in a row (0: never).
 template <class Scalar = float>
 class StepGuard {
  public:
@@ -145,12 +146,14 @@ class StepGuard {
 
   /// check() on a verdict already made, e.g. one combined over the ranks of a data-parallel
   /// run: counts the step and applies the policy to it, without checking the gradients again.
-  /// Returns and throws as check().
-  bool apply(StepCheck verdict, const ParamList<Scalar>& params);
+  /// Returns and throws as check(), its messages naming func (e.g. "eigenformer::<func>: step 3:
+  /// loss is nan").
+  bool apply(StepCheck verdict, const ParamList<Scalar>& params,
+             const char* func = "StepGuard::apply");
 
-  /// The policy; the calls to check() so far, and the steps of those it skipped; the last verdict.
+  /// The policy; the steps checked so far, and those of them skipped; the last verdict.
   NonFinitePolicy policy() const { return policy_; }
-  long steps() const { return steps_; }      // calls to check()
+  long steps() const { return steps_; }      // calls to check() and apply()
   long skipped() const { return skipped_; }  // steps skipped
   const StepCheck& last() const { return last_; }
 
@@ -179,9 +182,10 @@ auto StepGuard<Scalar>::check(double loss, const ParamList<Scalar>& params) -> b
 }
 
 template <class Scalar>
-auto StepGuard<Scalar>::apply(StepCheck verdict, const ParamList<Scalar>& params) -> bool {
-  detail::check_params_not_null("StepGuard::apply", params);
-  return count(std::move(verdict), params, "StepGuard::apply");
+auto StepGuard<Scalar>::apply(StepCheck verdict, const ParamList<Scalar>& params,
+                              const char* func) -> bool {
+  detail::check_params_not_null(func, params);
+  return count(std::move(verdict), params, func);
 }
 
 template <class Scalar>
