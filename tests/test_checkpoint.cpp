@@ -1,12 +1,9 @@
 #include <eigenformer/io/checkpoint.hpp>
 
-#include <filesystem>
-
 #include "model_cases.hpp"
 #include "test_util.hpp"
 
 using namespace eigenformer;
-namespace fs = std::filesystem;
 
 namespace {
 

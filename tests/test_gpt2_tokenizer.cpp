@@ -10,7 +10,6 @@
 #include <eigenformer/text/gpt2_tokenizer.hpp>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <random>
 #include <sstream>
 #include <thread>

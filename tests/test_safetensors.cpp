@@ -3,9 +3,7 @@
 
 #include <eigenformer/io/safetensors.hpp>
 #include <filesystem>
-#include <fstream>
 #include <functional>
-#include <iterator>
 
 #include "test_util.hpp"
 

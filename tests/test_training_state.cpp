@@ -6,9 +6,7 @@
 #include <eigenformer/train/loss.hpp>
 #include <eigenformer/train/optim.hpp>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 
 #include "model_cases.hpp"
 #include "test_util.hpp"
