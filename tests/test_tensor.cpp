@@ -55,3 +55,32 @@ TEST_CASE("detail::squared_norm_double is the double sum of squares, without flo
   CHECK(detail::squared_norm_double(m) == doctest::Approx(expected).epsilon(1e-14));
   CHECK(detail::squared_norm_double(Matrix<double>(0, 4)) == 0.0);
 }
+
+TEST_CASE("detail::first_max_index is Eigen's maxCoeff(&index): the first maximum, ties included") {
+  Rng rng(5);
+  for (Index n : {1, 2, 63, 64, 65, 127, 128, 129, 200, 8192}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      // Entries from a handful of values, so that the maximum often occurs several times, in
+      // any 64-entry block; the rows of a ConstRef, as cross_entropy_forward reads logits.
+      Matrix<float> m(2, n);  // (2, n)
+      for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.index(5)) - 2.f;
+      if (trial % 4 == 1) m.row(0).setConstant(-std::numeric_limits<float>::infinity());
+      if (trial % 4 == 2) m(1, n - 1) = 7.f;  // the maximum in the tail after the last block
+      const ConstRef<float> view(m);
+      for (Index r = 0; r < 2; ++r) {
+        Index expected = -1;
+        view.row(r).maxCoeff(&expected);
+        CAPTURE(n);
+        CHECK(detail::first_max_index(view.row(r)) == expected);
+        CHECK(detail::first_max_index(m.row(r).cast<double>()) == expected);
+      }
+    }
+  }
+  // A row holding NaN has no meaningful maximum; the index is still one of its entries.
+  RowVector<float> v = RowVector<float>::Random(100);
+  v(70) = std::nanf("");
+  const Index i = detail::first_max_index(v);
+  CHECK((i >= 0 && i < 100));
+  v.setConstant(std::nanf(""));
+  CHECK(detail::first_max_index(v) == 0);
+}

@@ -174,6 +174,24 @@ bool all_finite(const Eigen::DenseBase<Derived>& m) {
   return (m.derived().array() * S(0)).sum() == S(0);
 }
 
+/// The index of the largest entry of the vector v, the first on ties, as v.maxCoeff(&index)
+/// gives: Eigen's indexed maxCoeff compares one entry at a time (5 of the 8 ms of a GPT-mini
+/// cross-entropy forward, V = 8192); here a vectorised maximum, then a search block by block.
+/// A v holding NaN, where no entry may equal the maximum found, falls back to Eigen's scan.
+template <class Vector>
+Index first_max_index(const Eigen::DenseBase<Vector>& v) {
+  constexpr Index kBlock = 64;  // 4 AVX-512 or 8 AVX2 float vectors per compare
+  const auto max = v.maxCoeff();
+  Index b = 0;  // the first block holding max: whole blocks by a vectorised maximum each
+  while (b + kBlock <= v.size() && v.derived().template segment<kBlock>(b).maxCoeff() < max)
+    b += kBlock;
+  for (Index j = b; j < v.size(); ++j)
+    if (v.derived()(j) == max) return j;
+  Index index = 0;
+  v.maxCoeff(&index);
+  return index;
+}
+
 /// The sum of the squares of m's entries, accumulated in double (no overflow or loss for float
 /// gradients). Written as a loop that OpenMP's simd directive vectorises: Eigen's
 /// m.cast<double>().squaredNorm() converts entry by entry, ~6x slower on a model's gradients.

@@ -28,9 +28,7 @@ namespace detail {
 
 template <class Scalar>
 Index argmax_row(const Matrix<Scalar>& logits, Index row) {
-  Index best = 0;
-  logits.row(row).maxCoeff(&best);
-  return best;
+  return first_max_index(logits.row(row));
 }
 
 inline void check_greedy_options(std::string_view func, const GreedyOptions& opt, Index vocab,

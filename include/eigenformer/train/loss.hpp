@@ -205,9 +205,7 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
                                                           counted ? t : 0, eps, cache.weights);
     if (!counted) return;
     cache.losses(i) = loss;
-    Index argmax = 0;
-    logits.row(i).maxCoeff(&argmax);
-    row_correct[static_cast<size_t>(i)] = argmax == t;
+    row_correct[static_cast<size_t>(i)] = detail::first_max_index(logits.row(i)) == t;
   });
   cache.count = (cache.targets.array() != options.ignore_id).count();
   cache.correct = 0;
