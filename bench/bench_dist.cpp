@@ -7,6 +7,11 @@
 //    goes on, global clipping, Adam step. Counters: tokens/s, the GLOBAL batch's target tokens per
 //    wall-clock second; comm_exposed, the share of step time spent waiting for gradient sums
 //    that backward did not hide (GradientReducer::finish); ranks and buckets.
+//  - BM_dist_seq2seq_compute_only: each rank's share of that step with nothing summed: the
+//    forward and backward of its rows, its own cross-entropy, the non-finite check, clipping and
+//    the Adam step, with no MPI call between the barriers that start and end the timing. Its
+//    tokens/s (the global batch's, as above) is the ceiling of the data-parallel step on this
+//    machine: what it would reach if summing the gradients cost nothing.
 // Every rank runs the same fixed number of iterations (collectives must pair up); only rank 0
 // reports.
 #include <benchmark/benchmark.h>
@@ -28,51 +33,84 @@ using ef::Index;
 constexpr Index kBatch = 32, kSrcLen = 32, kTgtLen = 32;
 const dist::Communicator* world = nullptr;
 
-void BM_dist_seq2seq_train_step(benchmark::State& state) {
-  const dist::Communicator& comm = *world;
-  const ef::TransformerConfig config = bench::seq2seq_config();
-  ef::Rng rng(1);
-  ef::Transformer<float> model(config, rng);
-  model.train();
-  dist::DataParallel<float> dp(comm, model, {std::size_t(state.range(0)) << 20});
-  ef::Adam<float> opt(model.parameters(), 1e-4);
-  ef::StepGuard<float> guard(ef::NonFinitePolicy::skip);
-  const IdMatrix src = bench::random_ids(kBatch, kSrcLen, config.src_vocab, 2);  // (B, S)
-  const IdMatrix tgt = bench::random_ids(kBatch, kTgtLen, config.tgt_vocab, 3);  // (B, T)
-  const dist::Shard shard = dp.shard(kBatch);
-  const IdMatrix my_src = dist::rows(src, shard), my_tgt = dist::rows(tgt, shard);
-  const IdMatrix my_tgt_in = ef::shift_right(my_tgt, bench::kBos);
-  dist::key_dropout(model, shard);
+/// One rank's part of the seq2seq step: the model (same seed everywhere), Adam, and this rank's
+/// rows of the global batch, with the caches a training loop keeps.
+struct RankWork {
+  ef::TransformerConfig config = bench::seq2seq_config();
+  ef::Rng rng{1};
+  ef::Transformer<float> model{config, rng};
+  ef::Adam<float> opt{model.parameters(), 1e-4};
+  ef::StepGuard<float> guard{ef::NonFinitePolicy::skip};
+  dist::Shard shard;
+  IdMatrix src, tgt, tgt_in;  // this rank's rows: (b, S), (b, T), (b, T)
   ef::Transformer<float>::Cache cache;
   ef::CrossEntropyCache<float> ce;
   ef::Matrix<float> dlogits;  // (b*T, V), reused every step
-  double loss = 0, waited = 0;
-  auto step = [&] {
-    opt.zero_grad();
-    const ef::Matrix<float>& logits = model.forward(my_src, my_tgt_in, cache);  // (b*T, V)
-    const double l = dp.cross_entropy(ce, dlogits, logits, my_tgt, {bench::kPad, 0.0});
-    model.backward(dlogits, cache, dp.begin_backward(model));
-    const double w = dp.end_backward();
-    if (dp.check_step(guard, l)) {
-      dp.clip_grad_norm(1.0f);
-      opt.step();
-    }
-    loss = l;
-    return w;
-  };
-  step();  // warm-up, untimed
+
+  explicit RankWork(const dist::Communicator& comm)
+      : shard(dist::shard_of(kBatch, comm.rank(), comm.size())) {
+    model.train();
+    const IdMatrix all_src = bench::random_ids(kBatch, kSrcLen, config.src_vocab, 2);  // (B, S)
+    const IdMatrix all_tgt = bench::random_ids(kBatch, kTgtLen, config.tgt_vocab, 3);  // (B, T)
+    src = dist::rows(all_src, shard);
+    tgt = dist::rows(all_tgt, shard);
+    tgt_in = ef::shift_right(tgt, bench::kBos);
+    dist::key_dropout(model, shard);
+  }
+};
+
+/// Times state's iterations of step() on every rank between two barriers, after one untimed
+/// step; sets the tokens/s and ranks counters and returns the seconds.
+template <class Step>
+double time_steps(benchmark::State& state, const dist::Communicator& comm, Step&& step) {
+  step();  // warm-up
   comm.barrier();
   const bench::WallTimer timer;
-  for (auto _ : state) {
-    waited += step();
-    benchmark::DoNotOptimize(loss);
-  }
+  for (auto _ : state) step();
   comm.barrier();
   const double seconds = timer.seconds();
   state.counters["tokens/s"] = bench::wall_rate(state, double(kBatch * kTgtLen), seconds);
-  state.counters["comm_exposed"] = seconds > 0 ? waited / seconds : 0.0;
   state.counters["ranks"] = comm.size();
+  return seconds;
+}
+
+void BM_dist_seq2seq_train_step(benchmark::State& state) {
+  const dist::Communicator& comm = *world;
+  RankWork w(comm);
+  dist::DataParallel<float> dp(comm, w.model, {std::size_t(state.range(0)) << 20});
+  double loss = 0, waited = 0;
+  const double seconds = time_steps(state, comm, [&] {
+    w.opt.zero_grad();
+    const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
+    loss = dp.cross_entropy(w.ce, w.dlogits, logits, w.tgt, {bench::kPad, 0.0});
+    w.model.backward(w.dlogits, w.cache, dp.begin_backward(w.model));
+    waited += dp.end_backward();
+    if (dp.check_step(w.guard, loss)) {
+      dp.clip_grad_norm(1.0f);
+      w.opt.step();
+    }
+    benchmark::DoNotOptimize(loss);
+  });
+  state.counters["comm_exposed"] = seconds > 0 ? waited / seconds : 0.0;
   state.counters["loss"] = loss;
+}
+
+void BM_dist_seq2seq_compute_only(benchmark::State& state) {
+  const dist::Communicator& comm = *world;
+  RankWork w(comm);
+  double loss = 0;
+  time_steps(state, comm, [&] {
+    w.opt.zero_grad();
+    const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
+    loss = ef::cross_entropy_forward(w.ce, logits, w.tgt, {bench::kPad, 0.0});
+    ef::cross_entropy_backward(w.dlogits, w.ce);
+    w.model.backward(w.dlogits, w.cache);
+    if (w.guard.check(loss, w.model.parameters())) {
+      ef::clip_grad_norm(w.model.parameters(), 1.0);
+      w.opt.step();
+    }
+    benchmark::DoNotOptimize(loss);
+  });
 }
 
 /// Rank 0 prints; the others' reports go nowhere.
@@ -90,6 +128,7 @@ BENCHMARK(BM_dist_seq2seq_train_step)
     ->Arg(4)
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_dist_seq2seq_compute_only)->Iterations(10)->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {
   dist::Environment env(argc, argv);
