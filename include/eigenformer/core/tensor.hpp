@@ -174,10 +174,11 @@ bool all_finite(const Eigen::DenseBase<Derived>& m) {
   return (m.derived().array() * S(0)).sum() == S(0);
 }
 
-/// The index of the largest entry of the vector v, the first on ties, as v.maxCoeff(&index)
-/// gives: Eigen's indexed maxCoeff compares one entry at a time (5 of the 8 ms of a GPT-mini
-/// cross-entropy forward, V = 8192); here a vectorised maximum, then a search block by block.
-/// A v holding NaN, where no entry may equal the maximum found, falls back to Eigen's scan.
+/// The index of the largest entry of the non-empty vector v, the first on ties, as
+/// v.maxCoeff(&index) gives: Eigen's indexed maxCoeff compares one entry at a time (5 of the 8 ms
+/// of a GPT-mini cross-entropy forward, V = 8192); here a vectorised maximum, then a search block
+/// by block. A v holding NaN, where no entry may equal the maximum found, falls back to Eigen's
+/// scan.
 template <class Vector>
 Index first_max_index(const Eigen::DenseBase<Vector>& v) {
   constexpr Index kBlock = 64;  // 4 AVX-512 or 8 AVX2 float vectors per compare
