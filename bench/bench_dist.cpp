@@ -60,38 +60,40 @@ struct RankWork {
 };
 
 /// Times state's iterations of step() on every rank between two barriers, after one untimed
-/// step; sets the tokens/s and ranks counters and returns the seconds.
+/// step. step() returns the seconds it waited for communication. Sets the tokens/s, comm_exposed
+/// (the timed steps' waits over their wall-clock time) and ranks counters.
 template <class Step>
-double time_steps(benchmark::State& state, const dist::Communicator& comm, Step&& step) {
+void time_steps(benchmark::State& state, const dist::Communicator& comm, Step&& step) {
   step();  // warm-up
   comm.barrier();
   const bench::WallTimer timer;
-  for (auto _ : state) step();
+  double waited = 0;
+  for (auto _ : state) waited += step();
   comm.barrier();
   const double seconds = timer.seconds();
   state.counters["tokens/s"] = bench::wall_rate(state, double(kBatch * kTgtLen), seconds);
+  state.counters["comm_exposed"] = seconds > 0 ? waited / seconds : 0.0;
   state.counters["ranks"] = comm.size();
-  return seconds;
 }
 
 void BM_dist_seq2seq_train_step(benchmark::State& state) {
   const dist::Communicator& comm = *world;
   RankWork w(comm);
   dist::DataParallel<float> dp(comm, w.model, {std::size_t(state.range(0)) << 20});
-  double loss = 0, waited = 0;
-  const double seconds = time_steps(state, comm, [&] {
+  double loss = 0;
+  time_steps(state, comm, [&] {
     w.opt.zero_grad();
     const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
     loss = dp.cross_entropy(w.ce, w.dlogits, logits, w.tgt, {bench::kPad, 0.0});
     w.model.backward(w.dlogits, w.cache, dp.begin_backward(w.model));
-    waited += dp.end_backward();
+    const double waited = dp.end_backward();
     if (dp.check_step(w.guard, loss)) {
       dp.clip_grad_norm(1.0f);
       w.opt.step();
     }
     benchmark::DoNotOptimize(loss);
+    return waited;
   });
-  state.counters["comm_exposed"] = seconds > 0 ? waited / seconds : 0.0;
   state.counters["loss"] = loss;
 }
 
@@ -110,6 +112,7 @@ void BM_dist_seq2seq_compute_only(benchmark::State& state) {
       w.opt.step();
     }
     benchmark::DoNotOptimize(loss);
+    return 0.0;  // nothing to wait for
   });
 }
 

@@ -58,29 +58,48 @@ TEST_CASE("detail::squared_norm_double is the double sum of squares, without flo
 
 TEST_CASE("detail::first_max_index is Eigen's maxCoeff(&index): the first maximum, ties included") {
   Rng rng(5);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  // (index, trial): Eigen's answer and ours, for row r of m read as a row of a ConstRef (as
+  // cross_entropy_forward reads logits), as a cast expression, and strided (a column of a
+  // column-major copy).
+  auto check = [](const Matrix<float>& m, Index r) {
+    Index expected = -1;
+    m.row(r).maxCoeff(&expected);
+    const ConstRef<float> view(m);
+    const Eigen::MatrixXf col_major = m.transpose();  // row r of m is column r here
+    CHECK(detail::first_max_index(view.row(r)) == expected);
+    CHECK(detail::first_max_index(m.row(r).cast<double>()) == expected);
+    CHECK(detail::first_max_index(col_major.col(r)) == expected);
+  };
   for (Index n : {1, 2, 63, 64, 65, 127, 128, 129, 200, 8192}) {
-    for (int trial = 0; trial < 20; ++trial) {
-      // Entries from a handful of values, so that the maximum often occurs several times, in
-      // any 64-entry block; the rows of a ConstRef, as cross_entropy_forward reads logits.
-      Matrix<float> m(2, n);  // (2, n)
+    CAPTURE(n);
+    for (int trial = 0; trial < 24; ++trial) {
+      CAPTURE(trial);
+      Matrix<float> m(2, n);  // (2, n): entries from a handful of values, ties everywhere
       for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.index(5)) - 2.f;
-      if (trial % 4 == 1) m.row(0).setConstant(-std::numeric_limits<float>::infinity());
-      if (trial % 4 == 2) m(1, n - 1) = 7.f;  // the maximum in the tail after the last block
-      const ConstRef<float> view(m);
-      for (Index r = 0; r < 2; ++r) {
-        Index expected = -1;
-        view.row(r).maxCoeff(&expected);
-        CAPTURE(n);
-        CHECK(detail::first_max_index(view.row(r)) == expected);
-        CHECK(detail::first_max_index(m.row(r).cast<double>()) == expected);
+      switch (trial % 6) {
+        case 1:  // all -inf
+          m.row(0).setConstant(-inf);
+          break;
+        case 2:  // the maximum only in the tail after the last whole block
+          m(1, n - 1) = 7.f;
+          break;
+        case 3:  // equal maxima past the first block, the first of them in a later block
+          for (Index j : {Index(100), Index(130), n - 1})
+            if (j < n) m(0, j) = 7.f;
+          break;
+        case 4:  // +inf twice
+          m(1, n / 2) = m(1, n - 1) = inf;
+          break;
+        case 5:  // NaN: Eigen's answer, whatever the SIMD maximum skips
+          m(0, rng.index(n)) = nan;
+          m(1, 0) = nan;
+          break;
+        default:
+          break;
       }
+      check(m, 0);
+      check(m, 1);
     }
   }
-  // A row holding NaN has no meaningful maximum; the index is still one of its entries.
-  RowVector<float> v = RowVector<float>::Random(100);
-  v(70) = std::nanf("");
-  const Index i = detail::first_max_index(v);
-  CHECK((i >= 0 && i < 100));
-  v.setConstant(std::nanf(""));
-  CHECK(detail::first_max_index(v) == 0);
 }
