@@ -256,7 +256,7 @@ double train_step(cli::TrainStep<Model>& step, Model& model, ef::Optimizer<Scala
                   const ef::IdMatrix& x, const ef::IdMatrix& y, Check&& check) {
   return step(
       opt, y, {-1, 0.0},
-      [&](Index begin, Index count, Model::Cache& cache) {
+      [&](Index begin, Index count, Model::Cache& cache) -> const ef::Matrix<Scalar>& {
         return model.forward(x.middleRows(begin, count), cache);
       },
       check);

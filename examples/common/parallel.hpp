@@ -83,7 +83,8 @@ class Processes {
 
 /// The training step of an example: forward, loss, backward, clipping at 1 (the optimizer step
 /// and schedule stay with the caller). Data-parallel over procs when built with MPI: the global
-/// batch's loss, and every process's gradients summed.
+/// batch's loss, and every process's gradients summed. It keeps the model's cache, the loss's and
+/// the logits' gradient from one step to the next, so that a step reuses their buffers.
 template <class Model>
 class TrainStep {
  public:
@@ -98,31 +99,32 @@ class TrainStep {
   }
 
   /// forward(begin, count, cache) runs the model on rows [begin, begin + count) of the global
-  /// batch whose targets (B, T) are tgt, returning their logits. check(loss) sees the global
+  /// batch whose targets (B, T) are tgt, returning their logits (a reference into cache, as the
+  /// models' forward returns them). check(loss) sees the global
   /// batch's loss after backward, before clipping, with every process's gradients summed (so
   /// every process decides alike; it throws to stop). Returns the batch's mean loss.
   template <class Forward, class Check>
   double operator()(eigenformer::Optimizer<float>& opt, const eigenformer::IdMatrix& tgt,
                     const eigenformer::CrossEntropyOptions& loss_options, Forward&& forward,
                     Check&& check) {
-    typename Model::Cache cache;
-    eigenformer::CrossEntropyCache<float> ce;
     opt.zero_grad();
 #ifdef EIGENFORMER_EXAMPLE_MPI
     const eigenformer::dist::Shard s = dp_->shard(tgt.rows());
     eigenformer::dist::key_dropout(model_, s);
-    const eigenformer::Matrix<float> logits = forward(s.begin, s.count, cache);
-    const auto [loss, dlogits] =
-        dp_->cross_entropy(ce, logits, eigenformer::dist::rows(tgt, s), loss_options);
-    model_.backward(dlogits, cache, dp_->begin_backward(model_));
+    const eigenformer::Matrix<float>& logits = forward(s.begin, s.count, cache_);  // (b*T, V)
+    const double loss = dp_->cross_entropy(ce_, dlogits_, logits,
+                                           eigenformer::dist::rows(tgt, s), loss_options);
+    model_.backward(dlogits_, cache_, dp_->begin_backward(model_));
     dp_->end_backward();
     check(loss);
     dp_->clip_grad_norm(1.0f);
     return loss;
 #else
-    const eigenformer::Matrix<float> logits = forward(eigenformer::Index(0), tgt.rows(), cache);
-    const double loss = eigenformer::cross_entropy_forward(ce, logits, tgt, loss_options);
-    model_.backward(eigenformer::cross_entropy_backward(ce), cache);
+    const eigenformer::Matrix<float>& logits =
+        forward(eigenformer::Index(0), tgt.rows(), cache_);  // (B*T, V)
+    const double loss = eigenformer::cross_entropy_forward(ce_, logits, tgt, loss_options);
+    eigenformer::cross_entropy_backward(dlogits_, ce_);
+    model_.backward(dlogits_, cache_);
     check(loss);
     eigenformer::clip_grad_norm(model_.parameters(), 1.0f);
     return loss;
@@ -131,6 +133,9 @@ class TrainStep {
 
  private:
   Model& model_;
+  typename Model::Cache cache_;
+  eigenformer::CrossEntropyCache<float> ce_;
+  eigenformer::Matrix<float> dlogits_;  // (B*T, V), this process's rows
 #ifdef EIGENFORMER_EXAMPLE_MPI
   std::unique_ptr<eigenformer::dist::DataParallel<float>> dp_;
 #endif

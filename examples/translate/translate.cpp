@@ -165,7 +165,8 @@ template <class Check>
 double train_step(cli::TrainStep<ef::Transformer<float>>& step, ef::Transformer<float>& model,
                   ef::Optimizer<float>& opt, const Batch& batch, Check&& check) {
   return step(opt, batch.tgt, {translate::Vocab::kPad},
-              [&](Index begin, Index count, ef::Transformer<float>::Cache& cache) {
+              [&](Index begin, Index count,
+                  ef::Transformer<float>::Cache& cache) -> const ef::Matrix<float>& {
                 return model.forward(
                     batch.src.middleRows(begin, count),
                     ef::shift_right(batch.tgt.middleRows(begin, count), translate::Vocab::kBos),
