@@ -26,6 +26,7 @@
 #include "../common/training.hpp"
 #include "../common/curves.hpp"
 #include "corpus.hpp"
+#include "model.hpp"
 
 namespace char_lm {
 
@@ -302,29 +303,8 @@ int cmd_train(const cli::Flags& f, const cli::Processes& procs) {
               train_ids.size(), static_cast<long>(split.held_out_entries), held_ids.size());
 
   // Model.
-  ef::TransformerConfig c;
-  c.vocab = vocab.size();
-  c.d_model = d_model;
-  c.n_heads = heads;
-  c.n_layers = layers;
-  c.d_ff = 4 * d_model;
-  c.dropout = 0.0;  // about one pass over the data: nothing to regularise
-  c.activation = ef::Activation::gelu_tanh;
-  c.norm = ef::NormPlacement::pre;
-  c.positional = ef::PositionalKind::learned;
-  c.scale_embeddings = false;
-  c.tie_output = true;
-  c.max_len = context;
-  c.pad_id = -1;
-  ef::Rng rng(seed);
-  Model model(c, rng);
-  // GPT-2's N(0, 0.02) for the token embedding, which is also the (tied) output matrix: the
-  // Embedding default N(0, 1) would start training from large, confident logits. The learned
-  // positions too, at the same scale: the models draw them at the scale of their default token
-  // embeddings, N(0, 1), which would drown these tokens 50 to 1 (held-out 3.50 bits/char after the
-  // default run, against 2.7 with both at 0.02).
-  ef::fill_normal(model.input.embedding.weight.value, 0.0, 0.02, rng);
-  ef::fill_normal(model.input.learned.weight.value, 0.0, 0.02, rng);
+  const ef::TransformerConfig c = model_config(vocab.size(), d_model, heads, layers, context);
+  Model model = make_model(c, seed);
   const ef::ParamList<Scalar> params = model.parameters();
   std::printf("vocabulary: %ld distinct bytes + unknown; model: %ld layers, d_model %ld, %ld "
               "heads, d_ff %ld, context %ld: %ld parameters\n",
