@@ -174,23 +174,31 @@ bool all_finite(const Eigen::DenseBase<Derived>& m) {
   return (m.derived().array() * S(0)).sum() == S(0);
 }
 
+/// The first index of v holding max, v's largest entry (not NaN; computed by the caller, e.g.
+/// v.maxCoeff() of a v without NaN): whole 64-entry blocks below max are skipped by a vectorised
+/// maximum each, then one block is scanned. -1 when no entry equals max.
+template <class Vector>
+Index first_index_of_max(const Eigen::DenseBase<Vector>& v, typename Vector::Scalar max) {
+  constexpr Index kBlock = 64;  // 4 AVX-512 or 8 AVX2 float vectors per compare
+  Index b = 0;
+  while (b + kBlock <= v.size() && v.derived().template segment<kBlock>(b).maxCoeff() < max)
+    b += kBlock;
+  for (Index j = b; j < v.size(); ++j)
+    if (v.derived()(j) == max) return j;
+  return -1;
+}
+
 /// The index of the largest entry of the non-empty vector v, the first on ties, as
 /// v.maxCoeff(&index) gives: Eigen's indexed maxCoeff compares one entry at a time (5 of the 8 ms
-/// of a GPT-mini cross-entropy forward, V = 8192); here a vectorised maximum, then a search block
-/// by block. A v holding NaN takes Eigen's scan, whose answer it keeps (a vectorised maximum may
-/// skip the largest entry there). Each entry of v is read about twice: pass plain vectors, rows
-/// or cheap element-wise expressions.
+/// of a GPT-mini cross-entropy forward, V = 8192); here a vectorised maximum, then
+/// first_index_of_max. A v holding NaN takes Eigen's scan, whose answer it keeps (a vectorised
+/// maximum may skip the largest entry there). Each entry of v is read about twice: pass plain
+/// vectors, rows or cheap element-wise expressions.
 template <class Vector>
 Index first_max_index(const Eigen::DenseBase<Vector>& v) {
-  constexpr Index kBlock = 64;  // 4 AVX-512 or 8 AVX2 float vectors per compare
   const auto max = v.template maxCoeff<Eigen::PropagateNaN>();
-  Index b = 0;  // the first block holding max: whole blocks by a vectorised maximum each
-  if (max == max) {
-    while (b + kBlock <= v.size() && v.derived().template segment<kBlock>(b).maxCoeff() < max)
-      b += kBlock;
-    for (Index j = b; j < v.size(); ++j)
-      if (v.derived()(j) == max) return j;
-  }
+  const Index found = max == max ? first_index_of_max(v, max) : Index(-1);
+  if (found >= 0) return found;
   Index index = 0;
   v.maxCoeff(&index);
   return index;

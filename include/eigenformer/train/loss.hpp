@@ -109,13 +109,12 @@ void check_cross_entropy_args(std::string_view func, ConstRef<Scalar> logits,
 }
 
 /// One row: fills probs with its softmax and returns its loss (target t, smoothing eps, class
-/// weights w (1, V) or empty). Differences are taken before adding the log-sum so that logits of
-/// +-1e4 lose no precision.
+/// weights w (1, V) or empty), given max, the largest logit. Differences are taken before adding
+/// the log-sum so that logits of +-1e4 lose no precision.
 template <class Scalar>
 Scalar cross_entropy_row(Eigen::Ref<RowVector<Scalar>> probs,
-                         const Eigen::Ref<const RowVector<Scalar>>& logits, Index t, Scalar eps,
-                         const RowVector<Scalar>& w) {
-  const Scalar max = logits.maxCoeff();
+                         const Eigen::Ref<const RowVector<Scalar>>& logits, Scalar max, Index t,
+                         Scalar eps, const RowVector<Scalar>& w) {
   probs = (logits.array() - max).exp();
   const Scalar sum = probs.sum();
   probs /= sum;
@@ -201,11 +200,17 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
     const Index t = cache.targets(i);
     const bool counted = t != options.ignore_id;
     // An ignored row still gets probabilities; its loss term uses column 0 and is discarded.
-    const Scalar loss = detail::cross_entropy_row<Scalar>(cache.probs.row(i), logits.row(i),
+    const Scalar max = logits.row(i).maxCoeff();
+    const Scalar loss = detail::cross_entropy_row<Scalar>(cache.probs.row(i), logits.row(i), max,
                                                           counted ? t : 0, eps, cache.weights);
     if (!counted) return;
     cache.losses(i) = loss;
-    row_correct[static_cast<size_t>(i)] = detail::first_max_index(logits.row(i)) == t;
+    // A finite loss means no NaN among the logits (it would reach the sum of exponentials), so
+    // max is exact and the search needs no second maximum.
+    const Index argmax = std::isfinite(static_cast<double>(loss))
+                             ? detail::first_index_of_max(logits.row(i), max)
+                             : detail::first_max_index(logits.row(i));
+    row_correct[static_cast<size_t>(i)] = argmax == t;
   });
   cache.count = (cache.targets.array() != options.ignore_id).count();
   cache.correct = 0;
