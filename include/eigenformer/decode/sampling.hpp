@@ -150,14 +150,6 @@ inline RowVector<double> softmax_double(const RowVector<double>& x, double tempe
 /// of it by an ulp.
 constexpr double kTopPAllowance = 1e-12;
 
-/// The index of the largest entry, the lowest one on ties.
-inline Index argmax_lowest_id(const RowVector<double>& x) {
-  Index best = 0;
-  for (Index i = 1; i < x.size(); ++i)
-    if (x(i) > x(best)) best = i;
-  return best;
-}
-
 }  // namespace detail
 
 /// logits (1, V) -> probabilities (1, V): softmax(logits / temperature), computed in double with
@@ -300,7 +292,7 @@ RowVector<double> next_token_distribution(const RowVector<Scalar>& logits,
   RowVector<double> x = detail::penalised_logits("next_token_distribution", logits, opt, previous);
   if (!opt.sample) {
     RowVector<double> one_hot = RowVector<double>::Zero(x.size());
-    one_hot(detail::argmax_lowest_id(x)) = 1.0;
+    one_hot(detail::first_max_index(x)) = 1.0;  // the lowest id on ties
     return one_hot;
   }
   x = detail::tempered(x, opt.temperature);  // largest 0: finite whatever the temperature
@@ -317,7 +309,8 @@ template <class Scalar>
 Index choose_token(const RowVector<Scalar>& logits, const SamplingOptions& opt,
                    const std::vector<Index>& previous, Rng& rng) {
   if (opt.sample) return sample_categorical(next_token_distribution(logits, opt, previous), rng);
-  return detail::argmax_lowest_id(detail::penalised_logits("choose_token", logits, opt, previous));
+  return detail::first_max_index(  // the lowest id on ties
+      detail::penalised_logits("choose_token", logits, opt, previous));
 }
 
 // The float and double instantiations, compiled once in eigenformer::precompiled
