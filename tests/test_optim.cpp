@@ -1,8 +1,17 @@
 #include <eigenformer/train/optim.hpp>
 
+#include <atomic>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "test_util.hpp"
 
@@ -351,4 +360,104 @@ TEST_CASE("weight_decay_groups: decay on weight matrices, none on vectors and em
   // Hyperparameters are plain doubles: the Scalar comes from the parameters.
   AdamW opt(params, 3e-4);
   CHECK(opt.lr() == 3e-4f);
+}
+
+TEST_CASE("detail::parallel_over_rows visits every row of every matrix once, on any thread count") {
+  // Shapes with empty matrices, single rows, and rows longer than a thread's share.
+  const std::vector<std::pair<Index, Index>> shapes = {
+      {0, 5}, {1, 3}, {300, 40}, {5, 0}, {1, 50000}, {7, 3}, {2000, 17}, {1, 1}, {64, 64}};
+  const int saved = max_threads();
+  for (int threads : {1, 2, 3}) {
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+    std::vector<std::vector<std::atomic<int>>> visits;
+    for (const auto& s : shapes) visits.emplace_back(static_cast<size_t>(s.first));
+    detail::parallel_over_rows(shapes, 1.0, [&](size_t i, Index begin, Index n) {
+      for (Index r = begin; r < begin + n; ++r) ++visits[i][static_cast<size_t>(r)];
+    });
+    for (size_t i = 0; i < shapes.size(); ++i)
+      for (size_t r = 0; r < visits[i].size(); ++r) {
+        CAPTURE(threads);
+        CAPTURE(i);
+        CAPTURE(r);
+        CHECK(visits[i][r] == (shapes[i].second == 0 ? 0 : 1));
+      }
+  }
+#ifdef _OPENMP
+  omp_set_num_threads(saved);
+#endif
+  (void)saved;
+}
+
+TEST_CASE("SGD and Adam step a list of parameters as they step each one alone") {
+  // One optimizer over all (its rows shared among threads across parameters) against one
+  // optimizer per parameter: the update is elementwise, so the results are the same, bit for bit.
+  const std::vector<std::pair<Index, Index>> shapes = {{1, 5}, {300, 40}, {7, 3}, {1, 40000}};
+  Rng rng(11);
+  std::vector<Param<float>> together, alone;
+  for (const auto& s : shapes) {
+    Param<float> p(s.first, s.second);
+    p.value = eftest::random_matrix<float>(s.first, s.second, rng);
+    together.push_back(p);
+    alone.push_back(p);
+  }
+  auto list = [](std::vector<Param<float>>& ps, size_t from, size_t to) {
+    ParamList<float> out;
+    for (size_t i = from; i < to; ++i) out.push_back({"p" + std::to_string(i), &ps[i]});
+    return out;
+  };
+  using Make = std::function<std::unique_ptr<Optimizer<float>>(ParamList<float>)>;
+  const std::vector<Make> makes = {
+      [](ParamList<float> ps) { return std::make_unique<SGD<float>>(ps, 0.1, 0.9, 0.01); },
+      [](ParamList<float> ps) {
+        return std::make_unique<Adam<float>>(ps, 0.01, 0.9, 0.99, 1e-8, 0.1);
+      },
+      [](ParamList<float> ps) { return std::make_unique<AdamW<float>>(ps, 0.01); }};
+  for (const Make& make : makes) {
+    auto all = make(list(together, 0, shapes.size()));
+    std::vector<std::unique_ptr<Optimizer<float>>> each;
+    for (size_t i = 0; i < shapes.size(); ++i) each.push_back(make(list(alone, i, i + 1)));
+    for (int step = 0; step < 3; ++step) {
+      all->zero_grad();
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        each[i]->zero_grad();
+        const Matrix<float> g =
+            eftest::random_matrix<float>(shapes[i].first, shapes[i].second, rng);
+        together[i].grad += g;
+        alone[i].grad += g;
+        each[i]->step();
+      }
+      all->step();
+    }
+    for (size_t i = 0; i < shapes.size(); ++i) CHECK(together[i].value == alone[i].value);
+  }
+}
+
+TEST_CASE("An optimizer rejects a parameter listed twice; zero_grad clears it once") {
+  Param<double> p = make_param<double>();
+  const ParamList<double> twice = {{"a", &p}, {"b", &p}};
+  eftest::check_throws_with([&] { Adam<double>{twice}; },
+                            {"Adam::Adam", "'params'", "'b' twice", "'a'"});
+  std::vector<ParamGroup<double>> groups(2);
+  groups[0].params = {{"a", &p}};
+  groups[1].params = {{"b", &p}};
+  eftest::check_throws_with([&] { SGD<double>(groups, 0.1); }, {"SGD::SGD", "'b' twice"});
+  p.grad.setConstant(2.0);
+  zero_grad(twice);
+  CHECK(p.grad.isZero());
+}
+
+TEST_CASE("detail::parallel_assign gives the serial assignment, also when it reads its target") {
+  Rng rng(3);
+  for (Index rows : {Index(0), Index(1), Index(3), Index(4000)}) {
+    const Matrix<float> a = eftest::random_matrix<float>(rows, 33, rng);
+    const Matrix<float> b = eftest::random_matrix<float>(rows, 33, rng);
+    Matrix<float> sum;
+    detail::parallel_assign(sum, a + b);
+    CHECK(sum == Matrix<float>(a + b));
+    Matrix<float> acc = a;
+    detail::parallel_assign(acc, acc + b);  // reads its target, as dx += dy
+    CHECK(acc == Matrix<float>(a + b));
+  }
 }

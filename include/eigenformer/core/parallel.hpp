@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "tensor.hpp"
 
@@ -124,6 +126,49 @@ void parallel_ranges(Index n, Index align, double work, double min_work, Body&& 
 #endif
   const SerialRegion serial;
   body(Index(0), n);
+}
+
+/// dst = expr for an (N, C) expression, e.g. a residual sum or a copy of activations: bound by
+/// memory, and serial, it would keep the other threads waiting between two parallel products.
+/// The rows are shared among threads from kParallelMinWork entries. expr may read dst (an
+/// elementwise dx + dy into dx), which keeps its shape.
+template <class Dst, class Expr>
+void parallel_assign(Dst& dst, const Expr& expr) {
+  dst.resize(expr.rows(), expr.cols());
+  parallel_ranges(expr.rows(), 1, double(expr.size()), kParallelMinWork,
+                  [&](Index begin, Index end) {
+                    dst.middleRows(begin, end - begin) = expr.middleRows(begin, end - begin);
+                  });
+}
+
+/// Runs body(i, begin, n) over rows [begin, begin + n) of matrices i = 0, 1, .. of the given
+/// (rows, cols) shapes (e.g. every parameter of a model), their entries taken in order and cut
+/// into one contiguous share per thread: one parallel region for the whole list, however many
+/// small matrices it holds. A row goes to the share holding its first entry, so each row is
+/// visited once. For elementwise work (zeroing, an optimizer's update), whose results are then
+/// the same for every thread count; serial (body over every whole matrix in order) below
+/// kParallelMinWork scalar operations at work_per_entry each. body must not throw.
+template <class Body>
+void parallel_over_rows(const std::vector<std::pair<Index, Index>>& shapes, double work_per_entry,
+                        Body&& body) {
+  std::vector<Index> offset(shapes.size() + 1, 0);  // first entry of each matrix
+  for (size_t i = 0; i < shapes.size(); ++i)
+    offset[i + 1] = offset[i] + shapes[i].first * shapes[i].second;
+  const Index total = offset.back();
+  parallel_ranges(total, 1, work_per_entry * double(total), kParallelMinWork,
+                  [&](Index begin, Index end) {
+                    for (size_t i = 0; i < shapes.size(); ++i) {
+                      const Index rows = shapes[i].first, cols = shapes[i].second;
+                      if (offset[i + 1] <= begin || offset[i] >= end || cols == 0) continue;
+                      // The first row whose first entry is at or after entry.
+                      auto row_from = [&](Index entry) {
+                        if (entry <= offset[i]) return Index(0);
+                        return std::min(rows, (entry - offset[i] + cols - 1) / cols);
+                      };
+                      const Index r0 = row_from(begin), r1 = row_from(end);
+                      if (r1 > r0) body(i, r0, r1 - r0);
+                    }
+                  });
 }
 
 }  // namespace detail

@@ -9,9 +9,12 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "error.hpp"
+#include "parallel.hpp"
 #include "tensor.hpp"
 
 namespace eigenformer {
@@ -99,7 +102,20 @@ void check_no_null_params(const char* func, const ParamList<Scalar>& params) {
 template <class Scalar>
 void zero_grad(const ParamList<Scalar>& params) {
   detail::check_no_null_params("zero_grad", params);
-  for (const auto& p : params) p.param->zero_grad();
+  // Each gradient once (a list may name a shared parameter twice), the rows of all of them shared
+  // among threads in one parallel region: a model's gradients are megabytes in a few hundred
+  // matrices, most too small to be worth a region of their own.
+  std::vector<Matrix<Scalar>*> grads;
+  std::vector<std::pair<Index, Index>> shapes;
+  std::unordered_set<const Param<Scalar>*> seen;
+  for (const auto& p : params) {
+    if (!seen.insert(p.param).second) continue;
+    grads.push_back(&p.param->grad);
+    shapes.push_back({p.param->grad.rows(), p.param->grad.cols()});
+  }
+  detail::parallel_over_rows(shapes, 1.0, [&](size_t i, Index begin, Index n) {
+    grads[i]->middleRows(begin, n).setZero();
+  });
 }
 
 /// The number of scalar entries over params (a parameter listed twice counts twice). Throws

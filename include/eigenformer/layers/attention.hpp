@@ -30,6 +30,7 @@
 #include <string_view>
 
 #include "../core/clone_ptr.hpp"
+#include "../core/parallel.hpp"
 #include "../core/param.hpp"
 #include "../core/precompiled.hpp"
 #include "../core/random.hpp"
@@ -289,7 +290,7 @@ auto Attention<Scalar>::forward(ConstRef<Scalar> x, Index B, const AttentionMask
   cache.self = true;
   cache.memory.resize(0, 0);
   cache.value.resize(0, 0);
-  cache.query = x;
+  detail::parallel_assign(cache.query, x);
   return run(cache.query, cache.query, cache.query, d, mask, cache);
 }
 
@@ -301,8 +302,8 @@ auto Attention<Scalar>::forward(ConstRef<Scalar> query, ConstRef<Scalar> memory,
   const AttentionDims d =
       check_inputs("Attention::forward", query, memory, B, mask, d_model(), kdim());
   cache.self = false;
-  cache.query = query;
-  cache.memory = memory;
+  detail::parallel_assign(cache.query, query);
+  detail::parallel_assign(cache.memory, memory);
   cache.value.resize(0, 0);
   return run(cache.query, cache.memory, cache.memory, d, mask, cache);
 }
@@ -316,9 +317,9 @@ auto Attention<Scalar>::forward(ConstRef<Scalar> query, ConstRef<Scalar> key,
   const AttentionDims d = check_inputs(func, query, key, B, mask, d_model(), kdim());
   detail::check_shape(func, "value", value, key.rows(), vdim());
   cache.self = false;
-  cache.query = query;
-  cache.memory = key;
-  cache.value = value;
+  detail::parallel_assign(cache.query, query);
+  detail::parallel_assign(cache.memory, key);
+  detail::parallel_assign(cache.value, value);
   return run(cache.query, cache.memory, cache.value, d, mask, cache);
 }
 
@@ -369,13 +370,14 @@ auto Attention<Scalar>::backward_impl(const char* func, ConstRef<Scalar> dy, con
   if (separate) {  // copies, so that the buffers stay for the next call
     linear_backward<Scalar>(tmp, &v_proj.weight.grad, bias_grad(v_proj), dv, cache.value,
                             v_proj.weight.value);
-    if (dmemory) *dmemory = dmem;
-    if (dvalue) *dvalue = tmp;
+    if (dmemory) detail::parallel_assign(*dmemory, dmem);
+    if (dvalue) detail::parallel_assign(*dvalue, tmp);
     return dquery;
   }
   linear_backward_add<Scalar>(dmem, &v_proj.weight.grad, bias_grad(v_proj), dv, cache.memory,
                               v_proj.weight.value);
-  if (dmemory) *dmemory = dmem;  // a copy, so the buffer stays for the next call
+  // A copy, so that the buffer stays for the next call.
+  if (dmemory) detail::parallel_assign(*dmemory, dmem);
   return dquery;
 }
 

@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "../core/parallel.hpp"
 #include "../core/param.hpp"
 #include "../core/precompiled.hpp"
 #include "layernorm.hpp"
@@ -83,12 +84,12 @@ class Residual {
     if (placement_ == NormPlacement::pre) {
       auto&& s = sublayer(norm.forward(x, cache.norm));
       check_output(s, x.rows());
-      cache.out = x + s;
+      detail::parallel_assign(cache.out, x + s);
       return cache.out;
     }
     auto&& s = sublayer(x);
     check_output(s, x.rows());
-    cache.out = x + s;
+    detail::parallel_assign(cache.out, x + s);
     return norm.forward(cache.out, cache.norm);
   }
 
@@ -107,11 +108,10 @@ class Residual {
     const Index N = dy.rows();
     auto& [d_out, dx, ds, dgamma, dbeta] = scratch_.buffers;
     if (placement_ == NormPlacement::pre) {
-      d_out = dy;
+      detail::parallel_assign(d_out, dy);
       auto&& dn = sublayer_backward(d_out);
       check_grad(dn, N);
-      dx = norm.backward(dn, cache.norm);
-      dx += dy;
+      detail::parallel_assign(dx, norm.backward(dn, cache.norm) + dy);
       return dx;
     }
     // Post: the norm's gradients are added only once the sublayer's backward has succeeded.
@@ -119,10 +119,10 @@ class Residual {
     dbeta.setZero(1, d_model());
     layernorm_backward<Scalar>(ds, &dgamma, &dbeta, dy, cache.norm.x, norm.weight.value,
                                cache.norm.mean, cache.norm.rstd);
-    d_out = ds;
+    detail::parallel_assign(d_out, ds);
     auto&& dsub = sublayer_backward(d_out);
     check_grad(dsub, N);
-    dx = dsub + ds;
+    detail::parallel_assign(dx, dsub + ds);
     norm.weight.grad += dgamma;
     norm.bias.grad += dbeta;
     return dx;

@@ -18,6 +18,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -173,9 +174,7 @@ class Optimizer {
   Scalar lr_;
   long steps_ = 0;
   std::string name_;  // the class name, for error messages
-  std::string step_func_, set_lr_func_;  // built once, so a passing check builds no string
-
- private:
+  std::string step_func_, set_lr_func_;          // built once, so a passing check builds no string
   std::vector<std::pair<Index, Index>> shapes_;  // (rows, cols) of each parameter at construction
 };
 
@@ -201,6 +200,15 @@ Optimizer<Scalar>::Optimizer(std::vector<ParamGroup<Scalar>> groups, double lr,
     }
   }
   detail::require(!params_.empty(), func, "params", "is empty");
+  // A parameter listed twice would be updated twice, and by two threads at once: step() shares
+  // the rows of all parameters among threads.
+  std::unordered_map<const Param<Scalar>*, const std::string*> seen;
+  for (const auto& p : params_) {
+    const auto inserted = seen.emplace(p.param, &p.name);
+    detail::require(inserted.second, func, "params", [&] {
+      return "lists parameter '" + p.name + "' twice (also as '" + *inserted.first->second + "')";
+    });
+  }
   for (const auto& p : params_) shapes_.push_back({p.param->value.rows(), p.param->value.cols()});
 }
 
@@ -324,16 +332,20 @@ template <class Scalar>
 void SGD<Scalar>::step() {
   this->check_shapes();
   ++this->steps_;
-  for (size_t i = 0; i < this->params_.size(); ++i) {
+  // Elementwise: the rows of all parameters are shared among threads, as in Adam::step.
+  detail::parallel_over_rows(this->shapes_, 4.0, [&](size_t i, Index begin, Index n) {
     Param<Scalar>& p = *this->params_[i].param;
+    auto w = p.value.middleRows(begin, n);
+    auto g = p.grad.middleRows(begin, n);
     const Scalar lr = this->lr_ * this->lr_scale_[i], decay = this->decay_[i];
     if (momentum_ == 0) {
-      p.value -= lr * (p.grad + decay * p.value);
-      continue;
+      w -= lr * (g + decay * w);
+      return;
     }
-    velocity_[i] = momentum_ * velocity_[i] + p.grad + decay * p.value;
-    p.value -= lr * velocity_[i];
-  }
+    auto velocity = velocity_[i].middleRows(begin, n);
+    velocity = momentum_ * velocity + g + decay * w;
+    w -= lr * velocity;
+  });
 }
 
 /// torch.optim.Adam (1.13): g += wd w (L2 through the gradient); m = b1 m + (1 - b1) g;
@@ -403,21 +415,18 @@ void Adam<Scalar>::step() {
   const double bias_correction1 = 1.0 - std::pow(static_cast<double>(beta1_), t);
   const double bias_correction2 = 1.0 - std::pow(static_cast<double>(beta2_), t);
   const Scalar bias_correction2_sqrt = static_cast<Scalar>(std::sqrt(bias_correction2));
-  for (size_t i = 0; i < this->params_.size(); ++i) {
+  // Elementwise, so the rows of all parameters can be shared among threads (in one parallel
+  // region) with the same results.
+  detail::parallel_over_rows(this->shapes_, 12.0, [&](size_t i, Index begin, Index n) {
     const Scalar step_size =
         static_cast<Scalar>(static_cast<double>(this->lr_ * this->lr_scale_[i]) / bias_correction1);
-    // Elementwise, so row blocks can go to different threads with the same results.
-    const Index rows = this->params_[i].param->value.rows();
-    const double work = 12.0 * static_cast<double>(this->params_[i].param->value.size());
     // The update makes four passes (decay, m, v, w); over blocks of about 16K elements they run
     // in cache rather than from memory (a GPT-2-sized model's arrays are 500 MB each).
-    const Index cols = std::max<Index>(1, this->params_[i].param->value.cols());
+    const Index cols = std::max<Index>(1, this->shapes_[i].second);
     const Index chunk = std::max<Index>(1, kChunkElements / cols);
-    detail::parallel_ranges(rows, 1, work, detail::kParallelMinWork, [&](Index begin, Index end) {
-      for (Index r = begin; r < end; r += chunk)
-        update_rows(i, r, std::min(chunk, end - r), step_size, bias_correction2_sqrt);
-    });
-  }
+    for (Index r = begin; r < begin + n; r += chunk)
+      update_rows(i, r, std::min(chunk, begin + n - r), step_size, bias_correction2_sqrt);
+  });
 }
 
 template <class Scalar>
