@@ -103,3 +103,19 @@ TEST_CASE("detail::first_max_index is Eigen's maxCoeff(&index): the first maximu
     }
   }
 }
+
+TEST_CASE("detail::add_row_sums adds the column sums, as colwise().sum(), for any width") {
+  Rng rng(8);
+  for (Index cols : {Index(1), Index(7), Index(512), Index(1300)})
+    for (Index rows : {Index(0), Index(1), Index(33)}) {
+      const Matrix<double> x = eftest::random_matrix<double>(rows, cols, rng);
+      const Matrix<double> start = eftest::random_matrix<double>(1, cols + 4, rng);
+      Matrix<double> dst = start;  // the sums go to columns 2 .. cols + 1
+      detail::add_row_sums(dst.row(0).segment(2, cols), x);
+      Matrix<double> want = start;
+      want.row(0).segment(2, cols) += x.colwise().sum();
+      CAPTURE(rows);
+      CAPTURE(cols);
+      CHECK((dst - want).cwiseAbs().maxCoeff() <= 1e-12);
+    }
+}

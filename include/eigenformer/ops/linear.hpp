@@ -82,7 +82,7 @@ void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweigh
         const Index n = end - begin;
         if (dweight)
           gemm_add(dweight->middleRows(begin, n), dout.middleCols(begin, n).transpose(), inp);
-        if (dbias) dbias->middleCols(begin, n) += dout.middleCols(begin, n).colwise().sum();
+        if (dbias) add_row_sums(dbias->row(0).segment(begin, n), dout.middleCols(begin, n));
       });
 }
 
