@@ -13,11 +13,12 @@ build_dir="$1"; shift
 # compiler and build tools, Eigen (the library), doctest (tests), Google Benchmark (bench/),
 # nlohmann-json (checkpoint headers), stb and a CJK font (the translate example's attention map
 # with Chinese labels), PLplot and its cairo PNG driver (the examples' --plot training curves),
-# PCRE2 (the GPT-2 tokenizer's pattern; its test also needs node and npm), and for tools/test.sh:
+# PCRE2 (the GPT-2 tokenizer's pattern; its test also needs node and npm), Debian's fortunes (the
+# char_lm example's corpus, and its learning test), and for tools/test.sh:
 # valgrind, clang with its libFuzzer runtime (tools/fuzz.sh) and its OpenMP runtime (the sanitizer
 # build).
 packages=(g++ cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev
-          libstb-dev fonts-wqy-zenhei libplplot-dev plplot-driver-cairo libpcre2-dev)
+          libstb-dev fonts-wqy-zenhei libplplot-dev plplot-driver-cairo libpcre2-dev fortunes)
 [ "${EIGENFORMER_BUILD_ONLY:-0}" = 1 ] || packages+=(valgrind clang libclang-rt-14-dev libomp-dev)
 # OpenBLAS for -DEIGENFORMER_USE_BLAS=ON, in its OpenMP build: called from inside the library's
 # OpenMP loops it runs on the calling thread, where the pthread build would start threads of its own.
