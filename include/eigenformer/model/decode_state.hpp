@@ -18,6 +18,12 @@ struct DecodeState {
   Index position = 0;                   // position of the next decode_step's first token
   Index max_len = 0;                    // positions the self-attention caches hold
   Index dropped = 0;                    // positions a sliding window dropped (slide_window)
+
+  /// The keys each self-attention layer attends over in a step of new_tokens tokens: the cached
+  /// ones and the new ones (0 with no layer).
+  Index self_keys_after(Index new_tokens) const {
+    return self.empty() ? 0 : self.front().len + new_tokens;
+  }
 };
 
 namespace detail {

@@ -214,9 +214,9 @@ auto SingleStackModel<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scal
                   "is not from begin_decode of this model");
   check_embedding_ids(func, "ids", ids, config_.vocab);
   for (const auto& c : state.self) c.check_room(func, "ids", ids.cols());
-  const detail::SerialIfSmall serial(detail::decode_step_work(
-      ids.size(), config_.n_layers, config_.d_model, config_.d_ff,
-      state.self.empty() ? 0 : state.self.front().len + ids.cols(), 0, config_.vocab));
+  const detail::SerialIfSmall serial(
+      detail::decode_step_work(ids.size(), config_.n_layers, config_.d_model, config_.d_ff,
+                               state.self_keys_after(ids.cols()), 0, config_.vocab));
   typename TokenInput<Scalar>::Cache scratch;
   // Past a sliding window's drops the input sees window positions (only attention positions
   // allow a window, and the input adds no table for them).

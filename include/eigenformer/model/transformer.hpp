@@ -230,11 +230,10 @@ auto Transformer<Scalar>::begin_decode(const IdMatrix& src, Index max_len) -> De
 template <class Scalar>
 auto Transformer<Scalar>::decode_step(const IdMatrix& ids, DecodeState<Scalar>& state) -> Mat {
   check_ids("Transformer::decode_step", "ids", ids, config_.tgt_vocab);
-  const Index self_keys = state.self.empty() ? 0 : state.self.front().len + ids.cols();
   const Index memory_keys = state.memory.empty() ? 1 : state.memory.front().len;
-  const detail::SerialIfSmall serial(detail::decode_step_work(
-      ids.size(), config_.n_decoder_layers, config_.d_model, config_.d_ff, self_keys, memory_keys,
-      config_.tgt_vocab));
+  const detail::SerialIfSmall serial(
+      detail::decode_step_work(ids.size(), config_.n_decoder_layers, config_.d_model, config_.d_ff,
+                               state.self_keys_after(ids.cols()), memory_keys, config_.tgt_vocab));
   const Mat h = decoder.decode_step(ids, state, key_padding_mask(ids, config_.pad_id));
   return head.forward(h, decoder.input.embedding);
 }
