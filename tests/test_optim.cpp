@@ -362,27 +362,42 @@ TEST_CASE("weight_decay_groups: decay on weight matrices, none on vectors and em
   CHECK(opt.lr() == 3e-4f);
 }
 
-TEST_CASE("detail::parallel_over_rows visits every row of every matrix once, on any thread count") {
-  // Shapes with empty matrices, single rows, and rows longer than a thread's share.
+TEST_CASE("detail::parallel_over_rows visits every row of every matrix once, in fixed units") {
+  // Shapes with empty matrices, single rows, rows longer than a unit and a thread's share.
   const std::vector<std::pair<Index, Index>> shapes = {
       {0, 5}, {1, 3}, {300, 40}, {5, 0}, {1, 50000}, {7, 3}, {2000, 17}, {1, 1}, {64, 64}};
   const int saved = max_threads();
+  std::vector<std::vector<Index>> unit_of_row;  // with one thread: the first row of its unit
   for (int threads : {1, 2, 3}) {
 #ifdef _OPENMP
     omp_set_num_threads(threads);
 #endif
     std::vector<std::vector<std::atomic<int>>> visits;
-    for (const auto& s : shapes) visits.emplace_back(static_cast<size_t>(s.first));
+    std::vector<std::vector<std::atomic<Index>>> unit_start;
+    for (const auto& s : shapes) {
+      visits.emplace_back(static_cast<size_t>(s.first));
+      unit_start.emplace_back(static_cast<size_t>(s.first));
+    }
     detail::parallel_over_rows(shapes, 1.0, [&](size_t i, Index begin, Index n) {
-      for (Index r = begin; r < begin + n; ++r) ++visits[i][static_cast<size_t>(r)];
+      for (Index r = begin; r < begin + n; ++r) {
+        ++visits[i][static_cast<size_t>(r)];
+        unit_start[i][static_cast<size_t>(r)] = begin;
+      }
     });
-    for (size_t i = 0; i < shapes.size(); ++i)
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      if (threads == 1) unit_of_row.emplace_back();
       for (size_t r = 0; r < visits[i].size(); ++r) {
         CAPTURE(threads);
         CAPTURE(i);
         CAPTURE(r);
         CHECK(visits[i][r] == (shapes[i].second == 0 ? 0 : 1));
+        // The same units for every thread count (so the same SIMD heads and tails).
+        if (threads == 1)
+          unit_of_row[i].push_back(unit_start[i][r]);
+        else
+          CHECK(unit_start[i][r] == unit_of_row[i][r]);
       }
+    }
   }
 #ifdef _OPENMP
   omp_set_num_threads(saved);
@@ -391,9 +406,10 @@ TEST_CASE("detail::parallel_over_rows visits every row of every matrix once, on 
 }
 
 TEST_CASE("SGD and Adam step a list of parameters as they step each one alone") {
-  // One optimizer over all (its rows shared among threads across parameters) against one
-  // optimizer per parameter: the update is elementwise, so the results are the same, bit for bit.
-  const std::vector<std::pair<Index, Index>> shapes = {{1, 5}, {300, 40}, {7, 3}, {1, 40000}};
+  // One optimizer over all (its rows shared among threads across parameters; with 2 threads the
+  // cut falls inside the 3000 x 40 one) against one optimizer per parameter: the update is
+  // elementwise, so the results are the same, bit for bit.
+  const std::vector<std::pair<Index, Index>> shapes = {{1, 5}, {3000, 40}, {7, 3}, {1, 400}};
   Rng rng(11);
   std::vector<Param<float>> together, alone;
   for (const auto& s : shapes) {

@@ -130,8 +130,9 @@ void parallel_ranges(Index n, Index align, double work, double min_work, Body&& 
 
 /// dst = expr for an (N, C) expression, e.g. a residual sum or a copy of activations: bound by
 /// memory, and serial, it would keep the other threads waiting between two parallel products.
-/// The rows are shared among threads from kParallelMinWork entries. expr may read dst (an
-/// elementwise dx + dy into dx), which keeps its shape.
+/// The rows are shared among threads from kParallelMinWork entries. expr must be coefficient-wise
+/// over matrices (a product in it would be evaluated whole by every thread); it may read dst at
+/// the entry it writes (dx + dy into dx), when dst already has expr's shape.
 template <class Dst, class Expr>
 void parallel_assign(Dst& dst, const Expr& expr) {
   dst.resize(expr.rows(), expr.cols());
@@ -141,13 +142,36 @@ void parallel_assign(Dst& dst, const Expr& expr) {
                   });
 }
 
-/// Runs body(i, begin, n) over rows [begin, begin + n) of matrices i = 0, 1, .. of the given
-/// (rows, cols) shapes (e.g. every parameter of a model), their entries taken in order and cut
-/// into one contiguous share per thread: one parallel region for the whole list, however many
-/// small matrices it holds. A row goes to the share holding its first entry, so each row is
-/// visited once. For elementwise work (zeroing, an optimizer's update), whose results are then
-/// the same for every thread count; serial (body over every whole matrix in order) below
-/// kParallelMinWork scalar operations at work_per_entry each. body must not throw.
+/// Entries in a unit of parallel_over_rows: an optimizer's four arrays of this many floats stay
+/// in L2 while it makes its passes over them.
+constexpr Index kRowUnitEntries = 16384;
+
+/// Calls f(first_row, rows) for each unit (see parallel_over_rows) of a (rows, cols) matrix whose
+/// entries are numbered from first, when the unit's first entry lies in [begin, end).
+template <class F>
+void for_row_units_in(Index begin, Index end, Index first, Index rows, Index cols, F&& f) {
+  if (rows == 0 || cols == 0) return;
+  const Index unit = std::max<Index>(1, kRowUnitEntries / cols);  // rows per unit
+  const Index size = unit * cols;                                 // entries per unit
+  const Index units = (rows + unit - 1) / unit;
+  // The first unit starting at or after entry.
+  auto unit_at = [&](Index entry) {
+    return std::clamp<Index>((entry - first + size - 1) / size, 0, units);
+  };
+  for (Index u = unit_at(begin); u < unit_at(end); ++u)
+    f(u * unit, std::min(unit, rows - u * unit));
+}
+
+/// Runs body(i, begin, n) over the rows of matrices i = 0, 1, .. of the given (rows, cols)
+/// shapes (e.g. every parameter of a model), in one parallel region for the whole list, however
+/// many small matrices it holds. Each matrix is cut into fixed units of whole rows, about
+/// kRowUnitEntries entries each (or one row), and body is called once per unit. The units
+/// depend only on the shapes, so an elementwise body (zeroing, an optimizer's update) gives the
+/// same results, bit for bit, for every thread count: where a unit starts decides which entries
+/// SIMD code handles and which its scalar head and tail do, and the two may round differently
+/// (contracted multiply-adds). The entries are cut into one contiguous share per thread; a unit
+/// goes to the share holding its first entry. Serial below kParallelMinWork scalar operations at
+/// work_per_entry each. body must not throw.
 template <class Body>
 void parallel_over_rows(const std::vector<std::pair<Index, Index>>& shapes, double work_per_entry,
                         Body&& body) {
@@ -157,17 +181,9 @@ void parallel_over_rows(const std::vector<std::pair<Index, Index>>& shapes, doub
   const Index total = offset.back();
   parallel_ranges(total, 1, work_per_entry * double(total), kParallelMinWork,
                   [&](Index begin, Index end) {
-                    for (size_t i = 0; i < shapes.size(); ++i) {
-                      const Index rows = shapes[i].first, cols = shapes[i].second;
-                      if (offset[i + 1] <= begin || offset[i] >= end || cols == 0) continue;
-                      // The first row whose first entry is at or after entry.
-                      auto row_from = [&](Index entry) {
-                        if (entry <= offset[i]) return Index(0);
-                        return std::min(rows, (entry - offset[i] + cols - 1) / cols);
-                      };
-                      const Index r0 = row_from(begin), r1 = row_from(end);
-                      if (r1 > r0) body(i, r0, r1 - r0);
-                    }
+                    for (size_t i = 0; i < shapes.size(); ++i)
+                      for_row_units_in(begin, end, offset[i], shapes[i].first, shapes[i].second,
+                                       [&](Index row, Index n) { body(i, row, n); });
                   });
 }
 

@@ -174,8 +174,13 @@ class Optimizer {
   Scalar lr_;
   long steps_ = 0;
   std::string name_;  // the class name, for error messages
-  std::string step_func_, set_lr_func_;          // built once, so a passing check builds no string
-  std::vector<std::pair<Index, Index>> shapes_;  // (rows, cols) of each parameter at construction
+  std::string step_func_, set_lr_func_;  // built once, so a passing check builds no string
+
+  /// (rows, cols) of each parameter at construction, which step() checks they still have.
+  const std::vector<std::pair<Index, Index>>& shapes() const { return shapes_; }
+
+ private:
+  std::vector<std::pair<Index, Index>> shapes_;
 };
 
 template <class Scalar>
@@ -292,8 +297,8 @@ template <class Scalar = float>
 class SGD : public Optimizer<Scalar> {
  public:
   /// params must outlive the optimizer. Throws ArgumentError naming SGD::SGD unless params is
-  /// non-empty with no null pointer and each gradient shaped as its value, and lr, momentum and
-  /// weight_decay are finite and >= 0.
+  /// non-empty with no null pointer, no parameter twice (over all groups) and each gradient shaped
+  /// as its value, and lr, momentum and weight_decay are finite and >= 0.
   SGD(ParamList<Scalar> params, double lr, double momentum = 0, double weight_decay = 0)
       : SGD(std::vector<ParamGroup<Scalar>>{{std::move(params), {}, 1.0}}, lr, momentum,
             weight_decay) {}
@@ -333,7 +338,7 @@ void SGD<Scalar>::step() {
   this->check_shapes();
   ++this->steps_;
   // Elementwise: the rows of all parameters are shared among threads, as in Adam::step.
-  detail::parallel_over_rows(this->shapes_, 4.0, [&](size_t i, Index begin, Index n) {
+  detail::parallel_over_rows(this->shapes(), 4.0, [&](size_t i, Index begin, Index n) {
     Param<Scalar>& p = *this->params_[i].param;
     auto w = p.value.middleRows(begin, n);
     auto g = p.grad.middleRows(begin, n);
@@ -355,8 +360,9 @@ template <class Scalar = float>
 class Adam : public Optimizer<Scalar> {
  public:
   /// PyTorch's defaults; params must outlive the optimizer. Throws ArgumentError naming Adam::Adam
-  /// unless params is non-empty with no null pointer and each gradient shaped as its value, lr,
-  /// eps and weight_decay are finite and >= 0, and beta1 and beta2 are in [0, 1).
+  /// unless params is non-empty with no null pointer, no parameter twice (over all groups) and
+  /// each gradient shaped as its value, lr, eps and weight_decay are finite and >= 0, and beta1
+  /// and beta2 are in [0, 1).
   Adam(ParamList<Scalar> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999,
        double eps = 1e-8, double weight_decay = 0)
       : Adam(one_group(std::move(params)), lr, beta1, beta2, eps, weight_decay, false, "Adam") {}
@@ -396,7 +402,6 @@ class Adam : public Optimizer<Scalar> {
     v.array() = beta2_ * v.array() + (Scalar(1) - beta2_) * g.square();
   }
 
-  static constexpr Index kChunkElements = 16384;  // per update_rows call: 4 arrays in L2
   Scalar beta1_, beta2_, eps_, weight_decay_;
   bool decoupled_;
   std::vector<Matrix<Scalar>> m_;  // first moments, one per parameter
@@ -416,16 +421,13 @@ void Adam<Scalar>::step() {
   const double bias_correction2 = 1.0 - std::pow(static_cast<double>(beta2_), t);
   const Scalar bias_correction2_sqrt = static_cast<Scalar>(std::sqrt(bias_correction2));
   // Elementwise, so the rows of all parameters can be shared among threads (in one parallel
-  // region) with the same results.
-  detail::parallel_over_rows(this->shapes_, 12.0, [&](size_t i, Index begin, Index n) {
+  // region) with the same results. The update makes four passes (decay, m, v, w); over units of
+  // about 16K entries they run in cache rather than from memory (a GPT-2-sized model's arrays
+  // are 500 MB each).
+  detail::parallel_over_rows(this->shapes(), 12.0, [&](size_t i, Index begin, Index n) {
     const Scalar step_size =
         static_cast<Scalar>(static_cast<double>(this->lr_ * this->lr_scale_[i]) / bias_correction1);
-    // The update makes four passes (decay, m, v, w); over blocks of about 16K elements they run
-    // in cache rather than from memory (a GPT-2-sized model's arrays are 500 MB each).
-    const Index cols = std::max<Index>(1, this->shapes_[i].second);
-    const Index chunk = std::max<Index>(1, kChunkElements / cols);
-    for (Index r = begin; r < begin + n; r += chunk)
-      update_rows(i, r, std::min(chunk, begin + n - r), step_size, bias_correction2_sqrt);
+    update_rows(i, begin, n, step_size, bias_correction2_sqrt);
   });
 }
 
