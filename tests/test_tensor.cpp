@@ -104,18 +104,24 @@ TEST_CASE("detail::first_max_index is Eigen's maxCoeff(&index): the first maximu
   }
 }
 
-TEST_CASE("detail::add_row_sums adds the column sums, as colwise().sum(), for any width") {
+template <class Scalar>
+void check_add_row_sums(double tolerance) {
   Rng rng(8);
   for (Index cols : {Index(1), Index(7), Index(512), Index(1300)})
     for (Index rows : {Index(0), Index(1), Index(33)}) {
-      const Matrix<double> x = eftest::random_matrix<double>(rows, cols, rng);
-      const Matrix<double> start = eftest::random_matrix<double>(1, cols + 4, rng);
-      Matrix<double> dst = start;  // the sums go to columns 2 .. cols + 1
+      const Matrix<Scalar> x = eftest::random_matrix<Scalar>(rows, cols, rng);
+      const Matrix<Scalar> start = eftest::random_matrix<Scalar>(1, cols + 4, rng);
+      Matrix<Scalar> dst = start;  // the sums go to columns 2 .. cols + 1
       detail::add_row_sums(dst.row(0).segment(2, cols), x);
-      Matrix<double> want = start;
-      want.row(0).segment(2, cols) += x.colwise().sum();
+      Matrix<double> want = start.template cast<double>();
+      want.row(0).segment(2, cols) += x.template cast<double>().colwise().sum();
       CAPTURE(rows);
       CAPTURE(cols);
-      CHECK((dst - want).cwiseAbs().maxCoeff() <= 1e-12);
+      CHECK((dst.template cast<double>() - want).cwiseAbs().maxCoeff() <= tolerance);
     }
+}
+
+TEST_CASE("detail::add_row_sums adds the column sums, as colwise().sum(), for any width") {
+  check_add_row_sums<double>(1e-12);
+  check_add_row_sums<float>(1e-5);  // 33 rows of entries below 1, summed in float
 }

@@ -81,15 +81,17 @@ class Residual {
   template <class F>
   const Mat& forward(ConstRef<Scalar> x, Cache& cache, F&& sublayer) const {
     check_input(x);
+    // The sums read the sublayer's result through a ConstRef: a sublayer returning an expression
+    // (a product) has it evaluated once, not once by each thread of parallel_assign.
     if (placement_ == NormPlacement::pre) {
       auto&& s = sublayer(norm.forward(x, cache.norm));
       check_output(s, x.rows());
-      detail::parallel_assign(cache.out, x + s);
+      detail::parallel_assign(cache.out, x + ConstRef<Scalar>(s));
       return cache.out;
     }
     auto&& s = sublayer(x);
     check_output(s, x.rows());
-    detail::parallel_assign(cache.out, x + s);
+    detail::parallel_assign(cache.out, x + ConstRef<Scalar>(s));
     return norm.forward(cache.out, cache.norm);
   }
 
@@ -122,7 +124,7 @@ class Residual {
     detail::parallel_assign(d_out, ds);
     auto&& dsub = sublayer_backward(d_out);
     check_grad(dsub, N);
-    detail::parallel_assign(dx, dsub + ds);
+    detail::parallel_assign(dx, ConstRef<Scalar>(dsub) + ds);
     norm.weight.grad += dgamma;
     norm.bias.grad += dbeta;
     return dx;
