@@ -56,8 +56,10 @@ class SerialRegion {
   SerialRegion(const SerialRegion&) = delete;
   SerialRegion& operator=(const SerialRegion&) = delete;
 
+#ifdef _OPENMP  // without OpenMP there is nothing to save (and clang warns of unused fields)
  private:
   int omp_threads_ = 0, eigen_threads_ = 0;
+#endif
 };
 
 /// Below this many scalar operations in a loop, starting threads costs more than it saves.
