@@ -7,8 +7,10 @@
 
 #include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <eigenformer/dist/data_parallel.hpp>
 #include <eigenformer/eigenformer.hpp>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -197,6 +199,42 @@ TEST_CASE("buckets follow backward's order, at most bucket_bytes and a quarter o
   ef::Param<float> small1(100, 10), small2(10, 1);
   params.assign({{"a", &small1}, {"b", &small2}});
   CHECK(dist::GradientReducer<float>(comm(), params).buckets() == 1);
+}
+
+TEST_CASE("buckets of megabytes, on 2 MB pages, sum every entry across ranks") {
+  // 1.5 MB, 4 KB and 3 MB of gradients in one 25 MB bucket: HugePageAllocator's large blocks.
+  std::vector<ef::Param<float>> store;
+  store.emplace_back(393216, 1);
+  store.emplace_back(1, 1024);
+  store.emplace_back(786432, 1);
+  ef::ParamList<float> params;
+  for (std::size_t i = 0; i < store.size(); ++i)
+    params.push_back({"p" + std::to_string(i), &store[i]});
+  for (auto& p : store)  // entry k of rank r: k % 1000 + r, so that each sum is known
+    for (Index k = 0; k < p.size(); ++k) p.grad.data()[k] = float(k % 1000 + comm().rank());
+  dist::GradientReducer<float> reducer(comm(), params);
+  const ef::GradReady<float> ready = reducer.begin(params);
+  ready({params[2]});  // as backward reports them: the last parameter first
+  ready({params[1], params[0]});
+  reducer.finish();
+  const int n = comm().size();
+  for (auto& p : store)
+    for (Index k = 0; k < p.size(); ++k)
+      REQUIRE(p.grad.data()[k] == float(n * (k % 1000) + n * (n - 1) / 2));
+}
+
+TEST_CASE("HugePageAllocator aligns blocks of 1 MB and more on 2 MB pages") {
+  using Alloc = dist::detail::HugePageAllocator<float>;
+  dist::detail::BucketBuffer<float> big(std::size_t(300000), 1.0f);  // 1.2 MB
+  CHECK(reinterpret_cast<std::uintptr_t>(big.data()) % Alloc::kPageBytes == 0);
+  CHECK(big.back() == 1.0f);
+  dist::detail::BucketBuffer<float> small(100);  // 400 bytes: an ordinary block, zeroed
+  CHECK(small.back() == 0.0f);
+  big.resize(10);
+  big.shrink_to_fit();  // the large block goes back through free(), the small one comes new
+  CHECK(big.size() == 10);
+  CHECK_THROWS_AS(Alloc().allocate(std::numeric_limits<std::size_t>::max() / 2),
+                  std::bad_array_new_length);
 }
 
 TEST_CASE("the dropout masks do not depend on the number of ranks") {
