@@ -41,17 +41,20 @@ TEST_CASE("Linear gradients match finite differences") {
   }
 }
 
-TEST_CASE("Linear's row-split products equal plain sums on shapes that get threads") {
-  // 203 * 96 * 61 multiply-adds cross the threading threshold (core/parallel.hpp); neither 203
-  // rows nor 61 outputs is a multiple of the 8-row block alignment. Run with 2 threads too.
-  Rng rng(3);
-  const Index N = 203, in = 96, out = 61;
+namespace {
+
+/// The largest difference between Linear's forward and backward on (N, in) -> (N, out) and
+/// plain sums, and between linear_backward_add's input gradient and the sum plus its old value.
+double worst_error_against_sums(Index N, Index in, Index out, Rng& rng) {
   Linear<double> lin(in, out, rng);
   const MatD x = eftest::random_matrix(N, in, rng), dy = eftest::random_matrix(N, out, rng);
   Linear<double>::Cache cache;
   lin.zero_grad();
   const MatD y = lin.forward(x, cache);
   const MatD dx = lin.backward(dy, cache);
+  const MatD before = eftest::random_matrix(N, in, rng);
+  MatD dx_added = before;
+  linear_backward_add<double>(dx_added, nullptr, nullptr, dy, x, lin.weight.value);
   double worst = 0;
   for (Index i = 0; i < N; ++i)
     for (Index o = 0; o < out; ++o) {
@@ -64,6 +67,7 @@ TEST_CASE("Linear's row-split products equal plain sums on shapes that get threa
       double sum = 0;
       for (Index o = 0; o < out; ++o) sum += dy(i, o) * lin.weight.value(o, k);
       worst = std::max(worst, std::abs(dx(i, k) - sum));
+      worst = std::max(worst, std::abs(dx_added(i, k) - before(i, k) - sum));
     }
   for (Index o = 0; o < out; ++o)
     for (Index k = 0; k < in; ++k) {
@@ -76,7 +80,31 @@ TEST_CASE("Linear's row-split products equal plain sums on shapes that get threa
     for (Index i = 0; i < N; ++i) sum += dy(i, o);
     worst = std::max(worst, std::abs(lin.bias.grad(0, o) - sum));
   }
-  CHECK(worst < 1e-12);
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("Linear's threaded products equal plain sums, cut by rows or by columns") {
+  // Each shape crosses the threading threshold (2^20 multiply-adds, core/parallel.hpp), with
+  // sizes that are not multiples of the 8-row block alignment. A product is cut along its larger
+  // operand (detail::cut_rows): by rows when its destination has at least as many rows as columns.
+  // Run with 2 threads too.
+  struct Shape {
+    Index N, in, out;
+  };
+  // forward (N, out), input gradient (N, in), weight gradient (out, in):
+  // rows, rows, columns | columns, columns, rows | columns (N < 16) everywhere but the weight's
+  for (const Shape s : {Shape{203, 96, 61}, Shape{37, 150, 211}, Shape{12, 300, 301}}) {
+    CAPTURE(s.N);
+    Rng rng(3);
+    CHECK(worst_error_against_sums(s.N, s.in, s.out, rng) < 1e-12);
+  }
+  CHECK(detail::cut_rows(203, 61));
+  CHECK_FALSE(detail::cut_rows(61, 96));
+  CHECK_FALSE(detail::cut_rows(37, 211));
+  CHECK(detail::cut_rows(211, 150));
+  CHECK_FALSE(detail::cut_rows(12, 8));  // fewer than two row blocks
 }
 
 TEST_CASE("Linear follows the gradient contract") {

@@ -1,11 +1,9 @@
 // Linear: out = inp W^T + b, with W of shape (out_features, in_features) as in PyTorch.
 //
-// Threads: each product is cut into one block of rows per thread (rows of inp for out and dinp,
-// rows of dweight for the weight gradient), each block a single-threaded Eigen GEMM. On the
-// model's shapes this scales better than Eigen's own threaded GEMM, which synchronises its
+// Threads: each product is cut into one block per thread, each block a single-threaded GEMM. On
+// the model's shapes this scales better than Eigen's own threaded GEMM, which synchronises its
 // threads between panels (measured 95-120 GFLOP/s on 2 cores where Eigen's ranged 26-120).
-// A forward on fewer rows than two blocks (decoding: one token per sequence) is cut by output
-// features instead, so that a large projection (the vocabulary) still uses every thread.
+// See parallel_product for which way a product is cut.
 #pragma once
 
 #include "../core/error.hpp"
@@ -21,6 +19,28 @@ namespace detail {
 /// Row blocks start on multiples of this (Eigen's float GEMM kernel works on 24-row panels; 8 is
 /// enough for whole SIMD packets).
 constexpr Index kGemmRowAlign = 8;
+
+/// Whether parallel_product cuts a product's destination (M, N) = A (M, K) B (K, N) by rows.
+/// Each thread packs its share of A and of B: a cut of the rows makes every thread pack all of B,
+/// a cut of the columns all of A. So the cut runs along the larger operand: the rows when M >= N
+/// (B is no larger than A), else the columns, and the columns too when M has fewer than two row
+/// blocks (decoding: one token per sequence). GPT-2's vocabulary projection, 256 tokens at 2
+/// threads, cut by rows: both threads packed all of its 154 MB weight.
+inline bool cut_rows(Index M, Index N) {
+  return M >= N ? M >= 2 * kGemmRowAlign : N < 2 * kGemmRowAlign;
+}
+
+/// Runs block(row, rows, col, cols) over the blocks of a product's destination (M, N), one per
+/// thread (cut as cut_rows says), for a product of work multiply-adds (see parallel_ranges).
+template <class Block>
+void parallel_product(Index M, Index N, double work, Block&& block) {
+  if (cut_rows(M, N))
+    parallel_ranges(M, kGemmRowAlign, work, kParallelMinGemmWork,
+                    [&](Index begin, Index end) { block(begin, end - begin, Index(0), N); });
+  else
+    parallel_ranges(N, kGemmRowAlign, work, kParallelMinGemmWork,
+                    [&](Index begin, Index end) { block(Index(0), M, begin, end - begin); });
+}
 
 }  // namespace detail
 
@@ -43,19 +63,13 @@ void linear_forward(Matrix<Scalar>& out, ConstRef<Scalar> inp, ConstRef<Scalar> 
       dst.setZero();
     detail::gemm_add(dst, inp.middleRows(row, rows), weight.middleRows(col, cols).transpose());
   };
-  const Index N = inp.rows(), F = weight.rows();
-  if (N >= 2 * detail::kGemmRowAlign)
-    detail::parallel_ranges(N, detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
-                            [&](Index begin, Index end) { block(begin, end - begin, 0, F); });
-  else
-    detail::parallel_ranges(F, detail::kGemmRowAlign, work, detail::kParallelMinGemmWork,
-                            [&](Index begin, Index end) { block(0, N, begin, end - begin); });
+  detail::parallel_product(inp.rows(), weight.rows(), work, block);
 }
 
 namespace detail {
 
 /// linear_backward, with dinp (N, in) += dout W when add (dinp already of that shape), else
-/// dinp = dout W (resized; each row block zeroed first, as Eigen's `rows = a * b` does).
+/// dinp = dout W (resized; each block zeroed first, as Eigen's `block = a * b` does).
 template <class Scalar>
 void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweight,
                           Matrix<Scalar>* dbias, ConstRef<Scalar> dout, ConstRef<Scalar> inp,
@@ -68,22 +82,31 @@ void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweigh
   if (dbias) check_shape(func, "dbias", *dbias, 1, weight.rows());
   const double work = double(dout.rows()) * double(dout.cols()) * double(weight.cols());
   if (!add) dinp.resize(dout.rows(), weight.cols());
-  parallel_ranges(dout.rows(), kGemmRowAlign, work, kParallelMinGemmWork,
-                  [&](Index begin, Index end) {
-                    auto rows = dinp.middleRows(begin, end - begin);  // (n, in)
-                    if (!add) rows.setZero();
-                    gemm_add(rows, dout.middleRows(begin, end - begin), weight);
-                  });
-  // Row block [begin, end) of dweight, and the same entries of dbias, need only those columns
-  // of dout.
+  // dinp (N, in) = dout (N, out) W (out, in), block by block.
+  parallel_product(dout.rows(), weight.cols(), work, [&](Index r, Index rows, Index c, Index cols) {
+    auto dst = dinp.block(r, c, rows, cols);
+    if (!add) dst.setZero();
+    gemm_add(dst, dout.middleRows(r, rows), weight.middleCols(c, cols));
+  });
   if (!dweight && !dbias) return;
-  parallel_ranges(
-      dout.cols(), kGemmRowAlign, work, kParallelMinGemmWork, [&](Index begin, Index end) {
-        const Index n = end - begin;
-        if (dweight)
-          gemm_add(dweight->middleRows(begin, n), dout.middleCols(begin, n).transpose(), inp);
-        if (dbias) add_row_sums(dbias->row(0).segment(begin, n), dout.middleCols(begin, n));
-      });
+  // dweight (out, in) += dout^T (out, N) inp (N, in). A block of rows of dweight needs only those
+  // columns of dout, and the same entries of dbias are summed with them; cut by columns, dbias is
+  // summed apart.
+  const Index out = dout.cols(), in = inp.cols();
+  const bool by_rows = cut_rows(out, in);
+  if (dweight || by_rows)
+    parallel_product(out, in, work, [&](Index r, Index rows, Index c, Index cols) {
+      if (dweight)
+        gemm_add(dweight->block(r, c, rows, cols), dout.middleCols(r, rows).transpose(),
+                 inp.middleCols(c, cols));
+      if (dbias && by_rows) add_row_sums(dbias->row(0).segment(r, rows), dout.middleCols(r, rows));
+    });
+  if (dbias && !by_rows)
+    parallel_ranges(out, kGemmRowAlign, double(dout.size()), kParallelMinWork,
+                    [&](Index begin, Index end) {
+                      add_row_sums(dbias->row(0).segment(begin, end - begin),
+                                   dout.middleCols(begin, end - begin));
+                    });
 }
 
 }  // namespace detail
