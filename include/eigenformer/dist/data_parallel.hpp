@@ -29,7 +29,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
-#include <cstdlib>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -146,12 +146,14 @@ inline std::vector<std::string> split_lines(const std::string& text) {
   return out;
 }
 
-/// The allocator of the gradient buckets: a block of 1 MB or more is rounded up to whole 2 MB
-/// pages, aligned on one, and Linux is asked to back it with transparent huge pages (Debian's
-/// default THP mode, "madvise", gives them only on request). Open MPI's shared-memory transport
-/// reads a large message straight from the other process (process_vm_readv), pinning each page
-/// it reads: on 4 KB pages, bench_dist's ranks spent as long pinning as copying. The advice is
-/// only advice: without THP the buffer keeps small pages and works the same.
+/// The allocator of the gradient buckets: a block of 1 MB or more is mapped fresh from the
+/// kernel on whole 2 MB pages, aligned on one, and Linux is asked to back it with transparent huge
+/// pages (Debian's default THP mode, "madvise", gives them only on request). Open MPI's
+/// shared-memory transport reads a large message straight from the other process
+/// (process_vm_readv), pinning each page it reads: on 4 KB pages, bench_dist's ranks spent as long
+/// pinning as copying. Fresh mappings, not malloc's heap, whose reused pages may already be small.
+/// Under 1 MB a block would waste over half of its huge page, so it is an ordinary allocation.
+/// The advice is only advice: without THP the buffer keeps small pages and works the same.
 template <class T>
 struct HugePageAllocator {
   using value_type = T;
@@ -161,24 +163,32 @@ struct HugePageAllocator {
   template <class U>
   HugePageAllocator(const HugePageAllocator<U>&) noexcept {}
 
+  /// Whether a block of n elements goes on huge pages (else it is an ordinary allocation).
+  static bool on_huge_pages(std::size_t n) { return n * sizeof(T) >= kPageBytes / 2; }
+
   T* allocate(std::size_t n) {
-    if (n > (std::numeric_limits<std::size_t>::max() - kPageBytes) / sizeof(T))
+    if (n > (std::numeric_limits<std::size_t>::max() - 2 * kPageBytes) / sizeof(T))
       throw std::bad_array_new_length();
-    const std::size_t bytes = n * sizeof(T);
-    if (bytes < kPageBytes / 2) return std::allocator<T>().allocate(n);
-    const std::size_t rounded = (bytes + kPageBytes - 1) / kPageBytes * kPageBytes;
-    void* p = std::aligned_alloc(kPageBytes, rounded);
-    if (p == nullptr) throw std::bad_alloc();
+    if (!on_huge_pages(n)) return std::allocator<T>().allocate(n);
+    // Map one page more than needed, then unmap the unaligned head and the tail.
+    const std::size_t bytes = rounded_bytes(n), mapped = bytes + kPageBytes;
+    void* raw = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    const auto start = reinterpret_cast<std::uintptr_t>(raw);
+    const std::uintptr_t aligned = (start + kPageBytes - 1) / kPageBytes * kPageBytes;
+    if (aligned > start) munmap(raw, aligned - start);
+    if (aligned + bytes < start + mapped)
+      munmap(reinterpret_cast<void*>(aligned + bytes), start + mapped - aligned - bytes);
 #ifdef MADV_HUGEPAGE
-    madvise(p, rounded, MADV_HUGEPAGE);
+    madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);
 #endif
-    return static_cast<T*>(p);
+    return reinterpret_cast<T*>(aligned);
   }
   void deallocate(T* p, std::size_t n) noexcept {
-    if (n * sizeof(T) < kPageBytes / 2)
-      std::allocator<T>().deallocate(p, n);
+    if (on_huge_pages(n))
+      munmap(p, rounded_bytes(n));
     else
-      std::free(p);
+      std::allocator<T>().deallocate(p, n);
   }
   template <class U>
   bool operator==(const HugePageAllocator<U>&) const noexcept {
@@ -187,6 +197,11 @@ struct HugePageAllocator {
   template <class U>
   bool operator!=(const HugePageAllocator<U>&) const noexcept {
     return false;
+  }
+
+ private:
+  static std::size_t rounded_bytes(std::size_t n) {
+    return (n * sizeof(T) + kPageBytes - 1) / kPageBytes * kPageBytes;
   }
 };
 
@@ -279,11 +294,11 @@ class GradientReducer {
   // place, Open MPI's non-blocking allreduce first copies the buffer into one it allocates on
   // every call (8% of a rank's step time, most of it page faults, in bench_dist on 2 ranks).
   struct Bucket {
-    std::vector<std::size_t> params;  // indices into entries_
+    std::vector<std::size_t> params;      // indices into entries_
     detail::BucketBuffer<Scalar> packed;  // (sum of their sizes) their gradients; empty for
                                           // one parameter, which is sent from its gradient
     detail::BucketBuffer<Scalar> sums;    // (sum of their sizes) the sums over ranks
-    std::size_t pending = 0;          // parameters not yet reported this step
+    std::size_t pending = 0;              // parameters not yet reported this step
     bool started = false;
     MPI_Request request = MPI_REQUEST_NULL;
   };
