@@ -43,22 +43,25 @@ TEST_CASE("Linear gradients match finite differences") {
 
 namespace {
 
-/// The largest difference between Linear's forward and backward on (N, in) -> (N, out) and
-/// plain sums, and between linear_backward_add's input gradient and the sum plus its old value.
-double worst_error_against_sums(Index N, Index in, Index out, Rng& rng) {
-  Linear<double> lin(in, out, rng);
+/// The largest difference between Linear's forward and backward on (N, in) -> (N, out), with or
+/// without a bias, and plain sums; also linear_backward_add's input gradient (the sum plus its
+/// old value) and linear_backward's bias gradient alone (no weight gradient wanted).
+double worst_error_against_sums(Index N, Index in, Index out, bool with_bias, Rng& rng) {
+  Linear<double> lin(in, out, rng, with_bias);
   const MatD x = eftest::random_matrix(N, in, rng), dy = eftest::random_matrix(N, out, rng);
   Linear<double>::Cache cache;
   lin.zero_grad();
   const MatD y = lin.forward(x, cache);
   const MatD dx = lin.backward(dy, cache);
   const MatD before = eftest::random_matrix(N, in, rng);
-  MatD dx_added = before;
+  MatD dx_added = before, dx_bias_only;
   linear_backward_add<double>(dx_added, nullptr, nullptr, dy, x, lin.weight.value);
+  MatD dbias_alone = MatD::Zero(1, out);
+  linear_backward<double>(dx_bias_only, nullptr, &dbias_alone, dy, x, lin.weight.value);
   double worst = 0;
   for (Index i = 0; i < N; ++i)
     for (Index o = 0; o < out; ++o) {
-      double sum = lin.bias.value(0, o);
+      double sum = with_bias ? lin.bias.value(0, o) : 0.0;
       for (Index k = 0; k < in; ++k) sum += x(i, k) * lin.weight.value(o, k);
       worst = std::max(worst, std::abs(y(i, o) - sum));
     }
@@ -78,7 +81,8 @@ double worst_error_against_sums(Index N, Index in, Index out, Rng& rng) {
   for (Index o = 0; o < out; ++o) {
     double sum = 0;
     for (Index i = 0; i < N; ++i) sum += dy(i, o);
-    worst = std::max(worst, std::abs(lin.bias.grad(0, o) - sum));
+    if (with_bias) worst = std::max(worst, std::abs(lin.bias.grad(0, o) - sum));
+    worst = std::max(worst, std::abs(dbias_alone(0, o) - sum));
   }
   return worst;
 }
@@ -86,25 +90,28 @@ double worst_error_against_sums(Index N, Index in, Index out, Rng& rng) {
 }  // namespace
 
 TEST_CASE("Linear's threaded products equal plain sums, cut by rows or by columns") {
-  // Each shape crosses the threading threshold (2^20 multiply-adds, core/parallel.hpp), with
-  // sizes that are not multiples of the 8-row block alignment. A product is cut along its larger
-  // operand (detail::cut_rows): by rows when its destination has at least as many rows as columns.
-  // Run with 2 threads too.
+  // Each shape crosses the threading threshold (2^20 multiply-adds, core/parallel.hpp). A product
+  // is cut along its larger operand (detail::cut_rows): by rows when its destination has at least
+  // as many rows as columns. Run with 2 threads too.
   struct Shape {
     Index N, in, out;
   };
-  // forward (N, out), input gradient (N, in), weight gradient (out, in):
-  // rows, rows, columns | columns, columns, rows | columns (N < 16) everywhere but the weight's
-  for (const Shape s : {Shape{203, 96, 61}, Shape{37, 150, 211}, Shape{12, 300, 301}}) {
-    CAPTURE(s.N);
-    Rng rng(3);
-    CHECK(worst_error_against_sums(s.N, s.in, s.out, rng) < 1e-12);
-  }
+  // forward (N, out), input gradient (N, in), weight gradient (out, in), cut by:
+  //   203, 96, 61: rows, rows, columns (96 = 48 | 48), the bias summed apart, serially;
+  //   520, 100, 70: rows, rows, columns (48 | 52), the bias summed apart over 36400 entries,
+  //   which is threaded;
+  //   37, 150, 211: columns, columns, rows (the bias summed with the product).
+  for (const Shape s : {Shape{203, 96, 61}, Shape{520, 100, 70}, Shape{37, 150, 211}})
+    for (const bool with_bias : {true, false}) {
+      CAPTURE(s.N);
+      CAPTURE(with_bias);
+      Rng rng(3);
+      CHECK(worst_error_against_sums(s.N, s.in, s.out, with_bias, rng) < 1e-12);
+    }
   CHECK(detail::cut_rows(203, 61));
   CHECK_FALSE(detail::cut_rows(61, 96));
   CHECK_FALSE(detail::cut_rows(37, 211));
   CHECK(detail::cut_rows(211, 150));
-  CHECK_FALSE(detail::cut_rows(12, 8));  // fewer than two row blocks
 }
 
 TEST_CASE("Linear follows the gradient contract") {

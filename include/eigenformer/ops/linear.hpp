@@ -16,19 +16,17 @@ namespace eigenformer {
 
 namespace detail {
 
-/// Row blocks start on multiples of this (Eigen's float GEMM kernel works on 24-row panels; 8 is
-/// enough for whole SIMD packets).
+/// Blocks of rows or columns start on multiples of this (Eigen's float GEMM kernel works on
+/// 24-row panels; 8 is enough for whole SIMD packets).
 constexpr Index kGemmRowAlign = 8;
 
 /// Whether parallel_product cuts a product's destination (M, N) = A (M, K) B (K, N) by rows.
 /// Each thread packs its share of A and of B: a cut of the rows makes every thread pack all of B,
 /// a cut of the columns all of A. So the cut runs along the larger operand: the rows when M >= N
-/// (B is no larger than A), else the columns, and the columns too when M has fewer than two row
-/// blocks (decoding: one token per sequence). GPT-2's vocabulary projection, 256 tokens at 2
-/// threads, cut by rows: both threads packed all of its 154 MB weight.
-inline bool cut_rows(Index M, Index N) {
-  return M >= N ? M >= 2 * kGemmRowAlign : N < 2 * kGemmRowAlign;
-}
+/// (B is no larger than A), else the columns (decoding: one token per sequence against the
+/// vocabulary). GPT-2's vocabulary projection, 256 tokens at 2 threads, cut by rows: both threads
+/// packed all of its 154 MB weight. (Under two blocks of kGemmRowAlign either way: one block.)
+inline bool cut_rows(Index M, Index N) { return M >= N; }
 
 /// Runs block(row, rows, col, cols) over the blocks of a product's destination (M, N), one per
 /// thread (cut as cut_rows says), for a product of work multiply-adds (see parallel_ranges).
@@ -90,18 +88,18 @@ void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweigh
   });
   if (!dweight && !dbias) return;
   // dweight (out, in) += dout^T (out, N) inp (N, in). A block of rows of dweight needs only those
-  // columns of dout, and the same entries of dbias are summed with them; cut by columns, dbias is
-  // summed apart.
+  // columns of dout, and the same entries of dbias are summed with them; otherwise (a cut by
+  // columns, or no dweight) dbias is summed apart.
   const Index out = dout.cols(), in = inp.cols();
-  const bool by_rows = cut_rows(out, in);
-  if (dweight || by_rows)
+  const bool bias_with_product = dweight && cut_rows(out, in);
+  if (dweight)
     parallel_product(out, in, work, [&](Index r, Index rows, Index c, Index cols) {
-      if (dweight)
-        gemm_add(dweight->block(r, c, rows, cols), dout.middleCols(r, rows).transpose(),
-                 inp.middleCols(c, cols));
-      if (dbias && by_rows) add_row_sums(dbias->row(0).segment(r, rows), dout.middleCols(r, rows));
+      gemm_add(dweight->block(r, c, rows, cols), dout.middleCols(r, rows).transpose(),
+               inp.middleCols(c, cols));
+      if (dbias && bias_with_product)
+        add_row_sums(dbias->row(0).segment(r, rows), dout.middleCols(r, rows));
     });
-  if (dbias && !by_rows)
+  if (dbias && !bias_with_product)
     parallel_ranges(out, kGemmRowAlign, double(dout.size()), kParallelMinWork,
                     [&](Index begin, Index end) {
                       add_row_sums(dbias->row(0).segment(begin, end - begin),
