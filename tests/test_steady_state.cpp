@@ -36,11 +36,14 @@ namespace {
 constexpr std::size_t kLarge = 64 * 1024;  // bytes: the allocations that count
 
 std::atomic<bool> counting{false};
+std::atomic<long> allocations{0};  // of any size
 std::atomic<long> large_allocations{0};
 std::atomic<std::size_t> largest{0};
 
 [[maybe_unused]] void note(std::size_t size) {  // unused under sanitizers
-  if (size <= kLarge || !counting.load(std::memory_order_relaxed)) return;
+  if (!counting.load(std::memory_order_relaxed)) return;
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (size <= kLarge) return;
   large_allocations.fetch_add(1, std::memory_order_relaxed);
   std::size_t seen = largest.load(std::memory_order_relaxed);
   while (size > seen && !largest.compare_exchange_weak(seen, size)) {
@@ -287,4 +290,22 @@ TEST_CASE("a steady-state step of a DecoderOnlyLM with per-head ALiBi biases all
                  model.backward(dlogits, cache);
                  opt.step();
                }));
+}
+
+TEST_CASE("an optimizer's zero_grad allocates nothing after its first call") {
+  eigenformer::Rng rng(1);
+  eigenformer::Transformer<float> model(steady_config(), rng);
+  eigenformer::AdamW<float> opt(model.parameters());
+  opt.zero_grad();
+  allocations = 0;
+  counting = true;
+  opt.zero_grad();
+  counting = false;
+  std::printf("Optimizer::zero_grad: %ld allocations\n", allocations.load());
+#if EIGENFORMER_COUNT_MALLOC
+  CHECK(allocations == 0);
+#else
+  MESSAGE("malloc belongs to the sanitizer: counts not checked");
+#endif
+  for (const auto& p : model.parameters()) REQUIRE(p.param->grad.isZero(0));
 }

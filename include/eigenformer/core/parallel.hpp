@@ -177,15 +177,17 @@ void for_row_units_in(Index begin, Index end, Index first, Index rows, Index col
 template <class Body>
 void parallel_over_rows(const std::vector<std::pair<Index, Index>>& shapes, double work_per_entry,
                         Body&& body) {
-  std::vector<Index> offset(shapes.size() + 1, 0);  // first entry of each matrix
-  for (size_t i = 0; i < shapes.size(); ++i)
-    offset[i + 1] = offset[i] + shapes[i].first * shapes[i].second;
-  const Index total = offset.back();
+  Index total = 0;
+  for (const auto& [rows, cols] : shapes) total += rows * cols;
   parallel_ranges(total, 1, work_per_entry * double(total), kParallelMinWork,
                   [&](Index begin, Index end) {
-                    for (size_t i = 0; i < shapes.size(); ++i)
-                      for_row_units_in(begin, end, offset[i], shapes[i].first, shapes[i].second,
+                    Index first = 0;  // first entry of matrix i; none after end is this share's
+                    for (size_t i = 0; i < shapes.size() && first < end; ++i) {
+                      const auto [rows, cols] = shapes[i];
+                      for_row_units_in(begin, end, first, rows, cols,
                                        [&](Index row, Index n) { body(i, row, n); });
+                      first += rows * cols;
+                    }
                   });
 }
 

@@ -123,8 +123,10 @@ class Optimizer {
   /// state or steps() changes; a successful step adds one to steps().
   virtual void step() = 0;
 
-  /// Sets every parameter's gradient to zero: once per step, as backward adds into them.
-  void zero_grad() { eigenformer::zero_grad(params_); }
+  /// Sets every parameter's gradient to zero: once per step, as backward adds into them. As
+  /// eigenformer::zero_grad(parameters), without its search for parameters listed twice (the
+  /// constructor rejects them) and with no allocation after the first call.
+  void zero_grad();
 
   /// The base learning rate of the next steps; group g uses lr * its lr_scale. Throws
   /// ArgumentError naming <Optimizer>::set_lr, keeping the old rate, unless lr is finite and >= 0.
@@ -181,6 +183,7 @@ class Optimizer {
 
  private:
   std::vector<std::pair<Index, Index>> shapes_;
+  std::vector<std::pair<Index, Index>> grad_shapes_;  // zero_grad's, refreshed on every call
 };
 
 template <class Scalar>
@@ -223,6 +226,18 @@ auto Optimizer<Scalar>::zeros_like_params() const -> std::vector<Matrix<Scalar>>
   for (const auto& p : params_)
     out.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
   return out;
+}
+
+template <class Scalar>
+void Optimizer<Scalar>::zero_grad() {
+  // The gradients' shapes of now, not those of construction: step() throws for a resized
+  // parameter, but zeroing it is harmless.
+  grad_shapes_.resize(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i)
+    grad_shapes_[i] = {params_[i].param->grad.rows(), params_[i].param->grad.cols()};
+  detail::parallel_over_rows(grad_shapes_, 1.0, [&](size_t i, Index begin, Index n) {
+    params_[i].param->grad.middleRows(begin, n).setZero();
+  });
 }
 
 template <class Scalar>
