@@ -71,6 +71,7 @@ double worst_error_against_sums(Index N, Index in, Index out, bool with_bias, Rn
       for (Index o = 0; o < out; ++o) sum += dy(i, o) * lin.weight.value(o, k);
       worst = std::max(worst, std::abs(dx(i, k) - sum));
       worst = std::max(worst, std::abs(dx_added(i, k) - before(i, k) - sum));
+      worst = std::max(worst, std::abs(dx_bias_only(i, k) - sum));
     }
   for (Index o = 0; o < out; ++o)
     for (Index k = 0; k < in; ++k) {
@@ -100,8 +101,10 @@ TEST_CASE("Linear's threaded products equal plain sums, cut by rows or by column
   //   203, 96, 61: rows, rows, columns (96 = 48 | 48), the bias summed apart, serially;
   //   520, 100, 70: rows, rows, columns (48 | 52), the bias summed apart over 36400 entries,
   //   which is threaded;
-  //   37, 150, 211: columns, columns, rows (the bias summed with the product).
-  for (const Shape s : {Shape{203, 96, 61}, Shape{520, 100, 70}, Shape{37, 150, 211}})
+  //   37, 150, 211: columns, columns, rows (the bias summed with the product);
+  //   12, 300, 301: as the last, with fewer rows than two blocks (decoding).
+  for (const Shape s :
+       {Shape{203, 96, 61}, Shape{520, 100, 70}, Shape{37, 150, 211}, Shape{12, 300, 301}})
     for (const bool with_bias : {true, false}) {
       CAPTURE(s.N);
       CAPTURE(with_bias);
@@ -112,6 +115,7 @@ TEST_CASE("Linear's threaded products equal plain sums, cut by rows or by column
   CHECK_FALSE(detail::cut_rows(61, 96));
   CHECK_FALSE(detail::cut_rows(37, 211));
   CHECK(detail::cut_rows(211, 150));
+  CHECK(detail::cut_rows(12, 8));  // both under two blocks: one block either way
 }
 
 TEST_CASE("Linear follows the gradient contract") {

@@ -292,11 +292,12 @@ TEST_CASE("a steady-state step of a DecoderOnlyLM with per-head ALiBi biases all
                }));
 }
 
-TEST_CASE("an optimizer's zero_grad allocates nothing after its first call") {
+TEST_CASE("an optimizer's zero_grad allocates nothing and clears every gradient") {
   eigenformer::Rng rng(1);
   eigenformer::Transformer<float> model(steady_config(), rng);
   eigenformer::AdamW<float> opt(model.parameters());
   opt.zero_grad();
+  for (const auto& p : model.parameters()) p.param->grad.setConstant(1.0f);
   allocations = 0;
   counting = true;
   opt.zero_grad();

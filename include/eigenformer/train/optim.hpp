@@ -125,7 +125,7 @@ class Optimizer {
 
   /// Sets every parameter's gradient to zero: once per step, as backward adds into them. As
   /// eigenformer::zero_grad(parameters), without its search for parameters listed twice (the
-  /// constructor rejects them) and with no allocation after the first call.
+  /// constructor rejects them) and with no allocation of its own. One thread at a time, as step().
   void zero_grad();
 
   /// The base learning rate of the next steps; group g uses lr * its lr_scale. Throws
@@ -183,7 +183,8 @@ class Optimizer {
 
  private:
   std::vector<std::pair<Index, Index>> shapes_;
-  std::vector<std::pair<Index, Index>> grad_shapes_;  // zero_grad's, refreshed on every call
+  std::vector<std::pair<Index, Index>> grad_shapes_;  // zero_grad's, one per parameter,
+                                                      // refreshed on every call
 };
 
 template <class Scalar>
@@ -218,6 +219,7 @@ Optimizer<Scalar>::Optimizer(std::vector<ParamGroup<Scalar>> groups, double lr,
     });
   }
   for (const auto& p : params_) shapes_.push_back({p.param->value.rows(), p.param->value.cols()});
+  grad_shapes_.resize(params_.size());
 }
 
 template <class Scalar>
@@ -232,7 +234,6 @@ template <class Scalar>
 void Optimizer<Scalar>::zero_grad() {
   // The gradients' shapes of now, not those of construction: step() throws for a resized
   // parameter, but zeroing it is harmless.
-  grad_shapes_.resize(params_.size());
   for (size_t i = 0; i < params_.size(); ++i)
     grad_shapes_[i] = {params_[i].param->grad.rows(), params_[i].param->grad.cols()};
   detail::parallel_over_rows(grad_shapes_, 1.0, [&](size_t i, Index begin, Index n) {
