@@ -95,6 +95,21 @@ void check_no_null_params(const char* func, const ParamList<Scalar>& params) {
             [&] { return "has a null pointer for '" + p.name + "'"; });
 }
 
+/// Sets the gradients of params, which names no parameter twice, to zero: the rows of all of them
+/// shared among threads in one parallel region (a model's gradients are megabytes in a few
+/// hundred matrices, most too small to be worth a region of their own). shapes is scratch,
+/// refilled with the gradients' shapes: a caller that keeps it allocates nothing.
+template <class Scalar>
+void zero_distinct_grads(const ParamList<Scalar>& params,
+                         std::vector<std::pair<Index, Index>>& shapes) {
+  shapes.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i)
+    shapes[i] = {params[i].param->grad.rows(), params[i].param->grad.cols()};
+  parallel_over_rows(shapes, 1.0, [&](size_t i, Index begin, Index n) {
+    params[i].param->grad.middleRows(begin, n).setZero();
+  });
+}
+
 }  // namespace detail
 
 /// Sets the gradient of every parameter in params to zero. Throws ArgumentError naming
@@ -102,20 +117,14 @@ void check_no_null_params(const char* func, const ParamList<Scalar>& params) {
 template <class Scalar>
 void zero_grad(const ParamList<Scalar>& params) {
   detail::check_no_null_params("zero_grad", params);
-  // Each gradient once (a list may name a shared parameter twice), the rows of all of them shared
-  // among threads in one parallel region: a model's gradients are megabytes in a few hundred
-  // matrices, most too small to be worth a region of their own.
-  std::vector<Matrix<Scalar>*> grads;
-  std::vector<std::pair<Index, Index>> shapes;
+  // Each gradient once: a list may name a shared parameter twice. (Names are not needed here,
+  // so none is copied.)
+  ParamList<Scalar> distinct;
   std::unordered_set<const Param<Scalar>*> seen;
-  for (const auto& p : params) {
-    if (!seen.insert(p.param).second) continue;
-    grads.push_back(&p.param->grad);
-    shapes.push_back({p.param->grad.rows(), p.param->grad.cols()});
-  }
-  detail::parallel_over_rows(shapes, 1.0, [&](size_t i, Index begin, Index n) {
-    grads[i]->middleRows(begin, n).setZero();
-  });
+  for (const auto& p : params)
+    if (seen.insert(p.param).second) distinct.push_back({std::string(), p.param});
+  std::vector<std::pair<Index, Index>> shapes;
+  detail::zero_distinct_grads(distinct, shapes);
 }
 
 /// The number of scalar entries over params (a parameter listed twice counts twice). Throws

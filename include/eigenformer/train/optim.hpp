@@ -234,11 +234,7 @@ template <class Scalar>
 void Optimizer<Scalar>::zero_grad() {
   // The gradients' shapes of now, not those of construction: step() throws for a resized
   // parameter, but zeroing it is harmless.
-  for (size_t i = 0; i < params_.size(); ++i)
-    grad_shapes_[i] = {params_[i].param->grad.rows(), params_[i].param->grad.cols()};
-  detail::parallel_over_rows(grad_shapes_, 1.0, [&](size_t i, Index begin, Index n) {
-    params_[i].param->grad.middleRows(begin, n).setZero();
-  });
+  detail::zero_distinct_grads(params_, grad_shapes_);
 }
 
 template <class Scalar>
