@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Runs Google Benchmark programs in alternating rounds and compares them round by round.
+
+The machines these benchmarks run on drift in speed by 10-30% within an hour, so two
+configurations timed one after the other can differ by more than what separates them. This
+script runs each configuration once per round, in the order given and then reversed on every
+other round (A B C, C B A, ...), and compares the configurations within each round: what it
+reports is the spread of those per-round ratios, not a comparison of separate runs.
+
+    bench/rounds.py --rounds 5 --filter train_step \\
+        1t='OMP_NUM_THREADS=1 build/bench/bench/bench_model' \\
+        2t='OMP_NUM_THREADS=2 build/bench/bench/bench_model'
+
+Each LABEL=COMMAND is a shell command line of a Google Benchmark program (mpirun ... works: only
+the program's JSON on standard output is read). The script appends --benchmark_format=json, the
+filter and --benchmark_repetitions (medians of that many). It prints, per case, each
+configuration's median time over the rounds with its range, the "peak" counter when the program
+reports one (share of bench_peak's FMA peak), and for every configuration after the first its
+speed-up over the first (the first's time over its time) in each round: min, median, max.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="LABEL=COMMAND",
+                        help="a configuration: its label and the shell command that runs it")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument("--filter", default=".", help="--benchmark_filter for every command")
+    parser.add_argument("--repetitions", type=int, default=3,
+                        help="--benchmark_repetitions per run; the median is used (default 3)")
+    args = parser.parse_args()
+    runs = []
+    for run in args.runs:
+        label, sep, command = run.partition("=")
+        if not sep or not label or not command:
+            parser.error(f"expected LABEL=COMMAND, got {run!r}")
+        runs.append((label, command))
+    if args.rounds < 1 or args.repetitions < 1:
+        parser.error("--rounds and --repetitions must be at least 1")
+    return args, runs
+
+
+def run_once(command, args):
+    """{case: (median ms, peak share or None)} of one run of command."""
+    full = (f"{command} --benchmark_format=json --benchmark_filter='{args.filter}' "
+            f"--benchmark_repetitions={args.repetitions} "
+            "--benchmark_report_aggregates_only=true")
+    done = subprocess.run(["bash", "-c", full], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"rounds.py: {full!r} failed ({done.returncode}):\n{done.stderr}")
+    start = done.stdout.find("{")
+    if start < 0:
+        sys.exit(f"rounds.py: no JSON from {full!r}:\n{done.stdout}\n{done.stderr}")
+    report = json.loads(done.stdout[start:])
+    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+    out = {}
+    for b in report["benchmarks"]:
+        # One repetition has no aggregates: its single run is the median.
+        wanted = b.get("aggregate_name") == "median" or (
+            args.repetitions == 1 and b.get("run_type") == "iteration")
+        if not wanted:
+            continue
+        out[b["run_name"]] = (b["real_time"] * scale[b["time_unit"]], b.get("peak"))
+    if not out:
+        sys.exit(f"rounds.py: no case of {full!r} matches --filter {args.filter!r}")
+    return out
+
+
+def spread(values, fmt):
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return (fmt + " ({}-{})").format(statistics.median(values), fmt.format(min(values)),
+                                     fmt.format(max(values)))
+
+
+def main():
+    args, runs = parse_args()
+    results = {label: [] for label, _ in runs}  # label -> one {case: (ms, peak)} per round
+    for r in range(args.rounds):
+        order = runs if r % 2 == 0 else runs[::-1]
+        for label, command in order:
+            print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
+            results[label].append(run_once(command, args))
+    first = runs[0][0]
+    cases = [c for c in results[first][0] if all(c in res[0] for res in results.values())]
+    with_peak = any(res[c][1] is not None for c in cases for res in results[first])
+    print(f"{args.rounds} rounds, medians of {args.repetitions} repetitions each; ms: median "
+          f"over the rounds (min-max); speed-up: {first}'s time over the other's, per round")
+    print()
+    columns = ["case"]
+    for label, _ in runs:
+        columns += [f"{label}: ms"] + ([f"{label}: % of peak"] if with_peak else [])
+    columns += [f"speed-up of {label}: min, median, max" for label, _ in runs[1:]]
+    print("| " + " | ".join(columns) + " |")
+    print("| --- " * len(columns) + "|")
+    for case in cases:
+        cells = [case]
+        for label, _ in runs:
+            cells.append(spread([res[case][0] for res in results[label]], "{:.1f}"))
+            if with_peak:
+                peaks = [100 * res[case][1] for res in results[label] if res[case][1] is not None]
+                cells.append(spread(peaks, "{:.1f}") if peaks else "")
+        for label, _ in runs[1:]:
+            ratios = [a[case][0] / b[case][0] for a, b in zip(results[first], results[label])]
+            cells.append("{:.2f}x, {:.2f}x, {:.2f}x".format(min(ratios), statistics.median(ratios),
+                                                           max(ratios)))
+        print("| " + " | ".join(cells) + " |")
+
+if __name__ == "__main__":
+    main()
