@@ -69,6 +69,8 @@ import subprocess
 import sys
 import time
 
+import gbench  # beside this script
+
 OPENBLAS_DIRS = ("/usr/lib/x86_64-linux-gnu/openblas-openmp",
                  "/usr/lib/x86_64-linux-gnu/openblas-pthread")
 REEXEC_MARK = "EIGENFORMER_COMPARE_REEXEC"
@@ -204,14 +206,9 @@ def run_ours(binary, name, args):
     if args.repetitions > 1:
         cmd.append("--benchmark_report_aggregates_only=true")
     out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
-    report = json.loads(out)
-    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
-    for b in report["benchmarks"]:
-        if b.get("error_occurred"):
-            sys.exit("compare_pytorch.py: %s failed: %s" % (name, b.get("error_message")))
-        if args.repetitions > 1 and b.get("aggregate_name") != "median":
-            continue
-        return b["real_time"] * scale[b["time_unit"]], report["context"], b
+    report = gbench.parse_report(out, "compare_pytorch.py")
+    for b in gbench.medians(report, args.repetitions, "compare_pytorch.py").values():
+        return b["ms"], report["context"], b
     sys.exit("compare_pytorch.py: %s produced no result (is the name right?)" % name)
 
 

@@ -8,10 +8,10 @@ other round (A B C, C B A, ...), and compares the configurations within each rou
 reports is the spread of those per-round ratios, not a comparison of separate runs.
 
     bench/rounds.py --rounds 5 --filter train_step \\
-        1t='OMP_NUM_THREADS=1 build/bench/bench/bench_model' \\
-        2t='OMP_NUM_THREADS=2 build/bench/bench/bench_model'
+        1t='OMP_NUM_THREADS=1 build/bench/bench_model' \\
+        2t='OMP_NUM_THREADS=2 build/bench/bench_model'
 
-Each LABEL=COMMAND is a shell command line of a Google Benchmark program (mpirun ... works: only
+Each LABEL=COMMAND is a bash command line of a Google Benchmark program (mpirun ... works: only
 the program's JSON on standard output is read). The script appends --benchmark_format=json, the
 filter and --benchmark_repetitions (medians of that many). It prints, per case, each
 configuration's median time over the rounds with its range, the "peak" counter when the program
@@ -20,16 +20,20 @@ speed-up over the first (the first's time over its time) in each round: min, med
 """
 
 import argparse
-import json
+import shlex
 import statistics
 import subprocess
 import sys
+
+import gbench  # beside this script
+
+WHO = "rounds.py"
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="LABEL=COMMAND",
-                        help="a configuration: its label and the shell command that runs it")
+                        help="a configuration: its label and the bash command that runs it")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--filter", default=".", help="--benchmark_filter for every command")
     parser.add_argument("--repetitions", type=int, default=3,
@@ -48,27 +52,17 @@ def parse_args():
 
 def run_once(command, args):
     """{case: (median ms, peak share or None)} of one run of command."""
-    full = (f"{command} --benchmark_format=json --benchmark_filter='{args.filter}' "
+    full = (f"{command} --benchmark_format=json --benchmark_filter={shlex.quote(args.filter)} "
             f"--benchmark_repetitions={args.repetitions} "
             "--benchmark_report_aggregates_only=true")
     done = subprocess.run(["bash", "-c", full], capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"rounds.py: {full!r} failed ({done.returncode}):\n{done.stderr}")
-    start = done.stdout.find("{")
-    if start < 0:
-        sys.exit(f"rounds.py: no JSON from {full!r}:\n{done.stdout}\n{done.stderr}")
-    report = json.loads(done.stdout[start:])
-    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
-    out = {}
-    for b in report["benchmarks"]:
-        # One repetition has no aggregates: its single run is the median.
-        wanted = b.get("aggregate_name") == "median" or (
-            args.repetitions == 1 and b.get("run_type") == "iteration")
-        if not wanted:
-            continue
-        out[b["run_name"]] = (b["real_time"] * scale[b["time_unit"]], b.get("peak"))
+        sys.exit(f"{WHO}: {full!r} failed ({done.returncode}):\n{done.stderr}")
+    report = gbench.parse_report(done.stdout, WHO)
+    out = {case: (b["ms"], b.get("peak"))
+           for case, b in gbench.medians(report, args.repetitions, WHO).items()}
     if not out:
-        sys.exit(f"rounds.py: no case of {full!r} matches --filter {args.filter!r}")
+        sys.exit(f"{WHO}: no case of {full!r} matches --filter {args.filter!r}")
     return out
 
 
@@ -79,17 +73,20 @@ def spread(values, fmt):
                                      fmt.format(max(values)))
 
 
-def main():
-    args, runs = parse_args()
-    results = {label: [] for label, _ in runs}  # label -> one {case: (ms, peak)} per round
-    for r in range(args.rounds):
-        order = runs if r % 2 == 0 else runs[::-1]
-        for label, command in order:
-            print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-            results[label].append(run_once(command, args))
+def common_cases(results):
+    """The cases of every run, in the first run's order; the others are named on stderr."""
+    runs = [run for rounds in results.values() for run in rounds]
+    cases = [c for c in runs[0] if all(c in run for run in runs)]
+    dropped = sorted(set().union(*runs) - set(cases))
+    if dropped:
+        print(f"{WHO}: left out, not in every run: {', '.join(dropped)}", file=sys.stderr)
+    return cases
+
+
+def print_table(args, runs, results, cases):
     first = runs[0][0]
-    cases = [c for c in results[first][0] if all(c in res[0] for res in results.values())]
-    with_peak = any(res[c][1] is not None for c in cases for res in results[first])
+    with_peak = any(run[c][1] is not None for rounds in results.values() for run in rounds
+                    for c in cases)
     print(f"{args.rounds} rounds, medians of {args.repetitions} repetitions each; ms: median "
           f"over the rounds (min-max); speed-up: {first}'s time over the other's, per round")
     print()
@@ -102,15 +99,30 @@ def main():
     for case in cases:
         cells = [case]
         for label, _ in runs:
-            cells.append(spread([res[case][0] for res in results[label]], "{:.1f}"))
+            cells.append(spread([run[case][0] for run in results[label]], "{:.4g}"))
             if with_peak:
-                peaks = [100 * res[case][1] for res in results[label] if res[case][1] is not None]
+                peaks = [100 * run[case][1] for run in results[label] if run[case][1] is not None]
                 cells.append(spread(peaks, "{:.1f}") if peaks else "")
         for label, _ in runs[1:]:
             ratios = [a[case][0] / b[case][0] for a, b in zip(results[first], results[label])]
             cells.append("{:.2f}x, {:.2f}x, {:.2f}x".format(min(ratios), statistics.median(ratios),
                                                            max(ratios)))
         print("| " + " | ".join(cells) + " |")
+
+
+def main():
+    args, runs = parse_args()
+    results = {label: [] for label, _ in runs}  # label -> one {case: (ms, peak)} per round
+    for r in range(args.rounds):
+        order = runs if r % 2 == 0 else runs[::-1]
+        for label, command in order:
+            print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
+            results[label].append(run_once(command, args))
+    cases = common_cases(results)
+    if not cases:
+        sys.exit(f"{WHO}: no case is in every run")
+    print_table(args, runs, results, cases)
+
 
 if __name__ == "__main__":
     main()
