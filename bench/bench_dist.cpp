@@ -12,6 +12,8 @@
 //    the Adam step, with no MPI call between the barriers that start and end the timing. Its
 //    tokens/s (the global batch's, as above) is the ceiling of the data-parallel step on this
 //    machine: what it would reach if summing the gradients cost nothing.
+//  - BM_dist_seq2seq_compute_synced: the same with one barrier per step, after backward: what
+//    waiting for the slowest rank once per step costs, apart from moving the gradients.
 // Every rank runs the same fixed number of iterations (collectives must pair up); only rank 0
 // reports.
 #include <benchmark/benchmark.h>
@@ -97,7 +99,10 @@ void BM_dist_seq2seq_train_step(benchmark::State& state) {
   state.counters["loss"] = loss;
 }
 
-void BM_dist_seq2seq_compute_only(benchmark::State& state) {
+/// Each rank's share of the data-parallel step with nothing summed; with synced, the ranks also
+/// wait for each other once per step (a barrier after backward, where the data-parallel step
+/// waits for its last sums), so that the cost of that wait alone shows.
+void compute_steps(benchmark::State& state, bool synced) {
   const dist::Communicator& comm = *world;
   RankWork w(comm);
   double loss = 0;
@@ -107,6 +112,7 @@ void BM_dist_seq2seq_compute_only(benchmark::State& state) {
     loss = ef::cross_entropy_forward(w.ce, logits, w.tgt, {bench::kPad, 0.0});
     ef::cross_entropy_backward(w.dlogits, w.ce);
     w.model.backward(w.dlogits, w.cache);
+    if (synced) comm.barrier();
     if (w.guard.check(loss, w.model.parameters())) {
       ef::clip_grad_norm(w.model.parameters(), 1.0);
       w.opt.step();
@@ -115,6 +121,9 @@ void BM_dist_seq2seq_compute_only(benchmark::State& state) {
     return 0.0;  // nothing to wait for
   });
 }
+
+void BM_dist_seq2seq_compute_only(benchmark::State& state) { compute_steps(state, false); }
+void BM_dist_seq2seq_compute_synced(benchmark::State& state) { compute_steps(state, true); }
 
 /// Rank 0 prints; the others' reports go nowhere.
 class NullReporter : public benchmark::BenchmarkReporter {
@@ -132,6 +141,7 @@ BENCHMARK(BM_dist_seq2seq_train_step)
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_dist_seq2seq_compute_only)->Iterations(10)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_dist_seq2seq_compute_synced)->Iterations(10)->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {
   dist::Environment env(argc, argv);
