@@ -12,8 +12,9 @@
 //    the Adam step, with no MPI call between the barriers that start and end the timing. Its
 //    tokens/s (the global batch's, as above) is the ceiling of the data-parallel step on this
 //    machine: what it would reach if summing the gradients cost nothing.
-//  - BM_dist_seq2seq_compute_synced: the same with one barrier per step, after backward: what
-//    waiting for the slowest rank once per step costs, apart from moving the gradients.
+//  - BM_dist_seq2seq_compute_synced: the same with a barrier after the loss and one after
+//    backward, where the data-parallel step waits for the other ranks: what waiting for the
+//    slowest rank costs, apart from moving the gradients.
 // Every rank runs the same fixed number of iterations (collectives must pair up); only rank 0
 // reports.
 #include <benchmark/benchmark.h>
@@ -100,8 +101,9 @@ void BM_dist_seq2seq_train_step(benchmark::State& state) {
 }
 
 /// Each rank's share of the data-parallel step with nothing summed; with synced, the ranks also
-/// wait for each other once per step (a barrier after backward, where the data-parallel step
-/// waits for its last sums), so that the cost of that wait alone shows.
+/// wait for each other where the data-parallel step does (a barrier after the loss, where it sums
+/// the target counts, and one after backward, where it waits for the last gradient sums), so
+/// that the cost of those waits alone shows.
 void compute_steps(benchmark::State& state, bool synced) {
   const dist::Communicator& comm = *world;
   RankWork w(comm);
@@ -110,6 +112,7 @@ void compute_steps(benchmark::State& state, bool synced) {
     w.opt.zero_grad();
     const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
     loss = ef::cross_entropy_forward(w.ce, logits, w.tgt, {bench::kPad, 0.0});
+    if (synced) comm.barrier();
     ef::cross_entropy_backward(w.dlogits, w.ce);
     w.model.backward(w.dlogits, w.cache);
     if (synced) comm.barrier();

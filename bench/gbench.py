@@ -33,5 +33,5 @@ def medians(report, repetitions, who):
             continue
         if repetitions == 1 and b.get("run_type") == "aggregate":
             continue
-        out[b["run_name"]] = dict(b, ms=b["real_time"] * MS_PER_UNIT[b["time_unit"]])
+        out[b.get("run_name", b["name"])] = dict(b, ms=b["real_time"] * MS_PER_UNIT[b["time_unit"]])
     return out

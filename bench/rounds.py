@@ -45,6 +45,9 @@ def parse_args():
         if not sep or not label or not command:
             parser.error(f"expected LABEL=COMMAND, got {run!r}")
         runs.append((label, command))
+    labels = [label for label, _ in runs]
+    if len(set(labels)) != len(labels):
+        parser.error(f"labels must differ, got {labels}")
     if args.rounds < 1 or args.repetitions < 1:
         parser.error("--rounds and --repetitions must be at least 1")
     return args, runs
@@ -61,16 +64,28 @@ def run_once(command, args):
     report = gbench.parse_report(done.stdout, WHO)
     out = {case: (b["ms"], b.get("peak"))
            for case, b in gbench.medians(report, args.repetitions, WHO).items()}
+    for case, (ms, _) in out.items():
+        if ms <= 0:
+            sys.exit(f"{WHO}: {case} took {ms} ms in {full!r}")
     if not out:
         sys.exit(f"{WHO}: no case of {full!r} matches --filter {args.filter!r}")
     return out
 
 
+def milliseconds(ms):
+    """4 significant digits, but whole numbers from 1 s on (no exponents)."""
+    return f"{ms:.4g}" if ms < 1000 else f"{ms:.0f}"
+
+
+def percent(share):
+    return f"{share:.1f}"
+
+
 def spread(values, fmt):
+    """The median of values, then their range: "m (lo-hi)"; fmt formats one value."""
     if len(values) == 1:
-        return fmt.format(values[0])
-    return (fmt + " ({}-{})").format(statistics.median(values), fmt.format(min(values)),
-                                     fmt.format(max(values)))
+        return fmt(values[0])
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
 
 
 def common_cases(results):
@@ -99,10 +114,10 @@ def print_table(args, runs, results, cases):
     for case in cases:
         cells = [case]
         for label, _ in runs:
-            cells.append(spread([run[case][0] for run in results[label]], "{:.4g}"))
+            cells.append(spread([run[case][0] for run in results[label]], milliseconds))
             if with_peak:
                 peaks = [100 * run[case][1] for run in results[label] if run[case][1] is not None]
-                cells.append(spread(peaks, "{:.1f}") if peaks else "")
+                cells.append(spread(peaks, percent) if peaks else "")
         for label, _ in runs[1:]:
             ratios = [a[case][0] / b[case][0] for a, b in zip(results[first], results[label])]
             cells.append("{:.2f}x, {:.2f}x, {:.2f}x".format(min(ratios), statistics.median(ratios),
