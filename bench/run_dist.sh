@@ -17,17 +17,21 @@ fi
 build="${1:?$usage}"; shift
 program="$build/bench/bench_dist"
 mpirun=(mpirun --allow-run-as-root --oversubscribe)
+# The layouts: label, OMP_NUM_THREADS, --bind-to, ranks.
+labels=("1 process x 1 thread" "2 processes x 1 thread" "1 process x 2 threads")
+threads=(1 1 2)
+binds=(core core none)
+ranks=(1 2 1)
 if [[ -n "$rounds" ]]; then
-  run="${mpirun[*]} -x OMP_NUM_THREADS"
-  quoted="$(printf %q "$program")"
-  exec /usr/bin/env python3 "$(dirname "$0")/rounds.py" --rounds "$rounds" "$@" \
-    "1 process x 1 thread=OMP_NUM_THREADS=1 $run --bind-to core -np 1 $quoted" \
-    "2 processes x 1 thread=OMP_NUM_THREADS=1 $run --bind-to core -np 2 $quoted" \
-    "1 process x 2 threads=OMP_NUM_THREADS=2 $run --bind-to none -np 1 $quoted"
+  runs=()
+  for i in 0 1 2; do
+    runs+=("${labels[i]}=OMP_NUM_THREADS=${threads[i]} ${mpirun[*]} -x OMP_NUM_THREADS \
+--bind-to ${binds[i]} -np ${ranks[i]} $(printf %q "$program")")
+  done
+  exec /usr/bin/env python3 "$(dirname "$0")/rounds.py" --rounds "$rounds" "$@" "${runs[@]}"
 fi
-echo "== 1 process x 1 thread"
-OMP_NUM_THREADS=1 "${mpirun[@]}" --bind-to core -x OMP_NUM_THREADS -np 1 "$program" "$@"
-echo "== 2 processes x 1 thread"
-OMP_NUM_THREADS=1 "${mpirun[@]}" --bind-to core -x OMP_NUM_THREADS -np 2 "$program" "$@"
-echo "== 1 process x 2 threads"
-OMP_NUM_THREADS=2 "${mpirun[@]}" --bind-to none -x OMP_NUM_THREADS -np 1 "$program" "$@"
+for i in 0 1 2; do
+  echo "== ${labels[i]}"
+  OMP_NUM_THREADS=${threads[i]} "${mpirun[@]}" --bind-to "${binds[i]}" -x OMP_NUM_THREADS \
+    -np "${ranks[i]}" "$program" "$@"
+done

@@ -92,19 +92,18 @@ void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweigh
   // columns, or no dweight) dbias is summed apart.
   const Index out = dout.cols(), in = inp.cols();
   const bool bias_with_product = dweight && cut_rows(out, in);
+  auto add_bias_rows = [&](Index r, Index rows) {  // dbias[r, r + rows) += those columns of dout
+    add_row_sums(dbias->row(0).segment(r, rows), dout.middleCols(r, rows));
+  };
   if (dweight)
     parallel_product(out, in, work, [&](Index r, Index rows, Index c, Index cols) {
       gemm_add(dweight->block(r, c, rows, cols), dout.middleCols(r, rows).transpose(),
                inp.middleCols(c, cols));
-      if (dbias && bias_with_product)
-        add_row_sums(dbias->row(0).segment(r, rows), dout.middleCols(r, rows));
+      if (dbias && bias_with_product) add_bias_rows(r, rows);
     });
   if (dbias && !bias_with_product)
     parallel_ranges(out, kGemmRowAlign, double(dout.size()), kParallelMinWork,
-                    [&](Index begin, Index end) {
-                      add_row_sums(dbias->row(0).segment(begin, end - begin),
-                                   dout.middleCols(begin, end - begin));
-                    });
+                    [&](Index begin, Index end) { add_bias_rows(begin, end - begin); });
 }
 
 }  // namespace detail
