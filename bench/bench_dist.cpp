@@ -4,7 +4,8 @@
 // bench/run_dist.sh (1 process x 1 thread, 2 processes x 1 thread, 1 process x 2 threads).
 //  - BM_dist_seq2seq_train_step/<bucket MB>: one data-parallel step: shard, forward, global
 //    cross-entropy, backward with the gradient buckets summed (MPI_Iallreduce) while backward
-//    goes on, global clipping, Adam step. Counters: tokens/s, the GLOBAL batch's target tokens per
+//    goes on, the sums checked and measured for clipping as they are copied out
+//    (finish_gradients), Adam step. Counters: tokens/s, the GLOBAL batch's target tokens per
 //    wall-clock second; comm_exposed, the share of step time spent waiting for gradient sums
 //    that backward did not hide (GradientReducer::finish); ranks and buckets.
 //  - BM_dist_seq2seq_compute_only: each rank's share of that step with nothing summed: the
@@ -89,13 +90,10 @@ void BM_dist_seq2seq_train_step(benchmark::State& state) {
     const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
     loss = dp.cross_entropy(w.ce, w.dlogits, logits, w.tgt, {bench::kPad, 0.0});
     w.model.backward(w.dlogits, w.cache, dp.begin_backward(w.model));
-    const double waited = dp.end_backward();
-    if (dp.check_step(w.guard, loss)) {
-      dp.clip_grad_norm(1.0f);
-      w.opt.step();
-    }
+    const auto finished = dp.finish_gradients(w.guard, loss, 1.0f);  // sum, check, clip
+    if (finished.ok) w.opt.step();
     benchmark::DoNotOptimize(loss);
-    return waited;
+    return finished.waited;
   });
   state.counters["loss"] = loss;
 }

@@ -104,29 +104,42 @@ Result train_alone(Optim kind) {
   return weights_of(model, losses);
 }
 
+/// Step step's forward and backward on this rank's rows of the global batch, the gradients zeroed
+/// first and handed to dp's reducer as backward goes. Returns the global loss.
+double shard_forward_backward(ef::Transformer<float>& model, dist::DataParallel<float>& dp,
+                              int step) {
+  const auto [src, tgt] = global_batch(step);
+  const dist::Shard s = dp.shard(src.rows());
+  dist::key_dropout(model, s);
+  ef::Transformer<float>::Cache cache;
+  ef::CrossEntropyCache<float> ce;
+  const IdMatrix my_tgt = dist::rows(tgt, s);
+  const auto logits = model.forward(dist::rows(src, s), ef::shift_right(my_tgt, kBos), cache);
+  const auto [loss, dlogits] = dp.cross_entropy(ce, logits, my_tgt, {0});
+  model.zero_grad();
+  model.backward(dlogits, cache, dp.begin_backward(model));
+  return loss;
+}
+
 /// The same run, data-parallel over comm's ranks. Each rank builds its model from its own seed:
-/// DataParallel copies rank 0's weights and dropout generators.
-Result train_data_parallel(Optim kind, std::size_t bucket_bytes) {
+/// DataParallel copies rank 0's weights and dropout generators. With fused, the step ends with
+/// finish_gradients, else with end_backward, check_step and clip_grad_norm.
+Result train_data_parallel(Optim kind, std::size_t bucket_bytes, bool fused = false) {
   ef::Rng rng(kSeed + 1000 * static_cast<std::uint64_t>(comm().rank()));
   ef::Transformer<float> model(config(), rng);
   dist::DataParallel<float> dp(comm(), model, {bucket_bytes});
   Training t(model.parameters(), kind);
   std::vector<double> losses;
   for (int step = 0; step < kSteps; ++step) {
-    const auto [src, tgt] = global_batch(step);
-    const dist::Shard s = dp.shard(src.rows());
-    dist::key_dropout(model, s);
-    ef::Transformer<float>::Cache cache;
-    ef::CrossEntropyCache<float> ce;
-    const IdMatrix my_tgt = dist::rows(tgt, s);
-    const auto logits = model.forward(dist::rows(src, s), ef::shift_right(my_tgt, kBos), cache);
-    const auto [loss, dlogits] = dp.cross_entropy(ce, logits, my_tgt, {0});
-    t.opt->zero_grad();
-    model.backward(dlogits, cache, dp.begin_backward(model));
-    dp.end_backward();
+    const double loss = shard_forward_backward(model, dp, step);
     losses.push_back(loss);
-    if (!dp.check_step(t.guard, loss)) continue;
-    dp.clip_grad_norm(1.0f);
+    if (fused) {
+      if (!dp.finish_gradients(t.guard, loss, 1.0f).ok) continue;
+    } else {
+      dp.end_backward();
+      if (!dp.check_step(t.guard, loss)) continue;
+      dp.clip_grad_norm(1.0f);
+    }
     ef::apply_schedule(*t.opt, t.schedule);
     t.opt->step();
   }
@@ -168,7 +181,93 @@ TEST_CASE("20 steps on N ranks give one process's losses and weights, dropout on
     // One bucket (the default 25 MB), then many of 256 bytes, started during backward.
     check_same(train_data_parallel(kind, 25 << 20), alone, kind, names);
     check_same(train_data_parallel(kind, 256), alone, kind, names);
+    check_same(train_data_parallel(kind, 256, true), alone, kind, names);  // finish_gradients
   }
+}
+
+namespace {
+
+/// A data-parallel model after one step's backward on the first global batch, gradients not yet
+/// summed: dp.end_backward() or dp.finish_gradients() comes next.
+struct Backward {
+  ef::Rng rng{kSeed};
+  ef::Transformer<float> model{config(), rng};
+  dist::DataParallel<float> dp{comm(), model, {256}};  // many buckets
+  double loss = shard_forward_backward(model, dp, 0);
+};
+
+}  // namespace
+
+TEST_CASE("finish_gradients gives what end_backward, check_step and clip_grad_norm give") {
+  for (const float max_norm : {0.01f, 1e6f}) {  // clipping, and not
+    CAPTURE(max_norm);
+    Backward separate, fused;
+    ef::StepGuard<float> guard_separate(ef::NonFinitePolicy::skip), guard_fused = guard_separate;
+    separate.dp.end_backward();
+    REQUIRE(separate.dp.check_step(guard_separate, separate.loss));
+    const float norm = separate.dp.clip_grad_norm(max_norm);
+    const auto done = fused.dp.finish_gradients(guard_fused, fused.loss, max_norm);
+    CHECK(done.ok);
+    CHECK(done.waited >= 0.0);
+    CHECK(guard_fused.steps() == 1);
+    // The same norm and gradients, up to the order in which the squares were summed.
+    CHECK(std::abs(done.norm - norm) <= 1e-6f * norm);
+    const auto a = separate.model.parameters(), b = fused.model.parameters();
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      INFO(a[i].name);
+      const ef::Matrix<float>& want = a[i].param->grad;
+      CHECK((b[i].param->grad - want).norm() <= 1e-6f * want.norm() + 1e-12f);
+    }
+  }
+}
+
+TEST_CASE("finish_gradients: a non-finite loss on one rank skips the step on every rank") {
+  Backward w;
+  ef::StepGuard<float> guard(ef::NonFinitePolicy::skip);
+  const double loss = comm().rank() == comm().size() - 1 ? std::nan("") : w.loss;
+  const auto done = w.dp.finish_gradients(guard, loss, 1.0f);
+  CHECK_FALSE(done.ok);
+  CHECK(guard.skipped() == 1);
+  for (const auto& p : w.model.parameters()) CHECK(p.param->grad.isZero(0));  // skip zeroes
+}
+
+TEST_CASE("finish_gradients: a non-finite loss on one rank stops every rank under stop") {
+  Backward w;
+  ef::StepGuard<float> guard(ef::NonFinitePolicy::stop);
+  const double loss = comm().rank() == 0 ? std::nan("") : w.loss;
+  CHECK_THROWS_WITH_AS(w.dp.finish_gradients(guard, loss, 1.0f),
+                       doctest::Contains("DataParallel::finish_gradients: step 1: loss is nan"),
+                       ef::NonFiniteError);
+}
+
+TEST_CASE("finish_gradients rejects a bad max_norm before doing anything") {
+  Backward w;
+  ef::StepGuard<float> guard;
+  for (const float bad : {0.0f, -1.0f, std::numeric_limits<float>::infinity()})
+    CHECK_THROWS_WITH_AS(w.dp.finish_gradients(guard, w.loss, bad),
+                         doctest::Contains("DataParallel::finish_gradients: argument 'max_norm'"),
+                         ef::ArgumentError);
+  CHECK(guard.steps() == 0);
+  w.dp.end_backward();  // the step is still open: nothing was finished
+}
+
+TEST_CASE("a gradient is measured in the pass that copies its sum") {
+  ef::Matrix<float> g(3, 4), sums = ef::Matrix<float>::Random(3, 4);
+  dist::GradientMeasure m = dist::detail::measure(g, sums.data());
+  CHECK(g == sums);
+  CHECK(m.finite);
+  CHECK(std::abs(m.squared_norm - ef::detail::squared_norm_double(sums)) <= 1e-12 * m.squared_norm);
+  sums(1, 2) = NAN;
+  CHECK_FALSE(dist::detail::measure(g, sums.data()).finite);
+  sums(1, 2) = -INFINITY;
+  CHECK_FALSE(dist::detail::measure(g, sums.data()).finite);
+  // Without sums, g itself; a double whose square overflows is still finite.
+  ef::Matrix<double> big = ef::Matrix<double>::Constant(2, 2, 1e200);
+  m = dist::detail::measure(big, static_cast<const double*>(nullptr));
+  CHECK(std::isinf(m.squared_norm));
+  CHECK(m.finite);
+  big(0, 1) = NAN;
+  CHECK_FALSE(dist::detail::measure(big, static_cast<const double*>(nullptr)).finite);
 }
 
 TEST_CASE("buckets follow backward's order, at most bucket_bytes and a quarter of the model") {

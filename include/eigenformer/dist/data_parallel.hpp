@@ -11,8 +11,7 @@
 //     auto [loss, dlogits] = dp.cross_entropy(ce, logits, rows(tgt, s), {pad});
 //     opt.zero_grad();
 //     model.backward(dlogits, cache, dp.begin_backward(model));  // buckets sum meanwhile
-//     dp.end_backward();                                    // every gradient summed
-//     if (dp.check_step(guard, loss)) { dp.clip_grad_norm(1.0f); opt.step(); }
+//     if (dp.finish_gradients(guard, loss, 1.0f).ok) opt.step();  // summed, checked, clipped
 //   }
 //
 // The result equals one process's on the whole batch up to rounding: the loss and gradients are
@@ -248,6 +247,39 @@ void broadcast_dropout_state(const Communicator& comm, Model& model) {
                                         [&](auto& d) { comm.broadcast(&d.rng(), sizeof(Rng)); });
 }
 
+/// A summed gradient as GradientReducer::finish_measured() found it.
+struct GradientMeasure {
+  bool finite = true;         // every entry finite
+  double squared_norm = 0.0;  // the sum of squared entries, in double (as clip_grad_norm)
+};
+
+namespace detail {
+
+/// Copies g.size() entries from sums into g (unless sums is null: g holds them) and measures them
+/// in the same pass. Finiteness comes from the squared norm: a NaN or infinite entry makes it NaN
+/// or infinite, and finite floats cannot (their squares stay far below double's range); only a
+/// norm that is not finite is checked entry by entry (a double may square to infinity).
+template <class Scalar>
+GradientMeasure measure(Matrix<Scalar>& g, const Scalar* sums) {
+  double sum = 0.0;  // as squared_norm_double, which clip_grad_norm uses
+  if (!sums) {
+    sum = eigenformer::detail::squared_norm_double(g);
+  } else {
+    Scalar* out = g.data();
+    const Index n = g.size();
+#if defined(_OPENMP)
+#pragma omp simd reduction(+ : sum)
+#endif
+    for (Index i = 0; i < n; ++i) {
+      out[i] = sums[i];
+      sum += static_cast<double>(sums[i]) * static_cast<double>(sums[i]);
+    }
+  }
+  return {std::isfinite(sum) || eigenformer::detail::all_finite(g), sum};
+}
+
+}  // namespace detail
+
 /// Sums gradients across ranks in flat buckets, each started (MPI_Iallreduce, non-blocking) as
 /// soon as backward has reported all of its parameters final, so that the communication of the
 /// last layers overlaps the backward of the first ones. Buckets hold parameters in the reverse
@@ -281,7 +313,16 @@ class GradientReducer {
   /// Starts the buckets backward did not complete, waits for all, and writes the sums into the
   /// gradients. Returns the seconds spent waiting (communication that backward did not hide).
   /// Throws ArgumentError naming GradientReducer::finish when begin() was not called.
-  double finish();
+  double finish() { return finish_impl(false); }
+
+  /// finish(), with each summed gradient measured in the pass that writes it: whether its entries
+  /// are all finite, and its squared norm (as clip_grad_norm sums it, up to the order of
+  /// summation). The figures are for measured() until the next begin().
+  double finish_measured() { return finish_impl(true); }
+
+  /// What finish_measured() found for parameter p; throws ArgumentError naming
+  /// GradientReducer::measured unless p is summed here and the last finish measured.
+  const GradientMeasure& measured(const Param<Scalar>* p) const;
 
   /// The number of buckets, and the parameters of each (indices into the list), for tests.
   std::size_t buckets() const { return buckets_.size(); }
@@ -308,6 +349,7 @@ class GradientReducer {
     Index rows, cols;
     std::size_t bucket;
     bool ready = false;
+    GradientMeasure measure;  // of the last finish_measured()
   };
 
   const Communicator* comm_;
@@ -315,11 +357,13 @@ class GradientReducer {
   std::vector<Bucket> buckets_;
   std::unordered_map<const Param<Scalar>*, std::size_t> index_;
   bool in_step_ = false;
+  bool measured_ = false;  // the entries' measures are the last finish's
 
   static std::size_t bucket_capacity(const ParamList<Scalar>& params, std::size_t bucket_bytes);
   void check_unchanged(const ParamList<Scalar>& params) const;
   void start(Bucket& b);
   void progress();
+  double finish_impl(bool measure);
 };
 
 template <class Scalar>
@@ -341,7 +385,8 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
       filled = 0;
     }
     index_[p] = entries_.size();
-    entries_.push_back({params[k].name, p, p->value.rows(), p->value.cols(), buckets_.size() - 1});
+    entries_.push_back(
+        {params[k].name, p, p->value.rows(), p->value.cols(), buckets_.size() - 1, false, {}});
     buckets_.back().params.push_back(entries_.size() - 1);
     filled += n;
   }
@@ -402,6 +447,7 @@ auto GradientReducer<Scalar>::begin(const ParamList<Scalar>& params) -> GradRead
                                "the last step was not finished (call finish())");
   check_unchanged(params);
   for (auto& e : entries_) e.ready = false;
+  measured_ = false;
   for (auto& b : buckets_) {
     b.pending = b.params.size();
     b.started = false;
@@ -455,7 +501,7 @@ void GradientReducer<Scalar>::progress() {
 }
 
 template <class Scalar>
-double GradientReducer<Scalar>::finish() {
+double GradientReducer<Scalar>::finish_impl(bool measure) {
   eigenformer::detail::require(in_step_, "GradientReducer::finish", "this",
                                "no step begun (call begin() before backward)");
   // Buckets backward did not complete (parameters it never reported), in bucket order: the same
@@ -467,16 +513,29 @@ double GradientReducer<Scalar>::finish() {
   const double waited =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (auto& b : buckets_) {
-    if (b.sums.empty()) continue;  // one rank
-    const Scalar* in = b.sums.data();
+    const Scalar* in = b.sums.data();  // null on one rank: the gradients are the sums
     for (std::size_t k : b.params) {
-      Param<Scalar>& p = *entries_[k].param;
-      std::memcpy(p.grad.data(), in, sizeof(Scalar) * static_cast<std::size_t>(p.size()));
-      in += p.size();
+      Entry& e = entries_[k];
+      Matrix<Scalar>& g = e.param->grad;
+      if (measure)
+        e.measure = detail::measure(g, in);
+      else if (in)
+        std::memcpy(g.data(), in, sizeof(Scalar) * static_cast<std::size_t>(g.size()));
+      if (in) in += g.size();
     }
   }
+  measured_ = measure;
   in_step_ = false;
   return waited;
+}
+
+template <class Scalar>
+const GradientMeasure& GradientReducer<Scalar>::measured(const Param<Scalar>* p) const {
+  const auto it = index_.find(p);
+  eigenformer::detail::require(measured_ && it != index_.end(), "GradientReducer::measured", "p",
+                               measured_ ? "is not a parameter summed here"
+                                         : "has no measure: the last finish was not measured");
+  return entries_[it->second].measure;
 }
 
 /// Options of DataParallel.
@@ -565,6 +624,22 @@ class DataParallel {
   /// unless max_norm is positive and finite.
   Scalar clip_grad_norm(Scalar max_norm);
 
+  /// What finish_gradients did.
+  struct Finished {
+    bool ok = false;      // the step may go ahead (check_step's verdict)
+    Scalar norm = 0;      // when ok: the norm before clipping (clip_grad_norm's result)
+    double waited = 0.0;  // seconds waited for gradient sums (end_backward's result)
+  };
+
+  /// end_backward(), check_step(guard, loss) and, when the step may go ahead,
+  /// clip_grad_norm(max_norm), with the same results (the norm up to the order of summation),
+  /// but each gradient checked and measured in the pass that copies its sum out of the bucket:
+  /// the separate calls read every gradient from memory twice more, on all ranks at once.
+  /// Throws ArgumentError naming DataParallel::finish_gradients, before anything is done, unless
+  /// max_norm is positive and finite; else throws as the three calls (NonFiniteError naming
+  /// DataParallel::finish_gradients under a stop policy).
+  Finished finish_gradients(StepGuard<Scalar>& guard, double loss, Scalar max_norm);
+
   /// The parameters the reducer sums (the model's, at construction).
   const ParamList<Scalar>& parameters() const { return params_; }
 
@@ -577,16 +652,47 @@ class DataParallel {
     check_same_parameters(comm, p, "DataParallel::DataParallel");
     return p;
   }
+  static void check_max_norm(const char* func, Scalar max_norm) {
+    eigenformer::detail::require(
+        max_norm > 0 && std::isfinite(static_cast<double>(max_norm)), func, "max_norm",
+        [&] { return "must be positive and finite, got " + std::to_string(max_norm); });
+  }
+  /// clip_grad_norm's scaling, given this rank's sum of squared gradients.
+  Scalar clip_to(Scalar max_norm, double squared_sum);
 };
 
 template <class Scalar>
 Scalar DataParallel<Scalar>::clip_grad_norm(Scalar max_norm) {
-  eigenformer::detail::require(
-      max_norm > 0 && std::isfinite(static_cast<double>(max_norm)), "DataParallel::clip_grad_norm",
-      "max_norm", [&] { return "must be positive and finite, got " + std::to_string(max_norm); });
+  check_max_norm("DataParallel::clip_grad_norm", max_norm);
   double sum = 0.0;  // as eigenformer::clip_grad_norm, in double
   for (const auto& p : params_) sum += eigenformer::detail::squared_norm_double(p.param->grad);
-  double norm = std::sqrt(sum);
+  return clip_to(max_norm, sum);
+}
+
+template <class Scalar>
+auto DataParallel<Scalar>::finish_gradients(StepGuard<Scalar>& guard, double loss, Scalar max_norm)
+    -> Finished {
+  const char* func = "DataParallel::finish_gradients";
+  check_max_norm(func, max_norm);
+  Finished out;
+  out.waited = reducer_.finish_measured();
+  bool finite = std::isfinite(loss);
+  double sum = 0.0;  // in the order clip_grad_norm sums, so that the norm is the same
+  for (const auto& p : params_) {
+    const GradientMeasure& m = reducer_.measured(p.param);
+    finite = finite && m.finite;
+    sum += m.squared_norm;
+  }
+  StepCheck mine;  // passed; on a failure anywhere, the full check names what failed
+  if (!comm_->all(finite)) mine = eigenformer::check_step(finite ? std::nan("") : loss, params_);
+  out.ok = guard.apply(std::move(mine), params_, func);
+  if (out.ok) out.norm = clip_to(max_norm, sum);
+  return out;
+}
+
+template <class Scalar>
+Scalar DataParallel<Scalar>::clip_to(Scalar max_norm, double squared_sum) {
+  double norm = std::sqrt(squared_sum);
   comm_->broadcast(&norm, sizeof norm);
   const double coef = static_cast<double>(max_norm) / (norm + 1e-6);
   if (std::isfinite(norm) && coef < 1.0)
