@@ -10,7 +10,8 @@
 //    that backward did not hide (GradientReducer::finish); ranks and buckets.
 //  - BM_dist_seq2seq_compute_only: each rank's share of that step with nothing summed: the
 //    forward and backward of its rows, its own cross-entropy, the non-finite check, clipping and
-//    the Adam step, with no MPI call between the barriers that start and end the timing. Its
+//    the Adam step (the same step through a DataParallel of the rank alone, on MPI_COMM_SELF),
+//    with no communication between the barriers that start and end the timing. Its
 //    tokens/s (the global batch's, as above) is the ceiling of the data-parallel step on this
 //    machine: what it would reach if summing the gradients cost nothing.
 //  - BM_dist_seq2seq_compute_synced: the same with a barrier after the loss and one after
@@ -98,26 +99,26 @@ void BM_dist_seq2seq_train_step(benchmark::State& state) {
   state.counters["loss"] = loss;
 }
 
-/// Each rank's share of the data-parallel step with nothing summed; with synced, the ranks also
+/// Each rank's share of the data-parallel step with nothing summed: the same step through a
+/// DataParallel of this process alone (MPI_COMM_SELF), so that its loss, check and clipping do
+/// what they do in the data-parallel step, without the other ranks. With synced, the ranks also
 /// wait for each other where the data-parallel step does (a barrier after the loss, where it sums
 /// the target counts, and one after backward, where it waits for the last gradient sums), so
 /// that the cost of those waits alone shows.
 void compute_steps(benchmark::State& state, bool synced) {
   const dist::Communicator& comm = *world;
   RankWork w(comm);
+  const dist::Communicator self(MPI_COMM_SELF);
+  dist::DataParallel<float> alone(self, w.model);
   double loss = 0;
   time_steps(state, comm, [&] {
     w.opt.zero_grad();
     const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
-    loss = ef::cross_entropy_forward(w.ce, logits, w.tgt, {bench::kPad, 0.0});
+    loss = alone.cross_entropy(w.ce, w.dlogits, logits, w.tgt, {bench::kPad, 0.0});
     if (synced) comm.barrier();
-    ef::cross_entropy_backward(w.dlogits, w.ce);
-    w.model.backward(w.dlogits, w.cache);
+    w.model.backward(w.dlogits, w.cache, alone.begin_backward(w.model));
     if (synced) comm.barrier();
-    if (w.guard.check(loss, w.model.parameters())) {
-      ef::clip_grad_norm(w.model.parameters(), 1.0);
-      w.opt.step();
-    }
+    if (alone.finish_gradients(w.guard, loss, 1.0f).ok) w.opt.step();
     benchmark::DoNotOptimize(loss);
     return 0.0;  // nothing to wait for
   });

@@ -240,6 +240,34 @@ TEST_CASE("finish_gradients: a non-finite loss on one rank stops every rank unde
                        ef::NonFiniteError);
 }
 
+TEST_CASE("finish_gradients: a non-finite gradient on one rank skips or stops every rank") {
+  for (const float bad : {NAN, INFINITY}) {
+    for (const auto policy : {ef::NonFinitePolicy::skip, ef::NonFinitePolicy::stop}) {
+      CAPTURE(bad);
+      ef::Rng rng(kSeed);
+      ef::Transformer<float> model(config(), rng);
+      dist::DataParallel<float> dp(comm(), model);
+      ef::StepGuard<float> guard(policy);
+      model.zero_grad();
+      (void)dp.begin_backward(model);          // no backward: no bucket has started, none reads yet
+      if (comm().rank() == comm().size() - 1)  // in every rank's sum
+        ef::param_named(model.parameters(), "output.bias").grad(0, 0) = bad;
+      if (policy == ef::NonFinitePolicy::stop) {
+        try {
+          (void)dp.finish_gradients(guard, 1.0, 1.0f);
+          FAIL("no NonFiniteError");
+        } catch (const ef::NonFiniteError& e) {
+          CHECK(e.param() == "output.bias");
+        }
+        continue;
+      }
+      CHECK_FALSE(dp.finish_gradients(guard, 1.0, 1.0f).ok);
+      CHECK(guard.last().param == "output.bias");
+      for (const auto& p : model.parameters()) CHECK(p.param->grad.isZero(0));
+    }
+  }
+}
+
 TEST_CASE("finish_gradients rejects a bad max_norm before doing anything") {
   Backward w;
   ef::StepGuard<float> guard;

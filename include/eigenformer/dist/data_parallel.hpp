@@ -313,12 +313,13 @@ class GradientReducer {
   /// Starts the buckets backward did not complete, waits for all, and writes the sums into the
   /// gradients. Returns the seconds spent waiting (communication that backward did not hide).
   /// Throws ArgumentError naming GradientReducer::finish when begin() was not called.
-  double finish() { return finish_impl(false); }
+  double finish() { return finish_impl("GradientReducer::finish", false); }
 
-  /// finish(), with each summed gradient measured in the pass that writes it: whether its entries
-  /// are all finite, and its squared norm (as clip_grad_norm sums it, up to the order of
-  /// summation). The figures are for measured() until the next begin().
-  double finish_measured() { return finish_impl(true); }
+  /// finish(), with each summed gradient measured in the pass that writes it (on one rank, in one
+  /// pass that reads it): whether its entries are all finite, and its squared norm (as
+  /// clip_grad_norm sums it, up to the order of summation). The figures are for measured() until
+  /// the next begin(). Throws ArgumentError naming GradientReducer::finish_measured as finish().
+  double finish_measured() { return finish_impl("GradientReducer::finish_measured", true); }
 
   /// What finish_measured() found for parameter p; throws ArgumentError naming
   /// GradientReducer::measured unless p is summed here and the last finish measured.
@@ -363,7 +364,7 @@ class GradientReducer {
   void check_unchanged(const ParamList<Scalar>& params) const;
   void start(Bucket& b);
   void progress();
-  double finish_impl(bool measure);
+  double finish_impl(const char* func, bool measuring);
 };
 
 template <class Scalar>
@@ -501,8 +502,8 @@ void GradientReducer<Scalar>::progress() {
 }
 
 template <class Scalar>
-double GradientReducer<Scalar>::finish_impl(bool measure) {
-  eigenformer::detail::require(in_step_, "GradientReducer::finish", "this",
+double GradientReducer<Scalar>::finish_impl(const char* func, bool measuring) {
+  eigenformer::detail::require(in_step_, func, "this",
                                "no step begun (call begin() before backward)");
   // Buckets backward did not complete (parameters it never reported), in bucket order: the same
   // order on every rank, as MPI needs.
@@ -513,18 +514,19 @@ double GradientReducer<Scalar>::finish_impl(bool measure) {
   const double waited =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (auto& b : buckets_) {
-    const Scalar* in = b.sums.data();  // null on one rank: the gradients are the sums
+    // None on one rank: the gradients are the sums.
+    const Scalar* in = b.sums.empty() ? nullptr : b.sums.data();
     for (std::size_t k : b.params) {
       Entry& e = entries_[k];
       Matrix<Scalar>& g = e.param->grad;
-      if (measure)
+      if (measuring)
         e.measure = detail::measure(g, in);
       else if (in)
         std::memcpy(g.data(), in, sizeof(Scalar) * static_cast<std::size_t>(g.size()));
       if (in) in += g.size();
     }
   }
-  measured_ = measure;
+  measured_ = measuring;
   in_step_ = false;
   return waited;
 }
@@ -632,9 +634,11 @@ class DataParallel {
   };
 
   /// end_backward(), check_step(guard, loss) and, when the step may go ahead,
-  /// clip_grad_norm(max_norm), with the same results (the norm up to the order of summation),
-  /// but each gradient checked and measured in the pass that copies its sum out of the bucket:
-  /// the separate calls read every gradient from memory twice more, on all ranks at once.
+  /// clip_grad_norm(max_norm), with the same results up to rounding (the squares of a gradient
+  /// are summed in another order, which moves the norm and so the clipped gradients in the last
+  /// bits), but each gradient checked and measured in the pass that copies its sum out of the
+  /// bucket: on two ranks or more, the separate calls read every gradient from memory twice more,
+  /// on all ranks at once (on one rank, once more).
   /// Throws ArgumentError naming DataParallel::finish_gradients, before anything is done, unless
   /// max_norm is positive and finite; else throws as the three calls (NonFiniteError naming
   /// DataParallel::finish_gradients under a stop policy).
@@ -657,7 +661,8 @@ class DataParallel {
         max_norm > 0 && std::isfinite(static_cast<double>(max_norm)), func, "max_norm",
         [&] { return "must be positive and finite, got " + std::to_string(max_norm); });
   }
-  /// clip_grad_norm's scaling, given this rank's sum of squared gradients.
+  /// clip_grad_norm's scaling, given this rank's sum of squared gradients. A collective (rank 0's
+  /// norm is broadcast): every rank calls it, or none.
   Scalar clip_to(Scalar max_norm, double squared_sum);
 };
 
@@ -677,7 +682,7 @@ auto DataParallel<Scalar>::finish_gradients(StepGuard<Scalar>& guard, double los
   Finished out;
   out.waited = reducer_.finish_measured();
   bool finite = std::isfinite(loss);
-  double sum = 0.0;  // in the order clip_grad_norm sums, so that the norm is the same
+  double sum = 0.0;  // over the list as clip_grad_norm sums (within a gradient, another order)
   for (const auto& p : params_) {
     const GradientMeasure& m = reducer_.measured(p.param);
     finite = finite && m.finite;
