@@ -615,9 +615,8 @@ class DataParallel {
   /// sees a NaN loss (the other rank's message is in its own exception). Throws as
   /// StepGuard::check, the message naming DataParallel::check_step.
   bool check_step(StepGuard<Scalar>& guard, double loss) {
-    StepCheck mine = eigenformer::check_step(loss, params_);  // one pass over the gradients
-    if (!comm_->all(mine.ok) && mine.ok) mine = eigenformer::check_step(std::nan(""), params_);
-    return guard.apply(std::move(mine), params_, "DataParallel::check_step");
+    return apply_everywhere(guard, eigenformer::check_step(loss, params_),  // one pass
+                            "DataParallel::check_step");
   }
 
   /// clip_grad_norm with rank 0's norm of the summed gradients, so that every rank scales by the
@@ -661,6 +660,13 @@ class DataParallel {
         max_norm > 0 && std::isfinite(static_cast<double>(max_norm)), func, "max_norm",
         [&] { return "must be positive and finite, got " + std::to_string(max_norm); });
   }
+  /// guard.apply on mine, this rank's verdict, combined over ranks (a collective), so that every
+  /// rank skips, or stops, together: a rank whose own check passed while another's failed sees a
+  /// NaN loss.
+  bool apply_everywhere(StepGuard<Scalar>& guard, StepCheck mine, const char* func) {
+    if (!comm_->all(mine.ok) && mine.ok) mine = eigenformer::check_step(std::nan(""), params_);
+    return guard.apply(std::move(mine), params_, func);
+  }
   /// clip_grad_norm's scaling, given this rank's sum of squared gradients. A collective (rank 0's
   /// norm is broadcast): every rank calls it, or none.
   Scalar clip_to(Scalar max_norm, double squared_sum);
@@ -688,9 +694,9 @@ auto DataParallel<Scalar>::finish_gradients(StepGuard<Scalar>& guard, double los
     finite = finite && m.finite;
     sum += m.squared_norm;
   }
-  StepCheck mine;  // passed; on a failure anywhere, the full check names what failed
-  if (!comm_->all(finite)) mine = eigenformer::check_step(finite ? std::nan("") : loss, params_);
-  out.ok = guard.apply(std::move(mine), params_, func);
+  StepCheck mine;  // passed; when not, the full check names what failed
+  if (!finite) mine = eigenformer::check_step(loss, params_);
+  out.ok = apply_everywhere(guard, std::move(mine), func);
   if (out.ok) out.norm = clip_to(max_norm, sum);
   return out;
 }
