@@ -30,6 +30,7 @@
 #include <limits>
 #include <string>
 
+#include "../core/gemm.hpp"
 #include "../core/parallel.hpp"
 #include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
@@ -180,13 +181,13 @@ void attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& probs, ConstRef<Scal
   detail::parallel_for(d.B * d.H, work, [&](Index bh) {
     const Index b = bh / d.H, h = bh % d.H;
     Eigen::Block<Matrix<Scalar>> p = probs.block(bh * d.Tq, 0, d.Tq, d.Tk);  // (Tq, Tk)
-    p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
-                  k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();
+    detail::gemm_assign(p, q.block(b * d.Tq, h * d.dh, d.Tq, d.dh),
+                        k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose(), scale);
     if (pos_bias) detail::add_position_bias(p, *pos_bias, h, d.Tq, 0, 0);
     if (!mask.empty()) detail::apply_mask_tile(p, mask, d, b, h, 0, 0);
     for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(p.row(i));
-    out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
-        p * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh);  // (Tq, dh)
+    detail::gemm_assign(out.block(b * d.Tq, h * d.dh, d.Tq, d.dh), p,
+                        v.block(b * d.Tk, h * d.dh, d.Tk, d.dh));  // (Tq, dh)
   });
 }
 
@@ -213,18 +214,18 @@ void attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Scalar>& 
     const Index b = bh / d.H, h = bh % d.H;
     const Eigen::Block<ConstRef<Scalar>> p = probs.block(bh * d.Tq, 0, d.Tq, d.Tk);
     const Eigen::Block<ConstRef<Scalar>> go = dout.block(b * d.Tq, h * d.dh, d.Tq, d.dh);
-    dv.block(b * d.Tk, h * d.dh, d.Tk, d.dh).noalias() = p.transpose() * go;  // (Tk, dh)
-    Matrix<Scalar> ds(d.Tq, d.Tk);                                            // dL/dscores
-    ds.noalias() = go * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();  // dL/dprobs
+    detail::gemm_assign(dv.block(b * d.Tk, h * d.dh, d.Tk, d.dh), p.transpose(), go);  // (Tk, dh)
+    Matrix<Scalar> ds(d.Tq, d.Tk);  // dL/dprobs, then dL/dscores
+    detail::gemm_assign(ds, go, v.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose());
     for (Index i = 0; i < d.Tq; ++i) {
       const Scalar dot = p.row(i).dot(ds.row(i));
       ds.row(i) = p.row(i).array() * (ds.row(i).array() - dot);
     }
     if (dpos_bias) detail::accumulate_position_bias(dbias_items.row(bh), ds, d.Tq, 0, 0);
-    dq.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
-        scale * ds * k.block(b * d.Tk, h * d.dh, d.Tk, d.dh);
-    dk.block(b * d.Tk, h * d.dh, d.Tk, d.dh).noalias() =
-        scale * ds.transpose() * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh);
+    detail::gemm_assign(dq.block(b * d.Tq, h * d.dh, d.Tq, d.dh), ds,
+                        k.block(b * d.Tk, h * d.dh, d.Tk, d.dh), scale);
+    detail::gemm_assign(dk.block(b * d.Tk, h * d.dh, d.Tk, d.dh), ds.transpose(),
+                        q.block(b * d.Tq, h * d.dh, d.Tq, d.dh), scale);
   });
   if (dpos_bias) detail::sum_over_sequences(*dpos_bias, dbias_items, d.B, d.H);
 }

@@ -50,16 +50,19 @@ void linear_forward(Matrix<Scalar>& out, ConstRef<Scalar> inp, ConstRef<Scalar> 
   if (bias) detail::check_shape("linear_forward", "bias", *bias, 1, weight.rows());
   out.resize(inp.rows(), weight.rows());
   const double work = double(inp.rows()) * double(inp.cols()) * double(weight.rows());
-  // Block (rows, cols) of out: the bias (or zeros), then the product added in place. Eigen's
-  // `out = a * b` zeroes out before adding the product into it, so adding the bias afterwards
-  // would write every element twice more. (gemm_add: Eigen's GEMM without fresh packing buffers.)
+  // Block (rows, cols) of out: the bias, then the product added in place (a GEMM that stores
+  // the product and a second pass that adds the bias would write every element twice), or
+  // without a bias the product stored (detail::gemm: no fresh packing buffers).
   auto block = [&](Index row, Index rows, Index col, Index cols) {
     auto dst = out.block(row, col, rows, cols);  // (rows, cols)
-    if (bias)
+    const auto a = inp.middleRows(row, rows);
+    const auto b = weight.middleRows(col, cols).transpose();
+    if (bias) {
       dst.rowwise() = bias->row(0).segment(col, cols);
-    else
-      dst.setZero();
-    detail::gemm_add(dst, inp.middleRows(row, rows), weight.middleRows(col, cols).transpose());
+      detail::gemm_add(dst, a, b);
+    } else {
+      detail::gemm_assign(dst, a, b);
+    }
   };
   detail::parallel_product(inp.rows(), weight.rows(), work, block);
 }
@@ -67,7 +70,7 @@ void linear_forward(Matrix<Scalar>& out, ConstRef<Scalar> inp, ConstRef<Scalar> 
 namespace detail {
 
 /// linear_backward, with dinp (N, in) += dout W when add (dinp already of that shape), else
-/// dinp = dout W (resized; each block zeroed first, as Eigen's `block = a * b` does).
+/// dinp = dout W (resized).
 template <class Scalar>
 void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweight,
                           Matrix<Scalar>* dbias, ConstRef<Scalar> dout, ConstRef<Scalar> inp,
@@ -83,8 +86,7 @@ void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweigh
   // dinp (N, in) = dout (N, out) W (out, in), block by block.
   parallel_product(dout.rows(), weight.cols(), work, [&](Index r, Index rows, Index c, Index cols) {
     auto dst = dinp.block(r, c, rows, cols);
-    if (!add) dst.setZero();
-    gemm_add(dst, dout.middleRows(r, rows), weight.middleCols(c, cols));
+    gemm(dst, dout.middleRows(r, rows), weight.middleCols(c, cols), Scalar(1), add);
   });
   if (!dweight && !dbias) return;
   // dweight (out, in) += dout^T (out, N) inp (N, in). A block of rows of dweight needs only those

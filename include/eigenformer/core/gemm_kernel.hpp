@@ -1,0 +1,233 @@
+// A packed float GEMM for AVX-512 and AVX2 + FMA: C (M, N) = alpha A (M, K) B (K, N), or += it,
+// C row-major.
+//
+// Why: Eigen 3.4's float GEMM ran at 51-71% of the FMA peak on the models' shapes (Zen 5, one
+// thread, AVX-512 and AVX2 builds alike), and a training step cannot beat its GEMM's share. This
+// kernel, laid out as BLIS and OpenBLAS lay theirs out, ran at 72-94% there, beside OpenBLAS's
+// 75-95% (bench/README.md). gemm_add (gemm.hpp) uses it for float products large enough to pay
+// for its packing; doubles, small products and BLAS builds go on as before. Define
+// EIGENFORMER_EIGEN_GEMM to use Eigen's GEMM for floats too.
+//
+// Layout. The vector lanes run along N, C's rows: a micro-tile of MR rows x NR columns (NR = two
+// vectors) stays in registers while k runs, each step loading two vectors of B and broadcasting
+// MR values of A into 2 MR fused multiply-adds. Both operands are first copied ("packed") into
+// panels the tile reads in order: A in panels of MR rows (k-major), B in panels of NR columns.
+// Loops, outermost first: M in blocks of kBlockM rows (A's packed block, about 4 MB, sits in L3),
+// K in blocks of kBlockK, N in blocks of kBlockN (B's packed block sits in L2), then each A panel
+// (kept in L1) against every B panel of the block.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "tensor.hpp"
+
+#if !defined(EIGENFORMER_EIGEN_GEMM) && \
+    (defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__)))
+#define EIGENFORMER_GEMM_KERNEL 1
+#include <immintrin.h>
+#else
+#define EIGENFORMER_GEMM_KERNEL 0
+#endif
+
+#if EIGENFORMER_GEMM_KERNEL
+namespace eigenformer {
+namespace detail {
+namespace kernel {
+
+#ifdef __AVX512F__
+using Vec = __m512;
+constexpr int kLanes = 16;
+constexpr int MR = 12;  // 12 x 2 accumulators of the 32 registers
+// Block sizes measured best on Zen 5 (48 KB L1, 1 MB L2) among BLIS-like choices.
+constexpr Index kBlockM = 3072 / MR * MR, kBlockK = 384, kBlockN = 480;
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec vbroadcast(const float* p) { return _mm512_set1_ps(*p); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+inline Vec vzero() { return _mm512_setzero_ps(); }
+#else
+using Vec = __m256;
+constexpr int kLanes = 8;
+constexpr int MR = 6;  // 6 x 2 accumulators of the 16 registers, BLIS's Haswell kernel
+// B's block (256 x 256 floats, 256 KB) fits half of Zen 3's 512 KB L2.
+constexpr Index kBlockM = 2048 / MR * MR, kBlockK = 256, kBlockN = 256;
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec vbroadcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vmul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+inline Vec vzero() { return _mm256_setzero_ps(); }
+#endif
+constexpr int NR = 2 * kLanes;
+
+/// A matrix operand by strides: element (r, c) is data[r * row_stride + c * col_stride].
+struct Operand {
+  const float* data;
+  Index row_stride, col_stride;
+};
+
+/// c (rows, NR, row stride ldc) = alpha a b, or += it when add, for a packed A panel a (kc, MR), of
+/// which the first `rows` lines are used, and a packed B panel b (kc, NR). Every loop over
+/// registers is unrolled, so the accumulators never leave them.
+template <int rows, bool add>
+void micro_tile(Index kc, const float* __restrict a, const float* __restrict b, float* c, Index ldc,
+                float alpha) {
+  Vec acc[rows][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < rows; ++i) acc[i][0] = acc[i][1] = vzero();
+  for (Index k = 0; k < kc; ++k, a += MR, b += NR) {
+    const Vec b0 = vload(b), b1 = vload(b + kLanes);
+#pragma GCC unroll 16
+    for (int i = 0; i < rows; ++i) {
+      const Vec ai = vbroadcast(a + i);
+      acc[i][0] = vfma(ai, b0, acc[i][0]);
+      acc[i][1] = vfma(ai, b1, acc[i][1]);
+    }
+  }
+  const Vec scale = vbroadcast(&alpha);
+#pragma GCC unroll 16
+  for (int i = 0; i < rows; ++i) {
+    float* row = c + i * ldc;
+    vstore(row, add ? vfma(scale, acc[i][0], vload(row)) : vmul(scale, acc[i][0]));
+    vstore(row + kLanes,
+           add ? vfma(scale, acc[i][1], vload(row + kLanes)) : vmul(scale, acc[i][1]));
+  }
+}
+
+/// micro_tile<rows, add> for rows = 1 .. MR, chosen at run time: the last panel of a block whose
+/// height is no multiple of MR does only its own rows' work.
+template <bool add, int... r>
+void micro_tile_rows(Index rows, Index kc, const float* a, const float* b, float* c, Index ldc,
+                     float alpha, std::integer_sequence<int, r...>) {
+  using Tile = void (*)(Index, const float*, const float*, float*, Index, float);
+  static constexpr Tile tiles[] = {&micro_tile<r + 1, add>...};
+  tiles[rows - 1](kc, a, b, c, ldc, alpha);
+}
+
+/// A tile of which only (rows, cols < NR) lie inside C: computed into a scratch tile, then that
+/// part stored or added. (Kept apart from micro_tile: a branch inside it made GCC keep the
+/// accumulators in memory.) Padding products (zero x inf = NaN) stay in the scratch.
+inline void edge_tile(Index kc, const float* a, const float* b, float* c, Index ldc, Index rows,
+                      Index cols, float alpha, bool add) {
+  alignas(64) float scratch[MR * NR];
+  micro_tile<MR, false>(kc, a, b, scratch, NR, alpha);
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; ++j)
+      c[i * ldc + j] = add ? c[i * ldc + j] + scratch[i * NR + j] : scratch[i * NR + j];
+}
+
+/// dst[r * ld + c] = src[c * ls + r] for r, c < 8: an 8 x 8 transpose in AVX registers.
+inline void transpose8(const float* src, Index ls, float* dst, Index ld) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ls);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+/// dst (kc, width) = the (width, kc) block at src, whose element (i, k) is
+/// src[i * stride_i + k * stride_k]; the first n of the width lines are read, the rest are zeros.
+/// A panel of A is (MR lines = rows) x kc, a panel of B (NR lines = columns) x kc.
+template <int width>
+void pack_panel(float* dst, const float* src, Index stride_i, Index stride_k, Index n, Index kc) {
+  Index k = 0;
+  if (n == width && stride_k == 1 && width >= 8) {  // lines contiguous along k: transpose
+    for (; k + 8 <= kc; k += 8)
+      for (Index i = 0; i < width; i += 8) {  // a last group overlaps the previous one
+        const Index i0 = std::min<Index>(i, width - 8);
+        transpose8(src + i0 * stride_i + k, stride_i, dst + k * width + i0, width);
+      }
+  } else if (n == width && stride_i == 1) {  // a panel's k-line is contiguous: copy
+    for (; k < kc; ++k) std::memcpy(dst + k * width, src + k * stride_k, sizeof(float) * width);
+  }
+  for (; k < kc; ++k) {
+    for (Index i = 0; i < n; ++i) dst[k * width + i] = src[i * stride_i + k * stride_k];
+    for (Index i = n; i < width; ++i) dst[k * width + i] = 0;
+  }
+}
+
+/// Packs rows [row, row + rows) x k [k0, k0 + kc) of A as panels of MR rows.
+inline void pack_a(float* dst, const Operand& A, Index row, Index rows, Index k0, Index kc) {
+  for (Index p = 0; p < rows; p += MR, dst += kc * MR)
+    pack_panel<MR>(dst, A.data + (row + p) * A.row_stride + k0 * A.col_stride, A.row_stride,
+                   A.col_stride, std::min<Index>(MR, rows - p), kc);
+}
+
+/// Packs k [k0, k0 + kc) x columns [col, col + cols) of B as panels of NR columns.
+inline void pack_b(float* dst, const Operand& B, Index k0, Index kc, Index col, Index cols) {
+  for (Index q = 0; q < cols; q += NR, dst += kc * NR)
+    pack_panel<NR>(dst, B.data + k0 * B.row_stride + (col + q) * B.col_stride, B.col_stride,
+                   B.row_stride, std::min<Index>(NR, cols - q), kc);
+}
+
+/// The calling thread's packing buffer `which` (0: A, 1: B), grown to at least size floats.
+inline float* pack_buffer(int which, Index size) {
+  thread_local Eigen::Matrix<float, Eigen::Dynamic, 1> buffers[2];
+  if (buffers[which].size() < size) buffers[which].resize(size);
+  return buffers[which].data();
+}
+
+/// C's block (rows, cols) at c = alpha packed A block (rows, kc) x packed B block (kc, cols), or
+/// += it when add.
+inline void block_product(Index kc, const float* pa, const float* pb, float* c, Index ldc,
+                          Index rows, Index cols, float alpha, bool add) {
+  constexpr auto heights = std::make_integer_sequence<int, MR>();
+  for (Index i = 0; i < rows; i += MR) {
+    const float* a = pa + i * kc;  // panel i / MR
+    const Index tile_rows = std::min<Index>(MR, rows - i);
+    for (Index j = 0; j < cols; j += NR) {
+      const float* b = pb + j * kc;
+      float* tile = c + i * ldc + j;
+      if (j + NR > cols)
+        edge_tile(kc, a, b, tile, ldc, tile_rows, cols - j, alpha, add);
+      else if (add)
+        micro_tile_rows<true>(tile_rows, kc, a, b, tile, ldc, alpha, heights);
+      else
+        micro_tile_rows<false>(tile_rows, kc, a, b, tile, ldc, alpha, heights);
+    }
+  }
+}
+
+/// C (M, N), row stride ldc, = alpha A (M, K) B (K, N), or += it when add, on the calling thread.
+/// K > 0; C must not overlap A or B.
+inline void gemm(Index M, Index N, Index K, float alpha, const Operand& A, const Operand& B,
+                 bool add, float* C, Index ldc) {
+  const Index mc_max = std::min(kBlockM, (M + MR - 1) / MR * MR);
+  const Index kc_max = std::min(kBlockK, K);
+  const Index nc_max = std::min(kBlockN, (N + NR - 1) / NR * NR);
+  float* pa = pack_buffer(0, mc_max * kc_max);
+  float* pb = pack_buffer(1, kc_max * nc_max);
+  for (Index i0 = 0; i0 < M; i0 += kBlockM) {
+    const Index mc = std::min(kBlockM, M - i0);
+    for (Index k0 = 0; k0 < K; k0 += kBlockK) {
+      const Index kc = std::min(kBlockK, K - k0);
+      pack_a(pa, A, i0, mc, k0, kc);
+      for (Index j0 = 0; j0 < N; j0 += kBlockN) {
+        const Index nc = std::min(kBlockN, N - j0);
+        pack_b(pb, B, k0, kc, j0, nc);
+        // The first K block stores (unless add), the others add to it.
+        block_product(kc, pa, pb, C + i0 * ldc + j0, ldc, mc, nc, alpha, add || k0 > 0);
+      }
+    }
+  }
+}
+
+}  // namespace kernel
+}  // namespace detail
+}  // namespace eigenformer
+#endif  // EIGENFORMER_GEMM_KERNEL

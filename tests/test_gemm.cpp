@@ -1,0 +1,167 @@
+// gemm_add (core/gemm.hpp) and the float kernel behind it (core/gemm_kernel.hpp): products on
+// every operand layout, against a reference summed in double, on shapes that cross each of the
+// kernel's tile and block edges.
+//
+// The kernel is compiled only for a target with AVX-512 or AVX2 + FMA. tests/CMakeLists.txt
+// therefore also builds this file for AVX2 and for AVX-512 in a portable build
+// (EIGENFORMER_TEST_KERNEL_ISA names the instruction set; its cases pass on a CPU without it).
+#include <cmath>
+#include <eigenformer/core/gemm.hpp>
+#include <limits>
+
+#include "test_util.hpp"
+
+using namespace eigenformer;
+using eftest::MatD;
+using MatF = Matrix<float>;
+
+namespace {
+
+/// Whether this CPU can run the code this file was compiled for.
+bool cpu_runs_this_build() {
+#ifdef EIGENFORMER_TEST_KERNEL_ISA
+  __builtin_cpu_init();
+  return __builtin_cpu_supports(EIGENFORMER_TEST_KERNEL_ISA);
+#else
+  return true;
+#endif
+}
+
+/// Checks got against alpha a b (+ c0 when add), summed in double: each entry within a float
+/// GEMM's rounding bound, K units in the last place of the sum of |alpha a_ik b_kj| (plus one of
+/// |c0|).
+void check_product(const MatF& got, const MatF& c0, const MatF& a, const MatF& b, float alpha = 1,
+                   bool add = true) {
+  const MatD ad = a.cast<double>(), bd = b.cast<double>();
+  MatD want = double(alpha) * ad * bd, bound = std::abs(alpha) * ad.cwiseAbs() * bd.cwiseAbs();
+  if (add) {
+    want += c0.cast<double>();
+    bound += c0.cast<double>().cwiseAbs();
+  }
+  const double eps = std::numeric_limits<float>::epsilon();
+  const double tolerance = double(a.cols() + 2) * eps;
+  double worst = 0;
+  for (Index i = 0; i < got.rows(); ++i)
+    for (Index j = 0; j < got.cols(); ++j) {
+      const double err = std::abs(double(got(i, j)) - want(i, j));
+      worst = std::max(worst, err / (bound(i, j) * tolerance + 1e-30));
+    }
+  INFO("shape (" << a.rows() << ", " << a.cols() << ") x (" << b.rows() << ", " << b.cols()
+                 << "), alpha " << alpha << (add ? ", added" : ", stored")
+                 << ": worst error / bound " << worst);
+  CHECK(worst <= 1.0);
+}
+
+/// The product a b (as (M, K) x (K, N)) added, and stored scaled by -0.5, into a random block of
+/// a larger row-major matrix through gemm_add and gemm_assign, with each operand stored row-major
+/// or as the transpose of a row-major one.
+void check_layouts(Index M, Index K, Index N, Rng& rng) {
+  const MatF a = eftest::random_matrix<float>(M, K, rng),
+             b = eftest::random_matrix<float>(K, N, rng);
+  const MatF at = a.transpose(), bt = b.transpose();  // stored as (K, M), (N, K)
+  for (int layout = 0; layout < 8; ++layout) {
+    const bool a_row = layout & 1, b_row = layout & 2, add = layout & 4;
+    // dst: an (M, N) block at (1, 3) of an (M + 2, N + 5) matrix, so its row stride is not N.
+    // Stored into, it starts as NaN: nothing of it may be read.
+    MatF big = eftest::random_matrix<float>(M + 2, N + 5, rng);
+    if (!add) big.setConstant(std::numeric_limits<float>::quiet_NaN());
+    const MatF c0 = big.block(1, 3, M, N);
+    auto dst = big.block(1, 3, M, N);
+    const float alpha = add ? 1.0f : -0.5f;
+    auto product = [&](const auto& lhs, const auto& rhs) {
+      if (add)
+        detail::gemm_add(dst, lhs, rhs);
+      else
+        detail::gemm_assign(dst, lhs, rhs, alpha);
+    };
+    if (a_row && b_row) product(a, b);
+    if (a_row && !b_row) product(a, bt.transpose());
+    if (!a_row && b_row) product(at.transpose(), b);
+    if (!a_row && !b_row) product(at.transpose(), bt.transpose());
+    INFO("A " << (a_row ? "row-major" : "transposed") << ", B "
+              << (b_row ? "row-major" : "transposed"));
+    check_product(big.block(1, 3, M, N), c0, a, b, alpha, add);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gemm_add and gemm_assign on every layout, small to past the kernel's blocks") {
+  if (!cpu_runs_this_build()) return;
+  Rng rng(11);
+  // Below the kernel's threshold (Eigen's GEMM), tile-sized, with edge tiles in M and N, K past
+  // one K block (384 with AVX-512, 256 with AVX2), N past one N block (480, 256), M past one M
+  // block (3072, 2046).
+  const Index shapes[][3] = {{2, 3, 2},     {5, 7, 9},     {12, 384, 32}, {6, 256, 16},
+                             {13, 70, 33},  {25, 389, 47}, {64, 64, 64},  {50, 130, 500},
+                             {3100, 9, 17}, {7, 1000, 41}, {97, 257, 481}};
+  for (const auto& s : shapes) check_layouts(s[0], s[1], s[2], rng);
+}
+
+TEST_CASE("gemm_add writes only its destination block") {
+  if (!cpu_runs_this_build()) return;
+  Rng rng(12);
+  const Index M = 37, K = 100, N = 45;  // edge tiles on both sides, above the kernel threshold
+  MatF a = eftest::random_matrix<float>(M, K, rng);
+  const MatF b = eftest::random_matrix<float>(K, N, rng);
+  // An inf makes the kernel's padding products NaN, so that a write past an edge tile shows.
+  a(M - 1, 3) = std::numeric_limits<float>::infinity();
+  MatF big = MatF::Constant(M + 4, N + 40, 7.0f);
+  detail::gemm_add(big.block(2, 20, M, N), a, b);
+  MatF outside = big;
+  outside.block(2, 20, M, N).setConstant(7.0f);
+  CHECK((outside.array() == 7.0f).all());
+}
+
+TEST_CASE("gemm_add keeps a non-finite entry to the rows and columns it reaches") {
+  if (!cpu_runs_this_build()) return;
+  // An inf in row r of A may reach only row r of the product, a NaN in column c of B only column
+  // c: the kernel's zero padding of edge tiles (0 x inf = NaN) must never land in C.
+  Rng rng(13);
+  const Index M = 29, K = 64, N = 71;
+  MatF a = eftest::random_matrix<float>(M, K, rng), b = eftest::random_matrix<float>(K, N, rng);
+  const Index r = M - 1, c = N - 1;  // in the edge tiles
+  a(r, 5) = std::numeric_limits<float>::infinity();
+  b(7, c) = std::numeric_limits<float>::quiet_NaN();
+  MatF out = MatF::Zero(M, N);
+  detail::gemm_add(out, a, b);
+  for (Index i = 0; i < M; ++i)
+    for (Index j = 0; j < N; ++j)
+      if (i != r && j != c) REQUIRE(std::isfinite(out(i, j)));
+  CHECK(std::isnan(out(0, c)));
+  CHECK(!std::isfinite(out(r, 0)));
+}
+
+TEST_CASE("gemm_assign with no depth stores zeros") {
+  MatF a(4, 0), b(0, 5), out = MatF::Constant(4, 5, 3.0f);
+  detail::gemm_assign(out, a, b);
+  CHECK((out.array() == 0.0f).all());
+  detail::gemm_add(out, a, b);
+  CHECK((out.array() == 0.0f).all());
+}
+
+#if EIGENFORMER_GEMM_KERNEL
+TEST_CASE("The float kernel alone, on tiles smaller than gemm_add would give it") {
+  if (!cpu_runs_this_build()) return;
+  Rng rng(14);
+  for (Index M : {1, 5, 12, 13})
+    for (Index N : {1, 8, 33})
+      for (Index K : {1, 3, 17})
+        for (bool add : {true, false}) {
+          const MatF a = eftest::random_matrix<float>(M, K, rng);
+          const MatF bt = eftest::random_matrix<float>(N, K, rng);  // B stored transposed
+          const MatF c0 = eftest::random_matrix<float>(M, N, rng);
+          MatF c = c0;
+          detail::kernel::gemm(M, N, K, 2.0f, {a.data(), K, 1}, {bt.data(), 1, K}, add, c.data(),
+                               N);
+          check_product(c, c0, a, bt.transpose(), 2.0f, add);
+        }
+}
+#endif
+
+#ifdef EIGENFORMER_TEST_KERNEL_ISA
+TEST_CASE("This build of the test runs the float kernel") {
+  // Built for AVX2 or AVX-512 (tests/CMakeLists.txt): the kernel must be compiled in.
+  CHECK(EIGENFORMER_GEMM_KERNEL == 1);
+}
+#endif
