@@ -1,14 +1,15 @@
-// dst = alpha lhs * rhs, or dst += lhs * rhs, through eigenformer's float kernel
-// (gemm_kernel.hpp), Eigen's GEMM or the BLAS Eigen hands its products to, with the packing
-// buffers kept per thread.
+// dst = alpha lhs * rhs, or dst += alpha lhs * rhs, through eigenformer's float kernel
+// (gemm_kernel.hpp), Eigen or the BLAS Eigen hands its products to, with the packing buffers kept
+// per thread.
 //
 // Eigen's `dst.noalias() += lhs * rhs` packs blocks of both operands into buffers sized from the
 // caches (computeProductBlockingSizes) and allocates them for every product, on the heap once they
 // exceed EIGEN_STACK_ALLOCATION_LIMIT (128 KB): a few hundred KB, every linear layer, every step.
-// For the products the float kernel does not take, gemm runs Eigen's own kernel
+// For the matrix products the float kernel does not take, gemm runs Eigen's own GEMM
 // (Eigen::internal::general_matrix_matrix_product, the function Eigen's product calls) on buffers
 // each thread keeps, so a training step allocates none. It relies on Eigen 3.4's internal GEMM
-// interface, which the 3.4 series keeps.
+// interface, which the 3.4 series keeps. Vector-shaped and tiny products go through Eigen's
+// product expressions, which need no packing.
 #pragma once
 
 #include <Eigen/Core>
@@ -73,12 +74,16 @@ void gemm_run(Index rows, Index cols, Index depth, const GemmOperand<Scalar>& a,
                                                                                  alpha, blocking);
 }
 
-/// Float products of at least this many multiply-adds, at least a tile wide, go to the float
-/// kernel. On smaller ones its packing costs more than Eigen's. One thread, Zen 5, share of the
-/// peak, (M, K, N): (32, 32, 32) 44% against Eigen's 47%, (24, 40, 48) 40% against 50%;
-/// (32, 64, 32), attention's scores over 32 tokens, 52% against 51%; (32, 32, 64) 64-71% against
-/// 54-58%; (64, 32, 128) 70% against 58%. (16, 64, 16), narrower than a tile: 13% against 41%.
+/// Float products go to the float kernel from this many multiply-adds, this many rows and one
+/// register tile's width (kernel::NR columns). On smaller ones its packing costs more than Eigen's.
+/// One thread, Zen 5, share of the peak, (M, K, N): (32, 32, 32) 44% against Eigen's 47%,
+/// (24, 40, 48) 40% against 50%; (32, 64, 32), attention's scores over 32 tokens, 52% against
+/// 51%; (32, 32, 64) 64-71% against 54-58%; (64, 32, 128) 70% against 58%. (16, 64, 16),
+/// narrower than a tile: 13% against 41%. (4, 256, 32000), beam search's 4 rows against a
+/// vocabulary, where packing B is most of the work: 6% against 11%; (32, 256, 32000) 32% against
+/// 29%.
 constexpr double kKernelMinWork = 65536;
+constexpr Index kKernelMinRows = 32;
 
 #if EIGENFORMER_GEMM_KERNEL
 /// x as the float kernel reads it: direct access with unit inner stride.
@@ -117,8 +122,8 @@ void eigen_gemm_add(Dst& dst, const Lhs& lhs, const Rhs& rhs, Scalar alpha) {
 /// through Eigen's product as usual (they need no packing buffers); large float ones through the
 /// kernel of gemm_kernel.hpp when the target has AVX-512 or AVX2 + FMA, which stores a product
 /// without zeroing dst first.
-template <class Dst, class Lhs, class Rhs, class Scalar>
-void gemm(Dst& dst, const Lhs& lhs, const Rhs& rhs, Scalar alpha, bool add) {
+template <class Dst, class Lhs, class Rhs>
+void gemm(Dst& dst, const Lhs& lhs, const Rhs& rhs, typename Dst::Scalar alpha, bool add) {
   static_assert(Dst::IsRowMajor, "gemm writes row-major blocks");
   const Index M = dst.rows(), N = dst.cols(), K = lhs.cols();
   eigen_assert(lhs.rows() == M && rhs.rows() == K && rhs.cols() == N);
@@ -140,8 +145,9 @@ void gemm(Dst& dst, const Lhs& lhs, const Rhs& rhs, Scalar alpha, bool add) {
     return;
   }
 #if EIGENFORMER_GEMM_KERNEL
-  if constexpr (std::is_same_v<Scalar, float>) {
-    if (double(M) * double(N) * double(K) >= kKernelMinWork && N >= kernel::NR) {
+  if constexpr (std::is_same_v<typename Dst::Scalar, float>) {
+    if (double(M) * double(N) * double(K) >= kKernelMinWork && M >= kKernelMinRows &&
+        N >= kernel::NR) {
       eigen_assert(dst.innerStride() == 1);
       kernel::gemm(M, N, K, alpha, kernel_operand(lhs), kernel_operand(rhs), add, dst.data(),
                    dst.outerStride());
@@ -161,8 +167,9 @@ void gemm_add(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
 }
 
 /// dst (M, N) = alpha lhs (M, K) * rhs (K, N) on the calling thread (see gemm).
-template <class Dst, class Lhs, class Rhs, class Scalar = typename std::decay_t<Dst>::Scalar>
-void gemm_assign(Dst&& dst, const Lhs& lhs, const Rhs& rhs, Scalar alpha = Scalar(1)) {
+template <class Dst, class Lhs, class Rhs>
+void gemm_assign(Dst&& dst, const Lhs& lhs, const Rhs& rhs,
+                 typename std::decay_t<Dst>::Scalar alpha = 1) {
   gemm(dst, lhs, rhs, alpha, false);
 }
 

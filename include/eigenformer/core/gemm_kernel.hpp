@@ -1,20 +1,22 @@
 // A packed float GEMM for AVX-512 and AVX2 + FMA: C (M, N) = alpha A (M, K) B (K, N), or += it,
 // C row-major.
 //
-// Why: Eigen 3.4's float GEMM ran at 51-71% of the FMA peak on the models' shapes (Zen 5, one
-// thread, AVX-512 and AVX2 builds alike), and a training step cannot beat its GEMM's share. This
-// kernel, laid out as BLIS and OpenBLAS lay theirs out, ran at 72-94% there, beside OpenBLAS's
-// 75-95% (bench/README.md). gemm_add (gemm.hpp) uses it for float products large enough to pay
-// for its packing; doubles, small products and BLAS builds go on as before. Define
-// EIGENFORMER_EIGEN_GEMM to use Eigen's GEMM for floats too.
+// Why: Eigen 3.4's float GEMM ran at 51-72% of the FMA peak on the models' shapes (Zen 5, one
+// thread), and a training step cannot beat its GEMM's share. This kernel, laid out as BLIS and
+// OpenBLAS lay theirs out, ran at 72-94% there, beside OpenBLAS's 73-95% in the same process;
+// built for AVX2 on the same machine, at 80-92% of the AVX2 peak against Eigen's 55-71%
+// (bench/README.md). detail::gemm (gemm.hpp) uses it for float products large enough to pay for
+// its packing; doubles, small products and BLAS builds go on as before. Define
+// EIGENFORMER_EIGEN_GEMM to use Eigen's GEMM for floats too (in every file of a program, as
+// EIGEN_USE_BLAS).
 //
 // Layout. The vector lanes run along N, C's rows: a micro-tile of MR rows x NR columns (NR = two
 // vectors) stays in registers while k runs, each step loading two vectors of B and broadcasting
 // MR values of A into 2 MR fused multiply-adds. Both operands are first copied ("packed") into
 // panels the tile reads in order: A in panels of MR rows (k-major), B in panels of NR columns.
-// Loops, outermost first: M in blocks of kBlockM rows (A's packed block, about 4 MB, sits in L3),
-// K in blocks of kBlockK, N in blocks of kBlockN (B's packed block sits in L2), then each A panel
-// (kept in L1) against every B panel of the block.
+// Loops, outermost first: M in blocks of kBlockM rows (A's packed block, 4.5 MB with AVX-512 and
+// 2 MB with AVX2, sits in L3), K in blocks of kBlockK, N in blocks of kBlockN (B's packed block
+// sits in L2), then each A panel (kept in L1) against every B panel of the block.
 #pragma once
 
 #include <Eigen/Core>
@@ -36,6 +38,13 @@
 namespace eigenformer {
 namespace detail {
 namespace kernel {
+// A namespace of its own for each instruction set, so that files compiled for different ones
+// (which define these inline functions differently) never share a definition at link time.
+#ifdef __AVX512F__
+inline namespace avx512 {
+#else
+inline namespace avx2 {
+#endif
 
 #ifdef __AVX512F__
 using Vec = __m512;
@@ -207,6 +216,7 @@ inline void block_product(Index kc, const float* pa, const float* pb, float* c, 
 /// K > 0; C must not overlap A or B.
 inline void gemm(Index M, Index N, Index K, float alpha, const Operand& A, const Operand& B,
                  bool add, float* C, Index ldc) {
+  eigen_assert(K > 0);
   const Index mc_max = std::min(kBlockM, (M + MR - 1) / MR * MR);
   const Index kc_max = std::min(kBlockK, K);
   const Index nc_max = std::min(kBlockN, (N + NR - 1) / NR * NR);
@@ -227,6 +237,7 @@ inline void gemm(Index M, Index N, Index K, float alpha, const Operand& A, const
   }
 }
 
+}  // namespace avx512 or avx2
 }  // namespace kernel
 }  // namespace detail
 }  // namespace eigenformer

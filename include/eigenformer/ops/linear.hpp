@@ -16,16 +16,19 @@ namespace eigenformer {
 
 namespace detail {
 
-/// Blocks of rows or columns start on multiples of this (Eigen's float GEMM kernel works on
-/// 24-row panels; 8 is enough for whole SIMD packets).
+/// Blocks of rows start on multiples of this, blocks of columns on multiples of kGemmColAlign.
+/// The float kernel (core/gemm_kernel.hpp) runs a block's last rows in a tile of their own height
+/// at full speed, but its last columns narrower than a tile (32 columns with AVX-512, 16 with
+/// AVX2) through a scratch tile. Both are whole SIMD packets for Eigen's GEMM.
 constexpr Index kGemmRowAlign = 8;
+constexpr Index kGemmColAlign = 32;
 
 /// Whether parallel_product cuts a product's destination (M, N) = A (M, K) B (K, N) by rows.
 /// Each thread packs its share of A and of B: a cut of the rows makes every thread pack all of B,
 /// a cut of the columns all of A. So the cut runs along the larger operand: the rows when M >= N
 /// (B is no larger than A), else the columns (decoding: one token per sequence against the
 /// vocabulary). GPT-2's vocabulary projection, 256 tokens at 2 threads, cut by rows: both threads
-/// packed all of its 154 MB weight. (Under two blocks of kGemmRowAlign either way: one block.)
+/// packed all of its 154 MB weight. (Under two blocks of the alignment either way: one block.)
 inline bool cut_rows(Index M, Index N) { return M >= N; }
 
 /// Runs block(row, rows, col, cols) over the blocks of a product's destination (M, N), one per
@@ -36,7 +39,7 @@ void parallel_product(Index M, Index N, double work, Block&& block) {
     parallel_ranges(M, kGemmRowAlign, work, kParallelMinGemmWork,
                     [&](Index begin, Index end) { block(begin, end - begin, Index(0), N); });
   else
-    parallel_ranges(N, kGemmRowAlign, work, kParallelMinGemmWork,
+    parallel_ranges(N, kGemmColAlign, work, kParallelMinGemmWork,
                     [&](Index begin, Index end) { block(Index(0), M, begin, end - begin); });
 }
 
