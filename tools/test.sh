@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds and runs every unit test:
-#  1. a Release build for AVX2 + FMA, not -march=native (-DEIGENFORMER_NATIVE=OFF), so that
+#  1. a Release build for AVX2 + FMA (EIGENFORMER_ARCH), not -march=native, so that
 #     valgrind (3.19, which decodes AVX2 but no AVX-512) can run its I/O tests, and so that the
 #     float GEMM kernel (core/gemm_kernel.hpp, its AVX2 form) does the products of every test;
 #     and its tests, with MPI (-DEIGENFORMER_MPI=ON: Open MPI, and the data-parallel tests under
@@ -33,7 +33,7 @@ packages_pid=$!
 
 echo "== Release build (AVX2) and tests"
 EIGENFORMER_BUILD_ONLY=1 tools/setup.sh build/test -DCMAKE_BUILD_TYPE=Release \
-  -DEIGENFORMER_NATIVE=OFF -DCMAKE_CXX_FLAGS="-mavx2 -mfma" -DEIGENFORMER_MPI=ON \
+  -DEIGENFORMER_NATIVE=OFF -DEIGENFORMER_ARCH="-mavx2;-mfma" -DEIGENFORMER_MPI=ON \
   -DEIGENFORMER_BUILD_PRECOMPILED=ON -DEIGENFORMER_TEST_GROUPS=ON -DEIGENFORMER_BUILD_TESTS=ON \
   -DEIGENFORMER_BUILD_EXAMPLES=ON -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/test --output-on-failure -j "$(nproc)"

@@ -7,7 +7,8 @@
 # One OpenMP thread (OMP_NUM_THREADS=1), so libgomp's thread pool adds no noise. Valgrind 3.19
 # does not decode AVX-512: on an AVX-512 machine a -march=native build (EIGENFORMER_NATIVE, ON by
 # default) dies of SIGILL at its first AVX-512 instruction, so give it a build configured with
-# -DEIGENFORMER_NATIVE=OFF, as tools/test.sh's is (with -mavx2 -mfma, which valgrind decodes).
+# -DEIGENFORMER_NATIVE=OFF, as tools/test.sh's is (with -DEIGENFORMER_ARCH="-mavx2;-mfma", which
+# valgrind decodes).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ $# -ne 1 ]]; then
