@@ -95,6 +95,16 @@ kernel::Operand kernel_operand(const X& x) {
 }
 #endif
 
+/// dst = alpha lhs * rhs, or += it when add, as an Eigen product expression.
+template <class Dst, class Lhs, class Rhs, class Scalar>
+void eigen_product(Dst& dst, const Lhs& lhs, const Rhs& rhs, Scalar alpha, bool add) {
+  if (add)
+    dst.noalias() += alpha * lhs * rhs;
+  else
+    dst.noalias() = alpha * lhs * rhs;
+}
+
+#ifndef EIGEN_USE_BLAS
 /// dst^T (N, M) += alpha rhs^T (N, K) lhs^T (K, M) through Eigen's GEMM: a column-major product
 /// into dst's row-major storage.
 template <class Dst, class Lhs, class Rhs, class Scalar>
@@ -115,6 +125,7 @@ void eigen_gemm_add(Dst& dst, const Lhs& lhs, const Rhs& rhs, Scalar alpha) {
   else
     gemm_run<Scalar, C, C>(N, M, K, a, b, res, stride, alpha);
 }
+#endif
 
 /// dst (M, N) = alpha lhs (M, K) rhs (K, N), or += it when add, on the calling thread. dst is a
 /// row-major block; lhs and rhs are direct-access expressions (matrices, blocks, their
@@ -133,15 +144,10 @@ void gemm(Dst& dst, const Lhs& lhs, const Rhs& rhs, typename Dst::Scalar alpha, 
     return;
   }
 #ifdef EIGEN_USE_BLAS  // Eigen hands the product to the BLAS, which packs into buffers of its own
-  const bool eigen_product = true;
+  eigen_product(dst, lhs, rhs, alpha, add);
 #else
-  const bool eigen_product = M == 1 || N == 1 || M + N + K < 20;  // GEMV or coefficient-based
-#endif
-  if (eigen_product) {
-    if (add)
-      dst.noalias() += alpha * lhs * rhs;
-    else
-      dst.noalias() = alpha * lhs * rhs;
+  if (M == 1 || N == 1 || M + N + K < 20) {  // GEMV or coefficient-based, as Eigen would
+    eigen_product(dst, lhs, rhs, alpha, add);
     return;
   }
 #if EIGENFORMER_GEMM_KERNEL
@@ -157,6 +163,7 @@ void gemm(Dst& dst, const Lhs& lhs, const Rhs& rhs, typename Dst::Scalar alpha, 
 #endif
   if (!add) dst.setZero();  // Eigen's GEMM only adds
   eigen_gemm_add(dst, lhs, rhs, alpha);
+#endif
 }
 
 /// dst (M, N) += lhs (M, K) * rhs (K, N) on the calling thread (see gemm).
