@@ -1,14 +1,13 @@
 // A packed float GEMM for AVX-512 and AVX2 + FMA: C (M, N) = alpha A (M, K) B (K, N), or += it,
 // C row-major.
 //
-// Why: Eigen 3.4's float GEMM ran at 51-72% of the FMA peak on the models' shapes (Zen 5, one
-// thread), and a training step cannot beat its GEMM's share. This kernel, laid out as BLIS and
-// OpenBLAS lay theirs out, ran at 72-94% there, beside OpenBLAS's 73-95% in the same process;
-// built for AVX2 on the same machine, at 80-92% of the AVX2 peak against Eigen's 55-71%
-// (bench/README.md). detail::gemm (gemm.hpp) uses it for float products large enough to pay for
-// its packing; doubles, small products and BLAS builds go on as before. Define
-// EIGENFORMER_EIGEN_GEMM to use Eigen's GEMM for floats too (in every file of a program, as
-// EIGEN_USE_BLAS).
+// Why: Eigen 3.4's float GEMM ran at 50-67% of the FMA peak on the models' shapes (Zen 5, one
+// thread, bench_gemm), and a training step cannot beat its GEMM's share. This kernel, laid out as
+// BLIS and OpenBLAS lay theirs out, ran at 75-91% there, beside OpenBLAS's 72-91%; built for AVX2
+// on the same machine, at 80-92% of the AVX2 peak against Eigen's 55-71% (bench/README.md).
+// detail::gemm (gemm.hpp) uses it for float products large enough to pay for its packing; doubles,
+// small products and BLAS builds go on as before. Define EIGENFORMER_EIGEN_GEMM to use Eigen's GEMM
+// for floats too (in every file of a program, as EIGEN_USE_BLAS).
 //
 // Layout. The vector lanes run along N, C's rows: a micro-tile of MR rows x NR columns (NR = two
 // vectors) stays in registers while k runs, each step loading two vectors of B and broadcasting
