@@ -11,6 +11,8 @@
 // 8,192 words).
 #include <benchmark/benchmark.h>
 
+#include <vector>
+
 #include "common.hpp"
 #include "eigenformer/core/gemm.hpp"
 
