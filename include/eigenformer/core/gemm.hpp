@@ -22,7 +22,7 @@ namespace eigenformer {
 namespace detail {
 
 /// Eigen's blocking (block sizes mc, nc, kc) for a column-major (rows, depth) x (depth, cols)
-/// product on one thread, with packing buffers owned by the calling thread and grown as needed.
+/// product on one thread, with the calling thread's packing buffers (pack_buffer).
 template <class Scalar>
 class ThreadBlocking : public Eigen::internal::level3_blocking<Scalar, Scalar> {
  public:
@@ -33,17 +33,9 @@ class ThreadBlocking : public Eigen::internal::level3_blocking<Scalar, Scalar> {
     Eigen::internal::computeProductBlockingSizes<Scalar, Scalar, 1>(this->m_kc, this->m_mc,
                                                                     this->m_nc, Index(1));
 #ifndef EIGEN_USE_BLAS  // a BLAS packs into buffers of its own
-    this->m_blockA = buffer(0, this->m_mc * this->m_kc);
-    this->m_blockB = buffer(1, this->m_kc * this->m_nc);
+    this->m_blockA = pack_buffer<Scalar>(0, this->m_mc * this->m_kc);
+    this->m_blockB = pack_buffer<Scalar>(1, this->m_kc * this->m_nc);
 #endif
-  }
-
- private:
-  static Scalar* buffer(int which, Index size) {
-    thread_local Eigen::Matrix<Scalar, Eigen::Dynamic, 1> buffers[2];  // aligned as Eigen's
-    auto& b = buffers[which];
-    if (b.size() < size) b.resize(size);
-    return b.data();
   }
 };
 

@@ -33,19 +33,33 @@
 #define EIGENFORMER_GEMM_KERNEL 0
 #endif
 
+namespace eigenformer {
+namespace detail {
+
+/// The calling thread's packing buffer `which` (0: A, 1: B) of a matrix product, grown to at
+/// least size entries and kept, so that products allocate nothing once grown. Eigen's GEMM
+/// (gemm.hpp) and the kernel below share them: a thread runs one product at a time.
+template <class Scalar>
+Scalar* pack_buffer(int which, Index size) {
+  thread_local Eigen::Matrix<Scalar, Eigen::Dynamic, 1> buffers[2];  // aligned as Eigen's
+  auto& b = buffers[which];
+  if (b.size() < size) b.resize(size);
+  return b.data();
+}
+
+}  // namespace detail
+}  // namespace eigenformer
+
 #if EIGENFORMER_GEMM_KERNEL
 namespace eigenformer {
 namespace detail {
 namespace kernel {
-// A namespace of its own for each instruction set, so that files compiled for different ones
-// (which define these inline functions differently) never share a definition at link time.
+
+// Each instruction set's functions live in an inline namespace of its own, so that files compiled
+// for different ones (which define these inline functions differently) never share a definition
+// at link time.
 #ifdef __AVX512F__
 inline namespace avx512 {
-#else
-inline namespace avx2 {
-#endif
-
-#ifdef __AVX512F__
 using Vec = __m512;
 constexpr int kLanes = 16;
 constexpr int MR = 12;  // 12 x 2 accumulators of the 32 registers
@@ -58,6 +72,7 @@ inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
 inline Vec vzero() { return _mm512_setzero_ps(); }
 #else
+inline namespace avx2 {
 using Vec = __m256;
 constexpr int kLanes = 8;
 constexpr int MR = 6;  // 6 x 2 accumulators of the 16 registers, BLIS's Haswell kernel
@@ -183,13 +198,6 @@ inline void pack_b(float* dst, const Operand& B, Index k0, Index kc, Index col, 
                    B.row_stride, std::min<Index>(NR, cols - q), kc);
 }
 
-/// The calling thread's packing buffer `which` (0: A, 1: B), grown to at least size floats.
-inline float* pack_buffer(int which, Index size) {
-  thread_local Eigen::Matrix<float, Eigen::Dynamic, 1> buffers[2];
-  if (buffers[which].size() < size) buffers[which].resize(size);
-  return buffers[which].data();
-}
-
 /// C's block (rows, cols) at c = alpha packed A block (rows, kc) x packed B block (kc, cols), or
 /// += it when add.
 inline void block_product(Index kc, const float* pa, const float* pb, float* c, Index ldc,
@@ -219,8 +227,8 @@ inline void gemm(Index M, Index N, Index K, float alpha, const Operand& A, const
   const Index mc_max = std::min(kBlockM, (M + MR - 1) / MR * MR);
   const Index kc_max = std::min(kBlockK, K);
   const Index nc_max = std::min(kBlockN, (N + NR - 1) / NR * NR);
-  float* pa = pack_buffer(0, mc_max * kc_max);
-  float* pb = pack_buffer(1, kc_max * nc_max);
+  float* pa = pack_buffer<float>(0, mc_max * kc_max);
+  float* pb = pack_buffer<float>(1, kc_max * nc_max);
   for (Index i0 = 0; i0 < M; i0 += kBlockM) {
     const Index mc = std::min(kBlockM, M - i0);
     for (Index k0 = 0; k0 < K; k0 += kBlockK) {
