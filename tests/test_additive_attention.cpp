@@ -170,6 +170,42 @@ TEST_CASE("additive attention op: shapes large enough for the threaded loops") {
   eftest::check_grad(w, gw, loss, "w");
 }
 
+TEST_CASE("additive attention op: float on shapes the GEMM kernel takes agrees with double") {
+  // (Tq, Tk) x (Tk, dh) products of 48 x 64 x 40: large enough for float products to go through
+  // core/gemm_kernel.hpp when it is built, with a partial register tile (dh = 40).
+  const AttentionDims d{2, 48, 64, 2, 40};
+  const Index da = 8;
+  Rng rng(8);
+  const MatD q = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+  const MatD k = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  const MatD v = eftest::random_matrix(d.B * d.Tk, d.H * d.dh, rng);
+  const MatD wq = eftest::random_matrix(d.H * da, d.dh, rng, 0.3);
+  const MatD wk = eftest::random_matrix(d.H * da, d.dh, rng, 0.3);
+  const MatD w = eftest::random_matrix(d.H, da, rng);
+  const MatD dout = eftest::random_matrix(d.B * d.Tq, d.H * d.dh, rng);
+  AttentionMask m;
+  m.causal = true;
+  // out, dq, dk, dv of Scalar, from the double inputs rounded to Scalar.
+  const auto run = [&](auto zero) {
+    using S = decltype(zero);
+    const Matrix<S> qs = q.cast<S>(), ks = k.cast<S>(), vs = v.cast<S>(), ws = w.cast<S>();
+    const Matrix<S> wqs = wq.cast<S>(), wks = wk.cast<S>();
+    const AdditiveScoreWeights<S> p{wqs, wks, nullptr, ws};
+    Matrix<S> out, probs, dq, dk, dv;
+    AdditiveAttentionCache<S> cache;
+    additive_attention_forward<S>(out, probs, cache, qs, ks, vs, p, d, m);
+    additive_attention_backward<S>(dq, dk, dv, {}, dout.cast<S>(), probs, cache, qs, ks, vs, p, d);
+    return std::vector<MatD>{out.template cast<double>(), dq.template cast<double>(),
+                             dk.template cast<double>(), dv.template cast<double>()};
+  };
+  const std::vector<MatD> want = run(0.0), got = run(0.0f);
+  for (size_t i = 0; i < want.size(); ++i) {
+    INFO("output " << i << " (out, dq, dk, dv)");
+    const double scale = std::max(1.0, want[i].cwiseAbs().maxCoeff());
+    CHECK((got[i] - want[i]).cwiseAbs().maxCoeff() / scale < 2e-5);
+  }
+}
+
 TEST_CASE("additive attention op: a query that sees no key gets zero output and zero gradient") {
   const AttentionDims d{1, 2, 3, 1, 2};
   Rng rng(4);

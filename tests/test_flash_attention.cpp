@@ -76,6 +76,18 @@ std::vector<Case> cases() {
 
 const std::vector<AttentionBlocks> kBlocks = {{1, 1}, {2, 3}, {4, 5}, {64, 128}, {3, 100}};
 
+// Shapes whose tile products are large enough for float products to go through the GEMM kernel
+// (core/gemm_kernel.hpp, when built for AVX2 or AVX-512): 64 x 128 and 48 x 96 tiles with
+// dh = 40, so that tiles of dh columns end in a partial register tile, and T = 150, which the
+// tiles do not divide.
+std::vector<Case> kernel_cases() {
+  AttentionMask causal;
+  causal.causal = true;
+  return {{"no mask, kernel-sized tiles", {1, 150, 150, 2, 40}, {}},
+          {"causal, kernel-sized tiles", {1, 150, 150, 2, 40}, causal}};
+}
+const std::vector<AttentionBlocks> kKernelBlocks = {{64, 128}, {48, 96}};
+
 template <class Scalar>
 double rel_err(const Matrix<Scalar>& a, const Matrix<Scalar>& b) {
   const double scale = std::max(1.0, static_cast<double>(b.cwiseAbs().maxCoeff()));
@@ -83,8 +95,9 @@ double rel_err(const Matrix<Scalar>& a, const Matrix<Scalar>& b) {
 }
 
 template <class Scalar>
-void check_against_plain(double tol, bool with_bias) {
-  for (const Case& c : cases()) {
+void check_against_plain(double tol, bool with_bias, const std::vector<Case>& all = cases(),
+                         const std::vector<AttentionBlocks>& blocks = kBlocks) {
+  for (const Case& c : all) {
     const AttentionDims& d = c.d;
     Rng rng(7);
     const Matrix<Scalar> q = eftest::random_matrix<Scalar>(d.B * d.Tq, d.H * d.dh, rng, 2.0);
@@ -96,7 +109,7 @@ void check_against_plain(double tol, bool with_bias) {
     Matrix<Scalar> out, probs, dq, dk, dv, dbias;
     attention_forward<Scalar>(out, probs, q, k, v, d, c.mask, bias);
     attention_backward<Scalar>(dq, dk, dv, dout, probs, q, k, v, d, with_bias ? &dbias : nullptr);
-    for (const AttentionBlocks& blk : kBlocks) {
+    for (const AttentionBlocks& blk : blocks) {
       INFO(c.name << ", blocks " << blk.q << " x " << blk.k << (with_bias ? ", bias" : ""));
       Matrix<Scalar> fout, lse, fdq, fdk, fdv, fdbias;
       flash_attention_forward<Scalar>(fout, lse, q, k, v, d, c.mask, blk, bias);
@@ -150,6 +163,8 @@ TEST_CASE("tiled attention matches the plain kernel in double") {
 TEST_CASE("tiled attention matches the plain kernel in float") {
   check_against_plain<float>(1e-5, false);
   check_against_plain<float>(1e-5, true);
+  check_against_plain<float>(1e-5, false, kernel_cases(), kKernelBlocks);
+  check_against_plain<float>(1e-5, true, kernel_cases(), kKernelBlocks);
 }
 
 TEST_CASE("tiled attention gradients match finite differences") {

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/gemm.hpp"
 #include "../core/parallel.hpp"
 #include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
@@ -144,8 +145,8 @@ void additive_attention_attend(Matrix<Scalar>& out, Matrix<Scalar>& probs, Const
     if (pos_bias) detail::add_position_bias(s, *pos_bias, h, d.Tq, 0, 0);
     if (!mask.empty()) detail::apply_mask_tile(s, mask, d, b, h, 0, 0);
     for (Index i = 0; i < d.Tq; ++i) detail::softmax_row_inplace(s.row(i));
-    out.block(b * d.Tq, h * d.dh, d.Tq, d.dh).noalias() =
-        s * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh);  // (Tq, dh)
+    detail::gemm_assign(out.block(b * d.Tq, h * d.dh, d.Tq, d.dh), s,
+                        v.block(b * d.Tk, h * d.dh, d.Tk, d.dh));  // (Tq, dh)
   });
 }
 
@@ -199,9 +200,9 @@ void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<
     const Index b = bh / d.H, h = bh % d.H;
     const Eigen::Block<ConstRef<Scalar>> pr = probs.block(bh * d.Tq, 0, d.Tq, d.Tk);
     const Eigen::Block<ConstRef<Scalar>> go = dout.block(b * d.Tq, h * d.dh, d.Tq, d.dh);
-    dv.block(b * d.Tk, h * d.dh, d.Tk, d.dh).noalias() = pr.transpose() * go;  // (Tk, dh)
-    Matrix<Scalar> ds(d.Tq, d.Tk);                                              // dL/dscores
-    ds.noalias() = go * v.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();    // dL/dprobs
+    detail::gemm_assign(dv.block(b * d.Tk, h * d.dh, d.Tk, d.dh), pr.transpose(), go);  // (Tk, dh)
+    Matrix<Scalar> ds(d.Tq, d.Tk);  // dL/dprobs, then dL/dscores
+    detail::gemm_assign(ds, go, v.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose());
     for (Index i = 0; i < d.Tq; ++i) {
       const Scalar dot = pr.row(i).dot(ds.row(i));
       ds.row(i) = pr.row(i).array() * (ds.row(i).array() - dot);

@@ -31,6 +31,7 @@
 #include <limits>
 #include <string>
 
+#include "../core/gemm.hpp"
 #include "../core/parallel.hpp"
 #include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
@@ -54,10 +55,11 @@ enum class AttentionImpl {
 };
 
 /// The automatic rule, from bench_attention's BM_attention_plain/tiled (float, dh = 64, one and
-/// two threads): the tiled kernel is slower on short sequences (its backward recomputes Q K^T,
-/// 7 products against 6, and small tiles cost more per flop) and faster with a causal mask from
-/// T = 256 on (it skips the hidden key blocks); without a mask it breaks even around T = 1024.
-/// So: tiled from Tq * Tk >= 256 * 256 when causal, from 512 * 512 otherwise (where the plain
+/// two threads, both kernels on the float GEMM kernel; Zen 5): the tiled kernel is slower on short
+/// sequences (its backward recomputes Q K^T, 7 products against 6, and small tiles cost more per
+/// flop) and as fast with a causal mask at T = 256 (it skips the hidden key blocks), 1.5x faster
+/// at T = 1024. Without a mask it stays about 1.2x slower (T = 1024), so there it is chosen for
+/// memory: tiled from Tq * Tk >= 256 * 256 when causal, from 512 * 512 otherwise (where the plain
 /// probabilities reach 1 MiB per sequence and head).
 inline bool use_tiled_attention(AttentionImpl impl, const AttentionDims& d,
                                 const AttentionMask& mask) {
@@ -114,7 +116,7 @@ void flash_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& lse, ConstRef<
     for (Index j0 = 0; j0 < kend; j0 += bk) {
       const Index nk = std::min(bk, kend - j0);
       Eigen::Block<Matrix<Scalar>> st = s.leftCols(nk);
-      st.noalias() = scale * qt * k.block(b * d.Tk + j0, h * d.dh, nk, d.dh).transpose();
+      detail::gemm_assign(st, qt, k.block(b * d.Tk + j0, h * d.dh, nk, d.dh).transpose(), scale);
       if (pos_bias) detail::add_position_bias(st, *pos_bias, h, d.Tq, i0, j0);
       if (detail::tile_needs_mask(mask, d, i0, j0, nk))
         detail::apply_mask_tile(st, mask, d, b, h, i0, j0);
@@ -133,7 +135,7 @@ void flash_attention_forward(Matrix<Scalar>& out, Matrix<Scalar>& lse, ConstRef<
         }
         l(r) += st.row(r).sum();
       }
-      acc.noalias() += st * v.block(b * d.Tk + j0, h * d.dh, nk, d.dh);
+      detail::gemm_add(acc, st, v.block(b * d.Tk + j0, h * d.dh, nk, d.dh));
     }
     for (Index r = 0; r < nq; ++r) {
       if (l(r) > Scalar(0)) {
@@ -196,7 +198,7 @@ void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Sca
         const Eigen::Block<ConstRef<Scalar>> qt = q.block(b * d.Tq + i0, h * d.dh, nq, d.dh);
         const Eigen::Block<ConstRef<Scalar>> got = dout.block(b * d.Tq + i0, h * d.dh, nq, d.dh);
         Eigen::Block<Matrix<Scalar>> pt = p.topLeftCorner(nq, nk), dst = ds.topLeftCorner(nq, nk);
-        pt.noalias() = scale * qt * kt.transpose();
+        detail::gemm_assign(pt, qt, kt.transpose(), scale);
         if (pos_bias) detail::add_position_bias(pt, *pos_bias, h, d.Tq, i0, j0);
         if (detail::tile_needs_mask(mask, d, i0, j0, nk))
           detail::apply_mask_tile(pt, mask, d, b, h, i0, j0);
@@ -207,13 +209,14 @@ void flash_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<Sca
           else
             detail::exp_shifted_row(pt.row(r), row_lse);
         }
-        dv_acc.noalias() += pt.transpose() * got;
-        dst.noalias() = got * vt.transpose();  // dL/dP
+        detail::gemm_add(dv_acc, pt.transpose(), got);
+        detail::gemm_assign(dst, got, vt.transpose());  // dL/dP
         for (Index r = 0; r < nq; ++r)
           dst.row(r) = pt.row(r).array() * (dst.row(r).array() - D(i0 + r));  // dL/dS
         if (dpos_bias) detail::accumulate_position_bias(dbias_items.row(bh), dst, d.Tq, i0, j0);
-        dq.block(b * d.Tq + i0, h * d.dh, nq, d.dh).noalias() += scale * dst * kt;
-        dk_acc.noalias() += scale * dst.transpose() * qt;
+        Eigen::Block<Matrix<Scalar>> dq_tile = dq.block(b * d.Tq + i0, h * d.dh, nq, d.dh);
+        detail::gemm(dq_tile, dst, kt, scale, true);
+        detail::gemm(dk_acc, dst.transpose(), qt, scale, true);
       }
       dk.block(b * d.Tk + j0, h * d.dh, nk, d.dh) = dk_acc;
       dv.block(b * d.Tk + j0, h * d.dh, nk, d.dh) = dv_acc;
@@ -239,8 +242,8 @@ Matrix<Scalar> flash_attention_weights(ConstRef<Scalar> q, ConstRef<Scalar> k, C
   });
   const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(d.dh));
   Matrix<Scalar> p(d.Tq, d.Tk);
-  p.noalias() = scale * q.block(b * d.Tq, h * d.dh, d.Tq, d.dh) *
-                k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose();
+  detail::gemm_assign(p, q.block(b * d.Tq, h * d.dh, d.Tq, d.dh),
+                      k.block(b * d.Tk, h * d.dh, d.Tk, d.dh).transpose(), scale);
   if (pos_bias) detail::add_position_bias(p, *pos_bias, h, d.Tq, 0, 0);
   if (!mask.empty()) detail::apply_mask_tile(p, mask, d, b, h, 0, 0);
   for (Index i = 0; i < d.Tq; ++i) {
