@@ -163,18 +163,61 @@ inline void transpose8(const float* src, Index ls, float* dst, Index ld) {
   }
 }
 
+/// dst[r * ld + c] = src[c * ls + r] for r < 8, c < lines (4 or 2): a (lines, 8) block stored as
+/// 8 short lines. With transpose8 it packs a panel of MR = 12 (8 + 4) or 6 (4 + 2) rows without
+/// transposing any row twice.
+template <int lines>
+void transpose_short(const float* src, Index ls, float* dst, Index ld) {
+  static_assert(lines == 4 || lines == 2, "4 or 2 lines");
+  __m256 r[4], t[4];
+  for (int i = 0; i < lines; ++i) r[i] = _mm256_loadu_ps(src + i * ls);
+  for (int i = 0; i < lines; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);      // k 0, 1 | 4, 5 of lines i, i + 1
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);  // k 2, 3 | 6, 7
+  }
+  if constexpr (lines == 4) {
+    for (int i = 0; i < 2; ++i) {
+      r[2 * i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);      // k 2i | 2i + 4 of the 4 lines
+      r[2 * i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);  // k 2i + 1 | 2i + 5
+    }
+    for (int k = 0; k < 4; ++k) {
+      _mm_storeu_ps(dst + k * ld, _mm256_castps256_ps128(r[k]));
+      _mm_storeu_ps(dst + (k + 4) * ld, _mm256_extractf128_ps(r[k], 1));
+    }
+  } else {
+    for (int i = 0; i < 2; ++i) {  // t[i]: k 2i, 2i + 1 | 2i + 4, 2i + 5
+      const __m128 lo = _mm256_castps256_ps128(t[i]), hi = _mm256_extractf128_ps(t[i], 1);
+      _mm_storel_pi(reinterpret_cast<__m64*>(dst + 2 * i * ld), lo);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(dst + (2 * i + 1) * ld), lo);
+      _mm_storel_pi(reinterpret_cast<__m64*>(dst + (2 * i + 4) * ld), hi);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(dst + (2 * i + 5) * ld), hi);
+    }
+  }
+}
+
 /// dst (kc, width) = the (width, kc) block at src, whose element (i, k) is
 /// src[i * stride_i + k * stride_k]; the first n of the width lines are read, the rest are zeros.
 /// A panel of A is (MR lines = rows) x kc, a panel of B (NR lines = columns) x kc.
 template <int width>
 void pack_panel(float* dst, const float* src, Index stride_i, Index stride_k, Index n, Index kc) {
+  static_assert(width % 2 == 0, "widths of 8s, then a 4 and a 2");
+  constexpr int eights = width / 8 * 8, fours = eights + width % 8 / 4 * 4;
   Index k = 0;
-  if (n == width && stride_k == 1 && width >= 8) {  // lines contiguous along k: transpose
-    for (; k + 8 <= kc; k += 8)
-      for (Index i = 0; i < width; i += 8) {  // a last group overlaps the previous one
-        const Index i0 = std::min<Index>(i, width - 8);
-        transpose8(src + i0 * stride_i + k, stride_i, dst + k * width + i0, width);
-      }
+  if (n == width && stride_k == 1) {  // lines contiguous along k: transpose, 8 k at a time
+    for (; k + 8 <= kc; k += 8) {
+      // Each of the width lines is a stream of its own, more than the hardware prefetcher
+      // follows when the operand is not in cache: fetch a cache line of each, 32 k ahead.
+      if (k % 16 == 0 && k + 32 < kc)
+        for (int i = 0; i < width; ++i)
+          _mm_prefetch(reinterpret_cast<const char*>(src + i * stride_i + k + 32), _MM_HINT_T0);
+      float* out = dst + k * width;
+      for (int i = 0; i < eights; i += 8)
+        transpose8(src + i * stride_i + k, stride_i, out + i, width);
+      if constexpr (fours > eights)
+        transpose_short<4>(src + eights * stride_i + k, stride_i, out + eights, width);
+      if constexpr (width > fours)
+        transpose_short<2>(src + fours * stride_i + k, stride_i, out + fours, width);
+    }
   } else if (n == width && stride_i == 1) {  // a panel's k-line is contiguous: copy
     for (; k < kc; ++k) std::memcpy(dst + k * width, src + k * stride_k, sizeof(float) * width);
   }
