@@ -191,7 +191,10 @@ TEST_CASE("additive attention op: float on shapes the GEMM kernel takes agrees w
     const Matrix<S> qs = q.cast<S>(), ks = k.cast<S>(), vs = v.cast<S>(), ws = w.cast<S>();
     const Matrix<S> wqs = wq.cast<S>(), wks = wk.cast<S>();
     const AdditiveScoreWeights<S> p{wqs, wks, nullptr, ws};
-    Matrix<S> out, probs, dq, dk, dv;
+    // NaN where out and dv will be stored: a product that added instead would show.
+    const S nan = std::numeric_limits<S>::quiet_NaN();
+    Matrix<S> out = Matrix<S>::Constant(d.B * d.Tq, d.H * d.dh, nan), probs, dq, dk;
+    Matrix<S> dv = Matrix<S>::Constant(d.B * d.Tk, d.H * d.dh, nan);
     AdditiveAttentionCache<S> cache;
     additive_attention_forward<S>(out, probs, cache, qs, ks, vs, p, d, m);
     additive_attention_backward<S>(dq, dk, dv, {}, dout.cast<S>(), probs, cache, qs, ks, vs, p, d);

@@ -76,7 +76,7 @@ std::vector<Case> cases() {
 
 const std::vector<AttentionBlocks> kBlocks = {{1, 1}, {2, 3}, {4, 5}, {64, 128}, {3, 100}};
 
-// Shapes whose tile products are large enough for float products to go through the GEMM kernel
+// Shapes whose full tiles are large enough for their float products to go through the GEMM kernel
 // (core/gemm_kernel.hpp, when built for AVX2 or AVX-512): 64 x 128 and 48 x 96 tiles with
 // dh = 40, so that tiles of dh columns end in a partial register tile, and T = 150, which the
 // tiles do not divide.

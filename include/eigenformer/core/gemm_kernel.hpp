@@ -205,8 +205,9 @@ void pack_panel(float* dst, const float* src, Index stride_i, Index stride_k, In
   Index k = 0;
   if (n == width && stride_k == 1) {  // lines contiguous along k: transpose, 8 k at a time
     for (; k + 8 <= kc; k += 8) {
-      // Each of the width lines is a stream of its own, more than the hardware prefetcher
-      // follows when the operand is not in cache: fetch a cache line of each, 32 k ahead.
+      // Each of the width lines is a stream of its own: with 12 or 32 lines (AVX-512's A and B
+      // panels), more than the hardware prefetcher follows when the operand is not in cache.
+      // So fetch a cache line of each, 32 k ahead.
       if (k % 16 == 0 && k + 32 < kc)
         for (int i = 0; i < width; ++i)
           _mm_prefetch(reinterpret_cast<const char*>(src + i * stride_i + k + 32), _MM_HINT_T0);

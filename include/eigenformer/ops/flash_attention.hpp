@@ -55,12 +55,12 @@ enum class AttentionImpl {
 };
 
 /// The automatic rule, from bench_attention's BM_attention_plain/tiled (float, dh = 64, one and
-/// two threads, both kernels on the float GEMM kernel; Zen 5): the tiled kernel is slower on short
-/// sequences (its backward recomputes Q K^T, 7 products against 6, and small tiles cost more per
-/// flop) and as fast with a causal mask at T = 256 (it skips the hidden key blocks), 1.5x faster
-/// at T = 1024. Without a mask it stays about 1.2x slower (T = 1024), so there it is chosen for
-/// memory: tiled from Tq * Tk >= 256 * 256 when causal, from 512 * 512 otherwise (where the plain
-/// probabilities reach 1 MiB per sequence and head).
+/// two threads, both attention kernels' products on the float GEMM kernel; Zen 5): the tiled kernel
+/// is slower on short sequences (its backward recomputes Q K^T, 7 products against 6, and small
+/// tiles cost more per flop) and as fast with a causal mask at T = 256 (it skips the hidden key
+/// blocks), 1.5x faster at T = 1024. Without a mask it stays about 1.2x slower (T = 1024), so there
+/// it is chosen for memory: tiled from Tq * Tk >= 256 * 256 when causal, from 512 * 512 otherwise
+/// (where the plain probabilities reach 1 MiB per sequence and head).
 inline bool use_tiled_attention(AttentionImpl impl, const AttentionDims& d,
                                 const AttentionMask& mask) {
   if (impl != AttentionImpl::automatic) return impl == AttentionImpl::tiled;
