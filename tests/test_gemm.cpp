@@ -60,7 +60,10 @@ void check_product(const MatF& got, const MatF& c0, const MatF& a, const MatF& b
   for (Index i = 0; i < got.rows(); ++i)
     for (Index j = 0; j < got.cols(); ++j) {
       const double err = std::abs(double(got(i, j)) - want(i, j));
-      worst = std::max(worst, err / (bound(i, j) * tolerance + 1e-30));
+      // A NaN (say, read from a destination that was to be stored into) fails too.
+      const double ratio = std::isnan(err) ? std::numeric_limits<double>::infinity()
+                                           : err / (bound(i, j) * tolerance + 1e-30);
+      worst = std::max(worst, ratio);
     }
   INFO("shape (" << a.rows() << ", " << a.cols() << ") x (" << b.rows() << ", " << b.cols()
                  << "), alpha " << alpha << (add ? ", added" : ", stored")
