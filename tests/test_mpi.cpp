@@ -215,7 +215,7 @@ TEST_CASE("finish_gradients gives what end_backward, check_step and clip_grad_no
     const auto a = separate.model.parameters(), b = fused.model.parameters();
     for (std::size_t i = 0; i < a.size(); ++i) {
       INFO(a[i].name);
-      const ef::Matrix<float>& want = a[i].param->grad;
+      const auto& want = a[i].param->grad;
       CHECK((b[i].param->grad - want).norm() <= 1e-6f * want.norm() + 1e-12f);
     }
   }
@@ -279,23 +279,25 @@ TEST_CASE("finish_gradients rejects a bad max_norm before doing anything") {
   w.dp.end_backward();  // the step is still open: nothing was finished
 }
 
-TEST_CASE("a gradient is measured in the pass that copies its sum") {
-  ef::Matrix<float> g(3, 4), sums = ef::Matrix<float>::Random(3, 4);
-  dist::GradientMeasure m = dist::detail::measure(g, sums.data());
-  CHECK(g == sums);
+TEST_CASE("a gradient's squared norm and finiteness are measured in one pass") {
+  ef::GradMatrix<float> g(3, 4);
+  g = ef::Matrix<float>::Random(3, 4);
+  dist::GradientMeasure m = dist::detail::measure(g);
   CHECK(m.finite);
-  CHECK(std::abs(m.squared_norm - ef::detail::squared_norm_double(sums)) <= 1e-12 * m.squared_norm);
-  sums(1, 2) = NAN;
-  CHECK_FALSE(dist::detail::measure(g, sums.data()).finite);
-  sums(1, 2) = -INFINITY;
-  CHECK_FALSE(dist::detail::measure(g, sums.data()).finite);
-  // Without sums, g itself; a double whose square overflows is still finite.
-  ef::Matrix<double> big = ef::Matrix<double>::Constant(2, 2, 1e200);
-  m = dist::detail::measure(big, static_cast<const double*>(nullptr));
+  CHECK(m.squared_norm == ef::detail::squared_norm_double(g));
+  CHECK(std::abs(m.squared_norm - g.cast<double>().squaredNorm()) <= 1e-12 * m.squared_norm);
+  g(1, 2) = NAN;
+  CHECK_FALSE(dist::detail::measure(g).finite);
+  g(1, 2) = -INFINITY;
+  CHECK_FALSE(dist::detail::measure(g).finite);
+  // A double whose square overflows is still finite.
+  ef::GradMatrix<double> big(2, 2);
+  big.setConstant(1e200);
+  m = dist::detail::measure(big);
   CHECK(std::isinf(m.squared_norm));
   CHECK(m.finite);
   big(0, 1) = NAN;
-  CHECK_FALSE(dist::detail::measure(big, static_cast<const double*>(nullptr)).finite);
+  CHECK_FALSE(dist::detail::measure(big).finite);
 }
 
 TEST_CASE("buckets follow backward's order, at most bucket_bytes and a quarter of the model") {
@@ -331,8 +333,7 @@ TEST_CASE("buckets follow backward's order, at most bucket_bytes and a quarter o
 TEST_CASE("buckets of megabytes, on 2 MB pages, sum every entry across ranks") {
   // Eight parameters of 1 MB and one of 4 KB: 8 MB of gradients, so buckets of a quarter,
   // 2 MB + 4 KB. Backward's order gives {p8, p7} (1 MB + 4 KB), {p6, p5}, {p4, p3}, {p2, p1}
-  // (2 MB each), all packed on huge pages, and {p0}, sent from its gradient. On one rank nothing
-  // is sent and no buffer is made.
+  // (2 MB each) and {p0}, all on huge pages. On one rank nothing is sent and no buffer is made.
   std::vector<ef::Param<float>> store(8, ef::Param<float>(262144, 1));
   store.emplace_back(1, 1024);
   ef::ParamList<float> params;
@@ -353,6 +354,57 @@ TEST_CASE("buckets of megabytes, on 2 MB pages, sum every entry across ranks") {
     for (Index k = 0; k < p.size(); ++k)
       wrong += p.grad.data()[k] != float(n * (k % 1000) + n * (n - 1) / 2);
   CHECK(wrong == 0);
+}
+
+TEST_CASE("gradients live in the buckets: summed in place, re-lent when replaced, kept after") {
+  // Three (4, 5) gradients in one bucket. On one rank nothing is lent and nothing moves.
+  std::vector<ef::Param<float>> store(3, ef::Param<float>(4, 5));
+  ef::ParamList<float> params;
+  for (std::size_t i = 0; i < store.size(); ++i)
+    params.push_back({"p" + std::to_string(i), &store[i]});
+  const int n = comm().size(), rank = comm().rank();
+  const auto fill = [&] {  // entry k of parameter i on rank r: 100 i + k + r
+    for (std::size_t i = 0; i < store.size(); ++i)
+      for (Index k = 0; k < store[i].size(); ++k)
+        store[i].grad.data()[k] = float(100 * Index(i) + k + rank);
+  };
+  const auto wrong_sums = [&] {
+    Index wrong = 0;
+    for (std::size_t i = 0; i < store.size(); ++i)
+      for (Index k = 0; k < store[i].size(); ++k)
+        wrong += store[i].grad.data()[k] != float(n * (100 * Index(i) + k) + n * (n - 1) / 2);
+    return wrong;
+  };
+  const auto step = [&](dist::GradientReducer<float>& reducer) {
+    const ef::GradReady<float> ready = reducer.begin(params);
+    ready(params);
+    reducer.finish();
+  };
+  fill();
+  auto reducer = std::make_unique<dist::GradientReducer<float>>(comm(), params, 1024);
+  REQUIRE(reducer->buckets() == 1);
+  for (const auto& p : store) CHECK(p.grad.lent() == (n > 1));
+  for (int s = 0; s < 2; ++s) {  // the grads and sums buffers swap roles every step
+    CAPTURE(s);
+    if (s > 0) fill();  // written where the gradients now are: the last step's sums
+    const float* before = store[0].grad.data();
+    step(*reducer);
+    CHECK(wrong_sums() == 0);
+    CHECK((store[0].grad.data() != before) == (n > 1));  // the sums arrived elsewhere
+  }
+  // Memory of its own (a shape changed and back), then written: begin() lends it its slice
+  // again, with the values written.
+  store[1].grad.resize(1, 1);
+  store[1].grad.resize(4, 5);
+  CHECK_FALSE(store[1].grad.lent());
+  fill();
+  step(*reducer);
+  CHECK(store[1].grad.lent() == (n > 1));
+  CHECK(wrong_sums() == 0);
+  reducer.reset();  // the buffers stay while the gradients are lent them
+  CHECK(wrong_sums() == 0);
+  for (auto& p : store) p.grad.setZero();
+  CHECK(store[2].grad.isZero(0));
 }
 
 TEST_CASE("HugePageAllocator maps blocks of 1 MB and more on 2 MB pages") {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "error.hpp"
+#include "grad.hpp"
 #include "parallel.hpp"
 #include "tensor.hpp"
 
@@ -22,7 +23,7 @@ namespace eigenformer {
 template <class Scalar = float>
 struct Param {
   Matrix<Scalar> value;  // (rows, cols); a vector parameter is one row
-  Matrix<Scalar> grad;   // same shape as value
+  GradMatrix<Scalar> grad;  // same shape as value (memory of its own, or lent: core/grad.hpp)
   bool is_vector = false;  // saved as a 1-D tensor of length cols (like PyTorch's biases)
 
   Param() = default;
@@ -30,7 +31,7 @@ struct Param {
   /// Throws ArgumentError naming Param::Param unless rows and cols are >= 0.
   Param(Index rows, Index cols, bool vector = false)
       : value(Matrix<Scalar>::Zero(checked_size("rows", rows), checked_size("cols", cols))),
-        grad(Matrix<Scalar>::Zero(rows, cols)),
+        grad(rows, cols),
         is_vector(vector) {}
 
   /// Sets grad to zero; size() is the number of entries of value.

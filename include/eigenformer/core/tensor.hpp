@@ -208,9 +208,11 @@ Index first_max_index(const Eigen::DenseBase<Vector>& v) {
 /// The sum of the squares of m's entries, accumulated in double (no overflow or loss for float
 /// gradients). Written as a loop that OpenMP's simd directive vectorises: Eigen's
 /// m.cast<double>().squaredNorm() converts entry by entry, ~6x slower on a model's gradients.
-template <class Scalar>
-double squared_norm_double(const Matrix<Scalar>& m) {
-  const Scalar* p = m.data();
+/// m: a Matrix, or a Map of one (a Param's grad): its entries contiguous.
+template <class M>
+double squared_norm_double(const M& m) {
+  static_assert(M::InnerStrideAtCompileTime == 1, "squared_norm_double reads m.size() entries");
+  const auto* p = m.data();
   const Index n = m.size();
   double sum = 0.0;
 #if defined(_OPENMP)

@@ -29,7 +29,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <memory>
 #include <new>
@@ -255,26 +254,13 @@ struct GradientMeasure {
 
 namespace detail {
 
-/// Copies g.size() entries from sums into g (unless sums is null: g holds them) and measures them
-/// in the same pass. Finiteness comes from the squared norm: a NaN or infinite entry makes it NaN
-/// or infinite, and finite floats cannot (their squares stay far below double's range); only a
-/// norm that is not finite is checked entry by entry (a double may square to infinity).
+/// g's squared norm, as clip_grad_norm sums it, and with it whether g is finite, in one pass: a
+/// NaN or infinite entry makes the norm NaN or infinite, and finite floats cannot (their squares
+/// stay far below double's range); only a norm that is not finite is checked entry by entry (a
+/// double may square to infinity).
 template <class Scalar>
-GradientMeasure measure(Matrix<Scalar>& g, const Scalar* sums) {
-  double sum = 0.0;  // as squared_norm_double, which clip_grad_norm uses
-  if (!sums) {
-    sum = eigenformer::detail::squared_norm_double(g);
-  } else {
-    Scalar* out = g.data();
-    const Index n = g.size();
-#if defined(_OPENMP)
-#pragma omp simd reduction(+ : sum)
-#endif
-    for (Index i = 0; i < n; ++i) {
-      out[i] = sums[i];
-      sum += static_cast<double>(sums[i]) * static_cast<double>(sums[i]);
-    }
-  }
+GradientMeasure measure(const GradMatrix<Scalar>& g) {
+  const double sum = eigenformer::detail::squared_norm_double(g);
   return {std::isfinite(sum) || eigenformer::detail::all_finite(g), sum};
 }
 
@@ -285,7 +271,16 @@ GradientMeasure measure(Matrix<Scalar>& g, const Scalar* sums) {
 /// last layers overlaps the backward of the first ones. Buckets hold parameters in the reverse
 /// of the list's order (the order backward finishes them), up to bucket_bytes each and up to a
 /// quarter of all the gradients when that is above 1 MB (a larger parameter gets a bucket of its
-/// own). A bucket of one parameter is sent from its gradient; on one rank nothing is sent.
+/// own). On one rank nothing is sent, and the gradients are left as they are.
+///
+/// On more ranks the gradients live in the buckets, as with PyTorch DDP's
+/// gradient_as_bucket_view: each bucket has two buffers, and every gradient is lent a slice of
+/// one (GradMatrix::lend, its own memory freed). Backward adds into it, the bucket is sent from
+/// it, the sums arrive in the other, and finish() lends the gradients the other instead: the two
+/// swap roles every step, and no gradient is copied in or out. The buffers live as long as a
+/// gradient is lent them, after this object too. A gradient given memory of its own meanwhile
+/// (assigned another shape and back, moved from) is lent its slice again, its values copied, by
+/// begin().
 template <class Scalar = float>
 class GradientReducer {
  public:
@@ -307,18 +302,18 @@ class GradientReducer {
   /// backward's report: these parameters' gradients are final. Starts every bucket it completes,
   /// and lets MPI progress the buckets in flight. Parameters not in the list are ignored, and a
   /// parameter reported twice counts once. A reported gradient must not be written until
-  /// finish(): a bucket of one parameter is sent from it while backward goes on.
+  /// finish(): its bucket is sent from it while backward goes on.
   void ready(const ParamList<Scalar>& params);
 
-  /// Starts the buckets backward did not complete, waits for all, and writes the sums into the
-  /// gradients. Returns the seconds spent waiting (communication that backward did not hide).
+  /// Starts the buckets backward did not complete, waits for all, and lends the gradients the
+  /// sums. Returns the seconds spent waiting (communication that backward did not hide).
   /// Throws ArgumentError naming GradientReducer::finish when begin() was not called.
   double finish() { return finish_impl("GradientReducer::finish", false); }
 
-  /// finish(), with each summed gradient measured in the pass that writes it (on one rank, in one
-  /// pass that reads it): whether its entries are all finite, and its squared norm (as
-  /// clip_grad_norm sums it, up to the order of summation). The figures are for measured() until
-  /// the next begin(). Throws ArgumentError naming GradientReducer::finish_measured as finish().
+  /// finish(), with each summed gradient measured in one pass that reads it: whether its entries
+  /// are all finite, and its squared norm (as clip_grad_norm sums it). The figures are for
+  /// measured() until the next begin(). Throws ArgumentError naming
+  /// GradientReducer::finish_measured as finish().
   double finish_measured() { return finish_impl("GradientReducer::finish_measured", true); }
 
   /// What finish_measured() found for parameter p; throws ArgumentError naming
@@ -332,15 +327,15 @@ class GradientReducer {
   }
 
  private:
-  // MPI_Iallreduce reads the gradient (or packed) and writes sums, rather than MPI_IN_PLACE: in
-  // place, Open MPI's non-blocking allreduce first copies the buffer into one it allocates on
-  // every call (8% of a rank's step time, most of it page faults, in bench_dist on 2 ranks).
+  // MPI_Iallreduce reads grads and writes sums, rather than MPI_IN_PLACE: in place, Open MPI's
+  // non-blocking allreduce first copies the buffer into one it allocates on every call (8% of a
+  // rank's step time, most of it page faults, in bench_dist on 2 ranks).
+  using Buffer = std::shared_ptr<detail::BucketBuffer<Scalar>>;  // shared with the gradients
   struct Bucket {
-    std::vector<std::size_t> params;      // indices into entries_
-    detail::BucketBuffer<Scalar> packed;  // (sum of their sizes) their gradients; empty for
-                                          // one parameter, which is sent from its gradient
-    detail::BucketBuffer<Scalar> sums;    // (sum of their sizes) the sums over ranks
-    std::size_t pending = 0;              // parameters not yet reported this step
+    std::vector<std::size_t> params;  // indices into entries_
+    Buffer grads;             // (sum of their sizes) their gradients, lent; null on one rank
+    Buffer sums;              // (sum of their sizes) the sums over ranks arrive here
+    std::size_t pending = 0;  // parameters not yet reported this step
     bool started = false;
     MPI_Request request = MPI_REQUEST_NULL;
   };
@@ -349,8 +344,9 @@ class GradientReducer {
     Param<Scalar>* param;
     Index rows, cols;
     std::size_t bucket;
+    std::size_t offset;  // of its gradient in the bucket's buffers
     bool ready = false;
-    GradientMeasure measure;  // of the last finish_measured()
+    GradientMeasure measure = {};  // of the last finish_measured()
   };
 
   const Communicator* comm_;
@@ -364,6 +360,9 @@ class GradientReducer {
   void check_unchanged(const ParamList<Scalar>& params) const;
   void start(Bucket& b);
   void progress();
+  /// Lends e's gradient its slice of its bucket's grads, copying its values there when it is
+  /// elsewhere and keep_values.
+  void lend(Entry& e, bool keep_values);
   double finish_impl(const char* func, bool measuring);
 };
 
@@ -387,7 +386,7 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
     }
     index_[p] = entries_.size();
     entries_.push_back(
-        {params[k].name, p, p->value.rows(), p->value.cols(), buckets_.size() - 1, false, {}});
+        {params[k].name, p, p->value.rows(), p->value.cols(), buckets_.size() - 1, filled});
     buckets_.back().params.push_back(entries_.size() - 1);
     filled += n;
   }
@@ -395,9 +394,16 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
   for (auto& b : buckets_) {
     std::size_t n = 0;
     for (std::size_t e : b.params) n += static_cast<std::size_t>(entries_[e].param->size());
-    if (b.params.size() > 1) b.packed.resize(n);
-    b.sums.resize(n);
+    b.grads = std::make_shared<detail::BucketBuffer<Scalar>>(n);
+    b.sums = std::make_shared<detail::BucketBuffer<Scalar>>(n);
   }
+  for (auto& e : entries_) lend(e, true);
+}
+
+template <class Scalar>
+void GradientReducer<Scalar>::lend(Entry& e, bool keep_values) {
+  const Buffer& grads = buckets_[e.bucket].grads;
+  e.param->grad.lend(grads->data() + e.offset, grads, keep_values);
 }
 
 template <class Scalar>
@@ -447,7 +453,12 @@ auto GradientReducer<Scalar>::begin(const ParamList<Scalar>& params) -> GradRead
   eigenformer::detail::require(!in_step_, "GradientReducer::begin", "this",
                                "the last step was not finished (call finish())");
   check_unchanged(params);
-  for (auto& e : entries_) e.ready = false;
+  for (auto& e : entries_) {
+    e.ready = false;
+    if (buckets_[e.bucket].grads &&
+        e.param->grad.data() != buckets_[e.bucket].grads->data() + e.offset)
+      lend(e, true);  // given memory of its own since the last step
+  }
   measured_ = false;
   for (auto& b : buckets_) {
     b.pending = b.params.size();
@@ -475,18 +486,8 @@ void GradientReducer<Scalar>::ready(const ParamList<Scalar>& params) {
 template <class Scalar>
 void GradientReducer<Scalar>::start(Bucket& b) {
   b.started = true;
-  if (b.sums.empty()) return;  // one rank
-  const Scalar* send = entries_[b.params.front()].param->grad.data();
-  if (!b.packed.empty()) {
-    Scalar* out = b.packed.data();
-    for (std::size_t k : b.params) {
-      const Param<Scalar>& p = *entries_[k].param;
-      std::memcpy(out, p.grad.data(), sizeof(Scalar) * static_cast<std::size_t>(p.size()));
-      out += p.size();
-    }
-    send = b.packed.data();
-  }
-  MPI_Iallreduce(send, b.sums.data(), static_cast<int>(b.sums.size()),
+  if (!b.grads) return;  // one rank
+  MPI_Iallreduce(b.grads->data(), b.sums->data(), static_cast<int>(b.sums->size()),
                  detail::mpi_type<Scalar>(), MPI_SUM, comm_->get(), &b.request);
 }
 
@@ -514,16 +515,11 @@ double GradientReducer<Scalar>::finish_impl(const char* func, bool measuring) {
   const double waited =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (auto& b : buckets_) {
-    // None on one rank: the gradients are the sums.
-    const Scalar* in = b.sums.empty() ? nullptr : b.sums.data();
+    if (b.grads) b.grads.swap(b.sums);  // the sums become the gradients (none on one rank)
     for (std::size_t k : b.params) {
       Entry& e = entries_[k];
-      Matrix<Scalar>& g = e.param->grad;
-      if (measuring)
-        e.measure = detail::measure(g, in);
-      else if (in)
-        std::memcpy(g.data(), in, sizeof(Scalar) * static_cast<std::size_t>(g.size()));
-      if (in) in += g.size();
+      if (b.grads) lend(e, false);
+      if (measuring) e.measure = detail::measure(e.param->grad);
     }
   }
   measured_ = measuring;
@@ -633,11 +629,9 @@ class DataParallel {
   };
 
   /// end_backward(), check_step(guard, loss) and, when the step may go ahead,
-  /// clip_grad_norm(max_norm), with the same results up to rounding (the squares of a gradient
-  /// are summed in another order, which moves the norm and so the clipped gradients in the last
-  /// bits), but each gradient checked and measured in the pass that copies its sum out of the
-  /// bucket: on two ranks or more, the separate calls read every gradient from memory twice more,
-  /// on all ranks at once (on one rank, once more).
+  /// clip_grad_norm(max_norm), with the same results, but each gradient checked and measured in
+  /// one pass, where the separate calls read every gradient from memory once more, on all ranks
+  /// at once.
   /// Throws ArgumentError naming DataParallel::finish_gradients, before anything is done, unless
   /// max_norm is positive and finite; else throws as the three calls (NonFiniteError naming
   /// DataParallel::finish_gradients under a stop policy).

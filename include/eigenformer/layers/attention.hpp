@@ -201,7 +201,9 @@ class Attention {
   detail::ClonePtr<PositionScheme<Scalar>> scheme_;  // null: no positions inside the attention
   detail::Scratch<BackwardBuffers> scratch_;
 
-  static Mat* bias_grad(Linear<Scalar>& l) { return l.has_bias() ? &l.bias.grad : nullptr; }
+  static GradOut<Scalar> bias_grad(Linear<Scalar>& l) {
+    return l.has_bias() ? GradOut<Scalar>(&l.bias.grad) : nullptr;
+  }
   static void project(Mat& out, const Linear<Scalar>& l, ConstRef<Scalar> x) {
     linear_forward<Scalar>(out, x, l.weight.value, l.has_bias() ? &l.bias.value : nullptr);
   }

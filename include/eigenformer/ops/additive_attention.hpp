@@ -50,10 +50,10 @@ struct AdditiveScoreWeights {
 /// Where backward adds the score network's gradients; a null member is not wanted.
 template <class Scalar>
 struct AdditiveScoreGrads {
-  Matrix<Scalar>* w_q = nullptr;
-  Matrix<Scalar>* w_k = nullptr;
-  Matrix<Scalar>* bias = nullptr;
-  Matrix<Scalar>* w = nullptr;
+  GradOut<Scalar> w_q = nullptr;
+  GradOut<Scalar> w_k = nullptr;
+  GradOut<Scalar> bias = nullptr;
+  GradOut<Scalar> w = nullptr;
 };
 
 /// The score projections forward keeps for backward (the probabilities are kept separately, as
@@ -233,7 +233,7 @@ void additive_attention_backward(Matrix<Scalar>& dq, Matrix<Scalar>& dk, Matrix<
   Matrix<Scalar> dhead, dweight;  // (N, dh), (da, dh)
   for (Index h = 0; h < d.H; ++h) {
     // The projections' backward, each head a bias-free Linear(dh, da) (see the forward).
-    const auto project_back = [&](Matrix<Scalar>& dx, Matrix<Scalar>* gw, const Matrix<Scalar>& da_,
+    const auto project_back = [&](Matrix<Scalar>& dx, GradOut<Scalar> gw, const Matrix<Scalar>& da_,
                                   ConstRef<Scalar> x, const Matrix<Scalar>& w) {
       if (gw) dweight.setZero(da, d.dh);
       linear_backward<Scalar>(dhead, gw ? &dweight : nullptr, nullptr, da_.middleCols(h * da, da),

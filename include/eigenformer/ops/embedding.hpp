@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "../core/grad.hpp"
 #include "../core/parallel.hpp"
 #include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
@@ -44,7 +45,7 @@ void embedding_forward(Matrix<Scalar>& out, const IdMatrix& ids, ConstRef<Scalar
 /// dtable (V, C) += dout (B*T, C) scattered by ids (B, T): each row n adds into row ids[n], so a
 /// repeated id collects all its rows. Rows whose id equals padding_id add nothing (-1: none).
 template <class Scalar>
-void embedding_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dout, const IdMatrix& ids,
+void embedding_backward(GradRef<Scalar> dtable, ConstRef<Scalar> dout, const IdMatrix& ids,
                         Index padding_id) {
   detail::check_embedding_ids("embedding_backward", "ids", ids, dtable.rows());
   detail::check_shape("embedding_backward", "dout", dout, ids.size(), dtable.cols());
@@ -65,7 +66,7 @@ void embedding_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dout, const IdM
 #define EIGENFORMER_EMBEDDING_TEMPLATES(S)                                                   \
   EIGENFORMER_FOR(                                                                           \
       S, void embedding_forward<S>(Matrix<S>& out, const IdMatrix& ids, ConstRef<S> table)) \
-  EIGENFORMER_FOR(S, void embedding_backward<S>(Matrix<S>& dtable, ConstRef<S> dout,        \
+  EIGENFORMER_FOR(S, void embedding_backward<S>(GradRef<S> dtable, ConstRef<S> dout,        \
                                                 const IdMatrix& ids, Index padding_id))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_EMBEDDING_TEMPLATES)
 // clang-format on

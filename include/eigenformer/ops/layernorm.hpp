@@ -14,6 +14,7 @@
 #include <sstream>
 #include <string>
 
+#include "../core/grad.hpp"
 #include "../core/parallel.hpp"
 #include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
@@ -86,7 +87,7 @@ void layernorm_forward(Matrix<Scalar>& out, Matrix<Scalar>& mean, Matrix<Scalar>
 ///   dgamma (1, C) += column sums of dout * norm;  dbeta (1, C) += column sums of dout.
 /// dgamma and dbeta may be null (not wanted).
 template <class Scalar>
-void layernorm_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dgamma, Matrix<Scalar>* dbeta,
+void layernorm_backward(Matrix<Scalar>& dinp, GradOut<Scalar> dgamma, GradOut<Scalar> dbeta,
                         ConstRef<Scalar> dout, ConstRef<Scalar> inp, ConstRef<Scalar> gamma,
                         ConstRef<Scalar> mean, ConstRef<Scalar> rstd) {
   const Index N = inp.rows(), C = inp.cols();
@@ -135,7 +136,7 @@ void layernorm_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dgamma, Matrix<Sca
       S, void layernorm_forward<S>(Matrix<S>& out, Matrix<S>& mean, Matrix<S>& rstd,          \
                                    ConstRef<S> inp, ConstRef<S> gamma, ConstRef<S> beta, S eps)) \
   EIGENFORMER_FOR(                                                                               \
-      S, void layernorm_backward<S>(Matrix<S>& dinp, Matrix<S>* dgamma, Matrix<S>* dbeta,     \
+      S, void layernorm_backward<S>(Matrix<S>& dinp, GradOut<S> dgamma, GradOut<S> dbeta,     \
                                     ConstRef<S> dout, ConstRef<S> inp, ConstRef<S> gamma,        \
                                     ConstRef<S> mean, ConstRef<S> rstd))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_LAYERNORM_TEMPLATES)

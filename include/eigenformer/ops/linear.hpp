@@ -8,6 +8,7 @@
 
 #include "../core/error.hpp"
 #include "../core/gemm.hpp"
+#include "../core/grad.hpp"
 #include "../core/parallel.hpp"
 #include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
@@ -75,8 +76,8 @@ namespace detail {
 /// linear_backward, with dinp (N, in) += dout W when add (dinp already of that shape), else
 /// dinp = dout W (resized).
 template <class Scalar>
-void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweight,
-                          Matrix<Scalar>* dbias, ConstRef<Scalar> dout, ConstRef<Scalar> inp,
+void linear_backward_impl(Matrix<Scalar>& dinp, bool add, GradOut<Scalar> dweight,
+                          GradOut<Scalar> dbias, ConstRef<Scalar> dout, ConstRef<Scalar> inp,
                           ConstRef<Scalar> weight) {
   const char* func = add ? "linear_backward_add" : "linear_backward";
   check_shape(func, "inp", inp, -1, weight.cols());
@@ -116,7 +117,7 @@ void linear_backward_impl(Matrix<Scalar>& dinp, bool add, Matrix<Scalar>* dweigh
 /// dinp (N, in) = dout W (fresh); dweight (out, in) += dout^T inp; dbias (1, out) += sum of dout
 /// rows. dweight and dbias may be null (not wanted).
 template <class Scalar>
-void linear_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scalar>* dbias,
+void linear_backward(Matrix<Scalar>& dinp, GradOut<Scalar> dweight, GradOut<Scalar> dbias,
                      ConstRef<Scalar> dout, ConstRef<Scalar> inp, ConstRef<Scalar> weight) {
   detail::linear_backward_impl<Scalar>(dinp, false, dweight, dbias, dout, inp, weight);
 }
@@ -126,7 +127,7 @@ void linear_backward(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scala
 /// q, k, v). Throws ArgumentError naming linear_backward_add unless dinp is (N, in), and as
 /// linear_backward.
 template <class Scalar>
-void linear_backward_add(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<Scalar>* dbias,
+void linear_backward_add(Matrix<Scalar>& dinp, GradOut<Scalar> dweight, GradOut<Scalar> dbias,
                          ConstRef<Scalar> dout, ConstRef<Scalar> inp, ConstRef<Scalar> weight) {
   detail::linear_backward_impl<Scalar>(dinp, true, dweight, dbias, dout, inp, weight);
 }
@@ -138,10 +139,10 @@ void linear_backward_add(Matrix<Scalar>& dinp, Matrix<Scalar>* dweight, Matrix<S
   EIGENFORMER_FOR(S, void linear_forward<S>(Matrix<S>& out, ConstRef<S> inp, ConstRef<S> weight,  \
                                             const Matrix<S>* bias))                               \
   EIGENFORMER_FOR(                                                                                \
-      S, void linear_backward<S>(Matrix<S>& dinp, Matrix<S>* dweight, Matrix<S>* dbias,           \
+      S, void linear_backward<S>(Matrix<S>& dinp, GradOut<S> dweight, GradOut<S> dbias,           \
                                  ConstRef<S> dout, ConstRef<S> inp, ConstRef<S> weight))          \
   EIGENFORMER_FOR(                                                                                \
-      S, void linear_backward_add<S>(Matrix<S>& dinp, Matrix<S>* dweight, Matrix<S>* dbias,       \
+      S, void linear_backward_add<S>(Matrix<S>& dinp, GradOut<S> dweight, GradOut<S> dbias,       \
                                      ConstRef<S> dout, ConstRef<S> inp, ConstRef<S> weight))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_LINEAR_TEMPLATES)
 // clang-format on

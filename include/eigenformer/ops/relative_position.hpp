@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/grad.hpp"
 #include "../core/precompiled.hpp"
 #include "../core/tensor.hpp"
 
@@ -112,7 +113,7 @@ void relative_bias_forward(Matrix<Scalar>& pos_bias, ConstRef<Scalar> table,
 /// dtable (num_buckets, H) += the gradient of relative_bias_forward's output, dpos_bias (H, n),
 /// summed over the columns of each bucket.
 template <class Scalar>
-void relative_bias_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dpos_bias,
+void relative_bias_backward(GradRef<Scalar> dtable, ConstRef<Scalar> dpos_bias,
                             const std::vector<Index>& buckets) {
   const char* func = "relative_bias_backward";
   detail::check_shape(func, "dpos_bias", dpos_bias, dtable.cols(),
@@ -128,7 +129,7 @@ void relative_bias_backward(Matrix<Scalar>& dtable, ConstRef<Scalar> dpos_bias,
 #define EIGENFORMER_RELATIVE_POSITION_TEMPLATES(S)                                             \
   EIGENFORMER_FOR(S, void relative_bias_forward<S>(Matrix<S>& pos_bias, ConstRef<S> table,    \
                                                    const std::vector<Index>& buckets))         \
-  EIGENFORMER_FOR(S, void relative_bias_backward<S>(Matrix<S>& dtable, ConstRef<S> dpos_bias, \
+  EIGENFORMER_FOR(S, void relative_bias_backward<S>(GradRef<S> dtable, ConstRef<S> dpos_bias, \
                                                     const std::vector<Index>& buckets))
 EIGENFORMER_FUNCTION_TEMPLATES(EIGENFORMER_RELATIVE_POSITION_TEMPLATES)
 // clang-format on

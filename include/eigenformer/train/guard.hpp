@@ -87,7 +87,7 @@ StepCheck check_step(double loss, const ParamList<Scalar>& params) {
   detail::check_params_not_null("check_step", params);
   StepCheck c;
   for (const auto& p : params) {
-    const Matrix<Scalar>& g = p.param->grad;
+    const auto& g = p.param->grad;
     if (detail::all_finite(g)) continue;
     ++c.bad_params;
     if (c.bad_params > 1) continue;

@@ -464,7 +464,8 @@ template <class Scalar>
 void Adam<Scalar>::update_rows(size_t i, Index begin, Index n, Scalar step_size,
                                Scalar bias_correction2_sqrt) {
   Param<Scalar>& p = *this->params_[i].param;
-  Rows w = p.value.middleRows(begin, n), g = p.grad.middleRows(begin, n);
+  Rows w = p.value.middleRows(begin, n);
+  const auto g = p.grad.middleRows(begin, n);
   Rows m = m_[i].middleRows(begin, n), v = v_[i].middleRows(begin, n);
   const Scalar decay = this->decay_[i];
   if (decoupled_) {
