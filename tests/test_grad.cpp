@@ -50,7 +50,7 @@ TEST_CASE("GradMatrix copies own their memory; moves take the other's, lent or n
   CHECK(a(0, 0) == 3.0f);
 
   auto buffer = std::make_shared<std::vector<float>>(4, -1.0f);
-  a.lend(buffer->data(), buffer, true);
+  a.lend(buffer->data(), 2, 2, buffer, true);
   GradMatrix<float> c(1, 1);
   c = a;  // a copy of a lent gradient owns its memory
   CHECK_FALSE(c.lent());
@@ -76,7 +76,7 @@ TEST_CASE("GradMatrix::lend views the lent memory, copying its values only when 
   {
     auto buffer = std::make_shared<std::vector<float>>(10, -1.0f);
     watch = buffer;
-    g.lend(buffer->data() + 4, buffer, true);  // a slice, as a bucket lends
+    g.lend(buffer->data() + 4, 2, 3, buffer, true);  // a slice, as a bucket lends
     CHECK(g.lent());
     CHECK(g.data() == buffer->data() + 4);
     CHECK((*buffer)[3] == -1.0f);
@@ -86,10 +86,14 @@ TEST_CASE("GradMatrix::lend views the lent memory, copying its values only when 
     CHECK((*buffer)[9] == 5.0f);
 
     auto other = std::make_shared<std::vector<float>>(6, 4.0f);
-    g.lend(other->data(), other, false);  // the values there are taken as they are
+    g.lend(other->data(), 2, 3, other, false);  // the values there are taken as they are
     CHECK(g.isConstant(4.0f, 0));
-    g.lend(buffer->data() + 4, buffer, false);
+    g.lend(buffer->data() + 4, 2, 3, buffer, false);
     CHECK(g(1, 2) == 5.0f);
+    g.lend(other->data(), 2, 3, other, true);  // from one lender to another, values kept
+    CHECK((*other)[5] == 5.0f);
+    CHECK((*other)[0] == 2.0f);
+    g.lend(buffer->data() + 4, 2, 3, buffer, false);
   }
   CHECK_FALSE(watch.expired());  // the gradient keeps the lent memory alive
   CHECK(g(1, 2) == 5.0f);
@@ -98,11 +102,31 @@ TEST_CASE("GradMatrix::lend views the lent memory, copying its values only when 
   CHECK(watch.expired());
 }
 
+TEST_CASE("GradMatrix::swap exchanges memory, own or lent, as Matrix::swap") {
+  GradMatrix<float> a(1, 2), b(3, 1);
+  a.setConstant(1.0f);
+  auto buffer = std::make_shared<std::vector<float>>(3, 2.0f);
+  b.lend(buffer->data(), 3, 1, buffer, false);
+  const float* own = a.data();
+  a.swap(b);
+  CHECK(a.lent());
+  CHECK(a.data() == buffer->data());
+  CHECK(a.rows() == 3);
+  CHECK_FALSE(b.lent());
+  CHECK(b.data() == own);
+  CHECK(b.isOnes(0));
+  std::swap(a, b);
+  CHECK(a.data() == own);
+  CHECK(b.data() == buffer->data());
+}
+
 TEST_CASE("GradOut points at a gradient, a matrix or nothing, and its copies point alike") {
   GradMatrix<float> g(2, 2);
   Matrix<float> m = Matrix<float>::Zero(1, 2);
-  GradOut<float> none = nullptr, to_g = &g, to_m = &m;
+  Matrix<float> empty;
+  GradOut<float> none = nullptr, to_g = &g, to_m = &m, to_empty = &empty;
   CHECK_FALSE(none);
+  CHECK(to_empty);  // a 0 x 0 matrix is still a gradient to add into
   CHECK_FALSE(GradOut<float>(static_cast<Matrix<float>*>(nullptr)));
   REQUIRE(to_g);
   REQUIRE(to_m);

@@ -357,8 +357,10 @@ TEST_CASE("buckets of megabytes, on 2 MB pages, sum every entry across ranks") {
 }
 
 TEST_CASE("gradients live in the buckets: summed in place, re-lent when replaced, kept after") {
-  // Three (4, 5) gradients in one bucket. On one rank nothing is lent and nothing moves.
+  // Three (4, 5) gradients in one bucket, and one of 1 MB in a bucket of its own, whose buffers
+  // are unmapped when freed. On one rank nothing is lent and nothing moves.
   std::vector<ef::Param<float>> store(3, ef::Param<float>(4, 5));
+  store.emplace_back(262144, 1);
   ef::ParamList<float> params;
   for (std::size_t i = 0; i < store.size(); ++i)
     params.push_back({"p" + std::to_string(i), &store[i]});
@@ -382,7 +384,7 @@ TEST_CASE("gradients live in the buckets: summed in place, re-lent when replaced
   };
   fill();
   auto reducer = std::make_unique<dist::GradientReducer<float>>(comm(), params, 1024);
-  REQUIRE(reducer->buckets() == 1);
+  REQUIRE(reducer->buckets() == 2);
   for (const auto& p : store) CHECK(p.grad.lent() == (n > 1));
   for (int s = 0; s < 2; ++s) {  // the grads and sums buffers swap roles every step
     CAPTURE(s);
@@ -401,10 +403,26 @@ TEST_CASE("gradients live in the buckets: summed in place, re-lent when replaced
   step(*reducer);
   CHECK(store[1].grad.lent() == (n > 1));
   CHECK(wrong_sums() == 0);
+  // Two lent gradients swapped, then written: each sits in the other's slice, and begin()
+  // moves both back with their values.
+  std::swap(store[0].grad, store[2].grad);
+  fill();
+  step(*reducer);
+  CHECK(wrong_sums() == 0);
   reducer.reset();  // the buffers stay while the gradients are lent them
   CHECK(wrong_sums() == 0);
   for (auto& p : store) p.grad.setZero();
   CHECK(store[2].grad.isZero(0));
+}
+
+TEST_CASE("a gradient not shaped as its value is rejected before anything is lent") {
+  std::vector<ef::Param<float>> store(2, ef::Param<float>(4, 5));
+  store[1].grad.resize(5, 5);
+  const ef::ParamList<float> params{{"a", &store[0]}, {"b", &store[1]}};
+  CHECK_THROWS_WITH_AS(dist::GradientReducer<float>(comm(), params),
+                       doctest::Contains("GradientReducer::GradientReducer: argument 'params'"),
+                       ef::ArgumentError);
+  CHECK_FALSE(store[0].grad.lent());
 }
 
 TEST_CASE("HugePageAllocator maps blocks of 1 MB and more on 2 MB pages") {

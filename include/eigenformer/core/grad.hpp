@@ -55,24 +55,33 @@ class GradMatrix : public Eigen::Map<Matrix<Scalar>> {
     if (rows != this->rows() || cols != this->cols()) own(Matrix<Scalar>(rows, cols));
   }
 
-  /// Makes this gradient a view of the rows() x cols() entries at data, which keeper keeps
-  /// alive, copying its entries there first when keep_values. Frees its own memory.
-  void lend(Scalar* data, std::shared_ptr<void> keeper, bool keep_values) {
+  /// Makes this gradient a view of the (rows, cols) entries at data, which keeper keeps alive,
+  /// copying its entries there first when keep_values (then it must be (rows, cols) already).
+  /// Frees its own memory. Whoever lends may move the gradient between buffers (data-parallel
+  /// training does at every step): a Block, Ref or pointer into it is valid until then only.
+  void lend(Scalar* data, Index rows, Index cols, std::shared_ptr<void> keeper, bool keep_values) {
+    eigen_assert(!keep_values || (rows == this->rows() && cols == this->cols()));
     if (keep_values && data != this->data())
       std::copy(this->data(), this->data() + this->size(), data);
-    const Index rows = this->rows(), cols = this->cols();
     view(data, rows, cols);
     keeper_ = std::move(keeper);
     own_ = Matrix<Scalar>();
   }
   /// Whether the memory is lent (lend) rather than its own.
   bool lent() const { return keeper_ != nullptr; }
+  /// Exchanges the memory (own or lent) of the two, as Matrix::swap (Map's swaps entries).
+  void swap(GradMatrix& other) noexcept {
+    GradMatrix tmp(std::move(other));
+    other = std::move(*this);
+    *this = std::move(tmp);
+  }
 
  private:
   Matrix<Scalar> own_;            // the memory when not lent
   std::shared_ptr<void> keeper_;  // the lender's memory, while lent
 
-  // Eigen's documented way to point a Map elsewhere: construct it again in place.
+  // Eigen's documented way to point a Map elsewhere: construct it again in place (as
+  // Eigen::Ref does for itself).
   void view(Scalar* data, Index rows, Index cols) {
     new (static_cast<Base*>(this)) Base(data, rows, cols);
   }

@@ -23,7 +23,8 @@ namespace eigenformer {
 template <class Scalar = float>
 struct Param {
   Matrix<Scalar> value;  // (rows, cols); a vector parameter is one row
-  GradMatrix<Scalar> grad;  // same shape as value (memory of its own, or lent: core/grad.hpp)
+  GradMatrix<Scalar> grad;  // same shape as value; its own memory or lent (core/grad.hpp), so
+                            // a pointer into it is valid until the next data-parallel step
   bool is_vector = false;  // saved as a 1-D tensor of length cols (like PyTorch's biases)
 
   Param() = default;

@@ -212,6 +212,7 @@ Index first_max_index(const Eigen::DenseBase<Vector>& v) {
 template <class M>
 double squared_norm_double(const M& m) {
   static_assert(M::InnerStrideAtCompileTime == 1, "squared_norm_double reads m.size() entries");
+  eigen_assert(m.outerStride() == (M::IsRowMajor ? m.cols() : m.rows()) || m.size() == 0);
   const auto* p = m.data();
   const Index n = m.size();
   double sum = 0.0;

@@ -277,10 +277,11 @@ GradientMeasure measure(const GradMatrix<Scalar>& g) {
 /// gradient_as_bucket_view: each bucket has two buffers, and every gradient is lent a slice of
 /// one (GradMatrix::lend, its own memory freed). Backward adds into it, the bucket is sent from
 /// it, the sums arrive in the other, and finish() lends the gradients the other instead: the two
-/// swap roles every step, and no gradient is copied in or out. The buffers live as long as a
-/// gradient is lent them, after this object too. A gradient given memory of its own meanwhile
-/// (assigned another shape and back, moved from) is lent its slice again, its values copied, by
-/// begin().
+/// swap roles every step, and no gradient is copied in or out (so a pointer into a gradient is
+/// valid until the next finish() only). The buffers live as long as a gradient is lent them,
+/// after this object too. A gradient that got memory of its own of the same shape meanwhile
+/// (resized and back, swapped with another) is lent its slice again, its values copied, by
+/// begin() or when its bucket starts.
 template <class Scalar = float>
 class GradientReducer {
  public:
@@ -289,9 +290,12 @@ class GradientReducer {
 
   /// params: every parameter to sum, the same list on every rank (check_same_parameters).
   /// Throws ArgumentError naming GradientReducer::GradientReducer for a bucket_bytes of 0, an
-  /// empty list or a null pointer.
+  /// empty list, a null pointer or a gradient not shaped as its value.
   GradientReducer(const Communicator& comm, const ParamList<Scalar>& params,
                   std::size_t bucket_bytes = kDefaultBucketBytes);
+  // Not copied: a copy would send from the same buffers, with the same MPI requests.
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
 
   /// Starts a step's backward: checks that params is still the list of construction (names,
   /// objects and shapes) and forgets the last step's progress. Returns the callback to pass to
@@ -363,6 +367,10 @@ class GradientReducer {
   /// Lends e's gradient its slice of its bucket's grads, copying its values there when it is
   /// elsewhere and keep_values.
   void lend(Entry& e, bool keep_values);
+  /// Whether e's gradient is its slice (or nothing is lent: one rank).
+  bool in_place(const Entry& e) const;
+  /// Lends every gradient not in place its slice again, its values kept.
+  void lend_moved();
   double finish_impl(const char* func, bool measuring);
 };
 
@@ -374,6 +382,14 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
   eigenformer::detail::require(bucket_bytes > 0, func, "bucket_bytes", "must be positive, got 0");
   eigenformer::detail::require(!params.empty(), func, "params", "is empty");
   eigenformer::detail::check_no_null_params(func, params);
+  for (const auto& p : params)  // the buckets' slices are cut to the values' shapes
+    eigenformer::detail::require(
+        p.param->grad.rows() == p.param->value.rows() &&
+            p.param->grad.cols() == p.param->value.cols(),
+        func, "params", [&] {
+          return "'" + p.name + "' has shape " + eigenformer::detail::shape_of(p.param->value) +
+                 " and gradient " + eigenformer::detail::shape_of(p.param->grad);
+        });
   const std::size_t capacity = bucket_capacity(params, bucket_bytes);
   std::size_t filled = capacity;                   // forces a first bucket
   for (std::size_t k = params.size(); k-- > 0;) {  // reverse: the order backward finishes them
@@ -403,7 +419,26 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
 template <class Scalar>
 void GradientReducer<Scalar>::lend(Entry& e, bool keep_values) {
   const Buffer& grads = buckets_[e.bucket].grads;
-  e.param->grad.lend(grads->data() + e.offset, grads, keep_values);
+  e.param->grad.lend(grads->data() + e.offset, e.rows, e.cols, grads, keep_values);
+}
+
+template <class Scalar>
+bool GradientReducer<Scalar>::in_place(const Entry& e) const {
+  const Buffer& grads = buckets_[e.bucket].grads;
+  return !grads || e.param->grad.data() == grads->data() + e.offset;
+}
+
+template <class Scalar>
+void GradientReducer<Scalar>::lend_moved() {
+  // Values first, then the slices: gradients that moved may now sit in each other's slices
+  // (std::swap of two), so that lending one at a time would overwrite another's values.
+  std::vector<std::pair<Entry*, Matrix<Scalar>>> moved;
+  for (auto& e : entries_)
+    if (!in_place(e)) moved.emplace_back(&e, Matrix<Scalar>(e.param->grad));
+  for (auto& [e, values] : moved) {
+    lend(*e, false);
+    e->param->grad = values;
+  }
 }
 
 template <class Scalar>
@@ -438,7 +473,8 @@ void GradientReducer<Scalar>::check_unchanged(const ParamList<Scalar>& params) c
             p.param->grad.rows() == e.rows && p.param->grad.cols() == e.cols,
         func, "params", [&] {
           return "'" + p.name + "' has shape " + eigenformer::detail::shape_of(p.param->value) +
-                 ", " + eigenformer::detail::shape_str(e.rows, e.cols) + " at construction";
+                 " and gradient " + eigenformer::detail::shape_of(p.param->grad) + ", " +
+                 eigenformer::detail::shape_str(e.rows, e.cols) + " at construction";
         });
     ++known;
   }
@@ -453,12 +489,8 @@ auto GradientReducer<Scalar>::begin(const ParamList<Scalar>& params) -> GradRead
   eigenformer::detail::require(!in_step_, "GradientReducer::begin", "this",
                                "the last step was not finished (call finish())");
   check_unchanged(params);
-  for (auto& e : entries_) {
-    e.ready = false;
-    if (buckets_[e.bucket].grads &&
-        e.param->grad.data() != buckets_[e.bucket].grads->data() + e.offset)
-      lend(e, true);  // given memory of its own since the last step
-  }
+  for (auto& e : entries_) e.ready = false;
+  lend_moved();  // gradients given memory of their own, or swapped, since the last step
   measured_ = false;
   for (auto& b : buckets_) {
     b.pending = b.params.size();
@@ -487,6 +519,8 @@ template <class Scalar>
 void GradientReducer<Scalar>::start(Bucket& b) {
   b.started = true;
   if (!b.grads) return;  // one rank
+  for (std::size_t k : b.params)  // moved during backward: the slice must hold the gradient
+    if (!in_place(entries_[k])) lend(entries_[k], true);
   MPI_Iallreduce(b.grads->data(), b.sums->data(), static_cast<int>(b.sums->size()),
                  detail::mpi_type<Scalar>(), MPI_SUM, comm_->get(), &b.request);
 }
