@@ -96,6 +96,11 @@ TEST_CASE("GradMatrix::lend views the lent memory, copying its values only when 
     g.lend(buffer->data() + 4, 2, 3, buffer, false);
   }
   CHECK_FALSE(watch.expired());  // the gradient keeps the lent memory alive
+  auto small = std::make_shared<std::vector<float>>(2, 0.0f);
+  eftest::check_throws_with([&] { g.lend(small->data(), 1, 2, small, true); },
+                            {"GradMatrix::lend", "(1, 2)", "(2, 3)"});
+  CHECK(g.rows() == 2);  // unchanged
+  CHECK_FALSE(small.use_count() > 1);
   CHECK(g(1, 2) == 5.0f);
   g.resize(1, 1);  // memory of its own again: the lender's is freed
   CHECK_FALSE(g.lent());

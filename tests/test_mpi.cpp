@@ -409,6 +409,14 @@ TEST_CASE("gradients live in the buckets: summed in place, re-lent when replaced
   fill();
   step(*reducer);
   CHECK(wrong_sums() == 0);
+  {  // The same during backward, before their bucket starts: it sends their values.
+    const ef::GradReady<float> ready = reducer->begin(params);
+    std::swap(store[0].grad, store[2].grad);
+    fill();
+    ready(params);
+    reducer->finish();
+    CHECK(wrong_sums() == 0);
+  }
   reducer.reset();  // the buffers stay while the gradients are lent them
   CHECK(wrong_sums() == 0);
   for (auto& p : store) p.grad.setZero();
@@ -423,6 +431,13 @@ TEST_CASE("a gradient not shaped as its value is rejected before anything is len
                        doctest::Contains("GradientReducer::GradientReducer: argument 'params'"),
                        ef::ArgumentError);
   CHECK_FALSE(store[0].grad.lent());
+  // A list naming one parameter twice and another not at all is not the list of construction.
+  store[1].grad.resize(4, 5);
+  dist::GradientReducer<float> reducer(comm(), params);
+  CHECK_THROWS_WITH_AS(reducer.begin({params[0], params[0]}),
+                       doctest::Contains("names 1 of the 2 parameters"), ef::ArgumentError);
+  CHECK_NOTHROW(reducer.begin({params[1], params[0], params[1]}));
+  reducer.finish();
 }
 
 TEST_CASE("HugePageAllocator maps blocks of 1 MB and more on 2 MB pages") {

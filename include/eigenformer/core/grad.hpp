@@ -12,6 +12,7 @@
 #include <new>
 #include <utility>
 
+#include "error.hpp"
 #include "tensor.hpp"
 
 namespace eigenformer {
@@ -57,10 +58,16 @@ class GradMatrix : public Eigen::Map<Matrix<Scalar>> {
 
   /// Makes this gradient a view of the (rows, cols) entries at data, which keeper keeps alive,
   /// copying its entries there first when keep_values (then it must be (rows, cols) already).
-  /// Frees its own memory. Whoever lends may move the gradient between buffers (data-parallel
-  /// training does at every step): a Block, Ref or pointer into it is valid until then only.
+  /// Frees its own memory. Throws ArgumentError naming GradMatrix::lend, changing nothing, when
+  /// keep_values and (rows, cols) is not its shape. Whoever lends may move the gradient between
+  /// buffers (data-parallel training does at every step): a Block, Ref or pointer into it is
+  /// valid until then only.
   void lend(Scalar* data, Index rows, Index cols, std::shared_ptr<void> keeper, bool keep_values) {
-    eigen_assert(!keep_values || (rows == this->rows() && cols == this->cols()));
+    detail::require(!keep_values || (rows == this->rows() && cols == this->cols()),
+                    "GradMatrix::lend", "rows, cols", [&] {
+                      return "are " + detail::shape_str(rows, cols) + ": keeping the values of a " +
+                             detail::shape_of(*this) + " gradient needs its shape";
+                    });
     if (keep_values && data != this->data())
       std::copy(this->data(), this->data() + this->size(), data);
     view(data, rows, cols);

@@ -277,11 +277,12 @@ GradientMeasure measure(const GradMatrix<Scalar>& g) {
 /// gradient_as_bucket_view: each bucket has two buffers, and every gradient is lent a slice of
 /// one (GradMatrix::lend, its own memory freed). Backward adds into it, the bucket is sent from
 /// it, the sums arrive in the other, and finish() lends the gradients the other instead: the two
-/// swap roles every step, and no gradient is copied in or out (so a pointer into a gradient is
-/// valid until the next finish() only). The buffers live as long as a gradient is lent them,
-/// after this object too. A gradient that got memory of its own of the same shape meanwhile
-/// (resized and back, swapped with another) is lent its slice again, its values copied, by
-/// begin() or when its bucket starts.
+/// swap roles every step, and no gradient is copied in or out. So a pointer into a gradient is
+/// valid until the next finish() at most, and a GradMatrix moved out of one still views a buffer
+/// that later steps write into (copy it to keep the values). The buffers live as long as a
+/// gradient is lent them, after this object too. A gradient that got memory of its own of the
+/// same shape meanwhile (resized and back, swapped with another) is lent its slice again, its
+/// values copied, by begin() or, during backward, when its bucket starts.
 template <class Scalar = float>
 class GradientReducer {
  public:
@@ -293,12 +294,16 @@ class GradientReducer {
   /// empty list, a null pointer or a gradient not shaped as its value.
   GradientReducer(const Communicator& comm, const ParamList<Scalar>& params,
                   std::size_t bucket_bytes = kDefaultBucketBytes);
-  // Not copied: a copy would send from the same buffers, with the same MPI requests.
+  // Neither copied (a copy would send from the same buffers, with the same MPI requests) nor
+  // moved (begin()'s callback points to this object).
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
+  GradientReducer(GradientReducer&&) = delete;
+  GradientReducer& operator=(GradientReducer&&) = delete;
 
-  /// Starts a step's backward: checks that params is still the list of construction (names,
-  /// objects and shapes) and forgets the last step's progress. Returns the callback to pass to
+  /// Starts a step's backward: checks that params is still the list of construction (every
+  /// parameter of it, once or more, and no other, each of its shape at construction, gradient
+  /// too) and forgets the last step's progress. Returns the callback to pass to
   /// the model's backward. Throws ArgumentError naming GradientReducer::begin, changing nothing,
   /// at the first difference; and when the last step was not finished.
   GradReady<Scalar> begin(const ParamList<Scalar>& params);
@@ -359,6 +364,7 @@ class GradientReducer {
   std::unordered_map<const Param<Scalar>*, std::size_t> index_;
   bool in_step_ = false;
   bool measured_ = false;  // the entries' measures are the last finish's
+  mutable std::vector<char> seen_;  // check_unchanged's scratch, one flag per entry
 
   static std::size_t bucket_capacity(const ParamList<Scalar>& params, std::size_t bucket_bytes);
   void check_unchanged(const ParamList<Scalar>& params) const;
@@ -369,8 +375,11 @@ class GradientReducer {
   void lend(Entry& e, bool keep_values);
   /// Whether e's gradient is its slice (or nothing is lent: one rank).
   bool in_place(const Entry& e) const;
-  /// Lends every gradient not in place its slice again, its values kept.
-  void lend_moved();
+  /// Lends the gradients away from their slices their slices again, values kept: all of them
+  /// when only is null; else only's, while the others get memory of their own (they may sit in
+  /// only's slices, about to be sent). Throws ArgumentError naming GradientReducer::ready for
+  /// one no longer of its shape at construction.
+  void put_back(const Bucket* only);
   double finish_impl(const char* func, bool measuring);
 };
 
@@ -429,15 +438,29 @@ bool GradientReducer<Scalar>::in_place(const Entry& e) const {
 }
 
 template <class Scalar>
-void GradientReducer<Scalar>::lend_moved() {
+void GradientReducer<Scalar>::put_back(const Bucket* only) {
   // Values first, then the slices: gradients that moved may now sit in each other's slices
   // (std::swap of two), so that lending one at a time would overwrite another's values.
   std::vector<std::pair<Entry*, Matrix<Scalar>>> moved;
-  for (auto& e : entries_)
-    if (!in_place(e)) moved.emplace_back(&e, Matrix<Scalar>(e.param->grad));
+  for (auto& e : entries_) {
+    if (in_place(e)) continue;
+    eigenformer::detail::require(
+        e.param->grad.rows() == e.rows && e.param->grad.cols() == e.cols, "GradientReducer::ready",
+        "params", [&] {
+          return "'" + e.name + "' has gradient " + eigenformer::detail::shape_of(e.param->grad) +
+                 ", " + eigenformer::detail::shape_str(e.rows, e.cols) + " at construction";
+        });
+    moved.emplace_back(&e, Matrix<Scalar>(e.param->grad));
+  }
   for (auto& [e, values] : moved) {
-    lend(*e, false);
-    e->param->grad = values;
+    if (!only || &buckets_[e->bucket] == only) {
+      lend(*e, false);
+      e->param->grad = values;
+    } else {  // it may sit in one of only's slices, which are about to be sent
+      GradMatrix<Scalar> own(e->rows, e->cols);
+      own = values;
+      e->param->grad = std::move(own);
+    }
   }
 }
 
@@ -461,7 +484,8 @@ template <class Scalar>
 void GradientReducer<Scalar>::check_unchanged(const ParamList<Scalar>& params) const {
   const char* func = "GradientReducer::begin";
   eigenformer::detail::check_no_null_params(func, params);
-  std::size_t known = 0;
+  std::size_t known = 0;  // distinct parameters of the list
+  seen_.assign(entries_.size(), 0);
   for (const auto& p : params) {
     const auto it = index_.find(p.param);
     eigenformer::detail::require(it != index_.end(), func, "params", [&] {
@@ -476,10 +500,11 @@ void GradientReducer<Scalar>::check_unchanged(const ParamList<Scalar>& params) c
                  " and gradient " + eigenformer::detail::shape_of(p.param->grad) + ", " +
                  eigenformer::detail::shape_str(e.rows, e.cols) + " at construction";
         });
-    ++known;
+    if (!seen_[it->second]) ++known;
+    seen_[it->second] = 1;
   }
-  eigenformer::detail::require(known >= entries_.size(), func, "params", [&] {
-    return "has " + std::to_string(params.size()) + " entries, " + std::to_string(entries_.size()) +
+  eigenformer::detail::require(known == entries_.size(), func, "params", [&] {
+    return "names " + std::to_string(known) + " of the " + std::to_string(entries_.size()) +
            " parameters at construction";
   });
 }
@@ -490,7 +515,7 @@ auto GradientReducer<Scalar>::begin(const ParamList<Scalar>& params) -> GradRead
                                "the last step was not finished (call finish())");
   check_unchanged(params);
   for (auto& e : entries_) e.ready = false;
-  lend_moved();  // gradients given memory of their own, or swapped, since the last step
+  put_back(nullptr);  // gradients given memory of their own, or swapped, since the last step
   measured_ = false;
   for (auto& b : buckets_) {
     b.pending = b.params.size();
@@ -519,8 +544,10 @@ template <class Scalar>
 void GradientReducer<Scalar>::start(Bucket& b) {
   b.started = true;
   if (!b.grads) return;  // one rank
-  for (std::size_t k : b.params)  // moved during backward: the slice must hold the gradient
-    if (!in_place(entries_[k])) lend(entries_[k], true);
+  // Moved during backward: the slices must hold the gradients.
+  if (std::any_of(b.params.begin(), b.params.end(),
+                  [&](std::size_t k) { return !in_place(entries_[k]); }))
+    put_back(&b);
   MPI_Iallreduce(b.grads->data(), b.sums->data(), static_cast<int>(b.sums->size()),
                  detail::mpi_type<Scalar>(), MPI_SUM, comm_->get(), &b.request);
 }
@@ -583,7 +610,8 @@ class DataParallel {
   /// A collective: checks that model has the same parameters on every rank (ArgumentError naming
   /// DataParallel::DataParallel on every rank, with the first difference), then copies rank 0's
   /// parameter values and dropout generators to every rank. comm must outlive this object, model
-  /// too (its parameters are kept). Throws ArgumentError for a bucket_bytes of 0.
+  /// too (its parameters are kept). Throws ArgumentError for a bucket_bytes of 0 and a gradient
+  /// not shaped as its value.
   template <class Model>
   DataParallel(const Communicator& comm, Model& model, DataParallelOptions options = {})
       : comm_(&comm),
