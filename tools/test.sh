@@ -9,7 +9,8 @@
 #  3. the fuzz targets for a bounded time;
 #  4. every test again built by clang with -march=native, AddressSanitizer +
 #     UndefinedBehaviorSanitizer, and OpenBLAS doing the matrix products, so that the native and
-#     BLAS paths, and a second compiler, are tested too. (Clang: at -O0 a test file compiles in a
+#     BLAS paths, and a second compiler, are tested too, the data-parallel tests under mpirun
+#     among them (their buckets lend memory to the gradients). (Clang: at -O0 a test file compiles in a
 #     third of GCC 12's time, 6.7 s against 19.4 s; the build took 114 s instead of 225.) Its
 #     programs load clang's OpenMP runtime (libomp) and OpenBLAS's (libgomp); OpenBLAS's calls
 #     bind to libomp, which the link lists first, and the tests run one thread each. GCC with
@@ -73,6 +74,7 @@ if [[ -f build/sanitize/CMakeCache.txt ]] &&
   rm -rf build/sanitize
 fi
 tools/setup.sh build/sanitize -DCMAKE_CXX_COMPILER="$clangxx" -DCMAKE_BUILD_TYPE=Release \
-  -DEIGENFORMER_SANITIZE=ON -DEIGENFORMER_USE_BLAS=ON -DEIGENFORMER_TEST_GROUPS=ON \
-  -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF -DEIGENFORMER_BUILD_BENCH=OFF
+  -DEIGENFORMER_SANITIZE=ON -DEIGENFORMER_USE_BLAS=ON -DEIGENFORMER_MPI=ON \
+  -DEIGENFORMER_TEST_GROUPS=ON -DEIGENFORMER_BUILD_TESTS=ON -DEIGENFORMER_BUILD_EXAMPLES=OFF \
+  -DEIGENFORMER_BUILD_BENCH=OFF
 ctest --test-dir build/sanitize --output-on-failure -j "$(nproc)"
