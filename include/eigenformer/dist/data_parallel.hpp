@@ -375,7 +375,7 @@ class GradientReducer {
   void lend(Entry& e, bool keep_values);
   /// Whether e's gradient is its slice (or nothing is lent: one rank).
   bool in_place(const Entry& e) const;
-  /// Lends the gradients away from their slices their slices again, values kept: all of them
+  /// Puts the gradients that are away from their slices back into them, values kept: all
   /// when only is null; else only's, while the others get memory of their own (they may sit in
   /// only's slices, about to be sent). Throws ArgumentError naming GradientReducer::ready for
   /// one no longer of its shape at construction.
