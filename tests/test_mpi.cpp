@@ -423,6 +423,48 @@ TEST_CASE("gradients live in the buckets: summed in place, re-lent when replaced
   CHECK(store[2].grad.isZero(0));
 }
 
+TEST_CASE("gradients moved during backward across buckets, or resized, are summed right") {
+  // Two (4, 5) gradients in buckets of their own (80 bytes each).
+  std::vector<ef::Param<float>> store(2, ef::Param<float>(4, 5));
+  const ef::ParamList<float> params{{"a", &store[0]}, {"b", &store[1]}};
+  const int n = comm().size(), rank = comm().rank();
+  const auto fill = [&] {
+    for (std::size_t i = 0; i < store.size(); ++i) store[i].grad.setConstant(float(10 * i + rank));
+  };
+  const auto summed = [&](std::size_t i, Index base) {  // base + rank on each rank, summed
+    return store[i].grad.isConstant(float(n * base + n * (n - 1) / 2), 0);
+  };
+  dist::GradientReducer<float> reducer(comm(), params, 80);
+  REQUIRE(reducer.buckets() == 2);
+  // Swapped across buckets, reported one at a time as backward does (b's bucket first): b's
+  // start puts b back and gives a, which sits in b's slice, memory of its own.
+  ef::GradReady<float> ready = reducer.begin(params);
+  std::swap(store[0].grad, store[1].grad);
+  fill();
+  ready({params[1]});
+  ready({params[0]});
+  reducer.finish();
+  CHECK(summed(0, 0));
+  CHECK(summed(1, 10));
+  // A gradient of another shape when its bucket starts (on more than one rank, where it is
+  // lent): an error naming the caller, the bucket not started; with the shape back, finish()
+  // starts it.
+  ready = reducer.begin(params);
+  fill();
+  store[1].grad.resize(5, 4);
+  if (n > 1)
+    CHECK_THROWS_WITH_AS(ready({params[1]}),
+                         doctest::Contains("GradientReducer::ready: argument 'params' 'b' has "
+                                           "gradient (5, 4), (4, 5) at construction"),
+                         ef::ArgumentError);
+  store[1].grad.resize(4, 5);
+  store[1].grad.setConstant(float(30 + rank));  // not the last step's: a stale sum shows
+  ready({params[0]});
+  reducer.finish();
+  CHECK(summed(0, 0));
+  CHECK(summed(1, 30));
+}
+
 TEST_CASE("a gradient not shaped as its value is rejected before anything is lent") {
   std::vector<ef::Param<float>> store(2, ef::Param<float>(4, 5));
   store[1].grad.resize(5, 5);
@@ -435,7 +477,8 @@ TEST_CASE("a gradient not shaped as its value is rejected before anything is len
   store[1].grad.resize(4, 5);
   dist::GradientReducer<float> reducer(comm(), params);
   CHECK_THROWS_WITH_AS(reducer.begin({params[0], params[0]}),
-                       doctest::Contains("names 1 of the 2 parameters"), ef::ArgumentError);
+                       doctest::Contains("names 1 of the 2 parameters at construction, not 'b'"),
+                       ef::ArgumentError);
   CHECK_NOTHROW(reducer.begin({params[1], params[0], params[1]}));
   reducer.finish();
 }

@@ -10,11 +10,11 @@
 #  4. every test again built by clang with -march=native, AddressSanitizer +
 #     UndefinedBehaviorSanitizer, and OpenBLAS doing the matrix products, so that the native and
 #     BLAS paths, and a second compiler, are tested too, the data-parallel tests under mpirun
-#     among them (their buckets lend memory to the gradients). (Clang: at -O0 a test file compiles in a
-#     third of GCC 12's time, 6.7 s against 19.4 s; the build took 114 s instead of 225.) Its
-#     programs load clang's OpenMP runtime (libomp) and OpenBLAS's (libgomp); OpenBLAS's calls
-#     bind to libomp, which the link lists first, and the tests run one thread each. GCC with
-#     OpenBLAS is what bench/ builds, not this script.
+#     among them (their buckets lend memory to the gradients). (Clang: at -O0 a test file
+#     compiles in a third of GCC 12's time, 6.7 s against 19.4 s; the build took 114 s instead
+#     of 225.) Its programs load clang's OpenMP runtime (libomp) and OpenBLAS's (libgomp);
+#     OpenBLAS's calls bind to libomp, which the link lists first, and the tests run one thread
+#     each. GCC with OpenBLAS is what bench/ builds, not this script.
 # Installs missing Debian packages first. Each build compiles the models once, into
 # eigenformer::precompiled, and the test files of a label together (-DEIGENFORMER_TEST_GROUPS=ON:
 # Eigen's templates, which every test file instantiates, compiled once per group of files): quick

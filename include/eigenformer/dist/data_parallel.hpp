@@ -310,13 +310,16 @@ class GradientReducer {
 
   /// backward's report: these parameters' gradients are final. Starts every bucket it completes,
   /// and lets MPI progress the buckets in flight. Parameters not in the list are ignored, and a
-  /// parameter reported twice counts once. A reported gradient must not be written until
-  /// finish(): its bucket is sent from it while backward goes on.
+  /// parameter reported twice counts once. A reported gradient must not be written, resized,
+  /// moved or swapped until finish(): its bucket is sent from it while backward goes on. Throws
+  /// ArgumentError naming GradientReducer::ready when a bucket to start has a gradient of
+  /// another shape than at construction (the bucket is not started; finish() tries again).
   void ready(const ParamList<Scalar>& params);
 
   /// Starts the buckets backward did not complete, waits for all, and lends the gradients the
   /// sums. Returns the seconds spent waiting (communication that backward did not hide).
-  /// Throws ArgumentError naming GradientReducer::finish when begin() was not called.
+  /// Throws ArgumentError naming GradientReducer::finish when begin() was not called, and as
+  /// ready() for a bucket it starts.
   double finish() { return finish_impl("GradientReducer::finish", false); }
 
   /// finish(), with each summed gradient measured in one pass that reads it: whether its entries
@@ -368,7 +371,7 @@ class GradientReducer {
 
   static std::size_t bucket_capacity(const ParamList<Scalar>& params, std::size_t bucket_bytes);
   void check_unchanged(const ParamList<Scalar>& params) const;
-  void start(Bucket& b);
+  void start(Bucket& b, const char* func);
   void progress();
   /// Lends e's gradient its slice of its bucket's grads, copying its values there when it is
   /// elsewhere and keep_values.
@@ -376,10 +379,10 @@ class GradientReducer {
   /// Whether e's gradient is its slice (or nothing is lent: one rank).
   bool in_place(const Entry& e) const;
   /// Puts the gradients that are away from their slices back into them, values kept: all
-  /// when only is null; else only's, while the others get memory of their own (they may sit in
-  /// only's slices, about to be sent). Throws ArgumentError naming GradientReducer::ready for
-  /// one no longer of its shape at construction.
-  void put_back(const Bucket* only);
+  /// when only is null; else only's, while any other sitting in only's slices (about to be sent)
+  /// gets memory of its own. Throws ArgumentError naming func, changing nothing, for one to put
+  /// back that no longer has its shape at construction.
+  void put_back(const Bucket* only, const char* func);
   double finish_impl(const char* func, bool measuring);
 };
 
@@ -438,28 +441,38 @@ bool GradientReducer<Scalar>::in_place(const Entry& e) const {
 }
 
 template <class Scalar>
-void GradientReducer<Scalar>::put_back(const Bucket* only) {
-  // Values first, then the slices: gradients that moved may now sit in each other's slices
-  // (std::swap of two), so that lending one at a time would overwrite another's values.
-  std::vector<std::pair<Entry*, Matrix<Scalar>>> moved;
+void GradientReducer<Scalar>::put_back(const Bucket* only, const char* func) {
+  // Gradients that moved may sit in each other's slices (std::swap of two), so that putting
+  // them back one at a time would overwrite another's values: everything is read first.
+  struct Moved {
+    Entry* e;
+    bool home;                // to go into its slice, with values; else to become copy,
+    Matrix<Scalar> values;    // memory of its own (one of another bucket sitting in only's
+    GradMatrix<Scalar> copy;  // slices)
+  };
+  std::vector<Moved> moved;
   for (auto& e : entries_) {
     if (in_place(e)) continue;
+    if (only && &buckets_[e.bucket] != only) {
+      const Scalar* data = e.param->grad.data();
+      const Scalar *begin = only->grads->data(), *end = begin + only->grads->size();
+      if (e.param->grad.size() > 0 && data >= begin && data < end)
+        moved.push_back({&e, false, Matrix<Scalar>(), e.param->grad});
+      continue;
+    }
     eigenformer::detail::require(
-        e.param->grad.rows() == e.rows && e.param->grad.cols() == e.cols, "GradientReducer::ready",
-        "params", [&] {
+        e.param->grad.rows() == e.rows && e.param->grad.cols() == e.cols, func, "params", [&] {
           return "'" + e.name + "' has gradient " + eigenformer::detail::shape_of(e.param->grad) +
                  ", " + eigenformer::detail::shape_str(e.rows, e.cols) + " at construction";
         });
-    moved.emplace_back(&e, Matrix<Scalar>(e.param->grad));
+    moved.push_back({&e, true, Matrix<Scalar>(e.param->grad), GradMatrix<Scalar>()});
   }
-  for (auto& [e, values] : moved) {
-    if (!only || &buckets_[e->bucket] == only) {
-      lend(*e, false);
-      e->param->grad = values;
-    } else {  // it may sit in one of only's slices, which are about to be sent
-      GradMatrix<Scalar> own(e->rows, e->cols);
-      own = values;
-      e->param->grad = std::move(own);
+  for (auto& m : moved) {
+    if (m.home) {
+      lend(*m.e, false);
+      m.e->param->grad = m.values;
+    } else {
+      m.e->param->grad = std::move(m.copy);
     }
   }
 }
@@ -504,8 +517,9 @@ void GradientReducer<Scalar>::check_unchanged(const ParamList<Scalar>& params) c
     seen_[it->second] = 1;
   }
   eigenformer::detail::require(known == entries_.size(), func, "params", [&] {
+    const auto missing = std::find(seen_.begin(), seen_.end(), 0) - seen_.begin();
     return "names " + std::to_string(known) + " of the " + std::to_string(entries_.size()) +
-           " parameters at construction";
+           " parameters at construction, not '" + entries_[missing].name + "'";
   });
 }
 
@@ -515,7 +529,7 @@ auto GradientReducer<Scalar>::begin(const ParamList<Scalar>& params) -> GradRead
                                "the last step was not finished (call finish())");
   check_unchanged(params);
   for (auto& e : entries_) e.ready = false;
-  put_back(nullptr);  // gradients given memory of their own, or swapped, since the last step
+  put_back(nullptr, "GradientReducer::begin");  // given memory of their own, or swapped
   measured_ = false;
   for (auto& b : buckets_) {
     b.pending = b.params.size();
@@ -535,19 +549,20 @@ void GradientReducer<Scalar>::ready(const ParamList<Scalar>& params) {
     if (e.ready) continue;
     e.ready = true;
     Bucket& b = buckets_[e.bucket];
-    if (--b.pending == 0) start(b);
+    if (--b.pending == 0) start(b, "GradientReducer::ready");
   }
   progress();
 }
 
 template <class Scalar>
-void GradientReducer<Scalar>::start(Bucket& b) {
+void GradientReducer<Scalar>::start(Bucket& b, const char* func) {
+  // Moved during backward: the slices must hold the gradients. (Marked started after: a throw
+  // leaves the bucket to start again, not to be taken as summed.)
+  if (b.grads && std::any_of(b.params.begin(), b.params.end(),
+                             [&](std::size_t k) { return !in_place(entries_[k]); }))
+    put_back(&b, func);
   b.started = true;
   if (!b.grads) return;  // one rank
-  // Moved during backward: the slices must hold the gradients.
-  if (std::any_of(b.params.begin(), b.params.end(),
-                  [&](std::size_t k) { return !in_place(entries_[k]); }))
-    put_back(&b);
   MPI_Iallreduce(b.grads->data(), b.sums->data(), static_cast<int>(b.sums->size()),
                  detail::mpi_type<Scalar>(), MPI_SUM, comm_->get(), &b.request);
 }
@@ -570,7 +585,7 @@ double GradientReducer<Scalar>::finish_impl(const char* func, bool measuring) {
   // Buckets backward did not complete (parameters it never reported), in bucket order: the same
   // order on every rank, as MPI needs.
   for (auto& b : buckets_)
-    if (!b.started) start(b);
+    if (!b.started) start(b, func);
   const auto t0 = std::chrono::steady_clock::now();
   for (auto& b : buckets_) MPI_Wait(&b.request, MPI_STATUS_IGNORE);
   const double waited =
