@@ -187,6 +187,14 @@ TEST_CASE("20 steps on N ranks give one process's losses and weights, dropout on
 
 namespace {
 
+/// store's parameters, named p0, p1, ... in order.
+ef::ParamList<float> named_p(std::vector<ef::Param<float>>& store) {
+  ef::ParamList<float> params;
+  for (std::size_t i = 0; i < store.size(); ++i)
+    params.push_back({"p" + std::to_string(i), &store[i]});
+  return params;
+}
+
 /// A data-parallel model after one step's backward on the first global batch, gradients not yet
 /// summed: dp.end_backward() or dp.finish_gradients() comes next.
 struct Backward {
@@ -305,9 +313,7 @@ TEST_CASE("buckets follow backward's order, at most bucket_bytes and a quarter o
   constexpr Index kMB = 262144;
   std::vector<ef::Param<float>> store(12, ef::Param<float>(kMB, 1));
   store.reserve(13);  // the pointers below stay valid
-  ef::ParamList<float> params;
-  for (std::size_t i = 0; i < store.size(); ++i)
-    params.push_back({"p" + std::to_string(i), &store[i]});
+  ef::ParamList<float> params = named_p(store);
   // 12 MB against 25 MB buckets: a quarter (3 MB) each, so that the first starts early.
   const dist::GradientReducer<float> quarters(comm(), params);
   REQUIRE(quarters.buckets() == 4);
@@ -336,9 +342,7 @@ TEST_CASE("buckets of megabytes, on 2 MB pages, sum every entry across ranks") {
   // (2 MB each) and {p0}, all on huge pages. On one rank nothing is sent and no buffer is made.
   std::vector<ef::Param<float>> store(8, ef::Param<float>(262144, 1));
   store.emplace_back(1, 1024);
-  ef::ParamList<float> params;
-  for (std::size_t i = 0; i < store.size(); ++i)
-    params.push_back({"p" + std::to_string(i), &store[i]});
+  ef::ParamList<float> params = named_p(store);
   for (auto& p : store)  // entry k of rank r: k % 1000 + r, so that each sum is known
     for (Index k = 0; k < p.size(); ++k) p.grad.data()[k] = float(k % 1000 + comm().rank());
   dist::GradientReducer<float> reducer(comm(), params);
@@ -361,9 +365,7 @@ TEST_CASE("gradients live in the buckets: summed in place, re-lent when replaced
   // are unmapped when freed. On one rank nothing is lent and nothing moves.
   std::vector<ef::Param<float>> store(3, ef::Param<float>(4, 5));
   store.emplace_back(262144, 1);
-  ef::ParamList<float> params;
-  for (std::size_t i = 0; i < store.size(); ++i)
-    params.push_back({"p" + std::to_string(i), &store[i]});
+  ef::ParamList<float> params = named_p(store);
   const int n = comm().size(), rank = comm().rank();
   const auto fill = [&] {  // entry k of parameter i on rank r: 100 i + k + r
     for (std::size_t i = 0; i < store.size(); ++i)
