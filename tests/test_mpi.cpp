@@ -5,6 +5,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "model_cases.hpp"
@@ -465,6 +467,32 @@ TEST_CASE("gradients moved during backward across buckets, or resized, are summe
   reducer.finish();
   CHECK(summed(0, 0));
   CHECK(summed(1, 30));
+}
+
+TEST_CASE("a step abandoned during backward keeps its buffers until MPI has finished with them") {
+  // An exception in backward, caught, destroys the reducer while its bucket is in flight: MPI
+  // may still write the sums (a non-blocking collective can be neither cancelled nor freed).
+  // Rank 0 leaves first, while the others have not even started: its sums buffer (1 MB, on
+  // its own mapping, unmapped when freed) must outlive the reducer.
+  std::vector<ef::Param<float>> store(1, ef::Param<float>(262144, 1));
+  ef::ParamList<float> params = named_p(store);
+  for (Index k = 0; k < store[0].size(); ++k) store[0].grad.data()[k] = float(k % 1000);
+  {
+    dist::GradientReducer<float> reducer(comm(), params);
+    const ef::GradReady<float> ready = reducer.begin(params);
+    if (comm().rank() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ready(params);  // started; destroyed without finish()
+  }
+  CHECK(dist::detail::abandoned_requests() == std::size_t(comm().size() > 1));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (dist::detail::settle_abandoned() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(dist::detail::abandoned_requests() == 0);
+  // The gradient still views the buffer it was sent from, unchanged.
+  Index wrong = 0;
+  for (Index k = 0; k < store[0].size(); ++k) wrong += store[0].grad.data()[k] != float(k % 1000);
+  CHECK(wrong == 0);
+  comm().barrier();
 }
 
 TEST_CASE("a gradient not shaped as its value is rejected before anything is lent") {
