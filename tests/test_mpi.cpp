@@ -483,7 +483,11 @@ TEST_CASE("a step abandoned during backward keeps its buffers until MPI has fini
     if (comm().rank() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
     ready(params);  // started; destroyed without finish()
   }
-  CHECK(dist::detail::abandoned_requests() == std::size_t(comm().size() > 1));
+  // Rank 0's sum cannot complete before the others start; theirs may complete at once.
+  if (comm().rank() == 0)
+    CHECK(dist::detail::abandoned_requests() == std::size_t(comm().size() > 1));
+  else
+    CHECK(dist::detail::abandoned_requests() <= 1);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (dist::detail::settle_abandoned() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));

@@ -16,15 +16,19 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
@@ -52,6 +56,58 @@ inline void on_mpi_error(MPI_Comm* comm, int* code, ...) {
   abort_job(*comm, "MPI error " + std::to_string(*code) + ": " + std::string(text, length));
 }
 
+/// The non-blocking collectives of objects destroyed while they were in flight (a
+/// GradientReducer whose step was abandoned between begin() and finish()): MPI may still read and
+/// write their buffers, and forbids cancelling or freeing such a request, so each request's
+/// buffers are kept here until MPI_Test finds it complete. Never destroyed: a reducer may be
+/// destroyed after the statics.
+struct Abandoned {
+  MPI_Request request;
+  std::shared_ptr<void> send, receive;
+};
+inline std::vector<Abandoned>& abandoned() {
+  static auto* list = new std::vector<Abandoned>();
+  return *list;
+}
+
+/// Tests each abandoned request (letting MPI progress it) and frees the buffers of those that
+/// completed. Returns the number still in flight. Does nothing once MPI is finalised.
+inline std::size_t settle_abandoned() {
+  auto& list = abandoned();
+  if (list.empty()) return 0;
+  int finalised = 0;
+  MPI_Finalized(&finalised);
+  if (finalised) return list.size();
+  for (std::size_t i = 0; i < list.size();) {
+    int done = 0;
+    MPI_Test(&list[i].request, &done, MPI_STATUS_IGNORE);
+    if (done) {
+      list[i] = std::move(list.back());
+      list.pop_back();
+    } else {
+      ++i;
+    }
+  }
+  return list.size();
+}
+inline std::size_t abandoned_requests() { return abandoned().size(); }
+
+/// Before MPI_Finalize, which needs every operation completed: settles the abandoned requests for
+/// up to seconds, then names on stderr those that other ranks never matched, rather than wait for
+/// ever.
+inline void settle_abandoned_before_finalize(double seconds = 10.0) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (settle_abandoned() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (abandoned_requests() == 0) return;
+  int rank = -1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  std::fprintf(stderr,
+               "eigenformer: rank %d: %zu gradient sums of an abandoned step never completed "
+               "(the other ranks did not start them); finalising MPI regardless\n",
+               rank, abandoned_requests());
+}
+
 }  // namespace detail
 
 /// MPI for the lifetime of the object: one per process, first thing in main.
@@ -75,7 +131,9 @@ class Environment {
   ~Environment() {
     int finalised = 0;
     MPI_Finalized(&finalised);
-    if (!finalised) MPI_Finalize();
+    if (finalised) return;
+    detail::settle_abandoned_before_finalize();
+    MPI_Finalize();
   }
 };
 

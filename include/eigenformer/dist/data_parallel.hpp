@@ -206,36 +206,6 @@ struct HugePageAllocator {
 template <class Scalar>
 using BucketBuffer = std::vector<Scalar, HugePageAllocator<Scalar>>;
 
-/// The non-blocking collectives of reducers destroyed in flight (a step abandoned between
-/// begin() and finish(), e.g. by an exception in backward): MPI may still read and write their
-/// buffers, and forbids cancelling or freeing such a request, so each buffer is kept here until
-/// MPI_Test finds its request complete. The list is never destroyed: MPI may outlive statics.
-struct Abandoned {
-  MPI_Request request;
-  std::shared_ptr<void> send, receive;
-};
-inline std::vector<Abandoned>& abandoned() {
-  static auto* list = new std::vector<Abandoned>();
-  return *list;
-}
-
-/// Tests each abandoned request (letting MPI progress it) and frees the buffers of those that
-/// completed. Returns the number still in flight. Does nothing once MPI is finalised.
-inline std::size_t settle_abandoned() {
-  auto& list = abandoned();
-  int finalised = 0;
-  if (list.empty() || (MPI_Finalized(&finalised), finalised)) return list.size();
-  list.erase(std::remove_if(list.begin(), list.end(),
-                            [](Abandoned& a) {
-                              int done = 0;
-                              MPI_Test(&a.request, &done, MPI_STATUS_IGNORE);
-                              return done != 0;
-                            }),
-             list.end());
-  return list.size();
-}
-inline std::size_t abandoned_requests() { return abandoned().size(); }
-
 }  // namespace detail
 
 /// Checks, on every rank at once, that params has the same names, shapes and count as on rank 0.
@@ -310,10 +280,10 @@ GradientMeasure measure(const GradMatrix<Scalar>& g) {
 /// swap roles every step, and no gradient is copied in or out. So a pointer into a gradient is
 /// valid until the next finish() at most, and a GradMatrix moved out of one still views a buffer
 /// that later steps write into (copy it to keep the values). The buffers live as long as a
-/// gradient is lent them, after this object too, and as long as MPI is sending them (a step
-/// abandoned mid-backward). A gradient that got memory of its own of the
-/// same shape meanwhile (resized and back, swapped with another) is lent its slice again, its
-/// values copied, by begin() or, during backward, when its bucket starts.
+/// gradient is lent them, after this object too, and as long as MPI may read or write them (see
+/// the destructor). A gradient that got memory of its own of the same shape meanwhile (resized and
+/// back, swapped with another) is lent its slice again, its values copied, by begin() or, during
+/// backward, when its bucket starts.
 template <class Scalar = float>
 class GradientReducer {
  public:
@@ -331,8 +301,11 @@ class GradientReducer {
   GradientReducer& operator=(const GradientReducer&) = delete;
   GradientReducer(GradientReducer&&) = delete;
   GradientReducer& operator=(GradientReducer&&) = delete;
-  /// Buckets still in flight (a step not finished) keep their buffers until MPI has completed
-  /// them (detail::settle_abandoned, called again by every begin()).
+  /// A step abandoned between begin() and finish() (an exception in backward, caught on every
+  /// rank after the same buckets started: MPI needs every rank to call its collectives in the
+  /// same order, so normally the exception ends the job through run_or_abort): the buckets in
+  /// flight keep their buffers until MPI has completed them (detail::settle_abandoned, called by
+  /// every begin() and before MPI_Finalize). Their gradients are no longer sent from meanwhile.
   ~GradientReducer();
 
   /// Starts a step's backward: checks that params is still the list of construction (every
@@ -466,7 +439,8 @@ template <class Scalar>
 GradientReducer<Scalar>::~GradientReducer() {
   for (auto& b : buckets_)
     if (b.request != MPI_REQUEST_NULL)  // started, and not yet found complete
-      detail::abandoned().push_back({b.request, b.grads, b.sums});
+      detail::abandoned().push_back({b.request, b.grads, b.sums});  // bad_alloc: terminate,
+                                                                    // not free them under MPI
   detail::settle_abandoned();
 }
 
