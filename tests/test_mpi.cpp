@@ -479,15 +479,14 @@ TEST_CASE("a step abandoned during backward keeps its buffers until MPI has fini
   for (Index k = 0; k < store[0].size(); ++k) store[0].grad.data()[k] = float(k % 1000);
   {
     dist::GradientReducer<float> reducer(comm(), params);
+    comm().barrier();  // the others' 200 ms head start for rank 0 begins together
     const ef::GradReady<float> ready = reducer.begin(params);
     if (comm().rank() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
     ready(params);  // started; destroyed without finish()
   }
-  // Rank 0's sum cannot complete before the others start; theirs may complete at once.
+  // Rank 0's sum cannot complete before the others start (theirs may complete at once).
   if (comm().rank() == 0)
     CHECK(dist::detail::abandoned_requests() == std::size_t(comm().size() > 1));
-  else
-    CHECK(dist::detail::abandoned_requests() <= 1);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (dist::detail::settle_abandoned() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));

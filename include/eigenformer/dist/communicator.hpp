@@ -59,8 +59,8 @@ inline void on_mpi_error(MPI_Comm* comm, int* code, ...) {
 /// The non-blocking collectives of objects destroyed while they were in flight (a
 /// GradientReducer whose step was abandoned between begin() and finish()): MPI may still read and
 /// write their buffers, and forbids cancelling or freeing such a request, so each request's
-/// buffers are kept here until MPI_Test finds it complete. Never destroyed: a reducer may be
-/// destroyed after the statics.
+/// buffers are kept here until MPI_Test finds it complete. Never destroyed, so that a reducer
+/// destroyed during static destruction does not push into a destroyed vector.
 struct Abandoned {
   MPI_Request request;
   std::shared_ptr<void> send, receive;
@@ -92,20 +92,21 @@ inline std::size_t settle_abandoned() {
 }
 inline std::size_t abandoned_requests() { return abandoned().size(); }
 
-/// Before MPI_Finalize, which needs every operation completed: settles the abandoned requests for
-/// up to seconds, then names on stderr those that other ranks never matched, rather than wait for
-/// ever.
+/// Before MPI_Finalize, which needs every operation completed: settles the abandoned requests
+/// for up to `seconds` seconds, then says on stderr how many the other ranks did not match in
+/// time, rather than wait for ever. Returns at once when there are none.
 inline void settle_abandoned_before_finalize(double seconds = 10.0) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   while (settle_abandoned() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   if (abandoned_requests() == 0) return;
-  int rank = -1;
+  int rank = -1, size = -1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
   std::fprintf(stderr,
-               "eigenformer: rank %d: %zu gradient sums of an abandoned step never completed "
-               "(the other ranks did not start them); finalising MPI regardless\n",
-               rank, abandoned_requests());
+               "eigenformer: rank %d of %d: %zu gradient sums of an abandoned step never "
+               "completed (not matched by the other ranks in time); finalising MPI regardless\n",
+               rank, size, abandoned_requests());
 }
 
 }  // namespace detail
@@ -127,7 +128,8 @@ class Environment {
   Environment(const Environment&) = delete;
   Environment& operator=(const Environment&) = delete;
 
-  /// MPI_Finalize (unless something finalised MPI already).
+  /// MPI_Finalize (unless something finalised MPI already), after up to 10 s for the gradient
+  /// sums of an abandoned step to complete (detail::settle_abandoned_before_finalize).
   ~Environment() {
     int finalised = 0;
     MPI_Finalized(&finalised);

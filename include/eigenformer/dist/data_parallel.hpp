@@ -305,7 +305,8 @@ class GradientReducer {
   /// rank after the same buckets started: MPI needs every rank to call its collectives in the
   /// same order, so normally the exception ends the job through run_or_abort): the buckets in
   /// flight keep their buffers until MPI has completed them (detail::settle_abandoned, called by
-  /// every begin() and before MPI_Finalize). Their gradients are no longer sent from meanwhile.
+  /// every begin() and before MPI_Finalize). The gradients still view the buffers sent from:
+  /// write them only once those sums have settled.
   ~GradientReducer();
 
   /// Starts a step's backward: checks that params is still the list of construction (every
@@ -438,9 +439,9 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
 template <class Scalar>
 GradientReducer<Scalar>::~GradientReducer() {
   for (auto& b : buckets_)
-    if (b.request != MPI_REQUEST_NULL)  // started, and not yet found complete
-      detail::abandoned().push_back({b.request, b.grads, b.sums});  // bad_alloc: terminate,
-                                                                    // not free them under MPI
+    // Started, and not yet found complete. (A bad_alloc here terminates, the destructor being
+    // noexcept, rather than free buffers MPI still uses.)
+    if (b.request != MPI_REQUEST_NULL) detail::abandoned().push_back({b.request, b.grads, b.sums});
   detail::settle_abandoned();
 }
 
