@@ -438,9 +438,9 @@ GradientReducer<Scalar>::GradientReducer(const Communicator& comm, const ParamLi
 
 template <class Scalar>
 GradientReducer<Scalar>::~GradientReducer() {
+  // The buckets started and not yet found complete. (A bad_alloc here terminates, the destructor
+  // being noexcept, rather than free buffers MPI still uses.)
   for (auto& b : buckets_)
-    // Started, and not yet found complete. (A bad_alloc here terminates, the destructor being
-    // noexcept, rather than free buffers MPI still uses.)
     if (b.request != MPI_REQUEST_NULL) detail::abandoned().push_back({b.request, b.grads, b.sums});
   detail::settle_abandoned();
 }
