@@ -7,8 +7,8 @@
 // kind is the layer's product: 0 forward, out (M, N) = x (M, K) W^T with W (N, K); 1 input
 // gradient, dx (M, N) = dy (M, K) W with W (K, N); 2 weight gradient, dW (M, N) = dy^T x with dy
 // (K, M) and x (K, N). Shapes: the seq2seq model's (1024 tokens, width 256, feed-forward 1024),
-// the GPT-2 shape's (256 tokens, 768, 3072, 50,257 words) and GPT mini's logits (1024 tokens,
-// 8,192 words).
+// the GPT-2 shape's (256 tokens, 768, 3072, 50,257 words), GPT mini's logits (1024 tokens,
+// 8,192 words), and attention's per-head products over 32 and 128 tokens.
 #include <benchmark/benchmark.h>
 
 #include <vector>
@@ -77,7 +77,15 @@ void shapes(benchmark::internal::Benchmark* b) {
                  {256, 768, 50257, 0},
                  {1024, 256, 8192, 0},
                  {1024, 8192, 256, 1},
-                 {8192, 1024, 256, 2}})
+                 {8192, 1024, 256, 2},
+                 // attention's products per head (64 features) over 32 and 128 tokens:
+                 // scores q k^T, probs v and the gradients of v and k
+                 {32, 64, 32, 0},
+                 {32, 32, 64, 1},
+                 {32, 32, 64, 2},
+                 {128, 64, 128, 0},
+                 {128, 128, 64, 1},
+                 {128, 128, 64, 2}})
     b->Args(s);
   b->Unit(benchmark::kMillisecond);
 }

@@ -113,7 +113,8 @@ void check_layouts(Index M, Index K, Index N, Rng& rng) {
 TEST_CASE("gemm_add and gemm_assign on every layout, small to past the kernel's blocks") {
   Rng rng(11);
   // Eigen's products below the kernel's thresholds (kKernelMinWork, kKernelMinRows, a tile's
-  // width); then the kernel: at its thresholds; with edge tiles in M and N; K past one K block
+  // width); the kernel's small products, read in place ({32, 64, 32}, {64, 64, 64}); then the
+  // kernel's blocked path: at its thresholds; with edge tiles in M and N; K past one K block
   // (384 with AVX-512, 256 with AVX2), a multiple of it, and past two; N past one N block (480,
   // 256) by more than a tile; M past one M block (3072, 2046).
   const Index shapes[][3] = {{2, 3, 2},     {5, 7, 9},     {13, 70, 33},  {32, 64, 32},
@@ -181,6 +182,39 @@ TEST_CASE("The float kernel alone, on tiles smaller than gemm_add would give it"
           detail::kernel::gemm(M, N, K, 2.0f, {a.data(), K, 1}, {bt.data(), 1, K}, add, c.data(),
                                N);
           check_product(c, c0, a, bt.transpose(), 2.0f, add);
+        }
+}
+
+TEST_CASE(
+    "The float kernel's small products read A, and B when its rows are contiguous, in place") {
+  using detail::kernel::NR;
+  CHECK(detail::kernel::is_small(128, 2 * NR, 128));
+  CHECK_FALSE(detail::kernel::is_small(129, 2 * NR, 128));  // A above 64 KB
+  CHECK_FALSE(detail::kernel::is_small(32, NR + 1, 64));    // an edge tile: packed as before
+  Rng rng(15);
+  for (Index M : {1, 5, 13, 37})
+    for (Index K : {1, 3, 64})
+      for (Index N : {NR, 2 * NR})
+        for (int layout = 0; layout < 8; ++layout) {
+          const bool a_row = layout & 1, b_row = layout & 2, add = layout & 4;
+          REQUIRE(detail::kernel::is_small(M, N, K));
+          // Strided operands: rows (or columns, transposed) 3 floats apart from their width.
+          MatF as = eftest::random_matrix<float>(a_row ? M : K, (a_row ? K : M) + 3, rng);
+          MatF bs = eftest::random_matrix<float>(b_row ? K : N, (b_row ? N : K) + 3, rng);
+          const MatF a = a_row ? MatF(as.leftCols(K)) : MatF(as.leftCols(M).transpose());
+          const MatF b = b_row ? MatF(bs.leftCols(N)) : MatF(bs.leftCols(K).transpose());
+          const Index ls_a = as.cols(), ls_b = bs.cols();
+          const detail::kernel::Operand A = a_row ? detail::kernel::Operand{as.data(), ls_a, 1}
+                                                  : detail::kernel::Operand{as.data(), 1, ls_a};
+          const detail::kernel::Operand B = b_row ? detail::kernel::Operand{bs.data(), ls_b, 1}
+                                                  : detail::kernel::Operand{bs.data(), 1, ls_b};
+          const MatF c0 = eftest::random_matrix<float>(M, N, rng);
+          MatF c = c0;
+          if (!add) c.setConstant(std::numeric_limits<float>::quiet_NaN());  // never read
+          detail::kernel::gemm(M, N, K, -1.5f, A, B, add, c.data(), N);
+          INFO("A " << (a_row ? "row-major" : "transposed") << ", B "
+                    << (b_row ? "row-major" : "transposed"));
+          check_product(c, c0, a, b, -1.5f, add);
         }
 }
 #endif

@@ -66,14 +66,16 @@ void gemm_run(Index rows, Index cols, Index depth, const GemmOperand<Scalar>& a,
                                                                                  alpha, blocking);
 }
 
-/// Float products go to the float kernel from this many multiply-adds, this many rows and one
-/// register tile's width (kernel::NR columns). On smaller ones its packing costs more than Eigen's.
-/// One thread, Zen 5, share of the peak, (M, K, N): (32, 32, 32) 44% against Eigen's 47%,
-/// (24, 40, 48) 40% against 50%; (32, 64, 32), attention's scores over 32 tokens, 52% against
-/// 51%; (32, 32, 64) 64-71% against 54-58%; (64, 32, 128) 70% against 58%. (16, 64, 16),
-/// narrower than a tile: 13% against 41%. (4, 256, 32000), beam search's 4 rows against a
-/// vocabulary, where packing B is most of the work: 6% against 11%; (32, 256, 32000) 32% against
-/// 29%.
+/// Float products go to the float kernel when it takes them as small (kernel::is_small: both
+/// operands within 64 KB, N a multiple of its tile's width), or else from this many
+/// multiply-adds, this many rows and one register tile's width (kernel::NR columns). One
+/// thread, Zen 5, share of the peak, kernel against Eigen: small products, which the kernel reads
+/// where they are, (32, 64, 32) x k^T as attention's scores over 32 tokens 78-80% against 50-52%,
+/// (32, 32, 64) 88-92% against 59-62%, (8, 64, 32) 51-93% against 35-42%, (4, 64, 32) 29-59%
+/// against 25-35%, (4, 128, 128) x k^T 25% against 28% (the one loss measured); (32, 64, 16),
+/// narrower than a tile, 21-25% against 43-52%. Larger products pack both operands: (4, 256,
+/// 32000), beam search's 4 rows against a vocabulary, where packing B is most of the work, 6%
+/// against 11%; (32, 256, 32000) 32% against 29%.
 constexpr double kKernelMinWork = 65536;
 constexpr Index kKernelMinRows = 32;
 
@@ -144,8 +146,8 @@ void gemm(Dst& dst, const Lhs& lhs, const Rhs& rhs, typename Dst::Scalar alpha, 
   }
 #if EIGENFORMER_GEMM_KERNEL
   if constexpr (std::is_same_v<typename Dst::Scalar, float>) {
-    if (double(M) * double(N) * double(K) >= kKernelMinWork && M >= kKernelMinRows &&
-        N >= kernel::NR) {
+    if (kernel::is_small(M, N, K) || (double(M) * double(N) * double(K) >= kKernelMinWork &&
+                                      M >= kKernelMinRows && N >= kernel::NR)) {
       eigen_assert(dst.innerStride() == 1);
       kernel::gemm(M, N, K, alpha, kernel_operand(lhs), kernel_operand(rhs), add, dst.data(),
                    dst.outerStride());

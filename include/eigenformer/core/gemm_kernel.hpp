@@ -15,7 +15,9 @@
 // panels the tile reads in order: A in panels of MR rows (k-major), B in panels of NR columns.
 // Loops, outermost first: M in blocks of kBlockM rows (A's packed block, 4.5 MB with AVX-512 and
 // 2 MB with AVX2, sits in L3), K in blocks of kBlockK, N in blocks of kBlockN (B's packed block
-// sits in L2), then each A panel (kept in L1) against every B panel of the block.
+// sits in L2), then each A panel (kept in L1) against every B panel of the block. A small product
+// (is_small: attention's per head) skips the packing where it can: the same tile reads A where
+// it is, and B too when B's rows are contiguous.
 #pragma once
 
 #include <Eigen/Core>
@@ -93,20 +95,34 @@ struct Operand {
   Index row_stride, col_stride;
 };
 
-/// c (rows, NR, row stride ldc) = alpha a b, or += it when add, for a packed A panel a (kc, MR), of
-/// which the first `rows` lines are used, and a packed B panel b (kc, NR). Every loop over
-/// registers is unrolled, so the accumulators never leave them.
-template <int rows, bool add>
-void micro_tile(Index kc, const float* __restrict a, const float* __restrict b, float* c, Index ldc,
-                float alpha) {
+/// Where a micro-tile reads its operands: element (i, k) of A at a[i * a_row + k * a_depth], and
+/// the NR entries of row k of B at b + k * b_depth. Packed panels have the fixed strides of
+/// kPacked; a small product's operands are read where they are (small_gemm).
+struct TileStrides {
+  Index a_row, a_depth, b_depth;
+};
+constexpr TileStrides kPacked = {1, MR, NR};
+
+/// c (rows, NR, row stride ldc) = alpha a b, or += it when add, for A's (rows, kc) at a and B's
+/// (kc, NR) at b, laid out as st says (when packed, as kPacked: a packed A panel (kc, MR), of which
+/// the first rows lines are used, and a packed B panel (kc, NR)). Every loop over registers is
+/// unrolled, so the accumulators never leave them; with packed, the strides are constants.
+template <int rows, bool add, bool packed>
+void micro_tile(Index kc, const float* __restrict a, const float* __restrict b, TileStrides st,
+                float* c, Index ldc, float alpha) {
+  if constexpr (packed) st = kPacked;
   Vec acc[rows][2];
+  const float* a_rows[rows];
 #pragma GCC unroll 16
-  for (int i = 0; i < rows; ++i) acc[i][0] = acc[i][1] = vzero();
-  for (Index k = 0; k < kc; ++k, a += MR, b += NR) {
+  for (int i = 0; i < rows; ++i) {
+    acc[i][0] = acc[i][1] = vzero();
+    a_rows[i] = a + i * st.a_row;
+  }
+  for (Index k = 0, ak = 0; k < kc; ++k, ak += st.a_depth, b += st.b_depth) {
     const Vec b0 = vload(b), b1 = vload(b + kLanes);
 #pragma GCC unroll 16
     for (int i = 0; i < rows; ++i) {
-      const Vec ai = vbroadcast(a + i);
+      const Vec ai = vbroadcast(a_rows[i] + ak);
       acc[i][0] = vfma(ai, b0, acc[i][0]);
       acc[i][1] = vfma(ai, b1, acc[i][1]);
     }
@@ -121,14 +137,28 @@ void micro_tile(Index kc, const float* __restrict a, const float* __restrict b, 
   }
 }
 
-/// micro_tile<rows, add> for rows = 1 .. MR, chosen at run time: the last panel of a block whose
-/// height is no multiple of MR does only its own rows' work.
-template <bool add, int... r>
-void micro_tile_rows(Index rows, Index kc, const float* a, const float* b, float* c, Index ldc,
-                     float alpha, std::integer_sequence<int, r...>) {
-  using Tile = void (*)(Index, const float*, const float*, float*, Index, float);
-  static constexpr Tile tiles[] = {&micro_tile<r + 1, add>...};
-  tiles[rows - 1](kc, a, b, c, ldc, alpha);
+/// micro_tile<rows, add, packed> for rows = 1 .. MR, chosen at run time: the last panel of a block
+/// whose height is no multiple of MR does only its own rows' work.
+template <bool add, bool packed, int... r>
+void micro_tile_rows(Index rows, Index kc, const float* a, const float* b, TileStrides st, float* c,
+                     Index ldc, float alpha, std::integer_sequence<int, r...>) {
+  using Tile = void (*)(Index, const float*, const float*, TileStrides, float*, Index, float);
+  static constexpr Tile tiles[] = {&micro_tile<r + 1, add, packed>...};
+  tiles[rows - 1](kc, a, b, st, c, ldc, alpha);
+}
+
+/// A tile of (rows, NR) of C at c, as micro_tile_rows, its add and packed chosen at run time.
+inline void full_tile(Index rows, Index kc, const float* a, const float* b, TileStrides st,
+                      float* c, Index ldc, float alpha, bool add, bool packed) {
+  constexpr auto heights = std::make_integer_sequence<int, MR>();
+  if (packed && add)
+    micro_tile_rows<true, true>(rows, kc, a, b, st, c, ldc, alpha, heights);
+  else if (packed)
+    micro_tile_rows<false, true>(rows, kc, a, b, st, c, ldc, alpha, heights);
+  else if (add)
+    micro_tile_rows<true, false>(rows, kc, a, b, st, c, ldc, alpha, heights);
+  else
+    micro_tile_rows<false, false>(rows, kc, a, b, st, c, ldc, alpha, heights);
 }
 
 /// A tile of which only (rows, cols < NR) lie inside C: computed into a scratch tile, then that
@@ -137,7 +167,7 @@ void micro_tile_rows(Index rows, Index kc, const float* a, const float* b, float
 inline void edge_tile(Index kc, const float* a, const float* b, float* c, Index ldc, Index rows,
                       Index cols, float alpha, bool add) {
   alignas(64) float scratch[MR * NR];
-  micro_tile<MR, false>(kc, a, b, scratch, NR, alpha);
+  micro_tile<MR, false, true>(kc, a, b, kPacked, scratch, NR, alpha);
   for (Index i = 0; i < rows; ++i)
     for (Index j = 0; j < cols; ++j)
       c[i * ldc + j] = add ? c[i * ldc + j] + scratch[i * NR + j] : scratch[i * NR + j];
@@ -246,7 +276,6 @@ inline void pack_b(float* dst, const Operand& B, Index k0, Index kc, Index col, 
 /// += it when add.
 inline void block_product(Index kc, const float* pa, const float* pb, float* c, Index ldc,
                           Index rows, Index cols, float alpha, bool add) {
-  constexpr auto heights = std::make_integer_sequence<int, MR>();
   for (Index i = 0; i < rows; i += MR) {
     const float* a = pa + i * kc;  // panel i / MR
     const Index tile_rows = std::min<Index>(MR, rows - i);
@@ -255,12 +284,41 @@ inline void block_product(Index kc, const float* pa, const float* pb, float* c, 
       float* tile = c + i * ldc + j;
       if (j + NR > cols)
         edge_tile(kc, a, b, tile, ldc, tile_rows, cols - j, alpha, add);
-      else if (add)
-        micro_tile_rows<true>(tile_rows, kc, a, b, tile, ldc, alpha, heights);
       else
-        micro_tile_rows<false>(tile_rows, kc, a, b, tile, ldc, alpha, heights);
+        full_tile(tile_rows, kc, a, b, kPacked, tile, ldc, alpha, add, true);
     }
   }
+}
+
+/// Whether gemm takes a product as small: each operand at most this many floats (64 KB, within
+/// L2, most of it within L1), N a multiple of NR, and K within one K block (so that each entry
+/// is summed in the same order as by the blocked path, whichever a thread's share takes).
+/// Attention's per-head products are such (32 to 128 tokens x 64 features): their operands are
+/// read where they are, B packed only when its rows are not contiguous. Packing cost them a
+/// quarter to a third of their time; on larger operands, reading A in place (MR rows as MR
+/// streams) ran slower than packing it.
+constexpr Index kSmallOperand = 16384;
+inline bool is_small(Index M, Index N, Index K) {
+  return M * K <= kSmallOperand && K * N <= kSmallOperand && K <= kBlockK && N % NR == 0;
+}
+
+/// gemm for a small product (is_small): A read in place, B too when its rows are contiguous
+/// (col_stride 1), else packed.
+inline void small_gemm(Index M, Index N, Index K, float alpha, const Operand& A, const Operand& B,
+                       bool add, float* C, Index ldc) {
+  const bool b_in_place = B.col_stride == 1;
+  const float* b = B.data;
+  if (!b_in_place) {
+    float* packed = pack_buffer<float>(1, K * N);
+    pack_b(packed, B, 0, K, 0, N);
+    b = packed;
+  }
+  // B's panel j starts at column j (in place) or at the j / NR-th packed panel.
+  const TileStrides st = {A.row_stride, A.col_stride, b_in_place ? B.row_stride : NR};
+  for (Index i = 0; i < M; i += MR)
+    for (Index j = 0; j < N; j += NR)
+      full_tile(std::min<Index>(MR, M - i), K, A.data + i * A.row_stride,
+                b + (b_in_place ? j : j * K), st, C + i * ldc + j, ldc, alpha, add, false);
 }
 
 /// C (M, N), row stride ldc, = alpha A (M, K) B (K, N), or += it when add, on the calling thread.
@@ -268,6 +326,10 @@ inline void block_product(Index kc, const float* pa, const float* pb, float* c, 
 inline void gemm(Index M, Index N, Index K, float alpha, const Operand& A, const Operand& B,
                  bool add, float* C, Index ldc) {
   eigen_assert(K > 0);
+  if (is_small(M, N, K)) {
+    small_gemm(M, N, K, alpha, A, B, add, C, ldc);
+    return;
+  }
   const Index mc_max = std::min(kBlockM, (M + MR - 1) / MR * MR);
   const Index kc_max = std::min(kBlockK, K);
   const Index nc_max = std::min(kBlockN, (N + NR - 1) / NR * NR);
