@@ -113,13 +113,15 @@ void check_layouts(Index M, Index K, Index N, Rng& rng) {
 TEST_CASE("gemm_add and gemm_assign on every layout, small to past the kernel's blocks") {
   Rng rng(11);
   // Eigen's products below the kernel's thresholds (kKernelMinWork, kKernelMinRows, a tile's
-  // width); the kernel's small products, read in place ({32, 64, 32}, {64, 64, 64}); then the
-  // kernel's blocked path: at its thresholds; with edge tiles in M and N; K past one K block
+  // width); the kernel's small products, read in place ({5, 3, 64}, {8, 64, 32}, {32, 64, 32},
+  // {64, 64, 64}); then the kernel's blocked path: at its thresholds ({32, 64, 40}); with edge
+  // tiles in M and N; K past one K block
   // (384 with AVX-512, 256 with AVX2), a multiple of it, and past two; N past one N block (480,
   // 256) by more than a tile; M past one M block (3072, 2046).
-  const Index shapes[][3] = {{2, 3, 2},     {5, 7, 9},     {13, 70, 33},  {32, 64, 32},
-                             {37, 389, 47}, {64, 64, 64},  {40, 768, 64}, {50, 800, 560},
-                             {3100, 9, 40}, {97, 257, 481}};
+  const Index shapes[][3] = {{2, 3, 2},     {5, 7, 9},     {13, 70, 33},   {5, 3, 64},
+                             {8, 64, 32},   {32, 64, 32},  {32, 64, 40},   {37, 389, 47},
+                             {64, 64, 64},  {40, 768, 64}, {50, 800, 560}, {3100, 9, 40},
+                             {97, 257, 481}};
   for (const auto& s : shapes) check_layouts(s[0], s[1], s[2], rng);
 }
 
@@ -191,6 +193,7 @@ TEST_CASE(
   CHECK(detail::kernel::is_small(128, 2 * NR, 128));
   CHECK_FALSE(detail::kernel::is_small(129, 2 * NR, 128));  // A above 64 KB
   CHECK_FALSE(detail::kernel::is_small(32, NR + 1, 64));    // an edge tile: packed as before
+  CHECK_FALSE(detail::kernel::is_small(8, NR, detail::kernel::kBlockK + 1));  // two K blocks
   Rng rng(15);
   for (Index M : {1, 5, 13, 37})
     for (Index K : {1, 3, 64})
@@ -216,6 +219,28 @@ TEST_CASE(
                     << (b_row ? "row-major" : "transposed"));
           check_product(c, c0, a, b, -1.5f, add);
         }
+}
+
+TEST_CASE("A small product's rows equal the same rows of a blocked product, bit for bit") {
+  // A thread's share of a product may take the small path where the whole takes the blocked one
+  // (or the other way): each entry must be summed in the same order on both, so that results do
+  // not depend on the thread count. K = kBlockK, the most the small path takes.
+  using detail::kernel::kBlockK;
+  using detail::kernel::NR;
+  Rng rng(16);
+  const Index M = detail::kernel::kSmallOperand / kBlockK + 8, K = kBlockK, N = NR, rows = 8;
+  REQUIRE_FALSE(detail::kernel::is_small(M, N, K));
+  REQUIRE(detail::kernel::is_small(rows, N, K));
+  const MatF a = eftest::random_matrix<float>(M, K, rng);
+  const MatF bt = eftest::random_matrix<float>(N, K, rng);  // B stored transposed: packed
+  const MatF c0 = eftest::random_matrix<float>(M, N, rng);
+  for (bool add : {true, false}) {
+    MatF whole = c0, part = c0;
+    detail::kernel::gemm(M, N, K, 0.75f, {a.data(), K, 1}, {bt.data(), 1, K}, add, whole.data(), N);
+    detail::kernel::gemm(rows, N, K, 0.75f, {a.data(), K, 1}, {bt.data(), 1, K}, add, part.data(),
+                         N);
+    CHECK(part.topRows(rows) == whole.topRows(rows));
+  }
 }
 #endif
 

@@ -67,8 +67,8 @@ void gemm_run(Index rows, Index cols, Index depth, const GemmOperand<Scalar>& a,
 }
 
 /// Float products go to the float kernel when it takes them as small (kernel::is_small: both
-/// operands within 64 KB, N a multiple of its tile's width), or else from this many
-/// multiply-adds, this many rows and one register tile's width (kernel::NR columns). One
+/// operands within 64 KB, N a multiple of its tile's width, K within one K block), or else from
+/// this many multiply-adds, this many rows and one register tile's width (kernel::NR columns). One
 /// thread, Zen 5, share of the peak, kernel against Eigen: small products, which the kernel reads
 /// where they are, (32, 64, 32) x k^T as attention's scores over 32 tokens 78-80% against 50-52%,
 /// (32, 32, 64) 88-92% against 59-62%, (8, 64, 32) 51-93% against 35-42%, (4, 64, 32) 29-59%
@@ -124,9 +124,9 @@ void eigen_gemm_add(Dst& dst, const Lhs& lhs, const Rhs& rhs, Scalar alpha) {
 /// dst (M, N) = alpha lhs (M, K) rhs (K, N), or += it when add, on the calling thread. dst is a
 /// row-major block; lhs and rhs are direct-access expressions (matrices, blocks, their
 /// transposes) with unit inner stride that do not alias dst. Vector-shaped and tiny products go
-/// through Eigen's product as usual (they need no packing buffers); large float ones through the
-/// kernel of gemm_kernel.hpp when the target has AVX-512 or AVX2 + FMA, which stores a product
-/// without zeroing dst first.
+/// through Eigen's product as usual (they need no packing buffers); large float ones, and small
+/// ones it takes as such (kernel::is_small), through the kernel of gemm_kernel.hpp when the target
+/// has AVX-512 or AVX2 + FMA, which stores a product without zeroing dst first.
 template <class Dst, class Lhs, class Rhs>
 void gemm(Dst& dst, const Lhs& lhs, const Rhs& rhs, typename Dst::Scalar alpha, bool add) {
   static_assert(Dst::IsRowMajor, "gemm writes row-major blocks");

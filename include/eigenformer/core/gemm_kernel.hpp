@@ -5,9 +5,10 @@
 // thread, bench_gemm), and a training step cannot beat its GEMM's share. This kernel, laid out as
 // BLIS and OpenBLAS lay theirs out, ran at 75-91% there, beside OpenBLAS's 72-91%; built for AVX2
 // on the same machine, at 80-92% of the AVX2 peak against Eigen's 55-71% (bench/README.md).
-// detail::gemm (gemm.hpp) uses it for float products large enough to pay for its packing; doubles,
-// small products and BLAS builds go on as before. Define EIGENFORMER_EIGEN_GEMM to use Eigen's GEMM
-// for floats too (in every file of a program, as EIGEN_USE_BLAS).
+// detail::gemm (gemm.hpp) uses it for float products large enough to pay for its packing, and for
+// small ones it reads without packing (is_small); doubles, other products and BLAS builds go on as
+// before. Define EIGENFORMER_EIGEN_GEMM to use Eigen's GEMM for floats too (in every file of a
+// program, as EIGEN_USE_BLAS).
 //
 // Layout. The vector lanes run along N, C's rows: a micro-tile of MR rows x NR columns (NR = two
 // vectors) stays in registers while k runs, each step loading two vectors of B and broadcasting
@@ -299,7 +300,7 @@ inline void block_product(Index kc, const float* pa, const float* pb, float* c, 
 /// streams) ran slower than packing it.
 constexpr Index kSmallOperand = 16384;
 inline bool is_small(Index M, Index N, Index K) {
-  return M * K <= kSmallOperand && K * N <= kSmallOperand && K <= kBlockK && N % NR == 0;
+  return K <= kBlockK && N % NR == 0 && M * K <= kSmallOperand && K * N <= kSmallOperand;
 }
 
 /// gemm for a small product (is_small): A read in place, B too when its rows are contiguous
