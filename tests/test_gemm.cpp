@@ -201,16 +201,14 @@ TEST_CASE(
         for (int layout = 0; layout < 8; ++layout) {
           const bool a_row = layout & 1, b_row = layout & 2, add = layout & 4;
           REQUIRE(detail::kernel::is_small(M, N, K));
-          // Strided operands: rows (or columns, transposed) 3 floats apart from their width.
-          MatF as = eftest::random_matrix<float>(a_row ? M : K, (a_row ? K : M) + 3, rng);
-          MatF bs = eftest::random_matrix<float>(b_row ? K : N, (b_row ? N : K) + 3, rng);
-          const MatF a = a_row ? MatF(as.leftCols(K)) : MatF(as.leftCols(M).transpose());
-          const MatF b = b_row ? MatF(bs.leftCols(N)) : MatF(bs.leftCols(K).transpose());
-          const Index ls_a = as.cols(), ls_b = bs.cols();
-          const detail::kernel::Operand A = a_row ? detail::kernel::Operand{as.data(), ls_a, 1}
-                                                  : detail::kernel::Operand{as.data(), 1, ls_a};
-          const detail::kernel::Operand B = b_row ? detail::kernel::Operand{bs.data(), ls_b, 1}
-                                                  : detail::kernel::Operand{bs.data(), 1, ls_b};
+          // Strided operands, stored row-major or as the transpose of one.
+          const MatF a = eftest::random_matrix<float>(M, K, rng);
+          const MatF b = eftest::random_matrix<float>(K, N, rng);
+          const StridedMatrix as(a), bs(b), ats(a.transpose()), bts(b.transpose());
+          const detail::kernel::Operand A = a_row ? detail::kernel_operand(as.view)
+                                                  : detail::kernel_operand(ats.view.transpose());
+          const detail::kernel::Operand B = b_row ? detail::kernel_operand(bs.view)
+                                                  : detail::kernel_operand(bts.view.transpose());
           const MatF c0 = eftest::random_matrix<float>(M, N, rng);
           MatF c = c0;
           if (!add) c.setConstant(std::numeric_limits<float>::quiet_NaN());  // never read

@@ -92,14 +92,20 @@ inline std::size_t settle_abandoned() {
 }
 inline std::size_t abandoned_requests() { return abandoned().size(); }
 
+/// settle_abandoned() every millisecond for up to `seconds` seconds, until none is left. Returns
+/// the number left (at once when there are none).
+inline std::size_t settle_abandoned_within(double seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (settle_abandoned() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return abandoned_requests();
+}
+
 /// Before MPI_Finalize, which needs every operation completed: settles the abandoned requests
 /// for up to `seconds` seconds, then says on stderr how many the other ranks did not match in
 /// time, rather than wait for ever. Returns at once when there are none.
 inline void settle_abandoned_before_finalize(double seconds = 10.0) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (settle_abandoned() > 0 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  if (abandoned_requests() == 0) return;
+  if (settle_abandoned_within(seconds) == 0) return;
   int rank = -1, size = -1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
