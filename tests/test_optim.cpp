@@ -170,31 +170,38 @@ TEST_CASE_TEMPLATE("Adam minimises a quadratic over several parameters", Scalar,
 }
 
 TEST_CASE("Adam and AdamW update large parameters in threaded row blocks like the whole matrix") {
-  // 300 x 40 is above the threading threshold of core/parallel.hpp; with 2 threads (ctest's
-  // test_optim_2threads) the rows are split between threads; the result is still the formula.
-  for (bool decoupled : {false, true}) {
-    Rng rng(5);
-    Param<float> p(300, 40);
-    p.value = eftest::random_matrix<float>(300, 40, rng);
-    const Matrix<float> w0 = p.value;
-    p.grad = eftest::random_matrix<float>(300, 40, rng);
-    const float lr = 0.01f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
-    std::unique_ptr<Optimizer<float>> opt;
-    if (decoupled)
-      opt = std::make_unique<AdamW<float>>(ParamList<float>{{"p", &p}}, lr, b1, b2, eps, wd);
-    else
-      opt = std::make_unique<Adam<float>>(ParamList<float>{{"p", &p}}, lr, b1, b2, eps, wd);
-    opt->step();
-    // One step from zero moments, written out for the whole matrix.
-    Matrix<float> w = w0;
-    if (decoupled) w *= 1.0f - lr * wd;
-    const Matrix<float> g = decoupled ? Matrix<float>(p.grad) : Matrix<float>(p.grad + wd * w0);
-    const Matrix<float> m = (1.0f - b1) * g.array();
-    const Matrix<float> v = (1.0f - b2) * g.array().square();
-    const float step_size = static_cast<float>(lr / (1.0 - 0.9));
-    const float bc2 = static_cast<float>(std::sqrt(1.0 - 0.999));
-    w.array() -= step_size * (m.array() / (v.array().sqrt() / bc2 + eps));
-    CHECK((p.value - w).cwiseAbs().maxCoeff() <= 1e-6f);
+  // Both shapes are above the threading threshold of core/parallel.hpp; with 2 threads (ctest's
+  // test_optim_2threads) the rows are split between threads. 300 x 40 is one unit of
+  // parallel_over_rows, 1000 x 37 three (of 442 rows); neither a unit nor the matrix is a
+  // whole number of Adam's chunks. Over three steps, the result is still the formula written
+  // out for the whole matrix.
+  for (const auto& [rows, cols] : {std::pair<Index, Index>{300, 40}, {1000, 37}}) {
+    for (bool decoupled : {false, true}) {
+      CAPTURE(rows);
+      CAPTURE(decoupled);
+      Rng rng(5);
+      Param<float> p(rows, cols);
+      p.value = eftest::random_matrix<float>(rows, cols, rng);
+      const float lr = 0.01f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
+      std::unique_ptr<Optimizer<float>> opt;
+      if (decoupled)
+        opt = std::make_unique<AdamW<float>>(ParamList<float>{{"p", &p}}, lr, b1, b2, eps, wd);
+      else
+        opt = std::make_unique<Adam<float>>(ParamList<float>{{"p", &p}}, lr, b1, b2, eps, wd);
+      Matrix<float> w = p.value, m = Matrix<float>::Zero(rows, cols), v = m;
+      for (int t = 1; t <= 3; ++t) {
+        p.grad = eftest::random_matrix<float>(rows, cols, rng);
+        opt->step();
+        if (decoupled) w *= 1.0f - lr * wd;
+        const Matrix<float> g = decoupled ? Matrix<float>(p.grad) : Matrix<float>(p.grad + wd * w);
+        m = b1 * m + (1.0f - b1) * g;
+        v = b2 * v.array() + (1.0f - b2) * g.array().square();
+        const float step_size = static_cast<float>(lr / (1.0 - std::pow(0.9, t)));
+        const float bc2 = static_cast<float>(std::sqrt(1.0 - std::pow(0.999, t)));
+        w.array() -= step_size * (m.array() / (v.array().sqrt() / bc2 + eps));
+        CHECK((p.value - w).cwiseAbs().maxCoeff() <= 1e-6f);
+      }
+    }
   }
 }
 

@@ -144,8 +144,8 @@ void parallel_assign(Dst& dst, const Expr& expr) {
                   });
 }
 
-/// Entries in a unit of parallel_over_rows: an optimizer's four arrays of this many floats stay
-/// in L2 while it makes its passes over them.
+/// Entries in a unit of parallel_over_rows: enough to share out among threads at little cost
+/// per unit (an optimizer works through a unit in smaller chunks, see Adam::update_rows).
 constexpr Index kRowUnitEntries = 16384;
 
 /// Calls f(first_row, rows) for each unit (see parallel_over_rows) of a (rows, cols) matrix whose

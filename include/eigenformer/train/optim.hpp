@@ -402,16 +402,24 @@ class Adam : public Optimizer<Scalar> {
   }
 
  private:
-  using Rows = Eigen::Block<Matrix<Scalar>, Eigen::Dynamic, Eigen::Dynamic, true>;  // row block
-
   /// Rows [begin, begin + n) of parameter i: the weight decay, m = b1 m + (1 - b1) g,
   /// v = b2 v + (1 - b2) g^2 with the effective gradient g, and the update.
   void update_rows(size_t i, Index begin, Index n, Scalar step_size, Scalar bias_correction2_sqrt);
 
+  // update_rows makes its passes (decay, m, v, w) chunk by chunk, kChunk entries at a time, so
+  // that the four arrays' chunks (2 KB of floats) stay in L1 between passes. Measured on Zen 5,
+  // one thread, over the 6.3 M parameters of the seq2seq bench model: a step took 3.6-4.1 ms
+  // (AVX-512 build) and 4.6 ms (AVX2) with passes over whole units of parallel_over_rows (16K
+  // entries), 2.5-2.8 ms with chunks of 128. Chunks of 256 and 512 were slower than 128 and
+  // 1024 in both builds. (SGD's two passes gained nothing from chunks.)
+  using Chunk = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+  using ConstChunk = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+  static constexpr Index kChunk = 128;
+
   template <class Grad>
-  void update_moments(Rows& m, Rows& v, const Eigen::ArrayBase<Grad>& g) const {
-    m.array() = beta1_ * m.array() + (Scalar(1) - beta1_) * g;
-    v.array() = beta2_ * v.array() + (Scalar(1) - beta2_) * g.square();
+  void update_moments(Chunk& m, Chunk& v, const Eigen::ArrayBase<Grad>& g) const {
+    m = beta1_ * m + (Scalar(1) - beta1_) * g;
+    v = beta2_ * v + (Scalar(1) - beta2_) * g.square();
   }
 
   Scalar beta1_, beta2_, eps_, weight_decay_;
@@ -433,9 +441,9 @@ void Adam<Scalar>::step() {
   const double bias_correction2 = 1.0 - std::pow(static_cast<double>(beta2_), t);
   const Scalar bias_correction2_sqrt = static_cast<Scalar>(std::sqrt(bias_correction2));
   // Elementwise, so the rows of all parameters can be shared among threads (in one parallel
-  // region) with the same results. The update makes four passes (decay, m, v, w); over units of
-  // about 16K entries they run in cache rather than from memory (a GPT-2-sized model's arrays
-  // are 500 MB each).
+  // region) with the same results. The update makes four passes (decay, m, v, w), chunk by
+  // chunk (update_rows), so that they run in cache rather than from memory (a GPT-2-sized
+  // model's arrays are 500 MB each).
   detail::parallel_over_rows(this->shapes(), 12.0, [&](size_t i, Index begin, Index n) {
     const Scalar step_size =
         static_cast<Scalar>(static_cast<double>(this->lr_ * this->lr_scale_[i]) / bias_correction1);
@@ -464,17 +472,22 @@ template <class Scalar>
 void Adam<Scalar>::update_rows(size_t i, Index begin, Index n, Scalar step_size,
                                Scalar bias_correction2_sqrt) {
   Param<Scalar>& p = *this->params_[i].param;
-  Rows w = p.value.middleRows(begin, n);
-  const auto g = p.grad.middleRows(begin, n);
-  Rows m = m_[i].middleRows(begin, n), v = v_[i].middleRows(begin, n);
+  const Index cols = p.value.cols();
   const Scalar decay = this->decay_[i];
-  if (decoupled_) {
-    w *= Scalar(1) - this->lr_ * this->lr_scale_[i] * decay;
-    update_moments(m, v, g.array());
-  } else {
-    update_moments(m, v, g.array() + decay * w.array());
+  const Scalar shrink = Scalar(1) - this->lr_ * this->lr_scale_[i] * decay;  // decoupled decay
+  const Index first = begin * cols, end = (begin + n) * cols;                // the rows' entries
+  for (Index at = first; at < end; at += kChunk) {
+    const Index k = std::min(kChunk, end - at);
+    Chunk w(p.value.data() + at, k), m(m_[i].data() + at, k), v(v_[i].data() + at, k);
+    const ConstChunk g(p.grad.data() + at, k);
+    if (decoupled_) {
+      w *= shrink;
+      update_moments(m, v, g);
+    } else {
+      update_moments(m, v, g + decay * w);
+    }
+    w -= step_size * (m / (v.sqrt() / bias_correction2_sqrt + eps_));
   }
-  w.array() -= step_size * (m.array() / (v.array().sqrt() / bias_correction2_sqrt + eps_));
 }
 
 /// torch.optim.AdamW (1.13): Adam with decoupled weight decay, w *= 1 - lr wd before the update,
