@@ -145,7 +145,7 @@ void parallel_assign(Dst& dst, const Expr& expr) {
 }
 
 /// Entries in a unit of parallel_over_rows: enough to share out among threads at little cost
-/// per unit (an optimizer works through a unit in smaller chunks, see Adam::update_rows).
+/// per unit (Adam works through a unit in smaller chunks, see Adam::kChunk).
 constexpr Index kRowUnitEntries = 16384;
 
 /// Calls f(first_row, rows) for each unit (see parallel_over_rows) of a (rows, cols) matrix whose
