@@ -459,6 +459,78 @@ TEST_CASE("SGD and Adam step a list of parameters as they step each one alone") 
   }
 }
 
+/// An optimizer of the tests' own, with Optimizer's step_and_zero_grad: w -= lr g.
+class PlainStep : public Optimizer<float> {
+ public:
+  explicit PlainStep(ParamList<float> params)
+      : Optimizer<float>({{std::move(params), {}, 1.0}}, 0.5, 0.0, "PlainStep") {}
+  void step() override {
+    check_shapes();
+    ++steps_;
+    for (const auto& p : params_) p.param->value -= lr_ * p.param->grad;
+  }
+};
+
+TEST_CASE("step_and_zero_grad takes step()'s step and leaves every gradient zero") {
+  // Several threads' units of rows, and Adam's chunks cut mid-row ({1000, 37}).
+  const std::vector<std::pair<Index, Index>> shapes = {{1, 5}, {3000, 40}, {1000, 37}, {7, 3}};
+  using Make = std::function<std::unique_ptr<Optimizer<float>>(ParamList<float>)>;
+  const std::vector<Make> makes = {
+      [](ParamList<float> ps) { return std::make_unique<SGD<float>>(ps, 0.1, 0.0, 0.01); },
+      [](ParamList<float> ps) { return std::make_unique<SGD<float>>(ps, 0.1, 0.9, 0.01); },
+      [](ParamList<float> ps) {
+        return std::make_unique<Adam<float>>(ps, 0.01, 0.9, 0.99, 1e-8, 0.1);
+      },
+      [](ParamList<float> ps) { return std::make_unique<AdamW<float>>(ps, 0.01); },
+      [](ParamList<float> ps) { return std::make_unique<PlainStep>(ps); }};
+  for (const Make& make : makes) {
+    Rng rng(5);
+    std::vector<Param<float>> plain, fused;
+    for (const auto& s : shapes) {
+      plain.emplace_back(s.first, s.second);
+      plain.back().value = eftest::random_matrix<float>(s.first, s.second, rng);
+      fused.push_back(plain.back());
+    }
+    ParamList<float> plain_list, fused_list;
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      plain_list.push_back({"p" + std::to_string(i), &plain[i]});
+      fused_list.push_back({"p" + std::to_string(i), &fused[i]});
+    }
+    const auto a = make(plain_list), b = make(fused_list);
+    CAPTURE(a->kind());
+    for (int step = 0; step < 3; ++step) {
+      a->zero_grad();  // b's gradients were zeroed by its last step
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const Matrix<float> g =
+            eftest::random_matrix<float>(shapes[i].first, shapes[i].second, rng);
+        plain[i].grad += g;
+        fused[i].grad += g;
+      }
+      a->step();
+      b->step_and_zero_grad();
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        CHECK(fused[i].value == plain[i].value);
+        CHECK(fused[i].grad.isZero(0));
+      }
+    }
+    CHECK(b->steps() == 3);
+    const auto sa = a->state(), sb = b->state();
+    REQUIRE(sa.buffers.size() == sb.buffers.size());
+    for (size_t k = 0; k < sa.buffers.size(); ++k)
+      CHECK(sa.buffers[k].second == sb.buffers[k].second);
+
+    // A parameter that changed shape: the throw changes nothing, gradients included.
+    fused[0].value.resize(2, 5);
+    fused[0].grad.resize(2, 5);
+    fused[1].grad.setConstant(1.0f);
+    const Matrix<float> before = fused[1].value;
+    CHECK_THROWS_AS(b->step_and_zero_grad(), ArgumentError);
+    CHECK(b->steps() == 3);
+    CHECK(fused[1].value == before);
+    CHECK((fused[1].grad.array() == 1.0f).all());
+  }
+}
+
 TEST_CASE("An optimizer rejects a parameter listed twice; zero_grad clears it once") {
   Param<double> p = make_param<double>();
   const ParamList<double> twice = {{"a", &p}, {"b", &p}};

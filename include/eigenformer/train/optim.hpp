@@ -124,6 +124,16 @@ class Optimizer {
   /// state or steps() changes; a successful step adds one to steps().
   virtual void step() = 0;
 
+  /// step(), then zero_grad(), with the zeroing folded into the update where the optimizer can
+  /// (SGD, Adam and AdamW do): each piece of a gradient is zeroed right after the update reads it,
+  /// while it is in cache, rather than by a later pass over every gradient from memory. Use it in
+  /// place of step() to drop the next step's zero_grad() (a step you skip still needs one). Throws
+  /// as step(), before any value, gradient, state or steps() changes.
+  virtual void step_and_zero_grad() {
+    step();
+    zero_grad();
+  }
+
   /// Sets every parameter's gradient to zero: once per step, as backward adds into them. As
   /// eigenformer::zero_grad(parameters), without its search for parameters listed twice (the
   /// constructor rejects them) and with no allocation of its own. One thread at a time, as step().
@@ -319,7 +329,8 @@ class SGD : public Optimizer<Scalar> {
   SGD(std::vector<ParamGroup<Scalar>> groups, double lr, double momentum = 0,
       double weight_decay = 0);
 
-  void step() override;
+  void step() override { update(false); }
+  void step_and_zero_grad() override { update(true); }
 
   /// The settings given at construction.
   Scalar momentum() const { return momentum_; }
@@ -329,6 +340,9 @@ class SGD : public Optimizer<Scalar> {
   Scalar momentum_;
   Scalar weight_decay_;
   std::vector<Matrix<Scalar>> velocity_;  // momentum buffers, one per parameter; empty without
+
+  /// One step; with zero_grad, each unit of rows' gradient is zeroed once read.
+  void update(bool zero_grad);
 
   std::vector<std::pair<std::string, std::vector<Matrix<Scalar>>*>> buffer_sets() override {
     if (momentum_ == 0) return {};
@@ -347,7 +361,7 @@ SGD<Scalar>::SGD(std::vector<ParamGroup<Scalar>> groups, double lr, double momen
 }
 
 template <class Scalar>
-void SGD<Scalar>::step() {
+void SGD<Scalar>::update(bool zero_grad) {
   this->check_shapes();
   ++this->steps_;
   // Elementwise: the rows of all parameters are shared among threads, as in Adam::step.
@@ -358,11 +372,12 @@ void SGD<Scalar>::step() {
     const Scalar lr = this->lr_ * this->lr_scale_[i], decay = this->decay_[i];
     if (momentum_ == 0) {
       w -= lr * (g + decay * w);
-      return;
+    } else {
+      auto velocity = velocity_[i].middleRows(begin, n);
+      velocity = momentum_ * velocity + g + decay * w;
+      w -= lr * velocity;
     }
-    auto velocity = velocity_[i].middleRows(begin, n);
-    velocity = momentum_ * velocity + g + decay * w;
-    w -= lr * velocity;
+    if (zero_grad) g.setZero();
   });
 }
 
@@ -384,7 +399,8 @@ class Adam : public Optimizer<Scalar> {
        double beta2 = 0.999, double eps = 1e-8, double weight_decay = 0)
       : Adam(std::move(groups), lr, beta1, beta2, eps, weight_decay, false, "Adam") {}
 
-  void step() override;
+  void step() override { update(false); }
+  void step_and_zero_grad() override { update(true); }
 
   /// The settings given at construction.
   Scalar beta1() const { return beta1_; }
@@ -403,9 +419,13 @@ class Adam : public Optimizer<Scalar> {
   }
 
  private:
+  /// One step; with zero_grad, each chunk of gradient is zeroed once read.
+  void update(bool zero_grad);
   /// Rows [begin, begin + n) of parameter i: the weight decay, m = b1 m + (1 - b1) g,
-  /// v = b2 v + (1 - b2) g^2 with the effective gradient g, and the update.
-  void update_rows(size_t i, Index begin, Index n, Scalar step_size, Scalar bias_correction2_sqrt);
+  /// v = b2 v + (1 - b2) g^2 with the effective gradient g, and the update; then g = 0 when
+  /// zero_grad.
+  void update_rows(size_t i, Index begin, Index n, Scalar step_size, Scalar bias_correction2_sqrt,
+                   bool zero_grad);
 
   /// update_rows makes its four passes chunk by chunk, so that the four arrays' chunks (2 KB of
   /// floats) stay in L1 between passes: on Zen 5, one thread, an Adam step over 6.3 M parameters
@@ -415,7 +435,6 @@ class Adam : public Optimizer<Scalar> {
   /// shape (as the units do) and most start where its rows' SIMD packets do.
   static constexpr Index kChunk = 128;
   using Chunk = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
-  using ConstChunk = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
 
   template <class Grad>
   void update_moments(Chunk& m, Chunk& v, const Eigen::ArrayBase<Grad>& g) const {
@@ -434,7 +453,7 @@ class Adam : public Optimizer<Scalar> {
 };
 
 template <class Scalar>
-void Adam<Scalar>::step() {
+void Adam<Scalar>::update(bool zero_grad) {
   this->check_shapes();
   ++this->steps_;
   const double t = static_cast<double>(this->steps_);
@@ -447,7 +466,7 @@ void Adam<Scalar>::step() {
   detail::parallel_over_rows(this->shapes(), 12.0, [&](size_t i, Index begin, Index n) {
     const Scalar step_size =
         static_cast<Scalar>(static_cast<double>(this->lr_ * this->lr_scale_[i]) / bias_correction1);
-    update_rows(i, begin, n, step_size, bias_correction2_sqrt);
+    update_rows(i, begin, n, step_size, bias_correction2_sqrt, zero_grad);
   });
 }
 
@@ -470,7 +489,7 @@ Adam<Scalar>::Adam(std::vector<ParamGroup<Scalar>> groups, double lr, double bet
 
 template <class Scalar>
 void Adam<Scalar>::update_rows(size_t i, Index begin, Index n, Scalar step_size,
-                               Scalar bias_correction2_sqrt) {
+                               Scalar bias_correction2_sqrt, bool zero_grad) {
   Param<Scalar>& p = *this->params_[i].param;
   const Index cols = p.value.cols();
   const Scalar decay = this->decay_[i];
@@ -480,7 +499,7 @@ void Adam<Scalar>::update_rows(size_t i, Index begin, Index n, Scalar step_size,
     next = std::min(end, (at / kChunk + 1) * kChunk);
     const Index k = next - at;
     Chunk w(p.value.data() + at, k), m(m_[i].data() + at, k), v(v_[i].data() + at, k);
-    const ConstChunk g(p.grad.data() + at, k);
+    Chunk g(p.grad.data() + at, k);
     if (decoupled_) {
       w *= shrink;
       update_moments(m, v, g);
@@ -488,6 +507,7 @@ void Adam<Scalar>::update_rows(size_t i, Index begin, Index n, Scalar step_size,
       update_moments(m, v, g + decay * w);
     }
     w -= step_size * (m / (v.sqrt() / bias_correction2_sqrt + eps_));
+    if (zero_grad) g.setZero();
   }
 }
 
