@@ -4,8 +4,9 @@
 // bench/run_dist.sh (1 process x 1 thread, 2 processes x 1 thread, 1 process x 2 threads).
 //  - BM_dist_seq2seq_train_step/<bucket MB>: one data-parallel step: shard, forward, global
 //    cross-entropy, backward with the gradient buckets summed (MPI_Iallreduce) while backward
-//    goes on, the sums checked and measured for clipping as they are copied out
-//    (finish_gradients), Adam step. Counters: tokens/s, the GLOBAL batch's target tokens per
+//    goes on, the sums checked and measured for clipping, each rank its share of them
+//    (finish_gradients), and the Adam step, which zeroes the gradients for the next step as it
+//    reads them (step_and_zero_grad). Counters: tokens/s, the GLOBAL batch's target tokens per
 //    wall-clock second; comm_exposed, the share of step time spent waiting for gradient sums
 //    that backward did not hide (GradientReducer::finish); ranks and buckets.
 //  - BM_dist_seq2seq_compute_only: each rank's share of that step with nothing summed: the
@@ -13,7 +14,8 @@
 //    the Adam step (the same step through a DataParallel of the rank alone, on MPI_COMM_SELF),
 //    with no communication between the barriers that start and end the timing. Its
 //    tokens/s (the global batch's, as above) is the ceiling of the data-parallel step on this
-//    machine: what it would reach if summing the gradients cost nothing.
+//    machine: what it would reach if summing the gradients cost nothing (nearly: alone, a rank
+//    measures every gradient, where in the data-parallel step it measures its share).
 //  - BM_dist_seq2seq_compute_synced: the same with a barrier after the loss and one after
 //    backward, where the data-parallel step waits for the other ranks: what waiting for the
 //    slowest rank costs, apart from moving the gradients.
@@ -62,6 +64,15 @@ struct RankWork {
     tgt_in = ef::shift_right(tgt, bench::kBos);
     dist::key_dropout(model, shard);
   }
+
+  /// The Adam step, which zeroes the gradients for the next backward as it reads them; or, for a
+  /// step the guard skips, the zeroing alone. (A new model's gradients are zero.)
+  void step_or_skip(bool ok) {
+    if (ok)
+      opt.step_and_zero_grad();
+    else
+      opt.zero_grad();
+  }
 };
 
 /// Times state's iterations of step() on every rank between two barriers, after one untimed
@@ -87,12 +98,11 @@ void BM_dist_seq2seq_train_step(benchmark::State& state) {
   dist::DataParallel<float> dp(comm, w.model, {std::size_t(state.range(0)) << 20});
   double loss = 0;
   time_steps(state, comm, [&] {
-    w.opt.zero_grad();
     const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
     loss = dp.cross_entropy(w.ce, w.dlogits, logits, w.tgt, {bench::kPad, 0.0});
     w.model.backward(w.dlogits, w.cache, dp.begin_backward(w.model));
     const auto finished = dp.finish_gradients(w.guard, loss, 1.0f);  // sum, check, clip
-    if (finished.ok) w.opt.step();
+    w.step_or_skip(finished.ok);
     benchmark::DoNotOptimize(loss);
     return finished.waited;
   });
@@ -112,13 +122,12 @@ void compute_steps(benchmark::State& state, bool synced) {
   dist::DataParallel<float> alone(self, w.model);
   double loss = 0;
   time_steps(state, comm, [&] {
-    w.opt.zero_grad();
     const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
     loss = alone.cross_entropy(w.ce, w.dlogits, logits, w.tgt, {bench::kPad, 0.0});
     if (synced) comm.barrier();
     w.model.backward(w.dlogits, w.cache, alone.begin_backward(w.model));
     if (synced) comm.barrier();
-    if (alone.finish_gradients(w.guard, loss, 1.0f).ok) w.opt.step();
+    w.step_or_skip(alone.finish_gradients(w.guard, loss, 1.0f).ok);
     benchmark::DoNotOptimize(loss);
     return 0.0;  // nothing to wait for
   });

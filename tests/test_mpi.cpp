@@ -5,6 +5,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -16,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "model_cases.hpp"
@@ -251,30 +253,61 @@ TEST_CASE("finish_gradients: a non-finite loss on one rank stops every rank unde
 }
 
 TEST_CASE("finish_gradients: a non-finite gradient on one rank skips or stops every rank") {
-  for (const float bad : {NAN, INFINITY}) {
-    for (const auto policy : {ef::NonFinitePolicy::skip, ef::NonFinitePolicy::stop}) {
-      CAPTURE(bad);
-      ef::Rng rng(kSeed);
-      ef::Transformer<float> model(config(), rng);
-      dist::DataParallel<float> dp(comm(), model);
-      ef::StepGuard<float> guard(policy);
-      model.zero_grad();
-      (void)dp.begin_backward(model);          // no backward: no bucket has started, none reads yet
-      if (comm().rank() == comm().size() - 1)  // in every rank's sum
-        ef::param_named(model.parameters(), "output.bias").grad(0, 0) = bad;
-      if (policy == ef::NonFinitePolicy::stop) {
-        try {
-          (void)dp.finish_gradients(guard, 1.0, 1.0f);
-          FAIL("no NonFiniteError");
-        } catch (const ef::NonFiniteError& e) {
-          CHECK(e.param() == "output.bias");
+  // In the first parameter, which rank 0 measures, and in the last, which the last rank measures
+  // (detail::measure_share).
+  for (const bool in_first : {true, false}) {
+    for (const float bad : {NAN, INFINITY}) {
+      for (const auto policy : {ef::NonFinitePolicy::skip, ef::NonFinitePolicy::stop}) {
+        CAPTURE(in_first);
+        CAPTURE(bad);
+        ef::Rng rng(kSeed);
+        ef::Transformer<float> model(config(), rng);
+        dist::DataParallel<float> dp(comm(), model);
+        ef::StepGuard<float> guard(policy);
+        model.zero_grad();
+        (void)dp.begin_backward(model);  // no backward: no bucket has started, none reads yet
+        const auto params = model.parameters();
+        const std::string name = in_first ? params.front().name : params.back().name;
+        if (comm().rank() == comm().size() - 1)  // in every rank's sum
+          ef::param_named(params, name).grad(0, 0) = bad;
+        if (policy == ef::NonFinitePolicy::stop) {
+          try {
+            (void)dp.finish_gradients(guard, 1.0, 1.0f);
+            FAIL("no NonFiniteError");
+          } catch (const ef::NonFiniteError& e) {
+            CHECK(e.param() == name);
+          }
+          continue;
         }
-        continue;
+        CHECK_FALSE(dp.finish_gradients(guard, 1.0, 1.0f).ok);
+        CHECK(guard.last().param == name);
+        for (const auto& p : model.parameters()) CHECK(p.param->grad.isZero(0));
       }
-      CHECK_FALSE(dp.finish_gradients(guard, 1.0, 1.0f).ok);
-      CHECK(guard.last().param == "output.bias");
-      for (const auto& p : model.parameters()) CHECK(p.param->grad.isZero(0));
     }
+  }
+}
+
+TEST_CASE("detail::measure_share: contiguous shares in rank order, balanced by entries") {
+  std::vector<ef::Param<float>> store;
+  for (const ef::Index n : {10, 1, 1, 1, 10, 3}) store.emplace_back(n, 1);
+  ef::ParamList<float> params;
+  for (std::size_t i = 0; i < store.size(); ++i)
+    params.push_back({"p" + std::to_string(i), &store[i]});
+  using Share = std::pair<std::size_t, std::size_t>;
+  CHECK(dist::detail::measure_share(params, 0, 1) == Share{0, 6});
+  CHECK(dist::detail::measure_share(params, 0, 2) == Share{0, 4});  // 13 entries each
+  CHECK(dist::detail::measure_share(params, 1, 2) == Share{4, 6});
+  CHECK(dist::detail::measure_share(params, 1, 3) == Share{1, 4});
+  for (int size = 1; size <= 9; ++size) {  // more ranks than parameters: some measure none
+    CAPTURE(size);
+    std::size_t next = 0;
+    for (int rank = 0; rank < size; ++rank) {
+      const Share s = dist::detail::measure_share(params, rank, size);
+      CHECK(s.first <= s.second);
+      if (s.first < s.second) CHECK(s.first == next);
+      next = std::max(next, s.second);
+    }
+    CHECK(next == params.size());
   }
 }
 

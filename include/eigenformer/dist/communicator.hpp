@@ -191,6 +191,12 @@ class Communicator {
     return out == 1;
   }
 
+  /// Every rank's count values at mine, on every rank, in rank order: rank r's at
+  /// all[r * count, (r + 1) * count). all holds size() * count values.
+  void all_gather(const double* mine, int count, double* all) const {
+    MPI_Allgather(mine, count, MPI_DOUBLE, all, count, MPI_DOUBLE, comm_);
+  }
+
   /// Copies bytes bytes at data on rank root to data on every other rank (any size: sent in
   /// pieces below INT_MAX).
   void broadcast(void* data, std::size_t bytes, int root = 0) const {

@@ -16,9 +16,9 @@
 //
 // The result equals one process's on the whole batch up to rounding: the loss and gradients are
 // normalised by the global count of target tokens, clipping uses the norm of the summed
-// gradients (rank 0's figure, so every rank scales alike), the non-finite guard skips on every
-// rank or none, and dropout masks depend on the global example index (key_dropout), not on the
-// number of ranks. See docs/distributed.md.
+// gradients (the same figure on every rank, so every rank scales alike), the non-finite guard skips
+// on every rank or none, and dropout masks depend on the global example index (key_dropout), not on
+// the number of ranks. See docs/distributed.md.
 #pragma once
 
 #include <mpi.h>
@@ -246,7 +246,7 @@ void broadcast_dropout_state(const Communicator& comm, Model& model) {
                                         [&](auto& d) { comm.broadcast(&d.rng(), sizeof(Rng)); });
 }
 
-/// A summed gradient as GradientReducer::finish_measured() found it.
+/// What the non-finite check and clipping need of a gradient (detail::measure).
 struct GradientMeasure {
   bool finite = true;         // every entry finite
   double squared_norm = 0.0;  // the sum of squared entries, in double (as clip_grad_norm)
@@ -262,6 +262,28 @@ template <class Scalar>
 GradientMeasure measure(const GradMatrix<Scalar>& g) {
   const double sum = eigenformer::detail::squared_norm_double(g);
   return {std::isfinite(sum) || eigenformer::detail::all_finite(g), sum};
+}
+
+/// The parameters [first, second) of params that rank rank of size measures: contiguous shares in
+/// rank order, of about equal numbers of entries (each parameter goes to the rank in whose
+/// share of the entries its middle falls). A rank may get none (first == second).
+template <class Scalar>
+std::pair<std::size_t, std::size_t> measure_share(const ParamList<Scalar>& params, int rank,
+                                                  int size) {
+  double total = 0;
+  for (const auto& p : params) total += static_cast<double>(p.param->size());
+  std::size_t first = params.size(), last = 0;
+  double before = 0;  // entries of the parameters before p
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const double n = static_cast<double>(params[i].param->size());
+    const int owner =
+        total > 0 ? std::min(size - 1, static_cast<int>((before + n / 2) * size / total)) : 0;
+    before += n;
+    if (owner != rank) continue;
+    first = std::min(first, i);
+    last = i + 1;
+  }
+  return first < last ? std::make_pair(first, last) : std::make_pair(last, last);
 }
 
 }  // namespace detail
@@ -328,17 +350,7 @@ class GradientReducer {
   /// sums. Returns the seconds spent waiting (communication that backward did not hide).
   /// Throws ArgumentError naming GradientReducer::finish when begin() was not called, and as
   /// ready() for a bucket it starts.
-  double finish() { return finish_impl("GradientReducer::finish", false); }
-
-  /// finish(), with each summed gradient measured in one pass that reads it: whether its entries
-  /// are all finite, and its squared norm (as clip_grad_norm sums it). The figures are for
-  /// measured() until the next begin(). Throws ArgumentError naming
-  /// GradientReducer::finish_measured as finish().
-  double finish_measured() { return finish_impl("GradientReducer::finish_measured", true); }
-
-  /// What finish_measured() found for parameter p; throws ArgumentError naming
-  /// GradientReducer::measured unless p is summed here and the last finish measured.
-  const GradientMeasure& measured(const Param<Scalar>* p) const;
+  double finish();
 
   /// The number of buckets, and the parameters of each (indices into the list), for tests.
   std::size_t buckets() const { return buckets_.size(); }
@@ -366,7 +378,6 @@ class GradientReducer {
     std::size_t bucket;
     std::size_t offset;  // of its gradient in the bucket's buffers
     bool ready = false;
-    GradientMeasure measure = {};  // of the last finish_measured()
   };
 
   const Communicator* comm_;
@@ -374,7 +385,6 @@ class GradientReducer {
   std::vector<Bucket> buckets_;
   std::unordered_map<const Param<Scalar>*, std::size_t> index_;
   bool in_step_ = false;
-  bool measured_ = false;  // the entries' measures are the last finish's
   mutable std::vector<char> seen_;  // check_unchanged's scratch, one flag per entry
 
   static std::size_t bucket_capacity(const ParamList<Scalar>& params, std::size_t bucket_bytes);
@@ -391,7 +401,6 @@ class GradientReducer {
   /// gets memory of its own. Throws ArgumentError naming func, changing nothing, for one to put
   /// back that no longer has its shape at construction.
   void put_back(const Bucket* only, const char* func);
-  double finish_impl(const char* func, bool measuring);
 };
 
 template <class Scalar>
@@ -548,7 +557,6 @@ auto GradientReducer<Scalar>::begin(const ParamList<Scalar>& params) -> GradRead
   detail::settle_abandoned();
   for (auto& e : entries_) e.ready = false;
   put_back(nullptr, "GradientReducer::begin");  // given memory of their own, or swapped
-  measured_ = false;
   for (auto& b : buckets_) {
     b.pending = b.params.size();
     b.started = false;
@@ -597,7 +605,8 @@ void GradientReducer<Scalar>::progress() {
 }
 
 template <class Scalar>
-double GradientReducer<Scalar>::finish_impl(const char* func, bool measuring) {
+double GradientReducer<Scalar>::finish() {
+  const char* func = "GradientReducer::finish";
   eigenformer::detail::require(in_step_, func, "this",
                                "no step begun (call begin() before backward)");
   // Buckets backward did not complete (parameters it never reported), in bucket order: the same
@@ -609,25 +618,12 @@ double GradientReducer<Scalar>::finish_impl(const char* func, bool measuring) {
   const double waited =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (auto& b : buckets_) {
-    if (b.grads) b.grads.swap(b.sums);  // the sums become the gradients (none on one rank)
-    for (std::size_t k : b.params) {
-      Entry& e = entries_[k];
-      if (b.grads) lend(e, false);
-      if (measuring) e.measure = detail::measure(e.param->grad);
-    }
+    if (!b.grads) continue;  // one rank: the gradients are the sums
+    b.grads.swap(b.sums);    // the sums become the gradients
+    for (std::size_t k : b.params) lend(entries_[k], false);
   }
-  measured_ = measuring;
   in_step_ = false;
   return waited;
-}
-
-template <class Scalar>
-const GradientMeasure& GradientReducer<Scalar>::measured(const Param<Scalar>* p) const {
-  const auto it = index_.find(p);
-  eigenformer::detail::require(measured_ && it != index_.end(), "GradientReducer::measured", "p",
-                               measured_ ? "is not a parameter summed here"
-                                         : "has no measure: the last finish was not measured");
-  return entries_[it->second].measure;
 }
 
 /// Options of DataParallel.
@@ -649,7 +645,9 @@ class DataParallel {
   DataParallel(const Communicator& comm, Model& model, DataParallelOptions options = {})
       : comm_(&comm),
         params_(model.parameters()),
-        reducer_(comm, checked(comm, params_), options.bucket_bytes) {
+        reducer_(comm, checked(comm, params_), options.bucket_bytes),
+        share_(detail::measure_share(params_, comm.rank(), comm.size())),
+        shares_(2 * static_cast<std::size_t>(comm.size())) {
     broadcast_parameters(comm, params_);
     broadcast_dropout_state(comm, model);
   }
@@ -724,9 +722,10 @@ class DataParallel {
   };
 
   /// end_backward(), check_step(guard, loss) and, when the step may go ahead,
-  /// clip_grad_norm(max_norm), with the same results, but each gradient checked and measured in
-  /// one pass, where the separate calls read every gradient from memory once more, on all ranks
-  /// at once.
+  /// clip_grad_norm(max_norm), with the same results (the norm up to the order of its sum), in
+  /// fewer passes: the sums being the same on every rank, each rank checks and measures its share
+  /// of them (about 1 / size of the entries, each gradient read once), and one collective gives
+  /// every rank all the shares. The separate calls have every rank read every gradient twice.
   /// Throws ArgumentError naming DataParallel::finish_gradients, before anything is done, unless
   /// max_norm is positive and finite; else throws as the three calls (NonFiniteError naming
   /// DataParallel::finish_gradients under a stop policy).
@@ -739,6 +738,9 @@ class DataParallel {
   const Communicator* comm_;
   ParamList<Scalar> params_;
   GradientReducer<Scalar> reducer_;
+  std::pair<std::size_t, std::size_t> share_;  // the parameters this rank measures
+                                               // (detail::measure_share)
+  std::vector<double> shares_;                 // (2 per rank) finish_gradients' gathered measures
 
   static const ParamList<Scalar>& checked(const Communicator& comm, const ParamList<Scalar>& p) {
     check_same_parameters(comm, p, "DataParallel::DataParallel");
@@ -758,7 +760,13 @@ class DataParallel {
   }
   /// clip_grad_norm's scaling, given this rank's sum of squared gradients. A collective (rank 0's
   /// norm is broadcast): every rank calls it, or none.
-  Scalar clip_to(Scalar max_norm, double squared_sum);
+  Scalar clip_to(Scalar max_norm, double squared_sum) {
+    double norm = std::sqrt(squared_sum);
+    comm_->broadcast(&norm, sizeof norm);
+    return scale_to(max_norm, norm);
+  }
+  /// Scales the gradients, whose norm is norm, as clip_grad_norm does; returns norm.
+  Scalar scale_to(Scalar max_norm, double norm);
 };
 
 template <class Scalar>
@@ -775,25 +783,33 @@ auto DataParallel<Scalar>::finish_gradients(StepGuard<Scalar>& guard, double los
   const char* func = "DataParallel::finish_gradients";
   check_max_norm(func, max_norm);
   Finished out;
-  out.waited = reducer_.finish_measured();
-  bool finite = std::isfinite(loss);
-  double sum = 0.0;  // over the list as clip_grad_norm sums (within a gradient, another order)
-  for (const auto& p : params_) {
-    const GradientMeasure& m = reducer_.measured(p.param);
-    finite = finite && m.finite;
-    sum += m.squared_norm;
+  out.waited = reducer_.finish();
+  // This rank's share: its sum of squares (as clip_grad_norm sums, in double) and 1 when its
+  // entries and the loss are finite, else 0. Every rank adds the shares in rank order, so all
+  // take their decisions from the same figures.
+  double share[2] = {0.0, std::isfinite(loss) ? 1.0 : 0.0};
+  for (std::size_t i = share_.first; i < share_.second; ++i) {
+    const GradientMeasure m = detail::measure(params_[i].param->grad);
+    share[0] += m.squared_norm;
+    if (!m.finite) share[1] = 0.0;
   }
-  StepCheck mine;  // passed; when not, the full check names what failed
+  comm_->all_gather(share, 2, shares_.data());
+  double sum = 0.0;
+  bool finite = true;
+  for (int r = 0; r < comm_->size(); ++r) {
+    sum += shares_[2 * static_cast<std::size_t>(r)];
+    finite = finite && shares_[2 * static_cast<std::size_t>(r) + 1] == 1.0;
+  }
+  StepCheck mine;  // passed; when not, the full check names what failed, here
   if (!finite) mine = eigenformer::check_step(loss, params_);
-  out.ok = apply_everywhere(guard, std::move(mine), func);
-  if (out.ok) out.norm = clip_to(max_norm, sum);
+  if (!finite && mine.ok) mine = eigenformer::check_step(std::nan(""), params_);  // another's loss
+  out.ok = guard.apply(std::move(mine), params_, func);
+  if (out.ok) out.norm = scale_to(max_norm, std::sqrt(sum));
   return out;
 }
 
 template <class Scalar>
-Scalar DataParallel<Scalar>::clip_to(Scalar max_norm, double squared_sum) {
-  double norm = std::sqrt(squared_sum);
-  comm_->broadcast(&norm, sizeof norm);
+Scalar DataParallel<Scalar>::scale_to(Scalar max_norm, double norm) {
   const double coef = static_cast<double>(max_norm) / (norm + 1e-6);
   if (std::isfinite(norm) && coef < 1.0)
     for (const auto& p : params_) p.param->grad *= static_cast<Scalar>(coef);
