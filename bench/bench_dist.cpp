@@ -65,13 +65,10 @@ struct RankWork {
     dist::key_dropout(model, shard);
   }
 
-  /// The Adam step, which zeroes the gradients for the next backward as it reads them; or, for a
-  /// step the guard skips, the zeroing alone. (A new model's gradients are zero.)
+  /// The Adam step, which zeroes the gradients for the next backward as it reads them. (A new
+  /// model's gradients are zero, and a step the guard skips zeroes them.)
   void step_or_skip(bool ok) {
-    if (ok)
-      opt.step_and_zero_grad();
-    else
-      opt.zero_grad();
+    if (ok) opt.step_and_zero_grad();
   }
 };
 

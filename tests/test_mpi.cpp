@@ -109,9 +109,10 @@ Result train_alone(Optim kind) {
 }
 
 /// Step step's forward and backward on this rank's rows of the global batch, the gradients zeroed
-/// first and handed to dp's reducer as backward goes. Returns the global loss.
+/// first (unless zero is false) and handed to dp's reducer as backward goes. Returns the global
+/// loss.
 double shard_forward_backward(ef::Transformer<float>& model, dist::DataParallel<float>& dp,
-                              int step) {
+                              int step, bool zero = true) {
   const auto [src, tgt] = global_batch(step);
   const dist::Shard s = dp.shard(src.rows());
   dist::key_dropout(model, s);
@@ -120,14 +121,16 @@ double shard_forward_backward(ef::Transformer<float>& model, dist::DataParallel<
   const IdMatrix my_tgt = dist::rows(tgt, s);
   const auto logits = model.forward(dist::rows(src, s), ef::shift_right(my_tgt, kBos), cache);
   const auto [loss, dlogits] = dp.cross_entropy(ce, logits, my_tgt, {0});
-  model.zero_grad();
+  if (zero) model.zero_grad();
   model.backward(dlogits, cache, dp.begin_backward(model));
   return loss;
 }
 
 /// The same run, data-parallel over comm's ranks. Each rank builds its model from its own seed:
 /// DataParallel copies rank 0's weights and dropout generators. With fused, the step ends with
-/// finish_gradients, else with end_backward, check_step and clip_grad_norm.
+/// finish_gradients and step_and_zero_grad (the gradients in the buckets zeroed by the optimizer,
+/// or by the guard's skip), else with end_backward, check_step, clip_grad_norm, step and
+/// zero_grad before the next backward.
 Result train_data_parallel(Optim kind, std::size_t bucket_bytes, bool fused = false) {
   ef::Rng rng(kSeed + 1000 * static_cast<std::uint64_t>(comm().rank()));
   ef::Transformer<float> model(config(), rng);
@@ -135,7 +138,7 @@ Result train_data_parallel(Optim kind, std::size_t bucket_bytes, bool fused = fa
   Training t(model.parameters(), kind);
   std::vector<double> losses;
   for (int step = 0; step < kSteps; ++step) {
-    const double loss = shard_forward_backward(model, dp, step);
+    const double loss = shard_forward_backward(model, dp, step, !fused || step == 0);
     losses.push_back(loss);
     if (fused) {
       if (!dp.finish_gradients(t.guard, loss, 1.0f).ok) continue;
@@ -145,7 +148,10 @@ Result train_data_parallel(Optim kind, std::size_t bucket_bytes, bool fused = fa
       dp.clip_grad_norm(1.0f);
     }
     ef::apply_schedule(*t.opt, t.schedule);
-    t.opt->step();
+    if (fused)
+      t.opt->step_and_zero_grad();
+    else
+      t.opt->step();
   }
   return weights_of(model, losses);
 }
@@ -268,6 +274,12 @@ TEST_CASE("finish_gradients: a non-finite gradient on one rank skips or stops ev
         (void)dp.begin_backward(model);  // no backward: no bucket has started, none reads yet
         const auto params = model.parameters();
         const std::string name = in_first ? params.front().name : params.back().name;
+        const auto first = dist::detail::measure_share(params, 0, comm().size());
+        const auto last = dist::detail::measure_share(params, comm().size() - 1, comm().size());
+        REQUIRE(first.first == 0);
+        REQUIRE(first.second > 0);
+        REQUIRE(last.second == params.size());
+        REQUIRE(last.first < last.second);
         if (comm().rank() == comm().size() - 1)  // in every rank's sum
           ef::param_named(params, name).grad(0, 0) = bad;
         if (policy == ef::NonFinitePolicy::stop) {
@@ -289,14 +301,14 @@ TEST_CASE("finish_gradients: a non-finite gradient on one rank skips or stops ev
 
 TEST_CASE("detail::measure_share: contiguous shares in rank order, balanced by entries") {
   std::vector<ef::Param<float>> store;
-  for (const ef::Index n : {10, 1, 1, 1, 10, 3}) store.emplace_back(n, 1);
+  for (const ef::Index n : {10, 1, 1, 1, 10, 3, 0}) store.emplace_back(n, 1);  // one empty
   ef::ParamList<float> params;
   for (std::size_t i = 0; i < store.size(); ++i)
     params.push_back({"p" + std::to_string(i), &store[i]});
   using Share = std::pair<std::size_t, std::size_t>;
-  CHECK(dist::detail::measure_share(params, 0, 1) == Share{0, 6});
+  CHECK(dist::detail::measure_share(params, 0, 1) == Share{0, 7});
   CHECK(dist::detail::measure_share(params, 0, 2) == Share{0, 4});  // 13 entries each
-  CHECK(dist::detail::measure_share(params, 1, 2) == Share{4, 6});
+  CHECK(dist::detail::measure_share(params, 1, 2) == Share{4, 7});
   CHECK(dist::detail::measure_share(params, 1, 3) == Share{1, 4});
   for (int size = 1; size <= 9; ++size) {  // more ranks than parameters: some measure none
     CAPTURE(size);

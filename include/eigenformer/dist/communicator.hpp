@@ -192,7 +192,8 @@ class Communicator {
   }
 
   /// Every rank's count values at mine, on every rank, in rank order: rank r's at
-  /// all[r * count, (r + 1) * count). all holds size() * count values.
+  /// all[r * count, (r + 1) * count). all holds size() * count values and must not overlap mine
+  /// (as MPI_Allgather's buffers).
   void all_gather(const double* mine, int count, double* all) const {
     MPI_Allgather(mine, count, MPI_DOUBLE, all, count, MPI_DOUBLE, comm_);
   }

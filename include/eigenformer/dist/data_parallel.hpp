@@ -270,14 +270,19 @@ GradientMeasure measure(const GradMatrix<Scalar>& g) {
 template <class Scalar>
 std::pair<std::size_t, std::size_t> measure_share(const ParamList<Scalar>& params, int rank,
                                                   int size) {
-  double total = 0;
-  for (const auto& p : params) total += static_cast<double>(p.param->size());
+  // In integers, so that every rank computes the same shares exactly.
+  std::uint64_t total = 0;
+  for (const auto& p : params) total += static_cast<std::uint64_t>(p.param->size());
   std::size_t first = params.size(), last = 0;
-  double before = 0;  // entries of the parameters before p
+  std::uint64_t before = 0;  // entries of the parameters before params[i]
   for (std::size_t i = 0; i < params.size(); ++i) {
-    const double n = static_cast<double>(params[i].param->size());
+    const auto n = static_cast<std::uint64_t>(params[i].param->size());
+    // The rank whose share of [0, total) holds before + n / 2 (the last, for empty ones at the
+    // end).
+    const auto at =
+        total > 0 ? (2 * before + n) * static_cast<std::uint64_t>(size) / (2 * total) : 0;
     const int owner =
-        total > 0 ? std::min(size - 1, static_cast<int>((before + n / 2) * size / total)) : 0;
+        static_cast<int>(std::min<std::uint64_t>(at, static_cast<std::uint64_t>(size - 1)));
     before += n;
     if (owner != rank) continue;
     first = std::min(first, i);

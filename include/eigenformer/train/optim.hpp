@@ -127,8 +127,12 @@ class Optimizer {
   /// step(), then zero_grad(), with the zeroing folded into the update where the optimizer can
   /// (SGD, Adam and AdamW do): each piece of a gradient is zeroed right after the update reads it,
   /// while it is in cache, rather than by a later pass over every gradient from memory. Use it in
-  /// place of step() to drop the next step's zero_grad() (a step you skip still needs one). Throws
-  /// as step(), before any value, gradient, state or steps() changes.
+  /// place of step() to drop the next step's zero_grad(). It zeroes this optimizer's parameters
+  /// only (a frozen parameter left out of it keeps adding up), and anything reading gradients
+  /// after the step sees zeros. A step skipped by hand, or abandoned by an exception, still needs
+  /// a zero_grad() (a StepGuard's skip zeroes the gradients itself). Throws as step(), before any
+  /// value, gradient, state or steps() changes (SGD, Adam and AdamW name
+  /// <Optimizer>::step_and_zero_grad).
   virtual void step_and_zero_grad() {
     step();
     zero_grad();
@@ -172,8 +176,10 @@ class Optimizer {
   /// One zero matrix per parameter, of its shape: optimizer state.
   std::vector<Matrix<Scalar>> zeros_like_params() const;
 
-  /// Throws, naming the parameter, if a value or gradient differs from its shape at construction.
-  void check_shapes() const;
+  /// Throws ArgumentError naming func (by default <Optimizer>::step) and the parameter, if a
+  /// value or gradient differs from its shape at construction.
+  void check_shapes(const std::string& func) const;
+  void check_shapes() const { check_shapes(step_func_); }
 
   /// The optimizer's buffers: (buffer name, one matrix per parameter). None by default; a derived
   /// optimizer with state lists it here so that state() and load_state() cover it.
@@ -187,7 +193,8 @@ class Optimizer {
   Scalar lr_;
   long steps_ = 0;
   std::string name_;  // the class name, for error messages
-  std::string step_func_, set_lr_func_;  // built once, so a passing check builds no string
+  // Built once, so that a passing check builds no string.
+  std::string step_func_, step_and_zero_func_, set_lr_func_;
 
   /// (rows, cols) of each parameter at construction, which step() checks they still have.
   const std::vector<std::pair<Index, Index>>& shapes() const { return shapes_; }
@@ -204,6 +211,7 @@ Optimizer<Scalar>::Optimizer(std::vector<ParamGroup<Scalar>> groups, double lr,
     : lr_(static_cast<Scalar>(lr)),
       name_(std::move(name)),
       step_func_(name_ + "::step"),
+      step_and_zero_func_(name_ + "::step_and_zero_grad"),
       set_lr_func_(name_ + "::set_lr") {
   const std::string func = name_ + "::" + name_;
   detail::check_nonnegative(func, "lr", lr);
@@ -249,13 +257,13 @@ void Optimizer<Scalar>::zero_grad() {
 }
 
 template <class Scalar>
-void Optimizer<Scalar>::check_shapes() const {
+void Optimizer<Scalar>::check_shapes(const std::string& func) const {
   for (size_t i = 0; i < params_.size(); ++i) {
     const Param<Scalar>& p = *params_[i].param;
     const Index rows = shapes_[i].first, cols = shapes_[i].second;
     const bool ok = p.value.rows() == rows && p.value.cols() == cols && p.grad.rows() == rows &&
                     p.grad.cols() == cols;
-    detail::require(ok, step_func_, "params", [&] {
+    detail::require(ok, func, "params", [&] {
       return "has parameter '" + params_[i].name + "' with value " + detail::shape_of(p.value) +
              " and grad " + detail::shape_of(p.grad) + ", expected " +
              detail::shape_str(rows, cols) + " as at construction";
@@ -362,7 +370,7 @@ SGD<Scalar>::SGD(std::vector<ParamGroup<Scalar>> groups, double lr, double momen
 
 template <class Scalar>
 void SGD<Scalar>::update(bool zero_grad) {
-  this->check_shapes();
+  this->check_shapes(zero_grad ? this->step_and_zero_func_ : this->step_func_);
   ++this->steps_;
   // Elementwise: the rows of all parameters are shared among threads, as in Adam::step.
   detail::parallel_over_rows(this->shapes(), 4.0, [&](size_t i, Index begin, Index n) {
@@ -454,7 +462,7 @@ class Adam : public Optimizer<Scalar> {
 
 template <class Scalar>
 void Adam<Scalar>::update(bool zero_grad) {
-  this->check_shapes();
+  this->check_shapes(zero_grad ? this->step_and_zero_func_ : this->step_func_);
   ++this->steps_;
   const double t = static_cast<double>(this->steps_);
   const double bias_correction1 = 1.0 - std::pow(static_cast<double>(beta1_), t);
