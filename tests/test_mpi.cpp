@@ -323,6 +323,35 @@ TEST_CASE("detail::measure_share: contiguous shares in rank order, balanced by e
   }
 }
 
+TEST_CASE("finish_gradients: the same norm and verdict on every rank, one measuring nothing") {
+  // A source vocabulary of 4000 puts most entries in the first parameter: on 3 ranks its middle
+  // falls in rank 1's share, rank 2 measures the rest, and rank 0 nothing.
+  ef::TransformerConfig c = config();
+  c.src_vocab = 4000;
+  ef::Rng rng(kSeed);
+  ef::Transformer<float> model(c, rng);
+  dist::DataParallel<float> dp(comm(), model);
+  const auto params = model.parameters();
+  const auto share = dist::detail::measure_share(params, comm().rank(), comm().size());
+  if (comm().size() == 3 && comm().rank() == 0) REQUIRE(share.first == share.second);
+  for (const bool nan_loss : {false, true}) {
+    CAPTURE(nan_loss);
+    model.zero_grad();
+    (void)dp.begin_backward(model);  // no backward: no bucket has started, none reads yet
+    for (const auto& p : params) p.param->grad(0, 0) = 1.0f;  // each sum: 1 per rank
+    ef::StepGuard<float> guard(ef::NonFinitePolicy::skip);
+    const double loss = nan_loss && comm().rank() == 0 ? std::nan("") : 1.0;  // rank 0's only
+    const auto done = dp.finish_gradients(guard, loss, 1e6f);
+    CHECK(done.ok == !nan_loss);
+    if (nan_loss) {
+      CHECK(guard.last().what.find("loss is nan") != std::string::npos);
+      continue;
+    }
+    const double want = comm().size() * std::sqrt(static_cast<double>(params.size()));
+    CHECK(std::abs(done.norm - want) <= 1e-6 * want);
+  }
+}
+
 TEST_CASE("finish_gradients rejects a bad max_norm before doing anything") {
   Backward w;
   ef::StepGuard<float> guard;
