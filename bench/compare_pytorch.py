@@ -457,7 +457,12 @@ def main():
     torch = None
     if not args.skip_torch:
         import warnings
-        import torch as torch_module
+        try:
+            import torch as torch_module
+        except ImportError:
+            sys.exit("compare_pytorch.py: PyTorch is not installed for %s: apt-get install "
+                     "python3-torch (Debian's, 1.13), or pass --skip-torch to time eigenformer "
+                     "alone" % sys.executable)
         torch = torch_module
         # nn.TransformerEncoder's eval fast path converts padded batches to nested tensors and
         # warns that their API is a prototype: noise on stderr, not about the timing.
