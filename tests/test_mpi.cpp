@@ -302,9 +302,7 @@ TEST_CASE("finish_gradients: a non-finite gradient on one rank skips or stops ev
 TEST_CASE("detail::measure_share: contiguous shares in rank order, balanced by entries") {
   std::vector<ef::Param<float>> store;
   for (const ef::Index n : {10, 1, 1, 1, 10, 3, 0}) store.emplace_back(n, 1);  // one empty
-  ef::ParamList<float> params;
-  for (std::size_t i = 0; i < store.size(); ++i)
-    params.push_back({"p" + std::to_string(i), &store[i]});
+  const ef::ParamList<float> params = named_p(store);
   using Share = std::pair<std::size_t, std::size_t>;
   CHECK(dist::detail::measure_share(params, 0, 1) == Share{0, 7});
   CHECK(dist::detail::measure_share(params, 0, 2) == Share{0, 4});  // 13 entries each

@@ -414,6 +414,28 @@ TEST_CASE("detail::parallel_over_rows visits every row of every matrix once, in 
   (void)saved;
 }
 
+namespace {
+
+/// ps[from, to), named p<index>.
+ParamList<float> named_params(std::vector<Param<float>>& ps, size_t from, size_t to) {
+  ParamList<float> out;
+  for (size_t i = from; i < to; ++i) out.push_back({"p" + std::to_string(i), &ps[i]});
+  return out;
+}
+
+using MakeOptimizer = std::function<std::unique_ptr<Optimizer<float>>(ParamList<float>)>;
+
+/// SGD with momentum, Adam and AdamW, each with weight decay, over a list.
+std::vector<MakeOptimizer> optimizer_makes() {
+  return {[](ParamList<float> ps) { return std::make_unique<SGD<float>>(ps, 0.1, 0.9, 0.01); },
+          [](ParamList<float> ps) {
+            return std::make_unique<Adam<float>>(ps, 0.01, 0.9, 0.99, 1e-8, 0.1);
+          },
+          [](ParamList<float> ps) { return std::make_unique<AdamW<float>>(ps, 0.01); }};
+}
+
+}  // namespace
+
 TEST_CASE("SGD and Adam step a list of parameters as they step each one alone") {
   // One optimizer over all (its rows shared among threads across parameters; with 2 threads the
   // cut falls inside the 3000 x 40 one) against one optimizer per parameter: the update is
@@ -427,22 +449,10 @@ TEST_CASE("SGD and Adam step a list of parameters as they step each one alone") 
     together.push_back(p);
     alone.push_back(p);
   }
-  auto list = [](std::vector<Param<float>>& ps, size_t from, size_t to) {
-    ParamList<float> out;
-    for (size_t i = from; i < to; ++i) out.push_back({"p" + std::to_string(i), &ps[i]});
-    return out;
-  };
-  using Make = std::function<std::unique_ptr<Optimizer<float>>(ParamList<float>)>;
-  const std::vector<Make> makes = {
-      [](ParamList<float> ps) { return std::make_unique<SGD<float>>(ps, 0.1, 0.9, 0.01); },
-      [](ParamList<float> ps) {
-        return std::make_unique<Adam<float>>(ps, 0.01, 0.9, 0.99, 1e-8, 0.1);
-      },
-      [](ParamList<float> ps) { return std::make_unique<AdamW<float>>(ps, 0.01); }};
-  for (const Make& make : makes) {
-    auto all = make(list(together, 0, shapes.size()));
+  for (const MakeOptimizer& make : optimizer_makes()) {
+    auto all = make(named_params(together, 0, shapes.size()));
     std::vector<std::unique_ptr<Optimizer<float>>> each;
-    for (size_t i = 0; i < shapes.size(); ++i) each.push_back(make(list(alone, i, i + 1)));
+    for (size_t i = 0; i < shapes.size(); ++i) each.push_back(make(named_params(alone, i, i + 1)));
     for (int step = 0; step < 3; ++step) {
       all->zero_grad();
       for (size_t i = 0; i < shapes.size(); ++i) {
@@ -478,20 +488,15 @@ class PlainStep : public Optimizer<float> {
 TEST_CASE("step_and_zero_grad takes step()'s step and leaves every gradient zero") {
   // Several threads' units of rows, and Adam's chunks cut mid-row ({1000, 37}).
   const std::vector<std::pair<Index, Index>> shapes = {{1, 5}, {3000, 40}, {1000, 37}, {7, 3}};
-  using Make = std::function<std::unique_ptr<Optimizer<float>>(ParamList<float>)>;
-  const std::vector<Make> makes = {
-      [](ParamList<float> ps) { return std::make_unique<SGD<float>>(ps, 0.1, 0.0, 0.01); },
-      [](ParamList<float> ps) { return std::make_unique<SGD<float>>(ps, 0.1, 0.9, 0.01); },
-      [](ParamList<float> ps) {
-        return std::make_unique<Adam<float>>(ps, 0.01, 0.9, 0.99, 1e-8, 0.1);
-      },
-      [](ParamList<float> ps) { return std::make_unique<AdamW<float>>(ps, 0.01); },
-      [](ParamList<float> ps) { return std::make_unique<PlainStep>(ps); }};
+  std::vector<MakeOptimizer> makes = optimizer_makes();
+  makes.push_back(
+      [](ParamList<float> ps) { return std::make_unique<SGD<float>>(ps, 0.1, 0.0, 0.01); });
+  makes.push_back([](ParamList<float> ps) { return std::make_unique<PlainStep>(ps); });
   const int saved = max_threads();
 #ifdef _OPENMP
   omp_set_num_threads(2);  // the units of rows shared by two threads
 #endif
-  for (const Make& make : makes) {
+  for (const MakeOptimizer& make : makes) {
     Rng rng(5);
     std::vector<Param<float>> plain, fused;
     for (const auto& s : shapes) {
@@ -499,12 +504,8 @@ TEST_CASE("step_and_zero_grad takes step()'s step and leaves every gradient zero
       plain.back().value = eftest::random_matrix<float>(s.first, s.second, rng);
       fused.push_back(plain.back());
     }
-    ParamList<float> plain_list, fused_list;
-    for (size_t i = 0; i < shapes.size(); ++i) {
-      plain_list.push_back({"p" + std::to_string(i), &plain[i]});
-      fused_list.push_back({"p" + std::to_string(i), &fused[i]});
-    }
-    const auto a = make(plain_list), b = make(fused_list);
+    const auto a = make(named_params(plain, 0, shapes.size()));
+    const auto b = make(named_params(fused, 0, shapes.size()));
     CAPTURE(a->kind());
     for (int step = 0; step < 3; ++step) {
       a->zero_grad();  // b's gradients were zeroed by its last step

@@ -176,10 +176,10 @@ class Optimizer {
   /// One zero matrix per parameter, of its shape: optimizer state.
   std::vector<Matrix<Scalar>> zeros_like_params() const;
 
-  /// Throws ArgumentError naming func (by default <Optimizer>::step) and the parameter, if a
-  /// value or gradient differs from its shape at construction.
-  void check_shapes(const std::string& func) const;
-  void check_shapes() const { check_shapes(step_func_); }
+  /// Throws ArgumentError naming <Optimizer>::step (<Optimizer>::step_and_zero_grad when
+  /// and_zero_grad) and the parameter, if a value or gradient differs from its shape at
+  /// construction.
+  void check_shapes(bool and_zero_grad = false) const;
 
   /// The optimizer's buffers: (buffer name, one matrix per parameter). None by default; a derived
   /// optimizer with state lists it here so that state() and load_state() cover it.
@@ -257,7 +257,8 @@ void Optimizer<Scalar>::zero_grad() {
 }
 
 template <class Scalar>
-void Optimizer<Scalar>::check_shapes(const std::string& func) const {
+void Optimizer<Scalar>::check_shapes(bool and_zero_grad) const {
+  const std::string& func = and_zero_grad ? step_and_zero_func_ : step_func_;
   for (size_t i = 0; i < params_.size(); ++i) {
     const Param<Scalar>& p = *params_[i].param;
     const Index rows = shapes_[i].first, cols = shapes_[i].second;
@@ -370,7 +371,7 @@ SGD<Scalar>::SGD(std::vector<ParamGroup<Scalar>> groups, double lr, double momen
 
 template <class Scalar>
 void SGD<Scalar>::update(bool zero_grad) {
-  this->check_shapes(zero_grad ? this->step_and_zero_func_ : this->step_func_);
+  this->check_shapes(zero_grad);
   ++this->steps_;
   // Elementwise: the rows of all parameters are shared among threads, as in Adam::step.
   detail::parallel_over_rows(this->shapes(), 4.0, [&](size_t i, Index begin, Index n) {
@@ -462,7 +463,7 @@ class Adam : public Optimizer<Scalar> {
 
 template <class Scalar>
 void Adam<Scalar>::update(bool zero_grad) {
-  this->check_shapes(zero_grad ? this->step_and_zero_func_ : this->step_func_);
+  this->check_shapes(zero_grad);
   ++this->steps_;
   const double t = static_cast<double>(this->steps_);
   const double bias_correction1 = 1.0 - std::pow(static_cast<double>(beta1_), t);
