@@ -250,17 +250,16 @@ class TrainingCurves {
 // ---------------------------------------------------------------------------------------------
 // Commands
 
-/// The global batch's loss after forward and backward on this process's rows of (x, y) (all of
-/// them without MPI), gradients summed over the processes and clipped.
-template <class Check>
+/// One training step on the global batch (x, y) (TrainStep): returns its loss. The gradients are
+/// summed over the processes (this one's rows of the batch, all of them without MPI), checked by
+/// guard and clipped, and opt steps.
 double train_step(cli::TrainStep<Model>& step, Model& model, ef::Optimizer<Scalar>& opt,
-                  const ef::IdMatrix& x, const ef::IdMatrix& y, Check&& check) {
-  return step(
-      opt, y, {-1, 0.0},
-      [&](Index begin, Index count, Model::Cache& cache) -> const ef::Matrix<Scalar>& {
-        return model.forward(x.middleRows(begin, count), cache);
-      },
-      check);
+                  ef::StepGuard<Scalar>& guard, long step_number, const ef::IdMatrix& x,
+                  const ef::IdMatrix& y) {
+  return step(opt, guard, step_number, y, {-1, 0.0},
+              [&](Index begin, Index count, Model::Cache& cache) -> const ef::Matrix<Scalar>& {
+                return model.forward(x.middleRows(begin, count), cache);
+              });
 }
 
 int cmd_train(const cli::Flags& f, const cli::Processes& procs) {
@@ -355,10 +354,7 @@ int cmd_train(const cli::Flags& f, const cli::Processes& procs) {
       }
     }
     const Scalar lr = ef::apply_schedule(opt, schedule);
-    const double loss = train_step(step_on_all, model, opt, x, y, [&](double batch_loss) {
-      cli::check_step_finite(guard, batch_loss, params, step);
-    });
-    opt.step();
+    const double loss = train_step(step_on_all, model, opt, guard, step, x, y);
     ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
     state.step = step;
     state.extra["char_lm.loss_ema"] = cli::number_text(ema);

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <eigenformer/eigenformer.hpp>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -81,10 +82,14 @@ class Processes {
 #endif
 };
 
-/// The training step of an example: forward, loss, backward, clipping at 1 (the optimizer step
-/// and schedule stay with the caller). Data-parallel over procs when built with MPI: the global
-/// batch's loss, and every process's gradients summed. It keeps the model's cache, the loss's and
-/// the logits' gradient from one step to the next, so that a step reuses their buffers.
+/// The training step of an example: forward, loss, backward, the non-finite check, clipping at 1
+/// and the optimizer step (the schedule stays with the caller: set the learning rate first).
+/// Data-parallel over procs when built with MPI: the global batch's loss, every process's
+/// gradients summed, and the check and the clipping's norm taken from the sums in one pass
+/// (DataParallel::finish_gradients). The optimizer step zeroes the gradients for the next one as
+/// it reads them (Optimizer::step_and_zero_grad), so that no pass over them is spent on zeroing.
+/// It keeps the model's cache, the loss's and the logits' gradient from one step to the next, so
+/// that a step reuses their buffers.
 template <class Model>
 class TrainStep {
  public:
@@ -100,35 +105,22 @@ class TrainStep {
 
   /// forward(begin, count, cache) runs the model on rows [begin, begin + count) of the global
   /// batch whose targets (B, T) are tgt, returning their logits (a reference into cache, as the
-  /// models' forward returns them). check(loss) sees the global
-  /// batch's loss after backward, before clipping, with every process's gradients summed (so
-  /// every process decides alike; it throws to stop). Returns the batch's mean loss.
-  template <class Forward, class Check>
-  double operator()(eigenformer::Optimizer<float>& opt, const eigenformer::IdMatrix& tgt,
-                    const eigenformer::CrossEntropyOptions& loss_options, Forward&& forward,
-                    Check&& check) {
-    opt.zero_grad();
-#ifdef EIGENFORMER_EXAMPLE_MPI
-    const eigenformer::dist::Shard s = dp_->shard(tgt.rows());
-    eigenformer::dist::key_dropout(model_, s);
-    const eigenformer::Matrix<float>& logits = forward(s.begin, s.count, cache_);  // (b*T, V)
-    const double loss = dp_->cross_entropy(ce_, dlogits_, logits,
-                                           eigenformer::dist::rows(tgt, s), loss_options);
-    model_.backward(dlogits_, cache_, dp_->begin_backward(model_));
-    dp_->end_backward();
-    check(loss);
-    dp_->clip_grad_norm(1.0f);
-    return loss;
-#else
-    const eigenformer::Matrix<float>& logits =
-        forward(eigenformer::Index(0), tgt.rows(), cache_);  // (B*T, V)
-    const double loss = eigenformer::cross_entropy_forward(ce_, logits, tgt, loss_options);
-    eigenformer::cross_entropy_backward(dlogits_, ce_);
-    model_.backward(dlogits_, cache_);
-    check(loss);
-    eigenformer::clip_grad_norm(model_.parameters(), 1.0f);
-    return loss;
-#endif
+  /// models' forward returns them). guard sees the global batch's loss and the summed gradients
+  /// (so every process decides alike); under its stop policy a non-finite one throws
+  /// std::runtime_error naming step (the run's step number) and what went bad. Returns the batch's
+  /// mean loss.
+  template <class Forward>
+  double operator()(eigenformer::Optimizer<float>& opt, eigenformer::StepGuard<float>& guard,
+                    long step, const eigenformer::IdMatrix& tgt,
+                    const eigenformer::CrossEntropyOptions& loss_options, Forward&& forward) {
+    if (!zeroed_) opt.zero_grad();  // once: every later step leaves the gradients zero
+    zeroed_ = true;
+    try {
+      return check_and_step(opt, guard, loss_and_gradients(tgt, loss_options, forward));
+    } catch (const eigenformer::NonFiniteError&) {
+      throw std::runtime_error("training diverged at step " + std::to_string(step) + ": " +
+                               guard.last().what + "; try a lower --lr");
+    }
   }
 
  private:
@@ -136,9 +128,49 @@ class TrainStep {
   typename Model::Cache cache_;
   eigenformer::CrossEntropyCache<float> ce_;
   eigenformer::Matrix<float> dlogits_;  // (B*T, V), this process's rows
+  bool zeroed_ = false;                 // the gradients were zeroed before the first step
 #ifdef EIGENFORMER_EXAMPLE_MPI
   std::unique_ptr<eigenformer::dist::DataParallel<float>> dp_;
 #endif
+
+  /// Forward on this process's rows, the global batch's loss (returned) and backward, the
+  /// gradients summed over the processes.
+  template <class Forward>
+  double loss_and_gradients(const eigenformer::IdMatrix& tgt,
+                            const eigenformer::CrossEntropyOptions& loss_options,
+                            Forward& forward) {
+#ifdef EIGENFORMER_EXAMPLE_MPI
+    const eigenformer::dist::Shard s = dp_->shard(tgt.rows());
+    eigenformer::dist::key_dropout(model_, s);
+    const eigenformer::Matrix<float>& logits = forward(s.begin, s.count, cache_);  // (b*T, V)
+    const double loss = dp_->cross_entropy(ce_, dlogits_, logits,
+                                           eigenformer::dist::rows(tgt, s), loss_options);
+    model_.backward(dlogits_, cache_, dp_->begin_backward(model_));
+#else
+    const eigenformer::Matrix<float>& logits =
+        forward(eigenformer::Index(0), tgt.rows(), cache_);  // (B*T, V)
+    const double loss = eigenformer::cross_entropy_forward(ce_, logits, tgt, loss_options);
+    eigenformer::cross_entropy_backward(dlogits_, ce_);
+    model_.backward(dlogits_, cache_);
+#endif
+    return loss;
+  }
+
+  /// The guard's check, clipping and the optimizer step (which zeroes the gradients; a step the
+  /// guard skips zeroes them too). Returns loss.
+  double check_and_step(eigenformer::Optimizer<float>& opt, eigenformer::StepGuard<float>& guard,
+                        double loss) {
+#ifdef EIGENFORMER_EXAMPLE_MPI
+    if (dp_->finish_gradients(guard, loss, 1.0f).ok) opt.step_and_zero_grad();
+#else
+    const eigenformer::ParamList<float> params = model_.parameters();
+    if (guard.check(loss, params)) {
+      eigenformer::clip_grad_norm(params, 1.0f);
+      opt.step_and_zero_grad();
+    }
+#endif
+    return loss;
+  }
 };
 
 }  // namespace cli

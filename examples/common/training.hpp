@@ -1,13 +1,12 @@
 // What the example programs' training loops share beyond flag parsing: training checkpoints that
 // survive a crash (--save-every K keeps the latest at OUT.state, --resume FILE continues from
-// one) and the guard against a non-finite loss or gradient.
+// one). (The training step itself, with its guard against a non-finite loss or gradient, is
+// parallel.hpp's TrainStep.)
 #pragma once
 
 #include <cstdio>
 #include <eigenformer/io/training_state.hpp>
-#include <eigenformer/train/guard.hpp>
 #include <map>
-#include <stdexcept>
 #include <string>
 
 #include "cli.hpp"
@@ -87,19 +86,6 @@ void save_state_if_due(const Processes& procs, const StateFlags& flags, long ste
                        const eigenformer::TrainingProgress& progress) {
   if (flags.every <= 0 || (step % flags.every != 0 && step != steps)) return;
   procs.on_root([&] { eigenformer::save_training_state(flags.path, model, opt, progress); });
-}
-
-/// guard.check on a step's loss and gradients: a non-finite one stops the run with an error that
-/// names the step (counted over the whole run, resumed or not) and what went bad.
-template <class Scalar>
-void check_step_finite(eigenformer::StepGuard<Scalar>& guard, double loss,
-                       const eigenformer::ParamList<Scalar>& params, long step) {
-  try {
-    guard.check(loss, params);
-  } catch (const eigenformer::NonFiniteError&) {
-    throw std::runtime_error("training diverged at step " + std::to_string(step) + ": " +
-                             guard.last().what + "; try a lower --lr");
-  }
 }
 
 }  // namespace cli

@@ -159,20 +159,20 @@ cli::RunSettings run_settings(const ef::TransformerConfig& c, long steps, long b
   return s;
 }
 
-/// The global batch's loss after forward and backward on this process's rows of it (all of them
-/// without MPI), gradients summed over the processes, check(loss) run, then clipped.
-template <class Check>
+/// One training step on the global batch (TrainStep): returns its loss. The gradients are summed
+/// over the processes (this one's rows of the batch, all of them without MPI), checked by guard
+/// and clipped, and opt steps.
 double train_step(cli::TrainStep<ef::Transformer<float>>& step, ef::Transformer<float>& model,
-                  ef::Optimizer<float>& opt, const Batch& batch, Check&& check) {
-  return step(opt, batch.tgt, {translate::Vocab::kPad},
+                  ef::Optimizer<float>& opt, ef::StepGuard<float>& guard, long step_number,
+                  const Batch& batch) {
+  return step(opt, guard, step_number, batch.tgt, {translate::Vocab::kPad},
               [&](Index begin, Index count,
                   ef::Transformer<float>::Cache& cache) -> const ef::Matrix<float>& {
                 return model.forward(
                     batch.src.middleRows(begin, count),
                     ef::shift_right(batch.tgt.middleRows(begin, count), translate::Vocab::kBos),
                     cache);
-              },
-              check);
+              });
 }
 
 /// Held-out accuracy, printed and saved with the model: rank 0's job, the others wait.
@@ -301,11 +301,8 @@ int train(const cli::Flags& f, const cli::Processes& procs) {
     for (long i = 0; i < batch_size; ++i)
       numbers.push_back(translate::sample_number(data_state, false));
     const Batch batch = make_batch(numbers);
-    const double loss = train_step(step_on_all, model, opt, batch, [&](double batch_loss) {
-      cli::check_step_finite(guard, batch_loss, params, step);
-    });
     ef::apply_schedule(opt, schedule);
-    opt.step();
+    const double loss = train_step(step_on_all, model, opt, guard, step, batch);
     state.step = step;
     state.data_position = data_state;
     cli::save_state_if_due(procs, state_flags, step, steps, model, opt, state);
