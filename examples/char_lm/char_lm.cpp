@@ -250,9 +250,10 @@ class TrainingCurves {
 // ---------------------------------------------------------------------------------------------
 // Commands
 
-/// One training step on the global batch (x, y) (TrainStep): returns its loss. The gradients are
-/// summed over the processes (this one's rows of the batch, all of them without MPI), checked by
-/// guard and clipped, and opt steps.
+/// One training step on the global batch (x, y) (TrainStep): forward and backward on this
+/// process's rows (all of them without MPI), the gradients summed over the processes, checked by
+/// guard, clipped at 1, and opt steps. Returns the batch's loss; throws std::runtime_error if the
+/// step diverges.
 double train_step(cli::TrainStep<Model>& step, Model& model, ef::Optimizer<Scalar>& opt,
                   ef::StepGuard<Scalar>& guard, long step_number, const ef::IdMatrix& x,
                   const ef::IdMatrix& y) {

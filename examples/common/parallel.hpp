@@ -87,15 +87,15 @@ class Processes {
 /// Data-parallel over procs when built with MPI: the global batch's loss, every process's
 /// gradients summed, and the check and the clipping's norm taken from the sums in one pass
 /// (DataParallel::finish_gradients). The optimizer step zeroes the gradients for the next one as
-/// it reads them (Optimizer::step_and_zero_grad), so that no pass over them is spent on zeroing.
-/// It keeps the model's cache, the loss's and the logits' gradient from one step to the next, so
-/// that a step reuses their buffers.
+/// it reads them (Optimizer::step_and_zero_grad), so that no pass over them is spent on zeroing:
+/// the optimizer must hold every parameter of the model. It keeps the model's cache, the loss's
+/// and the logits' gradient from one step to the next, so that a step reuses their buffers.
 template <class Model>
 class TrainStep {
  public:
   /// model and procs must outlive this object. Under MPI, a collective: copies rank 0's weights
   /// and dropout generators to every process.
-  TrainStep(const Processes& procs, Model& model) : model_(model) {
+  TrainStep(const Processes& procs, Model& model) : model_(model), params_(model.parameters()) {
 #ifdef EIGENFORMER_EXAMPLE_MPI
     dp_ = std::make_unique<eigenformer::dist::DataParallel<float>>(procs.comm(), model);
 #else
@@ -106,35 +106,35 @@ class TrainStep {
   /// forward(begin, count, cache) runs the model on rows [begin, begin + count) of the global
   /// batch whose targets (B, T) are tgt, returning their logits (a reference into cache, as the
   /// models' forward returns them). guard sees the global batch's loss and the summed gradients
-  /// (so every process decides alike); under its stop policy a non-finite one throws
-  /// std::runtime_error naming step (the run's step number) and what went bad. Returns the batch's
-  /// mean loss.
+  /// (so every process decides alike). Under its stop policy a non-finite one throws
+  /// std::runtime_error naming step_number (the run's) and what went bad; under skip, opt does
+  /// not step, the gradients are zeroed, and guard.skipped() counts it. Returns the batch's mean
+  /// loss.
   template <class Forward>
   double operator()(eigenformer::Optimizer<float>& opt, eigenformer::StepGuard<float>& guard,
-                    long step, const eigenformer::IdMatrix& tgt,
+                    long step_number, const eigenformer::IdMatrix& tgt,
                     const eigenformer::CrossEntropyOptions& loss_options, Forward&& forward) {
-    if (!zeroed_) opt.zero_grad();  // once: every later step leaves the gradients zero
-    zeroed_ = true;
-    try {
-      return check_and_step(opt, guard, loss_and_gradients(tgt, loss_options, forward));
-    } catch (const eigenformer::NonFiniteError&) {
-      throw std::runtime_error("training diverged at step " + std::to_string(step) + ": " +
-                               guard.last().what + "; try a lower --lr");
-    }
+    if (dirty_) opt.zero_grad();  // before the first step, or after one that threw
+    dirty_ = true;
+    const double loss = loss_and_gradients(tgt, loss_options, forward);
+    if (checked(guard, loss, step_number)) opt.step_and_zero_grad();
+    dirty_ = false;
+    return loss;
   }
 
  private:
   Model& model_;
+  const eigenformer::ParamList<float> params_;  // the model's
   typename Model::Cache cache_;
   eigenformer::CrossEntropyCache<float> ce_;
   eigenformer::Matrix<float> dlogits_;  // (B*T, V), this process's rows
-  bool zeroed_ = false;                 // the gradients were zeroed before the first step
+  bool dirty_ = true;                   // the gradients may not be zero
 #ifdef EIGENFORMER_EXAMPLE_MPI
   std::unique_ptr<eigenformer::dist::DataParallel<float>> dp_;
 #endif
 
-  /// Forward on this process's rows, the global batch's loss (returned) and backward, the
-  /// gradients summed over the processes.
+  /// Forward on this process's rows (all of them without MPI), the global batch's loss
+  /// (returned) and backward, the gradients summed over the processes.
   template <class Forward>
   double loss_and_gradients(const eigenformer::IdMatrix& tgt,
                             const eigenformer::CrossEntropyOptions& loss_options,
@@ -156,20 +156,21 @@ class TrainStep {
     return loss;
   }
 
-  /// The guard's check, clipping and the optimizer step (which zeroes the gradients; a step the
-  /// guard skips zeroes them too). Returns loss.
-  double check_and_step(eigenformer::Optimizer<float>& opt, eigenformer::StepGuard<float>& guard,
-                        double loss) {
+  /// The guard's check of the step and, when it may go ahead (returns true), clipping. A step the
+  /// guard skips has its gradients zeroed; a NonFiniteError becomes "training diverged at step N".
+  bool checked(eigenformer::StepGuard<float>& guard, double loss, long step_number) {
+    try {
 #ifdef EIGENFORMER_EXAMPLE_MPI
-    if (dp_->finish_gradients(guard, loss, 1.0f).ok) opt.step_and_zero_grad();
+      return dp_->finish_gradients(guard, loss, 1.0f).ok;
 #else
-    const eigenformer::ParamList<float> params = model_.parameters();
-    if (guard.check(loss, params)) {
-      eigenformer::clip_grad_norm(params, 1.0f);
-      opt.step_and_zero_grad();
-    }
+      if (!guard.check(loss, params_)) return false;
+      eigenformer::clip_grad_norm(params_, 1.0f);
+      return true;
 #endif
-    return loss;
+    } catch (const eigenformer::NonFiniteError&) {
+      throw std::runtime_error("training diverged at step " + std::to_string(step_number) + ": " +
+                               guard.last().what + "; try a lower --lr");
+    }
   }
 };
 

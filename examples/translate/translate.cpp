@@ -159,9 +159,9 @@ cli::RunSettings run_settings(const ef::TransformerConfig& c, long steps, long b
   return s;
 }
 
-/// One training step on the global batch (TrainStep): returns its loss. The gradients are summed
-/// over the processes (this one's rows of the batch, all of them without MPI), checked by guard
-/// and clipped, and opt steps.
+/// One training step on the global batch (TrainStep): forward and backward on this process's rows
+/// (all of them without MPI), the gradients summed over the processes, checked by guard, clipped
+/// at 1, and opt steps. Returns the batch's loss; throws std::runtime_error if the step diverges.
 double train_step(cli::TrainStep<ef::Transformer<float>>& step, ef::Transformer<float>& model,
                   ef::Optimizer<float>& opt, ef::StepGuard<float>& guard, long step_number,
                   const Batch& batch) {
