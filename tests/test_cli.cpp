@@ -1,15 +1,18 @@
-// The example programs' command-line helpers: cli::Flags and cli::format_seconds, and the
-// training-checkpoint flags of examples/common/training.hpp.
+// The example programs' command-line helpers: cli::Flags and cli::format_seconds, the
+// training-checkpoint flags of examples/common/training.hpp, and the training step of
+// examples/common/parallel.hpp (one process: the tests build without MPI).
 #include <doctest/doctest.h>
 
 #include <cstdint>
 #include <limits>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "../examples/common/cli.hpp"
 #include "../examples/common/training.hpp"
+#include "model_cases.hpp"
 
 namespace {
 
@@ -200,4 +203,77 @@ TEST_CASE("state flags: --save-every and --resume, and a resumed run must match 
         }).find("with lr (none)") != std::string::npos);
   CHECK(cli::config_settings({{"eigenformer.config.d_model", "64"}}).at("d_model") == "64");
   CHECK(cli::number_text(0.002) == "0.002");
+}
+
+namespace {
+
+namespace ef = eigenformer;
+using LM = ef::DecoderOnlyLM<float>;
+
+/// The step TrainStep takes, by the library's pieces: forward, cross-entropy, backward, the
+/// guard's check, clipping at 1 and the optimizer step. Returns the loss.
+float reference_step(LM& model, ef::Optimizer<float>& opt, ef::StepGuard<float>& guard,
+                     const ef::IdMatrix& ids, const ef::IdMatrix& targets) {
+  opt.zero_grad();
+  LM::Cache cache;
+  ef::CrossEntropyCache<float> ce;
+  const ef::Matrix<float>& logits = model.forward(ids, cache);  // (B*T, V)
+  const float loss = ef::cross_entropy_forward(ce, logits, targets);
+  model.backward(ef::cross_entropy_backward(ce), cache);
+  REQUIRE(guard.check(loss, model.parameters()));
+  ef::clip_grad_norm(model.parameters(), 1.0f);
+  opt.step();
+  return loss;
+}
+
+}  // namespace
+
+TEST_CASE("TrainStep: the library's step, bit for bit; a step that threw leaves no gradients") {
+  // tiny_config has no dropout: the poisoned step would otherwise move the masks on.
+  const ef::TransformerConfig c = eftest::tiny_config();
+  ef::Rng rng(3), reference_rng(3), data(4);
+  LM model(c, rng), reference(c, reference_rng);
+  ef::IdMatrix ids(3, 5), targets(3, 5);  // (B, T)
+  for (ef::Index i = 0; i < ids.rows(); ++i)
+    for (ef::Index j = 0; j < ids.cols(); ++j) {
+      ids(i, j) = data.index(c.vocab);
+      targets(i, j) = data.index(c.vocab);
+    }
+  int argc = 0;
+  char** argv = nullptr;
+  const cli::Processes procs(argc, argv);
+  cli::TrainStep<LM> step(procs, model);
+  ef::AdamW<float> opt(model.parameters(), 0.01f), reference_opt(reference.parameters(), 0.01f);
+  ef::StepGuard<float> guard, reference_guard;  // stop on a non-finite step
+
+  // A NaN in the logits: the loss and, through backward, the gradients are NaN, and the step
+  // stops naming its number. Nothing steps.
+  bool poison = true;
+  ef::Matrix<float> poisoned;
+  const auto forward = [&](ef::Index begin, ef::Index count,
+                           LM::Cache& cache) -> const ef::Matrix<float>& {
+    const ef::Matrix<float>& logits = model.forward(ids.middleRows(begin, count), cache);
+    if (!poison) return logits;
+    poisoned = logits;
+    poisoned(0, 0) = std::numeric_limits<float>::quiet_NaN();
+    return poisoned;
+  };
+  CHECK_THROWS_WITH_AS(step(opt, guard, 7, targets, {}, forward),
+                       doctest::Contains("training diverged at step 7: "), std::runtime_error);
+  CHECK(opt.steps() == 0);
+
+  // The next steps start from zero gradients, not the NaN ones, and each leaves them zero.
+  poison = false;
+  for (long k = 8; k < 11; ++k) {
+    const double loss = step(opt, guard, k, targets, {}, forward);
+    const float expected = reference_step(reference, reference_opt, reference_guard, ids, targets);
+    CHECK(loss == double(expected));
+    const ef::ParamList<float> params = model.parameters(),
+                               expected_params = reference.parameters();
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      INFO(params[i].name << " after step " << k);
+      CHECK(params[i].param->value == expected_params[i].param->value);  // bit for bit
+      CHECK(params[i].param->grad.isZero(0));
+    }
+  }
 }
