@@ -16,10 +16,16 @@ the program's JSON on standard output is read). The script appends --benchmark_f
 filter and --benchmark_repetitions (medians of that many). It prints, per case, each
 configuration's median time over the rounds with its range, the "peak" counter when the program
 reports one (share of bench_peak's FMA peak), and for every configuration after the first its
-speed-up over the first (the first's time over its time) in each round: min, median, max.
+speed-up over the first (the first's time over its time) in each round: min, median, max, and a
+95% confidence interval of the median speed-up (from 6 rounds on).
+
+Short rounds give the truest ratios, as the runs compared are then seconds apart: many rounds
+of one repetition rather than a few of three (20 rounds of bench/run_dist.sh's three layouts
+with --repetitions 1 take about 12 minutes).
 """
 
 import argparse
+import math
 import shlex
 import statistics
 import subprocess
@@ -88,6 +94,22 @@ def spread(values, fmt):
     return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
 
 
+def median_interval(values, level=0.95):
+    """(lo, hi): a confidence interval of the median of the population values were drawn from,
+    of at least level, or None when there are too few values for one (under 6 for 95%). It is
+    the distribution-free interval of order statistics: with n values sorted, the median lies
+    between the k-th smallest and the k-th largest unless at most k - 1 values fall on one side
+    of it, which happens with probability 2 P(B <= k - 1), B ~ Binomial(n, 1/2); k is the largest
+    for which that stays within 1 - level."""
+    x = sorted(values)
+    n = len(x)
+    k, below = 0, 0.0  # below: P(B <= k - 1) for the next k
+    while k < n // 2 and 1 - 2 * (below + math.comb(n, k) / 2**n) >= level:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    return (x[k - 1], x[n - k]) if k else None
+
+
 def common_cases(results):
     """The cases of every run, in the first run's order; the others are named on stderr."""
     runs = [run for rounds in results.values() for run in rounds]
@@ -108,7 +130,9 @@ def print_table(args, runs, results, cases):
     columns = ["case"]
     for label, _ in runs:
         columns += [f"{label}: ms"] + ([f"{label}: % of peak"] if with_peak else [])
-    columns += [f"speed-up of {label}: min, median, max" for label, _ in runs[1:]]
+    for label, _ in runs[1:]:
+        columns += [f"speed-up of {label}: min, median, max",
+                    f"speed-up of {label}: median's 95% interval"]
     print("| " + " | ".join(columns) + " |")
     print("| --- " * len(columns) + "|")
     for case in cases:
@@ -122,6 +146,8 @@ def print_table(args, runs, results, cases):
             ratios = [a[case][0] / b[case][0] for a, b in zip(results[first], results[label])]
             cells.append("{:.2f}x, {:.2f}x, {:.2f}x".format(min(ratios), statistics.median(ratios),
                                                            max(ratios)))
+            interval = median_interval(ratios)
+            cells.append("{:.2f}x-{:.2f}x".format(*interval) if interval else "-")
         print("| " + " | ".join(cells) + " |")
 
 
