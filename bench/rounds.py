@@ -34,6 +34,7 @@ import sys
 import gbench  # beside this script
 
 WHO = "rounds.py"
+LEVEL = 0.95  # of the interval of each median speed-up
 
 
 def parse_args():
@@ -94,13 +95,15 @@ def spread(values, fmt):
     return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
 
 
-def median_interval(values, level=0.95):
-    """(lo, hi): a confidence interval of the median of the population values were drawn from,
-    of at least level, or None when there are too few values for one (under 6 for 95%). It is
-    the distribution-free interval of order statistics: with n values sorted, the median lies
-    between the k-th smallest and the k-th largest unless at most k - 1 values fall on one side
-    of it, which happens with probability 2 P(B <= k - 1), B ~ Binomial(n, 1/2); k is the largest
-    for which that stays within 1 - level."""
+def median_interval(values, level=LEVEL):
+    """(lo, hi): a confidence interval, at a level of at least level, for the median of the
+    population the values were drawn from; None when there are too few values for one (under 6
+    at 95%). It is the distribution-free interval of order statistics: with n values sorted, the
+    median lies between the k-th smallest and the k-th largest unless at most k - 1 values fall
+    on one side of it, which happens with probability 2 P(B <= k - 1), B ~ Binomial(n, 1/2); k is
+    the largest for which that stays within 1 - level. It takes the values as independent draws:
+    a drift of the machine's speed over the rounds, which the ratios within a round are meant to
+    cancel, makes it too narrow where they do not."""
     x = sorted(values)
     n = len(x)
     k, below = 0, 0.0  # below: P(B <= k - 1) for the next k
@@ -125,14 +128,16 @@ def print_table(args, runs, results, cases):
     with_peak = any(run[c][1] is not None for rounds in results.values() for run in rounds
                     for c in cases)
     print(f"{args.rounds} rounds, medians of {args.repetitions} repetitions each; ms: median "
-          f"over the rounds (min-max); speed-up: {first}'s time over the other's, per round")
+          f"over the rounds (min-max); speed-up: {first}'s time over the other's, per round; "
+          f"interval: a {LEVEL:.0%} confidence interval of the median speed-up (none from too "
+          f"few rounds)")
     print()
     columns = ["case"]
     for label, _ in runs:
         columns += [f"{label}: ms"] + ([f"{label}: % of peak"] if with_peak else [])
     for label, _ in runs[1:]:
         columns += [f"speed-up of {label}: min, median, max",
-                    f"speed-up of {label}: median's 95% interval"]
+                    f"speed-up of {label}: {LEVEL:.0%} interval of the median"]
     print("| " + " | ".join(columns) + " |")
     print("| --- " * len(columns) + "|")
     for case in cases:
