@@ -22,10 +22,20 @@ speed-up over the first (the first's time over its time) in each round: min, med
 Short rounds give the truest ratios, as the runs compared are then seconds apart: many rounds
 of one repetition rather than a few of three (20 rounds of bench/run_dist.sh's three layouts
 with --repetitions 1 take about 12 minutes).
+
+--save FILE keeps every round's times in FILE (JSON, rewritten whole after each round, so an
+interrupted set keeps the rounds it finished). --load FILE... runs nothing: it prints the table
+of the rounds saved in one or more such files, pooled, for sets of the same configurations (the
+same binaries on the same machine) whose intervals alone are too wide; it refuses sets of other
+labels or repetitions:
+
+    bench/rounds.py --load monday.json tuesday.json
 """
 
 import argparse
+import json
 import math
+import os
 import shlex
 import statistics
 import subprocess
@@ -39,13 +49,29 @@ LEVEL = 0.95  # of the interval of each median speed-up
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", metavar="LABEL=COMMAND",
+    parser.add_argument("runs", nargs="*", metavar="LABEL=COMMAND",
                         help="a configuration: its label and the bash command that runs it")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
-    parser.add_argument("--filter", default=".", help="--benchmark_filter for every command")
-    parser.add_argument("--repetitions", type=int, default=3,
+    # Defaults set below, so that --load can tell which options were given.
+    parser.add_argument("--rounds", type=int, help="rounds (default 5)")
+    parser.add_argument("--filter", help="--benchmark_filter for every command")
+    parser.add_argument("--repetitions", type=int,
                         help="--benchmark_repetitions per run; the median is used (default 3)")
+    parser.add_argument("--save", metavar="FILE",
+                        help="keep every round's times in FILE (JSON), rewritten after each round")
+    parser.add_argument("--load", nargs="+", metavar="FILE",
+                        help="run nothing: pool the rounds saved (--save) in these files")
     args = parser.parse_args()
+    if args.load:
+        given = [args.rounds, args.filter, args.repetitions, args.save]
+        if args.runs or any(option is not None for option in given):
+            parser.error("--load takes no LABEL=COMMAND, --rounds, --filter, --repetitions or "
+                         "--save: it runs nothing")
+        return args, []
+    args.rounds = 5 if args.rounds is None else args.rounds
+    args.filter = "." if args.filter is None else args.filter
+    args.repetitions = 3 if args.repetitions is None else args.repetitions
+    if not args.runs:
+        parser.error("expected at least one LABEL=COMMAND (or --load FILE...)")
     runs = []
     for run in args.runs:
         label, sep, command = run.partition("=")
@@ -123,31 +149,100 @@ def common_cases(results):
     return cases
 
 
-def print_table(args, runs, results, cases):
-    first = runs[0][0]
+def save(path, args, labels, results):
+    """Writes the rounds so far to path whole: a temporary file beside it, then renamed over it,
+    so that path never holds half a set. Exits naming path when it cannot be written."""
+    data = {"labels": labels, "repetitions": args.repetitions,
+            "rounds": [{label: results[label][r] for label in labels}
+                       for r in range(len(results[labels[0]]))]}
+    temporary = f"{path}.tmp"
+    try:
+        with open(temporary, "w") as out:
+            json.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except OSError as e:
+        if os.path.isfile(temporary):
+            os.remove(temporary)
+        sys.exit(f"{WHO}: --save {path}: {e}")
+
+
+def read_set(path):
+    """(labels, repetitions, {label: one {case: (ms, peak)} per round}) saved in path by --save.
+    Exits naming path when it cannot be read or is not such a set."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        sys.exit(f"{WHO}: --load {path}: {e}")
+    except ValueError as e:
+        sys.exit(f"{WHO}: --load {path}: not JSON ({e})")
+    try:
+        labels, repetitions = data["labels"], data["repetitions"]
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError("labels must be distinct, at least 1")
+        if not all(isinstance(label, str) for label in labels):
+            raise ValueError("labels must be strings")
+        results = {label: [] for label in labels}
+        for r in data["rounds"]:
+            for label in labels:
+                run = {case: (float(ms), peak) for case, (ms, peak) in r[label].items()}
+                if not all(ms > 0 for ms, _ in run.values()):
+                    raise ValueError("times must be positive")
+                results[label].append(run)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        sys.exit(f"{WHO}: --load {path}: not a set saved by --save ({e!r})")
+    if not results[labels[0]]:
+        sys.exit(f"{WHO}: --load {path}: no rounds")
+    return labels, repetitions, results
+
+
+def load(paths):
+    """(labels, repetitions, results) of the sets saved in paths, their rounds pooled. Exits
+    naming the file that is given twice or whose labels or repetitions differ from the first's."""
+    labels, repetitions, results = None, None, None
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            sys.exit(f"{WHO}: --load {path}: given twice")
+        these, reps, runs = read_set(path)
+        if labels is None:
+            labels, repetitions, results = these, reps, runs
+        elif (these, reps) != (labels, repetitions):
+            sys.exit(f"{WHO}: --load {path}: configurations {these} with {reps} repetitions, "
+                     f"where {paths[0]} has {labels} with {repetitions} repetitions")
+        else:
+            for label in labels:
+                results[label] += runs[label]
+    return labels, repetitions, results
+
+
+def print_table(repetitions, labels, results, cases):
+    first = labels[0]
+    count = len(results[first])
     with_peak = any(run[c][1] is not None for rounds in results.values() for run in rounds
                     for c in cases)
-    print(f"{args.rounds} rounds, medians of {args.repetitions} repetitions each; ms: median "
+    print(f"{count} rounds, medians of {repetitions} repetitions each; ms: median "
           f"over the rounds (min-max); speed-up: {first}'s time over the other's, per round; "
           f"interval: a {LEVEL:.0%} confidence interval of the median speed-up (none from too "
           f"few rounds)")
     print()
     columns = ["case"]
-    for label, _ in runs:
+    for label in labels:
         columns += [f"{label}: ms"] + ([f"{label}: % of peak"] if with_peak else [])
-    for label, _ in runs[1:]:
+    for label in labels[1:]:
         columns += [f"speed-up of {label}: min, median, max",
                     f"speed-up of {label}: {LEVEL:.0%} interval of the median"]
     print("| " + " | ".join(columns) + " |")
     print("| --- " * len(columns) + "|")
     for case in cases:
         cells = [case]
-        for label, _ in runs:
+        for label in labels:
             cells.append(spread([run[case][0] for run in results[label]], milliseconds))
             if with_peak:
                 peaks = [100 * run[case][1] for run in results[label] if run[case][1] is not None]
                 cells.append(spread(peaks, percent) if peaks else "")
-        for label, _ in runs[1:]:
+        for label in labels[1:]:
             ratios = [a[case][0] / b[case][0] for a, b in zip(results[first], results[label])]
             cells.append("{:.2f}x, {:.2f}x, {:.2f}x".format(min(ratios), statistics.median(ratios),
                                                            max(ratios)))
@@ -156,18 +251,35 @@ def print_table(args, runs, results, cases):
         print("| " + " | ".join(cells) + " |")
 
 
-def main():
-    args, runs = parse_args()
-    results = {label: [] for label, _ in runs}  # label -> one {case: (ms, peak)} per round
+def run_rounds(args, runs):
+    """(labels, {label: one {case: (ms, peak)} per round}); with --save, the set is saved
+    (empty) before the first round, so that a path that cannot be written fails at once, and
+    again after each round."""
+    labels = [label for label, _ in runs]
+    results = {label: [] for label in labels}
+    if args.save:
+        save(args.save, args, labels, results)
     for r in range(args.rounds):
         order = runs if r % 2 == 0 else runs[::-1]
         for label, command in order:
             print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
             results[label].append(run_once(command, args))
+        if args.save:
+            save(args.save, args, labels, results)
+    return labels, results
+
+
+def main():
+    args, runs = parse_args()
+    if args.load:
+        labels, repetitions, results = load(args.load)
+    else:
+        labels, results = run_rounds(args, runs)
+        repetitions = args.repetitions
     cases = common_cases(results)
     if not cases:
         sys.exit(f"{WHO}: no case is in every run")
-    print_table(args, runs, results, cases)
+    print_table(repetitions, labels, results, cases)
 
 
 if __name__ == "__main__":
