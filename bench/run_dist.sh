@@ -4,7 +4,8 @@
 #   bench/run_dist.sh BUILD_DIR [extra bench_dist flags...]     each layout once, in turn
 #   bench/run_dist.sh --rounds N BUILD_DIR [rounds.py flags...]  N alternated rounds (rounds.py):
 #       each layout once per round, compared with 1 process x 1 thread within the round; the
-#       tightest intervals of the median speed-ups: --rounds 20 BUILD_DIR --repetitions 1
+#       tightest intervals of the median speed-ups: --rounds 40 BUILD_DIR --repetitions 1
+#       (--save FILE keeps the rounds, to pool sets later with rounds.py --load)
 # (BUILD_DIR configured with -DEIGENFORMER_MPI=ON -DEIGENFORMER_BUILD_BENCH=ON.)
 # --bind-to none for the threaded layout: Open MPI binds one process to one core by default, which
 # would put both threads on it. --allow-run-as-root --oversubscribe: for root in a container.
