@@ -23,8 +23,8 @@ Short rounds give the truest ratios, as the runs compared are then seconds apart
 of one repetition rather than a few of three (20 rounds of bench/run_dist.sh's three layouts
 with --repetitions 1 take about 12 minutes).
 
---save FILE keeps every round's times in FILE (JSON, rewritten whole after each round, so an
-interrupted set keeps the rounds it finished). --load FILE... runs nothing: it prints the table
+--save FILE keeps every round's times in FILE, a new file (JSON, rewritten whole after each
+round, so an interrupted set keeps the rounds it finished). --load FILE... runs nothing: it prints the table
 of the rounds saved in one or more such files, pooled, for sets of the same configurations (the
 same binaries on the same machine) whose intervals alone are too wide; it refuses sets of other
 labels or repetitions:
@@ -187,7 +187,8 @@ def read_set(path):
         results = {label: [] for label in labels}
         for r in data["rounds"]:
             for label in labels:
-                run = {case: (float(ms), peak) for case, (ms, peak) in r[label].items()}
+                run = {case: (float(ms), None if peak is None else float(peak))
+                       for case, (ms, peak) in r[label].items()}
                 if not all(ms > 0 for ms, _ in run.values()):
                     raise ValueError("times must be positive")
                 results[label].append(run)
@@ -254,10 +255,14 @@ def print_table(repetitions, labels, results, cases):
 def run_rounds(args, runs):
     """(labels, {label: one {case: (ms, peak)} per round}); with --save, the set is saved
     (empty) before the first round, so that a path that cannot be written fails at once, and
-    again after each round."""
+    again after each round. Exits, running nothing, when the --save file exists: it may hold an
+    earlier set."""
     labels = [label for label, _ in runs]
     results = {label: [] for label in labels}
     if args.save:
+        if os.path.lexists(args.save):
+            sys.exit(f"{WHO}: --save {args.save}: exists (an earlier set?); remove it or give "
+                     "another name")
         save(args.save, args, labels, results)
     for r in range(args.rounds):
         order = runs if r % 2 == 0 else runs[::-1]
