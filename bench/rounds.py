@@ -24,10 +24,10 @@ of one repetition rather than a few of three (20 rounds of bench/run_dist.sh's t
 with --repetitions 1 take about 12 minutes).
 
 --save FILE keeps every round's times in FILE, a new file (JSON, rewritten whole after each
-round, so an interrupted set keeps the rounds it finished). --load FILE... runs nothing: it prints the table
-of the rounds saved in one or more such files, pooled, for sets of the same configurations (the
-same binaries on the same machine) whose intervals alone are too wide; it refuses sets of other
-labels or repetitions:
+round, so an interrupted set keeps the rounds it finished). --load FILE... runs nothing: it
+prints the table of the rounds saved in one or more such files, pooled, for sets of the same
+configurations (the same binaries on the same machine) whose intervals alone are too wide; it
+refuses sets of other labels or repetitions:
 
     bench/rounds.py --load monday.json tuesday.json
 """
