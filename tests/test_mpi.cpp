@@ -110,9 +110,10 @@ Result train_alone(Optim kind) {
 
 /// Step step's forward and backward on this rank's rows of the global batch, the gradients zeroed
 /// first (unless zero is false) and handed to dp's reducer as backward goes. Returns the global
-/// loss.
+/// loss (DataParallel::cross_entropy) or, with share, this rank's share of it
+/// (cross_entropy_share, no collective).
 double shard_forward_backward(ef::Transformer<float>& model, dist::DataParallel<float>& dp,
-                              int step, bool zero = true) {
+                              int step, bool zero = true, bool share = false) {
   const auto [src, tgt] = global_batch(step);
   const dist::Shard s = dp.shard(src.rows());
   dist::key_dropout(model, s);
@@ -120,17 +121,22 @@ double shard_forward_backward(ef::Transformer<float>& model, dist::DataParallel<
   ef::CrossEntropyCache<float> ce;
   const IdMatrix my_tgt = dist::rows(tgt, s);
   const auto logits = model.forward(dist::rows(src, s), ef::shift_right(my_tgt, kBos), cache);
-  const auto [loss, dlogits] = dp.cross_entropy(ce, logits, my_tgt, {0});
+  ef::Matrix<float> dlogits;
+  const double loss =
+      share ? dp.cross_entropy_share(ce, dlogits, logits, my_tgt, dist::loss_divisor(tgt, {0}), {0})
+                  .value
+            : dp.cross_entropy(ce, dlogits, logits, my_tgt, {0});
   if (zero) model.zero_grad();
   model.backward(dlogits, cache, dp.begin_backward(model));
   return loss;
 }
 
 /// The same run, data-parallel over comm's ranks. Each rank builds its model from its own seed:
-/// DataParallel copies rank 0's weights and dropout generators. With fused, the step ends with
-/// finish_gradients and step_and_zero_grad (the gradients in the buckets zeroed by the optimizer,
-/// or by the guard's skip), else with end_backward, check_step, clip_grad_norm, step and
-/// zero_grad before the next backward.
+/// DataParallel copies rank 0's weights and dropout generators. With fused, the step takes the
+/// loss's share (cross_entropy_share) and ends with finish_gradients, which sums the shares, and
+/// step_and_zero_grad (the gradients in the buckets zeroed by the optimizer, or by the guard's
+/// skip); else it takes the global loss (cross_entropy) and ends with end_backward, check_step,
+/// clip_grad_norm, step and zero_grad before the next backward.
 Result train_data_parallel(Optim kind, std::size_t bucket_bytes, bool fused = false) {
   ef::Rng rng(kSeed + 1000 * static_cast<std::uint64_t>(comm().rank()));
   ef::Transformer<float> model(config(), rng);
@@ -138,11 +144,13 @@ Result train_data_parallel(Optim kind, std::size_t bucket_bytes, bool fused = fa
   Training t(model.parameters(), kind);
   std::vector<double> losses;
   for (int step = 0; step < kSteps; ++step) {
-    const double loss = shard_forward_backward(model, dp, step, !fused || step == 0);
-    losses.push_back(loss);
+    const double loss = shard_forward_backward(model, dp, step, !fused || step == 0, fused);
     if (fused) {
-      if (!dp.finish_gradients(t.guard, loss, 1.0f).ok) continue;
+      const auto done = dp.finish_gradients(t.guard, dist::LossShare{loss}, 1.0f);
+      losses.push_back(done.loss);
+      if (!done.ok) continue;
     } else {
+      losses.push_back(loss);
       dp.end_backward();
       if (!dp.check_step(t.guard, loss)) continue;
       dp.clip_grad_norm(1.0f);
@@ -191,7 +199,7 @@ TEST_CASE("20 steps on N ranks give one process's losses and weights, dropout on
     // One bucket (the default 25 MB), then many of 256 bytes, started during backward.
     check_same(train_data_parallel(kind, 25 << 20), alone, kind, names);
     check_same(train_data_parallel(kind, 256), alone, kind, names);
-    check_same(train_data_parallel(kind, 256, true), alone, kind, names);  // finish_gradients
+    check_same(train_data_parallel(kind, 256, true), alone, kind, names);  // shares, finishing
   }
 }
 
@@ -211,7 +219,8 @@ struct Backward {
   ef::Rng rng{kSeed};
   ef::Transformer<float> model{config(), rng};
   dist::DataParallel<float> dp{comm(), model, {256}};  // many buckets
-  double loss = shard_forward_backward(model, dp, 0);
+  double loss;  // the global loss or, with share, this rank's share of it
+  explicit Backward(bool share = false) : loss(shard_forward_backward(model, dp, 0, true, share)) {}
 };
 
 }  // namespace
@@ -237,6 +246,84 @@ TEST_CASE("finish_gradients gives what end_backward, check_step and clip_grad_no
       CHECK((b[i].param->grad - want).norm() <= 1e-6f * want.norm() + 1e-12f);
     }
   }
+}
+
+TEST_CASE("the loss over ranks is one process's on the global batch: weights, smoothing, sum") {
+  ef::Rng rng(kSeed);
+  ef::Transformer<float> model(config(), rng);
+  dist::DataParallel<float> dp(comm(), model);
+  const IdMatrix tgt = global_batch(0).second;  // (B, T), 0 pads
+  const Index T = tgt.cols(), V = config().tgt_vocab;
+  ef::Matrix<float> logits(kBatch * T, V);  // the global batch's, the same on every rank
+  for (Index i = 0; i < logits.rows(); ++i)
+    for (Index j = 0; j < V; ++j)
+      logits(i, j) = std::sin(0.7f * static_cast<float>(i) + 1.3f * static_cast<float>(j));
+  Eigen::VectorXd weights(V);
+  for (Index j = 0; j < V; ++j) weights(j) = 0.5 + 0.1 * static_cast<double>(j % 7);
+  const dist::Shard s = dp.shard(kBatch);
+  const IdMatrix my_tgt = dist::rows(tgt, s);
+  const ef::Matrix<float> my_logits = logits.middleRows(s.begin * T, s.count * T);
+  using ef::LossReduction;
+  for (const ef::CrossEntropyOptions& options :
+       {ef::CrossEntropyOptions(0), ef::CrossEntropyOptions(0, 0.1, LossReduction::mean, weights),
+        ef::CrossEntropyOptions(0, 0.1, LossReduction::sum, weights),
+        ef::CrossEntropyOptions(0, 0.0, LossReduction::none)}) {
+    CAPTURE(static_cast<int>(options.reduction));
+    CAPTURE(options.class_weights.size());
+    ef::CrossEntropyCache<float> alone, ce;
+    const double want = ef::cross_entropy_forward(alone, logits, tgt, options);
+    const ef::Matrix<float> want_d =
+        ef::cross_entropy_backward(alone).middleRows(s.begin * T, s.count * T);
+    const double divisor = dist::loss_divisor(tgt, options);
+    CHECK(divisor == doctest::Approx(alone.divisor).epsilon(1e-6));
+    const auto [loss, dlogits] = dp.cross_entropy(ce, my_logits, my_tgt, options);
+    CHECK(loss == doctest::Approx(want).epsilon(1e-6));
+    CHECK((dlogits - want_d).norm() <= 1e-6f * want_d.norm());
+    ef::Matrix<float> share_d;
+    const dist::LossShare share =
+        dp.cross_entropy_share(ce, share_d, my_logits, my_tgt, divisor, options);
+    CHECK(comm().sum(share.value) == doctest::Approx(want).epsilon(1e-6));
+    CHECK((share_d - dlogits).norm() <= 1e-6f * dlogits.norm());
+  }
+}
+
+TEST_CASE("finish_gradients given the loss's shares: the same step, the global loss summed") {
+  for (const float max_norm : {0.01f, 1e6f}) {  // clipping, and not
+    CAPTURE(max_norm);
+    Backward global, shared(true);
+    ef::StepGuard<float> guard_global(ef::NonFinitePolicy::skip), guard_shared = guard_global;
+    const auto want = global.dp.finish_gradients(guard_global, global.loss, max_norm);
+    const auto got =
+        shared.dp.finish_gradients(guard_shared, dist::LossShare{shared.loss}, max_norm);
+    REQUIRE(got.ok);
+    CHECK(want.loss == global.loss);
+    CHECK(got.loss == doctest::Approx(global.loss).epsilon(1e-12));
+    // The same divisor, so the same dlogits, gradients and norm, bit for bit.
+    CHECK(got.norm == want.norm);
+    const auto a = global.model.parameters(), b = shared.model.parameters();
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      INFO(a[i].name);
+      CHECK(b[i].param->grad == a[i].param->grad);
+    }
+  }
+}
+
+TEST_CASE("finish_gradients: a non-finite loss share on one rank skips or stops every rank") {
+  const bool last = comm().rank() == comm().size() - 1;
+  {
+    Backward w(true);
+    ef::StepGuard<float> guard(ef::NonFinitePolicy::skip);
+    const auto done =
+        w.dp.finish_gradients(guard, dist::LossShare{last ? std::nan("") : w.loss}, 1.0f);
+    CHECK_FALSE(done.ok);
+    CHECK(std::isnan(done.loss));
+    CHECK(guard.skipped() == 1);
+  }
+  Backward w(true);
+  ef::StepGuard<float> guard(ef::NonFinitePolicy::stop);
+  CHECK_THROWS_WITH_AS(
+      w.dp.finish_gradients(guard, dist::LossShare{last ? std::nan("") : w.loss}, 1.0f),
+      doctest::Contains("DataParallel::finish_gradients: step 1: loss is nan"), ef::NonFiniteError);
 }
 
 TEST_CASE("finish_gradients: a non-finite loss on one rank skips the step on every rank") {
@@ -662,6 +749,23 @@ TEST_CASE("bad input to the dist API is an ArgumentError") {
   w = saved;
   CHECK_THROWS_AS(dp.end_backward(), ef::ArgumentError);  // no step begun
   CHECK_THROWS_AS(dp.clip_grad_norm(0.0f), ef::ArgumentError);
+
+  // A loss divisor that cannot be the global batch's; a target with no class weight.
+  const IdMatrix tgt = global_batch(0).second;
+  const ef::Matrix<float> logits = ef::Matrix<float>::Zero(tgt.size(), config().tgt_vocab);
+  ef::CrossEntropyCache<float> ce;
+  ef::Matrix<float> dlogits(2, 3);
+  for (const double bad : {dist::loss_divisor(tgt, {0}) - 1, std::nan("")})
+    CHECK_THROWS_WITH_AS(
+        dp.cross_entropy_share(ce, dlogits, logits, tgt, bad, {0}),
+        doctest::Contains("DataParallel::cross_entropy_share: argument 'global_divisor' is"),
+        ef::ArgumentError);
+  CHECK(dlogits.rows() == 2);  // untouched, and the cache too
+  CHECK(ce.count == 0);
+  const Eigen::VectorXd three = Eigen::VectorXd::Ones(3);
+  CHECK_THROWS_WITH_AS(dist::loss_divisor(tgt, {0, 0.0, ef::LossReduction::mean, three}),
+                       doctest::Contains("loss_divisor: argument 'global_targets' holds"),
+                       ef::ArgumentError);
 }
 
 TEST_CASE("a non-finite gradient on one rank skips the step on every rank") {

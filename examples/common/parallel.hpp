@@ -84,12 +84,14 @@ class Processes {
 
 /// The training step of an example: forward, loss, backward, the non-finite check, clipping at 1
 /// and the optimizer step (the schedule stays with the caller: set the learning rate first).
-/// Data-parallel over procs when built with MPI: the global batch's loss, every process's
-/// gradients summed, and the check and the clipping's norm taken from the sums in one pass
-/// (DataParallel::finish_gradients). The optimizer step zeroes the gradients for the next one as
-/// it reads them (Optimizer::step_and_zero_grad), so that no pass over them is spent on zeroing:
-/// the optimizer must hold every parameter of the model. It keeps the model's cache, the loss's
-/// and the logits' gradient from one step to the next, so that a step reuses their buffers.
+/// Data-parallel over procs when built with MPI: each process's share of the global batch's loss
+/// (DataParallel::cross_entropy_share, no waiting between forward and backward), every process's
+/// gradients summed, and the check and the clipping's norm taken from the sums in one pass, with
+/// the loss's shares (DataParallel::finish_gradients). The optimizer step zeroes the gradients for
+/// the next one as it reads them (Optimizer::step_and_zero_grad), so that no pass over them is
+/// spent on zeroing: the optimizer must hold every parameter of the model. It keeps the model's
+/// cache, the loss's and the logits' gradient from one step to the next, so that a step reuses
+/// their buffers.
 template <class Model>
 class TrainStep {
  public:
@@ -116,8 +118,9 @@ class TrainStep {
                     const eigenformer::CrossEntropyOptions& loss_options, Forward&& forward) {
     if (dirty_) opt.zero_grad();  // before the first step, or after one that threw
     dirty_ = true;
-    const double loss = loss_and_gradients(tgt, loss_options, forward);
-    if (checked(guard, loss, step_number)) opt.step_and_zero_grad();
+    const double part = loss_and_gradients(tgt, loss_options, forward);
+    const auto [ok, loss] = checked(guard, part, step_number);
+    if (ok) opt.step_and_zero_grad();
     dirty_ = false;
     return loss;
   }
@@ -133,8 +136,9 @@ class TrainStep {
   std::unique_ptr<eigenformer::dist::DataParallel<float>> dp_;
 #endif
 
-  /// Forward on this process's rows (all of them without MPI), the global batch's loss
-  /// (returned) and backward, the gradients summed over the processes.
+  /// Forward on this process's rows (all of them without MPI), the loss and backward, the
+  /// gradients summed over the processes as backward goes. Returns this process's share of the
+  /// global batch's loss (cross_entropy_share), or without MPI that loss.
   template <class Forward>
   double loss_and_gradients(const eigenformer::IdMatrix& tgt,
                             const eigenformer::CrossEntropyOptions& loss_options,
@@ -143,8 +147,10 @@ class TrainStep {
     const eigenformer::dist::Shard s = dp_->shard(tgt.rows());
     eigenformer::dist::key_dropout(model_, s);
     const eigenformer::Matrix<float>& logits = forward(s.begin, s.count, cache_);  // (b*T, V)
-    const double loss = dp_->cross_entropy(ce_, dlogits_, logits,
-                                           eigenformer::dist::rows(tgt, s), loss_options);
+    const double loss =
+        dp_->cross_entropy_share(ce_, dlogits_, logits, eigenformer::dist::rows(tgt, s),
+                                 eigenformer::dist::loss_divisor(tgt, loss_options), loss_options)
+            .value;
     model_.backward(dlogits_, cache_, dp_->begin_backward(model_));
 #else
     const eigenformer::Matrix<float>& logits =
@@ -156,16 +162,19 @@ class TrainStep {
     return loss;
   }
 
-  /// The guard's check of the step and, when it may go ahead (returns true), clipping. A step the
-  /// guard skips has its gradients zeroed; a NonFiniteError becomes "training diverged at step N".
-  bool checked(eigenformer::StepGuard<float>& guard, double loss, long step_number) {
+  /// The guard's check of the step and, when it may go ahead (first: true), clipping; second: the
+  /// global batch's loss, from part (loss_and_gradients' result). A step the guard skips has its
+  /// gradients zeroed; a NonFiniteError becomes "training diverged at step N".
+  std::pair<bool, double> checked(eigenformer::StepGuard<float>& guard, double part,
+                                  long step_number) {
     try {
 #ifdef EIGENFORMER_EXAMPLE_MPI
-      return dp_->finish_gradients(guard, loss, 1.0f).ok;
+      const auto done = dp_->finish_gradients(guard, eigenformer::dist::LossShare{part}, 1.0f);
+      return {done.ok, done.loss};
 #else
-      if (!guard.check(loss, params_)) return false;
+      if (!guard.check(part, params_)) return {false, part};
       eigenformer::clip_grad_norm(params_, 1.0f);
-      return true;
+      return {true, part};
 #endif
     } catch (const eigenformer::NonFiniteError&) {
       throw std::runtime_error("training diverged at step " + std::to_string(step_number) + ": " +

@@ -8,17 +8,19 @@
 //     const dist::Shard s = dp.shard(src.rows());       // this rank's rows
 //     dist::key_dropout(model, s);                      // masks by global example, not by rank
 //     logits = model.forward(rows(src, s), shift_right(rows(tgt, s), bos), cache);
-//     auto [loss, dlogits] = dp.cross_entropy(ce, logits, rows(tgt, s), {pad});
+//     LossShare share = dp.cross_entropy_share(ce, dlogits, logits, rows(tgt, s),
+//                                              loss_divisor(tgt, {pad}), {pad});  // no waiting
 //     opt.zero_grad();
 //     model.backward(dlogits, cache, dp.begin_backward(model));  // buckets sum meanwhile
-//     if (dp.finish_gradients(guard, loss, 1.0f).ok) opt.step();  // summed, checked, clipped
+//     auto done = dp.finish_gradients(guard, share, 1.0f);  // summed, checked, clipped; done.loss
+//     if (done.ok) opt.step();
 //   }
 //
 // The result equals one process's on the whole batch up to rounding: the loss and gradients are
-// normalised by the global count of target tokens, clipping uses the norm of the summed
-// gradients (the same figure on every rank, so every rank scales alike), the non-finite guard skips
-// on every rank or none, and dropout masks depend on the global example index (key_dropout), not on
-// the number of ranks. See docs/distributed.md.
+// normalised by the global batch's divisor (its count of target tokens, or their class weights),
+// clipping uses the norm of the summed gradients (the same figure on every rank, so every rank
+// scales alike), the non-finite guard skips on every rank or none, and dropout masks depend on the
+// global example index (key_dropout), not on the number of ranks. See docs/distributed.md.
 #pragma once
 
 #include <mpi.h>
@@ -96,6 +98,38 @@ void key_dropout(Model& model, const Shard& shard) {
     d.examples = shard.count;
   });
 }
+
+/// The divisor of a loss over a whole global batch, as cross_entropy_forward finds it
+/// (CrossEntropyCache::divisor) on all of global_targets: with the mean reduction, the number of
+/// targets that are not options.ignore_id (with class_weights, the sum of their classes'
+/// weights); with sum and none, 1. Every rank holds the global batch, so every rank finds the
+/// same figure alone, with no collective, for DataParallel::cross_entropy_share. Throws
+/// ArgumentError naming loss_divisor for a target that has no class weight (ignore_id aside).
+inline double loss_divisor(const IdMatrix& global_targets,
+                           const CrossEntropyOptions& options = {}) {
+  if (options.reduction != LossReduction::mean) return 1.0;
+  const Eigen::VectorXd& w = options.class_weights;
+  double divisor = 0.0;
+  for (Index i = 0; i < global_targets.rows(); ++i)
+    for (Index j = 0; j < global_targets.cols(); ++j) {
+      const Index t = global_targets(i, j);
+      if (t == options.ignore_id) continue;
+      eigenformer::detail::require(
+          w.size() == 0 || (t >= 0 && t < w.size()), "loss_divisor", "global_targets", [&] {
+            return "holds " + std::to_string(t) + " at (" + std::to_string(i) + ", " +
+                   std::to_string(j) + "), outside the " + std::to_string(w.size()) +
+                   " class weights";
+          });
+      divisor += w.size() == 0 ? 1.0 : w(t);
+    }
+  return divisor;
+}
+
+/// This rank's part of a global batch's loss (DataParallel::cross_entropy_share): its rows'
+/// summed loss over the global batch's divisor. The parts of all ranks add up to the global loss.
+struct LossShare {
+  double value = 0.0;
+};
 
 namespace detail {
 
@@ -652,7 +686,7 @@ class DataParallel {
         params_(model.parameters()),
         reducer_(comm, checked(comm, params_), options.bucket_bytes),
         share_(detail::measure_share(params_, comm.rank(), comm.size())),
-        shares_(2 * static_cast<std::size_t>(comm.size())) {
+        shares_(3 * static_cast<std::size_t>(comm.size())) {
     broadcast_parameters(comm, params_);
     broadcast_dropout_state(comm, model);
   }
@@ -663,10 +697,13 @@ class DataParallel {
     return shard_of(global_rows, comm_->rank(), comm_->size());
   }
 
-  /// Cross-entropy of this rank's logits (N, V) and targets, normalised by the GLOBAL number of
-  /// counted targets (a collective): returns the global mean loss (the same on every rank) and
-  /// this rank's dlogits, whose sum over ranks is the gradient of that mean. Fills cache as
-  /// cross_entropy_forward (cache.count: this rank's count). Throws as cross_entropy_forward.
+  /// Cross-entropy of this rank's logits (N, V) and targets, as cross_entropy_forward would give
+  /// it on the whole global batch (a collective): with the mean reduction, normalised by the
+  /// GLOBAL batch's divisor (the counted targets, or their class weights' sum, of every rank);
+  /// with sum and none, the sum over every rank's rows. Returns that global loss (the same on
+  /// every rank) and this rank's dlogits, whose sum over ranks is its gradient. Fills cache as
+  /// cross_entropy_forward (cache.count and cache.divisor: this rank's). Throws as
+  /// cross_entropy_forward.
   std::pair<double, Matrix<Scalar>> cross_entropy(CrossEntropyCache<Scalar>& cache,
                                                   ConstRef<Scalar> logits, const IdMatrix& targets,
                                                   const CrossEntropyOptions& options = {}) {
@@ -675,21 +712,39 @@ class DataParallel {
     return {loss, std::move(dlogits)};
   }
   /// The same, with this rank's dlogits written into dlogits, whose buffer is reused once it is
-  /// (N, V): no new buffer per step. Returns the global mean loss.
+  /// (N, V): no new buffer per step. Returns the global loss.
   double cross_entropy(CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
                        ConstRef<Scalar> logits, const IdMatrix& targets,
                        const CrossEntropyOptions& options = {}) {
     const Scalar local = cross_entropy_forward(cache, logits, targets, options);
-    const Index global = comm_->sum(cache.count);
-    const double loss = comm_->sum(static_cast<double>(local) * static_cast<double>(cache.count));
-    // dlogits = (probs - onehot) / global: dloss / count with dloss = count / global (exactly
-    // 1 on one rank, so that one process gives what it gives without MPI).
-    const Scalar dloss = global == 0             ? Scalar(0)
-                         : cache.count == global ? Scalar(1)
-                                                 : static_cast<Scalar>(cache.count) /
-                                                       static_cast<Scalar>(global);
-    cross_entropy_backward(dlogits, cache, dloss);
-    return global == 0 ? 0.0 : loss / static_cast<double>(global);
+    const double global = options.reduction == LossReduction::mean
+                              ? comm_->sum(static_cast<double>(cache.divisor))
+                              : 1.0;
+    return comm_->sum(backward_share(cache, dlogits, local, global).value);
+  }
+
+  /// cross_entropy without its collective, so that no rank waits for the others between forward
+  /// and backward: the global batch's divisor is given (loss_divisor of the global targets, which
+  /// every rank computes alike) rather than summed over the ranks. Writes this rank's dlogits as
+  /// cross_entropy does (the same values, given the same divisor) and returns this rank's share of
+  /// the global loss; finish_gradients(guard, share, max_norm) adds up the shares in the
+  /// collective it makes anyway. Throws ArgumentError naming DataParallel::cross_entropy_share,
+  /// before cache or dlogits change, unless global_divisor is finite and at least this rank's own
+  /// divisor (a smaller one is not the global batch's); else throws as cross_entropy_forward.
+  LossShare cross_entropy_share(CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
+                                ConstRef<Scalar> logits, const IdMatrix& targets,
+                                double global_divisor, const CrossEntropyOptions& options = {}) {
+    const char* func = "DataParallel::cross_entropy_share";
+    eigenformer::detail::check_cross_entropy_args<Scalar>(func, logits, targets, options);
+    const double mine = loss_divisor(targets, options);
+    eigenformer::detail::require(
+        std::isfinite(global_divisor) && global_divisor >= mine * (1 - 1e-12), func,
+        "global_divisor", [&] {
+          return "is " + std::to_string(global_divisor) + ", less than this rank's own " +
+                 std::to_string(mine) + " (pass loss_divisor of the global batch's targets)";
+        });
+    const Scalar local = cross_entropy_forward(cache, logits, targets, options);
+    return backward_share(cache, dlogits, local, global_divisor);
   }
 
   /// Starts the reducer for this step's backward and returns the callback to pass to the model's
@@ -724,6 +779,7 @@ class DataParallel {
     bool ok = false;      // the step may go ahead (check_step's verdict)
     Scalar norm = 0;      // when ok: the norm before clipping (clip_grad_norm's result)
     double waited = 0.0;  // seconds waited for gradient sums (end_backward's result)
+    double loss = 0.0;    // the global loss (as given, or the sum of the ranks' shares)
   };
 
   /// end_backward(), check_step(guard, loss) and, when the step may go ahead,
@@ -734,7 +790,17 @@ class DataParallel {
   /// Throws ArgumentError naming DataParallel::finish_gradients, before anything is done, unless
   /// max_norm is positive and finite; else throws as the three calls (NonFiniteError naming
   /// DataParallel::finish_gradients under a stop policy).
-  Finished finish_gradients(StepGuard<Scalar>& guard, double loss, Scalar max_norm);
+  Finished finish_gradients(StepGuard<Scalar>& guard, double loss, Scalar max_norm) {
+    return finish(guard, loss, false, max_norm);
+  }
+  /// The same, given this rank's share of the loss (cross_entropy_share) rather than the global
+  /// loss: the shares travel in the collective the gradients' check and norm make, so that the
+  /// step waits for the other ranks once, here, rather than also after the loss. The global loss,
+  /// their sum in rank order (the same on every rank), is checked and returned in
+  /// Finished::loss. Throws as finish_gradients(guard, loss, max_norm).
+  Finished finish_gradients(StepGuard<Scalar>& guard, LossShare share, Scalar max_norm) {
+    return finish(guard, share.value, true, max_norm);
+  }
 
   /// The parameters the reducer sums (the model's, at construction).
   const ParamList<Scalar>& parameters() const { return params_; }
@@ -745,7 +811,7 @@ class DataParallel {
   GradientReducer<Scalar> reducer_;
   std::pair<std::size_t, std::size_t> share_;  // the parameters this rank measures
                                                // (detail::measure_share)
-  std::vector<double> shares_;                 // (2 per rank) finish_gradients' gathered measures
+  std::vector<double> shares_;                 // (3 per rank) finish_gradients' gathered measures
 
   static const ParamList<Scalar>& checked(const Communicator& comm, const ParamList<Scalar>& p) {
     check_same_parameters(comm, p, "DataParallel::DataParallel");
@@ -763,6 +829,21 @@ class DataParallel {
     if (!comm_->all(mine.ok) && mine.ok) mine = eigenformer::check_step(std::nan(""), params_);
     return guard.apply(std::move(mine), params_, func);
   }
+  /// After cross_entropy_forward returned local for this rank's rows: their dlogits for the
+  /// global loss whose divisor is global (dloss = this rank's divisor / global, exactly 1 when
+  /// they are equal, so that one process gives what it gives without MPI), and their share of
+  /// that loss (their summed loss / global).
+  LossShare backward_share(const CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
+                           Scalar local, double global) {
+    const Scalar dloss = global == 0 ? Scalar(0)
+                         : static_cast<double>(cache.divisor) == global
+                             ? Scalar(1)
+                             : cache.divisor / static_cast<Scalar>(global);
+    cross_entropy_backward(dlogits, cache, dloss);
+    // The rows' summed loss: the mean times its divisor (sum and none return it, divisor 1).
+    const double total = static_cast<double>(local) * static_cast<double>(cache.divisor);
+    return {global == 0 ? 0.0 : total / global};
+  }
   /// clip_grad_norm's scaling, given this rank's sum of squared gradients. A collective (rank 0's
   /// norm is broadcast): every rank calls it, or none.
   Scalar clip_to(Scalar max_norm, double squared_sum) {
@@ -772,6 +853,8 @@ class DataParallel {
   }
   /// Scales the gradients, whose norm is norm, as clip_grad_norm does; returns norm.
   Scalar scale_to(Scalar max_norm, double norm);
+  /// finish_gradients with loss the global loss, or this rank's share of it when is_share.
+  Finished finish(StepGuard<Scalar>& guard, double loss, bool is_share, Scalar max_norm);
 };
 
 template <class Scalar>
@@ -783,32 +866,36 @@ Scalar DataParallel<Scalar>::clip_grad_norm(Scalar max_norm) {
 }
 
 template <class Scalar>
-auto DataParallel<Scalar>::finish_gradients(StepGuard<Scalar>& guard, double loss, Scalar max_norm)
-    -> Finished {
+auto DataParallel<Scalar>::finish(StepGuard<Scalar>& guard, double loss, bool is_share,
+                                  Scalar max_norm) -> Finished {
   const char* func = "DataParallel::finish_gradients";
   check_max_norm(func, max_norm);
   Finished out;
   out.waited = reducer_.finish();
-  // This rank's share: its sum of squares (as clip_grad_norm sums, in double) and 1 when its
-  // entries and the loss are finite, else 0. Every rank adds the shares in rank order, so all
-  // take their decisions from the same figures.
-  double share[2] = {0.0, std::isfinite(loss) ? 1.0 : 0.0};
+  // This rank's measures: its share's sum of squares (as clip_grad_norm sums, in double), 1 when
+  // those entries and a global loss are finite (else 0), and its share of the loss (or 0). Every
+  // rank adds them up in rank order, so all take their decisions from the same figures.
+  double mine[3] = {0.0, is_share || std::isfinite(loss) ? 1.0 : 0.0, is_share ? loss : 0.0};
   for (std::size_t i = share_.first; i < share_.second; ++i) {
     const GradientMeasure m = detail::measure(params_[i].param->grad);
-    share[0] += m.squared_norm;
-    if (!m.finite) share[1] = 0.0;
+    mine[0] += m.squared_norm;
+    if (!m.finite) mine[1] = 0.0;
   }
-  comm_->all_gather(share, 2, shares_.data());
-  double sum = 0.0;
+  comm_->all_gather(mine, 3, shares_.data());
+  double sum = 0.0, shares = 0.0;
   bool finite = true;
-  for (int r = 0; r < comm_->size(); ++r) {
-    sum += shares_[2 * static_cast<std::size_t>(r)];
-    finite = finite && shares_[2 * static_cast<std::size_t>(r) + 1] == 1.0;
+  for (std::size_t r = 0; r < static_cast<std::size_t>(comm_->size()); ++r) {
+    sum += shares_[3 * r];
+    finite = finite && shares_[3 * r + 1] == 1.0;
+    shares += shares_[3 * r + 2];
   }
-  StepCheck mine;  // passed; when not, the full check names what failed, here
-  if (!finite) mine = eigenformer::check_step(loss, params_);
-  if (!finite && mine.ok) mine = eigenformer::check_step(std::nan(""), params_);  // another's loss
-  out.ok = guard.apply(std::move(mine), params_, func);
+  out.loss = is_share ? shares : loss;
+  finite = finite && std::isfinite(out.loss);  // the shares' sum: the same figure on every rank
+  StepCheck mine_check;  // passed; when not, the full check names what failed, here
+  if (!finite) mine_check = eigenformer::check_step(out.loss, params_);
+  if (!finite && mine_check.ok)  // another rank's loss or gradient
+    mine_check = eigenformer::check_step(std::nan(""), params_);
+  out.ok = guard.apply(std::move(mine_check), params_, func);
   if (out.ok) out.norm = scale_to(max_norm, std::sqrt(sum));
   return out;
 }
