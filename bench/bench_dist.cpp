@@ -2,13 +2,15 @@
 // (common.hpp's encoder-decoder, a global batch of 32 pairs of 32-token sequences, dropout on,
 // Adam), its batch split over the ranks of mpirun. Run it in the three layouts of
 // bench/run_dist.sh (1 process x 1 thread, 2 processes x 1 thread, 1 process x 2 threads).
-//  - BM_dist_seq2seq_train_step/<bucket MB>: one data-parallel step: shard, forward, global
-//    cross-entropy, backward with the gradient buckets summed (MPI_Iallreduce) while backward
-//    goes on, the sums checked and measured for clipping, each rank its share of them
-//    (finish_gradients), and the Adam step, which zeroes the gradients for the next step as it
-//    reads them (step_and_zero_grad). Counters: tokens/s, the GLOBAL batch's target tokens per
-//    wall-clock second; comm_exposed, the share of step time spent waiting for gradient sums
-//    that backward did not hide (GradientReducer::finish); ranks and buckets.
+//  - BM_dist_seq2seq_train_step/<bucket MB>: one data-parallel step: shard, forward, this rank's
+//    share of the global cross-entropy (cross_entropy_share: no collective), backward with the
+//    gradient buckets summed (MPI_Iallreduce) while backward goes on, the sums checked and
+//    measured for clipping, each rank its share of them, and the loss's shares summed
+//    (finish_gradients: the step's one wait for the other ranks), and the Adam step, which zeroes
+//    the gradients for the next step as it reads them (step_and_zero_grad). Counters: tokens/s, the
+//    GLOBAL batch's target tokens per wall-clock second; comm_exposed, the share of step time spent
+//    waiting in GradientReducer::finish: for the slowest rank to end backward, and for the
+//    gradient sums that backward did not hide; ranks and buckets.
 //  - BM_dist_seq2seq_compute_only: each rank's share of that step with nothing summed: the
 //    forward and backward of its rows, its own cross-entropy, the non-finite check, clipping and
 //    the Adam step (the same step through a DataParallel of the rank alone, on MPI_COMM_SELF),
@@ -16,9 +18,9 @@
 //    tokens/s (the global batch's, as above) is the ceiling of the data-parallel step on this
 //    machine: what it would reach if summing the gradients cost nothing (nearly: alone, a rank
 //    measures every gradient, where in the data-parallel step it measures its share).
-//  - BM_dist_seq2seq_compute_synced: the same with a barrier after the loss and one after
-//    backward, where the data-parallel step waits for the other ranks: what waiting for the
-//    slowest rank costs, apart from moving the gradients.
+//  - BM_dist_seq2seq_compute_synced: the same with a barrier after backward, where the
+//    data-parallel step waits for the other ranks: what waiting for the slowest rank costs, apart
+//    from moving the gradients.
 // Every rank runs the same fixed number of iterations (collectives must pair up); only rank 0
 // reports.
 #include <benchmark/benchmark.h>
@@ -50,6 +52,8 @@ struct RankWork {
   ef::StepGuard<float> guard{ef::NonFinitePolicy::skip};
   dist::Shard shard;
   IdMatrix src, tgt, tgt_in;  // this rank's rows: (b, S), (b, T), (b, T)
+  ef::CrossEntropyOptions loss_options{bench::kPad, 0.0};
+  double divisor = 0;  // the global batch's counted targets (dist::loss_divisor)
   ef::Transformer<float>::Cache cache;
   ef::CrossEntropyCache<float> ce;
   ef::Matrix<float> dlogits;  // (b*T, V), reused every step
@@ -62,6 +66,7 @@ struct RankWork {
     src = dist::rows(all_src, shard);
     tgt = dist::rows(all_tgt, shard);
     tgt_in = ef::shift_right(tgt, bench::kBos);
+    divisor = dist::loss_divisor(all_tgt, loss_options);
     dist::key_dropout(model, shard);
   }
 
@@ -96,9 +101,11 @@ void BM_dist_seq2seq_train_step(benchmark::State& state) {
   double loss = 0;
   time_steps(state, comm, [&] {
     const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
-    loss = dp.cross_entropy(w.ce, w.dlogits, logits, w.tgt, {bench::kPad, 0.0});
+    const dist::LossShare share =
+        dp.cross_entropy_share(w.ce, w.dlogits, logits, w.tgt, w.divisor, w.loss_options);
     w.model.backward(w.dlogits, w.cache, dp.begin_backward(w.model));
-    const auto finished = dp.finish_gradients(w.guard, loss, 1.0f);  // sum, check, clip
+    const auto finished = dp.finish_gradients(w.guard, share, 1.0f);  // sum, check, clip
+    loss = finished.loss;
     w.step_or_skip(finished.ok);
     benchmark::DoNotOptimize(loss);
     return finished.waited;
@@ -109,9 +116,8 @@ void BM_dist_seq2seq_train_step(benchmark::State& state) {
 /// Each rank's share of the data-parallel step with nothing summed: the same step through a
 /// DataParallel of this process alone (MPI_COMM_SELF), so that its loss, check and clipping do
 /// what they do in the data-parallel step, without the other ranks. With synced, the ranks also
-/// wait for each other where the data-parallel step does (a barrier after the loss, where it sums
-/// the target counts, and one after backward, where it waits for the last gradient sums), so
-/// that the cost of those waits alone shows.
+/// wait for each other where the data-parallel step does (a barrier after backward, where it
+/// waits for the last gradient sums), so that the cost of that wait alone shows.
 void compute_steps(benchmark::State& state, bool synced) {
   const dist::Communicator& comm = *world;
   RankWork w(comm);
@@ -120,11 +126,13 @@ void compute_steps(benchmark::State& state, bool synced) {
   double loss = 0;
   time_steps(state, comm, [&] {
     const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
-    loss = alone.cross_entropy(w.ce, w.dlogits, logits, w.tgt, {bench::kPad, 0.0});
-    if (synced) comm.barrier();
+    const dist::LossShare share =
+        alone.cross_entropy_share(w.ce, w.dlogits, logits, w.tgt, w.divisor, w.loss_options);
     w.model.backward(w.dlogits, w.cache, alone.begin_backward(w.model));
     if (synced) comm.barrier();
-    w.step_or_skip(alone.finish_gradients(w.guard, loss, 1.0f).ok);
+    const auto finished = alone.finish_gradients(w.guard, share, 1.0f);
+    loss = finished.loss;
+    w.step_or_skip(finished.ok);
     benchmark::DoNotOptimize(loss);
     return 0.0;  // nothing to wait for
   });
