@@ -248,43 +248,68 @@ TEST_CASE("finish_gradients gives what end_backward, check_step and clip_grad_no
   }
 }
 
+namespace {
+
+/// Checks dp.cross_entropy and dp.cross_entropy_share on this rank's rows of the global logits
+/// (B*T, V) and targets (B, T) against one process's cross-entropy of the whole batch: the same
+/// divisor, loss and dlogits rows.
+void check_loss_over_ranks(dist::DataParallel<float>& dp, const ef::Matrix<float>& logits,
+                           const IdMatrix& tgt, const ef::CrossEntropyOptions& options) {
+  CAPTURE(static_cast<int>(options.reduction));
+  CAPTURE(options.class_weights.size());
+  const Index T = tgt.cols();
+  const dist::Shard s = dp.shard(tgt.rows());
+  const IdMatrix my_tgt = dist::rows(tgt, s);
+  const ef::Matrix<float> my_logits = logits.middleRows(s.begin * T, s.count * T);
+  ef::CrossEntropyCache<float> alone, ce;
+  const double want = ef::cross_entropy_forward(alone, logits, tgt, options);
+  const ef::Matrix<float> want_d =
+      ef::cross_entropy_backward(alone).middleRows(s.begin * T, s.count * T);
+  const double divisor = dist::loss_divisor(tgt, options);
+  CHECK(divisor == doctest::Approx(alone.divisor).epsilon(1e-6));
+  const auto [loss, dlogits] = dp.cross_entropy(ce, my_logits, my_tgt, options);
+  CHECK(loss == doctest::Approx(want).epsilon(1e-6));
+  CHECK((dlogits - want_d).norm() <= 1e-6f * want_d.norm());
+  ef::Matrix<float> share_d;
+  const dist::LossShare share =
+      dp.cross_entropy_share(ce, share_d, my_logits, my_tgt, divisor, options);
+  CHECK(comm().sum(share.value) == doctest::Approx(want).epsilon(1e-6));
+  CHECK((share_d - want_d).norm() <= 1e-6f * want_d.norm());
+}
+
+}  // namespace
+
 TEST_CASE("the loss over ranks is one process's on the global batch: weights, smoothing, sum") {
   ef::Rng rng(kSeed);
   ef::Transformer<float> model(config(), rng);
   dist::DataParallel<float> dp(comm(), model);
   const IdMatrix tgt = global_batch(0).second;  // (B, T), 0 pads
-  const Index T = tgt.cols(), V = config().tgt_vocab;
-  ef::Matrix<float> logits(kBatch * T, V);  // the global batch's, the same on every rank
+  const Index V = config().tgt_vocab;
+  ef::Matrix<float> logits(tgt.size(), V);  // the global batch's, the same on every rank
   for (Index i = 0; i < logits.rows(); ++i)
     for (Index j = 0; j < V; ++j)
       logits(i, j) = std::sin(0.7f * static_cast<float>(i) + 1.3f * static_cast<float>(j));
   Eigen::VectorXd weights(V);
   for (Index j = 0; j < V; ++j) weights(j) = 0.5 + 0.1 * static_cast<double>(j % 7);
-  const dist::Shard s = dp.shard(kBatch);
-  const IdMatrix my_tgt = dist::rows(tgt, s);
-  const ef::Matrix<float> my_logits = logits.middleRows(s.begin * T, s.count * T);
+  using ef::CrossEntropyOptions;
   using ef::LossReduction;
-  for (const ef::CrossEntropyOptions& options :
-       {ef::CrossEntropyOptions(0), ef::CrossEntropyOptions(0, 0.1, LossReduction::mean, weights),
-        ef::CrossEntropyOptions(0, 0.1, LossReduction::sum, weights),
-        ef::CrossEntropyOptions(0, 0.0, LossReduction::none)}) {
-    CAPTURE(static_cast<int>(options.reduction));
-    CAPTURE(options.class_weights.size());
-    ef::CrossEntropyCache<float> alone, ce;
-    const double want = ef::cross_entropy_forward(alone, logits, tgt, options);
-    const ef::Matrix<float> want_d =
-        ef::cross_entropy_backward(alone).middleRows(s.begin * T, s.count * T);
-    const double divisor = dist::loss_divisor(tgt, options);
-    CHECK(divisor == doctest::Approx(alone.divisor).epsilon(1e-6));
-    const auto [loss, dlogits] = dp.cross_entropy(ce, my_logits, my_tgt, options);
-    CHECK(loss == doctest::Approx(want).epsilon(1e-6));
-    CHECK((dlogits - want_d).norm() <= 1e-6f * want_d.norm());
-    ef::Matrix<float> share_d;
-    const dist::LossShare share =
-        dp.cross_entropy_share(ce, share_d, my_logits, my_tgt, divisor, options);
-    CHECK(comm().sum(share.value) == doctest::Approx(want).epsilon(1e-6));
-    CHECK((share_d - dlogits).norm() <= 1e-6f * dlogits.norm());
-  }
+  for (const CrossEntropyOptions& options :
+       {CrossEntropyOptions(0), CrossEntropyOptions(0, 0.1, LossReduction::mean, weights),
+        CrossEntropyOptions(0, 0.1, LossReduction::sum, weights),
+        CrossEntropyOptions(0, 0.0, LossReduction::none)})
+    check_loss_over_ranks(dp, logits, tgt, options);
+
+  // The last rank's targets all of a class of weight 0: its divisor is 0, yet label smoothing
+  // gives its rows a loss, which one process divides by the global divisor.
+  IdMatrix zero_tgt = tgt;
+  const dist::Shard last = dist::shard_of(kBatch, comm().size() - 1, comm().size());
+  for (Index i = last.begin; i < last.begin + last.count; ++i)
+    for (Index j = 0; j < zero_tgt.cols(); ++j)
+      if (zero_tgt(i, j) != 0) zero_tgt(i, j) = 5;
+  Eigen::VectorXd zero_weight = weights;
+  zero_weight(5) = 0.0;
+  check_loss_over_ranks(dp, logits, zero_tgt,
+                        CrossEntropyOptions(0, 0.1, LossReduction::mean, zero_weight));
 }
 
 TEST_CASE("finish_gradients given the loss's shares: the same step, the global loss summed") {
@@ -758,9 +783,17 @@ TEST_CASE("bad input to the dist API is an ArgumentError") {
   for (const double bad : {dist::loss_divisor(tgt, {0}) - 1, std::nan("")})
     CHECK_THROWS_WITH_AS(
         dp.cross_entropy_share(ce, dlogits, logits, tgt, bad, {0}),
-        doctest::Contains("DataParallel::cross_entropy_share: argument 'global_divisor' is"),
+        doctest::Contains(
+            "DataParallel::cross_entropy_share: argument 'global_divisor' must be finite"),
         ef::ArgumentError);
+  CHECK_THROWS_WITH_AS(  // sum and none divide by nothing: they take 1 only
+      dp.cross_entropy_share(ce, dlogits, logits, tgt, 512.0, {0, 0.0, ef::LossReduction::sum}),
+      doctest::Contains("argument 'global_divisor' must be 1"), ef::ArgumentError);
+  CHECK_THROWS_WITH_AS(dp.cross_entropy_share(ce, dlogits, logits.leftCols(2), tgt, 1.0, {0}),
+                       doctest::Contains("DataParallel::cross_entropy_share: argument"),
+                       ef::ArgumentError);  // targets outside the logits' 2 classes
   CHECK(dlogits.rows() == 2);  // untouched, and the cache too
+  CHECK(dlogits.cols() == 3);
   CHECK(ce.count == 0);
   const Eigen::VectorXd three = Eigen::VectorXd::Ones(3);
   CHECK_THROWS_WITH_AS(dist::loss_divisor(tgt, {0, 0.0, ef::LossReduction::mean, three}),

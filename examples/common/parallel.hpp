@@ -110,7 +110,7 @@ class TrainStep {
   /// models' forward returns them). guard sees the global batch's loss and the summed gradients
   /// (so every process decides alike). Under its stop policy a non-finite one throws
   /// std::runtime_error naming step_number (the run's) and what went bad; under skip, opt does
-  /// not step, the gradients are zeroed, and guard.skipped() counts it. Returns the batch's mean
+  /// not step, the gradients are zeroed, and guard.skipped() counts it. Returns the global batch's
   /// loss.
   template <class Forward>
   double operator()(eigenformer::Optimizer<float>& opt, eigenformer::StepGuard<float>& guard,

@@ -729,19 +729,25 @@ class DataParallel {
   /// cross_entropy does (the same values, given the same divisor) and returns this rank's share of
   /// the global loss; finish_gradients(guard, share, max_norm) adds up the shares in the
   /// collective it makes anyway. Throws ArgumentError naming DataParallel::cross_entropy_share,
-  /// before cache or dlogits change, unless global_divisor is finite and at least this rank's own
-  /// divisor (a smaller one is not the global batch's); else throws as cross_entropy_forward.
+  /// before cache or dlogits change: for the arguments cross_entropy_forward rejects, and unless
+  /// global_divisor is finite and at least this rank's own divisor (mean: a smaller one is not
+  /// the global batch's) or is 1 (sum and none).
   LossShare cross_entropy_share(CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
                                 ConstRef<Scalar> logits, const IdMatrix& targets,
                                 double global_divisor, const CrossEntropyOptions& options = {}) {
     const char* func = "DataParallel::cross_entropy_share";
     eigenformer::detail::check_cross_entropy_args<Scalar>(func, logits, targets, options);
+    const bool mean = options.reduction == LossReduction::mean;
     const double mine = loss_divisor(targets, options);
     eigenformer::detail::require(
-        std::isfinite(global_divisor) && global_divisor >= mine * (1 - 1e-12), func,
-        "global_divisor", [&] {
-          return "is " + std::to_string(global_divisor) + ", less than this rank's own " +
-                 std::to_string(mine) + " (pass loss_divisor of the global batch's targets)";
+        mean ? std::isfinite(global_divisor) && global_divisor >= mine * (1 - 1e-12)
+             : global_divisor == 1.0,
+        func, "global_divisor", [&] {
+          return (mean ? "must be finite and at least this rank's own divisor " +
+                             std::to_string(mine) + " (loss_divisor of the global targets)"
+                       : std::string("must be 1 (loss_divisor's) with the sum and none "
+                                     "reductions")) +
+                 ", got " + std::to_string(global_divisor);
         });
     const Scalar local = cross_entropy_forward(cache, logits, targets, options);
     return backward_share(cache, dlogits, local, global_divisor);
@@ -835,14 +841,23 @@ class DataParallel {
   /// that loss (their summed loss / global).
   LossShare backward_share(const CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
                            Scalar local, double global) {
-    const Scalar dloss = global == 0 ? Scalar(0)
-                         : static_cast<double>(cache.divisor) == global
-                             ? Scalar(1)
-                             : cache.divisor / static_cast<Scalar>(global);
-    cross_entropy_backward(dlogits, cache, dloss);
+    const double mine = static_cast<double>(cache.divisor);
+    if (global == 0) {  // nothing counted on any rank: no loss, as one process gives
+      dlogits.setZero(cache.probs.rows(), cache.probs.cols());
+      return {0.0};
+    }
+    if (mine == 0) {
+      // Counted rows whose class weights are all 0 still have label smoothing's term, which one
+      // process on the whole batch divides by the global divisor; this rank alone has none to
+      // divide by, so it scales the rows' gradients itself. (Ignored rows stay zero.)
+      const auto scale = static_cast<Scalar>(1.0 / global);
+      eigenformer::detail::cross_entropy_grad(dlogits, cache, [&](Index) { return scale; });
+      return {cache.losses.template cast<double>().sum() / global};
+    }
+    cross_entropy_backward(dlogits, cache,
+                           mine == global ? Scalar(1) : static_cast<Scalar>(mine / global));
     // The rows' summed loss: the mean times its divisor (sum and none return it, divisor 1).
-    const double total = static_cast<double>(local) * static_cast<double>(cache.divisor);
-    return {global == 0 ? 0.0 : total / global};
+    return {static_cast<double>(local) * mine / global};
   }
   /// clip_grad_norm's scaling, given this rank's sum of squared gradients. A collective (rank 0's
   /// norm is broadcast): every rank calls it, or none.
