@@ -5,8 +5,8 @@
 //  - BM_dist_seq2seq_train_step/<bucket MB>: one data-parallel step: shard, forward, this rank's
 //    share of the global cross-entropy (cross_entropy_share: no collective), backward with the
 //    gradient buckets summed (MPI_Iallreduce) while backward goes on, the sums checked and
-//    measured for clipping, each rank its share of them, and the loss's shares summed
-//    (finish_gradients: the step's one wait for the other ranks), and the Adam step, which zeroes
+//    measured for clipping, each rank a part of them, with the loss's shares summed
+//    (finish_gradients: the step's one wait for the other ranks); then the Adam step, which zeroes
 //    the gradients for the next step as it reads them (step_and_zero_grad). Counters: tokens/s, the
 //    GLOBAL batch's target tokens per wall-clock second; comm_exposed, the share of step time spent
 //    waiting in GradientReducer::finish: for the slowest rank to end backward, and for the
@@ -53,7 +53,8 @@ struct RankWork {
   dist::Shard shard;
   IdMatrix src, tgt, tgt_in;  // this rank's rows: (b, S), (b, T), (b, T)
   ef::CrossEntropyOptions loss_options{bench::kPad, 0.0};
-  double divisor = 0;  // the global batch's counted targets (dist::loss_divisor)
+  double divisor = 0;      // the global batch's counted targets (dist::loss_divisor)
+  double own_divisor = 0;  // this rank's rows' (the step alone normalises by its own)
   ef::Transformer<float>::Cache cache;
   ef::CrossEntropyCache<float> ce;
   ef::Matrix<float> dlogits;  // (b*T, V), reused every step
@@ -67,6 +68,7 @@ struct RankWork {
     tgt = dist::rows(all_tgt, shard);
     tgt_in = ef::shift_right(tgt, bench::kBos);
     divisor = dist::loss_divisor(all_tgt, loss_options);
+    own_divisor = dist::loss_divisor(tgt, loss_options);
     dist::key_dropout(model, shard);
   }
 
@@ -127,7 +129,7 @@ void compute_steps(benchmark::State& state, bool synced) {
   time_steps(state, comm, [&] {
     const ef::Matrix<float>& logits = w.model.forward(w.src, w.tgt_in, w.cache);  // (b*T, V)
     const dist::LossShare share =
-        alone.cross_entropy_share(w.ce, w.dlogits, logits, w.tgt, w.divisor, w.loss_options);
+        alone.cross_entropy_share(w.ce, w.dlogits, logits, w.tgt, w.own_divisor, w.loss_options);
     w.model.backward(w.dlogits, w.cache, alone.begin_backward(w.model));
     if (synced) comm.barrier();
     const auto finished = alone.finish_gradients(w.guard, share, 1.0f);
