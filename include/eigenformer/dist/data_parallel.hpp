@@ -837,8 +837,10 @@ class DataParallel {
   }
   /// After cross_entropy_forward returned local for this rank's rows: their dlogits for the
   /// global loss whose divisor is global (dloss = this rank's divisor / global, exactly 1 when
-  /// they are equal, so that one process gives what it gives without MPI), and their share of
-  /// that loss (their summed loss / global).
+  /// they are equal, so that one process gives bit for bit what it gives without MPI: always
+  /// with cross_entropy; with cross_entropy_share unless class weights make loss_divisor's double
+  /// sum differ from the cache's float one), and their share of that loss (their summed loss /
+  /// global). With nothing counted on any rank (global 0), no loss and zero dlogits.
   LossShare backward_share(const CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
                            Scalar local, double global) {
     const double mine = static_cast<double>(cache.divisor);
