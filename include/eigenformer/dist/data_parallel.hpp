@@ -892,13 +892,13 @@ auto DataParallel<Scalar>::finish(StepGuard<Scalar>& guard, double loss, bool is
   // This rank's measures: its share's sum of squares (as clip_grad_norm sums, in double), 1 when
   // those entries and a global loss are finite (else 0), and its share of the loss (or 0). Every
   // rank adds them up in rank order, so all take their decisions from the same figures.
-  double mine[3] = {0.0, is_share || std::isfinite(loss) ? 1.0 : 0.0, is_share ? loss : 0.0};
+  double measures[3] = {0.0, is_share || std::isfinite(loss) ? 1.0 : 0.0, is_share ? loss : 0.0};
   for (std::size_t i = share_.first; i < share_.second; ++i) {
     const GradientMeasure m = detail::measure(params_[i].param->grad);
-    mine[0] += m.squared_norm;
-    if (!m.finite) mine[1] = 0.0;
+    measures[0] += m.squared_norm;
+    if (!m.finite) measures[1] = 0.0;
   }
-  comm_->all_gather(mine, 3, shares_.data());
+  comm_->all_gather(measures, 3, shares_.data());
   double sum = 0.0, shares = 0.0;
   bool finite = true;
   for (std::size_t r = 0; r < static_cast<std::size_t>(comm_->size()); ++r) {
@@ -908,11 +908,10 @@ auto DataParallel<Scalar>::finish(StepGuard<Scalar>& guard, double loss, bool is
   }
   out.loss = is_share ? shares : loss;
   finite = finite && std::isfinite(out.loss);  // the shares' sum: the same figure on every rank
-  StepCheck mine_check;  // passed; when not, the full check names what failed, here
-  if (!finite) mine_check = eigenformer::check_step(out.loss, params_);
-  if (!finite && mine_check.ok)  // another rank's loss or gradient
-    mine_check = eigenformer::check_step(std::nan(""), params_);
-  out.ok = guard.apply(std::move(mine_check), params_, func);
+  StepCheck mine;  // passed; when not, the full check names what failed, here
+  if (!finite) mine = eigenformer::check_step(out.loss, params_);
+  if (!finite && mine.ok) mine = eigenformer::check_step(std::nan(""), params_);  // another's loss
+  out.ok = guard.apply(std::move(mine), params_, func);
   if (out.ok) out.norm = scale_to(max_norm, std::sqrt(sum));
   return out;
 }
