@@ -836,30 +836,26 @@ class DataParallel {
     return guard.apply(std::move(mine), params_, func);
   }
   /// After cross_entropy_forward returned local for this rank's rows: their dlogits for the
-  /// global loss whose divisor is global (dloss = this rank's divisor / global, exactly 1 when
-  /// they are equal, so that one process gives bit for bit what it gives without MPI: always
-  /// with cross_entropy; with cross_entropy_share unless class weights make loss_divisor's double
-  /// sum differ from the cache's float one), and their share of that loss (their summed loss /
-  /// global). With nothing counted on any rank (global 0), no loss and zero dlogits.
+  /// global loss whose divisor is global, as one process on the whole batch writes them (each
+  /// counted row's loss gradient / global; all zero for a global of 0), and their share of that
+  /// loss (their summed loss / global). On one rank, global is its own divisor, and the dlogits
+  /// are cross_entropy_backward's bit for bit (with cross_entropy_share and class weights, up to
+  /// loss_divisor's double sum against the cache's float one).
   LossShare backward_share(const CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
                            Scalar local, double global) {
-    const double mine = static_cast<double>(cache.divisor);
     if (global == 0) {  // nothing counted on any rank: no loss, as one process gives
       dlogits.setZero(cache.probs.rows(), cache.probs.cols());
       return {0.0};
     }
-    if (mine == 0) {
-      // Counted rows whose class weights are all 0 still have label smoothing's term, which one
-      // process on the whole batch divides by the global divisor; this rank alone has none to
-      // divide by, so it scales the rows' gradients itself. (Ignored rows stay zero.)
-      const auto scale = static_cast<Scalar>(1.0 / global);
-      eigenformer::detail::cross_entropy_grad(dlogits, cache, [&](Index) { return scale; });
-      return {cache.losses.template cast<double>().sum() / global};
-    }
-    cross_entropy_backward(dlogits, cache,
-                           mine == global ? Scalar(1) : static_cast<Scalar>(mine / global));
-    // The rows' summed loss: the mean times its divisor (sum and none return it, divisor 1).
-    return {static_cast<double>(local) * mine / global};
+    const Scalar scale = Scalar(1) / static_cast<Scalar>(global);  // as backward's 1 / divisor
+    eigenformer::detail::cross_entropy_grad(dlogits, cache, [&](Index) { return scale; });
+    // The rows' summed loss: the mean times its divisor (sum and none return it, divisor 1). A
+    // divisor of 0 (counted rows all of class weight 0) leaves label smoothing's terms, which
+    // the mean dropped: they are in cache.losses.
+    const auto mine = static_cast<double>(cache.divisor);
+    const double total =
+        mine == 0 ? cache.losses.template cast<double>().sum() : static_cast<double>(local) * mine;
+    return {total / global};
   }
   /// clip_grad_norm's scaling, given this rank's sum of squared gradients. A collective (rank 0's
   /// norm is broadcast): every rank calls it, or none.
