@@ -335,6 +335,22 @@ TEST_CASE("cross_entropy reductions and class weights follow the definition") {
   }
 }
 
+TEST_CASE("cross_entropy's weighted divisor is summed in double, even in float") {
+  // 1000 rows of weight 0.1: a float sum drifts to 99.99905, a double one rounds to 100. The
+  // same sum is dist::loss_divisor's, so one rank's share path matches cross_entropy bit for bit.
+  const Index n = 1000;
+  IdMatrix targets(n, 1);
+  targets.setZero();
+  Eigen::VectorXd w(2);
+  w << 0.1, 1.0;
+  CrossEntropyCache<float> cache;
+  cross_entropy_forward(cache, Matrix<float>::Zero(n, 2), targets,
+                        {-1, 0.0, LossReduction::mean, w});
+  CHECK(cache.divisor == 100.0f);
+  CHECK(detail::counted_weight(targets, {-1, 0.0, LossReduction::mean, w}) ==
+        doctest::Approx(100.0).epsilon(1e-13));
+}
+
 TEST_CASE("cross_entropy gradients match finite differences for every reduction, with weights") {
   Rng rng(17);
   const IdMatrix targets = ids({3, -1, 0, 6, 2, -1, 5});

@@ -108,21 +108,17 @@ void key_dropout(Model& model, const Shard& shard) {
 inline double loss_divisor(const IdMatrix& global_targets,
                            const CrossEntropyOptions& options = {}) {
   if (options.reduction != LossReduction::mean) return 1.0;
-  const Eigen::VectorXd& w = options.class_weights;
-  double divisor = 0.0;
-  for (Index i = 0; i < global_targets.rows(); ++i)
+  const Index V = options.class_weights.size();
+  for (Index i = 0; i < global_targets.rows() && V != 0; ++i)
     for (Index j = 0; j < global_targets.cols(); ++j) {
       const Index t = global_targets(i, j);
-      if (t == options.ignore_id) continue;
       eigenformer::detail::require(
-          w.size() == 0 || (t >= 0 && t < w.size()), "loss_divisor", "global_targets", [&] {
+          t == options.ignore_id || (t >= 0 && t < V), "loss_divisor", "global_targets", [&] {
             return "holds " + std::to_string(t) + " at (" + std::to_string(i) + ", " +
-                   std::to_string(j) + "), outside the " + std::to_string(w.size()) +
-                   " class weights";
+                   std::to_string(j) + "), outside the " + std::to_string(V) + " class weights";
           });
-      divisor += w.size() == 0 ? 1.0 : w(t);
     }
-  return divisor;
+  return eigenformer::detail::counted_weight(global_targets, options);
 }
 
 /// This rank's part of a global batch's loss (DataParallel::cross_entropy_share): its rows'
@@ -838,9 +834,9 @@ class DataParallel {
   /// After cross_entropy_forward returned local for this rank's rows: their dlogits for the
   /// global loss whose divisor is global, as one process on the whole batch writes them (each
   /// counted row's loss gradient / global; all zero for a global of 0), and their share of that
-  /// loss (their summed loss / global). On one rank, global is its own divisor, and the dlogits
-  /// are cross_entropy_backward's bit for bit (with cross_entropy_share and class weights, up to
-  /// loss_divisor's double sum against the cache's float one).
+  /// loss (their summed loss / global). On one rank, global is its own divisor (loss_divisor and
+  /// cross_entropy_forward sum it alike, detail::counted_weight), and the dlogits are
+  /// cross_entropy_backward's bit for bit.
   LossShare backward_share(const CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
                            Scalar local, double global) {
     if (global == 0) {  // nothing counted on any rank: no loss, as one process gives

@@ -173,6 +173,23 @@ void check_cross_entropy_cache(std::string_view func, const CrossEntropyCache<Sc
           });
 }
 
+/// The mean's divisor of ids (any shape, read row-major): the count of ids other than
+/// options.ignore_id, or with class weights the sum of their weights, in double whatever the
+/// Scalar, so that a global batch's divisor (dist::loss_divisor) is bit for bit the one
+/// cross_entropy_forward divides by on the same targets. The caller has checked every counted
+/// id against class_weights.
+template <class Ids>
+double counted_weight(const Eigen::DenseBase<Ids>& ids, const CrossEntropyOptions& options) {
+  const Eigen::VectorXd& w = options.class_weights;
+  double sum = 0.0;
+  for (Index i = 0; i < ids.rows(); ++i)
+    for (Index j = 0; j < ids.cols(); ++j) {
+      const Index t = ids(i, j);
+      if (t != options.ignore_id) sum += w.size() == 0 ? 1.0 : w(t);
+    }
+  return sum;
+}
+
 }  // namespace detail
 
 /// Returns the loss of logits (N, V) against targets (N ids in any shape, read row-major: a (B, T)
@@ -215,15 +232,9 @@ Scalar cross_entropy_forward(CrossEntropyCache<Scalar>& cache,
   cache.count = (cache.targets.array() != options.ignore_id).count();
   cache.correct = 0;
   for (char c : row_correct) cache.correct += c;
-  cache.divisor = Scalar(1);
-  if (options.reduction == LossReduction::mean) {
-    cache.divisor = static_cast<Scalar>(cache.count);
-    if (cache.weights.size() != 0) {
-      cache.divisor = Scalar(0);
-      for (Index i = 0; i < N; ++i)
-        if (cache.targets(i) != options.ignore_id) cache.divisor += cache.weights(cache.targets(i));
-    }
-  }
+  cache.divisor = options.reduction == LossReduction::mean
+                      ? static_cast<Scalar>(detail::counted_weight(cache.targets, options))
+                      : Scalar(1);
   if (cache.divisor == Scalar(0)) return Scalar(0);
   return cache.losses.sum() / cache.divisor;
 }
