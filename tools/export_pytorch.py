@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Export a PyTorch encoder-decoder Transformer to a safetensors checkpoint in eigenformer's names.
 
 The PyTorch model must have the structure of `Seq2SeqTransformer` below (its state_dict names are

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Tiny GPT-2 and BERT checkpoints in Hugging Face's layout, and their reference outputs, for
 tests/test_huggingface.cpp; or one tiny GPT-2 with GPT-2's real vocabulary for the examples.
 
