@@ -275,7 +275,11 @@ void check_loss_over_ranks(dist::DataParallel<float>& dp, const ef::Matrix<float
       dp.cross_entropy_share(ce, share_d, my_logits, my_tgt, divisor, options);
   CHECK(comm().sum(share.value) == doctest::Approx(want).epsilon(1e-6));
   CHECK((share_d - want_d).norm() <= 1e-6f * want_d.norm());
-  if (comm().size() == 1) CHECK(share_d == want_d);  // the same divisor: bit for bit
+  if (comm().size() == 1) {  // the same divisor: bit for bit
+    CHECK(share_d == want_d);
+    CHECK(share.value == want);
+    CHECK(loss == want);
+  }
 }
 
 }  // namespace
@@ -311,6 +315,14 @@ TEST_CASE("the loss over ranks is one process's on the global batch: weights, sm
   zero_weight(5) = 0.0;
   check_loss_over_ranks(dp, logits, zero_tgt,
                         CrossEntropyOptions(0, 0.1, LossReduction::mean, zero_weight));
+
+  // 1,000 targets of weight 0.1, whose float running sum drifts (to 99.99905): the divisors, and
+  // on one rank the share path, still match one process bit for bit.
+  const IdMatrix tenth = IdMatrix::Constant(100, 10, 3);
+  Eigen::VectorXd tenth_weight = Eigen::VectorXd::Ones(V);
+  tenth_weight(3) = 0.1;
+  check_loss_over_ranks(dp, ef::Matrix<float>::Zero(tenth.size(), V), tenth,
+                        CrossEntropyOptions(0, 0.0, LossReduction::mean, tenth_weight));
 }
 
 TEST_CASE("finish_gradients given the loss's shares: the same step, the global loss summed") {

@@ -99,11 +99,11 @@ void key_dropout(Model& model, const Shard& shard) {
   });
 }
 
-/// The divisor of a loss over a whole global batch, as cross_entropy_forward finds it
-/// (CrossEntropyCache::divisor) on all of global_targets: with the mean reduction, the number of
-/// targets that are not options.ignore_id (with class_weights, the sum of their classes'
-/// weights); with sum and none, 1. Every rank holds the global batch, so every rank finds the
-/// same figure alone, with no collective, for DataParallel::cross_entropy_share. Throws
+/// The divisor of a loss over a whole global batch, as cross_entropy_forward finds it on all of
+/// global_targets (CrossEntropyCache::divisor is this figure rounded to Scalar): with the mean
+/// reduction, the number of targets that are not options.ignore_id (with class_weights, the sum of
+/// their classes' weights); with sum and none, 1. Every rank holds the global batch, so every rank
+/// finds the same figure alone, with no collective, for DataParallel::cross_entropy_share. Throws
 /// ArgumentError naming loss_divisor for a target that has no class weight (ignore_id aside).
 inline double loss_divisor(const IdMatrix& global_targets,
                            const CrossEntropyOptions& options = {}) {
@@ -834,24 +834,26 @@ class DataParallel {
   /// After cross_entropy_forward returned local for this rank's rows: their dlogits for the
   /// global loss whose divisor is global, as one process on the whole batch writes them (each
   /// counted row's loss gradient / global; all zero for a global of 0), and their share of that
-  /// loss (their summed loss / global). On one rank, global is its own divisor (loss_divisor and
-  /// cross_entropy_forward sum it alike, detail::counted_weight), and the dlogits are
-  /// cross_entropy_backward's bit for bit.
+  /// loss (their summed loss / global). Both divide by global rounded to Scalar, as one process
+  /// divides by its cache.divisor: on one rank, where that is the rank's own divisor
+  /// (loss_divisor and cross_entropy_forward sum it alike, detail::counted_weight), the dlogits
+  /// are cross_entropy_backward's and the share cross_entropy_forward's loss, bit for bit.
   LossShare backward_share(const CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
                            Scalar local, double global) {
-    if (global == 0) {  // nothing counted on any rank: no loss, as one process gives
+    const auto divisor = static_cast<Scalar>(global);
+    if (divisor == Scalar(0)) {  // nothing counted on any rank: no loss, as one process gives
       dlogits.setZero(cache.probs.rows(), cache.probs.cols());
       return {0.0};
     }
-    const Scalar scale = Scalar(1) / static_cast<Scalar>(global);  // as backward's 1 / divisor
+    const Scalar scale = Scalar(1) / divisor;  // as backward's 1 / divisor
     eigenformer::detail::cross_entropy_grad(dlogits, cache, [&](Index) { return scale; });
-    // The rows' summed loss: the mean times its divisor (sum and none return it, divisor 1). A
-    // divisor of 0 (counted rows all of class weight 0) leaves label smoothing's terms, which
-    // the mean dropped: they are in cache.losses.
+    // The rows' summed loss: the mean times this rank's divisor (sum and none return it, divisor
+    // 1). A divisor of 0 here (counted rows all of class weight 0) leaves label smoothing's
+    // terms, which the mean dropped: they are in cache.losses.
     const auto mine = static_cast<double>(cache.divisor);
     const double total =
         mine == 0 ? cache.losses.template cast<double>().sum() : static_cast<double>(local) * mine;
-    return {total / global};
+    return {total / static_cast<double>(divisor)};
   }
   /// clip_grad_norm's scaling, given this rank's sum of squared gradients. A collective (rank 0's
   /// norm is broadcast): every rank calls it, or none.

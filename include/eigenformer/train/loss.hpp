@@ -65,7 +65,8 @@ struct CrossEntropyCache {
   Index correct = 0;  // counted rows whose arg max logit (first one on ties) is the target
   Eigen::Matrix<Scalar, Eigen::Dynamic, 1> losses;  // (N) each row's loss l_i, 0 if ignored
   RowVector<Scalar> weights;  // (1, V) options.class_weights in Scalar, or empty
-  Scalar divisor = 1;         // mean: sum of w[t_i] over counted rows (count unweighted); else 1
+  Scalar divisor = 1;         // mean: sum of w[t_i] over counted rows (count unweighted), summed in
+                              // double; else 1
 };
 
 namespace detail {
@@ -175,9 +176,9 @@ void check_cross_entropy_cache(std::string_view func, const CrossEntropyCache<Sc
 
 /// The mean's divisor of ids (any shape, read row-major): the count of ids other than
 /// options.ignore_id, or with class weights the sum of their weights, in double whatever the
-/// Scalar, so that a global batch's divisor (dist::loss_divisor) is bit for bit the one
-/// cross_entropy_forward divides by on the same targets. The caller has checked every counted
-/// id against class_weights.
+/// Scalar, so that a global batch's divisor (dist::loss_divisor) rounded to Scalar is, bit for
+/// bit, the one cross_entropy_forward divides by on the same targets. The caller has checked
+/// every counted id against class_weights.
 template <class Ids>
 double counted_weight(const Eigen::DenseBase<Ids>& ids, const CrossEntropyOptions& options) {
   const Eigen::VectorXd& w = options.class_weights;
