@@ -833,9 +833,9 @@ class DataParallel {
   }
   /// After cross_entropy_forward returned local for this rank's rows: their dlogits for the
   /// global loss whose divisor is global, as one process on the whole batch writes them (each
-  /// counted row's loss gradient / global; all zero for a global of 0), and their share of that
-  /// loss (their summed loss / global). Both divide by global rounded to Scalar, as one process
-  /// divides by its cache.divisor: on one rank, where that is the rank's own divisor
+  /// counted row's loss gradient / global; all zero when global rounds to 0), and their share of
+  /// that loss (their summed loss / global). Both divide by global rounded to Scalar, as one
+  /// process divides by its cache.divisor: on one rank, where that is the rank's own divisor
   /// (loss_divisor and cross_entropy_forward sum it alike, detail::counted_weight), the dlogits
   /// are cross_entropy_backward's and the share cross_entropy_forward's loss, bit for bit.
   LossShare backward_share(const CrossEntropyCache<Scalar>& cache, Matrix<Scalar>& dlogits,
