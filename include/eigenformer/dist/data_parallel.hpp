@@ -734,7 +734,8 @@ class DataParallel {
     const char* func = "DataParallel::cross_entropy_share";
     eigenformer::detail::check_cross_entropy_args<Scalar>(func, logits, targets, options);
     const bool mean = options.reduction == LossReduction::mean;
-    const double mine = loss_divisor(targets, options);
+    // The ids were checked above: no need for loss_divisor's own check of them.
+    const double mine = eigenformer::detail::counted_weight(targets, options);
     eigenformer::detail::require(
         mean ? std::isfinite(global_divisor) && global_divisor >= mine * (1 - 1e-12)
              : global_divisor == 1.0,
